@@ -1,0 +1,61 @@
+"""Pure-torch reference twins of the multi-table gather kernels.
+
+These are the CPU implementation of ``torch.ops.inductor_embed.multi_embedding``
+and its backward, the oracle of the kernel tests, and the baseline of the
+benchmarks. They are written with ATen ops only, so that Inductor, which traces
+through the ``triton_op`` body, compiles them into one fused C++ loop on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def multi_embedding_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gather every table and concatenate along the feature dimension.
+
+    Args:
+        weights: T tables, table k of shape [V_k, D_k], all one dtype.
+        indices: T index tensors of one shape [*L], int32 or int64.
+
+    Returns:
+        [*L, sum(D_k)]: ``cat([F.embedding(indices[k], weights[k]) ...], -1)``.
+    """
+    return torch.cat([F.embedding(i, w) for w, i in zip(weights, indices)], dim=-1)
+
+
+def multi_embedding_backward_ref(
+    grad: torch.Tensor,
+    indices: Sequence[torch.Tensor],
+    num_rows: Sequence[int],
+    dims: Sequence[int],
+    padding_idx: Sequence[int],
+    scale_grad_by_freq: Sequence[bool],
+) -> torch.Tensor:
+    """Gradient of every table, packed into one flat buffer.
+
+    Args:
+        grad: [*L, sum(D_k)], the gradient of the forward output.
+        indices: T index tensors of shape [*L].
+        num_rows: V_k for each table.
+        dims: D_k for each table (they sum to grad.shape[-1]).
+        padding_idx: the row of table k that gets no gradient, or -1 for none.
+        scale_grad_by_freq: divide each row's gradient by its count in the batch.
+
+    Returns:
+        [sum(V_k * D_k)] in grad's dtype: table k's [V_k, D_k] gradient, row-major,
+        starting at offset sum(V_j * D_j for j < k). Half types accumulate in fp32
+        and are rounded once at the end, as the kernels do.
+    """
+    parts = []
+    col = 0
+    for i, v, d, p, s in zip(indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+        g = grad.narrow(-1, col, d)
+        col += d
+        if g.dtype in (torch.float16, torch.bfloat16):
+            g = g.float()
+        parts.append(torch.ops.aten.embedding_dense_backward(g, i, v, p, s).reshape(-1))
+    return torch.cat(parts).to(grad.dtype)
