@@ -1,0 +1,18 @@
+"""inductor_embed: a torch.compile plugin that fuses embedding patterns.
+
+    model = torch.compile(model, backend="inductor_embed")   # entry point, no import needed
+    import inductor_embed; inductor_embed.enable()          # or: same rewrites in plain torch.compile
+    print(inductor_embed.explain(model, *example_inputs))   # which rewrites fire, and why not
+
+See README.md for the patterns, the config fields and how to read the logs.
+"""
+
+from __future__ import annotations
+
+from inductor_embed import _compat, config
+from inductor_embed import lowering as _lowering  # noqa: F401  (registers torch.ops.inductor_embed.*)
+
+_compat.register_torch_log("inductor_embed")
+
+__version__ = "0.1.0"
+__all__ = ["config", "__version__"]

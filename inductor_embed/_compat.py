@@ -1,0 +1,103 @@
+"""The thin seam between inductor_embed and private torch APIs.
+
+Everything that reaches into ``torch._inductor``, ``torch._dynamo``,
+``torch._logging`` or ``torch._guards`` goes through this module, so a torch
+upgrade is a change here and nowhere else. Tested on torch 2.11 and 2.13.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+try:  # torch >= 2.6
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+except ImportError:  # pragma: no cover - older torch is not supported, but keep import-time errors clear
+    raise ImportError("inductor_embed needs torch >= 2.11") from None
+
+
+def inductor_config() -> Any:
+    """``torch._inductor.config`` (the module object, so ``patch`` and fields work)."""
+    import torch._inductor.config as cfg
+
+    return cfg
+
+
+def compile_fx(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], config_patches: dict | None) -> Any:
+    """Inductor's entry point, as the default torch.compile backend calls it."""
+    from torch._inductor.compile_fx import compile_fx as _compile_fx
+
+    return _compile_fx(gm, example_inputs, config_patches=config_patches or None)
+
+
+def mode_options(mode: str | None) -> dict[str, Any]:
+    """The Inductor config patches that ``torch.compile(mode=...)`` implies."""
+    if mode is None or mode == "default":
+        return {}
+    return dict(torch._inductor.list_mode_options(mode))
+
+
+def counters() -> collections.defaultdict:
+    """``torch._dynamo.utils.counters``: tests assert on ``counters["inductor_embed"]``."""
+    from torch._dynamo.utils import counters as _counters
+
+    return _counters
+
+
+def fake_mode_of(values: Sequence[Any]) -> Any:
+    """The FakeTensorMode that produced these meta values, or None."""
+    from torch._guards import detect_fake_mode
+
+    return detect_fake_mode(list(values))
+
+
+def register_torch_log(name: str) -> None:
+    """Make ``TORCH_LOGS="name"`` / ``"+name"`` and ``torch._logging.set_logs`` know our logger.
+
+    torch already resolves an unknown TORCH_LOGS entry as a module name (via
+    ``find_spec``), so an installed package works even when TORCH_LOGS is parsed
+    before we are imported; registering here covers ``set_logs`` and the case
+    where the log was never named in the environment.
+    """
+    try:
+        from torch._logging._internal import log_registry, register_log
+    except ImportError:  # pragma: no cover
+        logging.getLogger(name).debug("torch._logging has no register_log; TORCH_LOGS cannot name %s", name)
+        return
+    if not log_registry.is_log(name):
+        register_log(name, name)
+
+
+def guard_size_oblivious_eq(a: Any, b: Any) -> bool:
+    """Whether two (possibly symbolic) sizes are known to be equal, adding no guard."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return bool(statically_known_true(a == b))
+
+
+def graph_arg_source_name(node: torch.fx.Node) -> str | None:
+    """Dynamo's source name of a placeholder (e.g. ``L['self']._modules['emb']._parameters['weight']``)."""
+    grapharg = node.meta.get("grapharg")
+    source = getattr(grapharg, "source", None)
+    if source is None:
+        return None
+    name = getattr(source, "name", None)
+    return name() if callable(name) else name
+
+
+__all__ = [
+    "Callable",
+    "CustomGraphPass",
+    "compile_fx",
+    "counters",
+    "fake_mode_of",
+    "graph_arg_source_name",
+    "guard_size_oblivious_eq",
+    "inductor_config",
+    "mode_options",
+    "register_torch_log",
+]

@@ -1,0 +1,94 @@
+"""inductor_embed's configuration: one module, read at compile time.
+
+Every field can be overridden from the environment as ``INDUCTOR_EMBED_<FIELD>``
+(upper case; booleans accept 1/0/true/false/on/off). The overrides are read once,
+here, at import. ``patch(**fields)`` changes fields for a ``with`` block (or as a
+decorator). The FX graph cache sees every field: the pass's ``uuid()`` hashes
+``snapshot()``, so changing a field changes the cache key.
+
+    import inductor_embed
+    with inductor_embed.config.patch(multi_embedding_cat=False):
+        torch.compile(model, backend="inductor_embed")(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+# --- master switch -------------------------------------------------------------
+# False turns every rewrite off (the backend then behaves exactly like "inductor").
+# INDUCTOR_EMBED_ENABLED=0 is the environment's kill switch.
+enabled: bool = True
+
+# --- one switch per pattern (names as in ARCHITECTURE.md) -------------------------
+# N embedding lookups -> torch.cat/concat/concatenate/stack -> one multi-table gather.
+multi_embedding_cat: bool = True
+
+# --- pattern tuning ---------------------------------------------------------------
+# Fewest lookups in one cat worth fusing. Below it the cat is left alone (logged):
+# with one lookup there is nothing to save.
+min_tables: int = 2
+
+# --- kernels ----------------------------------------------------------------------
+# Run the Triton kernels for CPU tensors too (only meaningful with TRITON_INTERPRET=1,
+# which runs them in the Triton interpreter). Used by tests to drive the kernel path
+# through the ops; off by default because the CPU's reference path is far faster.
+triton_on_cpu: bool = False
+
+_FIELDS: tuple[str, ...] = ("enabled", "multi_embedding_cat", "min_tables", "triton_on_cpu")
+_TRUE = {"1", "true", "on", "yes"}
+_FALSE = {"0", "false", "off", "no"}
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ValueError(f"INDUCTOR_EMBED_{name.upper()}={raw!r}: expected one of 1/0/true/false/on/off")
+    return type(default)(raw)
+
+
+def _read_env() -> None:
+    module = sys.modules[__name__]
+    for name in _FIELDS:
+        raw = os.environ.get(f"INDUCTOR_EMBED_{name.upper()}")
+        if raw is not None:
+            setattr(module, name, _parse(name, raw, getattr(module, name)))
+
+
+def snapshot() -> dict[str, Any]:
+    """Every field's current value (what the FX graph cache key sees)."""
+    module = sys.modules[__name__]
+    return {name: getattr(module, name) for name in _FIELDS}
+
+
+@contextlib.contextmanager
+def patch(**changes: Any) -> Iterator[None]:
+    """Set config fields for the duration of a ``with`` block, then restore them."""
+    module = sys.modules[__name__]
+    unknown = set(changes) - set(_FIELDS)
+    if unknown:
+        raise AttributeError(f"inductor_embed.config has no field(s) {sorted(unknown)}; fields: {list(_FIELDS)}")
+    old = {name: getattr(module, name) for name in changes}
+    for name, value in changes.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(module, name, value)
+
+
+def pattern_enabled(pattern: str) -> bool:
+    """Whether the master switch and this pattern's own switch are both on."""
+    return bool(enabled and getattr(sys.modules[__name__], pattern))
+
+
+_read_env()

@@ -1,0 +1,168 @@
+"""``torch.ops.inductor_embed.multi_embedding``: T embedding lookups + cat as one op.
+
+Forward: ``[*L] x T indices, [V_k, D_k] x T tables -> [*L, sum(D_k)]``.
+Backward: ``multi_embedding_backward`` returns every table's gradient packed into
+one flat buffer; the autograd formula splits it into per-table views (free).
+
+Both ops are ``triton_op``s. Inductor traces through their bodies, so on CUDA the
+generated wrapper launches our Triton kernels directly (``wrap_triton``; CUDA-graph
+safe, no opaque Python call), and on the CPU it compiles the ATen reference body
+into its own fused C++ loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from inductor_embed.lowering.multi_embedding_ref import (
+    multi_embedding_backward_ref,
+    multi_embedding_ref,
+)
+from torch.library import triton_op, wrap_triton
+
+from inductor_embed import config
+
+_OOB_MSG = "inductor_embed.multi_embedding: index out of range (expected 0 <= index < num_embeddings of its table)"
+_FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    if t.device.type == "cuda":
+        return True
+    return t.device.type == "cpu" and config.triton_on_cpu
+
+
+def _check_inputs(weights: list[torch.Tensor], indices: list[torch.Tensor]) -> None:
+    """Raise the errors eager's F.embedding would, before any output is written."""
+    if not weights or len(weights) != len(indices):
+        raise RuntimeError(f"multi_embedding: {len(weights)} tables but {len(indices)} index tensors")
+    for k, (w, i) in enumerate(zip(weights, indices)):
+        if w.dim() != 2:
+            raise RuntimeError(f"multi_embedding: table {k} must be 2-D, got {w.dim()}-D")
+        if w.dtype != weights[0].dtype:
+            raise RuntimeError(f"multi_embedding: table {k} is {w.dtype}, table 0 is {weights[0].dtype}")
+        if i.dtype not in (torch.int32, torch.int64):
+            raise RuntimeError(
+                f"multi_embedding: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}"
+            )
+        if i.device != w.device:
+            raise RuntimeError(f"multi_embedding: indices {k} are on {i.device}, table {k} on {w.device}")
+        if i.dim() != indices[0].dim():
+            raise RuntimeError(f"multi_embedding: indices {k} are {i.dim()}-D, indices 0 are {indices[0].dim()}-D")
+
+
+@triton_op("inductor_embed::multi_embedding", mutates_args=())
+def multi_embedding(
+    weights: list[torch.Tensor],
+    indices: list[torch.Tensor],
+    padding_idx: list[int],
+    scale_grad_by_freq: list[bool],
+) -> torch.Tensor:
+    """Gather T tables and concatenate along the feature dimension.
+
+    Args:
+        weights: T tables [V_k, D_k], one float dtype, one device.
+        indices: T index tensors, all of shape [*L], int32 or int64.
+        padding_idx: per table, the row that gets no gradient, or -1 (backward only).
+        scale_grad_by_freq: per table, scale gradients by 1/count (backward only).
+
+    Returns:
+        [*L, sum(D_k)] in the tables' dtype; an index outside [0, V_k) raises.
+    """
+    _check_inputs(weights, indices)
+    if not _use_triton(weights[0]):
+        return multi_embedding_ref(weights, indices)
+    from inductor_embed.kernels.multi_gather import multi_gather_fwd
+
+    lead = indices[0].shape
+    total = sum(w.shape[1] for w in weights)
+    n = indices[0].numel()
+    out = weights[0].new_empty((n, total))
+    err = torch.zeros(1, dtype=torch.int32, device=weights[0].device)
+    tables = [w if w.stride(1) == 1 else w.contiguous() for w in weights]
+    multi_gather_fwd(tables, [i.reshape(-1) for i in indices], out, err, wrap=wrap_triton)
+    # Device-side, asynchronous and CUDA-graph safe, like eager's indexing assert.
+    torch._assert_async(err[0] == 0, _OOB_MSG)
+    return out.view(*lead, total)
+
+
+@multi_embedding.register_fake
+def _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq):
+    _check_inputs(weights, indices)
+    total = sum(w.shape[1] for w in weights)
+    return weights[0].new_empty((*indices[0].shape, total))
+
+
+@triton_op("inductor_embed::multi_embedding_backward", mutates_args=())
+def multi_embedding_backward(
+    grad: torch.Tensor,
+    indices: list[torch.Tensor],
+    num_rows: list[int],
+    dims: list[int],
+    padding_idx: list[int],
+    scale_grad_by_freq: list[bool],
+) -> torch.Tensor:
+    """Every table's dense gradient, packed into one flat buffer.
+
+    Args:
+        grad: [*L, sum(D_k)].
+        indices: T index tensors of shape [*L].
+        num_rows, dims: V_k and D_k per table.
+        padding_idx, scale_grad_by_freq: as in ``multi_embedding``.
+
+    Returns:
+        [sum(V_k * D_k)] in grad's dtype, table k row-major at offset sum(V_j * D_j, j < k).
+        On the GPU: one zero-fill, one atomic-add launch accumulating in fp32, and (half
+        types only) one cast. Under ``torch.use_deterministic_algorithms(True)`` the
+        deterministic ATen reference runs instead of the atomic kernel.
+    """
+    if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+        return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+    from inductor_embed.kernels.multi_gather import multi_gather_bwd
+
+    n = indices[0].numel()
+    total = sum(dims)
+    g2 = grad.reshape(n, total)
+    if g2.stride(-1) != 1:
+        g2 = g2.contiguous()
+    flat_idx = [i.reshape(-1) for i in indices]
+    freq = []
+    for i, v, s in zip(flat_idx, num_rows, scale_grad_by_freq):
+        if s:
+            counts = torch.zeros(v, dtype=torch.float32, device=grad.device)
+            counts = counts.index_add(0, i.long(), torch.ones(n, dtype=torch.float32, device=grad.device))
+            freq.append(counts[i])
+        else:
+            freq.append(None)
+    flat = torch.zeros(sum(v * d for v, d in zip(num_rows, dims)), dtype=torch.float32, device=grad.device)
+    multi_gather_bwd(g2, flat_idx, num_rows, dims, padding_idx, freq, flat, wrap=wrap_triton)
+    return flat if grad.dtype == torch.float32 else flat.to(grad.dtype)
+
+
+@multi_embedding_backward.register_fake
+def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+    return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
+
+
+def _setup_context(ctx, inputs, output):
+    weights, indices, padding_idx, scale_grad_by_freq = inputs
+    ctx.save_for_backward(*indices)
+    ctx.num_rows = [w.shape[0] for w in weights]
+    ctx.dims = [w.shape[1] for w in weights]
+    ctx.padding_idx = list(padding_idx)
+    ctx.scale_grad_by_freq = list(scale_grad_by_freq)
+
+
+def _backward(ctx, grad):
+    indices = list(ctx.saved_tensors)
+    flat = torch.ops.inductor_embed.multi_embedding_backward(
+        grad, indices, ctx.num_rows, ctx.dims, ctx.padding_idx, ctx.scale_grad_by_freq
+    )
+    grads = []
+    offset = 0
+    for v, d in zip(ctx.num_rows, ctx.dims):
+        grads.append(flat.narrow(0, offset, v * d).view(v, d))
+        offset += v * d
+    return grads, [None] * len(indices), None, None
+
+
+multi_embedding.register_autograd(_backward, setup_context=_setup_context)
