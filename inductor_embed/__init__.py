@@ -11,8 +11,23 @@ from __future__ import annotations
 
 from inductor_embed import _compat, config
 from inductor_embed import lowering as _lowering  # noqa: F401  (registers torch.ops.inductor_embed.*)
+from inductor_embed.api import disable, enable, explain, is_enabled
+from inductor_embed.backend import inductor_embed_backend
+from inductor_embed.report import Report, Rewrite, Skip, TableInfo
 
 _compat.register_torch_log("inductor_embed")
 
 __version__ = "0.1.0"
-__all__ = ["config", "__version__"]
+__all__ = [
+    "Report",
+    "Rewrite",
+    "Skip",
+    "TableInfo",
+    "__version__",
+    "config",
+    "disable",
+    "enable",
+    "explain",
+    "inductor_embed_backend",
+    "is_enabled",
+]

@@ -49,7 +49,15 @@ def counters() -> collections.defaultdict:
 
 
 def fake_mode_of(values: Sequence[Any]) -> Any:
-    """The FakeTensorMode that produced these meta values, or None."""
+    """The FakeTensorMode that produced these meta values, or None.
+
+    Taken from the values themselves: inside a backend, the TracingContext may hold a
+    different mode than the one Dynamo used for the graph's ``example_value``s.
+    """
+    for v in values:
+        mode = getattr(v, "fake_mode", None)
+        if mode is not None:
+            return mode
     from torch._guards import detect_fake_mode
 
     return detect_fake_mode(list(values))

@@ -1,0 +1,90 @@
+"""Running the patterns over a graph, and the pass object Inductor's config holds.
+
+``run_patterns`` is the one entry point: the backend calls it on Dynamo's graph,
+``enable()`` installs ``InductorEmbedPass`` (which calls it) as Inductor's
+``pre_grad_custom_pass``, and ``explain`` calls it with ``apply=False``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import torch.fx as fx
+
+from inductor_embed import _compat, config
+from inductor_embed.patterns import PATTERNS
+from inductor_embed.report import Recorder, Report
+
+
+def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
+    """Match every enabled pattern in ``graph``; rewrite the matches when ``apply``.
+
+    With ``apply`` the decisions are logged and counted; without, they are only reported.
+    """
+    rec = Recorder(live=apply)
+    for pattern in PATTERNS:
+        if config.pattern_enabled(pattern.NAME):
+            pattern.run(graph, rec, apply)
+    if apply and rec.report.rewrites:
+        graph.eliminate_dead_code()
+        graph.lint()
+    rec.report.graphs = 1
+    return rec.report
+
+
+@functools.lru_cache(maxsize=1)
+def _source_hash() -> str:
+    """Hash of every source file of the plugin: a code change changes the cache key."""
+    import inductor_embed
+    import inductor_embed.kernels
+    import inductor_embed.lowering
+
+    h = hashlib.sha256()
+    for pkg in (inductor_embed, inductor_embed.lowering, inductor_embed.kernels):
+        for path in sorted(pathlib.Path(pkg.__file__).parent.glob("*.py")) + sorted(
+            pathlib.Path(pkg.__file__).parent.glob("*/*.py")
+        ):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key() -> str:
+    """The plugin's part of the FX graph cache key: code and config."""
+    return hashlib.sha256((_source_hash() + json.dumps(config.snapshot(), sort_keys=True)).encode()).hexdigest()
+
+
+class InductorEmbedPass(_compat.CustomGraphPass):
+    """Inductor ``pre_grad_custom_pass`` that runs the patterns, chained after ``previous``.
+
+    ``uuid()`` combines our code + config hash with the previous pass's uuid, so the
+    FX graph cache key changes whenever either does. If the previous pass is a plain
+    callable (no uuid), we return None and Inductor bypasses the cache, as it would
+    for that callable alone.
+    """
+
+    def __init__(self, previous: Callable[[fx.Graph], Any] | None = None) -> None:
+        self.previous = previous
+
+    def __call__(self, graph: fx.Graph) -> None:
+        if self.previous is not None:
+            self.previous(graph)
+        run_patterns(graph, apply=True)
+        graph.owning_module.recompile() if graph.owning_module is not None else None
+
+    def uuid(self) -> Any:
+        prev = self.previous
+        if prev is None:
+            prev_id = None
+        elif isinstance(prev, _compat.CustomGraphPass):
+            prev_id = prev.uuid()
+            if prev_id is None:
+                return None
+        else:
+            return None
+        return ("inductor_embed", cache_key(), prev_id)
