@@ -129,6 +129,9 @@ def _read_site(node: fx.Node, rec: Recorder) -> _Site | None:
         if token and not stack:
             unsq = _fx.unsqueeze_of(t)
             if unsq is None or unsq[1] % rank != rank - 2:
+                if _fx.is_embedding(t):
+                    rec.skip(Skip(NAME, t.name, f"{node.name} concatenates along dim {dim}, not the feature dim "
+                                                f"{rank - 1}, and the lookup is not unsqueezed into a token"))
                 items.append(t)
                 continue
             inner = unsq[0]

@@ -1,0 +1,23 @@
+"""Test-wide set-up. On a CPU-only machine the Triton kernels run in the Triton
+interpreter, which must be switched on before any kernel is imported; on a GPU
+machine real Triton compilation is used."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """One compile per case: no graph, guard or counter leaks from one test into the next."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()

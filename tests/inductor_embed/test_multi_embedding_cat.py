@@ -1,0 +1,429 @@
+"""End to end: models with N lookups + cat, compiled with inductor_embed vs eager.
+
+Every case compiles once, checks outputs and every gradient against eager, and
+checks from the counters that the rewrite fired (or was skipped, and why).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import inductor_embed
+from tests.inductor_embed._util import compare_with_eager, rewrites, skips
+
+torch.manual_seed(0)
+
+
+# --- the seed models, as the seeds write them ---------------------------------------
+
+class DynamicEmbeddingConcatenator(nn.Module):
+    """Seed 000, example 2."""
+
+    def __init__(self, vocab_sizes, embedding_dims):
+        super().__init__()
+        self.embeddings = nn.ModuleList([
+            nn.Embedding(vocab_size, embedding_dim)
+            for vocab_size, embedding_dim in zip(vocab_sizes, embedding_dims)
+        ])
+
+    def forward(self, input_data):
+        embedded_tensors = [emb_layer(input_tensor) for emb_layer, input_tensor in zip(self.embeddings, input_data)]
+        return torch.cat(embedded_tensors, dim=-1)
+
+
+class InefficientModel(nn.Module):
+    """Seed 000, example 3."""
+
+    def __init__(self, vocab_sizes, embedding_dims, hidden_dim):
+        super().__init__()
+        self.embeddings = nn.ModuleList([
+            nn.Embedding(vocab_size, embedding_dim)
+            for vocab_size, embedding_dim in zip(vocab_sizes, embedding_dims)
+        ])
+        total_embedding_dim = sum(embedding_dims)
+        self.fc = nn.Linear(total_embedding_dim, hidden_dim)
+
+    def forward(self, input_data):
+        embedded_tensors = [emb_layer(input_tensor) for emb_layer, input_tensor in zip(self.embeddings, input_data)]
+        concatenated_tensor = torch.cat(embedded_tensors, dim=-1)
+        output = self.fc(concatenated_tensor)
+        return output
+
+
+class FastMultiEmbeddingEquivalent(nn.Module):
+    """Seed 004: what ``FastMultiEmbedding([100, 200, 300], [2, 4, 8])`` is equivalent to."""
+
+    def __init__(self):
+        super().__init__()
+        self.embbeddings = nn.ModuleList([nn.Embedding(100, 2), nn.Embedding(200, 4), nn.Embedding(300, 8)])
+
+    def forward(self, batch):
+        return torch.cat([
+            self.embbeddings[0](batch[:, 0]),
+            self.embbeddings[1](batch[:, 1]),
+            self.embbeddings[2](batch[:, 2])
+        ], 1)
+
+
+def _seed000_inputs():
+    return [[torch.randint(0, v, (10, 5)) for v in (100, 200, 150)]]
+
+
+def _batch(n, vocabs):
+    return torch.stack([torch.randint(0, v, (n,)) for v in vocabs], dim=1)
+
+
+def test_seed000_dynamic_embedding_concatenator():
+    model = DynamicEmbeddingConcatenator([100, 200, 150], [32, 64, 48])
+    out = compare_with_eager(model, _seed000_inputs())
+    assert out.shape == (10, 5, 144)
+    assert rewrites() == 1
+
+
+def test_seed000_inefficient_model():
+    model = InefficientModel([100, 200, 150], [32, 64, 48], 256)
+    out = compare_with_eager(model, _seed000_inputs(), exact_forward=False)
+    assert out.shape == (10, 5, 256)
+    assert rewrites() == 1
+
+
+def test_seed004_fast_multi_embedding_equivalent():
+    model = FastMultiEmbeddingEquivalent()
+    out = compare_with_eager(model, [_batch(33, (100, 200, 300))])
+    assert out.shape == (33, 14)
+    assert rewrites() == 1
+
+
+def test_seed004_ten_tables_dims_1_to_8():
+    dims = [1, 2, 4, 8, 1, 2, 4, 8, 1, 2]
+    vocabs = [1000, 5000, 10000, 50000] * 3
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = nn.ModuleList([nn.Embedding(v, d) for v, d in zip(vocabs, dims)])
+
+        def forward(self, x):
+            return torch.cat([t(x[:, k]) for k, t in enumerate(self.tables)], dim=1)
+
+    compare_with_eager(M(), [_batch(64, vocabs[:10])])
+    assert rewrites() == 1
+
+
+# --- forms of the cat ----------------------------------------------------------------
+
+def _tables(dims=(3, 5, 2), vocabs=(7, 11, 13), dtype=torch.float32):
+    return nn.ModuleList([nn.Embedding(v, d, dtype=dtype) for v, d in zip(vocabs, dims)])
+
+
+class CatModel(nn.Module):
+    def __init__(self, cat, dims=(3, 5, 2), vocabs=(7, 11, 13), dtype=torch.float32):
+        super().__init__()
+        self.tables = _tables(dims, vocabs, dtype)
+        self.cat = cat
+
+    def forward(self, x):
+        return self.cat([t(x[..., k]) for k, t in enumerate(self.tables)])
+
+
+@pytest.mark.parametrize("cat", [
+    pytest.param(lambda xs: torch.cat(xs, dim=-1), id="cat-dim-1"),
+    pytest.param(lambda xs: torch.cat(xs, 2), id="cat-dim2-positive"),
+    pytest.param(lambda xs: torch.concat(xs, dim=-1), id="concat"),
+    pytest.param(lambda xs: torch.concatenate(xs, axis=-1), id="concatenate-axis"),
+])
+def test_cat_spellings_with_2d_leading_shape(cat):
+    x = torch.stack([torch.randint(0, v, (4, 6)) for v in (7, 11, 13)], dim=-1)  # [4, 6, 3]
+    compare_with_eager(CatModel(cat), [x])
+    assert rewrites() == 1
+
+
+@pytest.mark.parametrize("form", ["stack-1", "stack-neg2", "unsqueeze-cat"])
+def test_stacked_tokens(form):
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(4, 4, 4, 4), vocabs=(5, 9, 3, 17))
+
+        def forward(self, x):
+            es = [t(x[:, k]) for k, t in enumerate(self.tables)]
+            if form == "stack-1":
+                return torch.stack(es, dim=1)
+            if form == "stack-neg2":
+                return torch.stack(es, dim=-2)
+            return torch.cat([e.unsqueeze(1) for e in es], dim=1)
+
+    out = compare_with_eager(Tokens(), [_batch(9, (5, 9, 3, 17))])
+    assert out.shape == (9, 4, 4)
+    assert rewrites() == 1
+
+
+def test_stacked_tokens_with_a_non_lookup_token():
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(4, 4, 4), vocabs=(5, 9, 3))
+            self.cls = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            cls = self.cls.expand(x.shape[0], 4)
+            return torch.stack([cls] + [t(x[:, k]) for k, t in enumerate(self.tables)], dim=1)
+
+    out = compare_with_eager(Tokens(), [_batch(6, (5, 9, 3))])
+    assert out.shape == (6, 4, 4)
+    assert rewrites() == 1
+
+
+def test_dense_inputs_keep_their_place():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(3, 5, 2, 4), vocabs=(7, 11, 13, 5))
+
+        def forward(self, x, dense):
+            e = [t(x[:, k]) for k, t in enumerate(self.tables)]
+            return torch.cat([dense, e[0], e[1], dense * 2, e[2], e[3]], dim=-1)
+
+    dense = torch.randn(8, 3, requires_grad=True)
+    out = compare_with_eager(Mixed(), [_batch(8, (7, 11, 13, 5)), dense])
+    assert out.shape == (8, 3 + 3 + 5 + 3 + 2 + 4)
+    assert rewrites() == 2  # two runs of two lookups, the dense pieces in between
+
+
+def test_separate_int32_index_tensors_and_mixed_dims():
+    dims, vocabs = (1, 3, 130, 17), (2, 50, 9, 1000)
+
+    class Sep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims, vocabs)
+
+        def forward(self, a, b, c, d):
+            return torch.cat([t(i) for t, i in zip(self.tables, (a, b, c, d))], dim=-1)
+
+    idx = [torch.randint(0, v, (5,), dtype=torch.int32) for v in vocabs]
+    out = compare_with_eager(Sep(), idx)
+    assert out.shape == (5, sum(dims))
+    assert rewrites() == 1
+
+
+def test_functional_embedding_on_raw_parameters():
+    w1, w2 = nn.Parameter(torch.randn(6, 3)), nn.Parameter(torch.randn(4, 2))
+
+    class Fn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1, self.w2 = w1, w2
+
+        def forward(self, a, b):
+            return torch.cat([F.embedding(a, self.w1), F.embedding(b, self.w2)], -1)
+
+    compare_with_eager(Fn(), [torch.randint(0, 6, (7,)), torch.randint(0, 4, (7,))])
+    assert rewrites() == 1
+
+
+# --- other users, shared and tied tables ----------------------------------------------
+
+def test_lookup_with_other_users_before_and_after_the_cat():
+    class Users(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables()
+
+        def forward(self, x):
+            e = [t(x[:, k]) for k, t in enumerate(self.tables)]
+            before = e[0].sum(-1, keepdim=True)  # computed before the cat
+            y = torch.cat(e, dim=-1)
+            after = e[1] * 3.0  # computed after the cat: reads a slice of the fused output
+            return torch.cat([y, before, after], dim=-1)
+
+    compare_with_eager(Users(), [_batch(10, (7, 11, 13))])
+    assert rewrites() == 1
+
+
+def test_same_table_twice_and_tied_output_projection():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Embedding(20, 6)
+            self.other = nn.Embedding(9, 6)
+
+        def forward(self, a, b, c):
+            h = torch.cat([self.tok(a), self.other(b), self.tok(c)], dim=-1)  # [B, 18]
+            h = h.view(-1, 3, 6).sum(1)
+            return F.linear(h, self.tok.weight)  # tied output projection
+
+    compare_with_eager(Tied(), [torch.randint(0, 20, (12,)), torch.randint(0, 9, (12,)), torch.randint(0, 20, (12,))],
+                       exact_forward=False)
+    assert rewrites() == 1
+
+
+def test_padding_idx_and_scale_grad_by_freq():
+    class Opts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Embedding(10, 4, padding_idx=0)
+            self.b = nn.Embedding(10, 3, scale_grad_by_freq=True)
+            self.c = nn.Embedding(10, 2, padding_idx=-1, scale_grad_by_freq=True)
+
+        def forward(self, x):
+            return torch.cat([self.a(x[:, 0]), self.b(x[:, 1]), self.c(x[:, 2])], dim=-1)
+
+    x = torch.tensor([[0, 1, 9], [0, 1, 9], [3, 1, 2], [0, 5, 9]])
+    compare_with_eager(Opts(), [x])
+    assert rewrites() == 1
+
+
+# --- dtypes ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_tables(dtype):
+    compare_with_eager(CatModel(lambda xs: torch.cat(xs, -1), dtype=dtype), [_batch(16, (7, 11, 13))], dtype=dtype)
+    assert rewrites() == 1
+
+
+def test_mixed_dtypes_make_one_op_per_dtype_group():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = _tables(dims=(3, 2), vocabs=(7, 5))
+            self.h = _tables(dims=(4, 1), vocabs=(6, 8), dtype=torch.bfloat16)
+
+        def forward(self, x):
+            return torch.cat([self.f[0](x[:, 0]), self.f[1](x[:, 1]), self.h[0](x[:, 2]), self.h[1](x[:, 3])], -1)
+
+    compare_with_eager(Mixed(), [_batch(8, (7, 5, 6, 8))], dtype=torch.bfloat16)
+    assert rewrites() == 2
+
+
+# --- left untouched, with a reason --------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["max_norm", "sparse"])
+def test_max_norm_and_sparse_are_left_alone(kind, caplog):
+    class Left(nn.Module):
+        def __init__(self):
+            super().__init__()
+            kw = {"max_norm": 1.0} if kind == "max_norm" else {"sparse": True}
+            self.a = nn.Embedding(10, 4, **kw)
+            self.b = nn.Embedding(10, 3, **kw)
+
+        def forward(self, x):
+            return torch.cat([self.a(x[:, 0]), self.b(x[:, 1])], dim=-1)
+
+    model = Left()
+    x = torch.randint(0, 10, (5, 2))
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+        out = torch.compile(model, backend="inductor_embed")(x)
+    assert rewrites() == 0 and skips() == 2
+    assert kind.replace("sparse", "sparse=True") in caplog.text
+    if kind == "sparse":
+        torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+
+
+def test_elementwise_step_between_lookup_and_cat_is_logged(caplog):
+    class Bias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(3, 5, 2, 4), vocabs=(7, 11, 13, 5))
+            self.bias = nn.Parameter(torch.randn(3))
+
+        def forward(self, x):
+            e = [t(x[:, k]) for k, t in enumerate(self.tables)]
+            return torch.cat([e[0] + self.bias, e[1], e[2], e[3]], dim=-1)
+
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+        compare_with_eager(Bias(), [_batch(6, (7, 11, 13, 5))])
+    assert rewrites() == 1  # e[1..3] still fuse
+    assert "sits between the lookup and the cat" in caplog.text
+
+
+def test_cat_along_the_batch_dim_is_not_rewritten():
+    class Rows(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(4, 4), vocabs=(7, 11))
+
+        def forward(self, x):
+            return torch.cat([t(x[:, k]) for k, t in enumerate(self.tables)], dim=0)
+
+    compare_with_eager(Rows(), [_batch(5, (7, 11))])
+    assert rewrites() == 0 and skips() == 2  # one reason per lookup
+
+
+def test_model_without_lookups_is_unchanged():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    compare_with_eager(model, [torch.randn(3, 4)])
+    assert rewrites() == 0 and skips() == 0
+
+
+# --- semantics: errors, determinism, dynamic shapes --------------------------------------
+
+def test_out_of_range_index_raises():
+    model = FastMultiEmbeddingEquivalent()
+    compiled = torch.compile(model, backend="inductor_embed")
+    good = _batch(4, (100, 200, 300))
+    compiled(good)
+    for bad_value in (300, -1):
+        bad = good.clone()
+        bad[2, 1] = bad_value
+        with pytest.raises((IndexError, RuntimeError), match="out of"):
+            compiled(bad)
+    assert rewrites() == 1
+
+
+def test_deterministic_mode_matches_eager():
+    model = CatModel(lambda xs: torch.cat(xs, -1))
+    x = torch.randint(0, 7, (64, 3))  # many collisions
+    torch.use_deterministic_algorithms(True)
+    try:
+        compare_with_eager(model, [x])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert rewrites() == 1
+
+
+def test_new_batch_sizes_do_not_recompile_once_dynamic():
+    model = FastMultiEmbeddingEquivalent()
+    compiled = torch.compile(model, backend="inductor_embed")
+    for n in (8, 16, 32, 64, 5):
+        x = _batch(n, (100, 200, 300))
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    # one static compile, one dynamic recompile at the second size, then none
+    assert rewrites() == 2
+
+
+def test_reduce_overhead_mode_passes_through():
+    compare_with_eager(FastMultiEmbeddingEquivalent(), [_batch(8, (100, 200, 300))], mode="reduce-overhead")
+    assert rewrites() == 1
+
+
+# --- the switches: config, enable(), explain, logs ---------------------------------------
+
+def test_config_switches_turn_the_rewrite_off():
+    for patch in ({"multi_embedding_cat": False}, {"enabled": False}, {"min_tables": 4}):
+        torch._dynamo.reset()
+        with inductor_embed.config.patch(**patch):
+            compare_with_eager(FastMultiEmbeddingEquivalent(), [_batch(4, (100, 200, 300))])
+        assert rewrites() == 0, patch
+
+
+def test_config_patch_rejects_unknown_fields():
+    with pytest.raises(AttributeError, match="no field"):
+        with inductor_embed.config.patch(not_a_field=True):
+            pass
+
+
+def test_rewrite_log_line(caplog):
+    with caplog.at_level(logging.INFO, logger="inductor_embed"):
+        compare_with_eager(FastMultiEmbeddingEquivalent(), [_batch(4, (100, 200, 300))])
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("inductor_embed")]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith("multi_embedding_cat: 3 tables -> inductor_embed.multi_embedding")
+    assert "dims=[2, 4, 8]" in line and "dtype=fp32" in line and "index_shape=[4]" in line
+    assert "embbeddings.0.weight[100x2 fp32]" in line
