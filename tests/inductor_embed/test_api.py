@@ -1,0 +1,136 @@
+"""The public surface: entry point, enable()/disable() chaining and uuid, explain, env vars, TORCH_LOGS."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+import torch.nn as nn
+
+import inductor_embed
+from inductor_embed.graph_pass import InductorEmbedPass
+from tests.inductor_embed._util import compare_with_eager, rewrites
+from tests.inductor_embed.test_multi_embedding_cat import FastMultiEmbeddingEquivalent, _batch
+
+_SEED004 = textwrap.dedent("""
+    import torch, torch.nn as nn
+    tables = nn.ModuleList([nn.Embedding(100, 2), nn.Embedding(200, 4), nn.Embedding(300, 8)])
+    def emb(batch):
+        return torch.cat([tables[0](batch[:, 0]), tables[1](batch[:, 1]), tables[2](batch[:, 2])], 1)
+    batch = torch.stack([torch.randint(0, v, (16,)) for v in (100, 200, 300)], 1)
+    out = torch.compile(emb, backend="inductor_embed")(batch)
+    torch.testing.assert_close(out, emb(batch), rtol=0, atol=0)
+    from torch._dynamo.utils import counters
+    print("REWRITES", counters["inductor_embed"]["multi_embedding_cat"])
+""")
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_entry_point_is_registered():
+    eps = importlib.metadata.entry_points(group="torch_dynamo_backends")
+    assert any(ep.name == "inductor_embed" and ep.value == "inductor_embed.backend:inductor_embed_backend" for ep in eps)
+
+
+def test_backend_string_works_without_import_and_torch_logs_prints_the_rewrite():
+    # A fresh process that never imports inductor_embed: the entry point finds it, and
+    # TORCH_LOGS (parsed at torch import, before the plugin is loaded) names it.
+    res = _python(_SEED004, TORCH_LOGS="inductor_embed")
+    assert res.returncode == 0, res.stderr
+    assert "REWRITES 1" in res.stdout
+    assert "multi_embedding_cat: 3 tables -> inductor_embed.multi_embedding" in res.stderr
+
+
+def test_env_var_turns_every_rewrite_off_and_plus_logs_show_skips():
+    res = _python(_SEED004, INDUCTOR_EMBED_ENABLED="0")
+    assert res.returncode == 0, res.stderr
+    assert "REWRITES 0" in res.stdout
+    code = _SEED004.replace("nn.Embedding(100, 2)", "nn.Embedding(100, 2, max_norm=1.0)")
+    res = _python(code, TORCH_LOGS="+inductor_embed")
+    assert res.returncode == 0, res.stderr
+    assert "skipped embedding: max_norm" in res.stderr
+
+
+def test_enable_makes_plain_torch_compile_rewrite_and_chains_the_user_pass():
+    seen = []
+
+    class UserPass(torch._inductor.custom_graph_pass.CustomGraphPass):
+        def __call__(self, graph):
+            seen.append(sum(1 for n in graph.nodes if n.op == "call_function"))
+
+        def uuid(self):
+            return "user-pass-v1"
+
+    cfg = torch._inductor.config
+    user = UserPass()
+    old = cfg.pre_grad_custom_pass
+    cfg.pre_grad_custom_pass = user
+    try:
+        inductor_embed.enable()
+        inductor_embed.enable()  # idempotent
+        installed = cfg.pre_grad_custom_pass
+        assert isinstance(installed, InductorEmbedPass) and installed.previous is user
+        assert inductor_embed.is_enabled()
+        compare_with_eager(FastMultiEmbeddingEquivalent(), [_batch(4, (100, 200, 300))], backend="inductor")
+        assert rewrites() == 1
+        assert seen, "the user's pass must still run"
+        # the cache key follows the config and the chained pass
+        before = installed.uuid()
+        with inductor_embed.config.patch(min_tables=3):
+            assert installed.uuid() != before
+        assert installed.uuid() == before and before[-1] == "user-pass-v1"
+        inductor_embed.disable()
+        assert cfg.pre_grad_custom_pass is user and not inductor_embed.is_enabled()
+    finally:
+        cfg.pre_grad_custom_pass = old
+
+
+def test_uuid_is_none_after_a_plain_callable_so_the_cache_is_bypassed():
+    assert InductorEmbedPass(previous=lambda g: None).uuid() is None
+    assert InductorEmbedPass().uuid() is not None
+
+
+def test_explain_reports_rewrites_and_skips_without_compiling():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Embedding(10, 4), nn.Embedding(20, 3), nn.Embedding(30, 2, max_norm=1.0)
+
+        def forward(self, x):
+            return torch.cat([self.a(x[:, 0]), self.b(x[:, 1]), self.c(x[:, 2])], -1)
+
+    model = Model()
+    report = inductor_embed.explain(model, _batch(5, (10, 20, 30)))
+    assert rewrites() == 0  # explain only reports
+    assert [r.pattern for r in report.rewrites] == ["multi_embedding_cat"]
+    tables = report.rewrites[0].tables
+    assert [(t.name, t.num_embeddings, t.embedding_dim) for t in tables] == [("a.weight", 10, 4), ("b.weight", 20, 3)]
+    assert len(report.skipped) == 1 and "max_norm" in report.skipped[0].reason
+    text = str(report)
+    assert "1 rewrite(s), 1 skipped, 1 graph(s)" in text
+    assert "a.weight, b.weight" in text and "reason skipped" in text
+    # the model still compiles and rewrites afterwards
+    compare_with_eager(model, [_batch(5, (10, 20, 30))])
+    assert rewrites() == 1
+
+
+def test_explain_sees_every_graph_across_a_graph_break():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = nn.ModuleList([nn.Embedding(10, 2) for _ in range(4)])
+
+        def forward(self, x):
+            y = torch.cat([self.t[0](x[:, 0]), self.t[1](x[:, 1])], -1)
+            torch._dynamo.graph_break()
+            return y, torch.cat([self.t[2](x[:, 2]), self.t[3](x[:, 3])], -1)
+
+    report = inductor_embed.explain(Broken(), _batch(3, (10,) * 4))
+    assert report.graphs == 2 and len(report.rewrites) == 2
