@@ -1,0 +1,293 @@
+"""Tier 1: the multi-table gather launchers against their reference twins.
+
+Runs on CUDA when available, else on the CPU under the Triton interpreter
+(conftest.py). Shapes are small on purpose: the interpreter runs every program
+in Python.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+try:
+    from inductor_embed.kernels import multi_gather as mg
+except ImportError:
+    from kernels import multi_gather as mg
+
+
+def _load_ref():
+    try:
+        from inductor_embed.lowering import multi_embedding_ref
+    except ImportError:
+        # From the repo root, lowering/__init__.py imports the installed package,
+        # so load the twin (it needs only torch) by path.
+        path = os.path.join(
+            os.path.dirname(__file__), "..", "..", "lowering", "multi_embedding_ref.py"
+        )
+        spec = importlib.util.spec_from_file_location("_multi_embedding_ref", path)
+        multi_embedding_ref = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(multi_embedding_ref)
+    return multi_embedding_ref
+
+
+_ref = _load_ref()
+multi_embedding_ref = _ref.multi_embedding_ref
+multi_embedding_backward_ref = _ref.multi_embedding_backward_ref
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Backward tolerances vs the fp32-accumulating twin, which rounds half types once.
+GRAD_TOL = {
+    torch.float32: {"atol": 1e-5, "rtol": 1e-5},
+    torch.float16: {"atol": 2e-3, "rtol": 2e-3},
+    torch.bfloat16: {"atol": 1.6e-2, "rtol": 1.6e-2},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    dims: tuple[int, ...]
+    vocabs: tuple[int, ...]
+    dtype: torch.dtype
+    # i64 | i32 | mixed (per table) | strided (column of [N, T]) | same (one index for all rows)
+    idx: str = "i64"
+    # weights, out and grad_out are column slices of wider tensors (row stride > width)
+    wide: bool = False
+
+    @property
+    def id(self) -> str:
+        dims = ".".join(map(str, self.dims))
+        extra = (f"-{self.idx}" if self.idx != "i64" else "") + ("-wide" if self.wide else "")
+        return f"N{self.n}-T{len(self.dims)}-D{dims}-{DTYPE_NAMES[self.dtype]}{extra}"
+
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+CASES = [
+    Case(1, (1,), (1,), F32),
+    Case(13, (130,), (7,), F32, "i32", wide=True),
+    Case(13, (2, 17), (100, 7), F16, "mixed"),
+    Case(13, (5, 1, 8), (7, 1, 100), BF16, "strided"),
+    Case(13, (130, 5, 2), (100, 7, 7), F32, "same"),
+    Case(13, (8, 8, 8, 8, 8), (7, 100, 1, 7, 100), F16, "strided"),
+    Case(67, (3, 64, 130), (7, 100, 7), F32, "strided", wide=True),
+    Case(67, (1, 2, 3, 5, 8), (100, 7, 100, 1, 7), F32, "same"),
+    Case(67, (1, 2, 3, 5, 8), (7, 100, 7, 100, 7), BF16, "i32"),
+    Case(67, (64, 130), (100, 7), F16, "same", wide=True),
+    Case(67, (17,), (100,), BF16, "same"),
+    Case(67, (1, 1), (1, 100), F32, "mixed"),
+    Case(1, (17, 1, 130, 2, 3), (7, 100, 1, 7, 100), BF16),
+]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _make(case: Case, seed: int = 0):
+    """Tables and indices for a case (on DEVICE)."""
+    g = _gen(seed)
+    T = len(case.dims)
+    weights = []
+    for v, d in zip(case.vocabs, case.dims):
+        w = torch.randn(v, d + (3 if case.wide else 0), generator=g).to(case.dtype)
+        weights.append(w[:, 1 : 1 + d] if case.wide else w)
+    if case.idx == "strided":
+        cols = [torch.randint(0, v, (case.n, 1), generator=g) for v in case.vocabs]
+        x = torch.cat(cols, dim=1)
+        indices = [x[:, k] for k in range(T)]
+    else:
+        indices = []
+        for k, v in enumerate(case.vocabs):
+            i = torch.randint(0, v, (1 if case.idx == "same" else case.n,), generator=g)
+            i = i.expand(case.n).contiguous()
+            use_i32 = case.idx == "i32" or (case.idx == "mixed" and k % 2 == 0)
+            indices.append(i.to(torch.int32) if use_i32 else i)
+    weights = [w.to(DEVICE) for w in weights]
+    indices = [i.to(DEVICE) for i in indices]
+    return weights, indices
+
+
+def _buffer(n: int, width: int, dtype: torch.dtype, wide: bool, fill: float) -> torch.Tensor:
+    """[n, width] filled with `fill`, as a column slice of a wider tensor if `wide`."""
+    full = torch.full((n, width + (5 if wide else 0)), fill, dtype=dtype, device=DEVICE)
+    return full[:, 2 : 2 + width] if wide else full
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forward_matches_twin(case: Case) -> None:
+    weights, indices = _make(case)
+    out = _buffer(case.n, sum(case.dims), case.dtype, case.wide, float("nan"))
+    err = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    mg.multi_gather_fwd(weights, indices, out, err)
+    assert err.item() == 0
+    # A copy: bit-exact in every dtype, and NaN poison would fail torch.equal.
+    assert torch.equal(out, multi_embedding_ref(weights, indices))
+    if case.wide:
+        base = out._base
+        assert base[:, :2].isnan().all() and base[:, 2 + sum(case.dims) :].isnan().all()
+
+
+def _bwd_options(case: Case, indices):
+    """Per table: a padding row that occurs in the batch on even tables, freq on odd ones."""
+    pads, freqs, scale = [], [], []
+    for k, (i, v) in enumerate(zip(indices, case.vocabs)):
+        pads.append(int(i[0]) if k % 2 == 0 and v > 1 else -1)
+        use_freq = k % 2 == 1 or len(indices) == 1
+        counts = torch.bincount(i.long(), minlength=v)[i.long()].float()
+        freqs.append(counts if use_freq else None)
+        scale.append(use_freq)
+    return pads, freqs, scale
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_backward_matches_twin(case: Case) -> None:
+    weights, indices = _make(case)
+    grad = _buffer(case.n, sum(case.dims), case.dtype, case.wide, 0.0)
+    grad.copy_(torch.randn(grad.shape, generator=_gen(1)).to(case.dtype))
+    pads, freqs, scale = _bwd_options(case, indices)
+    grad_flat = torch.zeros(sum(v * d for v, d in zip(case.vocabs, case.dims)), device=DEVICE)
+    mg.multi_gather_bwd(grad, indices, case.vocabs, case.dims, pads, freqs, grad_flat)
+    ref = multi_embedding_backward_ref(grad, indices, case.vocabs, case.dims, pads, scale)
+    torch.testing.assert_close(grad_flat, ref.float(), **GRAD_TOL[case.dtype])
+
+
+def test_backward_padding_and_freq_all_tables() -> None:
+    case = Case(67, (3, 130, 1), (7, 7, 100), F32, "strided")
+    weights, indices = _make(case, seed=3)
+    grad = torch.randn(case.n, sum(case.dims), generator=_gen(4)).to(DEVICE)
+    pads = [int(i[5]) for i in indices]
+    freqs = [torch.bincount(i, minlength=v)[i].float() for i, v in zip(indices, case.vocabs)]
+    grad_flat = torch.zeros(sum(v * d for v, d in zip(case.vocabs, case.dims)), device=DEVICE)
+    mg.multi_gather_bwd(grad, indices, case.vocabs, case.dims, pads, freqs, grad_flat)
+    ref = multi_embedding_backward_ref(grad, indices, case.vocabs, case.dims, pads, [True] * 3)
+    torch.testing.assert_close(grad_flat, ref, atol=1e-5, rtol=1e-5)
+    # The padding rows really got nothing.
+    off = 0
+    for p, v, d in zip(pads, case.vocabs, case.dims):
+        assert not grad_flat[off + p * d : off + (p + 1) * d].any()
+        off += v * d
+
+
+def test_out_of_range_sets_err_and_zero_fills() -> None:
+    case = Case(13, (5, 130, 2), (7, 7, 100), F32, "mixed")
+    weights, indices = _make(case)
+    indices[0][0] = 7  # == V
+    indices[1][4] = -1
+    indices[2][12] = 10**6
+    out = torch.full((case.n, sum(case.dims)), float("nan"), device=DEVICE)
+    err = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    mg.multi_gather_fwd(weights, indices, out, err)
+    assert err.item() != 0
+    bad = [(i < 0) | (i >= v) for i, v in zip(indices, case.vocabs)]
+    safe = [torch.where(m, torch.zeros_like(i), i) for i, m in zip(indices, bad)]
+    ref = multi_embedding_ref(weights, safe)
+    cols = [0, 5, 135, 137]
+    for k in range(3):
+        ref[bad[k], cols[k] : cols[k + 1]] = 0
+    assert torch.equal(out, ref)
+
+    # The backward skips those rows silently.
+    grad = torch.randn(case.n, sum(case.dims), generator=_gen(2)).to(DEVICE)
+    grad_flat = torch.zeros(sum(v * d for v, d in zip(case.vocabs, case.dims)), device=DEVICE)
+    mg.multi_gather_bwd(grad, indices, case.vocabs, case.dims, [-1] * 3, [None] * 3, grad_flat)
+    ref_grad = grad.clone()
+    for k in range(3):
+        ref_grad[bad[k], cols[k] : cols[k + 1]] = 0
+    ref = multi_embedding_backward_ref(
+        ref_grad, safe, case.vocabs, case.dims, [-1] * 3, [False] * 3
+    )
+    torch.testing.assert_close(grad_flat, ref, atol=1e-5, rtol=1e-5)
+
+
+class _CountingWrap:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, kernel):
+        self.calls += 1
+        return kernel
+
+
+def test_exactly_one_launch_each() -> None:
+    case = Case(13, (1, 2, 3, 5, 8), (7, 7, 7, 7, 7), F16)
+    weights, indices = _make(case)
+    out = torch.empty(case.n, sum(case.dims), dtype=case.dtype, device=DEVICE)
+    err = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    wrap = _CountingWrap()
+    mg.multi_gather_fwd(weights, indices, out, err, wrap=wrap)
+    assert wrap.calls == 1
+    grad_flat = torch.zeros(sum(7 * d for d in case.dims), device=DEVICE)
+    mg.multi_gather_bwd(
+        out, indices, case.vocabs, case.dims, [-1] * 5, [None] * 5, grad_flat, wrap=wrap
+    )
+    assert wrap.calls == 2
+
+
+def test_empty_batch_launches_nothing() -> None:
+    case = Case(0, (3, 130), (7, 1), BF16)
+    weights, indices = _make(case)
+    out = torch.empty(0, 133, dtype=case.dtype, device=DEVICE)
+    err = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    wrap = _CountingWrap()
+    mg.multi_gather_fwd(weights, indices, out, err, wrap=wrap)
+    grad_flat = torch.zeros(7 * 3 + 130, device=DEVICE)
+    freqs = [torch.empty(0, device=DEVICE), None]
+    mg.multi_gather_bwd(out, indices, case.vocabs, case.dims, [-1, 0], freqs, grad_flat, wrap=wrap)
+    assert wrap.calls == 0 and err.item() == 0 and not grad_flat.any()
+
+
+def test_rejects_bad_layouts() -> None:
+    weights, indices = _make(Case(13, (4, 4), (7, 7), F32))
+    err = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    out = torch.empty(13, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="column stride"):
+        mg.multi_gather_fwd([weights[0].t().contiguous().t(), weights[1]], indices, out, err)
+    with pytest.raises(ValueError, match="out must"):
+        mg.multi_gather_fwd(weights, indices, torch.empty(13, 7, device=DEVICE), err)
+    with pytest.raises(ValueError, match="int32/int64"):
+        mg.multi_gather_fwd(weights, [indices[0], indices[1].float()], out, err)
+
+
+def test_generated_module_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    mod3 = mg.kernel_module(3)
+    assert mg.kernel_module(3) is mod3
+    assert os.path.dirname(mod3.__file__) == mg.cache_dir()
+    assert hasattr(mod3, "_multi_gather_fwd_kernel_T3") and hasattr(
+        mod3, "_multi_gather_bwd_kernel_T3"
+    )
+    mod2 = mg.kernel_module(2)
+    assert mod2 is not mod3 and mod2.__file__ != mod3.__file__
+    assert not hasattr(mod2, "_multi_gather_fwd_kernel_T3")
+
+    # A fresh process (emptied dict) imports the existing file without rewriting it.
+    mtime = os.stat(mod3.__file__).st_mtime_ns
+    monkeypatch.delitem(mg._MODULES, 3)
+
+    def no_write(*args, **kwargs):
+        raise AssertionError("the cached file was rewritten")
+
+    monkeypatch.setattr(mg.tempfile, "mkstemp", no_write)
+    again = mg.kernel_module(3)
+    assert again is not mod3 and again.__file__ == mod3.__file__
+    assert os.stat(mod3.__file__).st_mtime_ns == mtime
+    monkeypatch.undo()
+
+    # Any change of the template gives a new file name, never the stale file.
+    monkeypatch.delitem(mg._MODULES, 3)
+    monkeypatch.setattr(mg, "_FWD", mg._FWD + "\n# changed\n")
+    changed = mg.kernel_module(3)
+    assert changed.__file__ != mod3.__file__
+
+
+@pytest.mark.parametrize("dims", [(1,), (128,), (129, 2), (1024,)], ids=str)
+def test_block_sizes(dims: tuple[int, ...]) -> None:
+    block_d, block_n, num_warps = mg.block_sizes(dims)
+    assert all((bd & (bd - 1)) == 0 and (d <= bd or bd == 128) for bd, d in zip(block_d, dims))
+    assert 16 <= block_n <= 256 and block_n * max(block_d) <= 4096
+    assert num_warps in (2, 4, 8)
