@@ -1,0 +1,110 @@
+"""Tier 2: the custom ops. opcheck (schema, fake impl, autograd registration, AOT with
+dynamic shapes), gradients vs eager, errors; on both the ATen reference path and the
+Triton path (run in the Triton interpreter on the CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.library import opcheck
+
+import inductor_embed
+from inductor_embed.lowering.multi_embedding_ref import multi_embedding_backward_ref
+
+OP = torch.ops.inductor_embed.multi_embedding.default
+BWD = torch.ops.inductor_embed.multi_embedding_backward.default
+
+CASES = {
+    # id: (dims, vocabs, lead shape, dtype, index dtype, padding_idx, scale_grad_by_freq)
+    "B13-T3-D5-fp32": ((5, 1, 3), (7, 4, 9), (13,), torch.float32, torch.int64, (-1, -1, -1), (False,) * 3),
+    "B4x3-T2-D17-bf16": ((17, 2), (5, 3), (4, 3), torch.bfloat16, torch.int64, (-1, 0), (False, False)),
+    "B9-T2-D8-fp16-int32-pad-freq": ((8, 3), (6, 11), (9,), torch.float16, torch.int32, (2, -1), (True, True)),
+    "B0-T2-D3-fp32-empty": ((3, 2), (5, 5), (0,), torch.float32, torch.int64, (-1, -1), (False, False)),
+}
+
+
+def _make(case, requires_grad=True):
+    dims, vocabs, lead, dtype, idt, pad, freq = CASES[case]
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(v, d, generator=g).to(dtype).requires_grad_(requires_grad) for v, d in zip(vocabs, dims)]
+    indices = [torch.randint(0, v, lead, generator=g, dtype=idt) for v in vocabs]
+    return weights, indices, list(pad), list(freq)
+
+
+def _eager(weights, indices, pad, freq):
+    return torch.cat([
+        F.embedding(i, w, padding_idx=None if p < 0 else p, scale_grad_by_freq=s)
+        for w, i, p, s in zip(weights, indices, pad, freq)
+    ], -1)
+
+
+@pytest.fixture(params=["aten", "triton"])
+def path(request):
+    with inductor_embed.config.patch(triton_on_cpu=request.param == "triton"):
+        yield request.param
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_opcheck_forward(case):
+    weights, indices, pad, freq = _make(case)
+    opcheck(OP, (weights, indices, pad, freq))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_opcheck_backward(case):
+    weights, indices, pad, freq = _make(case, requires_grad=False)
+    grad = torch.randn(*indices[0].shape, sum(w.shape[1] for w in weights)).to(weights[0].dtype)
+    opcheck(BWD, (grad, indices, [w.shape[0] for w in weights], [w.shape[1] for w in weights], pad, freq))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_and_gradients_match_eager(case, path):
+    weights, indices, pad, freq = _make(case)
+    ref_w = [w.detach().clone().requires_grad_() for w in weights]
+    out = OP(weights, indices, pad, freq)
+    ref = _eager(ref_w, indices, pad, freq)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)  # a gather is a copy: exact in every dtype
+    grad = torch.randn_like(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    tol = {"rtol": 0, "atol": 1e-5} if weights[0].dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    for w, r in zip(weights, ref_w):
+        torch.testing.assert_close(w.grad, r.grad, **tol)
+
+
+def test_backward_accumulates_half_types_in_fp32(path):
+    # 4096 equal bf16 contributions of 1/64 to one row: bf16 accumulation would stall at 2**(7+...)
+    idx = [torch.zeros(4096, dtype=torch.int64)]
+    grad = torch.full((4096, 2), 1 / 64, dtype=torch.bfloat16)
+    flat = BWD(grad, idx, [3], [2], [-1], [False])
+    torch.testing.assert_close(flat[:2].float(), torch.full((2,), 64.0))
+    assert flat.dtype == torch.bfloat16
+
+
+def test_deterministic_backward_is_the_reference(path):
+    weights, indices, pad, freq = _make("B13-T3-D5-fp32", requires_grad=False)
+    grad = torch.randn(13, 9)
+    args = (grad, indices, [7, 4, 9], [5, 1, 3], pad, freq)
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = BWD(*args), BWD(*args)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(first, second)
+    assert torch.equal(first, multi_embedding_backward_ref(*args))
+
+
+@pytest.mark.parametrize("bad", [7, -1, 100])
+def test_out_of_range_index_raises(path, bad):
+    weights, indices, pad, freq = _make("B13-T3-D5-fp32", requires_grad=False)
+    indices[0][5] = bad
+    with pytest.raises((IndexError, RuntimeError), match="out of range"):
+        OP(weights, indices, pad, freq)
+
+
+def test_bad_index_dtype_raises():
+    weights, indices, pad, freq = _make("B13-T3-D5-fp32", requires_grad=False)
+    indices[1] = indices[1].float()
+    with pytest.raises(RuntimeError, match="int32 or int64"):
+        OP(weights, indices, pad, freq)
