@@ -74,8 +74,7 @@ class InductorEmbedPass(_compat.CustomGraphPass):
     def __call__(self, graph: fx.Graph) -> None:
         if self.previous is not None:
             self.previous(graph)
-        run_patterns(graph, apply=True)
-        graph.owning_module.recompile() if graph.owning_module is not None else None
+        run_patterns(graph, apply=True)  # Inductor recompiles the module after its pre-grad passes
 
     def uuid(self) -> Any:
         prev = self.previous
