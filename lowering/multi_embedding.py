@@ -13,16 +13,15 @@ into its own fused C++ loop.
 from __future__ import annotations
 
 import torch
+from torch.library import triton_op, wrap_triton
+
+from inductor_embed import config
 from inductor_embed.lowering.multi_embedding_ref import (
     multi_embedding_backward_ref,
     multi_embedding_ref,
 )
-from torch.library import triton_op, wrap_triton
-
-from inductor_embed import config
 
 _OOB_MSG = "inductor_embed.multi_embedding: index out of range (expected 0 <= index < num_embeddings of its table)"
-_FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _use_triton(t: torch.Tensor) -> bool:
