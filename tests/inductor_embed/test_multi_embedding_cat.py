@@ -427,3 +427,13 @@ def test_rewrite_log_line(caplog):
     assert line.startswith("multi_embedding_cat: 3 tables -> inductor_embed.multi_embedding")
     assert "dims=[2, 4, 8]" in line and "dtype=fp32" in line and "index_shape=[4]" in line
     assert "embbeddings.0.weight[100x2 fp32]" in line
+
+
+def test_wide_dims_under_inference_mode():
+    model = CatModel(lambda xs: torch.cat(xs, -1), dims=(1024, 7, 1000), vocabs=(3, 5, 4))
+    x = _batch(6, (3, 5, 4))
+    compiled = torch.compile(model, backend="inductor_embed")
+    with torch.inference_mode():
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+    assert out.shape == (6, 2031) and rewrites() == 1
