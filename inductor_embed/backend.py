@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from inductor_embed import _compat
-from inductor_embed.graph_pass import InductorEmbedPass
+from inductor_embed.graph_pass import InductorEmbedPass, run_patterns
 
 
 def inductor_embed_backend(
@@ -22,17 +22,20 @@ def inductor_embed_backend(
     mode: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> Any:
-    """Compile with Inductor, with the embedding patterns rewritten before autograd.
+    """Rewrite the embedding patterns in Dynamo's graph, then compile it with Inductor.
 
-    The rewrite runs as Inductor's ``pre_grad_custom_pass`` (chained after any pass the
-    user installed), not here, so that its ``uuid()`` (code + config) is part of every
-    Inductor cache key. ``mode`` and ``options`` mean what they mean for the default backend.
+    The rewrite runs here, before Inductor's caches are consulted, so every compile logs
+    and counts its rewrites even when Inductor then serves the result from its cache. The
+    plugin's ``uuid()`` (code + config) still enters Inductor's cache keys: the backend
+    installs a key-only ``InductorEmbedPass`` as the pre-grad pass, chained after any pass
+    the user installed. ``mode`` and ``options`` mean what they mean for the default backend.
     """
+    run_patterns(gm.graph, apply=True)
+    gm.recompile()
     patches = _compat.mode_options(mode)
     patches.update(options or {})
     current = patches.get("pre_grad_custom_pass", _compat.inductor_config().pre_grad_custom_pass)
-    if not isinstance(current, InductorEmbedPass):  # enable() may already have installed it
-        current = InductorEmbedPass(previous=current)
-    patches["pre_grad_custom_pass"] = current
-    patches["use_pre_grad_passes"] = True
+    if isinstance(current, InductorEmbedPass):  # enable() installed it: keep the user's pass behind it
+        current = current.previous
+    patches["pre_grad_custom_pass"] = InductorEmbedPass(previous=current, rewrite=False)
     return _compat.compile_fx(gm, example_inputs, config_patches=patches)

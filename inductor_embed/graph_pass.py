@@ -63,18 +63,23 @@ class InductorEmbedPass(_compat.CustomGraphPass):
     """Inductor ``pre_grad_custom_pass`` that runs the patterns, chained after ``previous``.
 
     ``uuid()`` combines our code + config hash with the previous pass's uuid, so the
-    FX graph cache key changes whenever either does. If the previous pass is a plain
+    FX graph cache key changes whenever either does (``rewrite`` does not enter the key:
+    both modes produce the same graph). If the previous pass is a plain
     callable (no uuid), we return None and Inductor bypasses the cache, as it would
     for that callable alone.
     """
 
-    def __init__(self, previous: Callable[[fx.Graph], Any] | None = None) -> None:
+    def __init__(self, previous: Callable[[fx.Graph], Any] | None = None, rewrite: bool = True) -> None:
         self.previous = previous
+        # False when the backend has already rewritten Dynamo's graph itself: the pass
+        # then only carries the cache key (and runs the user's pass).
+        self.rewrite = rewrite
 
     def __call__(self, graph: fx.Graph) -> None:
         if self.previous is not None:
             self.previous(graph)
-        run_patterns(graph, apply=True)  # Inductor recompiles the module after its pre-grad passes
+        if self.rewrite:
+            run_patterns(graph, apply=True)  # Inductor recompiles the module after its pre-grad passes
 
     def uuid(self) -> Any:
         prev = self.previous

@@ -19,5 +19,8 @@ def _fresh_dynamo():
 
     torch._dynamo.reset()
     counters.clear()
-    yield
+    # Inductor's on-disk caches outlive a test run: a hit skips the pre-grad pass that
+    # enable() installs, and a test's counters would then depend on earlier runs.
+    with torch._inductor.config.patch(force_disable_caches=True):
+        yield
     torch._dynamo.reset()

@@ -134,3 +134,12 @@ def test_explain_sees_every_graph_across_a_graph_break():
 
     report = inductor_embed.explain(Broken(), _batch(3, (10,) * 4))
     assert report.graphs == 2 and len(report.rewrites) == 2
+
+
+def test_rewrites_are_counted_even_when_inductor_serves_the_compile_from_its_cache():
+    x = _batch(4, (100, 200, 300))
+    with torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=True):
+        for _ in range(2):
+            torch._dynamo.reset()
+            compare_with_eager(FastMultiEmbeddingEquivalent(), [x])
+    assert rewrites() == 2
