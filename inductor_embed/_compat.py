@@ -20,6 +20,12 @@ except ImportError:  # pragma: no cover - older torch is not supported, but keep
     raise ImportError("inductor_embed needs torch >= 2.11") from None
 
 
+# torch < 2.13's Inductor lowers aten.embedding with indirect_indexing(..., wrap_neg=True):
+# a negative index reads row V + i instead of raising as eager does (pytorch#151918,
+# fixed in 2.13 by pytorch#183636). The CPU reference path adds its own check there.
+INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES: bool = torch.torch_version.TorchVersion(torch.__version__) < (2, 13)
+
+
 def inductor_config() -> Any:
     """``torch._inductor.config`` (the module object, so ``patch`` and fields work)."""
     import torch._inductor.config as cfg
@@ -80,6 +86,24 @@ def register_torch_log(name: str) -> None:
         register_log(name, name)
 
 
+def wrap_triton(kernel: Any) -> Any:
+    """``torch.library.wrap_triton``, passing an interpreted kernel through unchanged.
+
+    Under ``TRITON_INTERPRET=1`` ``@triton.jit`` makes an ``InterpretedFunction``;
+    torch >= 2.13 returns it as is (it launches eagerly), torch 2.11 raises
+    "wrap_triton only works on functions annotated with triton.jit or triton.autotune".
+    """
+    from torch.library import wrap_triton as _wrap_triton
+
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return _wrap_triton(kernel)
+    if isinstance(kernel, InterpretedFunction):
+        return kernel
+    return _wrap_triton(kernel)
+
+
 def guard_size_oblivious_eq(a: Any, b: Any) -> bool:
     """Whether two (possibly symbolic) sizes are known to be equal, adding no guard."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true
@@ -98,6 +122,7 @@ def graph_arg_source_name(node: torch.fx.Node) -> str | None:
 
 
 __all__ = [
+    "INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES",
     "Callable",
     "CustomGraphPass",
     "compile_fx",
@@ -108,4 +133,5 @@ __all__ = [
     "inductor_config",
     "mode_options",
     "register_torch_log",
+    "wrap_triton",
 ]

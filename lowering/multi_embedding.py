@@ -13,9 +13,9 @@ into its own fused C++ loop.
 from __future__ import annotations
 
 import torch
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from inductor_embed import config
+from inductor_embed import _compat, config
 from inductor_embed.lowering.multi_embedding_ref import (
     multi_embedding_backward_ref,
     multi_embedding_ref,
@@ -69,6 +69,11 @@ def multi_embedding(
     """
     _check_inputs(weights, indices)
     if not _use_triton(weights[0]):
+        if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
+            # Inductor < 2.13 lowers embedding with Python-style negative wrapping, so the
+            # compiled reference would read row V-1 for -1 where eager raises.
+            for i in indices:
+                torch._assert_async((i >= 0).all(), _OOB_MSG)
         return multi_embedding_ref(weights, indices)
     from inductor_embed.kernels.multi_gather import multi_gather_fwd
 
@@ -78,7 +83,7 @@ def multi_embedding(
     out = weights[0].new_empty((n, total))
     err = torch.zeros(1, dtype=torch.int32, device=weights[0].device)
     tables = [w if w.stride(1) == 1 else w.contiguous() for w in weights]
-    multi_gather_fwd(tables, [i.reshape(-1) for i in indices], out, err, wrap=wrap_triton)
+    multi_gather_fwd(tables, [i.reshape(-1) for i in indices], out, err, wrap=_compat.wrap_triton)
     # Device-side, asynchronous and CUDA-graph safe, like eager's indexing assert.
     torch._assert_async(err[0] == 0, _OOB_MSG)
     return out.view(*lead, total)
@@ -133,7 +138,7 @@ def multi_embedding_backward(
         else:
             freq.append(None)
     flat = torch.zeros(sum(v * d for v, d in zip(num_rows, dims)), dtype=torch.float32, device=grad.device)
-    multi_gather_bwd(g2, flat_idx, num_rows, dims, padding_idx, freq, flat, wrap=wrap_triton)
+    multi_gather_bwd(g2, flat_idx, num_rows, dims, padding_idx, freq, flat, wrap=_compat.wrap_triton)
     return flat if grad.dtype == torch.float32 else flat.to(grad.dtype)
 
 

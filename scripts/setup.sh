@@ -42,7 +42,7 @@ try:
         missing.append("package")
 except Exception:
     missing.append("package")
-if any(importlib.util.find_spec(m) is None for m in ("pytest", "expecttest", "hypothesis", "ruff")):
+if any(importlib.util.find_spec(m) is None for m in ("pytest", "expecttest", "hypothesis", "ruff", "numpy")):
     missing.append("tools")
 print(" ".join(missing))
 PYEOF
