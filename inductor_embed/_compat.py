@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -104,13 +104,6 @@ def wrap_triton(kernel: Any) -> Any:
     return _wrap_triton(kernel)
 
 
-def guard_size_oblivious_eq(a: Any, b: Any) -> bool:
-    """Whether two (possibly symbolic) sizes are known to be equal, adding no guard."""
-    from torch.fx.experimental.symbolic_shapes import statically_known_true
-
-    return bool(statically_known_true(a == b))
-
-
 def graph_arg_source_name(node: torch.fx.Node) -> str | None:
     """Dynamo's source name of a placeholder (e.g. ``L['self']._modules['emb']._parameters['weight']``)."""
     grapharg = node.meta.get("grapharg")
@@ -123,13 +116,11 @@ def graph_arg_source_name(node: torch.fx.Node) -> str | None:
 
 __all__ = [
     "INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES",
-    "Callable",
     "CustomGraphPass",
     "compile_fx",
     "counters",
     "fake_mode_of",
     "graph_arg_source_name",
-    "guard_size_oblivious_eq",
     "inductor_config",
     "mode_options",
     "register_torch_log",
