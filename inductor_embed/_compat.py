@@ -1,8 +1,8 @@
 """The thin seam between inductor_embed and private torch APIs.
 
 Everything that reaches into ``torch._inductor``, ``torch._dynamo``,
-``torch._logging`` or ``torch._guards`` goes through this module, so a torch
-upgrade is a change here and nowhere else. Tested on torch 2.11 and 2.13.
+``torch._logging``, ``torch._guards`` or ``torch._ops`` goes through this module,
+so a torch upgrade is a change here and nowhere else. Tested on torch 2.11 and 2.13.
 """
 
 from __future__ import annotations
@@ -104,6 +104,32 @@ def wrap_triton(kernel: Any) -> Any:
     return _wrap_triton(kernel)
 
 
+def storage_key(t: torch.Tensor) -> Any:
+    """A hashable identity of a (fake) tensor's storage: a view and an in-place result share it
+    with their base. None for a tensor without storage (sparse, nested)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    try:
+        return StorageWeakRef(t.untyped_storage())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def schema_written_args(target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+    """The arguments an ``OpOverload`` call writes in place (``Tensor(a!)`` in its schema)."""
+    schema = getattr(target, "_schema", None) if isinstance(target, torch._ops.OpOverload) else None
+    if schema is None or not schema.is_mutable:
+        return []
+    out = []
+    for k, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            if k < len(args) and not arg.kwarg_only:
+                out.append(args[k])
+            elif arg.name in kwargs:
+                out.append(kwargs[arg.name])
+    return out
+
+
 def graph_arg_source_name(node: torch.fx.Node) -> str | None:
     """Dynamo's source name of a placeholder (e.g. ``L['self']._modules['emb']._parameters['weight']``)."""
     grapharg = node.meta.get("grapharg")
@@ -124,5 +150,7 @@ __all__ = [
     "inductor_config",
     "mode_options",
     "register_torch_log",
+    "schema_written_args",
+    "storage_key",
     "wrap_triton",
 ]

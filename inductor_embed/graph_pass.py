@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from inductor_embed import _compat, config
 from inductor_embed.patterns import PATTERNS
+from inductor_embed.patterns._fx import written_args
 from inductor_embed.report import Recorder, Report
 
 
@@ -31,10 +32,16 @@ def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
         if config.pattern_enabled(pattern.NAME):
             pattern.run(graph, rec, apply)
     if apply and rec.report.rewrites:
-        graph.eliminate_dead_code()
+        # FX counts call_method nodes as pure, so its default DCE would delete an unused
+        # ``buf.add_(1)``: writes are kept explicitly.
+        graph.eliminate_dead_code(is_impure_node=_is_impure)
         graph.lint()
     rec.report.graphs = 1
     return rec.report
+
+
+def _is_impure(node: fx.Node) -> bool:
+    return node.is_impure() or bool(written_args(node))
 
 
 @functools.lru_cache(maxsize=1)

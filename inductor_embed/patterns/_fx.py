@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -83,6 +84,114 @@ def unsqueeze_of(node: Any) -> tuple[fx.Node, int] | None:
         if isinstance(args.get("input"), fx.Node) and isinstance(args.get("dim"), int):
             return args["input"], args["dim"]
     return None
+
+
+# Python's in-place operators as Dynamo records them (``x += y`` -> operator.iadd, ``x[i] = v``).
+_INPLACE_OPERATORS = frozenset({
+    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+    operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+    operator.ilshift, operator.irshift, operator.imatmul,
+})
+_INPLACE_DUNDERS = frozenset(f"__{op.__name__.strip('_')}__" for op in _INPLACE_OPERATORS)
+
+
+def written_args(node: fx.Node) -> list[Any]:
+    """The values ``node`` may write in place, read conservatively off its target:
+    ``x.mul_()``, ``torch.relu_(x)``, ``x += 1``, ``x[i] = v``, ``inplace=True``, ``out=``,
+    and ``Tensor(a!)`` arguments of ATen overloads."""
+    args, kwargs = node.args, node.kwargs
+    first = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    written: list[Any] = []
+    if node.op == "call_method":
+        name = str(node.target)
+        if (name.endswith("_") and not name.startswith("__")) or name in _INPLACE_DUNDERS:
+            written.append(first)
+    elif node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        if node.target in _INPLACE_OPERATORS or (name.endswith("_") and not name.startswith("_")):
+            written.append(first)
+        elif kwargs.get("inplace") is True:
+            written.append(first)
+        written += _compat.schema_written_args(node.target, args, kwargs)
+    elif node.op == "call_module" and node.graph.owning_module is not None:
+        try:
+            module = node.graph.owning_module.get_submodule(str(node.target))
+        except AttributeError:
+            module = None
+        if getattr(module, "inplace", False) is True:
+            written.append(first)
+    if node.op in ("call_function", "call_method") and "out" in kwargs:
+        written += _flatten(kwargs["out"])
+    return [w for w in written if isinstance(w, fx.Node)]
+
+
+def storage_keys(value: Any) -> set | None:
+    """Storage identities of a node's value (a tensor, or a tuple of them): empty for a
+    value without storage (a SymInt), None when unknown (no metadata)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        key = _compat.storage_key(value)
+        return None if key is None else {key}
+    keys: set = set()
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            if v is not None:
+                sub = storage_keys(v)
+                if sub is None:
+                    return None
+                keys |= sub
+    return keys
+
+
+class Writes:
+    """Every in-place write in a graph, to ask whether a value, or anything sharing its
+    storage (a view, a base, an in-place result), is written, and where.
+
+    An FX graph before autograd is not functional: ``e.mul_(2)`` between a lookup and
+    its cat changes what the cat reads. A write whose target has no metadata counts as
+    writing everything.
+    """
+
+    def __init__(self, graph: fx.Graph) -> None:
+        self.order = {n: k for k, n in enumerate(graph.nodes)}
+        self.writes: list[tuple[fx.Node, set | None]] = []
+        for n in graph.nodes:
+            targets = written_args(n)
+            if targets:
+                keys: set | None = set()
+                for t in targets:
+                    sub = storage_keys(meta_val(t))
+                    keys = None if sub is None or keys is None else keys | sub
+                self.writes.append((n, keys))
+
+    def writer(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None) -> fx.Node | None:
+        """The first node that writes ``node``'s storage in place (strictly between
+        ``after`` and ``before`` when given), or None."""
+        keys = storage_keys(meta_val(node))
+        lo = self.order.get(after, -1) if after is not None else -1
+        hi = self.order.get(before, len(self.order)) if before is not None else len(self.order)
+        for w, wkeys in self.writes:
+            if not lo < self.order.get(w, -1) < hi:
+                continue
+            if keys is None or wkeys is None or keys & wkeys or w.args[:1] == (node,):
+                return w
+        return None
+
+
+def escapes(node: fx.Node, graph: fx.Graph) -> bool:
+    """Whether ``node``'s storage is visible to the caller: it, or a view of it, is an output."""
+    keys = storage_keys(meta_val(node))
+    for out in graph.find_nodes(op="output"):
+        for v in _flatten(out.args):
+            if not isinstance(v, fx.Node):
+                continue
+            if v is node or keys is None:
+                return True
+            vkeys = storage_keys(meta_val(v))
+            if vkeys is None or keys & vkeys:
+                return True
+    return False
 
 
 def call(graph: fx.Graph, target: Callable, args: tuple, like: fx.Node) -> fx.Node:

@@ -16,7 +16,9 @@ original lookup. Left untouched, with a logged reason: ``max_norm`` (renormalise
 table in place), ``sparse=True``, non-float tables, non-integer indices, a cat along
 another dimension, and an elementwise step (bias add, scale) between a lookup and
 the cat: Inductor already fuses that step into its own cat kernel, and moving it into
-the gather would change rounding for half types.
+the gather would change rounding for half types. The graph is not functional yet, so
+also left: a lookup whose output is written in place (``e.mul_(2)``, ``e[0] = 0``), one
+whose indices or table are written between it and the cat, and a cat with ``out=``.
 """
 
 from __future__ import annotations
@@ -103,11 +105,31 @@ class _Site:
     items: list  # each a Lookup or the original input node
 
 
-def _read_site(node: fx.Node, rec: Recorder) -> _Site | None:
+def _hazard(lk: Lookup, site: fx.Node, writes: _fx.Writes) -> str | None:
+    """Why moving ``lk`` to ``site`` would change what the graph computes, or None.
+
+    The fused op reads the indices and the table where the cat is, and replaces the
+    lookup's output: so neither may be written in place in between, and the output
+    never (``e.mul_(2)`` before the cat, ``e[0] = 0`` after it)."""
+    w = writes.writer(lk.node)
+    if w is not None:
+        return f"the lookup's output is written in place by {w.name}; left so the write still applies"
+    for what, value in (("indices", lk.index), ("table", lk.weight)):
+        w = writes.writer(value, after=lk.node, before=site)
+        if w is not None:
+            return f"the {what} are written in place by {w.name} between the lookup and {site.name}"
+    return None
+
+
+def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None:
     parsed = _fx.list_and_dim(node)
     if parsed is None:
         return None
     tensors, dim = parsed
+    if node.kwargs.get("out") is not None:
+        if any(_fx.is_embedding(t) for t in tensors):
+            rec.skip(Skip(NAME, node.name, f"{node.name} writes into out=; left so that it still does"))
+        return None
     out = _fx.meta_val(node)
     if not isinstance(out, torch.Tensor) or not all(isinstance(t, fx.Node) for t in tensors):
         return None
@@ -136,6 +158,8 @@ def _read_site(node: fx.Node, rec: Recorder) -> _Site | None:
                 continue
             inner = unsq[0]
         found = analyse_lookup(inner, consumer)
+        if isinstance(found, Lookup):
+            found = _hazard(found, node, writes) or found
         if isinstance(found, str):
             rec.skip(Skip(NAME, inner.name, found))
             items.append(t)
@@ -177,10 +201,11 @@ def _runs(site: _Site) -> list[tuple[int, int]]:
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
     """Find (and, if ``apply``, rewrite) every multi_embedding_cat site in ``graph``."""
     order = {n: k for k, n in enumerate(graph.nodes)}
+    writes = _fx.Writes(graph)
     for node in list(graph.nodes):
         if _fx.is_erased(node) or node.op != "call_function":
             continue  # erased by an earlier rewrite
-        site = _read_site(node, rec)
+        site = _read_site(node, rec, writes)
         if site is None:
             continue
         runs = []
@@ -195,7 +220,7 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             continue
         rewrites = [_describe(site, s, e) for s, e in runs]
         if apply:
-            _rewrite(graph, site, runs, order)
+            _rewrite(graph, site, runs, order, writes)
         for r in rewrites:
             rec.rewrite(r)
 
@@ -218,8 +243,12 @@ def _describe(site: _Site, start: int, end: int) -> Rewrite:
     )
 
 
-def _rewrite(graph: fx.Graph, site: _Site, runs: list[tuple[int, int]], order: dict[fx.Node, int]) -> None:
+def _rewrite(graph: fx.Graph, site: _Site, runs: list[tuple[int, int]], order: dict[fx.Node, int],
+             writes: _fx.Writes) -> None:
     node = site.node
+    # Other users may read a view of the fused output only if nothing writes the cat's
+    # result (which may be that same buffer) in place.
+    reroute = writes.writer(node) is None
     fused_at = {start: end for start, end in runs}
     new_items: list[fx.Node] = []
     dead: list[fx.Node] = []
@@ -241,7 +270,8 @@ def _rewrite(graph: fx.Graph, site: _Site, runs: list[tuple[int, int]], order: d
                 [lk.padding_idx for lk in lookups],
                 [lk.scale_grad_by_freq for lk in lookups],
             ), node)
-            _reroute_other_users(graph, lookups, fused, node, order)
+            if reroute:
+                _reroute_other_users(graph, lookups, fused, node, order)
             if site.token:
                 fused = _fx.call(graph, torch.unflatten, (fused, -1, (end - k, lookups[0].dim)), node)
             new_items.append(fused)
@@ -262,7 +292,9 @@ def _reroute_other_users(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node,
                          order: dict[fx.Node, int]) -> None:
     """Users of a lookup other than this site read a slice of the fused output when they
     come after the site (where the fused op is defined). Earlier users, and other cat/stack
-    sites (which may fuse the lookup themselves), keep the original lookup."""
+    sites (which may fuse the lookup themselves), keep the original lookup. So do all users
+    of a lookup that is (or has a view that is) a graph output: a slice would make that
+    output share memory with the cat's, which eager's outputs never do."""
     col = 0
     done: set[fx.Node] = set()
     for lk in lookups:
@@ -270,6 +302,8 @@ def _reroute_other_users(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node,
         if lk.node in done:
             continue
         done.add(lk.node)
+        if _fx.escapes(lk.node, graph):
+            continue
         movable = [
             u for u in lk.node.users
             if u is not site and u is not lk.consumer and order.get(u, -1) > order[site]
