@@ -27,6 +27,7 @@ import dataclasses
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
 from inductor_embed import config
 from inductor_embed.patterns import _fx
@@ -89,7 +90,9 @@ def analyse_lookup(node: fx.Node, consumer: fx.Node) -> Lookup | str | None:
     elif not isinstance(pad, int):
         return "padding_idx is not a constant"
     elif pad < 0:
-        pad += num_rows
+        # F.embedding counts a negative padding_idx from the end; torch.embedding (the
+        # ATen op, which F.embedding calls after normalising) reads any negative as none.
+        pad = pad + num_rows if node.target is F.embedding else -1
     return Lookup(node, consumer, weight, index, num_rows, dim, w.dtype, w.device, pad,
                   bool(args["scale_grad_by_freq"]), tuple(i.shape))
 

@@ -116,3 +116,21 @@ def test_cat_with_out_is_left():
     torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
     torch.testing.assert_close(buf_c, buf_e, rtol=0, atol=0)
     assert rewrites() == 0 and skips() == 1
+
+
+def test_torch_embedding_reads_a_negative_padding_idx_as_none():
+    # F.embedding counts padding_idx=-1 from the end; torch.embedding (the ATen op) does
+    # not pad at all then. Before the fix the pass gave row V-1 a zero gradient here.
+    class Aten(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(4, 2))
+            self.c = nn.Embedding(6, 2, padding_idx=-1)  # F.embedding: row 5 is padding
+
+        def forward(self, x, y, z):
+            return torch.cat([torch.embedding(self.a, x, -1), torch.embedding(self.b, y, padding_idx=-2),
+                              self.c(z)], -1)
+
+    x, y, z = torch.tensor([4, 4, 1]), torch.tensor([3, 2, 2]), torch.tensor([5, 0, 5])
+    check_like_eager(Aten(), [x, y, z])
+    assert rewrites() == 1
