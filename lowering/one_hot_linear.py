@@ -1,0 +1,211 @@
+"""``torch.ops.inductor_embed.one_hot_linear``: a Linear on one-hot (or multi-hot) fields as
+a gather of the weight's columns.
+
+Forward: F fields of indices ``[*L, bag_k]`` and a ``[D, V]`` weight -> ``[*L, D]``,
+``out = sum_k sum_j W[:, offsets[k] + idx_k[..., j]] + b``: what
+``F.linear(cat_k(F.one_hot(idx_k, n_k).sum(bag)).float(), W, b)`` computes, without the
+``[*L, V]`` one-hot and its ``L x V x D`` multiply-adds.
+Backward: ``one_hot_linear_backward`` returns the weight's gradient (and the bias's)
+packed into one flat buffer; the autograd formula views it (free).
+
+Both ops are ``triton_op``s, layered like ``multi_embedding``: on CUDA the generated
+wrapper launches our kernels (``kernels/one_hot_gather.py``) directly through
+``wrap_triton``; on the CPU Inductor compiles the ATen reference body
+(``one_hot_linear_ref.py``).
+
+The optional ``dtype`` is the compute dtype under autocast: the weight stays in its own
+dtype and each gathered element is rounded to ``dtype``, as autocast's cast of the whole
+weight would round it, so an fp32 weight of a million columns is never copied to bf16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.library import triton_op
+
+from inductor_embed import _compat, config
+from inductor_embed.lowering.one_hot_linear_ref import (
+    one_hot_linear_backward_ref,
+    one_hot_linear_ref,
+)
+
+# Eager's F.one_hot says "Class values must be non-negative." / "Class values must be
+# smaller than num_classes."; this message matches the same "Class values" pattern.
+_OOB_MSG = "inductor_embed.one_hot_linear: Class values must be non-negative and smaller than num_classes"
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    if t.device.type == "cuda":
+        return True
+    return t.device.type == "cpu" and config.triton_on_cpu
+
+
+def _check_inputs(indices, num_classes, offsets, weight, bias, dtype) -> None:
+    """Raise on calls no rewrite produces (wrong ranks, dtypes, devices, column ranges)."""
+    if not indices or not len(indices) == len(num_classes) == len(offsets):
+        raise RuntimeError(
+            f"one_hot_linear: {len(indices)} index tensors, {len(num_classes)} num_classes, {len(offsets)} offsets"
+        )
+    if weight.dim() != 2 or weight.dtype not in _FLOAT_DTYPES:
+        raise RuntimeError(f"one_hot_linear: weight must be 2-D fp32/fp16/bf16, got {weight.dim()}-D {weight.dtype}")
+    if dtype is not None and dtype not in _FLOAT_DTYPES:
+        raise RuntimeError(f"one_hot_linear: dtype must be fp32/fp16/bf16, got {dtype}")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype or bias.device != weight.device):
+        raise RuntimeError(f"one_hot_linear: bias must be [{weight.shape[0]}] {weight.dtype} on {weight.device}")
+    lead = indices[0].shape[:-1]
+    for k, (i, n, off) in enumerate(zip(indices, num_classes, offsets)):
+        if i.dtype not in (torch.int32, torch.int64):
+            raise RuntimeError(f"one_hot_linear: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}")
+        if i.device != weight.device:
+            raise RuntimeError(f"one_hot_linear: indices {k} are on {i.device}, the weight on {weight.device}")
+        if i.dim() < 1 or i.shape[:-1] != lead:
+            raise RuntimeError(f"one_hot_linear: indices {k} are {list(i.shape)}, expected [{', '.join(map(str, lead))}, bag]")
+        if n < 1 or off < 0 or off + n > weight.shape[1]:
+            raise RuntimeError(f"one_hot_linear: field {k} columns [{off}, {off + n}) outside the weight's {weight.shape[1]}")
+
+
+def _v_major(weight: torch.Tensor) -> bool:
+    """Whether the weight is stored as a row-major [V, D] (``W2.t()`` for ``x @ W2``)."""
+    d, v = weight.shape
+    return d > 1 and v > 1 and weight.stride(0) == 1 and weight.stride(1) == d
+
+
+@triton_op("inductor_embed::one_hot_linear", mutates_args=())
+def one_hot_linear(
+    indices: list[torch.Tensor],
+    num_classes: list[int],
+    offsets: list[int],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Sum the weight columns that one-hot fields select, plus the bias.
+
+    Args:
+        indices: F index tensors ``[*L, bag_k]`` (one leading shape L), int32 or int64.
+            A plain one-hot field has bag 1; a multi-hot one (``one_hot(...).sum(dim)``)
+            has its summed dims flattened into the bag.
+        num_classes: ``n_k`` per field; an index outside ``[0, n_k)`` raises.
+        offsets: the weight column where each field's classes start.
+        weight: ``[D, V]`` (F.linear's layout), fp32/fp16/bf16, any strides.
+        bias: ``[D]`` in the weight's dtype, or None.
+        dtype: compute and output dtype (default: the weight's); see the module doc.
+
+    Returns:
+        ``[*L, D]`` in ``dtype``, accumulated in fp32 and rounded once.
+    """
+    _check_inputs(indices, num_classes, offsets, weight, bias, dtype)
+    out_dtype = weight.dtype if dtype is None else dtype
+    if not _use_triton(weight):
+        # Inductor's bounds check of the gather covers [0, V) only: an index of field k
+        # past n_k would silently read field k+1's column (and torch < 2.13 wraps
+        # negatives). Eager F.one_hot raises on both, so check each field explicitly.
+        for i, n in zip(indices, num_classes):
+            torch._assert_async(((i >= 0) & (i < n)).all(), _OOB_MSG)
+        return one_hot_linear_ref(indices, offsets, weight, bias, out_dtype)
+    from inductor_embed.kernels.one_hot_gather import one_hot_gather_fwd
+
+    lead = indices[0].shape[:-1]
+    rows = math.prod(lead)
+    d = weight.shape[0]
+    out = weight.new_empty((rows, d), dtype=out_dtype)
+    err = torch.zeros(1, dtype=torch.int32, device=weight.device)
+    flat_idx = [i.reshape(rows, i.shape[-1]) for i in indices]
+    one_hot_gather_fwd(flat_idx, num_classes, offsets, weight, bias, out, err, wrap=_compat.wrap_triton)
+    # Device-side, asynchronous and CUDA-graph safe, like eager's device assert.
+    torch._assert_async(err[0] == 0, _OOB_MSG)
+    return out.view(*lead, d)
+
+
+@one_hot_linear.register_fake
+def _one_hot_linear_fake(indices, num_classes, offsets, weight, bias=None, dtype=None):
+    _check_inputs(indices, num_classes, offsets, weight, bias, dtype)
+    return weight.new_empty((*indices[0].shape[:-1], weight.shape[0]), dtype=dtype or weight.dtype)
+
+
+@triton_op("inductor_embed::one_hot_linear_backward", mutates_args=())
+def one_hot_linear_backward(
+    grad: torch.Tensor,
+    indices: list[torch.Tensor],
+    num_classes: list[int],
+    offsets: list[int],
+    num_columns: int,
+    has_bias: bool,
+    v_major: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The weight's gradient, then the bias's, in one flat buffer.
+
+    Args:
+        grad: ``[*L, D]``, the gradient of the forward output (any float dtype).
+        indices, num_classes, offsets: as in ``one_hot_linear``.
+        num_columns: V.
+        has_bias: append the bias gradient (``grad`` summed over rows).
+        v_major: the weight gradient's layout: row-major ``[V, D]`` (then viewed as its
+            transpose) instead of row-major ``[D, V]``; the autograd formula picks the
+            weight's own layout, so accumulating ``.grad`` needs no transposing copy.
+        dtype: the returned dtype (the weight's).
+
+    Returns:
+        ``[D*V + (D if has_bias else 0)]`` in ``dtype``. On the GPU: one zero-fill,
+        one atomic-add launch accumulating in fp32, and one cast unless ``dtype`` is
+        fp32. Under ``torch.use_deterministic_algorithms(True)`` the deterministic ATen
+        reference runs instead of the atomic kernel.
+    """
+    if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+        return one_hot_linear_backward_ref(grad, indices, offsets, num_columns, has_bias, v_major, dtype)
+    from inductor_embed.kernels.one_hot_gather import flat_size, one_hot_gather_bwd
+
+    d = grad.shape[-1]
+    rows = math.prod(grad.shape[:-1])
+    g2 = grad.reshape(rows, d)
+    if d > 1 and g2.stride(-1) != 1:
+        g2 = g2.contiguous()
+    flat = torch.zeros(flat_size(d, num_columns, has_bias), dtype=torch.float32, device=grad.device)
+    one_hot_gather_bwd(g2, [i.reshape(rows, i.shape[-1]) for i in indices], num_classes, offsets, flat,
+                       num_columns=num_columns, v_major=v_major, has_bias=has_bias, wrap=_compat.wrap_triton)
+    return flat if dtype == torch.float32 else flat.to(dtype)
+
+
+@one_hot_linear_backward.register_fake
+def _one_hot_linear_backward_fake(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype):
+    d = grad.shape[-1]
+    return grad.new_empty((d * num_columns + (d if has_bias else 0),), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    indices, num_classes, offsets, weight, bias, _dtype = inputs
+    ctx.save_for_backward(*indices)
+    ctx.num_classes = list(num_classes)
+    ctx.offsets = list(offsets)
+    ctx.shape = tuple(weight.shape)
+    ctx.v_major = _v_major(weight)
+    ctx.weight_dtype = weight.dtype
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    indices = list(ctx.saved_tensors)
+    d, v = ctx.shape
+    need_w = ctx.needs_input_grad[3]
+    need_b = ctx.has_bias and ctx.needs_input_grad[4]
+    grad_w = grad_b = None
+    if need_w:
+        flat = torch.ops.inductor_embed.one_hot_linear_backward(
+            grad, indices, ctx.num_classes, ctx.offsets, v, need_b, ctx.v_major, ctx.weight_dtype
+        )
+        w = flat.narrow(0, 0, d * v)
+        grad_w = w.view(v, d).t() if ctx.v_major else w.view(d, v)
+        if need_b:
+            grad_b = flat.narrow(0, d * v, d)
+    elif need_b:  # frozen weight, trainable bias: no scatter at all
+        grad_b = grad.reshape(-1, d).sum(0, dtype=torch.float32).to(ctx.weight_dtype)
+    # The dispatcher drops trailing arguments equal to their defaults before autograd
+    # sees the call; needs_input_grad has one entry per argument it kept.
+    return ([None] * len(indices), None, None, grad_w, grad_b, None)[: len(ctx.needs_input_grad)]
+
+
+one_hot_linear.register_autograd(_backward, setup_context=_setup_context)
