@@ -47,6 +47,11 @@ def _check_inputs(weights: list[torch.Tensor], indices: list[torch.Tensor]) -> N
             raise RuntimeError(f"multi_embedding: indices {k} are on {i.device}, table {k} on {w.device}")
         if i.dim() != indices[0].dim():
             raise RuntimeError(f"multi_embedding: indices {k} are {i.dim()}-D, indices 0 are {indices[0].dim()}-D")
+        for a, b in zip(i.shape, indices[0].shape):
+            # torch._check: with symbolic sizes (fake impl) this is a guard, not a bool.
+            torch._check(a == b, lambda k=k, i=i: (
+                f"multi_embedding: indices {k} have shape {list(i.shape)}, "
+                f"indices 0 have shape {list(indices[0].shape)}"))
 
 
 @triton_op("inductor_embed::multi_embedding", mutates_args=())
