@@ -77,9 +77,16 @@ def one_hot_linear_backward_ref(
     n = g.shape[0]
     cols = torch.cat([i.reshape(n, i.shape[-1]) + off for i, off in zip(indices, offsets)], dim=1)
     slots = cols.shape[1]
-    rows = g.unsqueeze(1).expand(n, slots, d)
-    gw = torch.ops.aten.embedding_dense_backward(rows, cols, num_columns, -1, False)  # [V, D]
-    parts = [gw.reshape(-1) if v_major else gw.t().reshape(-1)]
+    # One scatter-add into a zeroed flat buffer, at flat positions computed for the final
+    # layout (the bias's D slots included): no view is written, so Inductor neither
+    # transposes nor concatenates a V x D gradient (V may be a million) after the scatter.
+    d_ar = torch.arange(d, device=g.device)
+    col = cols.reshape(-1, 1)
+    pos = col * d + d_ar if v_major else d_ar * num_columns + col  # [N * slots, D]
+    vals = g.unsqueeze(1).expand(n, slots, d).reshape(-1)
+    pos = pos.reshape(-1)
     if has_bias:
-        parts.append(g.sum(0))
-    return torch.cat(parts).to(dtype)
+        pos = torch.cat([pos, d * num_columns + d_ar])
+        vals = torch.cat([vals, g.sum(0)])
+    flat = g.new_zeros(d * num_columns + (d if has_bias else 0))
+    return flat.index_put((pos,), vals, accumulate=True).to(dtype)
