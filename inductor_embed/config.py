@@ -27,11 +27,23 @@ enabled: bool = True
 # --- one switch per pattern (names as in ARCHITECTURE.md) -------------------------
 # N embedding lookups -> torch.cat/concat/concatenate/stack -> one multi-table gather.
 multi_embedding_cat: bool = True
+# F.linear / matmul / mm / @ on F.one_hot(idx, n).<float cast> (also a cat of several
+# one-hot fields, and multi-hot one_hot(...).sum(dim)) -> a gather of weight columns.
+# The one deviation from eager: an inf/NaN weight makes NaN (0 * inf) on every row of
+# the dense matmul, but reaches only the rows that select its column in the gather;
+# set False to keep the dense form.
+one_hot_linear: bool = True
 
 # --- pattern tuning ---------------------------------------------------------------
 # Fewest lookups in one cat worth fusing. Below it the cat is left alone (logged):
 # with one lookup there is nothing to save.
 min_tables: int = 2
+# Fewest one-hot columns (summed over a site's fields) worth turning into a gather.
+# 1 = always: the gather does B x D loads where the dense form reads a B x V one-hot
+# and does B x V x D multiply-adds, so it does less work for every V >= 1, and it
+# never materialises the one-hot. Raise it if a measurement on your device shows the
+# dense GEMM winning for tiny V (no GPU measurement backs a higher default yet).
+one_hot_linear_min_classes: int = 1
 
 # --- kernels ----------------------------------------------------------------------
 # Run the Triton kernels for CPU tensors too (only meaningful with TRITON_INTERPRET=1,
@@ -39,7 +51,14 @@ min_tables: int = 2
 # through the ops; off by default because the CPU's reference path is far faster.
 triton_on_cpu: bool = False
 
-_FIELDS: tuple[str, ...] = ("enabled", "multi_embedding_cat", "min_tables", "triton_on_cpu")
+_FIELDS: tuple[str, ...] = (
+    "enabled",
+    "multi_embedding_cat",
+    "one_hot_linear",
+    "min_tables",
+    "one_hot_linear_min_classes",
+    "triton_on_cpu",
+)
 _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"0", "false", "off", "no"}
 

@@ -17,6 +17,14 @@ CAT_TARGETS = (torch.cat, torch.concat, torch.concatenate)
 STACK_TARGETS = (torch.stack,)
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
+# F.one_hot and F.linear are the C functions themselves (torch._C._nn.*), which Dynamo records.
+ONE_HOT_TARGETS = (F.one_hot,)
+LINEAR_TARGETS = (F.linear,)
+MATMUL_TARGETS = (operator.matmul, torch.matmul, torch.mm)
+MATMUL_METHODS = ("matmul", "mm", "__matmul__")
+# Methods that only change a tensor's dtype (Dynamo keeps x.float() etc. as call_method).
+CAST_METHODS = ("float", "half", "bfloat16", "double", "long", "int", "short", "char", "byte", "bool",
+                "to", "type", "type_as")
 
 # F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
 _F_EMBEDDING = ("input", "weight", "padding_idx", "max_norm", "norm_type", "scale_grad_by_freq", "sparse")
@@ -233,3 +241,94 @@ def table_name(weight: fx.Node) -> str:
     name = re.sub(r"^L\['self'\]\.?", "", name)
     name = re.sub(r"^L\['([^']+)'\]", r"\1", name)
     return name or weight.name
+
+
+def tensor_meta(node: Any) -> torch.Tensor | None:
+    """The node's fake tensor, or None when it produces something else (or has no meta)."""
+    val = meta_val(node)
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def cast_input(node: Any) -> fx.Node | None:
+    """``x`` if node is a dtype cast of ``x`` (``x.float()``, ``x.to(dtype)``, ``x.type_as(y)``,
+    ...) that keeps its shape and device (from the meta values), else None."""
+    if not isinstance(node, fx.Node) or node.op != "call_method" or node.target not in CAST_METHODS:
+        return None
+    x = node.args[0] if node.args else None
+    out, inp = tensor_meta(node), tensor_meta(x)
+    if out is None or inp is None or out.shape != inp.shape or out.device != inp.device:
+        return None
+    return x
+
+
+def sum_args(node: Any) -> dict[str, Any] | None:
+    """``{input, dim, keepdim, dtype}`` of ``x.sum(...)`` / ``torch.sum(x, ...)``, else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    if not ((node.op == "call_method" and node.target == "sum") or
+            (node.op == "call_function" and node.target is torch.sum)):
+        return None
+    args = bind(node, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False, "dtype": None},
+                {"self": "input", "axis": "dim"})
+    return args if isinstance(args.get("input"), fx.Node) else None
+
+
+def transpose_of(node: Any) -> fx.Node | None:
+    """``w`` if node is the transpose of a 2-D ``w`` (``w.t()``, ``w.T``, ``w.mT``,
+    ``w.transpose(0, 1)``, ``w.permute(1, 0)`` and their torch.* spellings), else None."""
+    if not isinstance(node, fx.Node) or not node.args:
+        return None
+    w = node.args[0]
+    wv = tensor_meta(w)
+    if wv is None or wv.dim() != 2:
+        return None
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if node.op not in ("call_method", "call_function"):
+        return None
+    if node.op == "call_function" and node.target is getattr:
+        return w if node.args[1:] in (("T",), ("mT",)) else None
+    if node.op == "call_function" and node.target not in (torch.t, torch.transpose, torch.permute):
+        return None
+    rest = list(node.args[1:])
+    if name == "t" and not rest:
+        return w
+    if name == "transpose" and len(rest) == 2 and all(isinstance(d, int) for d in rest):
+        return w if {d % 2 for d in rest} == {0, 1} else None
+    if name == "permute":
+        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
+        return w if [d % 2 if isinstance(d, int) else d for d in dims] == [1, 0] else None
+    return None
+
+
+def call_method(graph: fx.Graph, name: str, args: tuple, like: fx.Node) -> fx.Node:
+    """Insert ``args[0].name(*args[1:])`` (at the graph's insert point) with fake meta and
+    ``like``'s debug meta: ``call`` for methods (``x.to(dtype)`` reads better than
+    ``torch.Tensor.to(x, dtype)`` in a pinned graph)."""
+    node = graph.call_method(name, args)
+    _recompute_meta(node)
+    for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
+        if key in like.meta:
+            node.meta[key] = like.meta[key]
+    return node
+
+
+def copy_node(graph: fx.Graph, node: fx.Node, replace: dict[fx.Node, Any]) -> fx.Node:
+    """Insert a copy of ``node`` with some inputs replaced, its fake meta recomputed."""
+    new = graph.node_copy(node, lambda n: replace.get(n, n))
+    _recompute_meta(new)
+    return new
+
+
+def _recompute_meta(node: fx.Node) -> None:
+    """Set a call node's fake ``val`` by running its target on its inputs' fake values."""
+    fake_mode = _compat.fake_mode_of([v for v in map(meta_val, node.all_input_nodes) if isinstance(v, torch.Tensor)])
+    if fake_mode is None:
+        return
+    args, kwargs = _map_meta(node.args), {k: meta_val(v) for k, v in node.kwargs.items()}
+    with fake_mode:
+        if node.op == "call_method":
+            val = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            val = node.target(*args, **kwargs)
+    node.meta["val"] = val
+    node.meta["example_value"] = val

@@ -1,0 +1,444 @@
+"""one_hot_linear: a Linear / matmul on one-hot inputs  ==>  a gather of weight columns.
+
+``F.linear(F.one_hot(idx, n).float(), W, b)[r] == W[:, idx[r]] + b`` (seed 001: an
+nn.Linear without bias on one-hot inputs is an nn.Embedding of ``W.t()``). The dense
+form reads a ``[*L, n]`` one-hot and does ``L x n x D`` multiply-adds; the fused op
+``torch.ops.inductor_embed.one_hot_linear`` reads ``L x D`` weight elements.
+
+Forms matched, on Dynamo's torch-level graph (``oh = F.one_hot(idx, n).<cast>``, where
+the cast is ``.float()``, ``.half()``, ``.bfloat16()``, ``.to(dtype)``, ``.type_as(W)``,
+...; idx of any leading shape L):
+
+* ``F.linear(oh, W, b)`` and ``nn.Linear`` (Dynamo inlines it to ``F.linear``), with or
+  without bias; ``oh @ W.T``, ``torch.matmul(oh, W.t())``, ``torch.mm(oh, W.permute(1, 0))``
+  (the weight is ``W``); ``oh @ R`` with any other 2-D ``R`` of shape ``[n, D]`` (the op
+  reads ``R.t()``, whose column stride is 1: the fast layout).
+* several fields: the same on ``torch.cat / concat / concatenate / column_stack / hstack``
+  of ``one_hot(idx_k, n_k)`` pieces along the feature dim, casts before or after the cat.
+  Field k reads its own block of W's columns. A dense piece of the cat keeps its own
+  matmul on its columns of W (``F.linear(dense, W[:, cols])``), added to the op's output.
+* multi-hot: ``F.one_hot(idx, n).sum(dim)`` (a bag of categories per row, casts before
+  or after the sum) -> the op sums the bag's columns (its summed dims become the op's
+  bag dim).
+* autocast: Dynamo records the linear as it is written and autocast casts at run time,
+  so the result's meta dtype (bf16 under ``autocast("cpu", bfloat16)``) differs from the
+  weight's. The op then gets ``dtype=``: it rounds each gathered weight and bias
+  element to that dtype, as autocast's cast of the whole weight would, without
+  materialising that cast.
+
+Left as it is, with a logged reason: ``num_classes=-1`` or a symbolic one (width depends
+on the data; Dynamo in fact breaks the graph at ``F.one_hot(idx)`` itself, so the pass
+never sees it); a sum over the class dim or with keepdim; a bag whose counts a cast in
+the chain cannot hold exactly (a multi-hot count of 300 in bf16); a weight that is not a
+2-D fp32/fp16/bf16 CPU/CUDA tensor of static shape; fewer one-hot columns than
+``config.one_hot_linear_min_classes``; and, as the graph is not functional, a one-hot
+chain written in place before the matmul or indices written in place after the one-hot.
+
+A one-hot with other users keeps them: only the matmul is replaced, and dead nodes go
+with the pass's dead-code elimination.
+
+The one deviation from eager: with inf/NaN in W the dense matmul spreads NaN to every
+row (``0 * inf``), the gather only to rows that select the bad column. The README says
+so; ``config.one_hot_linear = False`` keeps the dense form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from inductor_embed import config
+from inductor_embed.patterns import _fx
+from inductor_embed.report import Recorder, Rewrite, Skip, TableInfo
+
+NAME = "one_hot_linear"
+_OP = "inductor_embed.one_hot_linear"
+
+# The largest count each dtype holds exactly: a multi-hot bag of up to this many
+# categories survives a cast to it (bf16 counts past 256 round, fp16 past 2048).
+_MAX_EXACT = {
+    torch.bool: 1, torch.uint8: 255, torch.int8: 127, torch.int16: 2**15 - 1,
+    torch.int32: 2**31 - 1, torch.int64: 2**63 - 1, torch.float16: 2**11,
+    torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53,
+}
+_STACKS = (torch.column_stack, torch.hstack)
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One ``F.one_hot`` (optionally summed over bag dims) feeding the matmul."""
+
+    one_hot: fx.Node
+    index: fx.Node
+    num_classes: int
+    bag_dims: tuple[int, ...]  # index dims summed away (multi-hot), ascending; () for one-hot
+    bag: int  # categories per output row
+    chain: tuple[fx.Node, ...]  # the one-hot, sum and cast nodes of this piece
+    dtypes: tuple[torch.dtype, ...]  # dtypes along the chain
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """A cat piece that is not a one-hot: it keeps a matmul on its own weight columns."""
+
+    node: fx.Node
+    width: int
+    unsqueeze: bool  # a 1-D column_stack piece, which column_stack makes a [N, 1] column
+
+
+@dataclasses.dataclass
+class _Site:
+    node: fx.Node  # the linear / matmul
+    weight: fx.Node  # [D, V] as the op reads it, or the [V, D] right operand if transpose
+    transpose: bool
+    bias: fx.Node | None
+    items: list  # Field / Dense in column order
+    cat: fx.Node | None
+    post: list[fx.Node]  # casts between the cat (or the field) and the matmul, in order
+    out_dtype: torch.dtype
+    w_dtype: torch.dtype
+    dim: int  # D
+    lead: tuple
+
+    @property
+    def fields(self) -> list[Field]:
+        return [f for f in self.items if isinstance(f, Field)]
+
+    def offsets(self) -> list[int]:
+        out, col = [], 0
+        for item in self.items:
+            out.append(col)
+            col += item.num_classes if isinstance(item, Field) else item.width
+        return out
+
+
+def _peel_casts(node: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
+    """(innermost input, the cast nodes from ``node`` inwards)."""
+    casts = []
+    while (inner := _fx.cast_input(node)) is not None:
+        casts.append(node)
+        node = inner
+    return node, casts
+
+
+def _is_one_hot(node: fx.Node) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target in _fx.ONE_HOT_TARGETS
+
+
+def _dtype(node: fx.Node) -> torch.dtype | None:
+    val = _fx.tensor_meta(node)
+    return None if val is None else val.dtype
+
+
+def _field(piece: fx.Node) -> Field | str | None:
+    """A Field if ``piece`` is a (summed, cast) one-hot we can gather, a reason if it is a
+    one-hot we must leave, else None."""
+    x, casts = _peel_casts(piece)
+    chain: list[fx.Node] = list(casts)
+    summed = _fx.sum_args(x)
+    if summed is not None:
+        chain.append(x)
+        x, pre = _peel_casts(summed["input"])
+        chain += pre
+    if not _is_one_hot(x):
+        return None
+    chain.append(x)
+    args = _fx.bind(x, ("input", "num_classes"), {"num_classes": -1}, {"self": "input", "tensor": "input"})
+    idx, n = args.get("input"), args["num_classes"]
+    if not isinstance(n, int):
+        return "num_classes is symbolic; the gather needs the one-hot width at compile time"
+    if n < 0:
+        return "num_classes=-1: the one-hot width depends on the data (max index + 1)"
+    if n == 0:
+        return "num_classes=0: an empty one-hot"
+    iv = _fx.tensor_meta(idx)
+    if not isinstance(idx, fx.Node) or iv is None:
+        return "the one-hot's indices have no fake tensor metadata"
+    if iv.dtype not in _fx.INDEX_DTYPES:
+        return f"index dtype {iv.dtype} is not int32/int64"
+    rank = iv.dim()
+    bag_dims: tuple[int, ...] = ()
+    bag = 1
+    if summed is not None:
+        dim, keepdim = summed["dim"], summed["keepdim"]
+        dims = [dim] if isinstance(dim, int) else list(dim) if isinstance(dim, (list, tuple)) else None
+        if not dims or not all(isinstance(d, int) for d in dims):
+            return "the sum of the one-hot has no constant dims (it would sum over the classes)"
+        if keepdim:
+            return "the sum of the one-hot keeps its dims (keepdim=True)"
+        norm = sorted({d % (rank + 1) for d in dims})
+        if rank in norm:
+            return "the sum runs over the one-hot's class dim: it counts indices, it is not a multi-hot"
+        bag_dims = tuple(norm)
+        sizes = [iv.shape[d] for d in bag_dims]
+        if not all(isinstance(s, int) for s in sizes):
+            return "the multi-hot bag size is symbolic; its counts cannot be proved exact in the casts"
+        bag = math.prod(sizes)
+    dtypes = tuple(dt for dt in map(_dtype, chain) if dt is not None)
+    return Field(x, idx, n, bag_dims, bag, tuple(chain), dtypes)
+
+
+def _inexact(fields: list[Field], dtypes: tuple) -> str | None:
+    for f in fields:
+        for dt in f.dtypes + dtypes:
+            if _MAX_EXACT.get(dt, 0) < f.bag:
+                return (f"a bag of {f.bag} categories from {f.one_hot.name} is not exact in {dt} "
+                        f"(counts above {_MAX_EXACT.get(dt, 0)} round)")
+    return None
+
+
+def _operands(node: fx.Node) -> tuple | None:
+    """(input, right operand, is_linear, bias) of a linear / matmul / mm / @ node, else None."""
+    if node.op == "call_function" and node.target in _fx.LINEAR_TARGETS:
+        args = _fx.bind(node, ("input", "weight", "bias"), {"bias": None})
+        return args.get("input"), args.get("weight"), True, args["bias"]
+    if (node.op == "call_function" and node.target in _fx.MATMUL_TARGETS) or (
+        node.op == "call_method" and node.target in _fx.MATMUL_METHODS
+    ):
+        args = _fx.bind(node, ("input", "other"), {}, {"self": "input", "mat2": "other"})
+        return args.get("input"), args.get("other"), False, None
+    return None
+
+
+def _cat_pieces(node: fx.Node) -> tuple[list, int, bool] | None:
+    """(pieces, cat dim, column_stack) of a cat-like node, else None."""
+    parsed = _fx.list_and_dim(node)
+    if parsed is not None and node.target not in _fx.STACK_TARGETS:
+        return parsed[0], parsed[1], False
+    if node.op == "call_function" and node.target in _STACKS and node.args:
+        pieces = node.args[0]
+        if not isinstance(pieces, (list, tuple)):
+            return None
+        ranks = [getattr(_fx.tensor_meta(p), "ndim", -1) for p in pieces]
+        if node.target is torch.column_stack:
+            return list(pieces), 1, True
+        return list(pieces), 0 if all(r == 1 for r in ranks) else 1, False
+    return None
+
+
+def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None:
+    ops = _operands(node)
+    if ops is None:
+        return None
+    x, right, is_linear, bias = ops
+    if not isinstance(x, fx.Node) or not isinstance(right, fx.Node):
+        return None
+    inner, post = _peel_casts(x)
+    cat = None
+    parsed = _cat_pieces(inner)
+    out = _fx.tensor_meta(node)
+    if parsed is not None:
+        cat, (pieces, dim, col_stack) = inner, parsed
+        items = []
+        for p in pieces:
+            f = _field(p) if isinstance(p, fx.Node) else None
+            if isinstance(f, str):
+                rec.skip(Skip(NAME, p.name, f))
+            items.append(f if isinstance(f, Field) else p)
+        if not any(isinstance(f, Field) for f in items):
+            return None
+        cv = _fx.tensor_meta(cat)
+        if cv is None or dim % cv.dim() != cv.dim() - 1:
+            return _skip(rec, cat, f"{cat.name} concatenates along dim {dim}, not the feature dim")
+        if cat.kwargs.get("out") is not None:
+            return _skip(rec, cat, f"{cat.name} writes into out=")
+        for k, p in enumerate(items):
+            if isinstance(p, Field):
+                continue
+            pv = _fx.tensor_meta(p)
+            if pv is None:
+                return _skip(rec, cat, f"the cat input {p} has no fake tensor metadata")
+            unsq = col_stack and pv.dim() == 1
+            width = 1 if unsq else pv.shape[-1]
+            if not isinstance(width, int):
+                return _skip(rec, cat, f"the dense input {p.name} has a symbolic width")
+            items[k] = Dense(p, width, unsq)
+        lead = tuple(cv.shape[:-1])
+        chain_dtypes = tuple(d for d in map(_dtype, [cat, *post]) if d is not None)
+    else:
+        f = _field(x)
+        if f is None:
+            return None
+        if isinstance(f, str):
+            return _skip(rec, x, f)
+        items, post, chain_dtypes = [f], [], ()
+        lead = tuple(_fx.tensor_meta(x).shape[:-1]) if _fx.tensor_meta(x) is not None else ()
+    fields = [f for f in items if isinstance(f, Field)]
+    where = fields[0].one_hot.name if len(fields) == 1 else node.name
+    reason = _inexact(fields, chain_dtypes)
+    if reason is not None:
+        return _skip(rec, where, reason)
+    if node.kwargs.get("out") is not None:
+        return _skip(rec, node, f"{node.name} writes into out=")
+
+    # The weight, as the op reads it: [D, V].
+    rv = _fx.tensor_meta(right)
+    if rv is None or out is None:
+        return _skip(rec, node, "no fake tensor metadata on the weight or the result")
+    if rv.dim() != 2:
+        return _skip(rec, node, f"the weight operand is {rv.dim()}-D, expected 2-D")
+    if is_linear:
+        weight, transpose = right, False
+    else:
+        base = _fx.transpose_of(right)
+        weight, transpose = (base, False) if base is not None else (right, True)
+    wv = _fx.tensor_meta(weight)
+    d, v = (wv.shape[1], wv.shape[0]) if transpose else (wv.shape[0], wv.shape[1])
+    if wv.dtype not in _fx.FLOAT_DTYPES:
+        return _skip(rec, node, f"weight dtype {wv.dtype} is not fp32/fp16/bf16")
+    if out.dtype not in _fx.FLOAT_DTYPES:
+        return _skip(rec, node, f"result dtype {out.dtype} is not fp32/fp16/bf16")
+    if wv.device.type not in ("cpu", "cuda"):
+        return _skip(rec, node, f"device {wv.device.type} has no fused kernel")
+    if not isinstance(d, int) or not isinstance(v, int):
+        return _skip(rec, node, "the weight's shape is symbolic (dynamic weight shape)")
+    for f in fields:
+        if _fx.tensor_meta(f.index).device != wv.device:
+            return _skip(rec, node, f"indices of {f.one_hot.name} are on another device than the weight")
+    if bias is not None:
+        bv = _fx.tensor_meta(bias)
+        if not isinstance(bias, fx.Node) or bv is None or tuple(bv.shape) != (d,) or bv.dtype != wv.dtype:
+            return _skip(rec, node, f"the bias is not a [{d}] {wv.dtype} tensor")
+    site = _Site(node, weight, transpose, bias, items, cat, post, out.dtype, wv.dtype, d, lead)
+    if sum(it.num_classes if isinstance(it, Field) else it.width for it in items) != v:
+        return _skip(rec, node, f"the one-hot widths do not add up to the weight's {v} columns")
+    classes = sum(f.num_classes for f in fields)
+    if classes < config.one_hot_linear_min_classes:
+        return _skip(rec, where, f"{classes} one-hot columns < one_hot_linear_min_classes="
+                                 f"{config.one_hot_linear_min_classes}")
+    reason = _hazard(site, writes)
+    if reason is not None:
+        return _skip(rec, where, reason)
+    return site
+
+
+def _skip(rec: Recorder, where, reason: str) -> None:
+    rec.skip(Skip(NAME, where if isinstance(where, str) else where.name, reason))
+    return None
+
+
+def _hazard(site: _Site, writes: _fx.Writes) -> str | None:
+    """Why reading the indices (and dense pieces) at the matmul would change the result.
+
+    The op replaces the matmul and reads its inputs where the matmul is: so the one-hot
+    chain must not be written in place before it (``oh[:, 0] = 0``), and neither the
+    indices after the one-hot nor a dense piece after the cat."""
+    chain = [n for f in site.fields for n in f.chain] + ([site.cat] if site.cat is not None else []) + site.post
+    for n in chain:
+        w = writes.writer(n, before=site.node)
+        if w is not None:
+            return f"{n.name} is written in place by {w.name} before {site.node.name}; left so the write still applies"
+    for f in site.fields:
+        w = writes.writer(f.index, after=f.one_hot, before=site.node)
+        if w is not None:
+            return f"the indices of {f.one_hot.name} are written in place by {w.name} before {site.node.name}"
+    for item in site.items:
+        if isinstance(item, Dense):
+            w = writes.writer(item.node, after=site.cat, before=site.node)
+            if w is not None:
+                return f"the dense input {item.node.name} is written in place by {w.name} after {site.cat.name}"
+    return None
+
+
+def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
+    """Find (and, if ``apply``, rewrite) every one_hot_linear site in ``graph``."""
+    writes = None
+    for node in list(graph.nodes):
+        if node.op not in ("call_function", "call_method") or _fx.is_erased(node) or _operands(node) is None:
+            continue
+        if writes is None:
+            writes = _fx.Writes(graph)
+        site = _read_site(node, rec, writes)
+        if site is None:
+            continue
+        rewrite = _describe(site)
+        if apply:
+            _rewrite(graph, site)
+            writes = None  # the graph changed: positions are recomputed for the next site
+        rec.rewrite(rewrite)
+
+
+def _describe(site: _Site) -> Rewrite:
+    name = _fx.table_name(site.weight)
+    fields, offsets = site.fields, [o for o, it in zip(site.offsets(), site.items) if isinstance(it, Field)]
+    whole = len(site.items) == 1
+    replaced: list[str] = []
+    for n in [n for f in fields for n in reversed(f.chain)] + ([site.cat] if site.cat is not None else []) + site.post:
+        if n.name not in replaced:
+            replaced.append(n.name)
+    replaced.append(site.node.name)
+    return Rewrite(
+        pattern=NAME,
+        replaced=tuple(replaced),
+        fused_op=_OP,
+        tables=tuple(
+            TableInfo(name if whole else f"{name}[:, {o}:{o + f.num_classes}]", f.num_classes, site.dim, site.w_dtype)
+            for f, o in zip(fields, offsets)
+        ),
+        index_shape=site.lead,
+        dtype=site.out_dtype,
+    )
+
+
+def _bag_index(graph: fx.Graph, f: Field, like: fx.Node) -> fx.Node:
+    """The field's indices as the op takes them: ``[*L, bag]`` with the bag dims last."""
+    if not f.bag_dims:
+        return _fx.call(graph, torch.unsqueeze, (f.index, -1), like)
+    rank = _fx.tensor_meta(f.index).dim()
+    k = len(f.bag_dims)
+    trailing = tuple(range(rank - k, rank))
+    idx = f.index
+    if f.bag_dims != trailing:
+        idx = _fx.call(graph, torch.movedim, (idx, list(f.bag_dims), list(trailing)), like)
+    if k > 1:
+        idx = _fx.call(graph, torch.flatten, (idx, rank - k), like)
+    return idx
+
+
+def _rewrite(graph: fx.Graph, site: _Site) -> None:
+    node = site.node
+    autocast = site.out_dtype != site.w_dtype
+    offsets = site.offsets()
+    with graph.inserting_before(node):
+        w = _fx.call(graph, torch.t, (site.weight,), node) if site.transpose else site.weight
+        fields = [(it, off) for it, off in zip(site.items, offsets) if isinstance(it, Field)]
+        args = [
+            [_bag_index(graph, f, node) for f, _ in fields],
+            [f.num_classes for f, _ in fields],
+            [off for _, off in fields],
+            w,
+            site.bias,
+            site.out_dtype if autocast else None,
+        ]
+        while args[-1] is None:  # the graph reads better without trailing defaults
+            args.pop()
+        out = _fx.call(graph, torch.ops.inductor_embed.one_hot_linear.default, tuple(args), node)
+        dense = [(it, off) for it, off in zip(site.items, offsets) if isinstance(it, Dense)]
+        if dense:
+            out = _fx.call(graph, operator.add, (out, _dense_matmul(graph, site, dense, w, autocast)), node)
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)
+
+
+def _dense_matmul(graph: fx.Graph, site: _Site, dense: list, w: fx.Node, autocast: bool) -> fx.Node:
+    """``F.linear`` of the cat's dense pieces with their columns of the weight: the same
+    cat, type promotion and casts as the original, minus the one-hot pieces."""
+    node = site.node
+    pieces = [_fx.call(graph, torch.unsqueeze, (d.node, -1), node) if d.unsqueeze else d.node for d, _ in dense]
+    x = pieces[0] if len(pieces) == 1 else _fx.call(graph, torch.cat, (pieces, -1), node)
+    cat_dtype = _dtype(site.cat)
+    if _dtype(x) != cat_dtype:  # the original cat promoted its inputs together with the one-hots
+        x = _fx.call_method(graph, "to", (x, cat_dtype), node)
+    for c in site.post:
+        x = _fx.copy_node(graph, c, {c.args[0]: x})
+    cols = [_fx.call(graph, torch.narrow, (w, 1, off, d.width), node) for d, off in dense]
+    wd = cols[0] if len(cols) == 1 else _fx.call(graph, torch.cat, (cols, 1), node)
+    if autocast:  # what autocast does to the linear's inputs at run time, explicit for the meta
+        x = _fx.call_method(graph, "to", (x, site.out_dtype), node)
+        wd = _fx.call_method(graph, "to", (wd, site.out_dtype), node)
+    return _fx.call(graph, F.linear, (x, wd), node)
