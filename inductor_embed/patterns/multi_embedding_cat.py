@@ -260,6 +260,8 @@ def _rewrite(graph: fx.Graph, site: _Site, runs: list[tuple[int, int]], order: d
         while k < len(site.items):
             item = site.items[k]
             if k not in fused_at:
+                if isinstance(item, Lookup):  # a lookup in a run too short to fuse stays as it was
+                    item = item.consumer
                 if site.stack:  # stack's other inputs become [.., 1, D] pieces of a cat
                     item = _fx.call(graph, torch.unsqueeze, (item, site.dim), node)
                 new_items.append(item)

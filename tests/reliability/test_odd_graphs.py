@@ -4,12 +4,14 @@ the lookups, and graphs where nothing matches (which must come out unchanged).""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 
 from tests.inductor_embed._util import rewrites, skips
-from tests.reliability._util import check_like_eager
+from tests.reliability._util import check_like_eager, code_before_and_after, dynamo_graphs
 
 
 def _idx(n, *vocabs, dtype=torch.int64):
@@ -134,3 +136,222 @@ def test_torch_embedding_reads_a_negative_padding_idx_as_none():
     x, y, z = torch.tensor([4, 4, 1]), torch.tensor([3, 2, 2]), torch.tensor([5, 0, 5])
     check_like_eager(Aten(), [x, y, z])
     assert rewrites() == 1
+
+
+# --- grad modes, frozen and tied tables, repeated modules, graph breaks --------------------
+
+class Three(nn.Module):
+    """Three tables and an MLP head."""
+
+    def __init__(self, dims=(3, 5, 2), vocabs=(7, 11, 13)):
+        super().__init__()
+        self.tables = nn.ModuleList([nn.Embedding(v, d) for v, d in zip(vocabs, dims)])
+        self.head = nn.Linear(sum(dims), 2)
+
+    def forward(self, a, b, c):
+        return self.head(torch.cat([t(i) for t, i in zip(self.tables, (a, b, c))], dim=-1))
+
+
+def test_no_grad_and_inference_mode():
+    torch.manual_seed(0)
+    model = Three()
+    compiled = torch.compile(model, backend="inductor_embed")
+    x = _idx(9, 7, 11, 13)
+    want = model(*x).detach()
+    with torch.no_grad():
+        out = compiled(*x)
+    assert not out.requires_grad
+    torch.testing.assert_close(out, want)
+    with torch.inference_mode():
+        out = compiled(*x)
+    assert out.is_inference()
+    torch.testing.assert_close(out, want)
+    out = compiled(*x)  # and with grad again: a third graph (grad mode is guarded)
+    assert out.requires_grad
+    assert rewrites() >= 2
+
+
+@pytest.mark.parametrize("frozen", ["all", "first and last", "a buffer table"])
+def test_frozen_tables(frozen):
+    torch.manual_seed(0)
+    model = Three()
+    if frozen == "all":
+        for t in model.tables:
+            t.weight.requires_grad_(False)
+    elif frozen == "first and last":
+        model.tables[0].weight.requires_grad_(False)
+        model.tables[2].weight.requires_grad_(False)
+    else:
+        table = model.tables[1].weight.detach().clone()
+        del model.tables[1].weight
+        model.tables[1].register_buffer("weight", table)  # nn.Embedding reads self.weight
+    check_like_eager(model, _idx(8, 7, 11, 13), tol={"rtol": 1e-5, "atol": 1e-6})
+    assert rewrites() == 1
+
+
+def test_same_module_twice_in_one_cat_in_two_cats_and_across_calls():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user, self.item = nn.Embedding(20, 4), nn.Embedding(9, 3)
+
+        def forward(self, u, v, i):
+            a = torch.cat([self.user(u), self.item(i), self.user(v)], dim=-1)
+            b = torch.cat([self.user(v), self.item(i)], dim=-1)
+            return a.sum(-1) + b.sum(-1)
+
+    model = Twice()
+    compiled_model = copy.deepcopy(model)
+    compiled = torch.compile(compiled_model, backend="inductor_embed")
+    for shift in (1, 2):  # the second call reuses the compiled code
+        u, v, i = _idx(6, 20, 20, 9)
+        u = u.roll(shift)
+        torch.testing.assert_close(compiled(u, v, i), model(u, v, i))
+    assert rewrites() == 2  # one compile, two cats
+    check_like_eager(model, _idx(6, 20, 20, 9), tol={"rtol": 1e-5, "atol": 1e-6})
+
+
+def test_lookups_across_a_graph_break():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = nn.ModuleList([nn.Embedding(10, d) for d in (2, 3, 4, 5)])
+
+        def forward(self, x):
+            e0, e1 = self.t[0](x[:, 0]), self.t[1](x[:, 1])
+            torch._dynamo.graph_break()
+            # e0 and e1 are inputs of this graph, not lookups: only e2 and e3 fuse
+            return torch.cat([e0, self.t[2](x[:, 2]), self.t[3](x[:, 3]), e1], dim=-1)
+
+    x = torch.stack(_idx(5, 10, 10, 10, 10), 1)
+    check_like_eager(Broken(), [x])
+    assert rewrites() == 1
+
+
+def test_weight_tied_to_an_output_projection():
+    class TiedLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(30, 8), nn.Embedding(6, 8)
+            self.proj = nn.Linear(16, 8)
+            self.out = nn.Linear(8, 30, bias=False)
+            self.out.weight = self.tok.weight  # tied, as language models do
+
+        def forward(self, tokens):
+            pos = torch.arange(tokens.shape[-1]).expand_as(tokens)
+            h = torch.cat([self.tok(tokens), self.pos(pos)], dim=-1)
+            return self.out(torch.tanh(self.proj(h)))
+
+    tokens = torch.randint(0, 30, (3, 6), generator=torch.Generator().manual_seed(0))
+    check_like_eager(TiedLM(), [tokens], tol={"rtol": 1e-5, "atol": 1e-5})
+    assert rewrites() == 1
+
+
+def test_cat_whose_other_inputs_are_not_lookups():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = nn.ModuleList([nn.Embedding(v, d) for v, d in ((7, 3), (11, 5), (13, 2), (5, 4))])
+            self.scale = nn.Parameter(torch.randn(5))
+
+        def forward(self, x, dense):
+            e = [t(x[:, k]) for k, t in enumerate(self.t)]
+            lone = torch.cat([dense, e[0]], dim=-1)  # one lookup: nothing to fuse
+            return torch.cat([
+                dense.relu(),  # a computed tensor
+                e[0], e[1],
+                e[1] * self.scale,  # a lookup's other user, inside the cat
+                torch.ones_like(dense),  # a constant
+                e[2], e[3],
+                lone,
+            ], dim=-1)
+
+    x = torch.stack(_idx(6, 7, 11, 13, 5), 1)
+    check_like_eager(Mixed(), [x, torch.randn(6, 2, requires_grad=True)])
+    assert rewrites() == 2  # e0 e1 | e2 e3
+
+
+@pytest.mark.parametrize("form", ["cat, split by a dense input", "stack, split by dtype"])
+def test_lone_lookup_beside_a_fused_run(form):
+    # Found by test_random_models: a lookup in a run shorter than min_tables, in a cat
+    # where another run fuses, reached the new cat as the pass's own Lookup record, and
+    # the compile failed ("expected Tensor as element 0 in argument 0, but got Lookup").
+    class Lone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            half = torch.bfloat16 if "dtype" in form else torch.float32
+            self.a = nn.Embedding(5, 4)
+            self.b, self.c = nn.Embedding(6, 4), nn.Embedding(7, 4, dtype=half)
+            self.d = nn.Embedding(8, 4, dtype=half)
+
+        def forward(self, x, dense):
+            if "dense" in form:
+                return torch.cat([self.a(x), dense, self.b(x), self.c(x), self.d(x)], dim=-1)
+            return torch.stack([self.a(x), self.b(x), self.c(x)], dim=1), self.d(x)
+
+    x = torch.tensor([1, 4, 0])
+    check_like_eager(Lone(), [x, torch.randn(3, 2)], tol={"rtol": 2e-2, "atol": 2e-2} if "dtype" in form else None)
+    assert rewrites() == 1 and skips() == 1
+
+
+# --- graphs where nothing matches come out unchanged -------------------------------------
+
+class Summed(nn.Module):
+    """BERT-style: lookups summed, not concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.word, self.pos = nn.Embedding(20, 4), nn.Embedding(8, 4)
+
+    def forward(self, x):
+        return self.word(x) + self.pos(torch.arange(x.shape[-1]))
+
+
+class Bagged(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.EmbeddingBag(10, 3, mode="sum"), nn.EmbeddingBag(10, 2, mode="mean")
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], dim=-1)
+
+
+class Renormed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Embedding(10, 3, max_norm=1.0), nn.Embedding(10, 2, max_norm=1.0)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], dim=-1)
+
+
+class OneLookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Embedding(10, 3)
+
+    def forward(self, x, dense):
+        return torch.cat([self.a(x), dense], dim=-1)
+
+
+NOTHING = {
+    "mlp": (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU()), lambda: [torch.randn(3, 4)]),
+    "lookups summed": (Summed, lambda: [torch.randint(0, 8, (2, 5))]),
+    "embedding bags": (Bagged, lambda: [torch.randint(0, 10, (4, 3))]),
+    "max_norm lookups": (Renormed, lambda: [torch.randint(0, 10, (4,))]),
+    "one lookup in the cat": (OneLookup, lambda: [torch.randint(0, 10, (4,)), torch.randn(4, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(NOTHING))
+def test_graph_where_nothing_matches_is_unchanged(name):
+    make_model, make_inputs = NOTHING[name]
+    torch.manual_seed(0)
+    model = make_model()
+    with torch.no_grad():  # max_norm renormalises the table in place
+        graphs = dynamo_graphs(model, *make_inputs())
+    assert graphs
+    for gm in graphs:
+        before, after = code_before_and_after(gm)
+        assert after == before
+    assert rewrites() == 0
