@@ -1,0 +1,229 @@
+"""``python -m bench``: run a preset, write json + markdown + plots, print the summary.
+
+    python -m bench --preset cpu-quick          # a few minutes on 2 CPU cores
+    python -m bench --preset gpu                # the full sweep on one GPU
+    python -m bench --preset gpu --workloads single_table      # one part of it
+    python -m bench --preset smoke --out /tmp/b # the CI smoke: seconds
+    python -m bench --list                      # presets, workloads, providers
+    python -m bench --report bench/results/cpu/cpu-quick.json  # redraw md + png from a json
+
+Results go to ``bench/results/<device>/<name>.{json,md}`` and ``<name>_<workload>.png``,
+``<device>`` being ``cpu`` or the GPU's name (``nvidia-h100-80gb-hbm3``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bench import report
+from bench.config import CaseResult, Preset, RunMeta, RunResult
+from bench.presets import PRESETS
+from bench.providers import PROVIDERS, fbgemm_status
+from bench.runner import (
+    Clock,
+    PeakMemory,
+    compile_settings,
+    group_cases,
+    measure_copy_bandwidth,
+    run_group,
+)
+from bench.workloads import WORKLOADS
+
+log = logging.getLogger("bench")
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "bench" / "results"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        if m:
+            return f"CPU {m.group(1).strip()}"
+    except OSError:
+        pass
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
+def results_dir_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def git_state() -> tuple[str, bool]:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return sha, bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def warm_up_compiler(device: torch.device) -> float:
+    """Compile one tiny lookup + backward, so the first provider's compile time is not
+    charged with Inductor's one-time start-up (imports, C++/Triton toolchain probes)."""
+    t0 = time.perf_counter()
+    torch._dynamo.reset()
+    w = torch.randn(4, 2, device=device, requires_grad=True)
+    torch.compile(lambda w, i: torch.nn.functional.embedding(i, w).sum())(w, torch.tensor([1], device=device)).backward()
+    torch._dynamo.reset()
+    return time.perf_counter() - t0
+
+
+def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = None,
+        providers: Sequence[str] | None = None, static: bool = False, compile_cache: bool = False,
+        iters: int | None = None, warmup: int | None = None) -> RunResult:
+    """Run a preset (optionally a subset of its workloads / providers) and return the results."""
+    import triton
+
+    t_start = time.perf_counter()
+    iters = preset.iters if iters is None else iters
+    warmup = preset.warmup if warmup is None else warmup
+    names = list(providers or preset.providers or PROVIDERS)
+    unknown = [n for n in names if n not in PROVIDERS]
+    if unknown:
+        raise SystemExit(f"unknown provider(s) {unknown}; known: {list(PROVIDERS)}")
+    chosen = [PROVIDERS[n] for n in names]
+    cases = [c for c in preset.cases if workloads is None or c.workload in workloads]
+    if not cases:
+        raise SystemExit(f"preset {preset.name} has no case for workloads {workloads}")
+
+    log.info("torch %s, triton %s, %s (%s); preset %s: %d cases, providers %s", torch.__version__,
+             triton.__version__, device, device_name(device), preset.name, len(cases), ", ".join(names))
+    clock, memory = Clock(device), PeakMemory(device)
+    copy_gbps = [measure_copy_bandwidth(device, preset.copy_mib)]
+    log.info("copy bandwidth: %.1f GB/s (%d MiB copy)", copy_gbps[0], preset.copy_mib)
+
+    results: list[CaseResult] = []
+    skipped: list[tuple[str, str]] = []
+    with compile_settings(compile_cache):
+        if preset.warm_up:
+            log.info("compiler warm-up: %.1f s (Inductor's one-time start-up, kept out of every compile time)",
+                     warm_up_compiler(device))
+        for group in group_cases(cases, static):
+            wl = WORKLOADS[group[0].workload]
+            reason = wl.unavailable()
+            if reason:
+                if all(w != wl.name for w, _ in skipped):
+                    log.info("%s: skipped: %s", wl.name, reason)
+                    skipped.append((wl.name, reason))
+                continue
+            t0 = time.perf_counter()
+            log.info("%s: %s (%d case%s)", wl.name, group[0].panel, len(group), "s" * (len(group) > 1))
+            got = run_group(wl, group, chosen, device, iters, warmup, not static, clock, memory)
+            for c in got:
+                eager = c.get("eager")
+                log.info("  %-46s %s", c.case.label, "  ".join(
+                    f"{r.provider}={r.fwd_bwd.median_ms:.3g}ms" if r.timed else f"{r.provider}:{r.status}"
+                    for r in c.results if r.status != "skipped" or r is eager))
+            log.info("  (%.1f s)", time.perf_counter() - t0)
+            results.extend(got)
+    # Bandwidth again at the end: on a shared machine it drifts; the report uses the mean.
+    copy_gbps.append(measure_copy_bandwidth(device, preset.copy_mib))
+    version, why = fbgemm_status()
+    sha, dirty = git_state()
+    meta = RunMeta(
+        preset=preset.name, device=device.type, device_name=device_name(device),
+        results_dir=results_dir_name(device), torch=torch.__version__, triton=triton.__version__,
+        python=platform.python_version(), fbgemm=version or why, git_sha=sha, git_dirty=dirty,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        threads=torch.get_num_threads(), copy_gbps=sum(copy_gbps) / len(copy_gbps), copy_mib=preset.copy_mib,
+        timer=clock.description,
+        shapes="static: one compile per case" if static else
+               "batch dimension marked dynamic: one compile per table configuration",
+        compile_caches=("on" if compile_cache else "off (force_disable_caches): compile times are cold")
+        + ("" if preset.warm_up else "; no compiler warm-up, so the first compile carries Inductor's start-up"),
+        peak_mem_method=memory.method, iters=iters, warmup=warmup, wall_s=time.perf_counter() - t_start)
+    return RunResult(meta=meta, cases=tuple(results), skipped=tuple(skipped))
+
+
+def _list() -> str:
+    lines = ["presets:"]
+    for p in PRESETS.values():
+        lines.append(f"  {p.name:<10} {len(p.cases):>4} cases, {p.iters} iters: {p.description}")
+    lines.append("workloads:")
+    for w in WORKLOADS.values():
+        why = w.unavailable()
+        lines.append(f"  {w.name:<19} {w.title} (after {w.source})" + (f"  [not run: {why}]" if why else ""))
+    lines.append("providers:")
+    for p in PROVIDERS.values():
+        lines.append(f"  {p.name:<19} {p.description}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="default: gpu with CUDA, else cpu-quick")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    ap.add_argument("--providers", help=f"comma-separated subset of {','.join(PROVIDERS)}")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default bench/results)")
+    ap.add_argument("--name", help="file name stem (default: the preset, plus the workloads if filtered)")
+    ap.add_argument("--iters", type=int, help="timed iterations (default: the preset's)")
+    ap.add_argument("--warmup", type=int, help="warm-up iterations (default: the preset's)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, the core count)")
+    ap.add_argument("--static", action="store_true", help="compile per case with static shapes")
+    ap.add_argument("--compile-cache", action="store_true", help="leave Inductor's caches on")
+    ap.add_argument("--report", type=Path, metavar="JSON", help="only redraw markdown + plots from a json")
+    ap.add_argument("--list", action="store_true", help="list presets, workloads and providers")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not log.handlers:  # our own handler: fbgemm_gpu's import configures the root logger
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("bench: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if args.list:
+        print(_list())
+        return 0
+    if args.report:
+        res = report.load(args.report)
+        paths = report.write(res, args.report.parent, args.report.stem)
+        print("\n".join(str(p) for p in paths))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "cpu-quick")]
+    workloads = args.workloads.split(",") if args.workloads else None
+    if workloads:
+        unknown = [w for w in workloads if w not in WORKLOADS]
+        if unknown:
+            raise SystemExit(f"unknown workload(s) {unknown}; known: {list(WORKLOADS)}")
+    providers = args.providers.split(",") if args.providers else None
+    res = run(preset, device, workloads, providers, static=args.static, compile_cache=args.compile_cache,
+              iters=args.iters, warmup=args.warmup)
+    name = args.name or preset.name + ("-" + "-".join(workloads) if workloads else "")
+    out_dir = args.out / res.meta.results_dir
+    paths = report.write(res, out_dir, name)
+    print(f"# {preset.name} on {res.meta.device_name}\n")
+    print(report.meta_lines(res) + "\n")
+    print(report.summary_tables(res))
+    print("\n".join(f"wrote {p}" for p in paths))
+    failed = [(c.case.label, r.provider) for c in res.cases for r in c.results if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} provider run(s) failed: {failed[:5]}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,123 @@
+"""The presets: which cases a run covers and how many iterations it times.
+
+- ``smoke``: tiny sizes, every workload and code path, seconds; what CI runs (no
+  timing is asserted).
+- ``cpu-quick``: a few minutes on a 2-core CPU: small and medium batches, a subset
+  of each study, few iterations.
+- ``gpu``: the full sweep, for one H100/H200. Run it in parts with ``--workloads``
+  where a command may only take 10 minutes.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from bench.config import Case, Preset
+
+ALL_DISTS = ("uniform", "halves", "same", "hot20", "zipf1.15")
+SEED004_VOCABS = (1_000, 5_000, 10_000, 50_000)  # cycled over the tables
+
+
+def cycle(values: tuple[int, ...], n: int) -> tuple[int, ...]:
+    return tuple(itertools.islice(itertools.cycle(values), n))
+
+
+def single(vocab: int, dim: int, batches, dists, dtype: str = "float32", panel: str = "") -> list[Case]:
+    panel = panel or f"V={vocab} D={dim}" + ("" if dtype == "float32" else f" {dtype}")
+    return [Case("single_table", f"{panel} {d}", (vocab,), (dim,), b, d, dtype)
+            for d in dists for b in batches]
+
+
+def multi(panel: str, dims: tuple[int, ...], batches, dtype: str = "float32",
+          vocabs: tuple[int, ...] = SEED004_VOCABS) -> list[Case]:
+    return [Case("multi_table", panel, cycle(vocabs, len(dims)), dims, b, "uniform", dtype) for b in batches]
+
+
+def table_sweep(tables, batch: int, dims: tuple[int, ...] = (1, 2, 4, 8)) -> list[Case]:
+    return [Case("multi_table", f"tables at B={batch}, D={'/'.join(map(str, dims))}", cycle(SEED004_VOCABS, t),
+                 cycle(dims, t), batch, "uniform", x_axis="tables") for t in tables]
+
+
+def bags(panel: str, tables: int, rows: int, dims: tuple[int, ...], batches, bag_size: int = 20,
+         weighted: bool = False, dist: str = "zipf1.15") -> list[Case]:
+    return [Case("table_batched_bags", panel, (rows,) * tables, cycle(dims, tables), b, dist, "float32",
+                 bag_size, weighted) for b in batches]
+
+
+def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, bag_size: int = 8) -> list[Case]:
+    """The pattern hooks (one_hot_linear, tied_bags): skipped until their pattern exists."""
+    return ([Case("one_hot_linear", f"classes={n_classes} D={dim}", (n_classes,), (dim,), b) for b in batches]
+            + [Case("tied_bags", f"V={vocab} D={dim} L={bag_size}", (vocab,), (dim,), b, "zipf1.15",
+                    bag_size=bag_size) for b in batches])
+
+
+# seed 004's multi-table configurations
+DIMS_1_8 = (1, 2, 4, 8, 1, 2, 4, 8, 1, 2)
+DIMS_4_32 = (4, 8, 16, 32, 4, 8, 16, 32, 4, 8)
+DIMS_64_256 = (64, 128, 256, 64, 128, 256, 64, 128, 256, 64)
+DIMS_20 = cycle((1, 2, 4, 8, 16, 32), 20)
+
+
+def _smoke() -> Preset:
+    # Few compiles (each costs 1-2 s on a CPU): one group per code path, two cases in a
+    # group so the dynamic batch is reused, bf16 on the multi-table path (the fp32
+    # reference), per-sample weights on the bags path.
+    cases = (
+        single(100, 8, (64,), ("same",))
+        + [Case("multi_table", "T=3 bf16", (100, 500, 1000), (1, 2, 4), b, "zipf1.15", "bfloat16")
+           for b in (32, 64)]
+        + bags("T=2 D=8", 2, 100, (8,), (16,), bag_size=4, weighted=True)
+    )
+    # The pattern hooks are left out (tests/bench checks their models without compiling).
+    return Preset("smoke", "tiny sizes through every code path (CI; no timing is asserted)", tuple(cases),
+                  iters=2, warmup=1, copy_mib=8, warm_up=False,
+                  providers=("eager", "torch.compile", "inductor_embed", "inductor_embed.op", "fbgemm_tbe"))
+
+
+def _cpu_quick() -> Preset:
+    # Seed 004's tables as they are; the cost on a CPU is the dense gradient's zero-fill
+    # (V x D per table per step), so big configurations get one batch size each. Left to
+    # the gpu preset: the table-count sweep (100 tables cost ~30 s of compile per
+    # provider on 2 cores), per-sample weights and mixed dims in bags.
+    small, large = 512, 16384
+    cases = (
+        single(100_000, 32, (small, large), ALL_DISTS)
+        + single(10, 32, (small, large), ("uniform",))
+        # users' worst case for compiled backward: bf16, one row repeated 262,144 times
+        + single(32_000, 64, (262_144,), ("same",), dtype="bfloat16", panel="worst case V=32000 D=64 bf16")
+        + multi("10 tables, D 1..8", DIMS_1_8, (small, 4096, large))
+        + multi("10 tables, D 4..32", DIMS_4_32, (small, large))
+        + multi("10 tables, D 64..256", DIMS_64_256, (4096,))
+        + multi("20 tables, D 1..32", DIMS_20, (4096,))
+        # FBGEMM's TBE defaults, scaled to the CPU: T=8 tables of 5,000 rows (not 32 x 100,000)
+        + bags("T=8 rows=5000 D=128 L=20", 8, 5_000, (128,), (small,))
+        + hooks((small, 4096))
+    )
+    return Preset("cpu-quick", "a few minutes on a 2-core CPU: a subset of every study", tuple(cases),
+                  iters=10, warmup=1, copy_mib=128)
+
+
+def _gpu() -> Preset:
+    batches = (32, 128, 512, 2048, 8192, 16384)
+    cases = []
+    for dim in (8, 32, 128, 256):
+        cases += single(100_000, dim, batches, ALL_DISTS)
+    for vocab in (10, 1_000, 1_000_000):
+        cases += single(vocab, 32, batches, ALL_DISTS)
+    for dim in (64, 256):
+        cases += single(32_000, dim, (65_536, 262_144, 1_048_576), ("same",), dtype="bfloat16",
+                        panel=f"worst case V=32000 D={dim} bf16")
+    cases += multi("10 tables, D 1..8", DIMS_1_8, batches)
+    cases += multi("10 tables, D 4..32", DIMS_4_32, batches)
+    cases += multi("10 tables, D 64..256", DIMS_64_256, batches)
+    cases += multi("20 tables, D 1..32", DIMS_20, batches)
+    cases += multi("10 tables, D 1..8 bf16", DIMS_1_8, batches, dtype="bfloat16")
+    cases += table_sweep((10, 100, 1000), 128, dims=DIMS_1_8[:4])
+    cases += bags("FBGEMM defaults T=32 rows=100000 D=128 L=20", 32, 100_000, (128,), (128, 512, 2048))
+    cases += bags("mixed D 32..256", 32, 100_000, (32, 64, 128, 256), (512,))
+    cases += bags("weighted", 32, 100_000, (128,), (512,), weighted=True)
+    cases += hooks(batches, n_classes=1000, dim=128, vocab=100_000, bag_size=20)
+    return Preset("gpu", "the full sweep on one GPU", tuple(cases), iters=30, warmup=5, copy_mib=1024)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _gpu())}

@@ -1,0 +1,30 @@
+"""The workload registry: name -> ``Workload``.
+
+| name | after | inductor_embed pattern |
+|---|---|---|
+| single_table | seed 004's FastEmbedding study | (none fires on one lookup; ``inductor_embed.op`` calls the op) |
+| multi_table | seed 004's FastMultiEmbedding study | multi_embedding_cat |
+| table_batched_bags | FBGEMM's TBE benchmark defaults | multi_embedding_bag (not implemented yet) |
+| one_hot_linear | seed 001 | one_hot_linear (runs once the pattern exists) |
+| tied_bags | seed 003 | tied_embedding_bag (runs once the pattern exists) |
+
+Bytes moved are counted per workload (each module's ``bytes_formula``): index bytes,
+rows gathered, output written; for the backward the gradient read, the zero-fill of
+the dense gradient and one atomic read-modify-write of a gradient row per lookup, all
+in the tables' dtype. The count is provider-independent: a provider that moves more
+(an fp32 accumulation buffer, a sort) shows as fewer GB/s.
+"""
+
+from __future__ import annotations
+
+from bench.workloads.base import EmbeddingModel, FbgemmTBE, Unsupported, Workload
+from bench.workloads.multi_table import MultiTable
+from bench.workloads.pattern_hooks import OneHotLinear, TiedBags
+from bench.workloads.single_table import SingleTable
+from bench.workloads.table_batched_bags import TableBatchedBags
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w for w in (SingleTable(), MultiTable(), TableBatchedBags(), OneHotLinear(), TiedBags())
+}
+
+__all__ = ["WORKLOADS", "EmbeddingModel", "FbgemmTBE", "Unsupported", "Workload"]

@@ -1,0 +1,151 @@
+"""What every workload provides, and the pieces they share (FBGEMM's dense TBE).
+
+A workload turns a ``Case`` into an eager model, its inputs and its byte count.
+Models expose ``weights()``: their tables in order, so every provider's gradients
+can be compared with eager's table by table.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.config import DTYPES, INDEX_BYTES, Bytes, Case
+from bench.distributions import sample
+
+
+class Unsupported(Exception):
+    """A provider cannot run this case (the message says why); recorded as skipped."""
+
+
+class EmbeddingModel(nn.Module):
+    """Base of the workloads' eager models: ``weights()`` lists the tables in order."""
+
+    def weights(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+class Workload:
+    """One family of cases. Subclasses set the class attributes and override the methods."""
+
+    name: str = ""
+    title: str = ""
+    source: str = ""  # where the workload comes from (seed document, FBGEMM)
+    pattern: str = ""  # the inductor_embed.config switch of the rewrite it exercises
+    bytes_formula: str = ""  # the byte count, in words, for the report
+
+    def unavailable(self) -> str | None:
+        """Why the whole workload cannot run in this checkout, or None."""
+        return None
+
+    def build(self, case: Case, device: torch.device) -> EmbeddingModel:
+        raise NotImplementedError
+
+    def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def dynamic_dims(self, case: Case) -> tuple[tuple[int, int], ...]:
+        """(input position, dim) pairs that carry the batch: marked dynamic for compiles."""
+        return ((0, 0),)
+
+    def bytes(self, case: Case) -> Bytes:
+        raise NotImplementedError
+
+    def op_model(self, model: EmbeddingModel) -> EmbeddingModel | None:
+        """The model written with inductor_embed's fused op called directly, or None."""
+        return None
+
+    def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
+        raise Unsupported(f"no FBGEMM equivalent for the {self.name} workload")
+
+
+# --- shared helpers -------------------------------------------------------------------
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def rng_for(case: Case, salt: str = "") -> np.random.Generator:
+    """A numpy generator seeded from the case, so a case draws the same indices in every run."""
+    return np.random.default_rng(zlib.crc32(f"{case.label}|{case.workload}|{salt}".encode()))
+
+
+def table_indices(case: Case, n: int, device: torch.device, salt: str = "") -> torch.Tensor:
+    """[n, T] int64: column k drawn from ``case.dist`` over table k's vocabulary."""
+    rng = rng_for(case, salt)
+    cols = [sample(case.dist, n, v, rng) for v in case.vocabs]
+    return torch.from_numpy(np.stack(cols, axis=1)).to(device)
+
+
+def seed_for(case: Case) -> int:
+    """Weights depend on the tables only, so cases sharing a compile share a model."""
+    return zlib.crc32(repr(case.compile_key).encode())
+
+
+def unpooled_bytes(case: Case) -> Bytes:
+    """N lookups in each of T tables, outputs concatenated (e = the tables' element size).
+
+    fwd = sum_k  N*8 (indices) + N*D_k*e (rows read) + N*D_k*e (output written)
+    bwd = sum_k  N*8 (indices) + N*D_k*e (grad read) + V_k*D_k*e (zero-fill of the dense
+                 grad) + 2*N*D_k*e (atomic read-modify-write of one grad row per lookup)
+    """
+    e, n = DTYPES[case.dtype], case.batch
+    fwd = sum(n * INDEX_BYTES + 2 * n * d * e for d in case.dims)
+    bwd = sum(n * INDEX_BYTES + n * d * e + v * d * e + 2 * n * d * e for v, d in zip(case.vocabs, case.dims))
+    return Bytes(fwd=fwd, bwd=bwd)
+
+
+class FbgemmTBE:
+    """FBGEMM's DenseTableBatchedEmbeddingBagsCodegen holding copies of a model's tables.
+
+    The dense TBE has the others' contract: a dense gradient of its (flat) weights, no
+    fused optimizer. ``adapt`` turns the workload's inputs into TBE's flat indices and
+    offsets (done once per case, outside the timed loop: a TBE pipeline gets them in
+    that form). Pooling is SUM; a bag of one index is a plain lookup.
+    """
+
+    def __init__(self, weights: Sequence[torch.Tensor], device: torch.device,
+                 adapt: Callable[..., tuple[torch.Tensor, ...]]) -> None:
+        dtype = weights[0].dtype
+        if device.type == "cpu" and dtype == torch.bfloat16:
+            raise Unsupported("FBGEMM's CPU TBE has no bf16 kernel (split_embedding_cpu_forward is not "
+                              "implemented for BFloat16)")
+        from fbgemm_gpu.split_embedding_configs import SparseType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            DenseTableBatchedEmbeddingBagsCodegen,
+        )
+
+        precision = {torch.float32: SparseType.FP32, torch.float16: SparseType.FP16,
+                     torch.bfloat16: SparseType.BF16}[dtype]
+        specs = [(int(w.shape[0]), int(w.shape[1])) for w in weights]
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                tbe = DenseTableBatchedEmbeddingBagsCodegen(
+                    specs, weights_precision=precision, output_dtype=precision,
+                    pooling_mode=PoolingMode.SUM, use_cpu=False)
+        else:
+            tbe = DenseTableBatchedEmbeddingBagsCodegen(
+                specs, weights_precision=precision, output_dtype=precision,
+                pooling_mode=PoolingMode.SUM, use_cpu=True)
+        offsets = [int(o) for o in tbe.weights_offsets.tolist()]
+        with torch.no_grad():
+            for w, o in zip(weights, offsets):
+                tbe.weights[o:o + w.numel()].copy_(w.detach().reshape(-1))
+        self.module = tbe
+        self.adapt = adapt
+        self._slices = [(o, int(w.shape[0]), int(w.shape[1])) for w, o in zip(weights, offsets)]
+
+    def grads(self) -> list[torch.Tensor | None]:
+        g = self.module.weights.grad
+        if g is None:
+            return [None] * len(self._slices)
+        return [g[o:o + v * d].view(v, d) for o, v, d in self._slices]
+
+    def params(self) -> list[torch.Tensor]:
+        return [self.module.weights]

@@ -1,0 +1,120 @@
+"""Workloads for patterns that are designed but may not be implemented yet.
+
+Each one is complete (model, inputs, byte count) and is run by every preset, but
+only once ``inductor_embed.config`` has its pattern's switch: until then the whole
+workload is reported as skipped, with the reason, and costs nothing. When the
+pattern lands, the workload lights up with every provider; nothing here changes.
+
+- ``one_hot_linear`` (seed 001): ``F.linear(F.one_hot(idx, n).to(dtype), W, b)``, which
+  the pattern turns into a gather of W's columns.
+- ``tied_bags`` (seed 003): ``F.embedding`` and ``F.embedding_bag`` reading one weight
+  (a token and its bag of context tokens, summed), which the pattern turns into one
+  op that reads the weight once and writes one gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import inductor_embed
+from bench.config import DTYPES, INDEX_BYTES, Bytes, Case
+from bench.distributions import sample
+from bench.workloads.base import (
+    EmbeddingModel,
+    Workload,
+    rng_for,
+    seed_for,
+    table_indices,
+    torch_dtype,
+)
+
+
+class PatternHook(Workload):
+    """A workload that runs only once its inductor_embed pattern exists."""
+
+    def unavailable(self) -> str | None:
+        if hasattr(inductor_embed.config, self.pattern):
+            return None
+        return (f"pattern {self.pattern} is not implemented in inductor_embed yet (inductor_embed.config has "
+                f"no {self.pattern!r} switch); this workload runs as soon as it has")
+
+
+class OneHotProjection(EmbeddingModel):
+    """``Linear(n, D)`` applied to ``one_hot(idx, n)``: [B] -> [B, D]."""
+
+    def __init__(self, n: int, dim: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.n = n
+        self.proj = nn.Linear(n, dim, dtype=dtype)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.one_hot(idx, self.n).to(self.proj.weight.dtype))
+
+    def weights(self) -> list[torch.Tensor]:
+        return [self.proj.weight, self.proj.bias]
+
+
+class OneHotLinear(PatternHook):
+    name = "one_hot_linear"
+    title = "Linear layer on a one-hot encoding"
+    source = "seed 001"
+    pattern = "one_hot_linear"
+    bytes_formula = ("as a gather of weight columns: fwd = N*8 + N*D*e (columns read) + N*D*e (output) + D*e "
+                     "(bias); bwd = N*8 + N*D*e (grad read) + V*D*e (zero-fill) + 2*N*D*e (atomic RMW) + D*e "
+                     "(bias grad)")
+
+    def build(self, case: Case, device: torch.device) -> EmbeddingModel:
+        torch.manual_seed(seed_for(case))
+        return OneHotProjection(case.vocabs[0], case.dims[0], torch_dtype(case.dtype)).to(device)
+
+    def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return (table_indices(case, case.batch, device)[:, 0].contiguous(),)
+
+    def bytes(self, case: Case) -> Bytes:
+        e, n, v, d = DTYPES[case.dtype], case.batch, case.vocabs[0], case.dims[0]
+        return Bytes(fwd=n * INDEX_BYTES + 2 * n * d * e + d * e,
+                     bwd=n * INDEX_BYTES + n * d * e + v * d * e + 2 * n * d * e + d * e)
+
+
+class TiedEmbeddingBag(EmbeddingModel):
+    """``F.embedding(tok, W) + F.embedding_bag(ctx, W, mode="sum")``: [B], [B, L] -> [B, D]."""
+
+    def __init__(self, vocab: int, dim: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(vocab, dim, dtype=dtype))
+
+    def forward(self, tok: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tok, self.weight) + F.embedding_bag(ctx, self.weight, mode="sum")
+
+    def weights(self) -> list[torch.Tensor]:
+        return [self.weight]
+
+
+class TiedBags(PatternHook):
+    name = "tied_bags"
+    title = "A token and its context bag reading one tied table"
+    source = "seed 003"
+    pattern = "tied_embedding_bag"
+    bytes_formula = ("fwd = N*(1+L)*8 + N*(1+L)*D*e (rows read) + N*D*e (output); bwd = N*(1+L)*8 + N*D*e "
+                     "(grad read) + V*D*e (zero-fill) + 2*N*(1+L)*D*e (atomic RMW)")
+
+    def build(self, case: Case, device: torch.device) -> EmbeddingModel:
+        torch.manual_seed(seed_for(case))
+        return TiedEmbeddingBag(case.vocabs[0], case.dims[0], torch_dtype(case.dtype)).to(device)
+
+    def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
+        rng = rng_for(case)
+        v, b, bag = case.vocabs[0], case.batch, case.bag_size
+        tok = torch.from_numpy(sample(case.dist, b, v, rng)).to(device)
+        ctx = torch.from_numpy(sample(case.dist, b * bag, v, rng).reshape(b, bag)).to(device)
+        return tok, ctx
+
+    def dynamic_dims(self, case: Case) -> tuple[tuple[int, int], ...]:
+        return ((0, 0), (1, 0))
+
+    def bytes(self, case: Case) -> Bytes:
+        e, n, bag, v, d = DTYPES[case.dtype], case.batch, case.bag_size, case.vocabs[0], case.dims[0]
+        return Bytes(fwd=n * (1 + bag) * INDEX_BYTES + n * (1 + bag) * d * e + n * d * e,
+                     bwd=n * (1 + bag) * INDEX_BYTES + n * d * e + v * d * e + 2 * n * (1 + bag) * d * e)
