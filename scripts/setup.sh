@@ -42,7 +42,7 @@ try:
         missing.append("package")
 except Exception:
     missing.append("package")
-if any(importlib.util.find_spec(m) is None for m in ("pytest", "expecttest", "hypothesis", "ruff", "numpy")):
+if any(importlib.util.find_spec(m) is None for m in ("pytest", "expecttest", "hypothesis", "ruff", "numpy", "matplotlib")):
     missing.append("tools")
 print(" ".join(missing))
 PYEOF
@@ -68,7 +68,7 @@ if [[ -n "$todo" ]]; then
     echo "setup: failed: still missing: $todo" >&2
     exit 1
   fi
-  [[ -z "$todo" ]] || echo "setup: warning: some test tools (pytest, expecttest, hypothesis, ruff) are missing" >&2
+  [[ -z "$todo" ]] || echo "setup: warning: some test tools (pytest, expecttest, hypothesis, ruff, numpy, matplotlib) are missing" >&2
 fi
 
 (cd / && "$PY" -c "

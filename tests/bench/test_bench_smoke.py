@@ -1,0 +1,135 @@
+"""The benchmark suite cannot rot: its smoke preset runs through ``python -m bench``'s
+code path (every provider kind, the compile groups, the fp32 reference for bf16, the
+report) into a temporary folder. Nothing about speed is asserted."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+import inductor_embed
+from bench import cli, report
+from bench.config import Case, RunResult
+from bench.distributions import hottest_share, sample
+from bench.presets import PRESETS
+from bench.providers import PROVIDERS, fbgemm_status
+from bench.workloads import WORKLOADS
+
+
+def _smoke_result(tmp_path) -> tuple[RunResult, list]:
+    assert cli.main(["--preset", "smoke", "--out", str(tmp_path), "-q"]) == 0
+    (js,) = tmp_path.glob("*/smoke.json")
+    return report.load(js), sorted(p.name for p in js.parent.iterdir())
+
+
+def test_smoke_preset(tmp_path, capsys):
+    res, files = _smoke_result(tmp_path)
+    preset = PRESETS["smoke"]
+
+    assert [c.case for c in res.cases] == [c for c in preset.cases]
+    assert res.meta.preset == "smoke" and res.meta.torch == torch.__version__
+    assert res.meta.copy_gbps > 0 and len(res.meta.git_sha) >= 7
+    for c in res.cases:
+        assert c.bytes.fwd > 0 and c.bytes.bwd > 0
+        got = {r.provider: r for r in c.results}
+        assert list(got) == list(preset.providers)
+        for r in c.results:
+            assert r.status != "failed", (c.case.label, r.provider, r.note)
+            if r.status == "skipped":
+                assert r.note, (c.case.label, r.provider)
+                continue
+            assert r.fwd and r.bwd and r.fwd_bwd and r.fwd_bwd.median_ms > 0
+            assert r.fwd_bwd.p20_ms <= r.fwd_bwd.median_ms <= r.fwd_bwd.p80_ms
+            # Every compiled provider matches the reference; eager's own half-type backward
+            # accumulates in the half type and may not.
+            if r.provider != "eager" or c.case.dtype == "float32":
+                assert r.status == "ok", (c.case.label, r.provider, r.note)
+        for name in ("eager", "torch.compile"):
+            assert got[name].timed, (c.case.label, name)
+        if c.case.workload == "multi_table":
+            assert got["inductor_embed"].timed and got["inductor_embed"].rewrites == 1
+        if c.case.workload == "table_batched_bags" and not hasattr(inductor_embed.config, "multi_embedding_bag"):
+            assert got["inductor_embed"].status == "skipped" and "not implemented" in got["inductor_embed"].note
+        if c.case.workload == "single_table":
+            assert got["inductor_embed.op"].timed
+        if fbgemm_status()[0] and c.case.dtype == "float32":
+            assert got["fbgemm_tbe"].timed, got["fbgemm_tbe"].note
+
+    # The first case of a group compiled (a compile time), the second (another batch
+    # size, the batch being dynamic) reused the compiled code.
+    multi = [c for c in res.cases if c.case.workload == "multi_table"]
+    assert multi[0].case.batch != multi[1].case.batch
+    for name in ("torch.compile", "inductor_embed"):
+        assert multi[0].get(name).compile_s > 0 and multi[1].get(name).compile_s is None
+        assert multi[1].get(name).vs_eager.n == PRESETS["smoke"].iters
+
+    workloads = {c.case.workload for c in res.cases}
+    assert "smoke.json" in files and "smoke.md" in files
+    pngs = {f"smoke_{w}.png" for w in workloads}
+    if importlib.util.find_spec("matplotlib"):  # a test dependency; an offline GPU machine may lack it
+        assert pngs <= set(files)
+    else:
+        assert not pngs & set(files)
+    md = (tmp_path / res.meta.results_dir / "smoke.md").read_text()
+    assert "## Summary (forward + backward)" in md and "GB/s" in md
+    assert "## Summary" not in capsys.readouterr().err
+
+    # The json round-trips, and --report redraws markdown and plots from it.
+    assert RunResult.from_dict(res.to_dict()) == res
+    js = tmp_path / res.meta.results_dir / "smoke.json"
+    (js.parent / "smoke.md").unlink()
+    assert cli.main(["--report", str(js)]) == 0
+    assert (js.parent / "smoke.md").read_text() == md
+
+
+@pytest.mark.parametrize("name", ["one_hot_linear", "tied_bags"])
+def test_pattern_hooks(name):
+    """The hooks' models are complete, and they run exactly when their pattern exists."""
+    wl = WORKLOADS[name]
+    assert (wl.unavailable() is None) == hasattr(inductor_embed.config, wl.pattern)
+    if wl.unavailable():
+        assert wl.pattern in wl.unavailable()
+    case = dataclasses.replace(next(c for c in PRESETS["cpu-quick"].cases if c.workload == name), batch=8)
+    model = wl.build(case, torch.device("cpu"))
+    out = model(*wl.inputs(case, torch.device("cpu")))
+    assert out.shape == (8, case.dims[0])
+    out.sum().backward()
+    assert all(w.grad is not None for w in model.weights())
+    assert wl.bytes(case).fwd > 0
+
+
+def test_presets_are_well_formed():
+    for p in PRESETS.values():
+        assert p.cases and p.iters >= 1
+        assert all(c.workload in WORKLOADS for c in p.cases)
+        assert all(n in PROVIDERS for n in p.providers or ())
+    gpu = PRESETS["gpu"]
+    assert {c.workload for c in gpu.cases} == set(WORKLOADS)
+    assert {c.dist for c in gpu.cases if c.workload == "single_table"} >= {
+        "uniform", "halves", "same", "hot20", "zipf1.15"}
+    # FBGEMM's TBE benchmark defaults
+    assert Case("table_batched_bags", "FBGEMM defaults T=32 rows=100000 D=128 L=20", (100_000,) * 32,
+                (128,) * 32, 512, "zipf1.15", bag_size=20) in gpu.cases
+
+
+def test_distributions():
+    rng = np.random.default_rng(0)
+    for dist in ("uniform", "halves", "same", "hot20", "zipf1.15"):
+        idx = sample(dist, 20_000, 1_000, rng)
+        assert idx.dtype == np.int64 and idx.min() >= 0 and idx.max() < 1_000
+    assert hottest_share(sample("same", 100, 10, rng)) == 1.0
+    assert 0.45 < hottest_share(sample("halves", 20_000, 10_000, rng)) < 0.55
+    assert 0.15 < hottest_share(sample("hot20", 20_000, 1_000_000, rng)) < 0.25
+    big = sample("zipf1.15", 100_000, 1_000_000, rng)
+    assert big.max() < 1_000_000 and hottest_share(big) > 0.05
+    assert sample("uniform", 3, 1, rng).tolist() == [0, 0, 0]
+
+
+def test_list(capsys):
+    assert cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in (*PRESETS, *WORKLOADS, *PROVIDERS))
