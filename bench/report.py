@@ -214,6 +214,10 @@ def markdown(run: RunResult) -> str:
 
 # --- plots ------------------------------------------------------------------------------
 
+# y ticks of the (log-scale) speedup axes: dense enough that a narrow range shows several
+_TICKS_DENSE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1, 1.2, 1.4, 1.7, 2, 2.5, 3, 4, 5, 6, 8, 10)
+_TICKS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 0.25, 0.35, 0.5, 0.7, 1, 1.4, 2, 2.8, 4, 5.6, 8, 11, 16, 32, 64, 128)
+
 
 def plots(run: RunResult, out_dir: Path, name: str) -> list[Path]:
     """One PNG per workload: fwd+bwd speedup over eager vs batch (or tables), a panel per config."""
@@ -250,11 +254,12 @@ def plots(run: RunResult, out_dir: Path, name: str) -> list[Path]:
             ax.axhline(1.0, color="0.5", lw=1, ls="--")
             ax.set_yscale("log", base=2)
             if len(set(xs)) == 1:  # one configuration: bars
-                ys = [speedup(pcases[0], p, BASELINE) or float("nan") for p in provs]
+                bars = [(p, speedup(pcases[0], p, BASELINE)) for p in provs]
+                bars = [(p, y) for p, y in bars if y]
                 # bars grow from 1x, up for faster and down for slower
-                ax.bar(range(len(provs)), [y - 1 for y in ys], bottom=1,
-                       color=[styles.get(p, ("0.3", "o"))[0] for p in provs])
-                ax.set_xticks(range(len(provs)), [p.replace("torch.compile", "compile") for p in provs],
+                ax.bar(range(len(bars)), [y - 1 for _, y in bars], bottom=1,
+                       color=[styles.get(p, ("0.3", "o"))[0] for p, _ in bars])
+                ax.set_xticks(range(len(bars)), [p.replace("torch.compile", "compile") for p, _ in bars],
                               rotation=30, ha="right", fontsize=7)
                 ax.set_xlabel(f"{xlabel} = {xs[0]}", fontsize=8)
             else:
@@ -267,8 +272,13 @@ def plots(run: RunResult, out_dir: Path, name: str) -> list[Path]:
                 ax.set_xscale("log", base=2)
                 ax.set_xticks(sorted(set(xs)), [str(x) for x in sorted(set(xs))], fontsize=7)
                 ax.set_xlabel(xlabel, fontsize=8)
+            lo, hi = ax.get_ylim()
+            ticks = [t for t in _TICKS_DENSE if lo <= t <= hi]
+            if len(ticks) > 7:
+                ticks = [t for t in _TICKS if lo <= t <= hi]
+            ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
             ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}x"))
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_title(panel, fontsize=9)
             ax.tick_params(axis="y", labelsize=7)
             ax.set_ylabel("speedup vs eager", fontsize=8)
