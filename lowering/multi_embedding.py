@@ -17,6 +17,7 @@ from torch.library import triton_op
 
 from inductor_embed import _compat, config
 from inductor_embed.lowering.multi_embedding_ref import (
+    multi_embedding_backward_flat,
     multi_embedding_backward_ref,
     multi_embedding_ref,
 )
@@ -121,11 +122,14 @@ def multi_embedding_backward(
     Returns:
         [sum(V_k * D_k)] in grad's dtype, table k row-major at offset sum(V_j * D_j, j < k).
         On the GPU: one zero-fill, one atomic-add launch accumulating in fp32, and (half
-        types only) one cast. Under ``torch.use_deterministic_algorithms(True)`` the
+        types only) one cast. On the CPU: one scatter-add straight into the flat buffer
+        (``multi_embedding_backward_flat``). Under ``torch.use_deterministic_algorithms(True)`` the
         deterministic ATen reference runs instead of the atomic kernel.
     """
-    if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+    if torch.are_deterministic_algorithms_enabled():
         return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+    if not _use_triton(grad):
+        return multi_embedding_backward_flat(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
     from inductor_embed.kernels.multi_gather import multi_gather_bwd
 
     n = indices[0].numel()
