@@ -13,8 +13,12 @@ import torch.nn.functional as F
 
 from inductor_embed import _compat
 
-CAT_TARGETS = (torch.cat, torch.concat, torch.concatenate)
-STACK_TARGETS = (torch.stack,)
+# The torch functions Dynamo records, and the ATen overloads of an exported program
+# (AOTInductor runs the pre-grad pass that enable() installs on those).
+CAT_TARGETS = (torch.cat, torch.concat, torch.concatenate, torch.ops.aten.cat.default)
+STACK_TARGETS = (torch.stack, torch.ops.aten.stack.default)
+EMBEDDING_ATEN = (torch.embedding, torch.ops.aten.embedding.default)
+UNSQUEEZE_TARGETS = (torch.unsqueeze, torch.ops.aten.unsqueeze.default)
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 # F.one_hot and F.linear are the C functions themselves (torch._C._nn.*), which Dynamo records.
@@ -51,12 +55,12 @@ def bind(node: fx.Node, names: Sequence[str], defaults: dict[str, Any], aliases:
 
 
 def embedding_args(node: fx.Node) -> dict[str, Any] | None:
-    """F.embedding / torch.embedding arguments by name, or None if the node is not one."""
+    """F.embedding / torch.embedding / aten.embedding arguments by name, or None if the node is not one."""
     if node.op != "call_function":
         return None
     if node.target is F.embedding:
         return bind(node, _F_EMBEDDING, _EMBEDDING_DEFAULTS)
-    if node.target is torch.embedding:
+    if node.target in EMBEDDING_ATEN:
         return bind(node, _TORCH_EMBEDDING, _EMBEDDING_DEFAULTS, {"indices": "input"})
     return None
 
@@ -86,7 +90,7 @@ def unsqueeze_of(node: Any) -> tuple[fx.Node, int] | None:
     if not isinstance(node, fx.Node):
         return None
     if (node.op == "call_method" and node.target == "unsqueeze") or (
-        node.op == "call_function" and node.target is torch.unsqueeze
+        node.op == "call_function" and node.target in UNSQUEEZE_TARGETS
     ):
         args = bind(node, ("input", "dim"), {}, {"self": "input"})
         if isinstance(args.get("input"), fx.Node) and isinstance(args.get("dim"), int):
