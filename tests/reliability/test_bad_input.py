@@ -7,8 +7,9 @@ wrap, a zero row, a crash of the process, or a result. Unusual but valid input (
 batches, D=1, odd D, non-contiguous indices and tables, tables past 2**31 elements)
 must give eager's numbers.
 
-Not covered, because no pattern that takes them has landed: malformed bag offsets
-(multi_embedding_bag) and out-of-range classes of one_hot_linear.
+Covers both patterns that have landed, multi_embedding_cat and one_hot_linear. Not
+covered, because no pattern that takes them has landed: malformed bag offsets
+(multi_embedding_bag).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.inductor_embed._util import rewrites
 from tests.reliability._util import check_like_eager
 
 OP = torch.ops.inductor_embed.multi_embedding.default
+ONE_HOT_OP = torch.ops.inductor_embed.one_hot_linear.default
 CUDA = torch.cuda.is_available()
 VOCABS, DIMS = (10, 11, 13), (3, 5, 2)
 
@@ -42,6 +44,10 @@ class Cat3(nn.Module):
 
     def forward(self, x):
         return self.head(torch.cat([t(x[..., k]) for k, t in enumerate(self.tables)], dim=-1))
+
+
+def _fused(pattern):
+    return torch._dynamo.utils.counters["inductor_embed"][pattern]
 
 
 def _batch(n, vocabs=VOCABS, dtype=torch.int64, seed=0):
@@ -121,6 +127,62 @@ def test_op_raises_on_a_bad_index_in_any_table_and_any_program(path, index_dtype
         # ATen path: eager's IndexError; Triton path: the op's RuntimeError
         with pytest.raises((IndexError, RuntimeError), match="out of range"):
             OP(weights, indices, [-1] * 3, [False] * 3)
+
+
+class OneHotFields(nn.Module):
+    """Two one-hot fields of 5 and 7 classes feeding one Linear (one_hot_linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(12, 4)
+
+    def forward(self, a, b):
+        return self.lin(torch.cat([F.one_hot(a, 5), F.one_hot(b, 7)], dim=-1).float())
+
+
+def test_one_hot_class_out_of_range_raises_and_writes_no_gradient():
+    # a = 5 lies inside the Linear's 12 columns: a gather without a per-field check would
+    # silently read field b's first column.
+    torch.manual_seed(0)
+    model = OneHotFields()
+    compiled_model = copy.deepcopy(model)
+    compiled = torch.compile(compiled_model, backend="inductor_embed")
+    good = [torch.tensor([0, 4, 2, 1]), torch.tensor([6, 0, 3, 5])]
+    torch.testing.assert_close(compiled(*good), model(*good))
+    for field, bad in ((0, 5), (0, -1), (1, 7), (1, -7), (0, 2**40)):
+        x = [t.clone() for t in good]
+        x[field][2] = bad
+        with pytest.raises(RuntimeError, match="Class values must be"):
+            model(*x)  # eager: "... must be non-negative." / "... smaller than num_classes."
+        with pytest.raises(RuntimeError, match="Class values must be|out of (range|bounds)"):
+            compiled(*x).sum().backward()
+        assert all(p.grad is None for p in compiled_model.parameters()), (field, bad)
+    torch.testing.assert_close(compiled(*good), model(*good))
+    assert _fused("one_hot_linear") == 1
+
+
+def test_one_hot_op_raises_on_a_bad_class_on_both_paths(path):
+    if path == "cuda":
+        pytest.skip("a device-side assert poisons the CUDA context")
+    w = torch.randn(4, 12, device=path)
+    for bad in (5, -1, 12):
+        idx = [torch.tensor([[0], [4], [bad]], device=path), torch.tensor([[6], [0], [3]], device=path)]
+        with pytest.raises(RuntimeError, match="Class values must be"):
+            ONE_HOT_OP(idx, [5, 7], [0, 5], w)
+
+
+def test_one_hot_index_dtype_check_is_lost_under_compile_with_or_without_the_plugin():
+    # Eager F.one_hot takes int64 only. Under torch.compile (inductor or aot_eager, torch
+    # 2.11-2.13) its decomposition also takes int32 (and floats, which it compares as
+    # numbers, so 2.5 gives a zero row). inductor_embed neither adds nor removes that: an
+    # int32 index gives eager's int64 numbers, and a float field is left to Inductor.
+    model = OneHotFields()
+    a, b = torch.tensor([0, 4, 2, 1]), torch.tensor([6, 0, 3, 5])
+    with pytest.raises(RuntimeError, match="LongTensor"):
+        model(a.int(), b)
+    out = torch.compile(model, backend="inductor_embed")(a.int(), b)
+    torch.testing.assert_close(out, model(a, b))
+    assert _fused("one_hot_linear") == 1
 
 
 # --- indices of the wrong kind ----------------------------------------------------------
@@ -272,10 +334,45 @@ def test_odd_tables_and_index_views_match_eager(n):
     assert rewrites() == 1
 
 
+class WithOneHot(Cat3):
+    """Cat3 plus two Linears on one one-hot field of 4 classes: a D=1 F.linear, and
+    ``oh @ R.t()`` with D=13 read through a transposed view."""
+
+    def __init__(self):
+        super().__init__()
+        self.d1 = nn.Linear(4, 1)
+        self.r = nn.Parameter(torch.randn(13, 4))
+
+    def forward(self, x):
+        oh = F.one_hot(x[..., 3], 4).float()
+        return torch.cat([super().forward(x[..., :3]), self.d1(oh), oh @ self.r.t()], dim=-1)
+
+
 @pytest.mark.parametrize("lead", [(), (0, 3), (2, 0), (3, 1, 2)], ids=["0-d", "0x3", "2x0", "3x1x2"])
 def test_index_shapes_with_zero_and_many_dims_match_eager(lead):
-    x = _batch(math.prod(lead)).reshape(*lead, 3)
-    check_like_eager(Cat3(), [x], tol={"rtol": 1e-5, "atol": 1e-6})
+    x = _batch(math.prod(lead), vocabs=VOCABS + (4,)).reshape(*lead, 4)
+    check_like_eager(WithOneHot(), [x], tol={"rtol": 1e-5, "atol": 1e-6})
+    assert rewrites() == 1 and _fused("one_hot_linear") == 2
+
+
+def test_one_row_tables_match_eager():
+    # Inductor's CPU codegen (torch 2.13) fails on a scatter-add into a one-element buffer:
+    # plain torch.compile fails on a [1, 1] table's backward, and so did the plugin, on a
+    # one-row table with scale_grad_by_freq, while its CPU backward was one Inductor
+    # scatter-add (67e8d07; found by test_random_models). The CPU backward is now an
+    # opaque eager op, so fused one-row tables work; the random models still avoid
+    # [1, 1] tables, which plain Inductor meets when they are not fused.
+    class OneRow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Embedding(1, 1)
+            self.b = nn.Embedding(1, 5, scale_grad_by_freq=True)
+            self.c = nn.Embedding(1, 3, padding_idx=0)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x), self.c(x)], dim=-1)
+
+    check_like_eager(OneRow(), [torch.zeros(6, dtype=torch.long)])
     assert rewrites() == 1
 
 

@@ -1,6 +1,7 @@
 """Odd graphs, compiled with inductor_embed against eager: grad modes, frozen and tied
 tables, repeated modules, graph breaks, cats with other inputs, in-place writes around
-the lookups, and graphs where nothing matches (which must come out unchanged)."""
+the lookups, and graphs where nothing matches (which must come out unchanged). The
+models mix multi_embedding_cat with one_hot_linear where it costs no extra compile."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from tests.inductor_embed._util import rewrites, skips
 from tests.reliability._util import check_like_eager, code_before_and_after, dynamo_graphs
@@ -141,22 +143,33 @@ def test_torch_embedding_reads_a_negative_padding_idx_as_none():
 # --- grad modes, frozen and tied tables, repeated modules, graph breaks --------------------
 
 class Three(nn.Module):
-    """Three tables and an MLP head."""
+    """Three tables (multi_embedding_cat), a Linear on a one-hot field of 4 classes
+    (one_hot_linear), an MLP head."""
 
     def __init__(self, dims=(3, 5, 2), vocabs=(7, 11, 13)):
         super().__init__()
         self.tables = nn.ModuleList([nn.Embedding(v, d) for v, d in zip(vocabs, dims)])
+        self.field = nn.Linear(4, sum(dims))
         self.head = nn.Linear(sum(dims), 2)
 
-    def forward(self, a, b, c):
-        return self.head(torch.cat([t(i) for t, i in zip(self.tables, (a, b, c))], dim=-1))
+    def forward(self, a, b, c, d):
+        h = torch.cat([t(i) for t, i in zip(self.tables, (a, b, c))], dim=-1)
+        return self.head(h + self.field(F.one_hot(d, 4).float()))
+
+
+def _three_inputs(n):
+    return _idx(n, 7, 11, 13, 4)
+
+
+def _one_hot_fused():
+    return torch._dynamo.utils.counters["inductor_embed"]["one_hot_linear"]
 
 
 def test_no_grad_and_inference_mode():
     torch.manual_seed(0)
     model = Three()
     compiled = torch.compile(model, backend="inductor_embed")
-    x = _idx(9, 7, 11, 13)
+    x = _three_inputs(9)
     want = model(*x).detach()
     with torch.no_grad():
         out = compiled(*x)
@@ -168,25 +181,27 @@ def test_no_grad_and_inference_mode():
     torch.testing.assert_close(out, want)
     out = compiled(*x)  # and with grad again: a third graph (grad mode is guarded)
     assert out.requires_grad
-    assert rewrites() >= 2
+    assert rewrites() >= 2 and _one_hot_fused() >= 2
 
 
 @pytest.mark.parametrize("frozen", ["all", "first and last", "a buffer table"])
 def test_frozen_tables(frozen):
     torch.manual_seed(0)
     model = Three()
-    if frozen == "all":
+    if frozen == "all":  # every table and the one-hot Linear; the head still trains
         for t in model.tables:
             t.weight.requires_grad_(False)
-    elif frozen == "first and last":
+        model.field.requires_grad_(False)
+    elif frozen == "first and last":  # a mix in one cat; a frozen weight with a trained bias
         model.tables[0].weight.requires_grad_(False)
         model.tables[2].weight.requires_grad_(False)
+        model.field.weight.requires_grad_(False)
     else:
         table = model.tables[1].weight.detach().clone()
         del model.tables[1].weight
         model.tables[1].register_buffer("weight", table)  # nn.Embedding reads self.weight
-    check_like_eager(model, _idx(8, 7, 11, 13), tol={"rtol": 1e-5, "atol": 1e-6})
-    assert rewrites() == 1
+    check_like_eager(model, _three_inputs(8), tol={"rtol": 1e-5, "atol": 1e-6})
+    assert rewrites() == 1 and _one_hot_fused() == 1
 
 
 def test_same_module_twice_in_one_cat_in_two_cats_and_across_calls():
@@ -334,8 +349,19 @@ class OneLookup(nn.Module):
         return torch.cat([self.a(x), dense], dim=-1)
 
 
+class OneHotNoMatmul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(5))
+
+    def forward(self, x, dense):
+        # a one-hot scaled, not multiplied by a matrix; a Linear on a dense input
+        return F.one_hot(x, 5).float() * self.scale, F.linear(dense, self.scale.expand(2, 5))
+
+
 NOTHING = {
     "mlp": (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU()), lambda: [torch.randn(3, 4)]),
+    "one-hot without a matmul": (OneHotNoMatmul, lambda: [torch.randint(0, 5, (4,)), torch.randn(4, 5)]),
     "lookups summed": (Summed, lambda: [torch.randint(0, 8, (2, 5))]),
     "embedding bags": (Bagged, lambda: [torch.randint(0, 10, (4, 3))]),
     "max_norm lookups": (Renormed, lambda: [torch.randint(0, 10, (4,))]),
@@ -354,4 +380,4 @@ def test_graph_where_nothing_matches_is_unchanged(name):
     for gm in graphs:
         before, after = code_before_and_after(gm)
         assert after == before
-    assert rewrites() == 0
+    assert rewrites() == 0 and _one_hot_fused() == 0
