@@ -109,7 +109,7 @@ _FWD_PARAMS = """\
     i{k}_ptr,  # [N, bag{k}] indices of field {k}, int32 or int64, strides (i{k}_row_stride, i{k}_bag_stride)
     i{k}_row_stride,
     i{k}_bag_stride,
-    bag{k},
+    bag{k}: tl.constexpr,  # static (the pattern skips symbolic bags); a runtime int breaks triton 3.6's interpreter
     n{k},
     off{k},"""
 
@@ -261,7 +261,7 @@ def _field_args(template: str, indices: Sequence[Tensor], num_classes: Sequence[
                 offsets: Sequence[int]) -> dict[str, Any]:
     args: dict[str, Any] = {}
     for k, (i, c, o) in enumerate(zip(indices, num_classes, offsets)):
-        names = [line.split(",")[0].strip() for line in template.format(k=k).splitlines()]
+        names = [line.split(",")[0].split(":")[0].strip() for line in template.format(k=k).splitlines()]
         args.update(zip(names, (i, i.stride(0), i.stride(1), i.shape[1], c, o), strict=True))
     return args
 
