@@ -15,11 +15,7 @@ Reference twins: ``lowering/multi_embedding_ref.py``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
-import os
-import sys
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -30,6 +26,7 @@ import triton
 from torch import Tensor
 
 from . import _multi_gather_jit
+from ._codegen import cache_dir, import_generated  # noqa: F401  (cache_dir stays public here)
 
 __all__ = ["multi_gather_fwd", "multi_gather_bwd", "block_sizes", "kernel_module"]
 
@@ -121,11 +118,6 @@ _MODULES: dict[int, ModuleType] = {}
 _LOCK = threading.Lock()
 
 
-def cache_dir() -> str:
-    """Directory of the generated kernel files, private to the current user."""
-    return os.path.join(tempfile.gettempdir(), f"inductor_embed_kernels_{os.getuid()}")
-
-
 def _kernel_source(T: int) -> str:
     # The helpers' absolute module name: inductor_embed.kernels._multi_gather_jit
     # when installed, kernels._multi_gather_jit from the repo root.
@@ -164,31 +156,7 @@ def kernel_module(T: int) -> ModuleType:
         src = _kernel_source(T)
         digest = hashlib.sha256((src + inspect.getsource(_multi_gather_jit)).encode())
         stem = f"multi_gather_T{T}_{digest.hexdigest()[:16]}"
-        directory = cache_dir()
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        # The directory is importable code in a shared temp dir: refuse one that
-        # another user created first.
-        if os.stat(directory).st_uid != os.getuid():
-            raise RuntimeError(f"{directory} is owned by another user")
-        path = os.path.join(directory, stem + ".py")
-        if not os.path.exists(path):
-            # Atomic publish: a concurrent process sees the old state or the whole file.
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=stem, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(src)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-        name = f"inductor_embed_generated_{stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        # Registered so that pickling and inspect can find the module by name.
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        module = import_generated(stem, src)
         _MODULES[T] = module
         return module
 

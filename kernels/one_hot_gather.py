@@ -28,11 +28,7 @@ Reference twins: ``lowering/one_hot_linear_ref.py``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
-import os
-import sys
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -43,6 +39,7 @@ import triton
 from torch import Tensor
 
 from . import _one_hot_gather_jit
+from ._codegen import cache_dir, import_generated  # noqa: F401  (cache_dir stays public here)
 
 __all__ = [
     "block_sizes",
@@ -159,11 +156,6 @@ _MODULES: dict[int, ModuleType] = {}
 _LOCK = threading.Lock()
 
 
-def cache_dir() -> str:
-    """Directory of the generated kernel files, private to the current user."""
-    return os.path.join(tempfile.gettempdir(), f"inductor_embed_kernels_{os.getuid()}")
-
-
 def _kernel_source(F: int) -> str:
     jit_module = _one_hot_gather_jit.__name__
 
@@ -200,29 +192,7 @@ def kernel_module(F: int) -> ModuleType:
         src = _kernel_source(F)
         digest = hashlib.sha256((src + inspect.getsource(_one_hot_gather_jit)).encode())
         stem = f"one_hot_gather_F{F}_{digest.hexdigest()[:16]}"
-        directory = cache_dir()
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        # Importable code in a shared temp dir: refuse a directory another user created.
-        if os.stat(directory).st_uid != os.getuid():
-            raise RuntimeError(f"{directory} is owned by another user")
-        path = os.path.join(directory, stem + ".py")
-        if not os.path.exists(path):
-            # Atomic publish: a concurrent process sees the old state or the whole file.
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=stem, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(src)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-        name = f"inductor_embed_generated_{stem}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # so that pickling and inspect find it by name
-        spec.loader.exec_module(module)
+        module = import_generated(stem, src)
         _MODULES[F] = module
         return module
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -272,7 +273,7 @@ def test_generated_module_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_write(*args, **kwargs):
         raise AssertionError("the cached file was rewritten")
 
-    monkeypatch.setattr(mg.tempfile, "mkstemp", no_write)
+    monkeypatch.setattr(tempfile, "mkstemp", no_write)  # the loader lives in kernels/_codegen.py
     again = mg.kernel_module(3)
     assert again is not mod3 and again.__file__ == mod3.__file__
     assert os.stat(mod3.__file__).st_mtime_ns == mtime
