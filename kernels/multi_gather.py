@@ -14,9 +14,6 @@ Reference twins: ``lowering/multi_embedding_ref.py``.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -26,7 +23,7 @@ import triton
 from torch import Tensor
 
 from . import _multi_gather_jit
-from ._codegen import cache_dir, import_generated  # noqa: F401  (cache_dir stays public here)
+from ._codegen import KernelFamily, cache_dir, param_names, prefix_offsets, render  # noqa: F401  (cache_dir stays public here)
 
 __all__ = ["multi_gather_fwd", "multi_gather_bwd", "block_sizes", "kernel_module"]
 
@@ -114,51 +111,20 @@ _BWD_CALL = """\
     _scatter_table(go_ptr, go_row_stride, i{k}_ptr, i{k}_stride, v{k}, pad{k}, f{k}_ptr,
                    gw_ptr, goff{k}, o_n, m_n, D{k}, C{k}, HAS_FREQ{k}, BD{k})"""
 
-_MODULES: dict[int, ModuleType] = {}
-_LOCK = threading.Lock()
-
-
 def _kernel_source(T: int) -> str:
     # The helpers' absolute module name: inductor_embed.kernels._multi_gather_jit
     # when installed, kernels._multi_gather_jit from the repo root.
-    jit_module = _multi_gather_jit.__name__
+    header = _HEADER.format(generator=__name__, T=T, jit_module=_multi_gather_jit.__name__)
+    return header + render(_FWD, _FWD_PARAMS, _FWD_CALL, T, T=T) + render(_BWD, _BWD_PARAMS, _BWD_CALL, T, T=T)
 
-    def body(template: str, params: str, call: str) -> str:
-        return template.format(
-            T=T,
-            params="\n".join(params.format(k=k) for k in range(T)),
-            calls="\n".join(call.format(k=k) for k in range(T)),
-        )
 
-    return (
-        _HEADER.format(generator=__name__, T=T, jit_module=jit_module)
-        + body(_FWD, _FWD_PARAMS, _FWD_CALL)
-        + body(_BWD, _BWD_PARAMS, _BWD_CALL)
-    )
+FAMILY = KernelFamily("multi_gather_T", _kernel_source, _multi_gather_jit, item="table")
 
 
 def kernel_module(T: int) -> ModuleType:
-    """The imported module holding both kernels for T tables, generated once per T.
-
-    The file is ``{cache_dir()}/multi_gather_T{T}_{hash}.py`` where the hash covers
-    the generated text and the helpers' source, so a code change never reuses a
-    stale file; an existing file with the right name is imported as is.
-    """
-    if T < 1:
-        raise ValueError(f"multi_gather needs at least one table, got T={T}")
-    module = _MODULES.get(T)
-    if module is not None:
-        return module
-    with _LOCK:
-        module = _MODULES.get(T)
-        if module is not None:
-            return module
-        src = _kernel_source(T)
-        digest = hashlib.sha256((src + inspect.getsource(_multi_gather_jit)).encode())
-        stem = f"multi_gather_T{T}_{digest.hexdigest()[:16]}"
-        module = import_generated(stem, src)
-        _MODULES[T] = module
-        return module
+    """The imported module holding both kernels for T tables, generated once per T
+    (``{cache_dir()}/multi_gather_T_{T}_{hash}.py``; see ``_codegen.KernelFamily``)."""
+    return FAMILY.module(T)
 
 
 def block_sizes(dims: Sequence[int]) -> tuple[list[int], int, int]:
@@ -205,20 +171,6 @@ def _is_vector(t: Tensor, size: Any, dtype: torch.dtype) -> bool:
     )
 
 
-def _offsets(sizes: Sequence[Any]) -> list[Any]:
-    """Exclusive prefix sums: where each table starts."""
-    out, acc = [], 0
-    for x in sizes:
-        out.append(acc)
-        acc = acc + x
-    return out
-
-
-def _param_names(template: str, k: int) -> list[str]:
-    """Table k's kernel parameter names, in order, read off the source template."""
-    return [line.split(",")[0].split(":")[0].strip() for line in template.format(k=k).splitlines()]
-
-
 def multi_gather_fwd(
     weights: Sequence[Tensor],
     indices: Sequence[Tensor],
@@ -259,10 +211,10 @@ def multi_gather_fwd(
         return
     block_d, block_n, num_warps = block_sizes(dims)
     args: dict[str, Any] = {"out_ptr": out, "out_row_stride": out.stride(0), "err_ptr": err}
-    cols = _offsets(dims)
+    cols = prefix_offsets(dims)
     for k, (w, i, d) in enumerate(zip(weights, indices, dims)):
         vals = (w, w.stride(0), i, i.stride(0), w.shape[0], d, cols[k], block_d[k])
-        args.update(zip(_param_names(_FWD_PARAMS, k), vals, strict=True))
+        args.update(zip(param_names(_FWD_PARAMS, k), vals, strict=True))
     kernel = getattr(kernel_module(T), f"_multi_gather_fwd_kernel_T{T}")
     wrap(kernel)[(triton.cdiv(n, block_n),)](**args, N=n, BLOCK_N=block_n, num_warps=num_warps)
 
@@ -321,11 +273,11 @@ def multi_gather_bwd(
         "go_row_stride": grad_out.stride(0),
         "gw_ptr": grad_flat,
     }
-    cols, goffs = _offsets(dims), _offsets([v * d for v, d in zip(num_rows, dims)])
+    cols, goffs = prefix_offsets(dims), prefix_offsets([v * d for v, d in zip(num_rows, dims)])
     for k, (i, v, d, p, f) in enumerate(zip(indices, num_rows, dims, padding_idx, freq)):
         # Without freq the pointer is never read; the table's own indices stand in.
         f_ptr = i if f is None else f
         vals = (i, i.stride(0), v, goffs[k], p, f_ptr, d, cols[k], f is not None, block_d[k])
-        args.update(zip(_param_names(_BWD_PARAMS, k), vals, strict=True))
+        args.update(zip(param_names(_BWD_PARAMS, k), vals, strict=True))
     kernel = getattr(kernel_module(T), f"_multi_gather_bwd_kernel_T{T}")
     wrap(kernel)[(triton.cdiv(n, block_n),)](**args, N=n, BLOCK_N=block_n, num_warps=num_warps)

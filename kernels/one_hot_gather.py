@@ -27,9 +27,6 @@ Reference twins: ``lowering/one_hot_linear_ref.py``.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -39,7 +36,7 @@ import triton
 from torch import Tensor
 
 from . import _one_hot_gather_jit
-from ._codegen import cache_dir, import_generated  # noqa: F401  (cache_dir stays public here)
+from ._codegen import KernelFamily, cache_dir, render  # noqa: F401  (cache_dir stays public here)
 
 __all__ = [
     "block_sizes",
@@ -152,49 +149,18 @@ _BWD_CALL = """\
     _scatter_field(b_g, i{k}_ptr, i{k}_row_stride, i{k}_bag_stride, bag{k}, n{k}, off{k},
                    gw_ptr, gw_stride_d, gw_stride_v, o_n, m_n, o_d, m_d)"""
 
-_MODULES: dict[int, ModuleType] = {}
-_LOCK = threading.Lock()
-
-
 def _kernel_source(F: int) -> str:
-    jit_module = _one_hot_gather_jit.__name__
+    header = _HEADER.format(generator=__name__, F=F, jit_module=_one_hot_gather_jit.__name__)
+    return header + render(_FWD, _FWD_PARAMS, _FWD_CALL, F, F=F) + render(_BWD, _BWD_PARAMS, _BWD_CALL, F, F=F)
 
-    def body(template: str, params: str, call: str) -> str:
-        return template.format(
-            F=F,
-            params="\n".join(params.format(k=k) for k in range(F)),
-            calls="\n".join(call.format(k=k) for k in range(F)),
-        )
 
-    return (
-        _HEADER.format(generator=__name__, F=F, jit_module=jit_module)
-        + body(_FWD, _FWD_PARAMS, _FWD_CALL)
-        + body(_BWD, _BWD_PARAMS, _BWD_CALL)
-    )
+FAMILY = KernelFamily("one_hot_gather_F", _kernel_source, _one_hot_gather_jit, item="field")
 
 
 def kernel_module(F: int) -> ModuleType:
-    """The imported module holding both kernels for F fields, generated once per F.
-
-    The file is ``{cache_dir()}/one_hot_gather_F{F}_{hash}.py``, the hash covering the
-    generated text and the helpers' source, so a code change never reuses a stale file.
-    Same scheme as ``multi_gather.kernel_module``.
-    """
-    if F < 1:
-        raise ValueError(f"one_hot_gather needs at least one field, got F={F}")
-    module = _MODULES.get(F)
-    if module is not None:
-        return module
-    with _LOCK:
-        module = _MODULES.get(F)
-        if module is not None:
-            return module
-        src = _kernel_source(F)
-        digest = hashlib.sha256((src + inspect.getsource(_one_hot_gather_jit)).encode())
-        stem = f"one_hot_gather_F{F}_{digest.hexdigest()[:16]}"
-        module = import_generated(stem, src)
-        _MODULES[F] = module
-        return module
+    """The imported module holding both kernels for F fields, generated once per F
+    (``{cache_dir()}/one_hot_gather_F_{F}_{hash}.py``; see ``_codegen.KernelFamily``)."""
+    return FAMILY.module(F)
 
 
 def block_sizes(d: int) -> tuple[int, int, int]:

@@ -268,7 +268,7 @@ def test_generated_module_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 
     # A fresh process (emptied dict) imports the existing file without rewriting it.
     mtime = os.stat(mod3.__file__).st_mtime_ns
-    monkeypatch.delitem(mg._MODULES, 3)
+    monkeypatch.delitem(mg.FAMILY._modules, 3)
 
     def no_write(*args, **kwargs):
         raise AssertionError("the cached file was rewritten")
@@ -280,7 +280,7 @@ def test_generated_module_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
 
     # Any change of the template gives a new file name, never the stale file.
-    monkeypatch.delitem(mg._MODULES, 3)
+    monkeypatch.delitem(mg.FAMILY._modules, 3)
     monkeypatch.setattr(mg, "_FWD", mg._FWD + "\n# changed\n")
     changed = mg.kernel_module(3)
     assert changed.__file__ != mod3.__file__
