@@ -1,0 +1,526 @@
+"""Pooled lookups (EmbeddingBag) as fused ops.
+
+``torch.ops.inductor_embed.multi_embedding_bag``: T ``F.embedding_bag`` lookups + cat as one
+table-batched op (FBGEMM's TBE, written for Inductor). Forward ``[B, sum D_k]`` in one
+launch; backward one zero fill + one atomic-add launch (fp32) + one cast for half types,
+packing the dense gradients into one flat buffer (split into per-table views for free) and
+the per-index rows of ``sparse=True`` tables' COO gradients into another.
+
+``torch.ops.inductor_embed.tied_embedding_bag``: an ``F.embedding`` and an
+``F.embedding_bag`` reading one weight (seed 003): one launch reads the weight for both,
+one backward writes one gradient (the sum of both contributions).
+
+Both are ``triton_op``s layered like ``multi_embedding``: on CUDA the generated wrapper
+launches ``kernels/bag_gather.py`` directly; on the CPU Inductor compiles the ATen
+reference body (``multi_embedding_bag_ref.py``; ``embedding_bag`` itself stays ATen's), and
+the backward is an opaque op running eager ATen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from inductor_embed import _compat, config
+from inductor_embed.lowering.multi_embedding_bag_ref import (
+    MAX,
+    SUM,
+    bag_forward,
+    bag_weight_grad,
+    multi_embedding_bag_backward_ref,
+    multi_embedding_bag_ref,
+    num_bags,
+    per_sample_weights_grad,
+)
+
+_OOB_MSG = "inductor_embed.multi_embedding_bag: index out of range (expected 0 <= index < num_embeddings of its table)"
+_OFFSETS_MSG = ("inductor_embed.multi_embedding_bag: malformed offsets (expected offsets[0] == 0, non-decreasing, "
+                "and offsets[-1] <= number of indices)")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _use_triton(t: Tensor) -> bool:
+    if t.device.type == "cuda":
+        return True
+    return t.device.type == "cpu" and config.triton_on_cpu
+
+
+def _check_lookup(name: str, k: int, w: Tensor, i: Tensor, o: Tensor | None, p: Tensor | None, mode: int) -> None:
+    """Raise what F.embedding_bag would on a call the pattern never produces."""
+    if w.dim() != 2 or w.dtype not in _FLOAT_DTYPES:
+        raise RuntimeError(f"{name}: table {k} must be 2-D fp32/fp16/bf16, got {w.dim()}-D {w.dtype}")
+    if i.dtype not in (torch.int32, torch.int64):
+        raise RuntimeError(f"{name}: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}")
+    if i.device != w.device:
+        raise RuntimeError(f"{name}: indices {k} are on {i.device}, table {k} on {w.device}")
+    if mode not in (0, 1, 2):
+        raise RuntimeError(f"{name}: mode {mode} of lookup {k} is not 0 (sum), 1 (mean) or 2 (max)")
+    if o is None:
+        if i.dim() != 2:
+            raise RuntimeError(f"{name}: indices {k} without offsets must be 2-D [B, bag], got {i.dim()}-D")
+    else:
+        if i.dim() != 1 or o.dim() != 1:
+            raise RuntimeError(f"{name}: indices {k} with offsets must be 1-D and offsets 1-D")
+        if o.dtype not in (torch.int32, torch.int64) or o.device != w.device:
+            raise RuntimeError(f"{name}: offsets {k} must be int32/int64 on {w.device}")
+    if p is not None:
+        if mode != SUM:
+            raise RuntimeError(f"{name}: per_sample_weights are only supported for mode='sum' (lookup {k})")
+        if p.shape != i.shape or p.dtype != w.dtype or p.device != w.device:
+            raise RuntimeError(f"{name}: per_sample_weights {k} must be {list(i.shape)} {w.dtype} on {w.device}")
+
+
+def _segments(indices, offsets, psw, modes, padding_idx, ilo, dims, shared_out: bool):
+    """The kernels' segments for these lookups (flat contiguous indices, columns)."""
+    from inductor_embed.kernels.bag_gather import Segment
+
+    segs, col, am_col = [], 0, 0
+    for i, o, p, m, pad, last, d in zip(indices, offsets, psw, modes, padding_idx, ilo, dims):
+        b = num_bags(i, o, last)
+        segs.append(Segment(
+            indices=i.reshape(-1).contiguous(), num_bags=b, mode=m,
+            offsets=None if o is None else o.contiguous(), bag_size=1 if o is not None else i.shape[1],
+            per_sample_weights=None if p is None else p.reshape(-1).contiguous(), padding_idx=pad,
+            col=col if shared_out else 0, am_col=am_col if shared_out else 0))
+        if shared_out:
+            col += d
+            am_col += d if m == MAX else 0
+    return segs
+
+
+def _raise_on_flags(err: Tensor) -> None:
+    # Device-side, asynchronous and CUDA-graph safe, like eager's indexing assert.
+    torch._assert_async(err[0] == 0, _OOB_MSG)
+    torch._assert_async(err[1] == 0, _OFFSETS_MSG)
+
+
+def _check_tables(weights, indices, offsets, psw, modes, padding_idx, ilo, sparse) -> None:
+    name = "multi_embedding_bag"
+    if not weights or not (len(weights) == len(indices) == len(offsets) == len(psw) == len(modes)
+                           == len(padding_idx) == len(ilo) == len(sparse)):
+        raise RuntimeError(f"{name}: need one index, offsets, weights, mode, padding_idx, include_last_offset "
+                           f"and sparse entry per table ({len(weights)} tables)")
+    b0 = num_bags(indices[0], offsets[0], ilo[0])
+    for k, (w, i, o, p, m) in enumerate(zip(weights, indices, offsets, psw, modes)):
+        _check_lookup(name, k, w, i, o, p, m)
+        if w.dtype != weights[0].dtype:
+            raise RuntimeError(f"{name}: table {k} is {w.dtype}, table 0 is {weights[0].dtype}")
+        if sparse[k] and m == MAX:
+            raise RuntimeError(f"{name}: max mode does not support sparse weights (table {k})")
+        b = num_bags(i, o, ilo[k])
+        # torch._check: with symbolic sizes (fake impl) this is a guard, not a bool.
+        torch._check(b == b0, lambda k=k, b=b: f"{name}: table {k} has {b} bags, table 0 has {b0}")
+
+
+def _psw_list(per_sample_weights: list[Tensor], n: int) -> list[Tensor | None]:
+    """The op's per_sample_weights argument as one optional tensor per table."""
+    if not per_sample_weights:
+        return [None] * n
+    if len(per_sample_weights) != n:
+        raise RuntimeError(f"multi_embedding_bag: {len(per_sample_weights)} per_sample_weights for {n} tables")
+    return [None if p.dim() == 0 else p for p in per_sample_weights]
+
+
+def _no_grads(arg: list) -> list | None:
+    """The gradient of a non-differentiable list argument, in the structure custom-op
+    autograd expects: a list of None for a list of tensors, None for a list holding None."""
+    return [None] * len(arg) if all(isinstance(a, Tensor) for a in arg) else None
+
+
+def _arg_max_cols(weights, modes) -> int:
+    return sum(w.shape[1] for w, m in zip(weights, modes) if m == MAX)
+
+
+@triton_op("inductor_embed::multi_embedding_bag", mutates_args=())
+def multi_embedding_bag(
+    weights: list[Tensor],
+    indices: list[Tensor],
+    offsets: list[Tensor | None],
+    per_sample_weights: list[Tensor],
+    modes: list[int],
+    padding_idx: list[int],
+    include_last_offset: list[bool],
+    sparse: list[bool],
+) -> tuple[Tensor, Tensor]:
+    """Pool T tables' bags and concatenate along the feature dimension.
+
+    Args:
+        weights: T tables ``[V_k, D_k]``, one float dtype, one device.
+        indices: per table ``[nnz_k]`` (with offsets) or ``[B, L_k]`` (fixed bags), int32/int64.
+        offsets: per table ``[B]`` / ``[B + 1]`` (include_last_offset), or None for 2-D indices.
+        per_sample_weights: ``[]`` when no table has any; else per table a tensor like its
+            indices (sum mode) or a 0-d placeholder for none. (A list of tensors, not
+            ``Tensor?[]``: custom-op autograd returns gradients only into tensor lists.)
+        modes: per table 0 sum, 1 mean, 2 max.
+        padding_idx: per table the row left out of every bag, or -1.
+        include_last_offset: per table, as in ``F.embedding_bag``.
+        sparse: per table, whether its gradient is a sparse COO tensor (backward only).
+
+    Returns:
+        ``out [B, sum D_k]`` in the tables' dtype (an empty bag gives zeros), and
+        ``arg_max [B, sum D_k over max tables]`` int64: the row each max-mode element came
+        from (-1 for an empty bag), saved for the backward. Bad indices or offsets raise.
+    """
+    per_sample_weights = _psw_list(per_sample_weights, len(weights))
+    _check_tables(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, sparse)
+    if not _use_triton(weights[0]):
+        return multi_embedding_bag_ref(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                       include_last_offset)
+    from inductor_embed.kernels.bag_gather import bag_gather_fwd
+
+    dims = [w.shape[1] for w in weights]
+    b = num_bags(indices[0], offsets[0], include_last_offset[0])
+    out = weights[0].new_empty((b, sum(dims)))
+    arg_max = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
+    err = torch.zeros(2, dtype=torch.int32, device=out.device)
+    segs = _segments(indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, dims, True)
+    tables = [w if w.shape[1] <= 1 or w.stride(1) == 1 else w.contiguous() for w in weights]
+    bag_gather_fwd(tables, segs, [out] * len(segs), [arg_max if m == MAX else None for m in modes], err,
+                   wrap=_compat.wrap_triton)
+    _raise_on_flags(err)
+    return out, arg_max
+
+
+@multi_embedding_bag.register_fake
+def _multi_embedding_bag_fake(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                              include_last_offset, sparse):
+    per_sample_weights = _psw_list(per_sample_weights, len(weights))
+    _check_tables(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, sparse)
+    b = num_bags(indices[0], offsets[0], include_last_offset[0])
+    out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
+    return out, out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
+
+
+def _backward_sizes(num_rows, dims, indices, sparse) -> tuple[int, int]:
+    dense = sum(v * d for v, d, s in zip(num_rows, dims, sparse) if not s)
+    values = sum(i.numel() * d for i, d, s in zip(indices, dims, sparse) if s)
+    return dense, values
+
+
+@triton_op("inductor_embed::multi_embedding_bag_backward", mutates_args=())
+def multi_embedding_bag_backward(
+    grad: Tensor,
+    arg_max: Tensor,
+    indices: list[Tensor],
+    offsets: list[Tensor | None],
+    per_sample_weights: list[Tensor | None],
+    num_rows: list[int],
+    dims: list[int],
+    modes: list[int],
+    padding_idx: list[int],
+    include_last_offset: list[bool],
+    sparse: list[bool],
+) -> tuple[Tensor, Tensor]:
+    """Every table's weight gradient: ``(dense, values)`` in grad's dtype.
+
+    Args:
+        grad: ``[B, sum D_k]``; arg_max: the forward's second output.
+        The rest as in ``multi_embedding_bag``; num_rows/dims are V_k/D_k.
+
+    Returns:
+        ``dense [sum V_k * D_k over dense tables]``: their gradients row-major, back to back;
+        ``values [sum nnz_k * D_k over sparse tables]``: each index's gradient row, the
+        values of that table's COO gradient. On the GPU one zero fill, one atomic-add launch
+        (fp32) and one cast for half types; on the CPU and under deterministic algorithms,
+        the deterministic reference.
+    """
+    if not _use_triton(grad):
+        return torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(
+            grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
+            include_last_offset, sparse)
+    if torch.are_deterministic_algorithms_enabled():
+        return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
+                                                modes, padding_idx, include_last_offset, sparse)
+    from inductor_embed.kernels.bag_gather import bag_gather_bwd
+
+    n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
+    # Two buffers, not views of one: a custom op's outputs may not alias each other.
+    flat = torch.zeros(n_dense, dtype=torch.float32, device=grad.device)
+    vals = torch.zeros(n_values, dtype=torch.float32, device=grad.device)
+    segs = _segments(indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, dims, True)
+    g = grad if grad.shape[1] <= 1 or grad.stride(1) == 1 else grad.contiguous()
+    goffs, values, gpos, vpos = [], [], 0, 0
+    for i, v, d, s in zip(indices, num_rows, dims, sparse):
+        goffs.append(gpos if not s else 0)
+        values.append(vals.narrow(0, vpos, i.numel() * d) if s else None)
+        gpos += 0 if s else v * d
+        vpos += i.numel() * d if s else 0
+    err = torch.zeros(2, dtype=torch.int32, device=grad.device)
+    am_list = [arg_max if m == MAX else None for m in modes]
+    bag_gather_bwd([g] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat, err, wrap=_compat.wrap_triton)
+    if grad.dtype != torch.float32:
+        flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
+    return flat, vals
+
+
+@multi_embedding_bag_backward.register_fake
+def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
+                                       padding_idx, include_last_offset, sparse):
+    n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
+    return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
+
+
+@torch.library.custom_op("inductor_embed::multi_embedding_bag_backward_cpu", mutates_args=())
+def multi_embedding_bag_backward_cpu(
+    grad: Tensor,
+    arg_max: Tensor,
+    indices: list[Tensor],
+    offsets: list[Tensor | None],
+    per_sample_weights: list[Tensor | None],
+    num_rows: list[int],
+    dims: list[int],
+    modes: list[int],
+    padding_idx: list[int],
+    include_last_offset: list[bool],
+    sparse: list[bool],
+) -> tuple[Tensor, Tensor]:
+    """The CPU backward, opaque to Inductor (an extern call running the eager reference,
+    deterministic). Same contract as ``multi_embedding_bag_backward``."""
+    return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
+                                            modes, padding_idx, include_last_offset, sparse)
+
+
+@multi_embedding_bag_backward_cpu.register_fake
+def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
+                                           padding_idx, include_last_offset, sparse):
+    n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
+    return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
+
+
+def _sparse_grad(indices: Tensor, values: Tensor, num_rows: int, dim: int) -> Tensor:
+    """The COO gradient eager's sparse EmbeddingBag gives: one entry per index, uncoalesced."""
+    flat = indices.reshape(1, -1).long()
+    return torch.sparse_coo_tensor(flat, values.view(-1, dim), (num_rows, dim), check_invariants=False)
+
+
+def _setup_context(ctx, inputs, output):
+    weights, indices, offsets, psw_arg, modes, padding_idx, ilo, sparse = inputs
+    psw = _psw_list(psw_arg, len(weights))
+    ctx.has_psw_arg = bool(psw_arg)
+    ctx.offsets_grads = _no_grads(offsets)
+    ctx.psw_grad = [p is not None and p.requires_grad for p in psw]
+    saved_w = [w if need else None for w, need in zip(weights, ctx.psw_grad)]
+    ctx.n = len(weights)
+    ctx.save_for_backward(output[1], *indices, *[o for o in offsets], *psw, *saved_w)
+    ctx.num_rows = [w.shape[0] for w in weights]
+    ctx.dims = [w.shape[1] for w in weights]
+    ctx.modes, ctx.padding_idx, ctx.ilo, ctx.sparse = list(modes), list(padding_idx), list(ilo), list(sparse)
+
+
+def _backward(ctx, grad, _grad_arg_max):
+    n = ctx.n
+    saved = list(ctx.saved_tensors)
+    arg_max, indices = saved[0], saved[1:1 + n]
+    offsets, psw, weights = saved[1 + n:1 + 2 * n], saved[1 + 2 * n:1 + 3 * n], saved[1 + 3 * n:]
+    dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(
+        grad, arg_max, indices, offsets, psw, ctx.num_rows, ctx.dims, ctx.modes, ctx.padding_idx, ctx.ilo, ctx.sparse)
+    grads, psw_grads = [], []
+    dpos = vpos = col = 0
+    for k, (i, v, d) in enumerate(zip(indices, ctx.num_rows, ctx.dims)):
+        if ctx.sparse[k]:
+            grads.append(_sparse_grad(i, values.narrow(0, vpos, i.numel() * d), v, d))
+            vpos += i.numel() * d
+        else:
+            grads.append(dense.narrow(0, dpos, v * d).view(v, d))
+            dpos += v * d
+        psw_grads.append(per_sample_weights_grad(grad[:, col:col + d], weights[k], i, offsets[k], ctx.padding_idx[k],
+                                                 ctx.ilo[k]).to(psw[k].dtype).reshape(psw[k].shape) if ctx.psw_grad[k] else None)
+        col += d
+    return grads, [None] * n, ctx.offsets_grads, psw_grads if ctx.has_psw_arg else [], None, None, None, None
+
+
+multi_embedding_bag.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- tied: one Embedding and one EmbeddingBag reading one weight ------------------------------
+
+
+def _check_tied(weight, emb_indices, bag_indices, offsets, psw, mode) -> None:
+    name = "tied_embedding_bag"
+    _check_lookup(name, 1, weight, bag_indices, offsets, psw, mode)
+    if emb_indices.dtype not in (torch.int32, torch.int64):
+        raise RuntimeError(f"{name}: expected indices 0 to be int32 or int64 (Long or Int), got {emb_indices.dtype}")
+    if emb_indices.device != weight.device:
+        raise RuntimeError(f"{name}: indices 0 are on {emb_indices.device}, the table on {weight.device}")
+
+
+@triton_op("inductor_embed::tied_embedding_bag", mutates_args=())
+def tied_embedding_bag(
+    weight: Tensor,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``F.embedding(emb_indices, weight)`` and ``F.embedding_bag(bag_indices, weight, offsets, ...)``
+    in one launch.
+
+    Args:
+        weight: ``[V, D]`` fp32/fp16/bf16.
+        emb_indices: ``[*L]`` int32/int64.
+        bag_indices, offsets, per_sample_weights, mode, include_last_offset: the bag lookup,
+            as in ``multi_embedding_bag`` (one table).
+        emb_padding_idx: the Embedding's padding row (no gradient; still gathered), or -1.
+        bag_padding_idx: the EmbeddingBag's padding row (left out of the bags), or -1.
+
+    Returns:
+        ``(emb_out [*L, D], bag_out [B, D], arg_max [B, D or 0] int64)``.
+    """
+    _check_tied(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
+    if not _use_triton(weight):
+        if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
+            torch._assert_async((emb_indices >= 0).all(), _OOB_MSG)
+        emb = torch.nn.functional.embedding(emb_indices, weight)
+        bag, arg_max = bag_forward(weight, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
+                                   include_last_offset)
+        return emb, bag, arg_max
+    from inductor_embed.kernels.bag_gather import bag_gather_fwd
+
+    d = weight.shape[1]
+    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
+                          bag_padding_idx, include_last_offset)
+    emb = weight.new_empty((segs[0].num_bags, d))
+    bag = weight.new_empty((segs[1].num_bags, d))
+    arg_max = bag.new_empty((segs[1].num_bags, d if mode == MAX else 0), dtype=torch.int64)
+    err = torch.zeros(2, dtype=torch.int32, device=weight.device)
+    w = weight if d <= 1 or weight.stride(1) == 1 else weight.contiguous()
+    bag_gather_fwd([w, w], segs, [emb, bag], [None, arg_max if mode == MAX else None], err, wrap=_compat.wrap_triton)
+    _raise_on_flags(err)
+    return emb.view(*emb_indices.shape, d), bag, arg_max
+
+
+@tied_embedding_bag.register_fake
+def _tied_embedding_bag_fake(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
+                             bag_padding_idx, include_last_offset):
+    _check_tied(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
+    d = weight.shape[1]
+    b = num_bags(bag_indices, offsets, include_last_offset)
+    return (weight.new_empty((*emb_indices.shape, d)), weight.new_empty((b, d)),
+            weight.new_empty((b, d if mode == MAX else 0), dtype=torch.int64))
+
+
+def _tied_segments(emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo):
+    from inductor_embed.kernels.bag_gather import Segment
+
+    flat = emb_indices.reshape(-1).contiguous()
+    # The Embedding lookup: fixed bags of one index, summed; its padding row is gathered
+    # in the forward and only left out of the gradient.
+    emb = Segment(indices=flat, num_bags=flat.shape[0], padding_idx=emb_pad, forward_padding=False)
+    bag = _segments([bag_indices], [offsets], [psw], [mode], [bag_pad], [ilo], [0], False)[0]
+    return [emb, bag]
+
+
+@triton_op("inductor_embed::tied_embedding_bag_backward", mutates_args=())
+def tied_embedding_bag_backward(
+    grad_emb: Tensor,
+    grad_bag: Tensor,
+    arg_max: Tensor,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    num_rows: int,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+) -> Tensor:
+    """The weight's one gradient ``[V, D]`` (grad's dtype): both lookups' contributions
+    summed. GPU: one zero fill, one atomic-add launch over both lookups, one cast for half
+    types; CPU and deterministic mode: the deterministic reference."""
+    if not _use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
+        if not _use_triton(grad_bag):
+            return torch.ops.inductor_embed.tied_embedding_bag_backward_cpu(
+                grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
+                emb_padding_idx, bag_padding_idx, include_last_offset)
+        return _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights,
+                                  num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset)
+    from inductor_embed.kernels.bag_gather import bag_gather_bwd
+
+    d = grad_bag.shape[1]
+    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
+                          bag_padding_idx, include_last_offset)
+    flat = torch.zeros(num_rows * d, dtype=torch.float32, device=grad_bag.device)
+    ge = grad_emb.reshape(-1, d)
+    ge = ge if d <= 1 or ge.stride(1) == 1 else ge.contiguous()
+    gb = grad_bag if d <= 1 or grad_bag.stride(1) == 1 else grad_bag.contiguous()
+    err = torch.zeros(2, dtype=torch.int32, device=grad_bag.device)
+    bag_gather_bwd([ge, gb], segs, [num_rows, num_rows], [d, d], [None, arg_max if mode == MAX else None], [0, 0],
+                   [None, None], flat, err, wrap=_compat.wrap_triton)
+    out = flat.view(num_rows, d)
+    return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)
+
+
+@tied_embedding_bag_backward.register_fake
+def _tied_embedding_bag_backward_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
+                                      per_sample_weights, num_rows, mode, emb_padding_idx, bag_padding_idx,
+                                      include_last_offset):
+    return grad_bag.new_empty((num_rows, grad_bag.shape[1]))
+
+
+def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, num_rows, mode,
+                       emb_pad, bag_pad, ilo) -> Tensor:
+    d = grad_bag.shape[1]
+    g = grad_emb.reshape(-1, d).float()
+    emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
+    bag = bag_weight_grad(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
+    return (emb + bag).to(grad_bag.dtype)
+
+
+@torch.library.custom_op("inductor_embed::tied_embedding_bag_backward_cpu", mutates_args=())
+def tied_embedding_bag_backward_cpu(
+    grad_emb: Tensor,
+    grad_bag: Tensor,
+    arg_max: Tensor,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    num_rows: int,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+) -> Tensor:
+    """The CPU backward, opaque to Inductor (eager reference, deterministic)."""
+    return _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights,
+                              num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset)
+
+
+@tied_embedding_bag_backward_cpu.register_fake
+def _tied_embedding_bag_backward_cpu_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
+                                          per_sample_weights, num_rows, mode, emb_padding_idx, bag_padding_idx,
+                                          include_last_offset):
+    return grad_bag.new_empty((num_rows, grad_bag.shape[1]))
+
+
+def _tied_setup_context(ctx, inputs, output):
+    weight, emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo = inputs
+    ctx.psw_grad = psw is not None and psw.requires_grad
+    ctx.save_for_backward(output[2], emb_indices, bag_indices, offsets, psw, weight if ctx.psw_grad else None)
+    ctx.num_rows = weight.shape[0]
+    ctx.mode, ctx.emb_pad, ctx.bag_pad, ctx.ilo = mode, emb_pad, bag_pad, ilo
+
+
+def _tied_backward(ctx, grad_emb, grad_bag, _grad_arg_max):
+    arg_max, emb_indices, bag_indices, offsets, psw, weight = ctx.saved_tensors
+    if grad_emb is None:
+        grad_emb = grad_bag.new_zeros((*emb_indices.shape, grad_bag.shape[1]))
+    if grad_bag is None:
+        grad_bag = grad_emb.new_zeros((num_bags(bag_indices, offsets, ctx.ilo), grad_emb.shape[-1]))
+    gw = torch.ops.inductor_embed.tied_embedding_bag_backward(
+        grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, ctx.num_rows, ctx.mode, ctx.emb_pad,
+        ctx.bag_pad, ctx.ilo)
+    gp = None
+    if ctx.psw_grad:
+        gp = per_sample_weights_grad(grad_bag, weight, bag_indices, offsets, ctx.bag_pad, ctx.ilo)
+        gp = gp.to(psw.dtype).reshape(psw.shape)
+    return gw, None, None, None, gp, None, None, None, None
+
+
+tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_context)

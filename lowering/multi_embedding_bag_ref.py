@@ -1,0 +1,150 @@
+"""Pure-torch reference twins of the pooled-gather (EmbeddingBag) kernels.
+
+The CPU implementation of ``multi_embedding_bag`` / ``tied_embedding_bag`` and their
+backwards, the oracle of the kernel tests, and the deterministic backward on CUDA
+(under ``torch.use_deterministic_algorithms(True)``). ATen ops only.
+
+Shapes: a lookup's indices are ``[nnz]`` with ``offsets`` (``[B]``, or ``[B + 1]`` with
+``include_last_offset``), or ``[B, L]`` without (fixed bags of L). ``mode`` is ATen's
+numbering: 0 sum, 1 mean, 2 max. ``padding_idx`` is normalised: a row, or -1 for none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+SUM, MEAN, MAX = 0, 1, 2
+
+
+def num_bags(indices: Tensor, offsets: Tensor | None, include_last_offset: bool) -> int:
+    """B: bags of one lookup (a SymInt under fake tensors)."""
+    if offsets is None:
+        return indices.shape[0]
+    return offsets.shape[0] - int(include_last_offset)
+
+
+def bag_forward(weight: Tensor, indices: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None,
+                mode: int, padding_idx: int, include_last_offset: bool) -> tuple[Tensor, Tensor]:
+    """One pooled lookup, as ``F.embedding_bag`` computes it: ``(out [B, D], arg_max [B, D])``.
+
+    ``arg_max`` (int64) is the row each element of a max-mode output came from, -1 for an
+    empty bag (ATen's ``max_indices``); other modes return it empty ``[B, 0]``.
+    """
+    if offsets is None:  # F.embedding_bag's own rewriting of a 2-D input
+        b, bag = indices.shape
+        offsets = torch.arange(0, b * bag, bag, dtype=indices.dtype, device=indices.device)
+        indices = indices.reshape(-1)
+    elif offsets.dtype != indices.dtype:
+        offsets = offsets.to(indices.dtype)
+    # torch.embedding_bag reads an int padding_idx of -1 as row V - 1; None is "no padding".
+    out, _, _, max_idx = torch.embedding_bag(weight, indices, offsets, False, mode, False, per_sample_weights,
+                                             include_last_offset, None if padding_idx < 0 else padding_idx)
+    if mode != MAX:
+        return out, out.new_empty((out.shape[0], 0), dtype=torch.int64)
+    return out, max_idx
+
+
+def multi_embedding_bag_ref(weights: Sequence[Tensor], indices: Sequence[Tensor],
+                            offsets: Sequence[Tensor | None], per_sample_weights: Sequence[Tensor | None],
+                            modes: Sequence[int], padding_idx: Sequence[int],
+                            include_last_offset: Sequence[bool]) -> tuple[Tensor, Tensor]:
+    """Every table's bags, concatenated: ``(out [B, sum D_k], arg_max [B, sum D_k of max tables])``."""
+    outs, maxes = [], []
+    for w, i, o, p, m, pad, ilo in zip(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                       include_last_offset):
+        out, am = bag_forward(w, i, o, p, m, pad, ilo)
+        outs.append(out)
+        maxes.append(am)
+    return torch.cat(outs, dim=1), torch.cat(maxes, dim=1)
+
+
+def bag_of_positions(indices: Tensor, offsets: Tensor | None, include_last_offset: bool) -> tuple[Tensor, Tensor]:
+    """``(flat indices [nnz], bag [nnz])``: the bag each index belongs to, B for an index
+    past the last bag (``include_last_offset`` with ``offsets[B] < nnz``)."""
+    if offsets is None:
+        b, bag = indices.shape
+        flat = indices.reshape(-1)
+        return flat, torch.arange(b * bag, device=indices.device) // max(bag, 1)
+    nnz = indices.shape[0]
+    bags = offsets.shape[0] - int(include_last_offset)
+    ends = offsets[1:].long() if include_last_offset else torch.cat(
+        [offsets[1:].long(), torch.full((1,), nnz, dtype=torch.long, device=offsets.device)])
+    pos = torch.arange(nnz, device=indices.device)
+    # The number of bag ends <= pos is the bag of pos; past the last end it is B.
+    bag = torch.searchsorted(ends, pos, right=True) if bags > 0 else torch.zeros_like(pos)
+    return indices, bag
+
+
+def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None,
+                    mode: int, padding_idx: int, include_last_offset: bool) -> tuple[Tensor, Tensor]:
+    """``(flat indices [nnz], rows [nnz, D] fp32)``: each index's share of ``grad [B, D]``
+    (sum and mean modes). A padding index or an index past the last bag gets zeros.
+    These rows are the values of eager's sparse gradient, and their scatter-add is the
+    dense one."""
+    flat, bag = bag_of_positions(indices, offsets, include_last_offset)
+    g = grad.float()
+    g = torch.cat([g, g.new_zeros((1, g.shape[1]))])  # row B: positions outside every bag
+    rows = g[bag.clamp(max=g.shape[0] - 1)]
+    keep = flat != padding_idx
+    if mode == MEAN:
+        counts = torch.zeros(g.shape[0], dtype=torch.float32, device=g.device).index_add_(0, bag, keep.float())
+        rows = rows / counts.clamp(min=1)[bag].unsqueeze(1)
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights.float().unsqueeze(1)
+    # where, not a multiply: an inf in a padding row's gradient must not become NaN.
+    rows = torch.where(keep.unsqueeze(1), rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+    return flat, rows
+
+
+def bag_weight_grad(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Tensor | None,
+                    per_sample_weights: Tensor | None, mode: int, padding_idx: int, include_last_offset: bool,
+                    num_rows: int) -> Tensor:
+    """The dense fp32 ``[V, D]`` gradient of one pooled lookup (deterministic: index_put_
+    with accumulate sorts on CUDA under ``use_deterministic_algorithms``)."""
+    d = grad.shape[1]
+    out = torch.zeros((num_rows, d), dtype=torch.float32, device=grad.device)
+    if mode == MAX:
+        valid = arg_max >= 0
+        rows = torch.where(valid, arg_max, 0)
+        cols = torch.arange(d, device=grad.device).expand_as(rows)
+        vals = torch.where(valid, grad.float(), torch.zeros((), dtype=torch.float32, device=grad.device))
+        return out.index_put_((rows.reshape(-1), cols.reshape(-1)), vals.reshape(-1), accumulate=True)
+    flat, rows = index_grad_rows(grad, indices, offsets, per_sample_weights, mode, padding_idx, include_last_offset)
+    return out.index_put_((flat.long(),), rows, accumulate=True)
+
+
+def per_sample_weights_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor | None,
+                            padding_idx: int, include_last_offset: bool) -> Tensor:
+    """``d out / d per_sample_weights`` of a sum-mode lookup: ``[nnz]``, ``<grad[bag_j], W[idx_j]>``
+    (0 for a padding index or one outside every bag), in the weights' dtype."""
+    flat, bag = bag_of_positions(indices, offsets, include_last_offset)
+    g = torch.cat([grad, grad.new_zeros((1, grad.shape[1]))])
+    dots = (g[bag].float() * weight[flat.long()].float()).sum(-1)
+    return torch.where(flat != padding_idx, dots, torch.zeros((), dtype=dots.dtype, device=dots.device))
+
+
+def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
+                                     offsets: Sequence[Tensor | None], per_sample_weights: Sequence[Tensor | None],
+                                     num_rows: Sequence[int], dims: Sequence[int], modes: Sequence[int],
+                                     padding_idx: Sequence[int], include_last_offset: Sequence[bool],
+                                     sparse: Sequence[bool]) -> tuple[Tensor, Tensor]:
+    """``(dense [sum V_k * D_k of dense tables], values [sum nnz_k * D_k of sparse tables])`` in
+    grad's dtype: the dense gradients row-major back to back, and the per-index rows of
+    each sparse table's COO gradient (indices = that table's flat indices, as eager's)."""
+    dense, values = [], []
+    col = am_col = 0
+    for i, o, p, v, d, m, pad, ilo, sp in zip(indices, offsets, per_sample_weights, num_rows, dims, modes,
+                                             padding_idx, include_last_offset, sparse):
+        g = grad[:, col:col + d]
+        col += d
+        am = arg_max[:, am_col:am_col + d] if m == MAX else arg_max
+        am_col += d if m == MAX else 0
+        if sp:
+            values.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1))
+        else:
+            dense.append(bag_weight_grad(g, am, i, o, p, m, pad, ilo, v).reshape(-1))
+    empty = grad.new_zeros((0,), dtype=torch.float32)
+    return torch.cat(dense or [empty]).to(grad.dtype), torch.cat(values or [empty]).to(grad.dtype)
