@@ -1,0 +1,307 @@
+"""The machinery shared by the "N lookups -> cat/stack -> one fused op" patterns.
+
+``multi_embedding_cat`` (F.embedding) and ``multi_embedding_bag`` (F.embedding_bag) read a
+cat/stack site the same way: a list of items, some of them lookups; consecutive fusable
+lookups of one dtype and device form a run; each run of at least ``config.min_tables``
+becomes one op; the cat keeps its other inputs in order; a lookup's other users after the
+cat read a slice of the fused output. A ``Family`` supplies what differs: which nodes are
+its lookups, how one is analysed, and how the fused op is emitted.
+
+Between a lookup and the cat there may be an unsqueeze (stacked tokens) and a cast that
+keeps the dtype (``res = embedding_bag(...).float()`` in torchrec): both are replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from inductor_embed import config
+from inductor_embed.patterns import _fx
+from inductor_embed.report import Recorder, Rewrite, Skip, TableInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """One lookup call that a fused op can take over."""
+
+    node: fx.Node  # the lookup call
+    between: tuple[fx.Node, ...]  # nodes from the lookup to the cat input, cat side first (may be empty)
+    weight: fx.Node
+    index: fx.Node
+    reads: tuple[fx.Node, ...]  # every graph value the lookup reads besides the weight (indices, offsets, ...)
+    num_rows: int
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    index_shape: tuple
+    params: dict  # the family's own arguments (padding_idx, mode, ...)
+
+    @property
+    def consumer(self) -> fx.Node:
+        """The node the cat reads: the lookup itself or the last node between."""
+        return self.between[0] if self.between else self.node
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str  # the pattern name (config switch, counter key)
+    op: str  # the fused op's name, for the records
+    is_lookup: Callable[[Any], bool]
+    analyse: Callable[[fx.Node, tuple], Lookup | str | None]  # (lookup node, between) -> ...
+    emit: Callable[[fx.Graph, list, fx.Node], fx.Node]  # inserts the op; returns its [*L, sum D] output
+
+
+@dataclasses.dataclass
+class _Site:
+    """A cat or stack node, read as a list of items, some of which are lookups."""
+
+    node: fx.Node
+    dim: int  # normalised
+    token: bool  # output [*L, n, D] (stack or cat of unsqueezes), else [*L, sum D]
+    stack: bool
+    items: list  # each a Lookup or the original input node
+
+
+def float_checks(w: torch.Tensor, i: torch.Tensor) -> str | None:
+    """Why a table / index pair cannot be fused (dtype, device), or None."""
+    if w.dim() != 2:
+        return f"weight is {w.dim()}-D, expected 2-D"
+    if w.dtype not in _fx.FLOAT_DTYPES:
+        return f"table dtype {w.dtype} is not fp32/fp16/bf16"
+    if i.dtype not in _fx.INDEX_DTYPES:
+        return f"index dtype {i.dtype} is not int32/int64 (eager raises; left so it still does)"
+    if w.device != i.device:
+        return f"indices on {i.device}, table on {w.device} (eager raises; left so it still does)"
+    if w.device.type not in ("cpu", "cuda"):
+        return f"device {w.device.type} has no fused kernel"
+    if not isinstance(w.shape[1], int):
+        return "embedding dim is symbolic (dynamic weight shape); the kernel specialises on it"
+    if not isinstance(w.shape[0], int):
+        return "number of rows is symbolic (dynamic weight shape)"
+    return None
+
+
+def _hazard(lk: Lookup, site: fx.Node, writes: _fx.Writes) -> str | None:
+    """Why moving ``lk`` to ``site`` would change what the graph computes, or None.
+
+    The fused op reads the indices and the table where the cat is, and replaces the
+    lookup's output: so neither may be written in place in between, and the output
+    never (``e.mul_(2)`` before the cat, ``e[0] = 0`` after it)."""
+    for n in (lk.node, *lk.between):
+        w = writes.writer(n)
+        if w is not None:
+            return f"the lookup's output is written in place by {w.name}; left so the write still applies"
+    for what, value in [("indices" if k == 0 else f"input {v.name}", v) for k, v in enumerate(lk.reads)] + [
+            ("table", lk.weight)]:
+        w = writes.writer(value, after=lk.node, before=site)
+        if w is not None:
+            return f"the {what} are written in place by {w.name} between the lookup and {site.name}"
+    return None
+
+
+def _identity_cast(node: fx.Node) -> fx.Node | None:
+    """``x`` if node is a cast of ``x`` to its own dtype (``x.float()`` of an fp32 ``x``)."""
+    x = _fx.cast_input(node)
+    if x is None:
+        return None
+    a, b = _fx.tensor_meta(node), _fx.tensor_meta(x)
+    return x if a is not None and b is not None and a.dtype == b.dtype else None
+
+
+def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None:
+    parsed = _fx.list_and_dim(node)
+    if parsed is None:
+        return None
+    tensors, dim = parsed
+    if node.kwargs.get("out") is not None:
+        if any(fam.is_lookup(t) for t in tensors):
+            rec.skip(Skip(fam.name, node.name, f"{node.name} writes into out=; left so that it still does"))
+        return None
+    out = _fx.meta_val(node)
+    if not isinstance(out, torch.Tensor) or not all(isinstance(t, fx.Node) for t in tensors):
+        return None
+    stack = node.target in _fx.STACK_TARGETS
+    rank = out.dim()
+    dim %= rank
+    token = stack or dim == rank - 2
+    if not stack and dim != rank - 1 and dim != rank - 2:
+        if any(fam.is_lookup(t) for t in tensors):
+            rec.skip(Skip(fam.name, node.name, f"{node.target.__name__} along dim {dim} of a rank-{rank} result is not the feature dim"))
+        return None
+    if stack and dim != rank - 2:
+        if any(fam.is_lookup(t) for t in tensors):
+            rec.skip(Skip(fam.name, node.name, f"stack along dim {dim} of a rank-{rank} result does not make [..., tables, dim] tokens"))
+        return None
+    items: list = []
+    for t in tensors:
+        inner, between = t, ()
+        if token and not stack:
+            unsq = _fx.unsqueeze_of(t)
+            if unsq is None or unsq[1] % rank != rank - 2:
+                if fam.is_lookup(t):
+                    rec.skip(Skip(fam.name, t.name, f"{node.name} concatenates along dim {dim}, not the feature dim "
+                                                    f"{rank - 1}, and the lookup is not unsqueezed into a token"))
+                items.append(t)
+                continue
+            inner, between = unsq[0], (t,)
+        cast_of = _identity_cast(inner)
+        if cast_of is not None and fam.is_lookup(cast_of):
+            inner, between = cast_of, (*between, inner)
+        found = fam.analyse(inner, between)
+        if isinstance(found, Lookup):
+            found = _hazard(found, node, writes) or found
+        if isinstance(found, str):
+            rec.skip(Skip(fam.name, inner.name, found))
+            items.append(t)
+        elif found is None:
+            _note_elementwise_step(fam, t, rec)
+            items.append(t)
+        else:
+            items.append(found)
+    return _Site(node, dim, token, stack, items)
+
+
+def _note_elementwise_step(fam: Family, t: fx.Node, rec: Recorder) -> None:
+    """Log a cat input that is a lookup plus a per-lookup step we deliberately do not fuse."""
+    for arg in t.all_input_nodes:
+        if fam.is_lookup(arg):
+            what = t.target if isinstance(t.target, str) else getattr(t.target, "__name__", str(t.target))
+            rec.skip(Skip(fam.name, arg.name, f"`{what}` ({t.name}) sits between the lookup and the cat; "
+                                              "Inductor fuses that step into its cat kernel, so it is left"))
+            return
+
+
+def _runs(site: _Site) -> list[tuple[int, int]]:
+    """Maximal [start, end) ranges of consecutive lookups sharing dtype, device (and D for tokens)."""
+    runs, start = [], None
+    for k, item in enumerate(site.items + [None]):
+        if start is not None:
+            first = site.items[start]
+            same = isinstance(item, Lookup) and item.dtype == first.dtype and item.device == first.device
+            if same and site.token:
+                same = item.dim == first.dim
+            if not same:
+                runs.append((start, k))
+                start = None
+        if start is None and isinstance(item, Lookup):
+            start = k
+    return runs
+
+
+def run_family(fam: Family, graph: fx.Graph, rec: Recorder, apply: bool) -> None:
+    """Find (and, if ``apply``, rewrite) every site of ``fam`` in ``graph``."""
+    order = {n: k for k, n in enumerate(graph.nodes)}
+    writes = _fx.Writes(graph)
+    for node in list(graph.nodes):
+        if _fx.is_erased(node) or node.op != "call_function":
+            continue  # erased by an earlier rewrite
+        site = _read_site(fam, node, rec, writes)
+        if site is None:
+            continue
+        runs = []
+        for start, end in _runs(site):
+            if end - start < max(config.min_tables, 2):
+                names = ", ".join(site.items[k].node.name for k in range(start, end))
+                rec.skip(Skip(fam.name, names, f"only {end - start} fusable lookup(s) in a row in {node.name}; "
+                                               f"min_tables={config.min_tables}"))
+            else:
+                runs.append((start, end))
+        if not runs:
+            continue
+        rewrites = [_describe(fam, site, s, e) for s, e in runs]
+        if apply:
+            _rewrite(fam, graph, site, runs, order, writes)
+        for r in rewrites:
+            rec.rewrite(r)
+
+
+def _describe(fam: Family, site: _Site, start: int, end: int) -> Rewrite:
+    lookups = site.items[start:end]
+    replaced = []
+    for lk in lookups:
+        for n in (lk.node, *reversed(lk.between)):
+            if n.name not in replaced:
+                replaced.append(n.name)
+    replaced.append(site.node.name)
+    return Rewrite(
+        pattern=fam.name,
+        replaced=tuple(replaced),
+        fused_op=fam.op,
+        tables=tuple(TableInfo(_fx.table_name(lk.weight), lk.num_rows, lk.dim, lk.dtype) for lk in lookups),
+        index_shape=lookups[0].index_shape,
+        dtype=lookups[0].dtype,
+    )
+
+
+def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, int]], order: dict[fx.Node, int],
+             writes: _fx.Writes) -> None:
+    node = site.node
+    # Other users may read a view of the fused output only if nothing writes the cat's
+    # result (which may be that same buffer) in place.
+    reroute = writes.writer(node) is None
+    fused_at = {start: end for start, end in runs}
+    new_items: list[fx.Node] = []
+    dead: list[fx.Node] = []
+    k = 0
+    with graph.inserting_before(node):
+        while k < len(site.items):
+            item = site.items[k]
+            if k not in fused_at:
+                if isinstance(item, Lookup):  # a lookup in a run too short to fuse stays as it was
+                    item = item.consumer
+                if site.stack:  # stack's other inputs become [.., 1, D] pieces of a cat
+                    item = _fx.call(graph, torch.unsqueeze, (item, site.dim), node)
+                new_items.append(item)
+                k += 1
+                continue
+            end = fused_at[k]
+            lookups = site.items[k:end]
+            fused = fam.emit(graph, lookups, node)
+            if reroute:
+                _reroute_other_users(graph, lookups, fused, node, order)
+            if site.token:
+                fused = _fx.call(graph, torch.unflatten, (fused, -1, (end - k, lookups[0].dim)), node)
+            new_items.append(fused)
+            dead += [n for lk in lookups for n in (*lk.between, lk.node)]
+            k = end
+        if len(new_items) == 1:
+            replacement = new_items[0]
+        else:
+            replacement = _fx.call(graph, torch.cat, (new_items, site.dim), node)
+    node.replace_all_uses_with(replacement)
+    graph.erase_node(node)
+    for n in dead:  # consumers first, then lookups; keep whatever still has users
+        if not _fx.is_erased(n) and not n.users:
+            graph.erase_node(n)
+
+
+def _reroute_other_users(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node, site: fx.Node,
+                         order: dict[fx.Node, int]) -> None:
+    """Users of a lookup other than this site read a slice of the fused output when they
+    come after the site (where the fused op is defined). Earlier users, and other cat/stack
+    sites (which may fuse the lookup themselves), keep the original lookup. So do all users
+    of a lookup that is (or has a view that is) a graph output: a slice would make that
+    output share memory with the cat's, which eager's outputs never do."""
+    col = 0
+    done: set[fx.Node] = set()
+    for lk in lookups:
+        offset, col = col, col + lk.dim
+        if lk.node in done:
+            continue
+        done.add(lk.node)
+        if _fx.escapes(lk.node, graph):
+            continue
+        movable = [
+            u for u in lk.node.users
+            if u is not site and u not in lk.between and order.get(u, -1) > order[site]
+            and _fx.list_and_dim(u) is None
+        ]
+        if movable:
+            piece = _fx.call(graph, torch.narrow, (fused, -1, offset, lk.dim), lk.node)
+            for u in movable:
+                u.replace_input_with(lk.node, piece)
