@@ -33,6 +33,13 @@ multi_embedding_cat: bool = True
 # the dense matmul, but reaches only the rows that select its column in the gather;
 # set False to keep the dense form.
 one_hot_linear: bool = True
+# N F.embedding_bag / nn.EmbeddingBag lookups -> cat/stack (DLRM, torchrec's
+# EmbeddingBagCollection) -> one table-batched pooled op (sum/mean/max, offsets or 2-D
+# input, per_sample_weights, padding_idx, sparse=True gradients for sum/mean).
+multi_embedding_bag: bool = True
+# An F.embedding and an F.embedding_bag reading one weight -> one op reading the weight
+# once for both, and one backward writing its one gradient.
+tied_embedding_bag: bool = True
 
 # --- pattern tuning ---------------------------------------------------------------
 # Fewest lookups in one cat worth fusing. Below it the cat is left alone (logged):
@@ -55,6 +62,8 @@ _FIELDS: tuple[str, ...] = (
     "enabled",
     "multi_embedding_cat",
     "one_hot_linear",
+    "multi_embedding_bag",
+    "tied_embedding_bag",
     "min_tables",
     "one_hot_linear_min_classes",
     "triton_on_cpu",

@@ -336,8 +336,11 @@ multi_embedding_bag.register_autograd(_backward, setup_context=_setup_context)
 # --- tied: one Embedding and one EmbeddingBag reading one weight ------------------------------
 
 
-def _check_tied(weight, emb_indices, bag_indices, offsets, psw, mode) -> None:
+def _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode) -> None:
     name = "tied_embedding_bag"
+    if bag_weight is not None and (bag_weight.shape != weight.shape or bag_weight.dtype != weight.dtype
+                                   or bag_weight.device != weight.device):
+        raise RuntimeError(f"{name}: bag_weight must be like weight {list(weight.shape)} {weight.dtype}")
     _check_lookup(name, 1, weight, bag_indices, offsets, psw, mode)
     if emb_indices.dtype not in (torch.int32, torch.int64):
         raise RuntimeError(f"{name}: expected indices 0 to be int32 or int64 (Long or Int), got {emb_indices.dtype}")
@@ -348,6 +351,7 @@ def _check_tied(weight, emb_indices, bag_indices, offsets, psw, mode) -> None:
 @triton_op("inductor_embed::tied_embedding_bag", mutates_args=())
 def tied_embedding_bag(
     weight: Tensor,
+    bag_weight: Tensor | None,
     emb_indices: Tensor,
     bag_indices: Tensor,
     offsets: Tensor | None,
@@ -362,6 +366,9 @@ def tied_embedding_bag(
 
     Args:
         weight: ``[V, D]`` fp32/fp16/bf16.
+        bag_weight: None when the bag reads ``weight`` itself; else a second tensor over the
+            same memory (``EmbeddingBag.from_pretrained(emb.weight)``), which gets its own
+            gradient (the bag's part) while ``weight`` gets the Embedding's part.
         emb_indices: ``[*L]`` int32/int64.
         bag_indices, offsets, per_sample_weights, mode, include_last_offset: the bag lookup,
             as in ``multi_embedding_bag`` (one table).
@@ -371,7 +378,7 @@ def tied_embedding_bag(
     Returns:
         ``(emb_out [*L, D], bag_out [B, D], arg_max [B, D or 0] int64)``.
     """
-    _check_tied(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
+    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
     if not _use_triton(weight):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             torch._assert_async((emb_indices >= 0).all(), _OOB_MSG)
@@ -395,9 +402,9 @@ def tied_embedding_bag(
 
 
 @tied_embedding_bag.register_fake
-def _tied_embedding_bag_fake(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
-                             bag_padding_idx, include_last_offset):
-    _check_tied(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
+def _tied_embedding_bag_fake(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
+                             emb_padding_idx, bag_padding_idx, include_last_offset):
+    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
     d = weight.shape[1]
     b = num_bags(bag_indices, offsets, include_last_offset)
     return (weight.new_empty((*emb_indices.shape, d)), weight.new_empty((b, d)),
@@ -429,47 +436,50 @@ def tied_embedding_bag_backward(
     emb_padding_idx: int,
     bag_padding_idx: int,
     include_last_offset: bool,
+    separate: bool,
 ) -> Tensor:
-    """The weight's one gradient ``[V, D]`` (grad's dtype): both lookups' contributions
-    summed. GPU: one zero fill, one atomic-add launch over both lookups, one cast for half
+    """The weight's gradient (grad's dtype): ``[V, D]``, both lookups' contributions summed;
+    with ``separate`` ``[2, V, D]``, the Embedding's part then the bag's. GPU: one zero fill, one atomic-add launch over both lookups, one cast for half
     types; CPU and deterministic mode: the deterministic reference."""
     if not _use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
         if not _use_triton(grad_bag):
             return torch.ops.inductor_embed.tied_embedding_bag_backward_cpu(
                 grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
-                emb_padding_idx, bag_padding_idx, include_last_offset)
+                emb_padding_idx, bag_padding_idx, include_last_offset, separate)
         return _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights,
-                                  num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset)
+                                  num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset, separate)
     from inductor_embed.kernels.bag_gather import bag_gather_bwd
 
     d = grad_bag.shape[1]
     segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
                           bag_padding_idx, include_last_offset)
-    flat = torch.zeros(num_rows * d, dtype=torch.float32, device=grad_bag.device)
+    blocks = 2 if separate else 1
+    flat = torch.zeros(blocks * num_rows * d, dtype=torch.float32, device=grad_bag.device)
     ge = grad_emb.reshape(-1, d)
     ge = ge if d <= 1 or ge.stride(1) == 1 else ge.contiguous()
     gb = grad_bag if d <= 1 or grad_bag.stride(1) == 1 else grad_bag.contiguous()
     err = torch.zeros(2, dtype=torch.int32, device=grad_bag.device)
-    bag_gather_bwd([ge, gb], segs, [num_rows, num_rows], [d, d], [None, arg_max if mode == MAX else None], [0, 0],
-                   [None, None], flat, err, wrap=_compat.wrap_triton)
-    out = flat.view(num_rows, d)
+    bag_gather_bwd([ge, gb], segs, [num_rows, num_rows], [d, d], [None, arg_max if mode == MAX else None],
+                   [0, num_rows * d if separate else 0], [None, None], flat, err, wrap=_compat.wrap_triton)
+    out = flat.view(2, num_rows, d) if separate else flat.view(num_rows, d)
     return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)
 
 
 @tied_embedding_bag_backward.register_fake
 def _tied_embedding_bag_backward_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
                                       per_sample_weights, num_rows, mode, emb_padding_idx, bag_padding_idx,
-                                      include_last_offset):
-    return grad_bag.new_empty((num_rows, grad_bag.shape[1]))
+                                      include_last_offset, separate):
+    return grad_bag.new_empty((2, num_rows, grad_bag.shape[1]) if separate else (num_rows, grad_bag.shape[1]))
 
 
 def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, num_rows, mode,
-                       emb_pad, bag_pad, ilo) -> Tensor:
+                       emb_pad, bag_pad, ilo, separate) -> Tensor:
     d = grad_bag.shape[1]
     g = grad_emb.reshape(-1, d).float()
     emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
     bag = bag_weight_grad(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
-    return (emb + bag).to(grad_bag.dtype)
+    out = torch.stack([emb, bag]) if separate else emb + bag
+    return out.to(grad_bag.dtype)
 
 
 @torch.library.custom_op("inductor_embed::tied_embedding_bag_backward_cpu", mutates_args=())
@@ -486,21 +496,23 @@ def tied_embedding_bag_backward_cpu(
     emb_padding_idx: int,
     bag_padding_idx: int,
     include_last_offset: bool,
+    separate: bool,
 ) -> Tensor:
     """The CPU backward, opaque to Inductor (eager reference, deterministic)."""
     return _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights,
-                              num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset)
+                              num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset, separate)
 
 
 @tied_embedding_bag_backward_cpu.register_fake
 def _tied_embedding_bag_backward_cpu_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
                                           per_sample_weights, num_rows, mode, emb_padding_idx, bag_padding_idx,
-                                          include_last_offset):
-    return grad_bag.new_empty((num_rows, grad_bag.shape[1]))
+                                          include_last_offset, separate):
+    return grad_bag.new_empty((2, num_rows, grad_bag.shape[1]) if separate else (num_rows, grad_bag.shape[1]))
 
 
 def _tied_setup_context(ctx, inputs, output):
-    weight, emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo = inputs
+    weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo = inputs
+    ctx.separate = bag_weight is not None
     ctx.psw_grad = psw is not None and psw.requires_grad
     ctx.save_for_backward(output[2], emb_indices, bag_indices, offsets, psw, weight if ctx.psw_grad else None)
     ctx.num_rows = weight.shape[0]
@@ -515,12 +527,14 @@ def _tied_backward(ctx, grad_emb, grad_bag, _grad_arg_max):
         grad_bag = grad_emb.new_zeros((num_bags(bag_indices, offsets, ctx.ilo), grad_emb.shape[-1]))
     gw = torch.ops.inductor_embed.tied_embedding_bag_backward(
         grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, ctx.num_rows, ctx.mode, ctx.emb_pad,
-        ctx.bag_pad, ctx.ilo)
+        ctx.bag_pad, ctx.ilo, ctx.separate)
     gp = None
     if ctx.psw_grad:
         gp = per_sample_weights_grad(grad_bag, weight, bag_indices, offsets, ctx.bag_pad, ctx.ilo)
         gp = gp.to(psw.dtype).reshape(psw.shape)
-    return gw, None, None, None, gp, None, None, None, None
+    if ctx.separate:
+        return gw[0], gw[1], None, None, None, gp, None, None, None, None
+    return gw, None, None, None, None, gp, None, None, None, None
 
 
 tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_context)

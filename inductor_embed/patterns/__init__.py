@@ -1,8 +1,14 @@
 """The pattern passes, in the order they run. Each module has ``NAME`` (its config
 switch and counter key, as named in ARCHITECTURE.md) and ``run(graph, recorder, apply)``."""
 
-from inductor_embed.patterns import multi_embedding_cat, one_hot_linear
+from inductor_embed.patterns import (
+    multi_embedding_bag,
+    multi_embedding_cat,
+    one_hot_linear,
+    tied_embedding_bag,
+)
 
-PATTERNS = (multi_embedding_cat, one_hot_linear)
+# Table-batched bags first, then embedding cats; the tied pair takes what they leave.
+PATTERNS = (multi_embedding_bag, multi_embedding_cat, one_hot_linear, tied_embedding_bag)
 
 __all__ = ["PATTERNS"]
