@@ -40,11 +40,14 @@ def bag_forward(weight: Tensor, indices: Tensor, offsets: Tensor | None, per_sam
     elif offsets.dtype != indices.dtype:
         offsets = offsets.to(indices.dtype)
     # torch.embedding_bag reads an int padding_idx of -1 as row V - 1; None is "no padding".
-    out, _, _, max_idx = torch.embedding_bag(weight, indices, offsets, False, mode, False, per_sample_weights,
-                                             include_last_offset, None if padding_idx < 0 else padding_idx)
+    out, _, bag_size, max_idx = torch.embedding_bag(weight, indices, offsets, False, mode, False, per_sample_weights,
+                                                    include_last_offset, None if padding_idx < 0 else padding_idx)
     if mode != MAX:
         return out, out.new_empty((out.shape[0], 0), dtype=torch.int64)
-    return out, max_idx
+    # ATen reports row 0 (or the padding row) for a bag with nothing to take the max of,
+    # and its backward skips such bags by their size; -1 says so in the index itself.
+    empty = (bag_size[:out.shape[0]] == 0).unsqueeze(1) | (max_idx == padding_idx)
+    return out, torch.where(empty, -1, max_idx)
 
 
 def multi_embedding_bag_ref(weights: Sequence[Tensor], indices: Sequence[Tensor],
