@@ -108,6 +108,9 @@ def _check_tables(weights, indices, offsets, psw, modes, padding_idx, ilo, spars
             raise RuntimeError(f"{name}: table {k} is {w.dtype}, table 0 is {weights[0].dtype}")
         if sparse[k] and m == MAX:
             raise RuntimeError(f"{name}: max mode does not support sparse weights (table {k})")
+        if sparse[k] and padding_idx[k] >= 0:
+            raise RuntimeError(f"{name}: sparse=True with a padding_idx is not supported (table {k}): eager's COO "
+                               "gradient drops padding entries, a data-dependent size")
         b = num_bags(i, o, ilo[k])
         # torch._check: with symbolic sizes (fake impl) this is a guard, not a bool.
         torch._check(b == b0, lambda k=k, b=b: f"{name}: table {k} has {b} bags, table 0 has {b0}")

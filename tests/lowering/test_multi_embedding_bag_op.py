@@ -1,0 +1,122 @@
+"""Tier 2: the pooled ops. opcheck (schema, fake impl, autograd registration, AOT dispatch),
+gradients (tables, per-sample weights, sparse COO) vs eager F.embedding_bag, and errors;
+on the ATen reference path and the Triton path (interpreter on the CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.library import opcheck
+
+import inductor_embed
+
+OP = torch.ops.inductor_embed.multi_embedding_bag.default
+TIED = torch.ops.inductor_embed.tied_embedding_bag.default
+PATHS = ["reference", "triton"]
+
+
+def _tables(sparse=(False, False, False), dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    w = [torch.randn(v, d, generator=g).to(dtype).requires_grad_() for v, d in ((20, 5), (30, 3), (20, 7))]
+    i0 = torch.randint(0, 20, (11,), generator=g)
+    o0 = torch.tensor([0, 3, 3, 8])
+    i1 = torch.randint(0, 30, (4, 2), generator=g)
+    i2 = torch.randint(0, 20, (9,), generator=g, dtype=torch.int32)
+    i2[0] = 0
+    o2 = torch.tensor([0, 2, 2, 5, 9], dtype=torch.int32)
+    p2 = torch.randn(9, generator=g).to(dtype).requires_grad_()
+    pad0 = -1 if sparse[0] else 1  # eager's sparse gradient drops padding entries: not fused
+    args = (w, [i0, i1, i2], [o0, None, o2], [torch.ones(()), torch.ones(()), p2], [1, 2, 0], [pad0, -1, 0],
+            [False, False, True], list(sparse))
+    eager = torch.cat([
+        F.embedding_bag(i0, w[0], o0, mode="mean", padding_idx=None if sparse[0] else 1, sparse=sparse[0]),
+        F.embedding_bag(i1, w[1], mode="max"),
+        F.embedding_bag(i2, w[2], o2, mode="sum", include_last_offset=True, per_sample_weights=p2, padding_idx=0),
+    ], 1)
+    return args, eager, [*w, p2]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_matches_eager_forward_and_backward(path: str) -> None:
+    args, eager, leaves = _tables()
+    grad = torch.randn_like(eager)
+    want = torch.autograd.grad(eager, leaves, grad)
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+        out, _ = OP(*args)
+        got = torch.autograd.grad(out, leaves, grad)
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_sparse_table_gets_eagers_coo_gradient(path: str) -> None:
+    args, eager, leaves = _tables(sparse=(True, False, False))
+    grad = torch.randn_like(eager)
+    (want,) = torch.autograd.grad(eager, leaves[:1], grad)
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+        out, _ = OP(*args)
+        (got,) = torch.autograd.grad(out, leaves[:1], grad)
+    assert got.layout == torch.sparse_coo
+    assert torch.equal(got._indices(), want._indices())
+    torch.testing.assert_close(got._values(), want._values())
+
+
+def test_opcheck() -> None:
+    """On the default path (the reference on the CPU, the kernels on CUDA): the Triton
+    interpreter cannot run on the functional tensors AOT dispatch traces with."""
+    args, eager, _ = _tables()
+    detached = ([w.detach().requires_grad_() for w in args[0]], *args[1:3],
+                [p.detach().requires_grad_() if p.dim() else p for p in args[3]], *args[4:])
+    opcheck(OP, detached)
+    out, arg_max = OP(*[a for a in detached])
+    grad = torch.randn_like(out)
+    bwd_args = (grad, arg_max.detach(), args[1], args[2], [p.detach() if p.dim() else None for p in args[3]],
+                [w.shape[0] for w in args[0]], [w.shape[1] for w in args[0]], *args[4:])
+    opcheck(torch.ops.inductor_embed.multi_embedding_bag_backward.default, bwd_args)
+    opcheck(torch.ops.inductor_embed.multi_embedding_bag_backward_cpu.default, bwd_args)
+    w = torch.randn(20, 5, requires_grad=True)
+    opcheck(TIED, (w, None, torch.randint(0, 20, (3, 2)), torch.randint(0, 20, (7,)), torch.tensor([0, 3]), None,
+                   2, 1, -1, False))
+    opcheck(TIED, (w, torch.randn(20, 5, requires_grad=True), torch.randint(0, 20, (3,)),
+                   torch.randint(0, 20, (2, 4)), None, None, 0, -1, 3, False))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("separate", [False, True], ids=["one-parameter", "two-parameters"])
+def test_tied_matches_eager(path: str, separate: bool) -> None:
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(20, 6, generator=g, requires_grad=True)
+    # from_pretrained makes a second Parameter over the same memory.
+    w2 = torch.nn.Parameter(w.detach()) if separate else w
+    ei = torch.randint(0, 20, (3, 4), generator=g)
+    bi = torch.randint(0, 20, (10,), generator=g)
+    bo = torch.tensor([0, 4, 4])
+    leaves = [w, w2] if separate else [w]
+    e_ref, b_ref = F.embedding(ei, w, padding_idx=2), F.embedding_bag(bi, w2, bo, mode="max")
+    ge, gb = torch.randn_like(e_ref), torch.randn_like(b_ref)
+    want = torch.autograd.grad([e_ref, b_ref], leaves, [ge, gb])
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+        e, b, _ = TIED(w, w2 if separate else None, ei, bi, bo, None, 2, 2, -1, False)
+        got = torch.autograd.grad([e, b], leaves, [ge, gb])
+    assert torch.equal(e, e_ref)
+    torch.testing.assert_close(b, b_ref)
+    for a, c in zip(got, want):
+        torch.testing.assert_close(a, c)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("bad", ["index", "decreasing", "past-end"])
+def test_bad_input_raises(path: str, bad: str) -> None:
+    w = torch.randn(10, 4)
+    i = torch.tensor([1, 2, 3, 4, 5])
+    o = torch.tensor([0, 2])
+    if bad == "index":
+        i = torch.tensor([1, 2, 10, 4, 5])
+    elif bad == "decreasing":
+        o = torch.tensor([0, 4, 2])
+    else:
+        o = torch.tensor([0, 7])
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"), pytest.raises(RuntimeError):
+        OP([w], [i], [o], [], [0], [-1], [False], [False])
