@@ -64,7 +64,7 @@ def test_forward_backward_match_reference(case) -> None:
     out = torch.full((b, sum(dims)), float("nan"), dtype=dtype, device=DEVICE)
     arg_max = torch.full((b, am_ref.shape[1]), -7, dtype=torch.int64, device=DEVICE)
     segs, col, am_col = [], 0, 0
-    for (w, i, o, p, pad, ilo), m, d in zip(lookups, modes, dims):
+    for (_w, i, o, p, pad, ilo), m, d in zip(lookups, modes, dims):
         segs.append(_segment(i, o, p, MODES[m], pad, ilo, col, am_col))
         col += d
         am_col += d if m == "max" else 0
