@@ -10,6 +10,11 @@ import torch
 import torch.nn as nn
 
 from tests.inductor_embed._util import rewritten_code
+from tests.inductor_embed.test_multi_embedding_bag import (
+    DLRMEmbeddings,
+    SharedEmbeddingLayer,
+    _dlrm_inputs,
+)
 from tests.inductor_embed.test_multi_embedding_cat import (
     DynamicEmbeddingConcatenator,
     FastMultiEmbeddingEquivalent,
@@ -78,3 +83,36 @@ def forward(self, L_x_ : torch.Tensor, L_self_modules_a_parameters_weight_ : tor
     cat = torch.cat([unsqueeze, unflatten], 1);  unsqueeze = unflatten = None
     relu = narrow.relu();  narrow = None
     return (cat, relu)""")
+
+    def test_dlrm_bags_into_dense_cat(self):
+        x, lS_o, lS_i = _dlrm_inputs([10, 20], batch=3)
+        model = DLRMEmbeddings(4, [10, 20])
+        code = rewritten_code(lambda x, o, i: torch.cat([x] + model.apply_emb(o, i, model.emb_l), dim=1), x, lS_o, lS_i)
+        self.assertExpectedInline(code, """\
+def forward(self, L_model_modules_emb_l_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_i_0_ : torch.Tensor, L_o_0_ : torch.Tensor, L_model_modules_emb_l_modules_1_parameters_weight_ : torch.nn.parameter.Parameter, L_i_1_ : torch.Tensor, L_o_1_ : torch.Tensor, L_x_ : torch.Tensor):
+    l_model_modules_emb_l_modules_0_parameters_weight_ = L_model_modules_emb_l_modules_0_parameters_weight_
+    l_i_0_ = L_i_0_
+    l_o_0_ = L_o_0_
+    l_model_modules_emb_l_modules_1_parameters_weight_ = L_model_modules_emb_l_modules_1_parameters_weight_
+    l_i_1_ = L_i_1_
+    l_o_1_ = L_o_1_
+    l_x_ = L_x_
+    multi_embedding_bag_default = torch.ops.inductor_embed.multi_embedding_bag.default([l_model_modules_emb_l_modules_0_parameters_weight_, l_model_modules_emb_l_modules_1_parameters_weight_], [l_i_0_, l_i_1_], [l_o_0_, l_o_1_], [], [0, 0], [-1, -1], [False, False], [True, True]);  l_model_modules_emb_l_modules_0_parameters_weight_ = l_model_modules_emb_l_modules_1_parameters_weight_ = l_i_0_ = l_i_1_ = l_o_0_ = l_o_1_ = None
+    getitem = multi_embedding_bag_default[0];  multi_embedding_bag_default = None
+    cat_1 = torch.cat([l_x_, getitem], 1);  l_x_ = getitem = None
+    return (cat_1,)""")
+
+    def test_seed003_tied_embedding_bag(self):
+        model = SharedEmbeddingLayer(100, 32)
+        code = rewritten_code(model, torch.randint(0, 100, (5,)), torch.randint(0, 100, (12,)), torch.tensor([0, 4, 8]))
+        self.assertExpectedInline(code, """\
+def forward(self, L_self_modules_shared_embedding_parameters_weight_ : torch.nn.parameter.Parameter, L_indices_ : torch.Tensor, L_self_modules_embedding_bag_parameters_weight_ : torch.nn.parameter.Parameter, L_sequences_ : torch.Tensor, L_offsets_ : torch.Tensor):
+    l_self_modules_shared_embedding_parameters_weight_ = L_self_modules_shared_embedding_parameters_weight_
+    l_indices_ = L_indices_
+    l_self_modules_embedding_bag_parameters_weight_ = L_self_modules_embedding_bag_parameters_weight_
+    l_sequences_ = L_sequences_
+    l_offsets_ = L_offsets_
+    tied_embedding_bag_default = torch.ops.inductor_embed.tied_embedding_bag.default(l_self_modules_shared_embedding_parameters_weight_, l_self_modules_embedding_bag_parameters_weight_, l_indices_, l_sequences_, l_offsets_, None, 1, -1, -1, False);  l_self_modules_shared_embedding_parameters_weight_ = l_self_modules_embedding_bag_parameters_weight_ = l_indices_ = l_sequences_ = l_offsets_ = None
+    getitem = tied_embedding_bag_default[0]
+    getitem_1 = tied_embedding_bag_default[1];  tied_embedding_bag_default = None
+    return (getitem, getitem_1)""")

@@ -1,0 +1,268 @@
+"""End to end: the multi_embedding_bag and tied_embedding_bag patterns on unmodified models
+(DLRM's embedding layer as dlrm_s_pytorch.py writes it, seed 003's three examples,
+torchrec's EmbeddingBagCollection), compiled with backend="inductor_embed"."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import inductor_embed
+from tests.inductor_embed._util import compare_with_eager, rewrites, skips
+
+BAG, TIED = "multi_embedding_bag", "tied_embedding_bag"
+
+
+class DLRMEmbeddings(nn.Module):
+    """facebookresearch/dlrm's create_emb / apply_emb / interact_features("dot"), as written."""
+
+    def __init__(self, m: int, ln: list[int], sparse: bool = True) -> None:
+        super().__init__()
+        self.emb_l = nn.ModuleList()
+        for n in ln:
+            W = torch.empty(n, m).uniform_(-(1 / n) ** 0.5, (1 / n) ** 0.5)
+            self.emb_l.append(nn.EmbeddingBag(n, m, mode="sum", sparse=sparse, _weight=W.clone().requires_grad_()))
+
+    def apply_emb(self, lS_o, lS_i, emb_l):
+        ly = []
+        for k, sparse_index_group_batch in enumerate(lS_i):
+            sparse_offset_group_batch = lS_o[k]
+            E = emb_l[k]
+            V = E(sparse_index_group_batch, sparse_offset_group_batch)
+            ly.append(V)
+        return ly
+
+    def forward(self, x, lS_o, lS_i):
+        ly = self.apply_emb(lS_o, lS_i, self.emb_l)
+        (batch_size, d) = x.shape
+        T = torch.cat([x] + ly, dim=1).view((batch_size, -1, d))
+        Z = torch.bmm(T, torch.transpose(T, 1, 2))
+        _, ni, nj = Z.shape
+        li = torch.tensor([i for i in range(ni) for j in range(i)])
+        lj = torch.tensor([j for i in range(nj) for j in range(i)])
+        Zflat = Z[:, li, lj]
+        return torch.cat([x] + [Zflat], dim=1)
+
+
+def _dlrm_inputs(ln, batch=6, m=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lS_o, lS_i = [], []
+    for n in ln:
+        lengths = torch.randint(0, 4, (batch,), generator=g)
+        lS_o.append(torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]]))
+        lS_i.append(torch.randint(0, n, (int(lengths.sum()),), generator=g))
+    return torch.randn(batch, m, generator=g, requires_grad=True), lS_o, lS_i
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_dlrm_as_written_is_rewritten(sparse: bool) -> None:
+    ln = [10, 20, 30, 15]
+    model = DLRMEmbeddings(4, ln, sparse)
+    x, lS_o, lS_i = _dlrm_inputs(ln)
+    eager_model = copy.deepcopy(model)
+    out_e = eager_model(x, lS_o, lS_i)
+    out_c = torch.compile(model, backend="inductor_embed")(x, lS_o, lS_i)
+    torch.testing.assert_close(out_c, out_e)
+    grad = torch.randn_like(out_e)
+    out_e.backward(grad)
+    out_c.backward(grad)
+    assert rewrites(BAG) == 1
+    for a, b in zip(model.emb_l, eager_model.emb_l):
+        assert a.weight.grad.layout == b.weight.grad.layout
+        torch.testing.assert_close(a.weight.grad.to_dense(), b.weight.grad.to_dense())
+
+
+class Bags(nn.Module):
+    """Every knob at once: modes, 2-D and offsets inputs, include_last_offset, per-sample
+    weights, padding, int32 indices; then a stack (tokens) and a cat with a dense piece."""
+
+    def __init__(self, dtype=torch.float32) -> None:
+        super().__init__()
+        self.a = nn.EmbeddingBag(10, 4, mode="sum", padding_idx=0, dtype=dtype)
+        self.b = nn.EmbeddingBag(12, 4, mode="mean", dtype=dtype)
+        self.c = nn.EmbeddingBag(14, 4, mode="max", dtype=dtype)
+        self.d = nn.EmbeddingBag(9, 4, mode="sum", include_last_offset=True, dtype=dtype)
+
+    def forward(self, i2d, i1d, o1d, psw, dense):
+        ys = [self.a(i2d), self.b(i1d, o1d), self.c(i2d.int()),
+              self.d(i1d, torch.cat([o1d, o1d.new_full((1,), i1d.shape[0])]), per_sample_weights=psw)]
+        return torch.cat([dense, torch.stack(ys, dim=1).flatten(1)], dim=1)
+
+
+def _bag_inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    i2d = torch.randint(0, 9, (5, 3), generator=g)
+    i2d[0, 0] = 0
+    i1d = torch.randint(0, 9, (11,), generator=g)
+    o1d = torch.tensor([0, 2, 2, 6, 9])
+    return i2d, i1d, o1d, torch.randn(11, generator=g).to(dtype), torch.randn(5, 2, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_every_knob_matches_eager(dtype: torch.dtype) -> None:
+    compare_with_eager(Bags(dtype), _bag_inputs(dtype), dtype=dtype, exact_forward=False)
+    assert rewrites(BAG) == 1 and skips(BAG) == 0
+
+
+def test_skips_are_logged_and_left_to_eager() -> None:
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.EmbeddingBag(10, 4, max_norm=1.0)
+            self.b = nn.EmbeddingBag(10, 4, scale_grad_by_freq=True)
+            self.c = nn.EmbeddingBag(10, 4)
+
+        def forward(self, i):
+            return torch.cat([self.a(i), self.b(i), self.c(i)], 1)
+
+    report = inductor_embed.explain(Odd(), torch.randint(0, 10, (3, 2)))
+    reasons = " | ".join(s.reason for s in report.skipped if s.pattern == BAG)
+    assert "max_norm" in reasons and "scale_grad_by_freq" in reasons and "only 1 fusable" in reasons
+    compare_with_eager(Odd(), (torch.randint(0, 10, (3, 2)),))
+    assert rewrites(BAG) == 0
+
+
+def test_switch_off_keeps_eager_graph() -> None:
+    with inductor_embed.config.patch(multi_embedding_bag=False):
+        compare_with_eager(Bags(), _bag_inputs())
+    assert rewrites(BAG) == 0
+
+
+@pytest.mark.parametrize("bad", ["index", "decreasing-offsets", "offsets-past-end"])
+def test_bad_input_raises_like_eager(bad: str) -> None:
+    model = DLRMEmbeddings(4, [10, 20], sparse=False)
+    x, lS_o, lS_i = _dlrm_inputs([10, 20], batch=3)
+    torch.compile(model, backend="inductor_embed")(x, lS_o, lS_i)  # compiled on good input first
+    lS_i = [t.clone() for t in lS_i]
+    if bad == "index":
+        lS_i[1] = torch.full_like(lS_i[1], 20)
+    elif bad == "decreasing-offsets":
+        lS_o = [torch.tensor([0, 3, 1]), lS_o[1]]
+        lS_i[0] = torch.randint(0, 10, (5,))
+    else:
+        lS_o = [lS_o[0], torch.tensor([0, 1, 99])]
+    for fn in (model, torch.compile(model, backend="inductor_embed")):
+        with pytest.raises((RuntimeError, IndexError)):
+            fn(x, lS_o, lS_i)
+
+
+def test_deterministic_mode_matches_eager() -> None:
+    torch.use_deterministic_algorithms(True)
+    try:
+        compare_with_eager(Bags(), _bag_inputs())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert rewrites(BAG) == 1
+
+
+# --- seed 003: tied Embedding / EmbeddingBag ------------------------------------------------
+
+
+class Direct(nn.Module):
+    """Examples 1 and 2: from_pretrained on the Embedding's weight (custom init for example 2)."""
+
+    def __init__(self, custom_init: bool = False) -> None:
+        super().__init__()
+        self.shared_embedding = nn.Embedding(100, 32)
+        if custom_init:
+            nn.init.uniform_(self.shared_embedding.weight, -0.1, 0.1)
+        self.embedding_bag = nn.EmbeddingBag.from_pretrained(embeddings=self.shared_embedding.weight, freeze=False)
+
+    def forward(self, indices, sequences, offsets):
+        return self.shared_embedding(indices), self.embedding_bag(sequences, offsets)
+
+
+class SharedEmbeddingLayer(nn.Module):
+    """Example 3, verbatim."""
+
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.shared_embedding = nn.Embedding(num_embeddings, embedding_dim)
+        self.embedding_bag = nn.EmbeddingBag.from_pretrained(embeddings=self.shared_embedding.weight, freeze=False)
+
+    def forward(self, indices, sequences, offsets):
+        single_embedding = self.shared_embedding(indices)
+        seq_embedding = self.embedding_bag(sequences, offsets)
+        return single_embedding, seq_embedding
+
+
+class OneParameter(nn.Module):
+    """The same Parameter assigned to both modules: one gradient, the sum of both parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8, padding_idx=3)
+        self.bag = nn.EmbeddingBag(50, 8, mode="mean")
+        self.bag.weight = self.emb.weight
+
+    def forward(self, indices, sequences, offsets):
+        return torch.cat([self.emb(indices).sum(1), self.bag(sequences, offsets)], 1)
+
+
+def _seed_inputs():
+    indices = torch.randint(0, 100, (5,))
+    sequences = torch.randint(0, 100, (3, 4))
+    return indices, sequences, torch.tensor([0, 4, 8])
+
+
+@pytest.mark.parametrize("make", [lambda: Direct(), lambda: Direct(True), lambda: SharedEmbeddingLayer(100, 32)],
+                         ids=["example1", "example2", "example3"])
+def test_seed_003_examples(make) -> None:
+    model = make()
+    indices, sequences, offsets = _seed_inputs()
+    # As written, the examples pass a 2-D `sequences` with offsets: eager raises, and so
+    # does the compiled model (Dynamo raises while tracing; nothing is rewritten).
+    with pytest.raises(ValueError, match="offsets has to be None"):
+        model(indices, sequences, offsets)
+    with pytest.raises(Exception, match="offsets has to be None"):
+        torch.compile(copy.deepcopy(model), backend="inductor_embed")(indices, sequences, offsets)
+    torch._dynamo.reset()
+    # The sequences the offsets describe (3 bags of 4): rewritten, equal to eager,
+    # both Parameters' gradients included.
+    eager = copy.deepcopy(model)
+    args = (indices, sequences.reshape(-1), offsets)
+    out_e = eager(*args)
+    out_c = torch.compile(model, backend="inductor_embed")(*args)
+    assert rewrites(TIED) == 1
+    for a, b in zip(out_c, out_e):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    grads = [torch.randn_like(o) for o in out_e]
+    torch.autograd.backward(out_e, grads)
+    torch.autograd.backward(out_c, grads)
+    for (name, p), q in zip(eager.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_tied_one_parameter() -> None:
+    g = torch.Generator().manual_seed(0)
+    compare_with_eager(OneParameter(), (torch.randint(0, 50, (4, 3), generator=g),
+                                        torch.randint(0, 50, (10,), generator=g), torch.tensor([0, 3, 3, 7])))
+    assert rewrites(TIED) == 1
+
+
+def test_torchrec_embedding_bag_collection() -> None:
+    torchrec = pytest.importorskip("torchrec", reason="torchrec is installed by scripts/setup.sh where it installs")
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+
+    tables = [EmbeddingBagConfig(name=f"t{k}", embedding_dim=d, num_embeddings=n, feature_names=[f"f{k}"],
+                                 pooling=torchrec.PoolingType.SUM) for k, (d, n) in enumerate(((8, 100), (8, 200), (16, 300)))]
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ebc = ebc
+
+        def forward(self, kjt):
+            return self.ebc(kjt).values()
+
+    def kjt():
+        return KeyedJaggedTensor.from_lengths_sync(
+            keys=["f0", "f1", "f2"], values=torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+            lengths=torch.tensor([2, 1, 3, 0, 4, 2]))
+
+    compare_with_eager(Model(), (kjt(),))
+    assert rewrites(BAG) == 1
