@@ -71,6 +71,16 @@ if [[ -n "$todo" ]]; then
   [[ -z "$todo" ]] || echo "setup: warning: some test tools (pytest, expecttest, hypothesis, ruff, numpy, matplotlib) are missing" >&2
 fi
 
+# torchrec (its unsharded EmbeddingBagCollection is a test of the multi_embedding_bag pattern):
+# best effort, every package with --no-deps so that nothing can pull another torch.
+if ! (cd / && "$PY" -c "import torchrec" >/dev/null 2>&1); then
+  echo "setup: installing torchrec 1.3.0 (--no-deps) for its EmbeddingBagCollection test"
+  "${PIP[@]}" install --no-deps --timeout 30 --retries 1 torchrec==1.3.0 fbgemm-gpu-cpu==1.8.0 tensordict pyvers \
+      torchmetrics==1.0.3 iopath portalocker lightning-utilities pyre-extensions tqdm typing-inspect \
+      mypy-extensions cloudpickle \
+    || echo "setup: warning: torchrec could not be installed; its test will be skipped" >&2
+fi
+
 (cd / && "$PY" -c "
 import torch, triton
 dev = f'cuda ({torch.cuda.get_device_name()})' if torch.cuda.is_available() else 'cpu'
