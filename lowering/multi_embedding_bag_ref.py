@@ -37,6 +37,8 @@ def bag_forward(weight: Tensor, indices: Tensor, offsets: Tensor | None, per_sam
         b, bag = indices.shape
         offsets = torch.arange(0, b * bag, bag, dtype=indices.dtype, device=indices.device)
         indices = indices.reshape(-1)
+        if per_sample_weights is not None:
+            per_sample_weights = per_sample_weights.reshape(-1)
     elif offsets.dtype != indices.dtype:
         offsets = offsets.to(indices.dtype)
     # torch.embedding_bag reads an int padding_idx of -1 as row V - 1; None is "no padding".
@@ -96,7 +98,7 @@ def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_s
         counts = torch.zeros(g.shape[0], dtype=torch.float32, device=g.device).index_add_(0, bag, keep.float())
         rows = rows / counts.clamp(min=1)[bag].unsqueeze(1)
     if per_sample_weights is not None:
-        rows = rows * per_sample_weights.float().unsqueeze(1)
+        rows = rows * per_sample_weights.reshape(-1).float().unsqueeze(1)
     # where, not a multiply: an inf in a padding row's gradient must not become NaN.
     rows = torch.where(keep.unsqueeze(1), rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
     return flat, rows

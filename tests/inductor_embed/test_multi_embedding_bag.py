@@ -266,3 +266,18 @@ def test_torchrec_embedding_bag_collection() -> None:
 
     compare_with_eager(Model(), (kjt(),))
     assert rewrites(BAG) == 1
+
+
+def test_2d_input_with_per_sample_weights() -> None:
+    """Column slices of one [B, T, L] batch, weighted (the bench's table_batched_bags model)."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bags = nn.ModuleList([nn.EmbeddingBag(30, 8, mode="sum") for _ in range(2)])
+
+        def forward(self, x, psw):
+            return torch.cat([bag(x[:, k], per_sample_weights=psw[:, k]) for k, bag in enumerate(self.bags)], dim=1)
+
+    compare_with_eager(M(), (torch.randint(0, 30, (6, 2, 4)), torch.randn(6, 2, 4)), exact_forward=False)
+    assert rewrites(BAG) == 1
