@@ -325,7 +325,9 @@ class Summed(nn.Module):
 class Bagged(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a, self.b = nn.EmbeddingBag(10, 3, mode="sum"), nn.EmbeddingBag(10, 2, mode="mean")
+        # Bags the pattern leaves (scale_grad_by_freq): the graph must come out unchanged.
+        self.a = nn.EmbeddingBag(10, 3, mode="sum", scale_grad_by_freq=True)
+        self.b = nn.EmbeddingBag(10, 2, mode="mean", scale_grad_by_freq=True)
 
     def forward(self, x):
         return torch.cat([self.a(x), self.b(x)], dim=-1)
@@ -363,7 +365,7 @@ NOTHING = {
     "mlp": (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU()), lambda: [torch.randn(3, 4)]),
     "one-hot without a matmul": (OneHotNoMatmul, lambda: [torch.randint(0, 5, (4,)), torch.randn(4, 5)]),
     "lookups summed": (Summed, lambda: [torch.randint(0, 8, (2, 5))]),
-    "embedding bags": (Bagged, lambda: [torch.randint(0, 10, (4, 3))]),
+    "embedding bags with scale_grad_by_freq": (Bagged, lambda: [torch.randint(0, 10, (4, 3))]),
     "max_norm lookups": (Renormed, lambda: [torch.randint(0, 10, (4,))]),
     "one lookup in the cat": (OneLookup, lambda: [torch.randint(0, 10, (4,)), torch.randn(4, 2)]),
 }
