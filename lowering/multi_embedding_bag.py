@@ -284,11 +284,7 @@ def multi_embedding_bag_backward_cpu(
                                             modes, padding_idx, include_last_offset, sparse)
 
 
-@multi_embedding_bag_backward_cpu.register_fake
-def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
-                                           padding_idx, include_last_offset, sparse):
-    n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
-    return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
+multi_embedding_bag_backward_cpu.register_fake(_multi_embedding_bag_backward_fake)
 
 
 def _sparse_grad(indices: Tensor, values: Tensor, num_rows: int, dim: int) -> Tensor:
@@ -444,11 +440,11 @@ def tied_embedding_bag_backward(
     """The weight's gradient (grad's dtype): ``[V, D]``, both lookups' contributions summed;
     with ``separate`` ``[2, V, D]``, the Embedding's part then the bag's. GPU: one zero fill, one atomic-add launch over both lookups, one cast for half
     types; CPU and deterministic mode: the deterministic reference."""
-    if not _use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
-        if not _use_triton(grad_bag):
-            return torch.ops.inductor_embed.tied_embedding_bag_backward_cpu(
-                grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
-                emb_padding_idx, bag_padding_idx, include_last_offset, separate)
+    if not _use_triton(grad_bag):
+        return torch.ops.inductor_embed.tied_embedding_bag_backward_cpu(
+            grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
+            emb_padding_idx, bag_padding_idx, include_last_offset, separate)
+    if torch.are_deterministic_algorithms_enabled():
         return _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights,
                                   num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset, separate)
     from inductor_embed.kernels.bag_gather import bag_gather_bwd
@@ -506,11 +502,7 @@ def tied_embedding_bag_backward_cpu(
                               num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset, separate)
 
 
-@tied_embedding_bag_backward_cpu.register_fake
-def _tied_embedding_bag_backward_cpu_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
-                                          per_sample_weights, num_rows, mode, emb_padding_idx, bag_padding_idx,
-                                          include_last_offset, separate):
-    return grad_bag.new_empty((2, num_rows, grad_bag.shape[1]) if separate else (num_rows, grad_bag.shape[1]))
+tied_embedding_bag_backward_cpu.register_fake(_tied_embedding_bag_backward_fake)
 
 
 def _tied_setup_context(ctx, inputs, output):
