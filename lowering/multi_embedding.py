@@ -81,18 +81,10 @@ def multi_embedding(
             for i in indices:
                 torch._assert_async((i >= 0).all(), _OOB_MSG)
         return multi_embedding_ref(weights, indices)
-    from inductor_embed.kernels.multi_gather import multi_gather_fwd
-
-    lead = indices[0].shape
-    total = sum(w.shape[1] for w in weights)
-    n = indices[0].numel()
-    out = weights[0].new_empty((n, total))
-    err = torch.zeros(1, dtype=torch.int32, device=weights[0].device)
-    tables = [w if w.stride(1) == 1 else w.contiguous() for w in weights]
-    multi_gather_fwd(tables, [i.reshape(-1) for i in indices], out, err, wrap=_compat.wrap_triton)
+    out, err = torch.ops.inductor_embed.multi_embedding_triton(weights, indices)
     # Device-side, asynchronous and CUDA-graph safe, like eager's indexing assert.
     torch._assert_async(err[0] == 0, _OOB_MSG)
-    return out.view(*lead, total)
+    return out
 
 
 @multi_embedding.register_fake
@@ -132,25 +124,9 @@ def multi_embedding_backward(
         )
     if torch.are_deterministic_algorithms_enabled():
         return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
-    from inductor_embed.kernels.multi_gather import multi_gather_bwd
-
-    n = indices[0].numel()
-    total = sum(dims)
-    g2 = grad.reshape(n, total)
-    if g2.stride(-1) != 1:
-        g2 = g2.contiguous()
-    flat_idx = [i.reshape(-1) for i in indices]
-    freq = []
-    for i, v, s in zip(flat_idx, num_rows, scale_grad_by_freq):
-        if s:
-            counts = torch.zeros(v, dtype=torch.float32, device=grad.device)
-            counts = counts.index_add(0, i.long(), torch.ones(n, dtype=torch.float32, device=grad.device))
-            freq.append(counts[i])
-        else:
-            freq.append(None)
-    flat = torch.zeros(sum(v * d for v, d in zip(num_rows, dims)), dtype=torch.float32, device=grad.device)
-    multi_gather_bwd(g2, flat_idx, num_rows, dims, padding_idx, freq, flat, wrap=_compat.wrap_triton)
-    return flat if grad.dtype == torch.float32 else flat.to(grad.dtype)
+    return torch.ops.inductor_embed.multi_embedding_backward_triton(
+        grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
+    )
 
 
 @multi_embedding_backward.register_fake
@@ -178,6 +154,64 @@ def multi_embedding_backward_cpu(
 
 @multi_embedding_backward_cpu.register_fake
 def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+    return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
+
+
+# --- the Triton launches, as opaque ops -------------------------------------------------------
+# The kernels read every table and index tensor through a device table of pointers
+# (kernels/_meta.py), built from real data_ptr()s. So the launch is an opaque custom op:
+# Inductor calls it with real tensors, and because the tensors are its arguments, keeps
+# them alive until the launch is issued. One kernel launch whatever the table count.
+
+
+@torch.library.custom_op("inductor_embed::multi_embedding_triton", mutates_args=())
+def multi_embedding_triton(weights: list[torch.Tensor], indices: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton forward of ``multi_embedding``: ``(out [*L, sum(D_k)], err int32 [2])``;
+    ``err[0]`` becomes nonzero (asynchronously) if an index was out of range."""
+    from inductor_embed.kernels.multi_gather import multi_gather_fwd
+
+    lead = indices[0].shape
+    total = sum(w.shape[1] for w in weights)
+    out = weights[0].new_empty((indices[0].numel(), total))
+    tables = [w if w.shape[1] <= 1 or w.stride(1) == 1 else w.contiguous() for w in weights]
+    err = multi_gather_fwd(tables, [i.reshape(-1) for i in indices], out)
+    return out.view(*lead, total), err
+
+
+@multi_embedding_triton.register_fake
+def _multi_embedding_triton_fake(weights, indices):
+    total = sum(w.shape[1] for w in weights)
+    return weights[0].new_empty((*indices[0].shape, total)), weights[0].new_empty((2,), dtype=torch.int32)
+
+
+@torch.library.custom_op("inductor_embed::multi_embedding_backward_triton", mutates_args=())
+def multi_embedding_backward_triton(
+    grad: torch.Tensor,
+    indices: list[torch.Tensor],
+    num_rows: list[int],
+    dims: list[int],
+    padding_idx: list[int],
+    scale_grad_by_freq: list[bool],
+) -> torch.Tensor:
+    """The Triton backward of ``multi_embedding``, same contract as ``multi_embedding_backward``:
+    one zero fill, one atomic-add launch (after a counting launch with scale_grad_by_freq)
+    accumulating in fp32, and one cast for half types."""
+    from inductor_embed.kernels.multi_gather import grad_layout, multi_gather_bwd
+
+    n = indices[0].numel()
+    g2 = grad.reshape(n, sum(dims))
+    if g2.shape[1] > 1 and g2.stride(1) != 1:
+        g2 = g2.contiguous()
+    _, _, size = grad_layout(num_rows, dims, scale_grad_by_freq)
+    flat = torch.zeros(size, dtype=torch.float32, device=grad.device)
+    multi_gather_bwd(g2, [i.reshape(-1) for i in indices], num_rows, dims, padding_idx, scale_grad_by_freq, flat)
+    dense = flat.narrow(0, 0, sum(v * d for v, d in zip(num_rows, dims)))
+    # The counts (scale_grad_by_freq) sit after the gradients: a fp32 result is a view.
+    return dense if grad.dtype == torch.float32 else dense.to(grad.dtype)
+
+
+@multi_embedding_backward_triton.register_fake
+def _multi_embedding_backward_triton_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
     return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
 
 

@@ -520,7 +520,7 @@ def test_backward_kernel_offsets_past_2_31_elements(tmp_path):
     small_rows = torch.tensor([8, 0, 8, 4, 1], device=dev)
     g = torch.randn(5, BIG_D + small_d, generator=torch.Generator().manual_seed(1)).to(dev)
     multi_gather_bwd(g, [rows, small_rows], [BIG_V, small_v], [BIG_D, small_d], [-1, -1],
-                     [None, None], flat)
+                     [False, False], flat)
     big_grad = flat[: BIG_V * BIG_D].view(BIG_V, BIG_D)
     torch.testing.assert_close(big_grad[rows].cpu(), g[:, :BIG_D].cpu(), rtol=0, atol=0)
     small_grad = flat[BIG_V * BIG_D:].view(small_v, small_d).cpu()

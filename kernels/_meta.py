@@ -1,0 +1,106 @@
+"""Per-table metadata tables: how one kernel source serves any number of tables.
+
+Design (why not one kernel argument per table, and why not one weights buffer)
+-----------------------------------------------------------------------------
+A Triton kernel takes a fixed list of arguments. The old kernels were generated per
+table count with 8-22 arguments per table, so their source, compile time and parameter
+bytes grew with T (2 minutes to compile at T=100, a ptxas failure past 4 KB of
+parameters at T=1,024). FBGEMM's TBE avoids that by owning one weights buffer for all
+tables plus small per-table offset tensors; we cannot: the tables are the user's own
+Parameters, and copying them into one buffer every step would cost their whole size.
+
+So every per-table fact lives in one small int64 tensor, the *meta table*, one row of
+``C`` int64 fields per table (a data pointer, a row stride, V, D, a column offset, a
+padding row, ...), and the kernels read their row with ``tl.load(meta + t * C + f)``,
+turning pointer fields back into typed pointers (``.to(tl.pointer_type(...))``). The
+kernel's own arguments are a handful, whatever T.
+
+How the meta table reaches the device (CUDA-graph safe, no host sync)
+---------------------------------------------------------------------
+The rows are built on the host from real ``data_ptr()``s, so the ops that launch these
+kernels are opaque custom ops (``lowering/``): they run with real tensors, and they take
+every tensor the kernel reads through a pointer as an argument, so Inductor keeps those
+tensors alive until the launch has been issued. The host rows go into a *pinned* buffer
+that is cached by content (parameters do not move, and the caching allocator hands a
+training loop the same activation addresses step after step), and reach the device with
+one asynchronous host-to-device copy into a fresh device tensor. A pinned, non-blocking
+copy is legal inside CUDA-graph capture, where it is recorded as a memcpy node that
+re-reads the pinned buffer on every replay: buffers used while capturing are therefore
+never evicted. Two int32 error-flag slots ride at the end of the same copy, so they
+arrive zeroed without a fill kernel.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["ERR_SLOTS", "pack", "pointer", "index_code"]
+
+# Two int32 flags (index out of range, malformed offsets) = one int64 slot at the end.
+ERR_SLOTS = 1
+# Pinned buffers kept for reuse (by content). Each is a few KB at most for T <= 4,096.
+_CACHE_SIZE = 512
+
+_lock = threading.Lock()
+_cache: collections.OrderedDict[tuple, Tensor] = collections.OrderedDict()
+# Pinned buffers a captured CUDA graph reads on every replay: never freed or reused.
+_graph_owned: dict[tuple, Tensor] = {}
+
+
+def pointer(t: Tensor | None) -> int:
+    """The address a kernel reads ``t`` at (0 for None, never dereferenced then)."""
+    return 0 if t is None else t.data_ptr()
+
+
+def index_code(t: Tensor | None) -> int:
+    """1 for int64 indices, 0 for int32 (or none): kernels branch on it to type a pointer."""
+    return int(t is not None and t.dtype == torch.int64)
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def pack(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
+    """The meta table of ``rows`` on ``device``: int64 ``[T * C + ERR_SLOTS]``, row t at
+    ``t * C``, then the zeroed error flags (viewed as int32 ``[2]`` by ``error_flags``).
+
+    Every row must have the same length C. On the CPU (the Triton interpreter) the table
+    is a plain tensor; on CUDA it is one pinned, asynchronous copy (see the module doc).
+    """
+    flat = [int(x) for row in rows for x in row]
+    flat.extend([0] * ERR_SLOTS)
+    if device.type != "cuda":
+        return torch.tensor(flat, dtype=torch.int64, device=device)
+    key = (device.index, tuple(flat))
+    capturing = _capturing(device)
+    with _lock:
+        host = _graph_owned.get(key)
+        if host is None:
+            host = _cache.get(key)
+            if host is not None:
+                _cache.move_to_end(key)
+            else:
+                host = torch.tensor(flat, dtype=torch.int64).pin_memory()
+                _cache[key] = host
+                if len(_cache) > _CACHE_SIZE:
+                    # The caching host allocator records an event on every copy from a
+                    # pinned block, so an evicted buffer is not reused while in flight.
+                    _cache.popitem(last=False)
+            if capturing:
+                _graph_owned[key] = host
+                _cache.pop(key, None)
+    out = torch.empty(len(flat), dtype=torch.int64, device=device)
+    out.copy_(host, non_blocking=True)
+    return out
+
+
+def error_flags(meta: Tensor) -> Tensor:
+    """The int32 ``[2]`` error flags at the end of a meta table: [0] an index out of range,
+    [1] malformed offsets (a view: the kernels set them, the op asserts on them)."""
+    return meta[-ERR_SLOTS:].view(torch.int32)
