@@ -37,9 +37,11 @@ import threading
 from collections.abc import Sequence
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 
-__all__ = ["ERR_SLOTS", "pack", "pointer", "index_code"]
+__all__ = ["ERR_SLOTS", "error_flags", "index_code", "load_index", "pack", "pointer"]
 
 # Two int32 flags (index out of range, malformed offsets) = one int64 slot at the end.
 ERR_SLOTS = 1
@@ -104,3 +106,15 @@ def error_flags(meta: Tensor) -> Tensor:
     """The int32 ``[2]`` error flags at the end of a meta table: [0] an index out of range,
     [1] malformed offsets (a view: the kernels set them, the op asserts on them)."""
     return meta[-ERR_SLOTS:].view(torch.int32)
+
+
+@triton.jit
+def load_index(addr, is64, offs, mask, other):
+    """Load ``indices[offs]`` as int64 from the address ``addr`` (an int64 meta field), whose
+    storage is int64 when ``is64`` (``index_code``) else int32: one kernel serves tables
+    whose index dtypes differ, with a branch on a per-table scalar."""
+    if is64 != 0:
+        b_idx = tl.load(addr.to(tl.pointer_type(tl.int64)) + offs, mask=mask, other=other)
+    else:
+        b_idx = tl.load(addr.to(tl.pointer_type(tl.int32)) + offs, mask=mask, other=other).to(tl.int64)
+    return b_idx

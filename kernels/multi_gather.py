@@ -23,13 +23,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, pack, pointer
+from ._meta import error_flags, index_code, load_index, pack, pointer
 
-__all__ = ["META_COLS", "block_sizes", "multi_gather_fwd", "multi_gather_bwd", "kernel_specs"]
+__all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_gather_fwd", "multi_gather_bwd", "kernel_specs"]
 
 # Meta row of table k: where its weight and indices are, its shape and where it goes.
 W_PTR, W_STRIDE, V, D, COL, I_PTR, I_STRIDE, I64, GOFF, PAD, CNT = range(11)
 META_COLS = 11
+# Worst-case launches of the op: forward = gather + the index assert; backward = zero
+# fill + counts (scale_grad_by_freq) + atomic adds + one cast for half-type tables.
+LAUNCHES = (2, 4)
 
 MAX_BLOCK_D = 128  # widest column chunk one program holds in registers at a time
 TILE_ELEMS = 2048  # target elements of one [BLOCK_N, BLOCK_D] tile
@@ -50,14 +53,8 @@ def _table_row(meta_ptr, t, COLS: tl.constexpr):
 
 @triton.jit
 def _load_indices(p_meta, o_n, m_n, other):
-    """Table's indices at rows ``o_n``, as int64; int32 or int64 storage per the I64 field."""
-    i_addr = tl.load(p_meta + 5)  # I_PTR
-    i_stride = tl.load(p_meta + 6)  # I_STRIDE
-    if tl.load(p_meta + 7) != 0:  # I64
-        b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int64)) + o_n * i_stride, mask=m_n, other=other)
-    else:
-        b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int32)) + o_n * i_stride, mask=m_n, other=other).to(tl.int64)
-    return b_idx
+    """This table's indices at rows ``o_n``, as int64 (I_PTR, I_STRIDE, I64 fields)."""
+    return load_index(tl.load(p_meta + 5), tl.load(p_meta + 7), o_n * tl.load(p_meta + 6), m_n, other)
 
 
 @triton.jit(do_not_specialize=["N"])

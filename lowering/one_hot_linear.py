@@ -25,7 +25,7 @@ import math
 import torch
 from torch.library import triton_op
 
-from inductor_embed import _compat, config
+from inductor_embed import config
 from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
     one_hot_linear_ref,
@@ -106,18 +106,10 @@ def one_hot_linear(
         for i, n in zip(indices, num_classes):
             torch._assert_async(((i >= 0) & (i < n)).all(), _OOB_MSG)
         return one_hot_linear_ref(indices, offsets, weight, bias, out_dtype)
-    from inductor_embed.kernels.one_hot_gather import one_hot_gather_fwd
-
-    lead = indices[0].shape[:-1]
-    rows = math.prod(lead)
-    d = weight.shape[0]
-    out = weight.new_empty((rows, d), dtype=out_dtype)
-    err = torch.zeros(1, dtype=torch.int32, device=weight.device)
-    flat_idx = [i.reshape(rows, i.shape[-1]) for i in indices]
-    one_hot_gather_fwd(flat_idx, num_classes, offsets, weight, bias, out, err, wrap=_compat.wrap_triton)
+    out, err = torch.ops.inductor_embed.one_hot_linear_triton(indices, num_classes, offsets, weight, bias, out_dtype)
     # Device-side, asynchronous and CUDA-graph safe, like eager's device assert.
     torch._assert_async(err[0] == 0, _OOB_MSG)
-    return out.view(*lead, d)
+    return out
 
 
 @one_hot_linear.register_fake
@@ -157,6 +149,60 @@ def one_hot_linear_backward(
     """
     if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return one_hot_linear_backward_ref(grad, indices, offsets, num_columns, has_bias, v_major, dtype)
+    return torch.ops.inductor_embed.one_hot_linear_backward_triton(
+        grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
+
+
+@one_hot_linear_backward.register_fake
+def _one_hot_linear_backward_fake(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype):
+    d = grad.shape[-1]
+    return grad.new_empty((d * num_columns + (d if has_bias else 0),), dtype=dtype)
+
+
+# --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------
+
+
+@torch.library.custom_op("inductor_embed::one_hot_linear_triton", mutates_args=())
+def one_hot_linear_triton(
+    indices: list[torch.Tensor],
+    num_classes: list[int],
+    offsets: list[int],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton forward of ``one_hot_linear``: ``(out [*L, D] in dtype, err int32 [2])``;
+    ``err[0]`` becomes nonzero (asynchronously) if an index was out of range."""
+    from inductor_embed.kernels.one_hot_gather import one_hot_gather_fwd
+
+    lead = indices[0].shape[:-1]
+    rows = math.prod(lead)
+    d = weight.shape[0]
+    out = weight.new_empty((rows, d), dtype=dtype)
+    flat_idx = [i.reshape(rows, i.shape[-1]) for i in indices]
+    err = one_hot_gather_fwd(flat_idx, num_classes, offsets, weight, bias, out)
+    return out.view(*lead, d), err
+
+
+@one_hot_linear_triton.register_fake
+def _one_hot_linear_triton_fake(indices, num_classes, offsets, weight, bias, dtype):
+    out = weight.new_empty((*indices[0].shape[:-1], weight.shape[0]), dtype=dtype)
+    return out, weight.new_empty((2,), dtype=torch.int32)
+
+
+@torch.library.custom_op("inductor_embed::one_hot_linear_backward_triton", mutates_args=())
+def one_hot_linear_backward_triton(
+    grad: torch.Tensor,
+    indices: list[torch.Tensor],
+    num_classes: list[int],
+    offsets: list[int],
+    num_columns: int,
+    has_bias: bool,
+    v_major: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The Triton backward of ``one_hot_linear`` (same contract as ``one_hot_linear_backward``):
+    one zero fill, one atomic-add launch accumulating in fp32, one cast unless fp32."""
     from inductor_embed.kernels.one_hot_gather import flat_size, one_hot_gather_bwd
 
     d = grad.shape[-1]
@@ -166,14 +212,11 @@ def one_hot_linear_backward(
         g2 = g2.contiguous()
     flat = torch.zeros(flat_size(d, num_columns, has_bias), dtype=torch.float32, device=grad.device)
     one_hot_gather_bwd(g2, [i.reshape(rows, i.shape[-1]) for i in indices], num_classes, offsets, flat,
-                       num_columns=num_columns, v_major=v_major, has_bias=has_bias, wrap=_compat.wrap_triton)
+                       num_columns=num_columns, v_major=v_major, has_bias=has_bias)
     return flat if dtype == torch.float32 else flat.to(dtype)
 
 
-@one_hot_linear_backward.register_fake
-def _one_hot_linear_backward_fake(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype):
-    d = grad.shape[-1]
-    return grad.new_empty((d * num_columns + (d if has_bias else 0),), dtype=dtype)
+one_hot_linear_backward_triton.register_fake(_one_hot_linear_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
