@@ -165,22 +165,12 @@ def multi_embedding_bag(
         ``arg_max [B, sum D_k over max tables]`` int64: the row each max-mode element came
         from (-1 for an empty bag), saved for the backward. Bad indices or offsets raise.
     """
-    per_sample_weights = _psw_list(per_sample_weights, len(weights))
-    _check_tables(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, sparse)
+    psw = _psw_list(per_sample_weights, len(weights))
+    _check_tables(weights, indices, offsets, psw, modes, padding_idx, include_last_offset, sparse)
     if not _use_triton(weights[0]):
-        return multi_embedding_bag_ref(weights, indices, offsets, per_sample_weights, modes, padding_idx,
-                                       include_last_offset)
-    from inductor_embed.kernels.bag_gather import bag_gather_fwd
-
-    dims = [w.shape[1] for w in weights]
-    b = num_bags(indices[0], offsets[0], include_last_offset[0])
-    out = weights[0].new_empty((b, sum(dims)))
-    arg_max = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
-    err = torch.zeros(2, dtype=torch.int32, device=out.device)
-    segs = _segments(indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, dims, True)
-    tables = [w if w.shape[1] <= 1 or w.stride(1) == 1 else w.contiguous() for w in weights]
-    bag_gather_fwd(tables, segs, [out] * len(segs), [arg_max if m == MAX else None for m in modes], err,
-                   wrap=_compat.wrap_triton)
+        return multi_embedding_bag_ref(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
+    out, arg_max, err = torch.ops.inductor_embed.multi_embedding_bag_triton(
+        weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
     _raise_on_flags(err)
     return out, arg_max
 
@@ -235,26 +225,9 @@ def multi_embedding_bag_backward(
     if torch.are_deterministic_algorithms_enabled():
         return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
                                                 modes, padding_idx, include_last_offset, sparse)
-    from inductor_embed.kernels.bag_gather import bag_gather_bwd
-
-    n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
-    # Two buffers, not views of one: a custom op's outputs may not alias each other.
-    flat = torch.zeros(n_dense, dtype=torch.float32, device=grad.device)
-    vals = torch.zeros(n_values, dtype=torch.float32, device=grad.device)
-    segs = _segments(indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, dims, True)
-    g = grad if grad.shape[1] <= 1 or grad.stride(1) == 1 else grad.contiguous()
-    goffs, values, gpos, vpos = [], [], 0, 0
-    for i, v, d, s in zip(indices, num_rows, dims, sparse):
-        goffs.append(gpos if not s else 0)
-        values.append(vals.narrow(0, vpos, i.numel() * d) if s else None)
-        gpos += 0 if s else v * d
-        vpos += i.numel() * d if s else 0
-    err = torch.zeros(2, dtype=torch.int32, device=grad.device)
-    am_list = [arg_max if m == MAX else None for m in modes]
-    bag_gather_bwd([g] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat, err, wrap=_compat.wrap_triton)
-    if grad.dtype != torch.float32:
-        flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
-    return flat, vals
+    return torch.ops.inductor_embed.multi_embedding_bag_backward_triton(
+        grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
+        include_last_offset, sparse)
 
 
 @multi_embedding_bag_backward.register_fake
@@ -385,19 +358,11 @@ def tied_embedding_bag(
         bag, arg_max = bag_forward(weight, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
                                    include_last_offset)
         return emb, bag, arg_max
-    from inductor_embed.kernels.bag_gather import bag_gather_fwd
-
-    d = weight.shape[1]
-    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
-                          bag_padding_idx, include_last_offset)
-    emb = weight.new_empty((segs[0].num_bags, d))
-    bag = weight.new_empty((segs[1].num_bags, d))
-    arg_max = bag.new_empty((segs[1].num_bags, d if mode == MAX else 0), dtype=torch.int64)
-    err = torch.zeros(2, dtype=torch.int32, device=weight.device)
-    w = weight if d <= 1 or weight.stride(1) == 1 else weight.contiguous()
-    bag_gather_fwd([w, w], segs, [emb, bag], [None, arg_max if mode == MAX else None], err, wrap=_compat.wrap_triton)
+    emb, bag, arg_max, err = torch.ops.inductor_embed.tied_embedding_bag_triton(
+        weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx, bag_padding_idx,
+        include_last_offset)
     _raise_on_flags(err)
-    return emb.view(*emb_indices.shape, d), bag, arg_max
+    return emb, bag, arg_max
 
 
 @tied_embedding_bag.register_fake
@@ -447,21 +412,9 @@ def tied_embedding_bag_backward(
     if torch.are_deterministic_algorithms_enabled():
         return _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights,
                                   num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset, separate)
-    from inductor_embed.kernels.bag_gather import bag_gather_bwd
-
-    d = grad_bag.shape[1]
-    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
-                          bag_padding_idx, include_last_offset)
-    blocks = 2 if separate else 1
-    flat = torch.zeros(blocks * num_rows * d, dtype=torch.float32, device=grad_bag.device)
-    ge = grad_emb.reshape(-1, d)
-    ge = ge if d <= 1 or ge.stride(1) == 1 else ge.contiguous()
-    gb = grad_bag if d <= 1 or grad_bag.stride(1) == 1 else grad_bag.contiguous()
-    err = torch.zeros(2, dtype=torch.int32, device=grad_bag.device)
-    bag_gather_bwd([ge, gb], segs, [num_rows, num_rows], [d, d], [None, arg_max if mode == MAX else None],
-                   [0, num_rows * d if separate else 0], [None, None], flat, err, wrap=_compat.wrap_triton)
-    out = flat.view(2, num_rows, d) if separate else flat.view(num_rows, d)
-    return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)
+    return torch.ops.inductor_embed.tied_embedding_bag_backward_triton(
+        grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
+        emb_padding_idx, bag_padding_idx, include_last_offset, separate)
 
 
 @tied_embedding_bag_backward.register_fake
@@ -533,3 +486,158 @@ def _tied_backward(ctx, grad_emb, grad_bag, _grad_arg_max):
 
 
 tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_context)
+
+
+# --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------
+
+
+def _dense_tables(weights: list[Tensor]) -> list[Tensor]:
+    return [w if w.shape[1] <= 1 or w.stride(1) == 1 else w.contiguous() for w in weights]
+
+
+def _column_stride_1(t: Tensor) -> Tensor:
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("inductor_embed::multi_embedding_bag_triton", mutates_args=())
+def multi_embedding_bag_triton(
+    weights: list[Tensor],
+    indices: list[Tensor],
+    offsets: list[Tensor | None],
+    per_sample_weights: list[Tensor],
+    modes: list[int],
+    padding_idx: list[int],
+    include_last_offset: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The Triton forward of ``multi_embedding_bag``: ``(out, arg_max, err int32 [2])``, one launch."""
+    from inductor_embed.kernels.bag_gather import bag_gather_fwd
+
+    psw = _psw_list(per_sample_weights, len(weights))
+    dims = [w.shape[1] for w in weights]
+    b = num_bags(indices[0], offsets[0], include_last_offset[0])
+    out = weights[0].new_empty((b, sum(dims)))
+    arg_max = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
+    segs = _segments(indices, offsets, psw, modes, padding_idx, include_last_offset, dims, True)
+    err = bag_gather_fwd(_dense_tables(weights), segs, [out] * len(segs),
+                         [arg_max if m == MAX else None for m in modes])
+    return out, arg_max, err
+
+
+@multi_embedding_bag_triton.register_fake
+def _multi_embedding_bag_triton_fake(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                     include_last_offset):
+    b = num_bags(indices[0], offsets[0], include_last_offset[0])
+    out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
+    am = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
+    return out, am, out.new_empty((2,), dtype=torch.int32)
+
+
+@torch.library.custom_op("inductor_embed::multi_embedding_bag_backward_triton", mutates_args=())
+def multi_embedding_bag_backward_triton(
+    grad: Tensor,
+    arg_max: Tensor,
+    indices: list[Tensor],
+    offsets: list[Tensor | None],
+    per_sample_weights: list[Tensor | None],
+    num_rows: list[int],
+    dims: list[int],
+    modes: list[int],
+    padding_idx: list[int],
+    include_last_offset: list[bool],
+    sparse: list[bool],
+) -> tuple[Tensor, Tensor]:
+    """The Triton backward of ``multi_embedding_bag`` (same contract as
+    ``multi_embedding_bag_backward``): one zero fill of the dense gradients (the sparse
+    values are fully written by the kernel), one launch, one cast per output for half types."""
+    from inductor_embed.kernels.bag_gather import bag_gather_bwd
+
+    n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
+    # Two buffers, not views of one: a custom op's outputs may not alias each other.
+    flat = torch.zeros(n_dense, dtype=torch.float32, device=grad.device)
+    vals = torch.empty(n_values, dtype=torch.float32, device=grad.device)
+    segs = _segments(indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, dims, True)
+    goffs, values, gpos, vpos = [], [], 0, 0
+    for i, v, d, s in zip(indices, num_rows, dims, sparse):
+        goffs.append(gpos if not s else 0)
+        values.append(vals.narrow(0, vpos, i.numel() * d) if s else None)
+        gpos += 0 if s else v * d
+        vpos += i.numel() * d if s else 0
+    am_list = [arg_max if m == MAX else None for m in modes]
+    bag_gather_bwd([_column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
+    if grad.dtype != torch.float32:
+        flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
+    return flat, vals
+
+
+multi_embedding_bag_backward_triton.register_fake(_multi_embedding_bag_backward_fake)
+
+
+@torch.library.custom_op("inductor_embed::tied_embedding_bag_triton", mutates_args=())
+def tied_embedding_bag_triton(
+    weight: Tensor,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The Triton forward of ``tied_embedding_bag``: ``(emb, bag, arg_max, err int32 [2])``,
+    one launch reading the weight for both lookups."""
+    from inductor_embed.kernels.bag_gather import bag_gather_fwd
+
+    d = weight.shape[1]
+    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
+                          bag_padding_idx, include_last_offset)
+    emb = weight.new_empty((segs[0].num_bags, d))
+    bag = weight.new_empty((segs[1].num_bags, d))
+    arg_max = bag.new_empty((segs[1].num_bags, d if mode == MAX else 0), dtype=torch.int64)
+    w = _dense_tables([weight])[0]
+    err = bag_gather_fwd([w, w], segs, [emb, bag], [None, arg_max if mode == MAX else None])
+    return emb.view(*emb_indices.shape, d), bag, arg_max, err
+
+
+@tied_embedding_bag_triton.register_fake
+def _tied_embedding_bag_triton_fake(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
+                                    emb_padding_idx, bag_padding_idx, include_last_offset):
+    emb, bag, am = _tied_embedding_bag_fake(weight, None, emb_indices, bag_indices, offsets, per_sample_weights,
+                                            mode, emb_padding_idx, bag_padding_idx, include_last_offset)
+    return emb, bag, am, weight.new_empty((2,), dtype=torch.int32)
+
+
+@torch.library.custom_op("inductor_embed::tied_embedding_bag_backward_triton", mutates_args=())
+def tied_embedding_bag_backward_triton(
+    grad_emb: Tensor,
+    grad_bag: Tensor,
+    arg_max: Tensor,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    num_rows: int,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+    separate: bool,
+) -> Tensor:
+    """The Triton backward of ``tied_embedding_bag`` (same contract as
+    ``tied_embedding_bag_backward``): one zero fill, one launch over both lookups, one cast
+    for half types."""
+    from inductor_embed.kernels.bag_gather import bag_gather_bwd
+
+    d = grad_bag.shape[1]
+    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
+                          bag_padding_idx, include_last_offset)
+    blocks = 2 if separate else 1
+    flat = torch.zeros(blocks * num_rows * d, dtype=torch.float32, device=grad_bag.device)
+    ge = _column_stride_1(grad_emb.reshape(-1, d).to(grad_bag.dtype))
+    bag_gather_bwd([ge, _column_stride_1(grad_bag)], segs, [num_rows, num_rows], [d, d],
+                   [None, arg_max if mode == MAX else None], [0, num_rows * d if separate else 0], [None, None], flat)
+    out = flat.view(2, num_rows, d) if separate else flat.view(num_rows, d)
+    return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)
+
+
+tied_embedding_bag_backward_triton.register_fake(_tied_embedding_bag_backward_fake)
