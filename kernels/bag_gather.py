@@ -103,6 +103,7 @@ def _bag_gather_fwd_kernel(
     err_ptr,  # [2] int32 error flags: [0] index out of range, [1] malformed offsets
     ty_ptr,  # any tensor of the tables' dtype: types the table, output and psw pointers
     COLS: tl.constexpr,
+    HAS_MAX: tl.constexpr,  # some segment is in max mode: only then carry an arg-max tile
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -139,7 +140,8 @@ def _bag_gather_fwd_kernel(
         o_d = i_d + tl.arange(0, BLOCK_D)
         m_d = o_d < d
         acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
-        am = tl.full([BLOCK_B, BLOCK_D], -1, dtype=tl.int64)
+        if HAS_MAX:
+            am = tl.full([BLOCK_B, BLOCK_D], -1, dtype=tl.int64)
         cnt = tl.zeros([BLOCK_B], dtype=tl.float32)
         j = n_max * 0
         while j < n_max:
@@ -152,7 +154,7 @@ def _bag_gather_fwd_kernel(
             b_w = tl.load(p_w + b_idx[:, None] * w_stride + o_d[None, :], mask=m, other=0.0).to(tl.float32)
             if has_psw != 0:
                 b_w = b_w * tl.load(p_psw + start + j, mask=m_use, other=0.0).to(tl.float32)[:, None]
-            if mode == 2:
+            if HAS_MAX and mode == 2:
                 # The first maximum wins (am < 0: nothing seen yet), as in ATen; a NaN row
                 # never wins a comparison, also as in ATen.
                 better = m & ((b_w > acc) | (am < 0))
@@ -166,7 +168,7 @@ def _bag_gather_fwd_kernel(
             # Mean over the bag's non-padding entries; an empty bag stays 0.
             acc = acc / tl.maximum(cnt, 1.0)[:, None]
         m_out = m_b[:, None] & m_d[None, :]
-        if mode == 2:
+        if HAS_MAX and mode == 2:
             acc = tl.where(am < 0, 0.0, acc)
             tl.store(p_am + o_b[:, None] * am_stride + am_col + o_d[None, :], am, mask=m_out)
         tl.store(p_out + o_b[:, None] * o_stride + col + o_d[None, :], acc.to(elem_ty), mask=m_out)
@@ -180,6 +182,7 @@ def _bag_gather_bwd_kernel(
     gw_ptr,  # fp32 flat dense gradient of all dense segments, zero on entry
     ty_ptr,  # any tensor of the gradients' dtype: types the gradient and psw pointers
     COLS: tl.constexpr,
+    HAS_MAX: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -232,7 +235,7 @@ def _bag_gather_bwd_kernel(
         m_d = o_d < d
         m_g = m_b[:, None] & m_d[None, :]
         b_g = tl.load(p_go + o_b[:, None] * go_stride + col + o_d[None, :], mask=m_g, other=0.0).to(tl.float32)
-        if mode == 2:
+        if HAS_MAX and mode == 2:
             b_am = tl.load(p_am + o_b[:, None] * am_stride + am_col + o_d[None, :], mask=m_g, other=-1)
             m = m_g & (b_am >= 0)
             tl.atomic_add(gw_ptr + goff + b_am * d + o_d[None, :], b_g, mask=m, sem="relaxed")
@@ -291,11 +294,12 @@ def block_sizes(dims: Sequence[int]) -> tuple[int, int, int]:
 
     BLOCK_D = min(next_pow2(max D), 128) (wider segments loop over chunks); BLOCK_B makes
     the tile about 2048 elements, clamped to [8, 128] bags; num_warps gives each thread
-    about 16 elements of it, clamped to [2, 8].
+    about 8 elements of it, clamped to [2, 8]: the
+    run-time mode branches keep more tiles live than one mode would.
     """
     block_d = min(triton.next_power_of_2(max(max(int(d) for d in dims), 1)), MAX_BLOCK_D)
     block_b = max(MIN_BLOCK_B, min(MAX_BLOCK_B, TILE_ELEMS // block_d))
-    num_warps = max(2, min(8, block_b * block_d // 16 // 32))
+    num_warps = max(2, min(8, block_b * block_d // 8 // 32))
     return block_b, block_d, num_warps
 
 
@@ -383,7 +387,8 @@ def bag_gather_fwd(
         return err
     block_b, block_d, num_warps = block_sizes(dims)
     _bag_gather_fwd_kernel[(triton.cdiv(max_b, block_b), S)](
-        meta, err, weights[0], COLS=META_COLS, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
+        meta, err, weights[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments), BLOCK_B=block_b,
+        BLOCK_D=block_d, num_warps=num_warps)
     return err
 
 
@@ -433,21 +438,22 @@ def bag_gather_bwd(
         return
     block_b, block_d, num_warps = block_sizes(dims)
     _bag_gather_bwd_kernel[(triton.cdiv(max_b, block_b), S)](
-        meta, error_flags(meta), grad_flat, grads[0], COLS=META_COLS, BLOCK_B=block_b, BLOCK_D=block_d,
-        num_warps=num_warps)
+        meta, error_flags(meta), grad_flat, grads[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments),
+        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
 
 
 def kernel_specs(segments: int) -> list[dict[str, Any]]:
-    """What ``bench.kernel_compile`` compiles for this family (fp32, D=128 and D=8): the
-    source does not depend on ``segments``, which only sets the grid."""
+    """What ``bench.kernel_compile`` compiles for this family (fp32; D=128 with and without a
+    max-mode segment, D=8): the source does not depend on ``segments``, only the grid does."""
     specs = []
-    for d in (128, 8):
+    for d, has_max in ((128, False), (128, True), (8, False)):
         block_b, block_d, nw = block_sizes([d])
-        consts = {"COLS": META_COLS, "BLOCK_B": block_b, "BLOCK_D": block_d}
-        specs.append({"name": f"fwd_D{d}", "fn": _bag_gather_fwd_kernel, "num_warps": nw,
+        consts = {"COLS": META_COLS, "HAS_MAX": has_max, "BLOCK_B": block_b, "BLOCK_D": block_d}
+        tag = f"D{d}" + ("_max" if has_max else "")
+        specs.append({"name": f"fwd_{tag}", "fn": _bag_gather_fwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "ty_ptr": "*fp32"},
                       "constexprs": consts})
-        specs.append({"name": f"bwd_D{d}", "fn": _bag_gather_bwd_kernel, "num_warps": nw,
+        specs.append({"name": f"bwd_{tag}", "fn": _bag_gather_bwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "gw_ptr": "*fp32", "ty_ptr": "*fp32"},
                       "constexprs": consts})
     return specs
