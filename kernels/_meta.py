@@ -26,7 +26,9 @@ training loop the same activation addresses step after step), and reach the devi
 one asynchronous host-to-device copy into a fresh device tensor. A pinned, non-blocking
 copy is legal inside CUDA-graph capture, where it is recorded as a memcpy node that
 re-reads the pinned buffer on every replay: buffers used while capturing are therefore
-never evicted. Two int32 error-flag slots ride at the end of the same copy, so they
+never evicted, and a table first seen during capture (activations move between warm-up
+and capture) takes a slice of pinned memory set aside outside capture, since pinned
+memory cannot be allocated while capturing. Two int32 error-flag slots ride at the end of the same copy, so they
 arrive zeroed without a fill kernel.
 """
 
@@ -64,10 +66,6 @@ def index_code(t: Tensor | None) -> int:
     return int(t is not None and t.dtype == torch.int64)
 
 
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def pack(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
     """The meta table of ``rows`` on ``device``: int64 ``[T * C + ERR_SLOTS]``, row t at
     ``t * C``, then the zeroed error flags (viewed as int32 ``[2]`` by ``error_flags``).
@@ -79,27 +77,66 @@ def pack(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
     flat.extend([0] * ERR_SLOTS)
     if device.type != "cuda":
         return torch.tensor(flat, dtype=torch.int64, device=device)
+    out = torch.empty(len(flat), dtype=torch.int64, device=device)
+    out.copy_(_host_buffer(flat, device), non_blocking=True)
+    return out
+
+
+class _CaptureArena:
+    """Pinned memory set aside outside any capture, handed out during CUDA-graph capture,
+    where allocating pinned memory is not allowed. Slices are never returned: a captured
+    graph re-reads its slice on every replay, for as long as the graph lives."""
+
+    SIZE = 1 << 19  # int64 slots: 4 MiB, ~700 meta tables of 26 bag segments
+
+    def __init__(self) -> None:
+        self.buf = torch.empty(self.SIZE, dtype=torch.int64).pin_memory()
+        self.used = 0
+
+    def take(self, flat: list[int]) -> Tensor:
+        if self.used + len(flat) > self.SIZE:
+            raise RuntimeError(
+                "inductor_embed: the pinned memory reserved for meta tables inside CUDA-graph capture "
+                f"({self.SIZE * 8 >> 20} MiB) is used up; each captured shape takes a few KB, so this "
+                "means thousands of recorded graphs")
+        out = self.buf[self.used:self.used + len(flat)]
+        out.copy_(torch.tensor(flat, dtype=torch.int64))
+        self.used += len(flat)
+        return out
+
+
+_arenas: dict[int | None, _CaptureArena] = {}
+
+
+def _host_buffer(flat: list[int], device: torch.device) -> Tensor:
+    """A pinned CPU tensor holding ``flat``, reused by content (see the module doc)."""
     key = (device.index, tuple(flat))
-    capturing = _capturing(device)
+    capturing = torch.cuda.is_current_stream_capturing()
     with _lock:
         host = _graph_owned.get(key)
-        if host is None:
-            host = _cache.get(key)
-            if host is not None:
-                _cache.move_to_end(key)
-            else:
+        if host is not None:
+            return host
+        host = _cache.get(key)
+        if capturing:
+            if host is None:
+                host = _arenas[device.index].take(flat) if device.index in _arenas else None
+            if host is None:  # no arena yet: never ran outside a capture on this device
                 host = torch.tensor(flat, dtype=torch.int64).pin_memory()
-                _cache[key] = host
-                if len(_cache) > _CACHE_SIZE:
-                    # The caching host allocator records an event on every copy from a
-                    # pinned block, so an evicted buffer is not reused while in flight.
-                    _cache.popitem(last=False)
-            if capturing:
-                _graph_owned[key] = host
-                _cache.pop(key, None)
-    out = torch.empty(len(flat), dtype=torch.int64, device=device)
-    out.copy_(host, non_blocking=True)
-    return out
+            _cache.pop(key, None)
+            _graph_owned[key] = host
+            return host
+        if device.index not in _arenas:
+            _arenas[device.index] = _CaptureArena()
+        if host is not None:
+            _cache.move_to_end(key)
+            return host
+        host = torch.tensor(flat, dtype=torch.int64).pin_memory()
+        _cache[key] = host
+        if len(_cache) > _CACHE_SIZE:
+            # The caching host allocator records an event on every copy from a pinned
+            # block, so an evicted buffer is not reused while a copy may still read it.
+            _cache.popitem(last=False)
+        return host
 
 
 def error_flags(meta: Tensor) -> Tensor:
