@@ -6,6 +6,9 @@
   of each study, few iterations.
 - ``gpu``: the full sweep, for one H100/H200. Run it in parts with ``--workloads``
   where a command may only take 10 minutes.
+- ``gpu-check-*``: the few cases behind the GPU goals, one small preset per goal (a
+  handful of compiles each, well under two minutes on one H100/H200), so that
+  ``scripts/gpu_check.sh`` fits a short device loan with a time cap per preset.
 """
 
 from __future__ import annotations
@@ -120,4 +123,37 @@ def _gpu() -> Preset:
     return Preset("gpu", "the full sweep on one GPU", tuple(cases), iters=30, warmup=5, copy_mib=1024)
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _gpu())}
+def _gpu_check() -> list[Preset]:
+    """One preset per GPU goal (scripts/gpu_check.sh runs each under its own time cap).
+
+    Few compile groups each (every group compiles once per compiled provider), a fixed
+    provider list (no combo kernels, and inductor_embed only where its pattern fires:
+    ``inductor_embed.op`` for one table), fewer iterations than ``gpu``.
+    """
+    fused, op = ("eager", "torch.compile", "inductor_embed"), ("eager", "torch.compile", "inductor_embed.op")
+    kw = {"iters": 20, "warmup": 3, "copy_mib": 1024}
+    return [
+        # seed 004: 10 tables of D 1..8, forward + backward at B <= 4096 vs eager and
+        # torch.compile; and a wide (D 64..256) multi-table forward gather.
+        Preset("gpu-check-multi", "GPU goal: seed 004's 10 tables D 1..8 at B <= 4096; 10 tables D 64..256",
+               tuple(multi("10 tables, D 1..8", DIMS_1_8, (128, 512, 2048, 4096))
+                     + multi("10 tables, D 64..256", DIMS_64_256, (4096, 16384))),
+               providers=fused, **kw),
+        # The forward gather at D >= 64 against the copy bandwidth: batches big enough to
+        # be bandwidth bound (128 MiB of output at B=262,144).
+        Preset("gpu-check-gather", "GPU goal: one-table forward gather at D=128 vs the copy bandwidth",
+               tuple(single(100_000, 128, (16_384, 65_536, 262_144), ("uniform",))), providers=op, **kw),
+        # Users' worst case for a compiled backward: bf16, one row repeated.
+        Preset("gpu-check-bf16", "GPU goal: bf16 backward, one row repeated 262,144 / 1,048,576 times",
+               tuple(single(32_000, 64, (262_144, 1_048_576), ("same",), dtype="bfloat16",
+                            panel="worst case V=32000 D=64 bf16")), providers=op, **kw),
+        # Launch-bound: many tables at a small batch (T=1,000 apart: its torch.compile
+        # compile is the slowest thing here, so it runs last, on its own).
+        Preset("gpu-check-tables", "GPU goal: T=10 and T=100 tables at B=128",
+               tuple(table_sweep((10, 100), 128, dims=DIMS_1_8[:4])), providers=fused, **kw),
+        Preset("gpu-check-tables1000", "GPU goal: T=1,000 tables at B=128",
+               tuple(table_sweep((1000,), 128, dims=DIMS_1_8[:4])), providers=fused, **kw),
+    ]
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _gpu(), *_gpu_check())}
