@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["ERR_SLOTS", "error_flags", "index_code", "load_index", "pack", "pointer"]
+__all__ = ["ERR_SLOTS", "error_flags", "index_code", "interpreter_rows", "load_index", "pack", "pointer"]
 
 # Two int32 flags (index out of range, malformed offsets) = one int64 slot at the end.
 ERR_SLOTS = 1
@@ -54,6 +54,18 @@ _lock = threading.Lock()
 _cache: collections.OrderedDict[tuple, Tensor] = collections.OrderedDict()
 # Pinned buffers a captured CUDA graph reads on every replay: never freed or reused.
 _graph_owned: dict[tuple, Tensor] = {}
+
+
+# Elements of one program's tile under the Triton interpreter (CPU tensors).
+_INTERPRETER_TILE = 1 << 16
+
+
+def interpreter_rows(n: int, block_d: int) -> int:
+    """Rows per program when the kernel runs in the Triton interpreter (CPU tensors): as
+    many as fit a 64K-element tile. The interpreter pays a fixed Python cost per program
+    and runs each tile as one numpy operation, so few large programs are fastest there,
+    where a GPU wants many small ones."""
+    return max(16, min(triton.next_power_of_2(max(int(n), 1)), _INTERPRETER_TILE // max(int(block_d), 1)))
 
 
 def pointer(t: Tensor | None) -> int:

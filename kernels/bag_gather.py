@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, load_index, pack, pointer
+from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer
 
 __all__ = ["LAUNCHES", "Segment", "bag_gather_fwd", "bag_gather_bwd", "block_sizes", "kernel_specs"]
 
@@ -68,7 +68,7 @@ def _bag_bounds(p_meta, err_ptr, o_b, m_b):
         # Decreasing, negative, past the end, or a first bag not starting at 0 (eager's
         # CPU check): every writer stores the same 1, so no atomic is needed.
         bad = m_b & ((start < 0) | (end < start) | (end > nnz) | ((o_b == 0) & (start != 0)))
-        tl.store(err_ptr + 1 + tl.zeros_like(o_b), 1, mask=bad)
+        tl.store(err_ptr + 1 + o_b * 0, 1, mask=bad)
         start = tl.where(bad | ~m_b, 0, start)
         end = tl.where(bad | ~m_b, 0, end)
     else:
@@ -148,7 +148,7 @@ def _bag_gather_fwd_kernel(
             m_j = m_b & (j < n)
             b_idx = load_index(i_addr, i64, start + j, m_j, 0)
             m_ok = m_j & (b_idx >= 0) & (b_idx < v)
-            tl.store(err_ptr + tl.zeros_like(o_b), 1, mask=m_j & ~m_ok)
+            tl.store(err_ptr + o_b * 0, 1, mask=m_j & ~m_ok)
             m_use = m_ok & (b_idx != pad)
             m = m_use[:, None] & m_d[None, :]
             b_w = tl.load(p_w + b_idx[:, None] * w_stride + o_d[None, :], mask=m, other=0.0).to(tl.float32)
@@ -386,6 +386,8 @@ def bag_gather_fwd(
     if max_b == 0 or max(dims) == 0:
         return err
     block_b, block_d, num_warps = block_sizes(dims)
+    if weights[0].device.type == "cpu":
+        block_b = interpreter_rows(max_b, block_d)
     _bag_gather_fwd_kernel[(triton.cdiv(max_b, block_b), S)](
         meta, err, weights[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments), BLOCK_B=block_b,
         BLOCK_D=block_d, num_warps=num_warps)
@@ -437,6 +439,8 @@ def bag_gather_bwd(
     if max_b == 0 or max(dims) == 0:
         return
     block_b, block_d, num_warps = block_sizes(dims)
+    if grad_flat.device.type == "cpu":
+        block_b = interpreter_rows(max_b, block_d)
     _bag_gather_bwd_kernel[(triton.cdiv(max_b, block_b), S)](
         meta, error_flags(meta), grad_flat, grads[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments),
         BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, load_index, pack, pointer
+from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer
 
 __all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_gather_fwd", "multi_gather_bwd", "kernel_specs"]
 
@@ -45,16 +45,9 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
-@triton.jit
-def _table_row(meta_ptr, t, COLS: tl.constexpr):
-    """Pointer to table t's meta row (int64 arithmetic: t * COLS is small, but keep it wide)."""
-    return meta_ptr + t.to(tl.int64) * COLS
-
-
-@triton.jit
-def _load_indices(p_meta, o_n, m_n, other):
-    """This table's indices at rows ``o_n``, as int64 (I_PTR, I_STRIDE, I64 fields)."""
-    return load_index(tl.load(p_meta + 5), tl.load(p_meta + 7), o_n * tl.load(p_meta + 6), m_n, other)
+# The kernels below index their meta row inline rather than through small jit helpers: the
+# Triton interpreter (CPU tests) re-patches triton.language on every nested jit call, which
+# made a 26-table launch several times slower there.
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -70,7 +63,7 @@ def _multi_gather_fwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
-    p_meta = _table_row(meta_ptr, tl.program_id(1), COLS)
+    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     elem_ty = out_ptr.dtype.element_ty
@@ -84,11 +77,11 @@ def _multi_gather_fwd_kernel(
     # the column masks are uniform per vector and loads and stores go 16 bytes at a time.
     d = tl.multiple_of(tl.load(p_meta + 3), VEC)
     col = tl.load(p_meta + 4)
-    b_idx = _load_indices(p_meta, o_n, m_n, 0)
+    b_idx = load_index(tl.load(p_meta + 5), tl.load(p_meta + 7), o_n * tl.load(p_meta + 6), m_n, 0)
     m_ok = m_n & (b_idx >= 0) & (b_idx < v)
     # A predicated store of 1 from every bad row: all writers agree on the value, so no
     # atomic is needed, and it costs nothing when every index is valid.
-    tl.store(err_ptr + tl.zeros_like(o_n), 1, mask=m_n & ~m_ok)
+    tl.store(err_ptr + o_n * 0, 1, mask=m_n & ~m_ok)
     # int64 before the multiply: idx * row stride passes 2**31 on large tables.
     o_w = tl.multiple_of(b_idx * w_stride, VEC)
     o_out = tl.multiple_of(o_n * out_row_stride + col, VEC)
@@ -115,13 +108,13 @@ def _multi_gather_count_kernel(
 ):
     """scale_grad_by_freq: count each index of the tables that ask for it."""
     i_n = tl.program_id(0).to(tl.int64)
-    p_meta = _table_row(meta_ptr, tl.program_id(1), COLS)
+    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
     cnt = tl.load(p_meta + 10)  # CNT
     if cnt >= 0:
         o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
         m_n = o_n < N
         v = tl.load(p_meta + 2)
-        b_idx = _load_indices(p_meta, o_n, m_n, -1)
+        b_idx = load_index(tl.load(p_meta + 5), tl.load(p_meta + 7), o_n * tl.load(p_meta + 6), m_n, -1)
         m_ok = m_n & (b_idx >= 0) & (b_idx < v)
         tl.atomic_add(gw_ptr + cnt + b_idx, tl.full([BLOCK_N], 1.0, tl.float32), mask=m_ok, sem="relaxed")
 
@@ -139,7 +132,7 @@ def _multi_gather_bwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     i_n = tl.program_id(0).to(tl.int64)
-    p_meta = _table_row(meta_ptr, tl.program_id(1), COLS)
+    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     v = tl.load(p_meta + 2)
@@ -148,7 +141,7 @@ def _multi_gather_bwd_kernel(
     goff = tl.load(p_meta + 8)
     pad = tl.load(p_meta + 9)
     cnt = tl.load(p_meta + 10)
-    b_idx = _load_indices(p_meta, o_n, m_n, -1)
+    b_idx = load_index(tl.load(p_meta + 5), tl.load(p_meta + 7), o_n * tl.load(p_meta + 6), m_n, -1)
     # Out-of-range rows are only masked: the forward already raised on them.
     m_row = m_n & (b_idx >= 0) & (b_idx < v) & (b_idx != pad)
     # Multiply by the reciprocal count, as ATen's embedding_dense_backward does.
@@ -255,6 +248,8 @@ def multi_gather_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: 
     if n == 0 or sum(dims) == 0:
         return err
     block_n, block_d, num_warps = block_sizes(max(dims), n, T)
+    if out.device.type == "cpu":
+        block_n = interpreter_rows(n, block_d)
     vec = _vec(out.element_size(), [*dims, *cols, *(w.stride(0) for w in weights), out.stride(0)], [*weights, out])
     _multi_gather_fwd_kernel[(triton.cdiv(n, block_n), T)](
         meta, err, out, out.stride(0), n,
@@ -320,6 +315,8 @@ def multi_gather_bwd(
             for i, v, d, c, g, p, f in zip(indices, num_rows, dims, cols, goffs, padding_idx, cnts)]
     meta = pack(rows, grad_out.device)
     block_n, block_d, num_warps = block_sizes(max(dims), n, T)
+    if grad_out.device.type == "cpu":
+        block_n = interpreter_rows(n, block_d)
     grid = (triton.cdiv(n, block_n), T)
     if any(freq):
         _multi_gather_count_kernel[grid](meta, grad_flat, n, COLS=META_COLS, BLOCK_N=block_n, num_warps=num_warps)

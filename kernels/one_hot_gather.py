@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, load_index, pack, pointer
+from ._meta import error_flags, index_code, interpreter_rows, pack, pointer
 
 __all__ = [
     "LAUNCHES",
@@ -68,19 +68,6 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
-@triton.jit
-def _field_slot(meta_ptr, f, j, o_n, m_n, other, COLS: tl.constexpr):
-    """Field f's bag slot j of rows ``o_n``: (weight column = off + idx as int64, valid mask,
-    in-range-or-masked mask)."""
-    p_meta = meta_ptr + f * COLS
-    i_addr = tl.load(p_meta + 0)  # I_PTR
-    offs = o_n * tl.load(p_meta + 1) + j * tl.load(p_meta + 2)
-    b_idx = load_index(i_addr, tl.load(p_meta + 3), offs, m_n, other)
-    n_cls = tl.load(p_meta + 5)
-    m_ok = m_n & (b_idx >= 0) & (b_idx < n_cls)
-    return b_idx + tl.load(p_meta + 6), m_ok
-
-
 @triton.jit(do_not_specialize=["N", "D"])
 def _one_hot_gather_fwd_kernel(
     meta_ptr,  # [F * META_COLS] int64 meta table, one row per field
@@ -108,14 +95,27 @@ def _one_hot_gather_fwd_kernel(
     cast_ty = out_ptr.dtype.element_ty
     p_w_d = w_ptr + o_d * w_stride_d
     b_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for f in range(F):
-        bag = tl.load(meta_ptr + f * COLS + 4)  # BAG
-        # A while loop on a loaded bound: the bag differs per field.
+    # While loops on run-time bounds (the field count, each field's bag). The meta row is
+    # read inline: the interpreter re-patches triton.language on every nested jit call.
+    f = F * 0
+    while f < F:
+        p_meta = meta_ptr + f * COLS
+        i_addr, i64, n_cls, off = tl.load(p_meta + 0), tl.load(p_meta + 3), tl.load(p_meta + 5), tl.load(p_meta + 6)
+        o_i = o_n * tl.load(p_meta + 1)
+        i_bag_stride = tl.load(p_meta + 2)
+        bag = tl.load(p_meta + 4)
         j = bag * 0
         while j < bag:
-            b_col, m_ok = _field_slot(meta_ptr, f, j, o_n, m_n, 0, COLS)
+            # load_index, inlined: a nested jit call per slot costs the interpreter dearly.
+            if i64 != 0:
+                b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int64)) + o_i + j * i_bag_stride, mask=m_n, other=0)
+            else:
+                b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int32)) + o_i + j * i_bag_stride, mask=m_n,
+                                other=0).to(tl.int64)
+            m_ok = m_n & (b_idx >= 0) & (b_idx < n_cls)
+            b_col = b_idx + off
             # All writers store the same value: no atomic needed.
-            tl.store(err_ptr + tl.zeros_like(o_n), 1, mask=m_n & ~m_ok)
+            tl.store(err_ptr + o_n * 0, 1, mask=m_n & ~m_ok)
             # int64 before the multiply: a column times its stride passes 2**31 on wide layers.
             b_w = tl.load(p_w_d[None, :] + (b_col * w_stride_v)[:, None],
                           mask=m_ok[:, None] & m_d[None, :], other=0.0)
@@ -123,6 +123,7 @@ def _one_hot_gather_fwd_kernel(
             # then accumulate in fp32 (a no-op pair when the weight already has it).
             b_acc += b_w.to(cast_ty).to(tl.float32)
             j += 1
+        f += 1
     if HAS_BIAS:
         b_b = tl.load(b_ptr + o_d * b_stride, mask=m_d, other=0.0)
         b_acc += b_b.to(cast_ty).to(tl.float32)[None, :]
@@ -157,17 +158,30 @@ def _one_hot_gather_bwd_kernel(
     p_go = go_ptr + o_n[:, None] * go_row_stride + o_d[None, :]
     b_g = tl.load(p_go, mask=m_n[:, None] & m_d[None, :], other=0.0).to(tl.float32)
     p_gw_d = gw_ptr + o_d * gw_stride_d
-    for f in range(F):
-        bag = tl.load(meta_ptr + f * COLS + 4)  # BAG
+    f = F * 0
+    while f < F:
+        p_meta = meta_ptr + f * COLS
+        i_addr, i64, n_cls, off = tl.load(p_meta + 0), tl.load(p_meta + 3), tl.load(p_meta + 5), tl.load(p_meta + 6)
+        o_i = o_n * tl.load(p_meta + 1)
+        i_bag_stride = tl.load(p_meta + 2)
+        bag = tl.load(p_meta + 4)
         j = bag * 0
         while j < bag:
             # Out-of-range slots are only masked: the forward already raised on them.
-            b_col, m_ok = _field_slot(meta_ptr, f, j, o_n, m_n, -1, COLS)
+            # load_index, inlined: a nested jit call per slot costs the interpreter dearly.
+            if i64 != 0:
+                b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int64)) + o_i + j * i_bag_stride, mask=m_n, other=-1)
+            else:
+                b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int32)) + o_i + j * i_bag_stride, mask=m_n,
+                                other=-1).to(tl.int64)
+            m_ok = m_n & (b_idx >= 0) & (b_idx < n_cls)
+            b_col = b_idx + off
             # Repeated indices collide, hence atomics; fp32 whatever the gradient's
             # dtype, and relaxed order because nothing reads the buffer before the end.
             tl.atomic_add(p_gw_d[None, :] + (b_col * gw_stride_v)[:, None], b_g,
                           mask=m_ok[:, None] & m_d[None, :], sem="relaxed")
             j += 1
+        f += 1
     if HAS_BIAS:
         # One atomic per column and program: the bias gradient needs no second launch.
         tl.atomic_add(gw_ptr + gb_off + o_d, tl.sum(b_g, axis=0), mask=m_d, sem="relaxed")
@@ -249,6 +263,8 @@ def one_hot_gather_fwd(
     if n == 0 or d == 0:
         return err
     block_n, block_d, num_warps = block_sizes(d)
+    if out.device.type == "cpu":
+        block_n = interpreter_rows(n, block_d)
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
     _one_hot_gather_fwd_kernel[grid](
         meta, err, out, weight, weight.stride(0), weight.stride(1),
@@ -305,6 +321,8 @@ def one_hot_gather_bwd(
         return
     meta = _meta(indices, num_classes, offsets, grad_out.device)
     block_n, block_d, num_warps = block_sizes(d)
+    if grad_out.device.type == "cpu":
+        block_n = interpreter_rows(n, block_d)
     sd, sv = grad_strides(d, v, v_major)
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
     _one_hot_gather_bwd_kernel[grid](
