@@ -43,7 +43,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["ERR_SLOTS", "error_flags", "index_code", "interpreter_rows", "load_index", "pack", "pointer"]
+__all__ = ["ERR_SLOTS", "error_flags", "index_code", "interpreter_rows", "load_index", "pack", "pointer",
+           "vec_width"]
 
 # Two int32 flags (index out of range, malformed offsets) = one int64 slot at the end.
 ERR_SLOTS = 1
@@ -66,6 +67,17 @@ def interpreter_rows(n: int, block_d: int) -> int:
     and runs each tile as one numpy operation, so few large programs are fastest there,
     where a GPU wants many small ones."""
     return max(16, min(triton.next_power_of_2(max(int(n), 1)), _INTERPRETER_TILE // max(int(block_d), 1)))
+
+
+def vec_width(elem_bytes: int, values: Sequence[int], tensors: Sequence[Tensor]) -> int:
+    """Elements per 16-byte vector when every row start is aligned to one (all ``values``,
+    the widths, row strides and column offsets, are multiples of it, and every tensor
+    starts 16-byte aligned), else 1. Kernels turn it into ``tl.multiple_of`` hints, which
+    pointers read from a meta table cannot otherwise carry."""
+    vec = 16 // elem_bytes
+    if all(int(x) % vec == 0 for x in values) and all(t.data_ptr() % 16 == 0 for t in tensors):
+        return vec
+    return 1
 
 
 def pointer(t: Tensor | None) -> int:

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer
+from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer, vec_width
 
 __all__ = ["LAUNCHES", "Segment", "bag_gather_fwd", "bag_gather_bwd", "block_sizes", "kernel_specs"]
 
@@ -104,6 +104,7 @@ def _bag_gather_fwd_kernel(
     ty_ptr,  # any tensor of the tables' dtype: types the table, output and psw pointers
     COLS: tl.constexpr,
     HAS_MAX: tl.constexpr,  # some segment is in max mode: only then carry an arg-max tile
+    VEC: tl.constexpr,  # every row start is a multiple of VEC elements (16-byte vectors)
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -117,12 +118,17 @@ def _bag_gather_fwd_kernel(
     p_w = tl.load(p_meta + 0).to(tl.pointer_type(elem_ty))
     w_stride = tl.load(p_meta + 1)
     v = tl.load(p_meta + 2)
-    d = tl.load(p_meta + 3)
+    # Widths, row strides and column offsets are multiples of VEC and the tensors 16-byte
+    # aligned (the launcher checked): with these hints rows move 16 bytes at a time.
+    d = tl.multiple_of(tl.load(p_meta + 3), VEC)
     i_addr = tl.load(p_meta + 4)
     i64 = tl.load(p_meta + 5)
     p_psw = tl.load(p_meta + 11).to(tl.pointer_type(elem_ty))
     pad = tl.load(p_meta + 12)  # FPAD
     p_out = tl.load(p_meta + 14).to(tl.pointer_type(elem_ty))
+    if VEC > 1:
+        p_w = tl.multiple_of(p_w, 16)
+        p_out = tl.multiple_of(p_out, 16)
     o_stride = tl.load(p_meta + 15)
     col = tl.load(p_meta + 16)
     p_am = tl.load(p_meta + 17).to(tl.pointer_type(tl.int64))
@@ -151,7 +157,8 @@ def _bag_gather_fwd_kernel(
             tl.store(err_ptr + o_b * 0, 1, mask=m_j & ~m_ok)
             m_use = m_ok & (b_idx != pad)
             m = m_use[:, None] & m_d[None, :]
-            b_w = tl.load(p_w + b_idx[:, None] * w_stride + o_d[None, :], mask=m, other=0.0).to(tl.float32)
+            o_w = tl.multiple_of(b_idx * w_stride, VEC)
+            b_w = tl.load(p_w + o_w[:, None] + o_d[None, :], mask=m, other=0.0).to(tl.float32)
             if has_psw != 0:
                 b_w = b_w * tl.load(p_psw + start + j, mask=m_use, other=0.0).to(tl.float32)[:, None]
             if HAS_MAX and mode == 2:
@@ -171,7 +178,8 @@ def _bag_gather_fwd_kernel(
         if HAS_MAX and mode == 2:
             acc = tl.where(am < 0, 0.0, acc)
             tl.store(p_am + o_b[:, None] * am_stride + am_col + o_d[None, :], am, mask=m_out)
-        tl.store(p_out + o_b[:, None] * o_stride + col + o_d[None, :], acc.to(elem_ty), mask=m_out)
+        o_out = tl.multiple_of(o_b * o_stride + col, VEC)
+        tl.store(p_out + o_out[:, None] + o_d[None, :], acc.to(elem_ty), mask=m_out)
         i_d += BLOCK_D
 
 
@@ -183,6 +191,7 @@ def _bag_gather_bwd_kernel(
     ty_ptr,  # any tensor of the gradients' dtype: types the gradient and psw pointers
     COLS: tl.constexpr,
     HAS_MAX: tl.constexpr,
+    VEC: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -195,7 +204,7 @@ def _bag_gather_bwd_kernel(
     m_b = o_b < nb
     elem_ty = ty_ptr.dtype.element_ty
     v = tl.load(p_meta + 2)
-    d = tl.load(p_meta + 3)
+    d = tl.multiple_of(tl.load(p_meta + 3), VEC)
     i_addr = tl.load(p_meta + 4)
     i64 = tl.load(p_meta + 5)
     p_psw = tl.load(p_meta + 11).to(tl.pointer_type(elem_ty))
@@ -209,6 +218,8 @@ def _bag_gather_bwd_kernel(
     sv_addr = tl.load(p_meta + 25)  # 0 for a dense segment
     p_sv = sv_addr.to(tl.pointer_type(tl.float32))
     p_go = tl.load(p_meta + 26).to(tl.pointer_type(elem_ty))
+    if VEC > 1:
+        p_go = tl.multiple_of(p_go, 16)
     go_stride = tl.load(p_meta + 27)
     col = tl.load(p_meta + 16)
     start, end = _bag_bounds(p_meta, err_ptr, o_b, m_b)
@@ -234,7 +245,8 @@ def _bag_gather_bwd_kernel(
         o_d = i_d + tl.arange(0, BLOCK_D)
         m_d = o_d < d
         m_g = m_b[:, None] & m_d[None, :]
-        b_g = tl.load(p_go + o_b[:, None] * go_stride + col + o_d[None, :], mask=m_g, other=0.0).to(tl.float32)
+        o_go = tl.multiple_of(o_b * go_stride + col, VEC)
+        b_g = tl.load(p_go + o_go[:, None] + o_d[None, :], mask=m_g, other=0.0).to(tl.float32)
         if HAS_MAX and mode == 2:
             b_am = tl.load(p_am + o_b[:, None] * am_stride + am_col + o_d[None, :], mask=m_g, other=-1)
             m = m_g & (b_am >= 0)
@@ -257,7 +269,8 @@ def _bag_gather_bwd_kernel(
                              mask=m_j[:, None] & m_d[None, :])
                 else:
                     # Repeated rows collide, hence atomics; fp32 whatever the dtype.
-                    tl.atomic_add(gw_ptr + goff + b_idx[:, None] * d + o_d[None, :], b_v, mask=m, sem="relaxed")
+                    o_gw = tl.multiple_of(goff + b_idx * d, VEC)
+                    tl.atomic_add(gw_ptr + o_gw[:, None] + o_d[None, :], b_v, mask=m, sem="relaxed")
                 j += 1
         i_d += BLOCK_D
 
@@ -388,9 +401,11 @@ def bag_gather_fwd(
     block_b, block_d, num_warps = block_sizes(dims)
     if weights[0].device.type == "cpu":
         block_b = interpreter_rows(max_b, block_d)
+    vec = vec_width(weights[0].element_size(), [*dims, *(w.stride(0) for w in weights), *(o.stride(0) for o in outs),
+                                           *(s.col for s in segments)], [*weights, *outs])
     _bag_gather_fwd_kernel[(triton.cdiv(max_b, block_b), S)](
-        meta, err, weights[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments), BLOCK_B=block_b,
-        BLOCK_D=block_d, num_warps=num_warps)
+        meta, err, weights[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments), VEC=vec,
+        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
     return err
 
 
@@ -441,9 +456,11 @@ def bag_gather_bwd(
     block_b, block_d, num_warps = block_sizes(dims)
     if grad_flat.device.type == "cpu":
         block_b = interpreter_rows(max_b, block_d)
+    vec = min(vec_width(grads[0].element_size(), [*dims, *(g.stride(0) for g in grads), *(s.col for s in segments)], grads),
+              vec_width(4, [*dims, *grad_offsets], [grad_flat]))
     _bag_gather_bwd_kernel[(triton.cdiv(max_b, block_b), S)](
         meta, error_flags(meta), grad_flat, grads[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments),
-        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
+        VEC=vec, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
 
 
 def kernel_specs(segments: int) -> list[dict[str, Any]]:
@@ -452,7 +469,8 @@ def kernel_specs(segments: int) -> list[dict[str, Any]]:
     specs = []
     for d, has_max in ((128, False), (128, True), (8, False)):
         block_b, block_d, nw = block_sizes([d])
-        consts = {"COLS": META_COLS, "HAS_MAX": has_max, "BLOCK_B": block_b, "BLOCK_D": block_d}
+        consts = {"COLS": META_COLS, "HAS_MAX": has_max, "VEC": 4 if d % 4 == 0 else 1, "BLOCK_B": block_b,
+                  "BLOCK_D": block_d}
         tag = f"D{d}" + ("_max" if has_max else "")
         specs.append({"name": f"fwd_{tag}", "fn": _bag_gather_fwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "ty_ptr": "*fp32"},

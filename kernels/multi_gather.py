@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer
+from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer, vec_width
 
 __all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_gather_fwd", "multi_gather_bwd", "kernel_specs"]
 
@@ -182,14 +182,6 @@ def block_sizes(max_d: int, n: int, t: int) -> tuple[int, int, int]:
     return block_n, block_d, num_warps
 
 
-def _vec(elem_bytes: int, values: Sequence[int], tensors: Sequence[Tensor]) -> int:
-    """Elements per 16-byte vector when every row start is aligned to one, else 1."""
-    vec = 16 // elem_bytes
-    if all(x % vec == 0 for x in values) and all(t.data_ptr() % 16 == 0 for t in tensors):
-        return vec
-    return 1
-
-
 def _check(cond: Any, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
@@ -250,7 +242,7 @@ def multi_gather_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: 
     block_n, block_d, num_warps = block_sizes(max(dims), n, T)
     if out.device.type == "cpu":
         block_n = interpreter_rows(n, block_d)
-    vec = _vec(out.element_size(), [*dims, *cols, *(w.stride(0) for w in weights), out.stride(0)], [*weights, out])
+    vec = vec_width(out.element_size(), [*dims, *cols, *(w.stride(0) for w in weights), out.stride(0)], [*weights, out])
     _multi_gather_fwd_kernel[(triton.cdiv(n, block_n), T)](
         meta, err, out, out.stride(0), n,
         COLS=META_COLS, VEC=vec, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
@@ -320,8 +312,8 @@ def multi_gather_bwd(
     grid = (triton.cdiv(n, block_n), T)
     if any(freq):
         _multi_gather_count_kernel[grid](meta, grad_flat, n, COLS=META_COLS, BLOCK_N=block_n, num_warps=num_warps)
-    vec = _vec(grad_out.element_size(), [*dims, *cols, grad_out.stride(0)], [grad_out])
-    vec = min(vec, _vec(4, [*dims, *goffs], [grad_flat]))
+    vec = vec_width(grad_out.element_size(), [*dims, *cols, grad_out.stride(0)], [grad_out])
+    vec = min(vec, vec_width(4, [*dims, *goffs], [grad_flat]))
     _multi_gather_bwd_kernel[grid](
         meta, grad_out, grad_out.stride(0), grad_flat, n,
         COLS=META_COLS, VEC=vec, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
