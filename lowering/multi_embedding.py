@@ -4,10 +4,11 @@ Forward: ``[*L] x T indices, [V_k, D_k] x T tables -> [*L, sum(D_k)]``.
 Backward: ``multi_embedding_backward`` returns every table's gradient packed into
 one flat buffer; the autograd formula splits it into per-table views (free).
 
-Both ops are ``triton_op``s. Inductor traces through their bodies, so on CUDA the
-generated wrapper launches our Triton kernels directly (``wrap_triton``; CUDA-graph
-safe, no opaque Python call), and on the CPU it compiles the ATen reference body
-into its own fused C++ loop.
+The forward is a ``triton_op``: on the CPU Inductor traces through its body and
+compiles the ATen reference into its own fused C++ loop; on CUDA the body calls the
+opaque ``multi_embedding_triton``, which launches the Triton kernel (see
+``kernels/_meta.py`` for why the launch is opaque: the kernel reads every table through a
+device table of pointers). The backward is one opaque op on every path.
 """
 
 from __future__ import annotations
@@ -94,69 +95,6 @@ def _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq):
     return weights[0].new_empty((*indices[0].shape, total))
 
 
-@triton_op("inductor_embed::multi_embedding_backward", mutates_args=())
-def multi_embedding_backward(
-    grad: torch.Tensor,
-    indices: list[torch.Tensor],
-    num_rows: list[int],
-    dims: list[int],
-    padding_idx: list[int],
-    scale_grad_by_freq: list[bool],
-) -> torch.Tensor:
-    """Every table's dense gradient, packed into one flat buffer.
-
-    Args:
-        grad: [*L, sum(D_k)].
-        indices: T index tensors of shape [*L].
-        num_rows, dims: V_k and D_k per table.
-        padding_idx, scale_grad_by_freq: as in ``multi_embedding``.
-
-    Returns:
-        [sum(V_k * D_k)] in grad's dtype, table k row-major at offset sum(V_j * D_j, j < k).
-        On the GPU: one zero-fill, one atomic-add launch accumulating in fp32, and (half
-        types only) one cast. On the CPU: the opaque ``multi_embedding_backward_cpu``
-        (eager ATen, deterministic). Under ``torch.use_deterministic_algorithms(True)`` the
-        deterministic ATen reference runs instead of the atomic kernel.
-    """
-    if not _use_triton(grad):
-        return torch.ops.inductor_embed.multi_embedding_backward_cpu(
-            grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
-        )
-    if torch.are_deterministic_algorithms_enabled():
-        return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
-    return torch.ops.inductor_embed.multi_embedding_backward_triton(
-        grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
-    )
-
-
-@multi_embedding_backward.register_fake
-def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
-    return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
-
-
-@torch.library.custom_op("inductor_embed::multi_embedding_backward_cpu", mutates_args=())
-def multi_embedding_backward_cpu(
-    grad: torch.Tensor,
-    indices: list[torch.Tensor],
-    num_rows: list[int],
-    dims: list[int],
-    padding_idx: list[int],
-    scale_grad_by_freq: list[bool],
-) -> torch.Tensor:
-    """The CPU backward, kept opaque to Inductor (an extern call running eager ATen).
-
-    Same contract as ``multi_embedding_backward``. Inductor's own C++ scatter-add was
-    measured at 0.4x eager for wide tables; eager's ``index_add_`` into views of one
-    zeroed buffer costs what eager's embedding backward costs, and is deterministic.
-    """
-    return multi_embedding_backward_flat(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
-
-
-@multi_embedding_backward_cpu.register_fake
-def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
-    return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
-
-
 # --- the Triton launches, as opaque ops -------------------------------------------------------
 # The kernels read every table and index tensor through a device table of pointers
 # (kernels/_meta.py), built from real data_ptr()s. So the launch is an opaque custom op:
@@ -184,8 +122,8 @@ def _multi_embedding_triton_fake(weights, indices):
     return weights[0].new_empty((*indices[0].shape, total)), weights[0].new_empty((2,), dtype=torch.int32)
 
 
-@torch.library.custom_op("inductor_embed::multi_embedding_backward_triton", mutates_args=())
-def multi_embedding_backward_triton(
+@torch.library.custom_op("inductor_embed::multi_embedding_backward", mutates_args=())
+def multi_embedding_backward(
     grad: torch.Tensor,
     indices: list[torch.Tensor],
     num_rows: list[int],
@@ -193,9 +131,30 @@ def multi_embedding_backward_triton(
     padding_idx: list[int],
     scale_grad_by_freq: list[bool],
 ) -> torch.Tensor:
-    """The Triton backward of ``multi_embedding``, same contract as ``multi_embedding_backward``:
-    one zero fill, one atomic-add launch (after a counting launch with scale_grad_by_freq)
-    accumulating in fp32, and one cast for half types."""
+    """Every table's dense gradient, packed into one flat buffer.
+
+    Args:
+        grad: [*L, sum(D_k)].
+        indices: T index tensors of shape [*L].
+        num_rows, dims: V_k and D_k per table.
+        padding_idx, scale_grad_by_freq: as in ``multi_embedding``.
+
+    Returns:
+        [sum(V_k * D_k)] in grad's dtype, table k row-major at offset sum(V_j * D_j, j < k).
+
+    An opaque op (an extern call under Inductor) on every path:
+    - GPU: one zero fill, one atomic-add launch accumulating in fp32 (after a counting
+      launch with scale_grad_by_freq), and one cast for half types.
+    - CPU: eager ATen (``multi_embedding_backward_flat``: one zero fill and an
+      ``index_add_`` per table into views of it), deterministic. Inductor's own C++
+      scatter-add was measured at 0.4x eager for wide tables.
+    - Under ``torch.use_deterministic_algorithms(True)`` (checked when it runs) the
+      deterministic ATen reference replaces the atomic kernel.
+    """
+    if not _use_triton(grad):
+        return multi_embedding_backward_flat(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+    if torch.are_deterministic_algorithms_enabled():
+        return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
     from inductor_embed.kernels.multi_gather import grad_layout, multi_gather_bwd
 
     n = indices[0].numel()
@@ -210,8 +169,8 @@ def multi_embedding_backward_triton(
     return dense if grad.dtype == torch.float32 else dense.to(grad.dtype)
 
 
-@multi_embedding_backward_triton.register_fake
-def _multi_embedding_backward_triton_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+@multi_embedding_backward.register_fake
+def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
     return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
 
 

@@ -10,10 +10,10 @@ the per-index rows of ``sparse=True`` tables' COO gradients into another.
 ``F.embedding_bag`` reading one weight (seed 003): one launch reads the weight for both,
 one backward writes one gradient (the sum of both contributions).
 
-Both are ``triton_op``s layered like ``multi_embedding``: on CUDA the generated wrapper
-launches ``kernels/bag_gather.py`` directly; on the CPU Inductor compiles the ATen
-reference body (``multi_embedding_bag_ref.py``; ``embedding_bag`` itself stays ATen's), and
-the backward is an opaque op running eager ATen.
+Both forwards are ``triton_op``s layered like ``multi_embedding``: on the CPU Inductor
+compiles the ATen reference body (``multi_embedding_bag_ref.py``; ``embedding_bag`` itself
+stays ATen's); on CUDA the body calls an opaque op that launches ``kernels/bag_gather.py``.
+Both backwards are opaque ops: eager ATen on the CPU, the kernels on CUDA.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def _backward_sizes(num_rows, dims, indices, sparse) -> tuple[int, int]:
     return dense, values
 
 
-@triton_op("inductor_embed::multi_embedding_bag_backward", mutates_args=())
+@torch.library.custom_op("inductor_embed::multi_embedding_bag_backward", mutates_args=())
 def multi_embedding_bag_backward(
     grad: Tensor,
     arg_max: Tensor,
@@ -214,20 +214,18 @@ def multi_embedding_bag_backward(
     Returns:
         ``dense [sum V_k * D_k over dense tables]``: their gradients row-major, back to back;
         ``values [sum nnz_k * D_k over sparse tables]``: each index's gradient row, the
-        values of that table's COO gradient. On the GPU one zero fill, one atomic-add launch
-        (fp32) and one cast for half types; on the CPU and under deterministic algorithms,
-        the deterministic reference.
+        values of that table's COO gradient.
+
+    An opaque op (an extern call under Inductor). GPU: one zero fill of the dense
+    gradients (the kernel writes every row of the sparse values), one launch, one cast per
+    output for half types. CPU, and deterministic mode (checked when it runs): the eager
+    reference, deterministic.
     """
-    if not _use_triton(grad):
-        return torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(
-            grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
-            include_last_offset, sparse)
-    if torch.are_deterministic_algorithms_enabled():
+    if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
                                                 modes, padding_idx, include_last_offset, sparse)
-    return torch.ops.inductor_embed.multi_embedding_bag_backward_triton(
-        grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
-        include_last_offset, sparse)
+    return _bag_backward_kernels(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
+                                 padding_idx, include_last_offset, sparse)
 
 
 @multi_embedding_bag_backward.register_fake
@@ -235,29 +233,6 @@ def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_samp
                                        padding_idx, include_last_offset, sparse):
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
     return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
-
-
-@torch.library.custom_op("inductor_embed::multi_embedding_bag_backward_cpu", mutates_args=())
-def multi_embedding_bag_backward_cpu(
-    grad: Tensor,
-    arg_max: Tensor,
-    indices: list[Tensor],
-    offsets: list[Tensor | None],
-    per_sample_weights: list[Tensor | None],
-    num_rows: list[int],
-    dims: list[int],
-    modes: list[int],
-    padding_idx: list[int],
-    include_last_offset: list[bool],
-    sparse: list[bool],
-) -> tuple[Tensor, Tensor]:
-    """The CPU backward, opaque to Inductor (an extern call running the eager reference,
-    deterministic). Same contract as ``multi_embedding_bag_backward``."""
-    return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
-                                            modes, padding_idx, include_last_offset, sparse)
-
-
-multi_embedding_bag_backward_cpu.register_fake(_multi_embedding_bag_backward_fake)
 
 
 def _sparse_grad(indices: Tensor, values: Tensor, num_rows: int, dim: int) -> Tensor:
@@ -386,7 +361,7 @@ def _tied_segments(emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pa
     return [emb, bag]
 
 
-@triton_op("inductor_embed::tied_embedding_bag_backward", mutates_args=())
+@torch.library.custom_op("inductor_embed::tied_embedding_bag_backward", mutates_args=())
 def tied_embedding_bag_backward(
     grad_emb: Tensor,
     grad_bag: Tensor,
@@ -403,18 +378,16 @@ def tied_embedding_bag_backward(
     separate: bool,
 ) -> Tensor:
     """The weight's gradient (grad's dtype): ``[V, D]``, both lookups' contributions summed;
-    with ``separate`` ``[2, V, D]``, the Embedding's part then the bag's. GPU: one zero fill, one atomic-add launch over both lookups, one cast for half
-    types; CPU and deterministic mode: the deterministic reference."""
-    if not _use_triton(grad_bag):
-        return torch.ops.inductor_embed.tied_embedding_bag_backward_cpu(
-            grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
+    with ``separate`` ``[2, V, D]``, the Embedding's part then the bag's.
+
+    An opaque op (an extern call under Inductor). GPU: one zero fill, one atomic-add
+    launch over both lookups, one cast for half types. CPU, and deterministic mode
+    (checked when it runs): the eager reference, deterministic."""
+    args = (grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
             emb_padding_idx, bag_padding_idx, include_last_offset, separate)
-    if torch.are_deterministic_algorithms_enabled():
-        return _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights,
-                                  num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset, separate)
-    return torch.ops.inductor_embed.tied_embedding_bag_backward_triton(
-        grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
-        emb_padding_idx, bag_padding_idx, include_last_offset, separate)
+    if not _use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
+        return _tied_backward_ref(*args)
+    return _tied_backward_kernels(*args)
 
 
 @tied_embedding_bag_backward.register_fake
@@ -432,30 +405,6 @@ def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, of
     bag = bag_weight_grad(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
     out = torch.stack([emb, bag]) if separate else emb + bag
     return out.to(grad_bag.dtype)
-
-
-@torch.library.custom_op("inductor_embed::tied_embedding_bag_backward_cpu", mutates_args=())
-def tied_embedding_bag_backward_cpu(
-    grad_emb: Tensor,
-    grad_bag: Tensor,
-    arg_max: Tensor,
-    emb_indices: Tensor,
-    bag_indices: Tensor,
-    offsets: Tensor | None,
-    per_sample_weights: Tensor | None,
-    num_rows: int,
-    mode: int,
-    emb_padding_idx: int,
-    bag_padding_idx: int,
-    include_last_offset: bool,
-    separate: bool,
-) -> Tensor:
-    """The CPU backward, opaque to Inductor (eager reference, deterministic)."""
-    return _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights,
-                              num_rows, mode, emb_padding_idx, bag_padding_idx, include_last_offset, separate)
-
-
-tied_embedding_bag_backward_cpu.register_fake(_tied_embedding_bag_backward_fake)
 
 
 def _tied_setup_context(ctx, inputs, output):
@@ -532,8 +481,7 @@ def _multi_embedding_bag_triton_fake(weights, indices, offsets, per_sample_weigh
     return out, am, out.new_empty((2,), dtype=torch.int32)
 
 
-@torch.library.custom_op("inductor_embed::multi_embedding_bag_backward_triton", mutates_args=())
-def multi_embedding_bag_backward_triton(
+def _bag_backward_kernels(
     grad: Tensor,
     arg_max: Tensor,
     indices: list[Tensor],
@@ -546,9 +494,7 @@ def multi_embedding_bag_backward_triton(
     include_last_offset: list[bool],
     sparse: list[bool],
 ) -> tuple[Tensor, Tensor]:
-    """The Triton backward of ``multi_embedding_bag`` (same contract as
-    ``multi_embedding_bag_backward``): one zero fill of the dense gradients (the sparse
-    values are fully written by the kernel), one launch, one cast per output for half types."""
+    """The GPU path of ``multi_embedding_bag_backward``."""
     from inductor_embed.kernels.bag_gather import bag_gather_bwd
 
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
@@ -567,9 +513,6 @@ def multi_embedding_bag_backward_triton(
     if grad.dtype != torch.float32:
         flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
     return flat, vals
-
-
-multi_embedding_bag_backward_triton.register_fake(_multi_embedding_bag_backward_fake)
 
 
 @torch.library.custom_op("inductor_embed::tied_embedding_bag_triton", mutates_args=())
@@ -607,8 +550,7 @@ def _tied_embedding_bag_triton_fake(weight, emb_indices, bag_indices, offsets, p
     return emb, bag, am, weight.new_empty((2,), dtype=torch.int32)
 
 
-@torch.library.custom_op("inductor_embed::tied_embedding_bag_backward_triton", mutates_args=())
-def tied_embedding_bag_backward_triton(
+def _tied_backward_kernels(
     grad_emb: Tensor,
     grad_bag: Tensor,
     arg_max: Tensor,
@@ -623,9 +565,7 @@ def tied_embedding_bag_backward_triton(
     include_last_offset: bool,
     separate: bool,
 ) -> Tensor:
-    """The Triton backward of ``tied_embedding_bag`` (same contract as
-    ``tied_embedding_bag_backward``): one zero fill, one launch over both lookups, one cast
-    for half types."""
+    """The GPU path of ``tied_embedding_bag_backward``."""
     from inductor_embed.kernels.bag_gather import bag_gather_bwd
 
     d = grad_bag.shape[1]
@@ -639,5 +579,3 @@ def tied_embedding_bag_backward_triton(
     out = flat.view(2, num_rows, d) if separate else flat.view(num_rows, d)
     return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)
 
-
-tied_embedding_bag_backward_triton.register_fake(_tied_embedding_bag_backward_fake)

@@ -63,9 +63,15 @@ def test_sparse_table_gets_eagers_coo_gradient(path: str) -> None:
     torch.testing.assert_close(got._values(), want._values())
 
 
-def test_opcheck() -> None:
-    """On the default path (the reference on the CPU, the kernels on CUDA): the Triton
-    interpreter cannot run on the functional tensors AOT dispatch traces with."""
+@pytest.mark.parametrize("path", PATHS)
+def test_opcheck(path: str) -> None:
+    """On both paths: the ATen reference (on the CPU), and the kernels (on CUDA, or in the
+    Triton interpreter on the CPU: they run inside opaque ops, on real tensors)."""
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+        _opcheck_all()
+
+
+def _opcheck_all() -> None:
     args, eager, _ = _tables()
     detached = ([w.detach().requires_grad_() for w in args[0]], *args[1:3],
                 [p.detach().requires_grad_() if p.dim() else p for p in args[3]], *args[4:])
@@ -75,7 +81,6 @@ def test_opcheck() -> None:
     bwd_args = (grad, arg_max.detach(), args[1], args[2], [p.detach() if p.dim() else None for p in args[3]],
                 [w.shape[0] for w in args[0]], [w.shape[1] for w in args[0]], *args[4:])
     opcheck(torch.ops.inductor_embed.multi_embedding_bag_backward.default, bwd_args)
-    opcheck(torch.ops.inductor_embed.multi_embedding_bag_backward_cpu.default, bwd_args)
     w = torch.randn(20, 5, requires_grad=True)
     opcheck(TIED, (w, None, torch.randint(0, 20, (3, 2)), torch.randint(0, 20, (7,)), torch.tensor([0, 3]), None,
                    2, 1, -1, False))

@@ -61,12 +61,11 @@ def test_opcheck_forward(case):
     opcheck(OP, (weights, indices, pad, freq))
 
 
-@pytest.mark.parametrize("op", [BWD, torch.ops.inductor_embed.multi_embedding_backward_cpu.default], ids=["bwd", "bwd_cpu"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_opcheck_backward(case, op):
-    weights, indices, pad, freq = _make(case, requires_grad=False)
-    grad = torch.randn(*indices[0].shape, sum(w.shape[1] for w in weights)).to(weights[0].dtype)
-    opcheck(op, (grad, indices, [w.shape[0] for w in weights], [w.shape[1] for w in weights], pad, freq))
+def test_opcheck_backward(case, path):
+    weights, indices, pad, freq = _make(case, requires_grad=False, device=path)
+    grad = torch.randn(*indices[0].shape, sum(w.shape[1] for w in weights)).to(path, weights[0].dtype)
+    opcheck(BWD, (grad, indices, [w.shape[0] for w in weights], [w.shape[1] for w in weights], pad, freq))
 
 
 @pytest.mark.parametrize("case", list(CASES))
