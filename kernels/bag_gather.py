@@ -46,8 +46,9 @@ MIN_BLOCK_B, MAX_BLOCK_B = 8, 128
 
 # Meta row of one segment.
 (W_PTR, W_STRIDE, V, D, I_PTR, I64, OFF_PTR, OFF64, N_OFF, NNZ, L, PSW_PTR, FPAD, BPAD, O_PTR, O_STRIDE,
- COL, AM_PTR, AM_STRIDE, AM_COL, B, MODE, HAS_OFF, HAS_PSW, GOFF, SV_PTR, GO_PTR, GO_STRIDE) = range(28)
-META_COLS = 28
+ COL, AM_PTR, AM_STRIDE, AM_COL, B, MODE, HAS_OFF, HAS_PSW, GOFF, SV_PTR, GO_PTR, GO_STRIDE,
+ I_RS, I_CS, PSW_RS, PSW_CS) = range(32)
+META_COLS = 32
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -76,6 +77,18 @@ def _bag_bounds(p_meta, err_ptr, o_b, m_b):
         start = o_b * bag
         end = tl.where(m_b, start + bag, start)
     return start, end
+
+
+@triton.jit
+def _bag_bases(p_meta, start, o_b):
+    """Where bag ``o_b``'s indices and per-sample weights start in memory (elements): the
+    position ``start`` times the element stride with offsets, ``o_b`` times the row stride
+    for fixed bags (a ``[B, L]`` input of any strides, e.g. a slice of ``[B, T, L]``, read
+    in place). Position j of the bag is then ``base + j * element stride``."""
+    has_off = tl.load(p_meta + 22) != 0  # HAS_OFF
+    i_base = tl.where(has_off, start * tl.load(p_meta + 29), o_b * tl.load(p_meta + 28))
+    p_base = tl.where(has_off, start * tl.load(p_meta + 31), o_b * tl.load(p_meta + 30))
+    return i_base, p_base
 
 
 @triton.jit
@@ -137,6 +150,9 @@ def _bag_gather_fwd_kernel(
     mode = tl.load(p_meta + 21)
     has_psw = tl.load(p_meta + 23)
     start, end = _bag_bounds(p_meta, err_ptr, o_b, m_b)
+    i_base, p_base = _bag_bases(p_meta, start, o_b)
+    i_cs = tl.load(p_meta + 29)
+    p_cs = tl.load(p_meta + 31)
     n = end - start
     n_max = tl.max(n, axis=0)
     # Chunks of BLOCK_D bound the register tile for any D; each chunk re-reads the bag's
@@ -152,7 +168,7 @@ def _bag_gather_fwd_kernel(
         j = n_max * 0
         while j < n_max:
             m_j = m_b & (j < n)
-            b_idx = load_index(i_addr, i64, start + j, m_j, 0)
+            b_idx = load_index(i_addr, i64, i_base + j * i_cs, m_j, 0)
             m_ok = m_j & (b_idx >= 0) & (b_idx < v)
             tl.store(err_ptr + o_b * 0, 1, mask=m_j & ~m_ok)
             m_use = m_ok & (b_idx != pad)
@@ -160,7 +176,7 @@ def _bag_gather_fwd_kernel(
             o_w = tl.multiple_of(b_idx * w_stride, VEC)
             b_w = tl.load(p_w + o_w[:, None] + o_d[None, :], mask=m, other=0.0).to(tl.float32)
             if has_psw != 0:
-                b_w = b_w * tl.load(p_psw + start + j, mask=m_use, other=0.0).to(tl.float32)[:, None]
+                b_w = b_w * tl.load(p_psw + p_base + j * p_cs, mask=m_use, other=0.0).to(tl.float32)[:, None]
             if HAS_MAX and mode == 2:
                 # The first maximum wins (am < 0: nothing seen yet), as in ATen; a NaN row
                 # never wins a comparison, also as in ATen.
@@ -223,6 +239,9 @@ def _bag_gather_bwd_kernel(
     go_stride = tl.load(p_meta + 27)
     col = tl.load(p_meta + 16)
     start, end = _bag_bounds(p_meta, err_ptr, o_b, m_b)
+    i_base, p_base = _bag_bases(p_meta, start, o_b)
+    i_cs = tl.load(p_meta + 29)
+    p_cs = tl.load(p_meta + 31)
     n = end - start
     n_max = tl.max(n, axis=0)
     if (sv_addr != 0) & (tl.program_id(0) == 0):
@@ -236,7 +255,7 @@ def _bag_gather_bwd_kernel(
         j = n_max * 0
         while j < n_max:
             m_j = m_b & (j < n)
-            b_idx = load_index(i_addr, i64, start + j, m_j, 0)
+            b_idx = load_index(i_addr, i64, i_base + j * i_cs, m_j, 0)
             cnt += (m_j & (b_idx >= 0) & (b_idx < v) & (b_idx != pad)).to(tl.float32)
             j += 1
         scale = 1.0 / tl.maximum(cnt, 1.0)
@@ -256,11 +275,11 @@ def _bag_gather_bwd_kernel(
             j = n_max * 0
             while j < n_max:
                 m_j = m_b & (j < n)
-                b_idx = load_index(i_addr, i64, start + j, m_j, 0)
+                b_idx = load_index(i_addr, i64, i_base + j * i_cs, m_j, 0)
                 m_use = m_j & (b_idx >= 0) & (b_idx < v) & (b_idx != pad)
                 b_v = b_g
                 if has_psw != 0:
-                    b_v = b_v * tl.load(p_psw + start + j, mask=m_use, other=0.0).to(tl.float32)[:, None]
+                    b_v = b_v * tl.load(p_psw + p_base + j * p_cs, mask=m_use, other=0.0).to(tl.float32)[:, None]
                 m = m_use[:, None] & m_d[None, :]
                 if sv_addr != 0:
                     # Every position of the bag is written (zeros where unused), so the
@@ -279,11 +298,13 @@ def _bag_gather_bwd_kernel(
 class Segment:
     """One pooled lookup, as the launchers take it.
 
-    indices: ``[nnz]`` contiguous int32/int64. With ``offsets`` (``[n_off]``, contiguous,
-    any integer dtype) bag b is ``indices[offsets[b]:offsets[b + 1]]``, the last bag ending
-    at ``nnz`` when ``n_off == num_bags``, at ``offsets[num_bags]`` when ``n_off ==
-    num_bags + 1`` (include_last_offset). Without offsets bags are ``bag_size`` long.
-    per_sample_weights: None or ``[nnz]`` contiguous float (sum mode).
+    indices: int32/int64, any strides: ``[nnz]``, or ``[B, L]`` fixed bags (no offsets; read
+    in place, so a column slice of a ``[B, T, L]`` input costs no copy). With ``offsets``
+    (``[n_off]``, contiguous, int32/int64) bag b is ``indices[offsets[b]:offsets[b + 1]]``,
+    the last bag ending at ``nnz`` when ``n_off == num_bags``, at ``offsets[num_bags]``
+    when ``n_off == num_bags + 1`` (include_last_offset). Without offsets a 1-D input
+    holds bags of ``bag_size``; a 2-D one bags of ``L``.
+    per_sample_weights: None, or like indices (same shape, any strides), float (sum mode).
     padding_idx: the row left out of the bags (and of the gradient), or -1.
     forward_padding: False for an Embedding lookup (a bag of one), whose padding row
     is still gathered in the forward and only left out of the gradient.
@@ -323,7 +344,8 @@ def _check(cond: Any, msg: str) -> None:
 
 def _check_segment(k: int, s: Segment, v: int, d: int, dtype: torch.dtype) -> None:
     i = s.indices
-    _check(i.dim() == 1 and (i.numel() <= 1 or i.stride(0) == 1), f"segment {k}: indices must be 1-D contiguous")
+    _check(i.dim() == 1 or (i.dim() == 2 and s.offsets is None),
+           f"segment {k}: indices must be 1-D, or 2-D [B, L] without offsets")
     _check(i.dtype in _INDEX_DTYPES, f"segment {k}: indices must be int32/int64, got {i.dtype}")
     _check(s.mode in (SUM, MEAN, MAX), f"segment {k}: mode must be 0 (sum), 1 (mean) or 2 (max)")
     if s.offsets is not None:
@@ -332,26 +354,42 @@ def _check_segment(k: int, s: Segment, v: int, d: int, dtype: torch.dtype) -> No
                f"segment {k}: offsets must be 1-D contiguous int32/int64")
         _check(o.shape[0] in (s.num_bags, s.num_bags + 1), f"segment {k}: {o.shape[0]} offsets for {s.num_bags} bags")
     else:
-        _check(i.shape[0] == s.num_bags * s.bag_size, f"segment {k}: {i.shape[0]} indices, not {s.num_bags} x {s.bag_size}")
+        _check(i.numel() == s.num_bags * _bag_size(s), f"segment {k}: {i.numel()} indices, not {s.num_bags} x {_bag_size(s)}")
     p = s.per_sample_weights
     if p is not None:
         _check(s.mode == SUM, f"segment {k}: per_sample_weights need sum mode")
-        _check(p.shape == i.shape and (p.numel() <= 1 or p.stride(0) == 1) and p.dtype == dtype,
+        _check(p.shape == i.shape and p.dtype == dtype,
                f"segment {k}: per_sample_weights must match indices, in the tables' dtype")
+
+
+def _bag_size(s: Segment) -> int:
+    return s.indices.shape[1] if s.indices.dim() == 2 else s.bag_size
+
+
+def _strides(t: Tensor | None, bag: int) -> tuple[int, int]:
+    """(row stride, element stride) of a segment's indices or per-sample weights: a 2-D
+    ``[B, L]`` tensor's own strides; a 1-D one's stride, times the bag for a row."""
+    if t is None:
+        return 0, 0
+    if t.dim() == 2:
+        return t.stride(0), t.stride(1)
+    return bag * t.stride(0), t.stride(0)
 
 
 def _row(s: Segment, w: Tensor | None, v: int, d: int, out: Tensor | None = None, am: Tensor | None = None,
          goff: int = 0, sv: Tensor | None = None, go: Tensor | None = None) -> list[int]:
     """Segment s's meta row (see the META fields); absent tensors are address 0, never read."""
+    bag = _bag_size(s)
     return [pointer(w), 0 if w is None else w.stride(0), v, d,
             pointer(s.indices), index_code(s.indices),
             pointer(s.offsets), index_code(s.offsets), 0 if s.offsets is None else s.offsets.shape[0],
-            s.indices.shape[0], s.bag_size, pointer(s.per_sample_weights),
+            s.indices.numel(), bag, pointer(s.per_sample_weights),
             s.padding_idx if s.forward_padding else -1, s.padding_idx,
             pointer(out), 0 if out is None else out.stride(0), s.col,
             pointer(am), 0 if am is None else am.stride(0), s.am_col,
             s.num_bags, s.mode, int(s.offsets is not None), int(s.per_sample_weights is not None),
-            goff, pointer(sv), pointer(go), 0 if go is None else go.stride(0)]
+            goff, pointer(sv), pointer(go), 0 if go is None else go.stride(0),
+            *_strides(s.indices, bag), *_strides(s.per_sample_weights, bag)]
 
 
 def bag_gather_fwd(
@@ -444,7 +482,7 @@ def bag_gather_bwd(
         _check(g.dim() == 2 and g.shape[0] == s.num_bags and g.shape[1] >= s.col + d and (d <= 1 or g.stride(1) == 1)
                and g.dtype == grads[0].dtype and g.dtype.is_floating_point,
                f"grads[{k}] must be [{s.num_bags}, >= {s.col + d}] with column stride 1, one float dtype")
-        _check(sv is None or (sv.dtype == torch.float32 and sv.numel() == s.indices.shape[0] * d and s.mode != MAX),
+        _check(sv is None or (sv.dtype == torch.float32 and sv.numel() == s.indices.numel() * d and s.mode != MAX),
                f"sparse_values[{k}] must be fp32 [nnz * D] (sum/mean mode)")
         _check(s.mode != MAX or arg_max[k] is not None, f"arg_max[{k}] is needed in max mode")
     rows = [_row(s, None, v, d, am=am if s.mode == MAX else None, goff=goff, sv=sv, go=g)

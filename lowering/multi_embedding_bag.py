@@ -78,11 +78,11 @@ def _segments(indices, offsets, psw, modes, padding_idx, ilo, dims, shared_out: 
     segs, col, am_col = [], 0, 0
     for i, o, p, m, pad, last, d in zip(indices, offsets, psw, modes, padding_idx, ilo, dims):
         b = num_bags(i, o, last)
+        # Indices and per-sample weights are read in place, whatever their strides (a [B, L]
+        # slice of a [B, T, L] input costs no copy per table).
         segs.append(Segment(
-            indices=i.reshape(-1).contiguous(), num_bags=b, mode=m,
-            offsets=None if o is None else o.contiguous(), bag_size=1 if o is not None else i.shape[1],
-            per_sample_weights=None if p is None else p.reshape(-1).contiguous(), padding_idx=pad,
-            col=col if shared_out else 0, am_col=am_col if shared_out else 0))
+            indices=i, num_bags=b, mode=m, offsets=None if o is None else o.contiguous(),
+            per_sample_weights=p, padding_idx=pad, col=col if shared_out else 0, am_col=am_col if shared_out else 0))
         if shared_out:
             col += d
             am_col += d if m == MAX else 0
@@ -353,7 +353,7 @@ def _tied_embedding_bag_fake(weight, bag_weight, emb_indices, bag_indices, offse
 def _tied_segments(emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo):
     from inductor_embed.kernels.bag_gather import Segment
 
-    flat = emb_indices.reshape(-1).contiguous()
+    flat = emb_indices.reshape(-1)  # a view unless the lookup's indices cannot be flattened in place
     # The Embedding lookup: fixed bags of one index, summed; its padding row is gathered
     # in the forward and only left out of the gradient.
     emb = Segment(indices=flat, num_bags=flat.shape[0], padding_idx=emb_pad, forward_padding=False)
