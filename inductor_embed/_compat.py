@@ -86,24 +86,6 @@ def register_torch_log(name: str) -> None:
         register_log(name, name)
 
 
-def wrap_triton(kernel: Any) -> Any:
-    """``torch.library.wrap_triton``, passing an interpreted kernel through unchanged.
-
-    Under ``TRITON_INTERPRET=1`` ``@triton.jit`` makes an ``InterpretedFunction``;
-    torch >= 2.13 returns it as is (it launches eagerly), torch 2.11 raises
-    "wrap_triton only works on functions annotated with triton.jit or triton.autotune".
-    """
-    from torch.library import wrap_triton as _wrap_triton
-
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-    except ImportError:  # pragma: no cover
-        return _wrap_triton(kernel)
-    if isinstance(kernel, InterpretedFunction):
-        return kernel
-    return _wrap_triton(kernel)
-
-
 def storage_key(t: torch.Tensor) -> Any:
     """A hashable identity of a (fake) tensor's storage: a view and an in-place result share it
     with their base. None for a tensor without storage (sparse, nested)."""
@@ -152,5 +134,4 @@ __all__ = [
     "register_torch_log",
     "schema_written_args",
     "storage_key",
-    "wrap_triton",
 ]

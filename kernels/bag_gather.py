@@ -44,10 +44,12 @@ MAX_BLOCK_D = 128
 TILE_ELEMS = 2048
 MIN_BLOCK_B, MAX_BLOCK_B = 8, 128
 
-# Meta row of one segment.
+# Meta row of one segment (constexprs, so the kernels name the fields they read). FPAD is
+# the row left out of the forward's bags, BPAD the one left out of the gradient; I_RS/I_CS
+# and PSW_RS/PSW_CS the row and element strides of the indices and per-sample weights.
 (W_PTR, W_STRIDE, V, D, I_PTR, I64, OFF_PTR, OFF64, N_OFF, NNZ, L, PSW_PTR, FPAD, BPAD, O_PTR, O_STRIDE,
  COL, AM_PTR, AM_STRIDE, AM_COL, B, MODE, HAS_OFF, HAS_PSW, GOFF, SV_PTR, GO_PTR, GO_STRIDE,
- I_RS, I_CS, PSW_RS, PSW_CS) = range(32)
+ I_RS, I_CS, PSW_RS, PSW_CS) = (tl.constexpr(i) for i in range(32))
 META_COLS = 32
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -57,11 +59,11 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 @triton.jit
 def _bag_bounds(p_meta, err_ptr, o_b, m_b):
     """``(start, end)`` of bags ``o_b``; malformed offsets set ``err[1]`` and read as empty bags."""
-    nnz = tl.load(p_meta + 9)  # NNZ
-    if tl.load(p_meta + 22) != 0:  # HAS_OFF
-        off_addr = tl.load(p_meta + 6)
-        off64 = tl.load(p_meta + 7)
-        n_off = tl.load(p_meta + 8)
+    nnz = tl.load(p_meta + NNZ)
+    if tl.load(p_meta + HAS_OFF) != 0:
+        off_addr = tl.load(p_meta + OFF_PTR)
+        off64 = tl.load(p_meta + OFF64)
+        n_off = tl.load(p_meta + N_OFF)
         start = load_index(off_addr, off64, o_b, m_b, 0)
         has_next = m_b & (o_b + 1 < n_off)
         end = load_index(off_addr, off64, o_b + 1, has_next, 0)
@@ -73,7 +75,7 @@ def _bag_bounds(p_meta, err_ptr, o_b, m_b):
         start = tl.where(bad | ~m_b, 0, start)
         end = tl.where(bad | ~m_b, 0, end)
     else:
-        bag = tl.load(p_meta + 10)  # L
+        bag = tl.load(p_meta + L)
         start = o_b * bag
         end = tl.where(m_b, start + bag, start)
     return start, end
@@ -85,19 +87,19 @@ def _bag_bases(p_meta, start, o_b):
     position ``start`` times the element stride with offsets, ``o_b`` times the row stride
     for fixed bags (a ``[B, L]`` input of any strides, e.g. a slice of ``[B, T, L]``, read
     in place). Position j of the bag is then ``base + j * element stride``."""
-    has_off = tl.load(p_meta + 22) != 0  # HAS_OFF
-    i_base = tl.where(has_off, start * tl.load(p_meta + 29), o_b * tl.load(p_meta + 28))
-    p_base = tl.where(has_off, start * tl.load(p_meta + 31), o_b * tl.load(p_meta + 30))
+    has_off = tl.load(p_meta + HAS_OFF) != 0
+    i_base = tl.where(has_off, start * tl.load(p_meta + I_CS), o_b * tl.load(p_meta + I_RS))
+    p_base = tl.where(has_off, start * tl.load(p_meta + PSW_CS), o_b * tl.load(p_meta + PSW_RS))
     return i_base, p_base
 
 
 @triton.jit
 def _zero_tail(p_meta, p_sv, d, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """Zero the sparse values' rows ``[offsets[B], nnz)`` (only with include_last_offset)."""
-    nnz = tl.load(p_meta + 9)  # NNZ
-    n_off = tl.load(p_meta + 8)
-    if (tl.load(p_meta + 22) != 0) & (n_off == tl.load(p_meta + 20) + 1) & (n_off > 0):
-        last = load_index(tl.load(p_meta + 6), tl.load(p_meta + 7), n_off - 1, True, 0)
+    nnz = tl.load(p_meta + NNZ)
+    n_off = tl.load(p_meta + N_OFF)
+    if (tl.load(p_meta + HAS_OFF) != 0) & (n_off == tl.load(p_meta + B) + 1) & (n_off > 0):
+        last = load_index(tl.load(p_meta + OFF_PTR), tl.load(p_meta + OFF64), n_off - 1, True, 0)
         pos = tl.minimum(tl.maximum(last, 0), nnz)
         while pos < nnz:
             o_p = pos + tl.arange(0, BLOCK_B)
@@ -124,35 +126,35 @@ def _bag_gather_fwd_kernel(
     """Pool bags ``pid * BLOCK_B + [0, BLOCK_B)`` of segment ``program_id(1)`` into its output
     columns (fp32 accumulation)."""
     p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
-    nb = tl.load(p_meta + 20)  # B
+    nb = tl.load(p_meta + B)
     o_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     m_b = o_b < nb
     elem_ty = ty_ptr.dtype.element_ty
-    p_w = tl.load(p_meta + 0).to(tl.pointer_type(elem_ty))
-    w_stride = tl.load(p_meta + 1)
-    v = tl.load(p_meta + 2)
+    p_w = tl.load(p_meta + W_PTR).to(tl.pointer_type(elem_ty))
+    w_stride = tl.load(p_meta + W_STRIDE)
+    v = tl.load(p_meta + V)
     # Widths, row strides and column offsets are multiples of VEC and the tensors 16-byte
     # aligned (the launcher checked): with these hints rows move 16 bytes at a time.
-    d = tl.multiple_of(tl.load(p_meta + 3), VEC)
-    i_addr = tl.load(p_meta + 4)
-    i64 = tl.load(p_meta + 5)
-    p_psw = tl.load(p_meta + 11).to(tl.pointer_type(elem_ty))
-    pad = tl.load(p_meta + 12)  # FPAD
-    p_out = tl.load(p_meta + 14).to(tl.pointer_type(elem_ty))
+    d = tl.multiple_of(tl.load(p_meta + D), VEC)
+    i_addr = tl.load(p_meta + I_PTR)
+    i64 = tl.load(p_meta + I64)
+    p_psw = tl.load(p_meta + PSW_PTR).to(tl.pointer_type(elem_ty))
+    pad = tl.load(p_meta + FPAD)
+    p_out = tl.load(p_meta + O_PTR).to(tl.pointer_type(elem_ty))
     if VEC > 1:
         p_w = tl.multiple_of(p_w, 16)
         p_out = tl.multiple_of(p_out, 16)
-    o_stride = tl.load(p_meta + 15)
-    col = tl.load(p_meta + 16)
-    p_am = tl.load(p_meta + 17).to(tl.pointer_type(tl.int64))
-    am_stride = tl.load(p_meta + 18)
-    am_col = tl.load(p_meta + 19)
-    mode = tl.load(p_meta + 21)
-    has_psw = tl.load(p_meta + 23)
+    o_stride = tl.load(p_meta + O_STRIDE)
+    col = tl.load(p_meta + COL)
+    p_am = tl.load(p_meta + AM_PTR).to(tl.pointer_type(tl.int64))
+    am_stride = tl.load(p_meta + AM_STRIDE)
+    am_col = tl.load(p_meta + AM_COL)
+    mode = tl.load(p_meta + MODE)
+    has_psw = tl.load(p_meta + HAS_PSW)
     start, end = _bag_bounds(p_meta, err_ptr, o_b, m_b)
     i_base, p_base = _bag_bases(p_meta, start, o_b)
-    i_cs = tl.load(p_meta + 29)
-    p_cs = tl.load(p_meta + 31)
+    i_cs = tl.load(p_meta + I_CS)
+    p_cs = tl.load(p_meta + PSW_CS)
     n = end - start
     n_max = tl.max(n, axis=0)
     # Chunks of BLOCK_D bound the register tile for any D; each chunk re-reads the bag's
@@ -215,33 +217,33 @@ def _bag_gather_bwd_kernel(
     fp32 atomic add into the dense gradient, or (a sparse segment) a store of each index's
     row of its COO values."""
     p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
-    nb = tl.load(p_meta + 20)  # B
+    nb = tl.load(p_meta + B)
     o_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     m_b = o_b < nb
     elem_ty = ty_ptr.dtype.element_ty
-    v = tl.load(p_meta + 2)
-    d = tl.multiple_of(tl.load(p_meta + 3), VEC)
-    i_addr = tl.load(p_meta + 4)
-    i64 = tl.load(p_meta + 5)
-    p_psw = tl.load(p_meta + 11).to(tl.pointer_type(elem_ty))
-    pad = tl.load(p_meta + 13)  # BPAD
-    p_am = tl.load(p_meta + 17).to(tl.pointer_type(tl.int64))
-    am_stride = tl.load(p_meta + 18)
-    am_col = tl.load(p_meta + 19)
-    mode = tl.load(p_meta + 21)
-    has_psw = tl.load(p_meta + 23)
-    goff = tl.load(p_meta + 24)
-    sv_addr = tl.load(p_meta + 25)  # 0 for a dense segment
+    v = tl.load(p_meta + V)
+    d = tl.multiple_of(tl.load(p_meta + D), VEC)
+    i_addr = tl.load(p_meta + I_PTR)
+    i64 = tl.load(p_meta + I64)
+    p_psw = tl.load(p_meta + PSW_PTR).to(tl.pointer_type(elem_ty))
+    pad = tl.load(p_meta + BPAD)
+    p_am = tl.load(p_meta + AM_PTR).to(tl.pointer_type(tl.int64))
+    am_stride = tl.load(p_meta + AM_STRIDE)
+    am_col = tl.load(p_meta + AM_COL)
+    mode = tl.load(p_meta + MODE)
+    has_psw = tl.load(p_meta + HAS_PSW)
+    goff = tl.load(p_meta + GOFF)
+    sv_addr = tl.load(p_meta + SV_PTR)  # 0 for a dense segment
     p_sv = sv_addr.to(tl.pointer_type(tl.float32))
-    p_go = tl.load(p_meta + 26).to(tl.pointer_type(elem_ty))
+    p_go = tl.load(p_meta + GO_PTR).to(tl.pointer_type(elem_ty))
     if VEC > 1:
         p_go = tl.multiple_of(p_go, 16)
-    go_stride = tl.load(p_meta + 27)
-    col = tl.load(p_meta + 16)
+    go_stride = tl.load(p_meta + GO_STRIDE)
+    col = tl.load(p_meta + COL)
     start, end = _bag_bounds(p_meta, err_ptr, o_b, m_b)
     i_base, p_base = _bag_bases(p_meta, start, o_b)
-    i_cs = tl.load(p_meta + 29)
-    p_cs = tl.load(p_meta + 31)
+    i_cs = tl.load(p_meta + I_CS)
+    p_cs = tl.load(p_meta + PSW_CS)
     n = end - start
     n_max = tl.max(n, axis=0)
     if (sv_addr != 0) & (tl.program_id(0) == 0):

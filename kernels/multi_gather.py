@@ -27,8 +27,9 @@ from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, 
 
 __all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_gather_fwd", "multi_gather_bwd", "kernel_specs"]
 
-# Meta row of table k: where its weight and indices are, its shape and where it goes.
-W_PTR, W_STRIDE, V, D, COL, I_PTR, I_STRIDE, I64, GOFF, PAD, CNT = range(11)
+# Meta row of table k: where its weight and indices are, its shape and where it goes
+# (constexprs, so the kernels name the fields they read).
+(W_PTR, W_STRIDE, V, D, COL, I_PTR, I_STRIDE, I64, GOFF, PAD, CNT) = (tl.constexpr(i) for i in range(11))
 META_COLS = 11
 # Worst-case launches of the op: forward = gather + the index assert; backward = zero
 # fill + counts (scale_grad_by_freq) + atomic adds + one cast for half-type tables.
@@ -67,17 +68,17 @@ def _multi_gather_fwd_kernel(
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     elem_ty = out_ptr.dtype.element_ty
-    p_w = tl.load(p_meta + 0).to(tl.pointer_type(elem_ty))  # W_PTR
+    p_w = tl.load(p_meta + W_PTR).to(tl.pointer_type(elem_ty))
     if VEC > 1:
         # A pointer loaded from memory carries no alignment facts; the launcher checked them.
         p_w = tl.multiple_of(p_w, 16)
-    w_stride = tl.load(p_meta + 1)
-    v = tl.load(p_meta + 2)
+    w_stride = tl.load(p_meta + W_STRIDE)
+    v = tl.load(p_meta + V)
     # Width and row starts are multiples of VEC (the launcher checked): with these hints
     # the column masks are uniform per vector and loads and stores go 16 bytes at a time.
-    d = tl.multiple_of(tl.load(p_meta + 3), VEC)
-    col = tl.load(p_meta + 4)
-    b_idx = load_index(tl.load(p_meta + 5), tl.load(p_meta + 7), o_n * tl.load(p_meta + 6), m_n, 0)
+    d = tl.multiple_of(tl.load(p_meta + D), VEC)
+    col = tl.load(p_meta + COL)
+    b_idx = load_index(tl.load(p_meta + I_PTR), tl.load(p_meta + I64), o_n * tl.load(p_meta + I_STRIDE), m_n, 0)
     m_ok = m_n & (b_idx >= 0) & (b_idx < v)
     # A predicated store of 1 from every bad row: all writers agree on the value, so no
     # atomic is needed, and it costs nothing when every index is valid.
@@ -109,12 +110,12 @@ def _multi_gather_count_kernel(
     """scale_grad_by_freq: count each index of the tables that ask for it."""
     i_n = tl.program_id(0).to(tl.int64)
     p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
-    cnt = tl.load(p_meta + 10)  # CNT
+    cnt = tl.load(p_meta + CNT)
     if cnt >= 0:
         o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
         m_n = o_n < N
-        v = tl.load(p_meta + 2)
-        b_idx = load_index(tl.load(p_meta + 5), tl.load(p_meta + 7), o_n * tl.load(p_meta + 6), m_n, -1)
+        v = tl.load(p_meta + V)
+        b_idx = load_index(tl.load(p_meta + I_PTR), tl.load(p_meta + I64), o_n * tl.load(p_meta + I_STRIDE), m_n, -1)
         m_ok = m_n & (b_idx >= 0) & (b_idx < v)
         tl.atomic_add(gw_ptr + cnt + b_idx, tl.full([BLOCK_N], 1.0, tl.float32), mask=m_ok, sem="relaxed")
 
@@ -135,13 +136,13 @@ def _multi_gather_bwd_kernel(
     p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
-    v = tl.load(p_meta + 2)
-    d = tl.multiple_of(tl.load(p_meta + 3), VEC)
-    col = tl.load(p_meta + 4)
-    goff = tl.load(p_meta + 8)
-    pad = tl.load(p_meta + 9)
-    cnt = tl.load(p_meta + 10)
-    b_idx = load_index(tl.load(p_meta + 5), tl.load(p_meta + 7), o_n * tl.load(p_meta + 6), m_n, -1)
+    v = tl.load(p_meta + V)
+    d = tl.multiple_of(tl.load(p_meta + D), VEC)
+    col = tl.load(p_meta + COL)
+    goff = tl.load(p_meta + GOFF)
+    pad = tl.load(p_meta + PAD)
+    cnt = tl.load(p_meta + CNT)
+    b_idx = load_index(tl.load(p_meta + I_PTR), tl.load(p_meta + I64), o_n * tl.load(p_meta + I_STRIDE), m_n, -1)
     # Out-of-range rows are only masked: the forward already raised on them.
     m_row = m_n & (b_idx >= 0) & (b_idx < v) & (b_idx != pad)
     # Multiply by the reciprocal count, as ATen's embedding_dense_backward does.

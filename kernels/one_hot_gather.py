@@ -52,7 +52,7 @@ __all__ = [
 
 # Meta row of field k: its indices [N, bag] (address, strides, dtype), bag size, class
 # count and first weight column.
-I_PTR, I_ROW_STRIDE, I_BAG_STRIDE, I64, BAG, NCLS, OFF = range(7)
+I_PTR, I_ROW_STRIDE, I_BAG_STRIDE, I64, BAG, NCLS, OFF = (tl.constexpr(i) for i in range(7))
 META_COLS = 7
 # Worst-case launches of the op: forward = gather + the index assert; backward = zero
 # fill + atomic adds + one cast for a half-type weight.
@@ -100,10 +100,10 @@ def _one_hot_gather_fwd_kernel(
     f = F * 0
     while f < F:
         p_meta = meta_ptr + f * COLS
-        i_addr, i64, n_cls, off = tl.load(p_meta + 0), tl.load(p_meta + 3), tl.load(p_meta + 5), tl.load(p_meta + 6)
-        o_i = o_n * tl.load(p_meta + 1)
-        i_bag_stride = tl.load(p_meta + 2)
-        bag = tl.load(p_meta + 4)
+        i_addr, i64, n_cls, off = tl.load(p_meta + I_PTR), tl.load(p_meta + I64), tl.load(p_meta + NCLS), tl.load(p_meta + OFF)
+        o_i = o_n * tl.load(p_meta + I_ROW_STRIDE)
+        i_bag_stride = tl.load(p_meta + I_BAG_STRIDE)
+        bag = tl.load(p_meta + BAG)
         j = bag * 0
         while j < bag:
             # load_index, inlined: a nested jit call per slot costs the interpreter dearly.
@@ -161,10 +161,10 @@ def _one_hot_gather_bwd_kernel(
     f = F * 0
     while f < F:
         p_meta = meta_ptr + f * COLS
-        i_addr, i64, n_cls, off = tl.load(p_meta + 0), tl.load(p_meta + 3), tl.load(p_meta + 5), tl.load(p_meta + 6)
-        o_i = o_n * tl.load(p_meta + 1)
-        i_bag_stride = tl.load(p_meta + 2)
-        bag = tl.load(p_meta + 4)
+        i_addr, i64, n_cls, off = tl.load(p_meta + I_PTR), tl.load(p_meta + I64), tl.load(p_meta + NCLS), tl.load(p_meta + OFF)
+        o_i = o_n * tl.load(p_meta + I_ROW_STRIDE)
+        i_bag_stride = tl.load(p_meta + I_BAG_STRIDE)
+        bag = tl.load(p_meta + BAG)
         j = bag * 0
         while j < bag:
             # Out-of-range slots are only masked: the forward already raised on them.

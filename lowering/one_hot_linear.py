@@ -8,10 +8,10 @@ Forward: F fields of indices ``[*L, bag_k]`` and a ``[D, V]`` weight -> ``[*L, D
 Backward: ``one_hot_linear_backward`` returns the weight's gradient (and the bias's)
 packed into one flat buffer; the autograd formula views it (free).
 
-Both ops are ``triton_op``s, layered like ``multi_embedding``: on CUDA the generated
-wrapper launches our kernels (``kernels/one_hot_gather.py``) directly through
-``wrap_triton``; on the CPU Inductor compiles the ATen reference body
-(``one_hot_linear_ref.py``).
+Both ops are ``triton_op``s: on the CPU Inductor compiles their ATen reference bodies
+(``one_hot_linear_ref.py``: a gather, and one scatter-add); on CUDA the bodies call opaque
+ops (``one_hot_linear_triton``, ``one_hot_linear_backward_triton``) that launch
+``kernels/one_hot_gather.py`` (opaque for the reason ``lowering/multi_embedding.py`` gives).
 
 The optional ``dtype`` is the compute dtype under autocast: the weight stays in its own
 dtype and each gathered element is rounded to ``dtype``, as autocast's cast of the whole
