@@ -18,8 +18,8 @@ from torch.library import triton_op
 
 from inductor_embed import _compat, config
 from inductor_embed.lowering.multi_embedding_ref import (
-    multi_embedding_backward_flat,
     multi_embedding_backward_ref,
+    multi_embedding_backward_tables,
     multi_embedding_ref,
 )
 
@@ -145,14 +145,15 @@ def multi_embedding_backward(
     An opaque op (an extern call under Inductor) on every path:
     - GPU: one zero fill, one atomic-add launch accumulating in fp32 (after a counting
       launch with scale_grad_by_freq), and one cast for half types.
-    - CPU: eager ATen (``multi_embedding_backward_flat``: one zero fill and an
-      ``index_add_`` per table into views of it), deterministic. Inductor's own C++
-      scatter-add was measured at 0.4x eager for wide tables.
+    - CPU: eager ATen, deterministic (``multi_embedding_backward_tables``, packed). The
+      autograd formula calls ``multi_embedding_backward_cpu`` instead, which returns the
+      tables' gradients as separate tensors.
     - Under ``torch.use_deterministic_algorithms(True)`` (checked when it runs) the
       deterministic ATen reference replaces the atomic kernel.
     """
     if not _use_triton(grad):
-        return multi_embedding_backward_flat(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+        tables = multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+        return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))
     if torch.are_deterministic_algorithms_enabled():
         return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
     from inductor_embed.kernels.multi_gather import grad_layout, multi_gather_bwd
@@ -174,6 +175,26 @@ def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, s
     return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
 
 
+@torch.library.custom_op("inductor_embed::multi_embedding_backward_cpu", mutates_args=())
+def multi_embedding_backward_cpu(
+    grad: torch.Tensor,
+    indices: list[torch.Tensor],
+    num_rows: list[int],
+    dims: list[int],
+    padding_idx: list[int],
+    scale_grad_by_freq: list[bool],
+) -> list[torch.Tensor]:
+    """The CPU backward the autograd formula uses: every table's ``[V_k, D_k]`` gradient
+    as its own tensor (eager ATen, deterministic; see ``multi_embedding_backward_tables``
+    for why not one flat buffer on the CPU)."""
+    return multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+
+
+@multi_embedding_backward_cpu.register_fake
+def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+    return [grad.new_empty((v, d)) for v, d in zip(num_rows, dims)]
+
+
 def _setup_context(ctx, inputs, output):
     weights, indices, padding_idx, scale_grad_by_freq = inputs
     ctx.save_for_backward(*indices)
@@ -185,9 +206,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     indices = list(ctx.saved_tensors)
-    flat = torch.ops.inductor_embed.multi_embedding_backward(
-        grad, indices, ctx.num_rows, ctx.dims, ctx.padding_idx, ctx.scale_grad_by_freq
-    )
+    args = (grad, indices, ctx.num_rows, ctx.dims, ctx.padding_idx, ctx.scale_grad_by_freq)
+    if not _use_triton(grad):
+        return list(torch.ops.inductor_embed.multi_embedding_backward_cpu(*args)), [None] * len(indices), None, None
+    # One flat buffer (one zero fill on the GPU), viewed per table for free.
+    flat = torch.ops.inductor_embed.multi_embedding_backward(*args)
     grads = []
     offset = 0
     for v, d in zip(ctx.num_rows, ctx.dims):

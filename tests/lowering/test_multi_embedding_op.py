@@ -135,11 +135,15 @@ def test_bad_index_dtype_raises():
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_cpu_flat_backward_matches_the_twin(case):
-    from inductor_embed.lowering.multi_embedding_ref import multi_embedding_backward_flat
-
+def test_cpu_per_table_backward_matches_the_twin(case):
+    """The CPU backward autograd uses: one separately allocated tensor per table."""
     weights, indices, pad, freq = _make(case, requires_grad=False)
     grad = torch.randn(*indices[0].shape, sum(w.shape[1] for w in weights)).to(weights[0].dtype)
     args = (grad, indices, [w.shape[0] for w in weights], [w.shape[1] for w in weights], pad, freq)
     tol = {"rtol": 1e-6, "atol": 1e-6} if grad.dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
-    torch.testing.assert_close(multi_embedding_backward_flat(*args), multi_embedding_backward_ref(*args), **tol)
+    tables = torch.ops.inductor_embed.multi_embedding_backward_cpu(*args)
+    assert [tuple(t.shape) for t in tables] == [tuple(w.shape) for w in weights]
+    assert len({t.untyped_storage().data_ptr() for t in tables if t.numel()}) == sum(1 for t in tables if t.numel())
+    flat = torch.cat([t.reshape(-1) for t in tables])
+    torch.testing.assert_close(flat, multi_embedding_backward_ref(*args), **tol)
+    opcheck(torch.ops.inductor_embed.multi_embedding_backward_cpu.default, args)
