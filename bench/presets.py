@@ -92,8 +92,13 @@ def _cpu_quick() -> Preset:
         + multi("10 tables, D 4..32", DIMS_4_32, (small, large))
         + multi("10 tables, D 64..256", DIMS_64_256, (4096,))
         + multi("20 tables, D 1..32", DIMS_20, (4096,))
+        # a CTR model's 26 categorical features (Criteo-like) on a CPU: the training step
+        # is bound by the dense gradients' zero-fill (26 x 100,000 x 64 fp32 = 666 MB)
+        + multi("26 tables, V=100000 D=64", (64,) * 26, (4096,), vocabs=(100_000,))
         # FBGEMM's TBE defaults, scaled to the CPU: T=8 tables of 5,000 rows (not 32 x 100,000)
         + bags("T=8 rows=5000 D=128 L=20", 8, 5_000, (128,), (small,))
+        # DLRM-style: 26 bags of 20 Zipf ids per sample
+        + bags("T=26 rows=100000 D=64 L=20", 26, 100_000, (64,), (2048,))
         + hooks((small, 4096))
     )
     return Preset("cpu-quick", "a few minutes on a 2-core CPU: a subset of every study", tuple(cases),

@@ -1,14 +1,16 @@
 """``torch.ops.inductor_embed.multi_embedding``: T embedding lookups + cat as one op.
 
 Forward: ``[*L] x T indices, [V_k, D_k] x T tables -> [*L, sum(D_k)]``.
-Backward: ``multi_embedding_backward`` returns every table's gradient packed into
-one flat buffer; the autograd formula splits it into per-table views (free).
+Backward: on the GPU ``multi_embedding_backward`` returns every table's gradient packed
+into one flat buffer (one zero fill), which the autograd formula splits into per-table
+views (free); on the CPU each table gets its own gradient (``_cpu_backward``).
 
 The forward is a ``triton_op``: on the CPU Inductor traces through its body and
 compiles the ATen reference into its own fused C++ loop; on CUDA the body calls the
 opaque ``multi_embedding_triton``, which launches the Triton kernel (see
 ``kernels/_meta.py`` for why the launch is opaque: the kernel reads every table through a
-device table of pointers). The backward is one opaque op on every path.
+device table of pointers). The GPU backward is one opaque op; the CPU one is chosen per
+table by width (``CPU_EAGER_MIN_DIM``).
 """
 
 from __future__ import annotations
@@ -146,8 +148,7 @@ def multi_embedding_backward(
     - GPU: one zero fill, one atomic-add launch accumulating in fp32 (after a counting
       launch with scale_grad_by_freq), and one cast for half types.
     - CPU: eager ATen, deterministic (``multi_embedding_backward_tables``, packed). The
-      autograd formula calls ``multi_embedding_backward_cpu`` instead, which returns the
-      tables' gradients as separate tensors.
+      autograd formula does not use this path on the CPU (see ``_cpu_backward``).
     - Under ``torch.use_deterministic_algorithms(True)`` (checked when it runs) the
       deterministic ATen reference replaces the atomic kernel.
     """
@@ -183,16 +184,56 @@ def multi_embedding_backward_cpu(
     dims: list[int],
     padding_idx: list[int],
     scale_grad_by_freq: list[bool],
+    columns: list[int],
 ) -> list[torch.Tensor]:
-    """The CPU backward the autograd formula uses: every table's ``[V_k, D_k]`` gradient
-    as its own tensor (eager ATen, deterministic; see ``multi_embedding_backward_tables``
-    for why not one flat buffer on the CPU)."""
-    return multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+    """The eager CPU backward of some of the tables: each one's ``[V_k, D_k]`` gradient as
+    its own tensor, table k read from grad's columns ``[columns[k], columns[k] + D_k)``
+    (``multi_embedding_backward_tables``: eager's ``embedding_dense_backward``,
+    deterministic; not one flat buffer, see there)."""
+    return multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns)
 
 
 @multi_embedding_backward_cpu.register_fake
-def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns):
     return [grad.new_empty((v, d)) for v, d in zip(num_rows, dims)]
+
+
+# On the CPU each table's gradient is made where it is cheapest, chosen from its width when
+# the backward is traced (paired runs on 2 cores, see bench/results/cpu/README.md):
+# - D < CPU_EAGER_MIN_DIM: ``aten.embedding_dense_backward`` in the backward graph, which
+#   Inductor lowers to its own C++ zero-fill + scatter-add loop, as plain torch.compile does
+#   for an unfused model (eager's per-row add costs ~1-2 us a row, far more than a narrow
+#   row's data);
+# - D >= CPU_EAGER_MIN_DIM, one-row tables, and every table under
+#   torch.use_deterministic_algorithms: eager's ``embedding_dense_backward`` in one opaque
+#   op (vectorised row adds, no atomics; Inductor's element-wise atomic adds were 1.3-1.6x
+#   slower than it at D >= 64, and are not deterministic).
+CPU_EAGER_MIN_DIM = 32
+
+
+def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq) -> list[torch.Tensor]:
+    """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM)."""
+    columns = [sum(dims[:k]) for k in range(len(dims))]
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    # One-row tables too: Inductor's CPU codegen (torch 2.13) fails on a scatter-add into a
+    # one-row buffer (tests/reliability/test_bad_input.py::test_one_row_tables_match_eager).
+    wide = [k for k, (v, d) in enumerate(zip(num_rows, dims)) if deterministic or d >= CPU_EAGER_MIN_DIM or v <= 1]
+    grads: list[torch.Tensor | None] = [None] * len(dims)
+    if wide:
+        pick = lambda xs: [xs[k] for k in wide]  # noqa: E731
+        eager = torch.ops.inductor_embed.multi_embedding_backward_cpu(
+            grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(scale_grad_by_freq),
+            pick(columns))
+        for k, g in zip(wide, eager):
+            grads[k] = g
+    half = grad.dtype in (torch.float16, torch.bfloat16)
+    for k, g in enumerate(grads):
+        if g is None:
+            gk = grad.narrow(-1, columns[k], dims[k])
+            gk = torch.ops.aten.embedding_dense_backward(
+                gk.float() if half else gk, indices[k], num_rows[k], padding_idx[k], scale_grad_by_freq[k])
+            grads[k] = gk.to(grad.dtype)
+    return grads
 
 
 def _setup_context(ctx, inputs, output):
@@ -208,7 +249,7 @@ def _backward(ctx, grad):
     indices = list(ctx.saved_tensors)
     args = (grad, indices, ctx.num_rows, ctx.dims, ctx.padding_idx, ctx.scale_grad_by_freq)
     if not _use_triton(grad):
-        return list(torch.ops.inductor_embed.multi_embedding_backward_cpu(*args)), [None] * len(indices), None, None
+        return _cpu_backward(*args), [None] * len(indices), None, None
     # One flat buffer (one zero fill on the GPU), viewed per table for free.
     flat = torch.ops.inductor_embed.multi_embedding_backward(*args)
     grads = []

@@ -27,8 +27,9 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
     SUM,
     bag_forward,
-    bag_weight_grad,
+    bag_weight_grad_aten,
     multi_embedding_bag_backward_ref,
+    multi_embedding_bag_backward_tables,
     multi_embedding_bag_ref,
     num_bags,
     per_sample_weights_grad,
@@ -218,8 +219,10 @@ def multi_embedding_bag_backward(
 
     An opaque op (an extern call under Inductor). GPU: one zero fill of the dense
     gradients (the kernel writes every row of the sparse values), one launch, one cast per
-    output for half types. CPU, and deterministic mode (checked when it runs): the eager
-    reference, deterministic.
+    output for half types. Deterministic mode (checked when it runs), and the CPU: the
+    eager reference, deterministic. (On the CPU the autograd formula calls
+    ``multi_embedding_bag_backward_cpu`` instead: one tensor per table, by eager's own
+    EmbeddingBag backward.)
     """
     if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
@@ -233,6 +236,35 @@ def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_samp
                                        padding_idx, include_last_offset, sparse):
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
     return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
+
+
+@torch.library.custom_op("inductor_embed::multi_embedding_bag_backward_cpu", mutates_args=())
+def multi_embedding_bag_backward_cpu(
+    grad: Tensor,
+    arg_max: Tensor,
+    indices: list[Tensor],
+    offsets: list[Tensor | None],
+    per_sample_weights: list[Tensor | None],
+    num_rows: list[int],
+    dims: list[int],
+    modes: list[int],
+    padding_idx: list[int],
+    include_last_offset: list[bool],
+    sparse: list[bool],
+) -> list[Tensor]:
+    """The CPU backward the autograd formula uses: per table its dense ``[V_k, D_k]``
+    gradient, or a sparse table's COO values ``[nnz_k * D_k]``, each its own tensor, in
+    grad's dtype (``multi_embedding_bag_backward_tables``: eager's EmbeddingBag backward,
+    deterministic). Arguments as in ``multi_embedding_bag_backward``."""
+    return multi_embedding_bag_backward_tables(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
+                                               modes, padding_idx, include_last_offset, sparse)
+
+
+@multi_embedding_bag_backward_cpu.register_fake
+def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
+                                           modes, padding_idx, include_last_offset, sparse):
+    return [grad.new_empty((i.numel() * d,)) if s else grad.new_empty((v, d))
+            for i, v, d, s in zip(indices, num_rows, dims, sparse)]
 
 
 def _sparse_grad(indices: Tensor, values: Tensor, num_rows: int, dim: int) -> Tensor:
@@ -260,17 +292,23 @@ def _backward(ctx, grad, _grad_arg_max):
     saved = list(ctx.saved_tensors)
     arg_max, indices = saved[0], saved[1:1 + n]
     offsets, psw, weights = saved[1 + n:1 + 2 * n], saved[1 + 2 * n:1 + 3 * n], saved[1 + 3 * n:]
-    dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(
-        grad, arg_max, indices, offsets, psw, ctx.num_rows, ctx.dims, ctx.modes, ctx.padding_idx, ctx.ilo, ctx.sparse)
+    args = (grad, arg_max, indices, offsets, psw, ctx.num_rows, ctx.dims, ctx.modes, ctx.padding_idx, ctx.ilo,
+            ctx.sparse)
+    if not _use_triton(grad):
+        # The CPU: one tensor per table (a 26 x 100,000 x 64 packed buffer cost fresh pages
+        # every step; see multi_embedding_backward_tables).
+        tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args)
+    else:
+        dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(*args)
+        tables, dpos, vpos = [], 0, 0
+        for i, v, d, sp in zip(indices, ctx.num_rows, ctx.dims, ctx.sparse):
+            size = i.numel() * d if sp else v * d
+            tables.append((values if sp else dense).narrow(0, vpos if sp else dpos, size))
+            vpos, dpos = (vpos + size, dpos) if sp else (vpos, dpos + size)
     grads, psw_grads = [], []
-    dpos = vpos = col = 0
+    col = 0
     for k, (i, v, d) in enumerate(zip(indices, ctx.num_rows, ctx.dims)):
-        if ctx.sparse[k]:
-            grads.append(_sparse_grad(i, values.narrow(0, vpos, i.numel() * d), v, d))
-            vpos += i.numel() * d
-        else:
-            grads.append(dense.narrow(0, dpos, v * d).view(v, d))
-            dpos += v * d
+        grads.append(_sparse_grad(i, tables[k], v, d) if ctx.sparse[k] else tables[k].view(v, d))
         psw_grads.append(per_sample_weights_grad(grad[:, col:col + d], weights[k], i, offsets[k], ctx.padding_idx[k],
                                                  ctx.ilo[k]).to(psw[k].dtype).reshape(psw[k].shape) if ctx.psw_grad[k] else None)
         col += d
@@ -400,11 +438,15 @@ def _tied_embedding_bag_backward_fake(grad_emb, grad_bag, arg_max, emb_indices, 
 def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, num_rows, mode,
                        emb_pad, bag_pad, ilo, separate) -> Tensor:
     d = grad_bag.shape[1]
-    g = grad_emb.reshape(-1, d).float()
+    g = grad_emb.reshape(-1, d)
+    if g.dtype in (torch.float16, torch.bfloat16):
+        g = g.float()
     emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
-    bag = bag_weight_grad(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
-    out = torch.stack([emb, bag]) if separate else emb + bag
-    return out.to(grad_bag.dtype)
+    # eager's own EmbeddingBag backward on the CPU (bag_weight_grad elsewhere)
+    bag = bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
+    if separate:
+        return torch.stack([emb, bag]).to(grad_bag.dtype)
+    return emb.add_(bag).to(grad_bag.dtype)
 
 
 def _tied_setup_context(ctx, inputs, output):

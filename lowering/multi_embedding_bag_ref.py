@@ -121,6 +121,51 @@ def bag_weight_grad(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Ten
     return out.index_put_((flat.long(),), rows, accumulate=True)
 
 
+def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Tensor | None,
+                         per_sample_weights: Tensor | None, mode: int, padding_idx: int, include_last_offset: bool,
+                         num_rows: int) -> Tensor:
+    """``bag_weight_grad`` by ATen's own EmbeddingBag backward, as eager runs it on the CPU:
+    ``[V, D]`` fp32 for half types, else grad's dtype.
+
+    ``_embedding_bag_dense_backward`` sorts the indices and adds each one's (scaled) grad
+    row with one vectorised axpy, in parallel over distinct rows: no ``[nnz, D]``
+    intermediate and deterministic. It needs eager's forward by-products, rebuilt here as
+    eager's forward makes them: ``offset2bag`` (the bag of each index) and, for mean,
+    ``bag_size`` (the bag's indices other than padding). Max mode, and every other device,
+    take ``bag_weight_grad``. Runs eagerly (an opaque op's body): include_last_offset
+    reads ``offsets[B]`` on the host.
+    """
+    if mode == MAX or grad.device.type != "cpu":
+        return bag_weight_grad(grad, arg_max, indices, offsets, per_sample_weights, mode, padding_idx,
+                               include_last_offset, num_rows)
+    b = grad.shape[0]
+    if offsets is None:
+        flat = indices.reshape(-1).long()
+        bag = torch.arange(flat.shape[0], device=flat.device) // max(indices.shape[1], 1)
+    else:
+        flat = indices.long()
+        offs = offsets.long()
+        if include_last_offset:  # indices past offsets[B] are in no bag
+            flat = flat[:int(offs[b])] if b > 0 else flat[:0]
+            offs = offs[:b]
+        # eager's make_offset2bag: a 1 where each bag starts, summed
+        bag = torch.zeros(flat.shape[0] + 1, dtype=torch.long, device=flat.device)
+        bag.index_add_(0, offs, torch.ones_like(offs))
+        bag[0] -= 1
+        bag = bag.cumsum(0)[:flat.shape[0]]
+    if flat.numel() == 0:
+        return grad.new_zeros((num_rows, grad.shape[1]), dtype=torch.float32 if grad.dtype != torch.float64 else grad.dtype)
+    kept = bag if padding_idx < 0 else bag[flat != padding_idx]
+    bag_size = torch.bincount(kept, minlength=b)
+    g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
+    psw = None
+    if per_sample_weights is not None:
+        psw = per_sample_weights.reshape(-1)[:flat.shape[0]].to(g.dtype).contiguous()
+    return torch.ops.aten._embedding_bag_dense_backward(
+        g.contiguous(), flat.contiguous(), bag.contiguous(), bag_size, flat.new_empty((0,)), num_rows, False, mode,
+        psw, padding_idx)
+
+
 def per_sample_weights_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor | None,
                             padding_idx: int, include_last_offset: bool) -> Tensor:
     """``d out / d per_sample_weights`` of a sum-mode lookup: ``[nnz]``, ``<grad[bag_j], W[idx_j]>``
@@ -153,3 +198,27 @@ def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Seq
             dense.append(bag_weight_grad(g, am, i, o, p, m, pad, ilo, v).reshape(-1))
     empty = grad.new_zeros((0,), dtype=torch.float32)
     return torch.cat(dense or [empty]).to(grad.dtype), torch.cat(values or [empty]).to(grad.dtype)
+
+
+def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
+                                        offsets: Sequence[Tensor | None],
+                                        per_sample_weights: Sequence[Tensor | None], num_rows: Sequence[int],
+                                        dims: Sequence[int], modes: Sequence[int], padding_idx: Sequence[int],
+                                        include_last_offset: Sequence[bool], sparse: Sequence[bool]) -> list[Tensor]:
+    """The CPU backward: per table, in grad's dtype, its dense ``[V_k, D_k]`` gradient
+    (``bag_weight_grad_aten``: eager's own algorithm), or for a sparse table the values
+    ``[nnz_k * D_k]`` of its COO gradient. Each dense gradient is its own allocation, not a
+    slice of one buffer for all tables (see ``multi_embedding_backward_tables``)."""
+    out = []
+    col = am_col = 0
+    for i, o, p, v, d, m, pad, ilo, sp in zip(indices, offsets, per_sample_weights, num_rows, dims, modes,
+                                             padding_idx, include_last_offset, sparse):
+        g = grad[:, col:col + d]
+        col += d
+        am = arg_max[:, am_col:am_col + d] if m == MAX else arg_max
+        am_col += d if m == MAX else 0
+        if sp:
+            out.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1).to(grad.dtype))
+        else:
+            out.append(bag_weight_grad_aten(g, am, i, o, p, m, pad, ilo, v).to(grad.dtype))
+    return out

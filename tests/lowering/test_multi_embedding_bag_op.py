@@ -81,6 +81,9 @@ def _opcheck_all() -> None:
     bwd_args = (grad, arg_max.detach(), args[1], args[2], [p.detach() if p.dim() else None for p in args[3]],
                 [w.shape[0] for w in args[0]], [w.shape[1] for w in args[0]], *args[4:])
     opcheck(torch.ops.inductor_embed.multi_embedding_bag_backward.default, bwd_args)
+    opcheck(torch.ops.inductor_embed.multi_embedding_bag_backward_cpu.default, bwd_args)
+    sparse_args = (*bwd_args[:-1], [False, True, True])
+    opcheck(torch.ops.inductor_embed.multi_embedding_bag_backward_cpu.default, sparse_args)
     w = torch.randn(20, 5, requires_grad=True)
     opcheck(TIED, (w, None, torch.randint(0, 20, (3, 2)), torch.randint(0, 20, (7,)), torch.tensor([0, 3]), None,
                    2, 1, -1, False))
@@ -125,3 +128,58 @@ def test_bad_input_raises(path: str, bad: str) -> None:
         o = torch.tensor([0, 7])
     with inductor_embed.config.patch(triton_on_cpu=path == "triton"), pytest.raises(RuntimeError):
         OP([w], [i], [o], [], [0], [-1], [False], [False])
+
+
+@pytest.mark.parametrize("sparse", [(False, False, False), (False, True, True)], ids=["dense", "sparse"])
+def test_cpu_backward_op_matches_the_reference(sparse) -> None:
+    """The CPU backward autograd uses (eager's ATen EmbeddingBag backward, one tensor per
+    table) against the reference's packed buffers."""
+    from inductor_embed.lowering.multi_embedding_bag_ref import multi_embedding_bag_backward_ref
+
+    args, _, _ = _tables()
+    out, arg_max = OP(*args)
+    grad = torch.randn_like(out)
+    bwd = (grad, arg_max, args[1], args[2], [p.detach() if p.dim() else None for p in args[3]],
+           [w.shape[0] for w in args[0]], [w.shape[1] for w in args[0]], *args[4:7], list(sparse))
+    tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*bwd)
+    dense, values = multi_embedding_bag_backward_ref(*bwd)
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t, s in zip(tables, sparse) if not s]), dense)
+    if any(sparse):
+        torch.testing.assert_close(torch.cat([t for t, s in zip(tables, sparse) if s]), values)
+    assert len({t.untyped_storage().data_ptr() for t in tables}) == len(tables)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_aten_bag_backward_matches_the_reference(dtype) -> None:
+    """``bag_weight_grad_aten`` (the CPU's: ATen's _embedding_bag_dense_backward fed the
+    offset2bag and bag sizes eager's forward would make) equals ``bag_weight_grad`` for
+    sum/mean, padding, per-sample weights, include_last_offset with indices past the last
+    bag, empty bags, fixed [B, L] bags, and int32/int64."""
+    import itertools
+
+    from inductor_embed.lowering.multi_embedding_bag_ref import (
+        bag_weight_grad,
+        bag_weight_grad_aten,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    v, d, b = 30, 4, 6
+    for mode, ilo, fixed, pad, psw_on, itype in itertools.product(
+            (0, 1), (False, True), (False, True), (-1, 3), (False, True), (torch.int32, torch.int64)):
+        if (psw_on and mode != 0) or (fixed and ilo):
+            continue
+        if fixed:
+            idx, offs = torch.randint(0, v, (b, 3), generator=g, dtype=itype), None
+        else:
+            idx = torch.randint(0, v, (20,), generator=g, dtype=itype)
+            cuts = sorted(torch.randint(0, 16 if ilo else 20, (b - 1,), generator=g).tolist())
+            offs = torch.tensor([0, *cuts] + ([16] if ilo else []), dtype=itype)
+        idx[idx % 4 == 0] = 3
+        psw = torch.rand(idx.shape, generator=g).to(dtype) if psw_on else None
+        grad = torch.randn(b, d, generator=g).to(dtype)
+        am = torch.empty(b, 0, dtype=torch.long)
+        want = bag_weight_grad(grad, am, idx, offs, psw, mode, pad, ilo, v)
+        got = bag_weight_grad_aten(grad, am, idx, offs, psw, mode, pad, ilo, v)
+        assert got.dtype == torch.float32
+        case = f"{mode=} {ilo=} {fixed=} {pad=} {psw_on=} {itype}"
+        torch.testing.assert_close(got, want, msg=lambda m, case=case: f"{case}: {m}")

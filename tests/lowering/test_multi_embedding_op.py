@@ -136,14 +136,53 @@ def test_bad_index_dtype_raises():
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_cpu_per_table_backward_matches_the_twin(case):
-    """The CPU backward autograd uses: one separately allocated tensor per table."""
+    """The eager CPU backward of wide tables: one separately allocated tensor per table."""
     weights, indices, pad, freq = _make(case, requires_grad=False)
     grad = torch.randn(*indices[0].shape, sum(w.shape[1] for w in weights)).to(weights[0].dtype)
-    args = (grad, indices, [w.shape[0] for w in weights], [w.shape[1] for w in weights], pad, freq)
+    dims = [w.shape[1] for w in weights]
+    args = (grad, indices, [w.shape[0] for w in weights], dims, pad, freq)
+    columns = [sum(dims[:k]) for k in range(len(dims))]
     tol = {"rtol": 1e-6, "atol": 1e-6} if grad.dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
-    tables = torch.ops.inductor_embed.multi_embedding_backward_cpu(*args)
+    tables = torch.ops.inductor_embed.multi_embedding_backward_cpu(*args, columns)
     assert [tuple(t.shape) for t in tables] == [tuple(w.shape) for w in weights]
     assert len({t.untyped_storage().data_ptr() for t in tables if t.numel()}) == sum(1 for t in tables if t.numel())
     flat = torch.cat([t.reshape(-1) for t in tables])
     torch.testing.assert_close(flat, multi_embedding_backward_ref(*args), **tol)
-    opcheck(torch.ops.inductor_embed.multi_embedding_backward_cpu.default, args)
+    opcheck(torch.ops.inductor_embed.multi_embedding_backward_cpu.default, (*args, columns))
+    # A subset of the tables, each read from its own columns of grad.
+    last = len(weights) - 1
+    sub = torch.ops.inductor_embed.multi_embedding_backward_cpu(
+        grad, [indices[last]], [weights[last].shape[0]], [dims[last]], [pad[last]], [freq[last]], [columns[last]])
+    torch.testing.assert_close(sub[0], tables[last], rtol=0, atol=0)
+
+
+def test_cpu_backward_splits_tables_by_width():
+    """Narrow tables' gradients are left to Inductor (aten.embedding_dense_backward in the
+    backward graph); wide ones, and every table in deterministic mode, go to one eager op."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from inductor_embed.lowering.multi_embedding import CPU_EAGER_MIN_DIM, _cpu_backward
+
+    dims = [4, CPU_EAGER_MIN_DIM, 8, 2 * CPU_EAGER_MIN_DIM]
+    indices = [torch.randint(0, 10, (6,)) for _ in dims]
+    grad = torch.randn(6, sum(dims))
+
+    def targets():
+        gm = make_fx(lambda g, i: _cpu_backward(g, i, [10] * 4, dims, [-1, 3, -1, -1], [False, True, False, False]))(
+            grad, indices)
+        return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+    ops = targets()
+    assert ops.count("aten.embedding_dense_backward.default") == 2
+    assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == 1
+    torch.use_deterministic_algorithms(True)
+    try:
+        ops = targets()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert "aten.embedding_dense_backward.default" not in ops
+    want = [torch.ops.aten.embedding_dense_backward(grad[:, sum(dims[:k]):sum(dims[:k + 1])], indices[k], 10, p, s)
+            for k, (p, s) in enumerate(zip([-1, 3, -1, -1], [False, True, False, False]))]
+    got = _cpu_backward(grad, indices, [10] * 4, dims, [-1, 3, -1, -1], [False, True, False, False])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)

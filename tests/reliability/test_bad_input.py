@@ -385,8 +385,8 @@ def test_one_row_tables_match_eager():
     # Inductor's CPU codegen (torch 2.13) fails on a scatter-add into a one-element buffer:
     # plain torch.compile fails on a [1, 1] table's backward, and so did the plugin, on a
     # one-row table with scale_grad_by_freq, while its CPU backward was one Inductor
-    # scatter-add (67e8d07; found by test_random_models). The CPU backward is now an
-    # opaque eager op, so fused one-row tables work; the random models still avoid
+    # scatter-add (67e8d07; found by test_random_models). One-row tables take the CPU's
+    # eager backward op (other narrow tables are left to Inductor), so they work; the random models still avoid
     # [1, 1] tables, which plain Inductor meets when they are not fused.
     class OneRow(nn.Module):
         def __init__(self):
