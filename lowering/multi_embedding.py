@@ -1,8 +1,10 @@
 """``torch.ops.inductor_embed.multi_embedding``: T embedding lookups + cat as one op.
 
 Forward: ``[*L] x T indices, [V_k, D_k] x T tables -> [*L, sum(D_k)]``.
-Backward: ``multi_embedding_backward`` returns every table's gradient packed into
-one flat buffer; the autograd formula splits it into per-table views (free).
+Backward: on the kernel path ``multi_embedding_backward`` returns every table's gradient
+packed into one flat buffer, which the autograd formula splits into per-table views (free);
+on the CPU ``multi_embedding_backward_cpu`` returns one separately allocated gradient per
+table (see ``multi_embedding_backward_tables`` for why).
 
 The forward is a ``triton_op``: on the CPU Inductor traces through its body and
 compiles the ATen reference into its own fused C++ loop; on CUDA the body calls the
