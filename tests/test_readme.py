@@ -1,4 +1,4 @@
-"""README.md must stay true: its tables match the config, and its code blocks run.
+"""README.md must stay true: its tables match the config, its links exist, its code blocks run.
 
 Code block convention (doctest-style, CPU, small):
 
@@ -154,6 +154,14 @@ def test_config_table_lists_every_field():
         return  # the environment overrides some field: snapshot() holds no defaults then
     defaults = {name: _code_spans(row[1])[0] for name, row in zip(readme, rows)}
     assert defaults == {k: repr(v) for k, v in config.snapshot().items()}, "a default in README's config table"
+
+
+def test_relative_links_exist():
+    links = re.findall(r"\]\(([^)\s]+)\)", TEXT)
+    local = [link.split("#")[0] for link in links if not re.match(r"^[a-z]+:", link) and not link.startswith("#")]
+    assert local, "README.md links nothing of the repository"
+    missing = [link for link in local if not (README.parent / link).exists()]
+    assert not missing, f"README.md links paths that do not exist: {missing}"
 
 
 def test_no_run_blocks_compile():
