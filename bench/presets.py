@@ -48,7 +48,7 @@ def bags(panel: str, tables: int, rows: int, dims: tuple[int, ...], batches, bag
 
 
 def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, bag_size: int = 8) -> list[Case]:
-    """The pattern hooks (one_hot_linear, tied_bags): skipped until their pattern exists."""
+    """The pattern hooks (one_hot_linear, tied_bags); see bench/workloads/pattern_hooks.py."""
     return ([Case("one_hot_linear", f"classes={n_classes} D={dim}", (n_classes,), (dim,), b) for b in batches]
             + [Case("tied_bags", f"V={vocab} D={dim} L={bag_size}", (vocab,), (dim,), b, "zipf1.15",
                     bag_size=bag_size) for b in batches])

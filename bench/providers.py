@@ -5,7 +5,7 @@
 | eager | the eager model (for multi_table: the reference twin ``multi_embedding_ref``) |
 | torch.compile | ``torch.compile(model)``: plain Inductor |
 | torch.compile+combo | ``torch.compile(model, options={"combo_kernels": True})``: Inductor's horizontal fusion of independent kernels (Triton only; the CPU backend ignores it) |
-| inductor_embed | ``torch.compile(model, backend="inductor_embed")``; skipped while the workload's pattern is not implemented |
+| inductor_embed | ``torch.compile(model, backend="inductor_embed")``; skipped where the workload's pattern has no config switch or is switched off |
 | inductor_embed.op | ``torch.compile`` of the model written with ``torch.ops.inductor_embed.multi_embedding`` called directly (single_table only: the pattern needs >= 2 lookups) |
 | fbgemm_tbe | FBGEMM's ``DenseTableBatchedEmbeddingBagsCodegen`` (dense gradient, like the others) where ``fbgemm_gpu`` imports |
 

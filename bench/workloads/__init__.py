@@ -4,9 +4,12 @@
 |---|---|---|
 | single_table | seed 004's FastEmbedding study | (none fires on one lookup; ``inductor_embed.op`` calls the op) |
 | multi_table | seed 004's FastMultiEmbedding study | multi_embedding_cat |
-| table_batched_bags | FBGEMM's TBE benchmark defaults | multi_embedding_bag (not implemented yet) |
-| one_hot_linear | seed 001 | one_hot_linear (runs once the pattern exists) |
-| tied_bags | seed 003 | tied_embedding_bag (runs once the pattern exists) |
+| table_batched_bags | FBGEMM's TBE benchmark defaults | multi_embedding_bag |
+| one_hot_linear | seed 001 | one_hot_linear |
+| tied_bags | seed 003 | tied_embedding_bag |
+
+The ``inductor_embed`` provider is skipped, with the reason, where ``inductor_embed.config``
+has no switch for a workload's pattern or the switch is off.
 
 Bytes moved are counted per workload (each module's ``bytes_formula``): index bytes,
 rows gathered, output written; for the backward the gradient read, the zero-fill of

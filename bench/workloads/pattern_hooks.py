@@ -1,9 +1,9 @@
-"""Workloads for patterns that are designed but may not be implemented yet.
+"""Workloads of single patterns, written before their patterns existed (pattern hooks).
 
-Each one is complete (model, inputs, byte count) and is run by every preset, but
-only once ``inductor_embed.config`` has its pattern's switch: until then the whole
-workload is reported as skipped, with the reason, and costs nothing. When the
-pattern lands, the workload lights up with every provider; nothing here changes.
+Each one is complete (model, inputs, byte count) and is run by the presets that list it.
+A hook runs only when ``inductor_embed.config`` has its pattern's switch; in a checkout
+without the pattern the whole workload is reported as skipped, with the reason, and costs
+nothing. Both patterns exist now, so both workloads run.
 
 - ``one_hot_linear`` (seed 001): ``F.linear(F.one_hot(idx, n).to(dtype), W, b)``, which
   the pattern turns into a gather of W's columns.
@@ -32,7 +32,7 @@ from bench.workloads.base import (
 
 
 class PatternHook(Workload):
-    """A workload that runs only once its inductor_embed pattern exists."""
+    """A workload that runs only where its inductor_embed pattern exists (has a config switch)."""
 
     def unavailable(self) -> str | None:
         if hasattr(inductor_embed.config, self.pattern):

@@ -4,9 +4,8 @@ FBGEMM's ``split_table_batched_embeddings_benchmark`` defaults: B=512 bags per t
 T=32 tables, 100,000 rows, D=128, bag size L=20, Zipf alpha 1.15. Input ``[B, T, L]``
 int64 (fixed-size bags; plus ``[B, T, L]`` per-sample weights when ``weighted``);
 the eager model is T x ``nn.EmbeddingBag(mode="sum")`` -> ``torch.cat``; FBGEMM
-runs its dense TBE on the same tables. inductor_embed's ``multi_embedding_bag``
-pattern is designed but not implemented yet: its provider reports that and is not
-run, until ``inductor_embed.config`` has the switch.
+runs its dense TBE on the same tables; inductor_embed's ``multi_embedding_bag``
+pattern turns the T lookups + cat into one table-batched op.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ wrap, a zero row, a crash of the process, or a result. Unusual but valid input (
 batches, D=1, odd D, non-contiguous indices and tables, tables past 2**31 elements)
 must give eager's numbers.
 
-Covers both patterns that have landed, multi_embedding_cat and one_hot_linear. Not
-covered, because no pattern that takes them has landed: malformed bag offsets
-(multi_embedding_bag).
+Covers multi_embedding_cat and one_hot_linear. Bad input to the bag patterns (indices
+out of range, malformed offsets) is tested with them: tests/inductor_embed/
+test_multi_embedding_bag.py, tests/lowering/test_multi_embedding_bag_op.py and
+tests/kernels/test_bag_gather.py.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def _spawn(out_dir, bucket_cap_mb, timeout=420):
 # The model is far below DDP's 25 MB bucket: one bucket, so Dynamo's DDPOptimizer keeps
 # one graph. (It splits graphs at bucket boundaries, which could separate lookups from
 # their cat; it also insists that the first bucket, 1 MB, is no larger than the others,
-# so a split needs a model of several MB: not run here, see the README.)
+# so a split needs a model of several MB: not run here, see docs/reliability.md.)
 def test_ddp_on_gloo_matches_eager(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
