@@ -208,7 +208,7 @@ def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_id
 #   torch.use_deterministic_algorithms: eager's ``embedding_dense_backward`` in one opaque
 #   op (vectorised row adds, no atomics; Inductor's element-wise atomic adds were 1.3-1.6x
 #   slower than it at D >= 64, and are not deterministic).
-CPU_EAGER_MIN_DIM = 32
+CPU_EAGER_MIN_DIM = 64
 
 
 def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq) -> list[torch.Tensor]:
