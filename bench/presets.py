@@ -32,8 +32,8 @@ def single(vocab: int, dim: int, batches, dists, dtype: str = "float32", panel: 
 
 
 def multi(panel: str, dims: tuple[int, ...], batches, dtype: str = "float32",
-          vocabs: tuple[int, ...] = SEED004_VOCABS) -> list[Case]:
-    return [Case("multi_table", panel, cycle(vocabs, len(dims)), dims, b, "uniform", dtype) for b in batches]
+          vocabs: tuple[int, ...] = SEED004_VOCABS, dist: str = "uniform") -> list[Case]:
+    return [Case("multi_table", panel, cycle(vocabs, len(dims)), dims, b, dist, dtype) for b in batches]
 
 
 def table_sweep(tables, batch: int, dims: tuple[int, ...] = (1, 2, 4, 8)) -> list[Case]:
@@ -91,6 +91,8 @@ def _cpu_quick() -> Preset:
         + multi("10 tables, D 1..8", DIMS_1_8, (small, 4096, large))
         + multi("10 tables, D 4..32", DIMS_4_32, (small, large))
         + multi("10 tables, D 64..256", DIMS_64_256, (4096,))
+        # heavy index collisions (Zipf): where Inductor's element-wise atomic adds are weakest
+        + multi("10 tables, D 64..256, Zipf", DIMS_64_256, (4096,), dist="zipf1.15")
         + multi("20 tables, D 1..32", DIMS_20, (4096,))
         # a CTR model's 26 categorical features (Criteo-like) on a CPU: the training step
         # is bound by the dense gradients' zero-fill (26 x 100,000 x 64 fp32 = 666 MB)

@@ -94,6 +94,15 @@ def _cell(c: CaseResult, provider: str) -> str:
     return s + " †" if r.status == "mismatch" else s
 
 
+def _pair(c: CaseResult, field: str, unit: float = 1.0) -> str:
+    """``"inductor_embed / torch.compile"`` of one result field, "—" where either lacks it
+    (compile times exist on the first case of a compile group only)."""
+    vals = [getattr(c.get(p), field, None) if c.get(p) else None for p in (EMBED, COMPILE)]
+    if any(v is None for v in vals):
+        return "—"
+    return " / ".join(f"{v / unit:.3g}" for v in vals)
+
+
 # --- markdown -------------------------------------------------------------------------
 
 
@@ -108,13 +117,14 @@ def summary_tables(run: RunResult, heading: str = "###") -> str:
         has_ratio = EMBED in timed and COMPILE in timed
         header = ["case", "eager fwd+bwd ms", *(f"{p} vs eager" for p in timed)]
         if has_ratio:
-            header.append("inductor_embed vs torch.compile")
+            # the goals of a rewrite on any device: faster, no more memory, no slower compile
+            header += ["inductor_embed vs torch.compile", "peak MiB ie / tc", "compile s ie / tc"]
         rows = []
         for c in cases:
             row = [c.case.label, f"{median(c.get(BASELINE)):.3g}" if median(c.get(BASELINE)) else "—"]
             row += [_cell(c, p) for p in timed]
             if has_ratio:
-                row.append(_x(speedup(c, EMBED, COMPILE)))
+                row += [_x(speedup(c, EMBED, COMPILE)), _pair(c, "peak_mem_bytes", 2**20), _pair(c, "compile_s")]
             rows.append(row)
         parts.append(f"{heading} {wl.title} ({name}; after {wl.source})\n")
         parts.append(_table(header, rows))

@@ -41,6 +41,14 @@ multi_embedding_bag: bool = True
 # once for both, and one backward writing its one gradient.
 tied_embedding_bag: bool = True
 
+# Also rewrite the two EmbeddingBag patterns (multi_embedding_bag, tied_embedding_bag)
+# for CPU tensors. Off by default: on the CPU the fused op runs the same ATen
+# embedding_bag kernels, table by table, as plain torch.compile does (Inductor has no
+# lowering of its own for EmbeddingBag), so there is nothing to win, and paired cpu-quick
+# runs measured it at 0.86-1.00x torch.compile. Left sites are logged with this reason.
+# The tests turn it on to check the op on the CPU.
+bag_patterns_on_cpu: bool = False
+
 # --- pattern tuning ---------------------------------------------------------------
 # Fewest lookups in one cat worth fusing. Below it the cat is left alone (logged):
 # with one lookup there is nothing to save.
@@ -64,6 +72,7 @@ _FIELDS: tuple[str, ...] = (
     "one_hot_linear",
     "multi_embedding_bag",
     "tied_embedding_bag",
+    "bag_patterns_on_cpu",
     "min_tables",
     "one_hot_linear_min_classes",
     "triton_on_cpu",

@@ -141,28 +141,29 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
     b = grad.shape[0]
     if offsets is None:
         flat = indices.reshape(-1).long()
-        bag = torch.arange(flat.shape[0], device=flat.device) // max(indices.shape[1], 1)
+        offs = torch.arange(0, flat.shape[0], max(indices.shape[1], 1), device=flat.device)
     else:
-        flat = indices.long()
-        offs = offsets.long()
+        flat, offs = indices.long(), offsets.long()
         if include_last_offset:  # indices past offsets[B] are in no bag
             flat = flat[:int(offs[b])] if b > 0 else flat[:0]
             offs = offs[:b]
-        # eager's make_offset2bag: a 1 where each bag starts, summed
+    if flat.numel() == 0 or b == 0:
+        return grad.new_zeros((num_rows, grad.shape[1]),
+                              dtype=torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else grad.dtype)
+    empty = flat.new_empty((0,))
+    bag_size = empty  # read by mean mode only; offset2bag: ATen makes it from offsets when empty
+    if mode == MEAN:
+        # eager's forward counts a bag's indices other than padding; its backward divides by that
         bag = torch.zeros(flat.shape[0] + 1, dtype=torch.long, device=flat.device)
         bag.index_add_(0, offs, torch.ones_like(offs))
-        bag[0] -= 1
-        bag = bag.cumsum(0)[:flat.shape[0]]
-    if flat.numel() == 0:
-        return grad.new_zeros((num_rows, grad.shape[1]), dtype=torch.float32 if grad.dtype != torch.float64 else grad.dtype)
-    kept = bag if padding_idx < 0 else bag[flat != padding_idx]
-    bag_size = torch.bincount(kept, minlength=b)
+        bag = bag.cumsum(0)[:flat.shape[0]] - 1
+        bag_size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b)
     g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
     psw = None
     if per_sample_weights is not None:
         psw = per_sample_weights.reshape(-1)[:flat.shape[0]].to(g.dtype).contiguous()
-    return torch.ops.aten._embedding_bag_dense_backward(
-        g.contiguous(), flat.contiguous(), bag.contiguous(), bag_size, flat.new_empty((0,)), num_rows, False, mode,
+    return torch.ops.aten._embedding_bag_backward(
+        g.contiguous(), flat.contiguous(), offs.contiguous(), empty, bag_size, empty, num_rows, False, mode, False,
         psw, padding_idx)
 
 

@@ -21,6 +21,11 @@ def _fresh_dynamo():
     counters.clear()
     # Inductor's on-disk caches outlive a test run: a hit skips the pre-grad pass that
     # enable() installs, and a test's counters would then depend on earlier runs.
-    with torch._inductor.config.patch(force_disable_caches=True):
+    # The EmbeddingBag patterns are off on the CPU by default (nothing to win there); the
+    # tests check the fused op on the CPU, so they turn them on
+    # (test_multi_embedding_bag.py::test_cpu_default_leaves_bags checks the default).
+    from inductor_embed import config
+
+    with torch._inductor.config.patch(force_disable_caches=True), config.patch(bag_patterns_on_cpu=True):
         yield
     torch._dynamo.reset()

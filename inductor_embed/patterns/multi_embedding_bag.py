@@ -26,6 +26,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from inductor_embed import config
 from inductor_embed.patterns import _cat_site, _fx
 from inductor_embed.patterns._cat_site import Lookup
 from inductor_embed.report import Recorder
@@ -71,6 +72,9 @@ def analyse_bag(node: fx.Node, between: tuple = ()) -> Lookup | str | None:
     why = _cat_site.float_checks(w, i)
     if why is not None:
         return why
+    if w.device.type == "cpu" and not config.bag_patterns_on_cpu:
+        return ("on the CPU the fused op would run the same ATen embedding_bag per table as torch.compile: "
+                "nothing to win (config.bag_patterns_on_cpu=True rewrites it anyway)")
     mode = args["mode"]
     if mode not in MODES:
         return f"mode {mode!r} is not one of sum/mean/max (eager raises; left so it still does)"

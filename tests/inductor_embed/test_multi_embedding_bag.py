@@ -125,6 +125,28 @@ def test_skips_are_logged_and_left_to_eager() -> None:
     assert rewrites(BAG) == 0
 
 
+def test_cpu_default_leaves_bags() -> None:
+    """On the CPU both bag patterns are off by default (the fused op would run the same
+    ATen embedding_bag per table as torch.compile): left, with the reason logged."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+
+        def forward(self, x, bag):
+            return self.emb(x) + nn.functional.embedding_bag(bag, self.emb.weight)
+
+    with inductor_embed.config.patch(bag_patterns_on_cpu=False):
+        report = inductor_embed.explain(Bags(), *_bag_inputs())
+        assert not [r for r in report.rewrites if r.pattern == BAG]
+        assert any("bag_patterns_on_cpu" in s.reason for s in report.skipped if s.pattern == BAG)
+        tied = [torch.randint(0, 10, (3,)), torch.randint(0, 10, (3, 2))]
+        report = inductor_embed.explain(Tied(), *tied)
+        assert not report.rewrites
+        compare_with_eager(Tied(), tied)
+    assert rewrites(BAG) == 0 and rewrites("tied_embedding_bag") == 0
+
+
 def test_switch_off_keeps_eager_graph() -> None:
     with inductor_embed.config.patch(multi_embedding_bag=False):
         compare_with_eager(Bags(), _bag_inputs())
