@@ -129,11 +129,12 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
 
     ``_embedding_bag_dense_backward`` sorts the indices and adds each one's (scaled) grad
     row with one vectorised axpy, in parallel over distinct rows: no ``[nnz, D]``
-    intermediate and deterministic. It needs eager's forward by-products, rebuilt here as
-    eager's forward makes them: ``offset2bag`` (the bag of each index) and, for mean,
-    ``bag_size`` (the bag's indices other than padding). Max mode, and every other device,
-    take ``bag_weight_grad``. Runs eagerly (an opaque op's body): include_last_offset
-    reads ``offsets[B]`` on the host.
+    intermediate and deterministic. It takes eager's forward by-products: ``offset2bag``
+    is left empty, which ATen's backward rebuilds from the offsets itself (as after eager's
+    fast-path forward), and for mean ``bag_size`` (a bag's indices other than padding) is
+    counted here as eager's forward counts it. Max mode, and every other device, take
+    ``bag_weight_grad``. Runs eagerly (an opaque op's body): include_last_offset reads
+    ``offsets[B]`` on the host.
     """
     if mode == MAX or grad.device.type != "cpu":
         return bag_weight_grad(grad, arg_max, indices, offsets, per_sample_weights, mode, padding_idx,
