@@ -23,7 +23,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer, vec_width
+from ._meta import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    check,
+    error_flags,
+    index_code,
+    interpreter_rows,
+    load_index,
+    pack,
+    pointer,
+    vec_width,
+)
 
 __all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_gather_fwd", "multi_gather_bwd", "kernel_specs"]
 
@@ -41,9 +52,6 @@ MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
 # Programs that keep every SM of an H100 (132) busy a few times over; fewer, and the
 # launcher halves BLOCK_N (down to 16) so a small batch still spreads out.
 TARGET_PROGRAMS = 4 * 132
-
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 # The kernels below index their meta row inline rather than through small jit helpers: the
@@ -183,15 +191,10 @@ def block_sizes(max_d: int, n: int, t: int) -> tuple[int, int, int]:
     return block_n, block_d, num_warps
 
 
-def _check(cond: Any, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def _check_indices(indices: Sequence[Tensor], n: int) -> None:
     for k, i in enumerate(indices):
-        _check(i.dim() == 1 and i.shape[0] == n, f"indices[{k}] must be [N={n}], got {list(i.shape)}")
-        _check(i.dtype in _INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
+        check(i.dim() == 1 and i.shape[0] == n, f"indices[{k}] must be [N={n}], got {list(i.shape)}")
+        check(i.dtype in INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
 
 
 def _col_stride_ok(t: Tensor) -> bool:
@@ -222,16 +225,16 @@ def multi_gather_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: 
         outside ``[0, V_k)`` (the caller decides whether to raise; asynchronous on CUDA).
     """
     T = len(weights)
-    _check(T >= 1 and len(indices) == T, "need one index tensor per table, and a table")
+    check(T >= 1 and len(indices) == T, "need one index tensor per table, and a table")
     n = out.shape[0]
     dims = [int(w.shape[1]) for w in weights]
     for k, w in enumerate(weights):
-        _check(w.dim() == 2 and _col_stride_ok(w), f"weights[{k}] must be 2-D with column stride 1")
-        _check(w.dtype == weights[0].dtype, "all tables must have one dtype")
-    _check(weights[0].dtype in _FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
-    _check(out.dim() == 2 and out.shape[1] == sum(dims) and _col_stride_ok(out),
+        check(w.dim() == 2 and _col_stride_ok(w), f"weights[{k}] must be 2-D with column stride 1")
+        check(w.dtype == weights[0].dtype, "all tables must have one dtype")
+    check(weights[0].dtype in FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
+    check(out.dim() == 2 and out.shape[1] == sum(dims) and _col_stride_ok(out),
            f"out must be [N, {sum(dims)}] with column stride 1, got {list(out.shape)}")
-    _check(out.dtype == weights[0].dtype, "out must have the tables' dtype")
+    check(out.dtype == weights[0].dtype, "out must have the tables' dtype")
     _check_indices(indices, n)
     cols = _prefix(dims)
     rows = [(pointer(w), w.stride(0), w.shape[0], d, c, pointer(i), i.stride(0), index_code(i), 0, -1, -1)
@@ -290,15 +293,15 @@ def multi_gather_bwd(
         grad_flat: fp32 ``[size]`` contiguous (``grad_layout``'s size), zero on entry.
     """
     T = len(indices)
-    _check(T >= 1 and len(num_rows) == len(dims) == len(padding_idx) == len(freq) == T,
+    check(T >= 1 and len(num_rows) == len(dims) == len(padding_idx) == len(freq) == T,
            "need T indices, num_rows, dims, padding_idx and freq")
     n = grad_out.shape[0]
     dims = [int(d) for d in dims]
-    _check(grad_out.dim() == 2 and grad_out.shape[1] == sum(dims) and _col_stride_ok(grad_out),
+    check(grad_out.dim() == 2 and grad_out.shape[1] == sum(dims) and _col_stride_ok(grad_out),
            f"grad_out must be [N, {sum(dims)}] with column stride 1, got {list(grad_out.shape)}")
-    _check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
+    check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
     goffs, cnts, size = grad_layout(num_rows, dims, freq)
-    _check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size
+    check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size
            and (size <= 1 or grad_flat.stride(0) == 1), f"grad_flat must be contiguous fp32 [{size}]")
     _check_indices(indices, n)
     if n == 0 or sum(dims) == 0:

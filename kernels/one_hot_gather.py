@@ -38,7 +38,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, interpreter_rows, pack, pointer
+from ._meta import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    check,
+    error_flags,
+    index_code,
+    interpreter_rows,
+    pack,
+    pointer,
+)
 
 __all__ = [
     "LAUNCHES",
@@ -63,9 +72,6 @@ MAX_BLOCK_D = 128
 # Target elements of one [BLOCK_N, BLOCK_D] tile; BLOCK_N is clamped to this range.
 TILE_ELEMS = 2048
 MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
-
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 @triton.jit(do_not_specialize=["N", "D"])
@@ -202,19 +208,14 @@ def block_sizes(d: int) -> tuple[int, int, int]:
     return block_n, block_d, num_warps
 
 
-def _check(cond: Any, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def _check_fields(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int],
                   n: int, v: int) -> None:
-    _check(len(indices) >= 1 and len(num_classes) == len(offsets) == len(indices),
+    check(len(indices) >= 1 and len(num_classes) == len(offsets) == len(indices),
            "need one num_classes and one offset per index tensor, and a field")
     for k, (i, c, o) in enumerate(zip(indices, num_classes, offsets)):
-        _check(i.dim() == 2 and i.shape[0] == n, f"indices[{k}] must be [N={n}, bag], got {list(i.shape)}")
-        _check(i.dtype in _INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
-        _check(c >= 1 and 0 <= o and o + c <= v, f"field {k}: columns [{o}, {o + c}) not inside [0, {v})")
+        check(i.dim() == 2 and i.shape[0] == n, f"indices[{k}] must be [N={n}, bag], got {list(i.shape)}")
+        check(i.dtype in INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
+        check(c >= 1 and 0 <= o and o + c <= v, f"field {k}: columns [{o}, {o + c}) not inside [0, {v})")
 
 
 def _meta(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int],
@@ -249,13 +250,13 @@ def one_hot_gather_fwd(
         int32 ``[2]`` error flags: ``[0]`` becomes nonzero (asynchronously on CUDA) if any
         index was out of range.
     """
-    _check(weight.dim() == 2 and weight.dtype in _FLOAT_DTYPES, "weight must be 2-D fp32/fp16/bf16")
+    check(weight.dim() == 2 and weight.dtype in FLOAT_DTYPES, "weight must be 2-D fp32/fp16/bf16")
     d, v = int(weight.shape[0]), int(weight.shape[1])
     n = out.shape[0]
-    _check(out.dim() == 2 and out.shape[1] == d and out.is_contiguous(),
+    check(out.dim() == 2 and out.shape[1] == d and out.is_contiguous(),
            f"out must be contiguous [N, {d}], got {list(out.shape)}")
-    _check(out.dtype in _FLOAT_DTYPES, f"unsupported out dtype {out.dtype}")
-    _check(bias is None or (bias.dim() == 1 and bias.shape[0] == d and bias.dtype == weight.dtype),
+    check(out.dtype in FLOAT_DTYPES, f"unsupported out dtype {out.dtype}")
+    check(bias is None or (bias.dim() == 1 and bias.shape[0] == d and bias.dtype == weight.dtype),
            f"bias must be [{d}] in the weight's dtype")
     _check_fields(indices, num_classes, offsets, n, v)
     meta = _meta(indices, num_classes, offsets, out.device)
@@ -310,11 +311,11 @@ def one_hot_gather_bwd(
         has_bias: also accumulate the bias gradient.
     """
     n, d, v = grad_out.shape[0], int(grad_out.shape[1]), int(num_columns)
-    _check(grad_out.dim() == 2 and (d <= 1 or grad_out.stride(1) == 1),
+    check(grad_out.dim() == 2 and (d <= 1 or grad_out.stride(1) == 1),
            f"grad_out must be [N, D] with column stride 1, got {list(grad_out.shape)}")
-    _check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
+    check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
     size = flat_size(d, v, has_bias)
-    _check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size
+    check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size
            and grad_flat.is_contiguous(), f"grad_flat must be contiguous fp32 [{size}]")
     _check_fields(indices, num_classes, offsets, n, v)
     if n == 0 or d == 0:

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from inductor_embed import _compat, config
+from inductor_embed import _compat
+from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, use_triton
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
     SUM,
@@ -38,18 +39,11 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
 _OOB_MSG = "inductor_embed.multi_embedding_bag: index out of range (expected 0 <= index < num_embeddings of its table)"
 _OFFSETS_MSG = ("inductor_embed.multi_embedding_bag: malformed offsets (expected offsets[0] == 0, non-decreasing, "
                 "and offsets[-1] <= number of indices)")
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _use_triton(t: Tensor) -> bool:
-    if t.device.type == "cuda":
-        return True
-    return t.device.type == "cpu" and config.triton_on_cpu
 
 
 def _check_lookup(name: str, k: int, w: Tensor, i: Tensor, o: Tensor | None, p: Tensor | None, mode: int) -> None:
     """Raise what F.embedding_bag would on a call the pattern never produces."""
-    if w.dim() != 2 or w.dtype not in _FLOAT_DTYPES:
+    if w.dim() != 2 or w.dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"{name}: table {k} must be 2-D fp32/fp16/bf16, got {w.dim()}-D {w.dtype}")
     if i.dtype not in (torch.int32, torch.int64):
         raise RuntimeError(f"{name}: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}")
@@ -168,7 +162,7 @@ def multi_embedding_bag(
     """
     psw = _psw_list(per_sample_weights, len(weights))
     _check_tables(weights, indices, offsets, psw, modes, padding_idx, include_last_offset, sparse)
-    if not _use_triton(weights[0]):
+    if not use_triton(weights[0]):
         return multi_embedding_bag_ref(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
     out, arg_max, err = torch.ops.inductor_embed.multi_embedding_bag_triton(
         weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
@@ -224,7 +218,7 @@ def multi_embedding_bag_backward(
     ``multi_embedding_bag_backward_cpu`` instead: one tensor per table, by eager's own
     EmbeddingBag backward.)
     """
-    if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+    if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
                                                 modes, padding_idx, include_last_offset, sparse)
     return _bag_backward_kernels(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
@@ -232,8 +226,8 @@ def multi_embedding_bag_backward(
 
 
 @multi_embedding_bag_backward.register_fake
-def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
-                                       padding_idx, include_last_offset, sparse):
+def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, *rest):
+    sparse = rest[-1]
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
     return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
 
@@ -262,7 +256,8 @@ def multi_embedding_bag_backward_cpu(
 
 @multi_embedding_bag_backward_cpu.register_fake
 def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
-                                           modes, padding_idx, include_last_offset, sparse):
+                                           *rest):
+    sparse = rest[-1]
     return [grad.new_empty((i.numel() * d,)) if s else grad.new_empty((v, d))
             for i, v, d, s in zip(indices, num_rows, dims, sparse)]
 
@@ -294,7 +289,7 @@ def _backward(ctx, grad, _grad_arg_max):
     offsets, psw, weights = saved[1 + n:1 + 2 * n], saved[1 + 2 * n:1 + 3 * n], saved[1 + 3 * n:]
     args = (grad, arg_max, indices, offsets, psw, ctx.num_rows, ctx.dims, ctx.modes, ctx.padding_idx, ctx.ilo,
             ctx.sparse)
-    if not _use_triton(grad):
+    if not use_triton(grad):
         # The CPU: one tensor per table (a 26 x 100,000 x 64 packed buffer cost fresh pages
         # every step; see multi_embedding_backward_tables).
         tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args)
@@ -364,7 +359,7 @@ def tied_embedding_bag(
         ``(emb_out [*L, D], bag_out [B, D], arg_max [B, D or 0] int64)``.
     """
     _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
-    if not _use_triton(weight):
+    if not use_triton(weight):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             torch._assert_async((emb_indices >= 0).all(), _OOB_MSG)
         emb = torch.nn.functional.embedding(emb_indices, weight)
@@ -423,15 +418,15 @@ def tied_embedding_bag_backward(
     (checked when it runs): the eager reference, deterministic."""
     args = (grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
             emb_padding_idx, bag_padding_idx, include_last_offset, separate)
-    if not _use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
+    if not use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
         return _tied_backward_ref(*args)
     return _tied_backward_kernels(*args)
 
 
 @tied_embedding_bag_backward.register_fake
 def _tied_embedding_bag_backward_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
-                                      per_sample_weights, num_rows, mode, emb_padding_idx, bag_padding_idx,
-                                      include_last_offset, separate):
+                                      per_sample_weights, num_rows, *rest):
+    separate = rest[-1]
     return grad_bag.new_empty((2, num_rows, grad_bag.shape[1]) if separate else (num_rows, grad_bag.shape[1]))
 
 
@@ -482,14 +477,6 @@ tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_c
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------
 
 
-def _dense_tables(weights: list[Tensor]) -> list[Tensor]:
-    return [w if w.shape[1] <= 1 or w.stride(1) == 1 else w.contiguous() for w in weights]
-
-
-def _column_stride_1(t: Tensor) -> Tensor:
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
 @torch.library.custom_op("inductor_embed::multi_embedding_bag_triton", mutates_args=())
 def multi_embedding_bag_triton(
     weights: list[Tensor],
@@ -509,7 +496,7 @@ def multi_embedding_bag_triton(
     out = weights[0].new_empty((b, sum(dims)))
     arg_max = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
     segs = _segments(indices, offsets, psw, modes, padding_idx, include_last_offset, dims, True)
-    err = bag_gather_fwd(_dense_tables(weights), segs, [out] * len(segs),
+    err = bag_gather_fwd([column_stride_1(w) for w in weights], segs, [out] * len(segs),
                          [arg_max if m == MAX else None for m in modes])
     return out, arg_max, err
 
@@ -551,7 +538,7 @@ def _bag_backward_kernels(
         gpos += 0 if s else v * d
         vpos += i.numel() * d if s else 0
     am_list = [arg_max if m == MAX else None for m in modes]
-    bag_gather_bwd([_column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
+    bag_gather_bwd([column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
     if grad.dtype != torch.float32:
         flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
     return flat, vals
@@ -579,7 +566,7 @@ def tied_embedding_bag_triton(
     emb = weight.new_empty((segs[0].num_bags, d))
     bag = weight.new_empty((segs[1].num_bags, d))
     arg_max = bag.new_empty((segs[1].num_bags, d if mode == MAX else 0), dtype=torch.int64)
-    w = _dense_tables([weight])[0]
+    w = column_stride_1(weight)
     err = bag_gather_fwd([w, w], segs, [emb, bag], [None, arg_max if mode == MAX else None])
     return emb.view(*emb_indices.shape, d), bag, arg_max, err
 
@@ -615,8 +602,8 @@ def _tied_backward_kernels(
                           bag_padding_idx, include_last_offset)
     blocks = 2 if separate else 1
     flat = torch.zeros(blocks * num_rows * d, dtype=torch.float32, device=grad_bag.device)
-    ge = _column_stride_1(grad_emb.reshape(-1, d).to(grad_bag.dtype))
-    bag_gather_bwd([ge, _column_stride_1(grad_bag)], segs, [num_rows, num_rows], [d, d],
+    ge = column_stride_1(grad_emb.reshape(-1, d).to(grad_bag.dtype))
+    bag_gather_bwd([ge, column_stride_1(grad_bag)], segs, [num_rows, num_rows], [d, d],
                    [None, arg_max if mode == MAX else None], [0, num_rows * d if separate else 0], [None, None], flat)
     out = flat.view(2, num_rows, d) if separate else flat.view(num_rows, d)
     return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)

@@ -27,6 +27,41 @@ def multi_embedding_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch
     return torch.cat([F.embedding(i, w) for w, i in zip(weights, indices)], dim=-1)
 
 
+def multi_embedding_backward_tables(
+    grad: torch.Tensor,
+    indices: Sequence[torch.Tensor],
+    num_rows: Sequence[int],
+    dims: Sequence[int],
+    padding_idx: Sequence[int],
+    scale_grad_by_freq: Sequence[bool],
+    columns: Sequence[int] | None = None,
+) -> list[torch.Tensor]:
+    """Every table's gradient, ``[V_k, D_k]`` each in grad's dtype, as eager computes it.
+
+    Args:
+        grad: ``[*L, C]``, the gradient of the forward output.
+        columns: where table k's ``D_k`` columns start in grad (default: back to back
+            from 0, so that the dims sum to C). The rest as in
+            ``multi_embedding_backward_ref`` (which packs these tables).
+
+    The CPU backward of wide tables, run eagerly inside an opaque op: per table eager's own
+    ``embedding_dense_backward`` (vectorised row adds, parallel over row ranges,
+    deterministic), fed fp32 for half types. Each table gets its own allocation: one flat
+    buffer for all tables (26 x 100,000 x 64 fp32 = 666 MB) is past glibc's mmap
+    threshold, so every step paid for fresh pages (~400 ms measured, against ~45 ms for
+    26 reused 25 MB blocks).
+    """
+    if columns is None:
+        columns = [sum(dims[:k]) for k in range(len(dims))]
+    out = []
+    for i, v, d, p, s, c in zip(indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns):
+        g = grad.narrow(-1, c, d)
+        if g.dtype in (torch.float16, torch.bfloat16):
+            g = g.float()
+        out.append(torch.ops.aten.embedding_dense_backward(g, i, v, p, s).to(grad.dtype))
+    return out
+
+
 def multi_embedding_backward_ref(
     grad: torch.Tensor,
     indices: Sequence[torch.Tensor],
@@ -47,50 +82,9 @@ def multi_embedding_backward_ref(
 
     Returns:
         [sum(V_k * D_k)] in grad's dtype: table k's [V_k, D_k] gradient, row-major,
-        starting at offset sum(V_j * D_j for j < k). Half types accumulate in fp32
-        and are rounded once at the end, as the kernels do.
+        starting at offset sum(V_j * D_j for j < k): ``multi_embedding_backward_tables``
+        back to back. Half types accumulate in fp32 and are rounded once at the end, as
+        the kernels do.
     """
-    parts = []
-    col = 0
-    for i, v, d, p, s in zip(indices, num_rows, dims, padding_idx, scale_grad_by_freq):
-        g = grad.narrow(-1, col, d)
-        col += d
-        if g.dtype in (torch.float16, torch.bfloat16):
-            g = g.float()
-        parts.append(torch.ops.aten.embedding_dense_backward(g, i, v, p, s).reshape(-1))
-    return torch.cat(parts).to(grad.dtype)
-
-
-def multi_embedding_backward_tables(
-    grad: torch.Tensor,
-    indices: Sequence[torch.Tensor],
-    num_rows: Sequence[int],
-    dims: Sequence[int],
-    padding_idx: Sequence[int],
-    scale_grad_by_freq: Sequence[bool],
-    columns: Sequence[int] | None = None,
-) -> list[torch.Tensor]:
-    """Every table's gradient, ``[V_k, D_k]`` each in grad's dtype, as eager computes it.
-
-    Args:
-        grad: ``[*L, C]``, the gradient of the forward output.
-        columns: where table k's ``D_k`` columns start in grad (default: back to back
-            from 0, so that the dims sum to C). The rest as in
-            ``multi_embedding_backward_ref``.
-
-    The CPU backward of wide tables, run eagerly inside an opaque op: per table eager's own
-    ``embedding_dense_backward`` (vectorised row adds, parallel over row ranges,
-    deterministic), fed fp32 for half types. Each table gets its own allocation: one flat
-    buffer for all tables (26 x 100,000 x 64 fp32 = 666 MB) is past glibc's mmap
-    threshold, so every step paid for fresh pages (~400 ms measured, against ~45 ms for
-    26 reused 25 MB blocks).
-    """
-    if columns is None:
-        columns = [sum(dims[:k]) for k in range(len(dims))]
-    out = []
-    for i, v, d, p, s, c in zip(indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns):
-        g = grad.narrow(-1, c, d)
-        if g.dtype in (torch.float16, torch.bfloat16):
-            g = g.float()
-        out.append(torch.ops.aten.embedding_dense_backward(g, i, v, p, s).to(grad.dtype))
-    return out
+    tables = multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+    return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))
