@@ -103,12 +103,12 @@ def _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq):
 def multi_embedding_triton(weights: list[torch.Tensor], indices: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton forward of ``multi_embedding``: ``(out [*L, sum(D_k)], err int32 [2])``;
     ``err[0]`` becomes nonzero (asynchronously) if an index was out of range."""
-    from inductor_embed.kernels.multi_gather import multi_gather_fwd
+    from inductor_embed.kernels.multi_embedding import multi_embedding_fwd
 
     lead = indices[0].shape
     total = sum(w.shape[1] for w in weights)
     out = weights[0].new_empty((indices[0].numel(), total))
-    err = multi_gather_fwd([column_stride_1(w) for w in weights], [i.reshape(-1) for i in indices], out)
+    err = multi_embedding_fwd([column_stride_1(w) for w in weights], [i.reshape(-1) for i in indices], out)
     return out.view(*lead, total), err
 
 
@@ -148,13 +148,13 @@ def multi_embedding_backward(
     """
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
-    from inductor_embed.kernels.multi_gather import grad_layout, multi_gather_bwd
+    from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
 
     n = indices[0].numel()
     g2 = column_stride_1(grad.reshape(n, sum(dims)))
     _, _, size = grad_layout(num_rows, dims, scale_grad_by_freq)
     flat = torch.zeros(size, dtype=torch.float32, device=grad.device)
-    multi_gather_bwd(g2, [i.reshape(-1) for i in indices], num_rows, dims, padding_idx, scale_grad_by_freq, flat)
+    multi_embedding_bwd(g2, [i.reshape(-1) for i in indices], num_rows, dims, padding_idx, scale_grad_by_freq, flat)
     dense = flat.narrow(0, 0, sum(v * d for v, d in zip(num_rows, dims)))
     # The counts (scale_grad_by_freq) sit after the gradients: a fp32 result is a view.
     return dense if grad.dtype == torch.float32 else dense.to(grad.dtype)

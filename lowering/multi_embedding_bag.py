@@ -8,7 +8,7 @@ the per-index rows of ``sparse=True`` tables' COO gradients into another.
 
 The forward is a ``triton_op`` layered like ``multi_embedding``: on the CPU Inductor
 compiles the ATen reference body (``multi_embedding_bag_ref.py``; ``embedding_bag`` itself
-stays ATen's); on CUDA the body calls an opaque op that launches ``kernels/bag_gather.py``.
+stays ATen's); on CUDA the body calls an opaque op that launches ``kernels/multi_embedding_bag.py``.
 The backward is an opaque op: eager ATen on the CPU, the kernels on CUDA.
 The tied op (``tied_embedding_bag.py``) reuses this file's checks and segments.
 """
@@ -62,7 +62,7 @@ def _check_lookup(name: str, k: int, w: Tensor, i: Tensor, o: Tensor | None, p: 
 
 def _segments(indices, offsets, psw, modes, padding_idx, ilo, dims, shared_out: bool):
     """The kernels' segments for these lookups (flat contiguous indices, columns)."""
-    from inductor_embed.kernels.bag_gather import Segment
+    from inductor_embed.kernels.multi_embedding_bag import Segment
 
     segs, col, am_col = [], 0, 0
     for i, o, p, m, pad, last, d in zip(indices, offsets, psw, modes, padding_idx, ilo, dims):
@@ -321,7 +321,7 @@ def multi_embedding_bag_triton(
     include_last_offset: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The Triton forward of ``multi_embedding_bag``: ``(out, arg_max, err int32 [2])``, one launch."""
-    from inductor_embed.kernels.bag_gather import bag_gather_fwd
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_fwd
 
     psw = _psw_list(per_sample_weights, len(weights))
     dims = [w.shape[1] for w in weights]
@@ -329,7 +329,7 @@ def multi_embedding_bag_triton(
     out = weights[0].new_empty((b, sum(dims)))
     arg_max = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
     segs = _segments(indices, offsets, psw, modes, padding_idx, include_last_offset, dims, True)
-    err = bag_gather_fwd([column_stride_1(w) for w in weights], segs, [out] * len(segs),
+    err = multi_embedding_bag_fwd([column_stride_1(w) for w in weights], segs, [out] * len(segs),
                          [arg_max if m == MAX else None for m in modes])
     return out, arg_max, err
 
@@ -357,7 +357,7 @@ def _bag_backward_kernels(
     sparse: list[bool],
 ) -> tuple[Tensor, Tensor]:
     """The GPU path of ``multi_embedding_bag_backward``."""
-    from inductor_embed.kernels.bag_gather import bag_gather_bwd
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_bwd
 
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
     # Two buffers, not views of one: a custom op's outputs may not alias each other.
@@ -371,7 +371,7 @@ def _bag_backward_kernels(
         gpos += 0 if s else v * d
         vpos += i.numel() * d if s else 0
     am_list = [arg_max if m == MAX else None for m in modes]
-    bag_gather_bwd([column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
+    multi_embedding_bag_bwd([column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
     if grad.dtype != torch.float32:
         flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
     return flat, vals

@@ -11,7 +11,7 @@ packed into one flat buffer; the autograd formula views it (free).
 Both ops are ``triton_op``s: on the CPU Inductor compiles their ATen reference bodies
 (``one_hot_linear_ref.py``: a gather, and one scatter-add); on CUDA the bodies call opaque
 ops (``one_hot_linear_triton``, ``one_hot_linear_backward_triton``) that launch
-``kernels/one_hot_gather.py`` (opaque for the reason ``lowering/multi_embedding.py`` gives).
+``kernels/one_hot_linear.py`` (opaque for the reason ``lowering/multi_embedding.py`` gives).
 
 The optional ``dtype`` is the compute dtype under autocast: the weight stays in its own
 dtype and each gathered element is rounded to ``dtype``, as autocast's cast of the whole
@@ -166,14 +166,14 @@ def one_hot_linear_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton forward of ``one_hot_linear``: ``(out [*L, D] in dtype, err int32 [2])``;
     ``err[0]`` becomes nonzero (asynchronously) if an index was out of range."""
-    from inductor_embed.kernels.one_hot_gather import one_hot_gather_fwd
+    from inductor_embed.kernels.one_hot_linear import one_hot_linear_fwd
 
     lead = indices[0].shape[:-1]
     rows = math.prod(lead)
     d = weight.shape[0]
     out = weight.new_empty((rows, d), dtype=dtype)
     flat_idx = [i.reshape(rows, i.shape[-1]) for i in indices]
-    err = one_hot_gather_fwd(flat_idx, num_classes, offsets, weight, bias, out)
+    err = one_hot_linear_fwd(flat_idx, num_classes, offsets, weight, bias, out)
     return out.view(*lead, d), err
 
 
@@ -196,13 +196,13 @@ def one_hot_linear_backward_triton(
 ) -> torch.Tensor:
     """The Triton backward of ``one_hot_linear`` (same contract as ``one_hot_linear_backward``):
     one zero fill, one atomic-add launch accumulating in fp32, one cast unless fp32."""
-    from inductor_embed.kernels.one_hot_gather import flat_size, one_hot_gather_bwd
+    from inductor_embed.kernels.one_hot_linear import flat_size, one_hot_linear_bwd
 
     d = grad.shape[-1]
     rows = math.prod(grad.shape[:-1])
     g2 = column_stride_1(grad.reshape(rows, d))
     flat = torch.zeros(flat_size(d, num_columns, has_bias), dtype=torch.float32, device=grad.device)
-    one_hot_gather_bwd(g2, [i.reshape(rows, i.shape[-1]) for i in indices], num_classes, offsets, flat,
+    one_hot_linear_bwd(g2, [i.reshape(rows, i.shape[-1]) for i in indices], num_classes, offsets, flat,
                        num_columns=num_columns, v_major=v_major, has_bias=has_bias)
     return flat if dtype == torch.float32 else flat.to(dtype)
 

@@ -6,7 +6,7 @@ both contributions, or the two parts when the bag reads a second tensor over the
 memory). Layered like ``multi_embedding_bag`` (whose argument checks, kernel segments and
 error flags it reuses): the forward is a ``triton_op`` whose CPU body Inductor compiles
 (``F.embedding`` + ``bag_forward``); on CUDA it calls ``tied_embedding_bag_triton``, which
-launches ``kernels/bag_gather.py`` with the Embedding as a second segment. The backward is
+launches ``kernels/multi_embedding_bag.py`` with the Embedding as a second segment. The backward is
 an opaque op: eager ATen on the CPU and in deterministic mode, the kernels on CUDA.
 """
 
@@ -101,7 +101,7 @@ def _tied_embedding_bag_fake(weight, bag_weight, emb_indices, bag_indices, offse
 
 
 def _tied_segments(emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo):
-    from inductor_embed.kernels.bag_gather import Segment
+    from inductor_embed.kernels.multi_embedding_bag import Segment
 
     flat = emb_indices.reshape(-1)  # a view unless the lookup's indices cannot be flattened in place
     # The Embedding lookup: fixed bags of one index, summed; its padding row is gathered
@@ -208,7 +208,7 @@ def tied_embedding_bag_triton(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The Triton forward of ``tied_embedding_bag``: ``(emb, bag, arg_max, err int32 [2])``,
     one launch reading the weight for both lookups."""
-    from inductor_embed.kernels.bag_gather import bag_gather_fwd
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_fwd
 
     d = weight.shape[1]
     segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
@@ -217,7 +217,7 @@ def tied_embedding_bag_triton(
     bag = weight.new_empty((segs[1].num_bags, d))
     arg_max = bag.new_empty((segs[1].num_bags, d if mode == MAX else 0), dtype=torch.int64)
     w = column_stride_1(weight)
-    err = bag_gather_fwd([w, w], segs, [emb, bag], [None, arg_max if mode == MAX else None])
+    err = multi_embedding_bag_fwd([w, w], segs, [emb, bag], [None, arg_max if mode == MAX else None])
     return emb.view(*emb_indices.shape, d), bag, arg_max, err
 
 
@@ -245,7 +245,7 @@ def _tied_backward_kernels(
     separate: bool,
 ) -> Tensor:
     """The GPU path of ``tied_embedding_bag_backward``."""
-    from inductor_embed.kernels.bag_gather import bag_gather_bwd
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_bwd
 
     d = grad_bag.shape[1]
     segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
@@ -253,7 +253,7 @@ def _tied_backward_kernels(
     blocks = 2 if separate else 1
     flat = torch.zeros(blocks * num_rows * d, dtype=torch.float32, device=grad_bag.device)
     ge = column_stride_1(grad_emb.reshape(-1, d).to(grad_bag.dtype))
-    bag_gather_bwd([ge, column_stride_1(grad_bag)], segs, [num_rows, num_rows], [d, d],
+    multi_embedding_bag_bwd([ge, column_stride_1(grad_bag)], segs, [num_rows, num_rows], [d, d],
                    [None, arg_max if mode == MAX else None], [0, num_rows * d if separate else 0], [None, None], flat)
     out = flat.view(2, num_rows, d) if separate else flat.view(num_rows, d)
     return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)

@@ -1,5 +1,5 @@
 """Table-batched pooled gather (EmbeddingBag): ONE launch pools every segment, for any
-segment count.
+segment count. The kernels of two ops: ``multi_embedding_bag`` and ``tied_embedding_bag``.
 
 A *segment* is one pooled lookup: a table, flat indices, offsets or a fixed bag size,
 optional per-sample weights, a mode (sum, mean, max) and a padding row.
@@ -43,7 +43,7 @@ from ._meta import (
     vec_width,
 )
 
-__all__ = ["LAUNCHES", "Segment", "bag_gather_fwd", "bag_gather_bwd", "block_sizes", "kernel_specs"]
+__all__ = ["LAUNCHES", "Segment", "multi_embedding_bag_fwd", "multi_embedding_bag_bwd", "block_sizes", "kernel_specs"]
 
 SUM, MEAN, MAX = 0, 1, 2  # ATen's mode numbering
 # Worst-case launches of an op: forward = pool + one fused check of both error flags
@@ -121,7 +121,7 @@ def _zero_tail(p_meta, p_sv, d, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _bag_gather_fwd_kernel(
+def _multi_embedding_bag_fwd_kernel(
     meta_ptr,  # [S * META_COLS] int64 meta table, one row per segment
     err_ptr,  # [2] int32 error flags: [0] index out of range, [1] malformed offsets
     ty_ptr,  # any tensor of the tables' dtype: types the table, output and psw pointers
@@ -210,7 +210,7 @@ def _bag_gather_fwd_kernel(
 
 
 @triton.jit
-def _bag_gather_bwd_kernel(
+def _multi_embedding_bag_bwd_kernel(
     meta_ptr,  # [S * META_COLS] int64 meta table, one row per segment
     err_ptr,  # [2] int32 scratch (the forward already raised on bad input)
     gw_ptr,  # fp32 flat dense gradient of all dense segments, zero on entry
@@ -397,7 +397,7 @@ def _row(s: Segment, w: Tensor | None, v: int, d: int, out: Tensor | None = None
             *_strides(s.indices, bag), *_strides(s.per_sample_weights, bag)]
 
 
-def bag_gather_fwd(
+def multi_embedding_bag_fwd(
     weights: Sequence[Tensor],
     segments: Sequence[Segment],
     outs: Sequence[Tensor],
@@ -446,13 +446,13 @@ def bag_gather_fwd(
         block_b = interpreter_rows(max_b, block_d)
     vec = vec_width(weights[0].element_size(), [*dims, *(w.stride(0) for w in weights), *(o.stride(0) for o in outs),
                                            *(s.col for s in segments)], [*weights, *outs])
-    _bag_gather_fwd_kernel[(triton.cdiv(max_b, block_b), S)](
+    _multi_embedding_bag_fwd_kernel[(triton.cdiv(max_b, block_b), S)](
         meta, err, weights[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments), VEC=vec,
         BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
     return err
 
 
-def bag_gather_bwd(
+def multi_embedding_bag_bwd(
     grads: Sequence[Tensor],
     segments: Sequence[Segment],
     num_rows: Sequence[int],
@@ -501,7 +501,7 @@ def bag_gather_bwd(
         block_b = interpreter_rows(max_b, block_d)
     vec = min(vec_width(grads[0].element_size(), [*dims, *(g.stride(0) for g in grads), *(s.col for s in segments)], grads),
               vec_width(4, [*dims, *grad_offsets], [grad_flat]))
-    _bag_gather_bwd_kernel[(triton.cdiv(max_b, block_b), S)](
+    _multi_embedding_bag_bwd_kernel[(triton.cdiv(max_b, block_b), S)](
         meta, error_flags(meta), grad_flat, grads[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments),
         VEC=vec, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
 
@@ -515,10 +515,10 @@ def kernel_specs(segments: int) -> list[dict[str, Any]]:
         consts = {"COLS": META_COLS, "HAS_MAX": has_max, "VEC": 4 if d % 4 == 0 else 1, "BLOCK_B": block_b,
                   "BLOCK_D": block_d}
         tag = f"D{d}" + ("_max" if has_max else "")
-        specs.append({"name": f"fwd_{tag}", "fn": _bag_gather_fwd_kernel, "num_warps": nw,
+        specs.append({"name": f"fwd_{tag}", "fn": _multi_embedding_bag_fwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "ty_ptr": "*fp32"},
                       "constexprs": consts})
-        specs.append({"name": f"bwd_{tag}", "fn": _bag_gather_bwd_kernel, "num_warps": nw,
+        specs.append({"name": f"bwd_{tag}", "fn": _multi_embedding_bag_bwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "gw_ptr": "*fp32", "ty_ptr": "*fp32"},
                       "constexprs": consts})
     return specs

@@ -55,8 +55,8 @@ __all__ = [
     "flat_size",
     "grad_strides",
     "kernel_specs",
-    "one_hot_gather_bwd",
-    "one_hot_gather_fwd",
+    "one_hot_linear_bwd",
+    "one_hot_linear_fwd",
 ]
 
 # Meta row of field k: its indices [N, bag] (address, strides, dtype), bag size, class
@@ -75,7 +75,7 @@ MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
 
 
 @triton.jit(do_not_specialize=["N", "D"])
-def _one_hot_gather_fwd_kernel(
+def _one_hot_linear_fwd_kernel(
     meta_ptr,  # [F * META_COLS] int64 meta table, one row per field
     err_ptr,  # [2] int32 error flags; [0] set on an index outside [0, n_k)
     out_ptr,  # [N, D] output in the compute dtype, contiguous
@@ -139,7 +139,7 @@ def _one_hot_gather_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["N", "D"])
-def _one_hot_gather_bwd_kernel(
+def _one_hot_linear_bwd_kernel(
     meta_ptr,  # [F * META_COLS] int64 meta table, one row per field
     go_ptr,  # [N, D] gradient of the output, any float dtype, row stride go_row_stride, column stride 1
     go_row_stride,
@@ -225,7 +225,7 @@ def _meta(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequen
     return pack(rows, device)
 
 
-def one_hot_gather_fwd(
+def one_hot_linear_fwd(
     indices: Sequence[Tensor],
     num_classes: Sequence[int],
     offsets: Sequence[int],
@@ -267,7 +267,7 @@ def one_hot_gather_fwd(
     if out.device.type == "cpu":
         block_n = interpreter_rows(n, block_d)
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
-    _one_hot_gather_fwd_kernel[grid](
+    _one_hot_linear_fwd_kernel[grid](
         meta, err, out, weight, weight.stride(0), weight.stride(1),
         # Without a bias the pointer is never read; the weight stands in.
         weight if bias is None else bias, 0 if bias is None else bias.stride(0),
@@ -284,7 +284,7 @@ def grad_strides(d: int, v: int, v_major: bool) -> tuple[int, int]:
     return (1, d) if v_major else (v, 1)
 
 
-def one_hot_gather_bwd(
+def one_hot_linear_bwd(
     grad_out: Tensor,
     indices: Sequence[Tensor],
     num_classes: Sequence[int],
@@ -303,7 +303,7 @@ def one_hot_gather_bwd(
 
     Args:
         grad_out: ``[N, D]``, any float dtype, column stride 1, any row stride.
-        indices, num_classes, offsets: as in ``one_hot_gather_fwd``; out-of-range
+        indices, num_classes, offsets: as in ``one_hot_linear_fwd``; out-of-range
             slots are skipped silently (the forward flagged them).
         grad_flat: fp32, contiguous, ``[D*V + (D if has_bias else 0)]``, zero on entry.
         num_columns: V.
@@ -326,7 +326,7 @@ def one_hot_gather_bwd(
         block_n = interpreter_rows(n, block_d)
     sd, sv = grad_strides(d, v, v_major)
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
-    _one_hot_gather_bwd_kernel[grid](
+    _one_hot_linear_bwd_kernel[grid](
         meta, grad_out, grad_out.stride(0), grad_flat, sd, sv, d * v, n, d, len(indices),
         COLS=META_COLS, HAS_BIAS=has_bias, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
     )
@@ -344,12 +344,12 @@ def kernel_specs(fields: int) -> list[dict[str, Any]]:
     for d in (64, 1024):
         block_n, block_d, nw = block_sizes(d)
         consts = {"COLS": META_COLS, "HAS_BIAS": True, "BLOCK_N": block_n, "BLOCK_D": block_d}
-        specs.append({"name": f"fwd_D{d}", "fn": _one_hot_gather_fwd_kernel, "num_warps": nw,
+        specs.append({"name": f"fwd_D{d}", "fn": _one_hot_linear_fwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "out_ptr": "*fp32", "w_ptr": "*fp32",
                                     "w_stride_d": "i64", "w_stride_v": "i64", "b_ptr": "*fp32", "b_stride": "i64",
                                     "N": "i64", "D": "i64", "F": "i32"},
                       "constexprs": consts})
-        specs.append({"name": f"bwd_D{d}", "fn": _one_hot_gather_bwd_kernel, "num_warps": nw,
+        specs.append({"name": f"bwd_D{d}", "fn": _one_hot_linear_bwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "go_ptr": "*fp32", "go_row_stride": "i64", "gw_ptr": "*fp32",
                                     "gw_stride_d": "i64", "gw_stride_v": "i64", "gb_off": "i64",
                                     "N": "i64", "D": "i64", "F": "i32"},

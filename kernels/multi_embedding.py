@@ -36,7 +36,7 @@ from ._meta import (
     vec_width,
 )
 
-__all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_gather_fwd", "multi_gather_bwd", "kernel_specs"]
+__all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_embedding_fwd", "multi_embedding_bwd", "kernel_specs"]
 
 # Meta row of table k: where its weight and indices are, its shape and where it goes
 # (constexprs, so the kernels name the fields they read).
@@ -60,7 +60,7 @@ TARGET_PROGRAMS = 4 * 132
 
 
 @triton.jit(do_not_specialize=["N"])
-def _multi_gather_fwd_kernel(
+def _multi_embedding_fwd_kernel(
     meta_ptr,  # [T * META_COLS] int64 meta table (see the META fields above)
     err_ptr,  # [2] int32 error flags; [0] set on an index outside [0, V_k)
     out_ptr,  # [N, sum(D_k)] output, the tables' dtype, column stride 1
@@ -108,7 +108,7 @@ def _multi_gather_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["N"])
-def _multi_gather_count_kernel(
+def _multi_embedding_count_kernel(
     meta_ptr,  # [T * META_COLS] int64 meta table
     gw_ptr,  # fp32 flat gradient; table k's [V_k] counts at CNT_k (if >= 0), zero on entry
     N,
@@ -129,7 +129,7 @@ def _multi_gather_count_kernel(
 
 
 @triton.jit(do_not_specialize=["N"])
-def _multi_gather_bwd_kernel(
+def _multi_embedding_bwd_kernel(
     meta_ptr,  # [T * META_COLS] int64 meta table
     go_ptr,  # [N, sum(D_k)] gradient of the output, any float dtype, column stride 1
     go_row_stride,
@@ -209,7 +209,7 @@ def _prefix(sizes: Sequence[int]) -> list[int]:
     return out
 
 
-def multi_gather_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: Tensor) -> Tensor:
+def multi_embedding_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: Tensor) -> Tensor:
     """``out[:, C_k:C_k + D_k] = weights[k][indices[k]]`` for every table k, in one launch.
 
     Args:
@@ -247,7 +247,7 @@ def multi_gather_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: 
     if out.device.type == "cpu":
         block_n = interpreter_rows(n, block_d)
     vec = vec_width(out.element_size(), [*dims, *cols, *(w.stride(0) for w in weights), out.stride(0)], [*weights, out])
-    _multi_gather_fwd_kernel[(triton.cdiv(n, block_n), T)](
+    _multi_embedding_fwd_kernel[(triton.cdiv(n, block_n), T)](
         meta, err, out, out.stride(0), n,
         COLS=META_COLS, VEC=vec, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
     )
@@ -267,7 +267,7 @@ def grad_layout(num_rows: Sequence[int], dims: Sequence[int], freq: Sequence[boo
     return goffs, cnts, pos
 
 
-def multi_gather_bwd(
+def multi_embedding_bwd(
     grad_out: Tensor,
     indices: Sequence[Tensor],
     num_rows: Sequence[int],
@@ -315,10 +315,10 @@ def multi_gather_bwd(
         block_n = interpreter_rows(n, block_d)
     grid = (triton.cdiv(n, block_n), T)
     if any(freq):
-        _multi_gather_count_kernel[grid](meta, grad_flat, n, COLS=META_COLS, BLOCK_N=block_n, num_warps=num_warps)
+        _multi_embedding_count_kernel[grid](meta, grad_flat, n, COLS=META_COLS, BLOCK_N=block_n, num_warps=num_warps)
     vec = vec_width(grad_out.element_size(), [*dims, *cols, grad_out.stride(0)], [grad_out])
     vec = min(vec, vec_width(4, [*dims, *goffs], [grad_flat]))
-    _multi_gather_bwd_kernel[grid](
+    _multi_embedding_bwd_kernel[grid](
         meta, grad_out, grad_out.stride(0), grad_flat, n,
         COLS=META_COLS, VEC=vec, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
     )
@@ -333,16 +333,16 @@ def kernel_specs(tables: int) -> list[dict[str, Any]]:
         block_n, block_d, nw = block_sizes(d, 4096, tables)
         vec = 16 // 4 if d % 4 == 0 else 1
         common = {"COLS": META_COLS, "BLOCK_N": block_n}
-        specs.append({"name": f"fwd_D{d}", "fn": _multi_gather_fwd_kernel, "num_warps": nw,
+        specs.append({"name": f"fwd_D{d}", "fn": _multi_embedding_fwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "out_ptr": "*fp32",
                                     "out_row_stride": "i64", "N": "i64"},
                       "constexprs": {**common, "VEC": vec, "BLOCK_D": block_d}})
-        specs.append({"name": f"bwd_D{d}", "fn": _multi_gather_bwd_kernel, "num_warps": nw,
+        specs.append({"name": f"bwd_D{d}", "fn": _multi_embedding_bwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "go_ptr": "*fp32", "go_row_stride": "i64",
                                     "gw_ptr": "*fp32", "N": "i64"},
                       "constexprs": {**common, "VEC": vec, "BLOCK_D": block_d}})
     block_n, _, nw = block_sizes(64, 4096, tables)
-    specs.append({"name": "count", "fn": _multi_gather_count_kernel, "num_warps": nw,
+    specs.append({"name": "count", "fn": _multi_embedding_count_kernel, "num_warps": nw,
                   "signature": {"meta_ptr": "*i64", "gw_ptr": "*fp32", "N": "i64"},
                   "constexprs": {"COLS": META_COLS, "BLOCK_N": block_n}})
     return specs
