@@ -7,35 +7,14 @@ in Python.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-try:
-    from inductor_embed.kernels import multi_embedding as mg
-except ImportError:
-    from kernels import multi_embedding as mg
+from inductor_embed.kernels import multi_embedding as mg
+from inductor_embed.lowering import multi_embedding_ref as _ref
 
-
-def _load_ref():
-    try:
-        from inductor_embed.lowering import multi_embedding_ref
-    except ImportError:
-        # From the repo root, lowering/__init__.py imports the installed package,
-        # so load the twin (it needs only torch) by path.
-        path = os.path.join(
-            os.path.dirname(__file__), "..", "..", "lowering", "multi_embedding_ref.py"
-        )
-        spec = importlib.util.spec_from_file_location("_multi_embedding_ref", path)
-        multi_embedding_ref = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(multi_embedding_ref)
-    return multi_embedding_ref
-
-
-_ref = _load_ref()
 multi_embedding_ref = _ref.multi_embedding_ref
 multi_embedding_backward_ref = _ref.multi_embedding_backward_ref
 

@@ -7,33 +7,15 @@ in Python.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-try:
-    from inductor_embed.kernels import one_hot_linear as ohg
-except ImportError:
-    from kernels import one_hot_linear as ohg
+from inductor_embed.kernels import one_hot_linear as ohg
+from inductor_embed.lowering import one_hot_linear_ref as _ref
 
-
-def _load_ref():
-    try:
-        from inductor_embed.lowering import one_hot_linear_ref
-    except ImportError:
-        # From the repo root, lowering/__init__.py imports the installed package,
-        # so load the twin (it needs only torch) by path.
-        path = os.path.join(os.path.dirname(__file__), "..", "..", "lowering", "one_hot_linear_ref.py")
-        spec = importlib.util.spec_from_file_location("_one_hot_linear_ref", path)
-        one_hot_linear_ref = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(one_hot_linear_ref)
-    return one_hot_linear_ref
-
-
-_ref = _load_ref()
 one_hot_linear_ref = _ref.one_hot_linear_ref
 one_hot_linear_backward_ref = _ref.one_hot_linear_backward_ref
 

@@ -25,7 +25,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import inductor_embed
 from tests.inductor_embed._util import rewrites
 from tests.reliability._util import check_like_eager
 
@@ -65,19 +64,6 @@ def _compiled_outcome(model, backend, *inputs):
         return torch.compile(copy.deepcopy(model), backend=backend)(*inputs)
     except Exception as e:  # the outcome is compared, not swallowed
         return e
-
-
-@pytest.fixture(params=["aten", "triton"])
-def path(request):
-    """The device whose code path the op runs: the ATen reference on the CPU, or the
-    Triton kernels (CUDA when there is a GPU, else the Triton interpreter on the CPU)."""
-    if request.param == "aten":
-        yield "cpu"
-    elif CUDA:
-        yield "cuda"
-    else:
-        with inductor_embed.config.patch(triton_on_cpu=True):
-            yield "cpu"
 
 
 # --- indices out of range -------------------------------------------------------------
