@@ -1,7 +1,7 @@
 """Offline compile of every kernel family for a real GPU target, on a machine without one.
 
     python -m bench.kernel_compile --arch sm_90 --tables 1,26,100,1000 --json out.json
-    python -m bench.kernel_compile --families multi_gather --tables 1,1000
+    python -m bench.kernel_compile --families multi_embedding --tables 1,1000
 
 Triton's own compiler (``triton.compile`` on an ``ASTSource``, ptxas from the triton
 wheel) builds each family's kernels for ``GPUTarget("cuda", NN, 32)``: no GPU and no
@@ -56,7 +56,7 @@ import triton
 import triton.language as tl
 
 REPO = Path(__file__).resolve().parent.parent
-FAMILIES = ("multi_gather", "one_hot_gather", "bag_gather")
+FAMILIES = ("multi_embedding", "one_hot_linear", "multi_embedding_bag")
 DEFAULT_TABLES = (1, 26, 100, 1000)
 PARAM_BYTES_GOAL = 4096
 

@@ -8,6 +8,7 @@ so a torch upgrade is a change here and nowhere else. Tested on torch 2.11 and 2
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -122,6 +123,25 @@ def graph_arg_source_name(node: torch.fx.Node) -> str | None:
     return name() if callable(name) else name
 
 
+def graph_transform_observer(graph: torch.fx.Graph, passname: str) -> contextlib.AbstractContextManager[Any]:
+    """Inductor's ``GraphTransformObserver`` over ``graph``'s module, as a context manager:
+    with ``torch._inductor.config.trace.log_url_for_graph_xform`` set (env
+    ``INDUCTOR_LOG_URL_FOR_GRAPH_XFORM``; needs pydot) it writes
+    ``pass_<n>_<passname>_input_graph.dot`` / ``_output_graph.dot`` there when the pass
+    changed the graph, and with ``trace.provenance_tracking_level = 1`` it records
+    ``node.meta["from_node"]`` provenance. A null context where torch lacks the class or
+    the graph has no owning module. Only ``(gm, passname)`` is passed: later arguments
+    (``subsystem``, ``log_url``) moved between torch versions."""
+    gm = graph.owning_module
+    try:
+        from torch.fx.passes.graph_transform_observer import GraphTransformObserver
+    except ImportError:  # pragma: no cover - torch without it
+        return contextlib.nullcontext()
+    if gm is None:
+        return contextlib.nullcontext()
+    return GraphTransformObserver(gm, passname)
+
+
 __all__ = [
     "INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES",
     "CustomGraphPass",
@@ -129,6 +149,7 @@ __all__ = [
     "counters",
     "fake_mode_of",
     "graph_arg_source_name",
+    "graph_transform_observer",
     "inductor_config",
     "mode_options",
     "register_torch_log",

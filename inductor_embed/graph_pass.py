@@ -29,7 +29,14 @@ def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
     """
     rec = Recorder(live=apply)
     for pattern in PATTERNS:
-        if config.pattern_enabled(pattern.NAME):
+        if not config.pattern_enabled(pattern.NAME):
+            continue
+        if apply:
+            # Under Inductor's observer: INDUCTOR_LOG_URL_FOR_GRAPH_XFORM=<dir> gets each
+            # rewrite's graph before and after, as Inductor's own passes do.
+            with _compat.graph_transform_observer(graph, f"inductor_embed_{pattern.NAME}"):
+                pattern.run(graph, rec, apply)
+        else:
             pattern.run(graph, rec, apply)
     if apply and rec.report.rewrites:
         # FX counts call_method nodes as pure, so its default DCE would delete an unused

@@ -37,24 +37,35 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["ERR_SLOTS", "error_flags", "index_code", "interpreter_rows", "load_index", "pack", "pointer",
-           "vec_width"]
+__all__ = ["ERR_SLOTS", "FLOAT_DTYPES", "INDEX_DTYPES", "check", "error_flags", "index_code", "interpreter_rows",
+           "load_index", "pack", "pointer", "vec_width"]
 
 # Two int32 flags (index out of range, malformed offsets) = one int64 slot at the end.
 ERR_SLOTS = 1
 # Pinned buffers kept for reuse (by content). Each is a few KB at most for T <= 4,096.
 _CACHE_SIZE = 512
 
+# What every launcher accepts: table / output dtypes, and index / offset dtypes.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
 _lock = threading.Lock()
 _cache: collections.OrderedDict[tuple, Tensor] = collections.OrderedDict()
 # Pinned buffers a captured CUDA graph reads on every replay: never freed or reused.
 _graph_owned: dict[tuple, Tensor] = {}
+
+
+def check(cond: Any, msg: str) -> None:
+    """A launcher's argument check: ``ValueError(msg)`` unless ``cond`` (before any launch)."""
+    if not cond:
+        raise ValueError(msg)
 
 
 # Elements of one program's tile under the Triton interpreter (CPU tensors).

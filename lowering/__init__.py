@@ -1,4 +1,12 @@
 """Custom ops (installed as ``inductor_embed.lowering``): schemas, fake impls,
-autograd, device dispatch, and the pure-torch reference twins of the kernels."""
+autograd, device dispatch, and the pure-torch reference twins of the kernels.
 
-from inductor_embed.lowering import multi_embedding, multi_embedding_bag, one_hot_linear  # noqa: F401  (registers the ops)
+One file per op family. Which pattern, config switch, op, kernel module and reference twin
+belong together: the table "Which is which" in docs/design.md."""
+
+from inductor_embed.lowering import (  # noqa: F401  (registers the ops)
+    multi_embedding,
+    multi_embedding_bag,
+    one_hot_linear,
+    tied_embedding_bag,
+)

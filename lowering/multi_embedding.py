@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op
 
-from inductor_embed import _compat, config
+from inductor_embed import _compat
+from inductor_embed.lowering._common import column_stride_1, use_triton
 from inductor_embed.lowering.multi_embedding_ref import (
     multi_embedding_backward_ref,
     multi_embedding_backward_tables,
@@ -26,12 +27,6 @@ from inductor_embed.lowering.multi_embedding_ref import (
 )
 
 _OOB_MSG = "inductor_embed.multi_embedding: index out of range (expected 0 <= index < num_embeddings of its table)"
-
-
-def _use_triton(t: torch.Tensor) -> bool:
-    if t.device.type == "cuda":
-        return True
-    return t.device.type == "cpu" and config.triton_on_cpu
 
 
 def _check_inputs(weights: list[torch.Tensor], indices: list[torch.Tensor]) -> None:
@@ -77,7 +72,7 @@ def multi_embedding(
         [*L, sum(D_k)] in the tables' dtype; an index outside [0, V_k) raises.
     """
     _check_inputs(weights, indices)
-    if not _use_triton(weights[0]):
+    if not use_triton(weights[0]):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             # Inductor < 2.13 lowers embedding with Python-style negative wrapping, so the
             # compiled reference would read row V-1 for -1 where eager raises.
@@ -108,13 +103,12 @@ def _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq):
 def multi_embedding_triton(weights: list[torch.Tensor], indices: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton forward of ``multi_embedding``: ``(out [*L, sum(D_k)], err int32 [2])``;
     ``err[0]`` becomes nonzero (asynchronously) if an index was out of range."""
-    from inductor_embed.kernels.multi_gather import multi_gather_fwd
+    from inductor_embed.kernels.multi_embedding import multi_embedding_fwd
 
     lead = indices[0].shape
     total = sum(w.shape[1] for w in weights)
     out = weights[0].new_empty((indices[0].numel(), total))
-    tables = [w if w.shape[1] <= 1 or w.stride(1) == 1 else w.contiguous() for w in weights]
-    err = multi_gather_fwd(tables, [i.reshape(-1) for i in indices], out)
+    err = multi_embedding_fwd([column_stride_1(w) for w in weights], [i.reshape(-1) for i in indices], out)
     return out.view(*lead, total), err
 
 
@@ -147,32 +141,27 @@ def multi_embedding_backward(
     An opaque op (an extern call under Inductor) on every path:
     - GPU: one zero fill, one atomic-add launch accumulating in fp32 (after a counting
       launch with scale_grad_by_freq), and one cast for half types.
-    - CPU: eager ATen, deterministic (``multi_embedding_backward_tables``, packed). The
+    - CPU: eager ATen, deterministic (``multi_embedding_backward_ref``). The
       autograd formula does not use this path on the CPU (see ``_cpu_backward``).
     - Under ``torch.use_deterministic_algorithms(True)`` (checked when it runs) the
       deterministic ATen reference replaces the atomic kernel.
     """
-    if not _use_triton(grad):
-        tables = multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
-        return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))
-    if torch.are_deterministic_algorithms_enabled():
+    if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
-    from inductor_embed.kernels.multi_gather import grad_layout, multi_gather_bwd
+    from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
 
     n = indices[0].numel()
-    g2 = grad.reshape(n, sum(dims))
-    if g2.shape[1] > 1 and g2.stride(1) != 1:
-        g2 = g2.contiguous()
+    g2 = column_stride_1(grad.reshape(n, sum(dims)))
     _, _, size = grad_layout(num_rows, dims, scale_grad_by_freq)
     flat = torch.zeros(size, dtype=torch.float32, device=grad.device)
-    multi_gather_bwd(g2, [i.reshape(-1) for i in indices], num_rows, dims, padding_idx, scale_grad_by_freq, flat)
+    multi_embedding_bwd(g2, [i.reshape(-1) for i in indices], num_rows, dims, padding_idx, scale_grad_by_freq, flat)
     dense = flat.narrow(0, 0, sum(v * d for v, d in zip(num_rows, dims)))
     # The counts (scale_grad_by_freq) sit after the gradients: a fp32 result is a view.
     return dense if grad.dtype == torch.float32 else dense.to(grad.dtype)
 
 
 @multi_embedding_backward.register_fake
-def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+def _multi_embedding_backward_fake(grad, indices, num_rows, dims, *_):
     return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
 
 
@@ -194,7 +183,7 @@ def multi_embedding_backward_cpu(
 
 
 @multi_embedding_backward_cpu.register_fake
-def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns):
+def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, *_):
     return [grad.new_empty((v, d)) for v, d in zip(num_rows, dims)]
 
 
@@ -248,7 +237,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     indices = list(ctx.saved_tensors)
     args = (grad, indices, ctx.num_rows, ctx.dims, ctx.padding_idx, ctx.scale_grad_by_freq)
-    if not _use_triton(grad):
+    if not use_triton(grad):
         return _cpu_backward(*args), [None] * len(indices), None, None
     # One flat buffer (one zero fill on the GPU), viewed per table for free.
     flat = torch.ops.inductor_embed.multi_embedding_backward(*args)

@@ -6,14 +6,11 @@ launch; backward one zero fill + one atomic-add launch (fp32) + one cast for hal
 packing the dense gradients into one flat buffer (split into per-table views for free) and
 the per-index rows of ``sparse=True`` tables' COO gradients into another.
 
-``torch.ops.inductor_embed.tied_embedding_bag``: an ``F.embedding`` and an
-``F.embedding_bag`` reading one weight (seed 003): one launch reads the weight for both,
-one backward writes one gradient (the sum of both contributions).
-
-Both forwards are ``triton_op``s layered like ``multi_embedding``: on the CPU Inductor
+The forward is a ``triton_op`` layered like ``multi_embedding``: on the CPU Inductor
 compiles the ATen reference body (``multi_embedding_bag_ref.py``; ``embedding_bag`` itself
-stays ATen's); on CUDA the body calls an opaque op that launches ``kernels/bag_gather.py``.
-Both backwards are opaque ops: eager ATen on the CPU, the kernels on CUDA.
+stays ATen's); on CUDA the body calls an opaque op that launches ``kernels/multi_embedding_bag.py``.
+The backward is an opaque op: eager ATen on the CPU, the kernels on CUDA.
+The tied op (``tied_embedding_bag.py``) reuses this file's checks and segments.
 """
 
 from __future__ import annotations
@@ -22,12 +19,10 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from inductor_embed import _compat, config
+from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, use_triton
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
     SUM,
-    bag_forward,
-    bag_weight_grad_aten,
     multi_embedding_bag_backward_ref,
     multi_embedding_bag_backward_tables,
     multi_embedding_bag_ref,
@@ -38,18 +33,11 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
 _OOB_MSG = "inductor_embed.multi_embedding_bag: index out of range (expected 0 <= index < num_embeddings of its table)"
 _OFFSETS_MSG = ("inductor_embed.multi_embedding_bag: malformed offsets (expected offsets[0] == 0, non-decreasing, "
                 "and offsets[-1] <= number of indices)")
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _use_triton(t: Tensor) -> bool:
-    if t.device.type == "cuda":
-        return True
-    return t.device.type == "cpu" and config.triton_on_cpu
 
 
 def _check_lookup(name: str, k: int, w: Tensor, i: Tensor, o: Tensor | None, p: Tensor | None, mode: int) -> None:
     """Raise what F.embedding_bag would on a call the pattern never produces."""
-    if w.dim() != 2 or w.dtype not in _FLOAT_DTYPES:
+    if w.dim() != 2 or w.dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"{name}: table {k} must be 2-D fp32/fp16/bf16, got {w.dim()}-D {w.dtype}")
     if i.dtype not in (torch.int32, torch.int64):
         raise RuntimeError(f"{name}: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}")
@@ -74,7 +62,7 @@ def _check_lookup(name: str, k: int, w: Tensor, i: Tensor, o: Tensor | None, p: 
 
 def _segments(indices, offsets, psw, modes, padding_idx, ilo, dims, shared_out: bool):
     """The kernels' segments for these lookups (flat contiguous indices, columns)."""
-    from inductor_embed.kernels.bag_gather import Segment
+    from inductor_embed.kernels.multi_embedding_bag import Segment
 
     segs, col, am_col = [], 0, 0
     for i, o, p, m, pad, last, d in zip(indices, offsets, psw, modes, padding_idx, ilo, dims):
@@ -168,7 +156,7 @@ def multi_embedding_bag(
     """
     psw = _psw_list(per_sample_weights, len(weights))
     _check_tables(weights, indices, offsets, psw, modes, padding_idx, include_last_offset, sparse)
-    if not _use_triton(weights[0]):
+    if not use_triton(weights[0]):
         return multi_embedding_bag_ref(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
     out, arg_max, err = torch.ops.inductor_embed.multi_embedding_bag_triton(
         weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
@@ -224,7 +212,7 @@ def multi_embedding_bag_backward(
     ``multi_embedding_bag_backward_cpu`` instead: one tensor per table, by eager's own
     EmbeddingBag backward.)
     """
-    if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+    if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
                                                 modes, padding_idx, include_last_offset, sparse)
     return _bag_backward_kernels(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
@@ -232,8 +220,8 @@ def multi_embedding_bag_backward(
 
 
 @multi_embedding_bag_backward.register_fake
-def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
-                                       padding_idx, include_last_offset, sparse):
+def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, *rest):
+    sparse = rest[-1]
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
     return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
 
@@ -262,7 +250,8 @@ def multi_embedding_bag_backward_cpu(
 
 @multi_embedding_bag_backward_cpu.register_fake
 def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
-                                           modes, padding_idx, include_last_offset, sparse):
+                                           *rest):
+    sparse = rest[-1]
     return [grad.new_empty((i.numel() * d,)) if s else grad.new_empty((v, d))
             for i, v, d, s in zip(indices, num_rows, dims, sparse)]
 
@@ -294,7 +283,7 @@ def _backward(ctx, grad, _grad_arg_max):
     offsets, psw, weights = saved[1 + n:1 + 2 * n], saved[1 + 2 * n:1 + 3 * n], saved[1 + 3 * n:]
     args = (grad, arg_max, indices, offsets, psw, ctx.num_rows, ctx.dims, ctx.modes, ctx.padding_idx, ctx.ilo,
             ctx.sparse)
-    if not _use_triton(grad):
+    if not use_triton(grad):
         # The CPU: one tensor per table (a 26 x 100,000 x 64 packed buffer cost fresh pages
         # every step; see multi_embedding_backward_tables).
         tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args)
@@ -318,176 +307,7 @@ def _backward(ctx, grad, _grad_arg_max):
 multi_embedding_bag.register_autograd(_backward, setup_context=_setup_context)
 
 
-# --- tied: one Embedding and one EmbeddingBag reading one weight ------------------------------
-
-
-def _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode) -> None:
-    name = "tied_embedding_bag"
-    if bag_weight is not None and (bag_weight.shape != weight.shape or bag_weight.dtype != weight.dtype
-                                   or bag_weight.device != weight.device):
-        raise RuntimeError(f"{name}: bag_weight must be like weight {list(weight.shape)} {weight.dtype}")
-    _check_lookup(name, 1, weight, bag_indices, offsets, psw, mode)
-    if emb_indices.dtype not in (torch.int32, torch.int64):
-        raise RuntimeError(f"{name}: expected indices 0 to be int32 or int64 (Long or Int), got {emb_indices.dtype}")
-    if emb_indices.device != weight.device:
-        raise RuntimeError(f"{name}: indices 0 are on {emb_indices.device}, the table on {weight.device}")
-
-
-@triton_op("inductor_embed::tied_embedding_bag", mutates_args=())
-def tied_embedding_bag(
-    weight: Tensor,
-    bag_weight: Tensor | None,
-    emb_indices: Tensor,
-    bag_indices: Tensor,
-    offsets: Tensor | None,
-    per_sample_weights: Tensor | None,
-    mode: int,
-    emb_padding_idx: int,
-    bag_padding_idx: int,
-    include_last_offset: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``F.embedding(emb_indices, weight)`` and ``F.embedding_bag(bag_indices, weight, offsets, ...)``
-    in one launch.
-
-    Args:
-        weight: ``[V, D]`` fp32/fp16/bf16.
-        bag_weight: None when the bag reads ``weight`` itself; else a second tensor over the
-            same memory (``EmbeddingBag.from_pretrained(emb.weight)``), which gets its own
-            gradient (the bag's part) while ``weight`` gets the Embedding's part.
-        emb_indices: ``[*L]`` int32/int64.
-        bag_indices, offsets, per_sample_weights, mode, include_last_offset: the bag lookup,
-            as in ``multi_embedding_bag`` (one table).
-        emb_padding_idx: the Embedding's padding row (no gradient; still gathered), or -1.
-        bag_padding_idx: the EmbeddingBag's padding row (left out of the bags), or -1.
-
-    Returns:
-        ``(emb_out [*L, D], bag_out [B, D], arg_max [B, D or 0] int64)``.
-    """
-    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
-    if not _use_triton(weight):
-        if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
-            torch._assert_async((emb_indices >= 0).all(), _OOB_MSG)
-        emb = torch.nn.functional.embedding(emb_indices, weight)
-        bag, arg_max = bag_forward(weight, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
-                                   include_last_offset)
-        return emb, bag, arg_max
-    emb, bag, arg_max, err = torch.ops.inductor_embed.tied_embedding_bag_triton(
-        weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx, bag_padding_idx,
-        include_last_offset)
-    _raise_on_flags(err)
-    return emb, bag, arg_max
-
-
-@tied_embedding_bag.register_fake
-def _tied_embedding_bag_fake(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
-                             emb_padding_idx, bag_padding_idx, include_last_offset):
-    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
-    d = weight.shape[1]
-    b = num_bags(bag_indices, offsets, include_last_offset)
-    return (weight.new_empty((*emb_indices.shape, d)), weight.new_empty((b, d)),
-            weight.new_empty((b, d if mode == MAX else 0), dtype=torch.int64))
-
-
-def _tied_segments(emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo):
-    from inductor_embed.kernels.bag_gather import Segment
-
-    flat = emb_indices.reshape(-1)  # a view unless the lookup's indices cannot be flattened in place
-    # The Embedding lookup: fixed bags of one index, summed; its padding row is gathered
-    # in the forward and only left out of the gradient.
-    emb = Segment(indices=flat, num_bags=flat.shape[0], padding_idx=emb_pad, forward_padding=False)
-    bag = _segments([bag_indices], [offsets], [psw], [mode], [bag_pad], [ilo], [0], False)[0]
-    return [emb, bag]
-
-
-@torch.library.custom_op("inductor_embed::tied_embedding_bag_backward", mutates_args=())
-def tied_embedding_bag_backward(
-    grad_emb: Tensor,
-    grad_bag: Tensor,
-    arg_max: Tensor,
-    emb_indices: Tensor,
-    bag_indices: Tensor,
-    offsets: Tensor | None,
-    per_sample_weights: Tensor | None,
-    num_rows: int,
-    mode: int,
-    emb_padding_idx: int,
-    bag_padding_idx: int,
-    include_last_offset: bool,
-    separate: bool,
-) -> Tensor:
-    """The weight's gradient (grad's dtype): ``[V, D]``, both lookups' contributions summed;
-    with ``separate`` ``[2, V, D]``, the Embedding's part then the bag's.
-
-    An opaque op (an extern call under Inductor). GPU: one zero fill, one atomic-add
-    launch over both lookups, one cast for half types. CPU, and deterministic mode
-    (checked when it runs): the eager reference, deterministic."""
-    args = (grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
-            emb_padding_idx, bag_padding_idx, include_last_offset, separate)
-    if not _use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
-        return _tied_backward_ref(*args)
-    return _tied_backward_kernels(*args)
-
-
-@tied_embedding_bag_backward.register_fake
-def _tied_embedding_bag_backward_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
-                                      per_sample_weights, num_rows, mode, emb_padding_idx, bag_padding_idx,
-                                      include_last_offset, separate):
-    return grad_bag.new_empty((2, num_rows, grad_bag.shape[1]) if separate else (num_rows, grad_bag.shape[1]))
-
-
-def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, num_rows, mode,
-                       emb_pad, bag_pad, ilo, separate) -> Tensor:
-    d = grad_bag.shape[1]
-    g = grad_emb.reshape(-1, d)
-    if g.dtype in (torch.float16, torch.bfloat16):
-        g = g.float()
-    emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
-    # eager's own EmbeddingBag backward on the CPU (bag_weight_grad elsewhere)
-    bag = bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
-    if separate:
-        return torch.stack([emb, bag]).to(grad_bag.dtype)
-    return emb.add_(bag).to(grad_bag.dtype)
-
-
-def _tied_setup_context(ctx, inputs, output):
-    weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo = inputs
-    ctx.separate = bag_weight is not None
-    ctx.psw_grad = psw is not None and psw.requires_grad
-    ctx.save_for_backward(output[2], emb_indices, bag_indices, offsets, psw, weight if ctx.psw_grad else None)
-    ctx.num_rows = weight.shape[0]
-    ctx.mode, ctx.emb_pad, ctx.bag_pad, ctx.ilo = mode, emb_pad, bag_pad, ilo
-
-
-def _tied_backward(ctx, grad_emb, grad_bag, _grad_arg_max):
-    arg_max, emb_indices, bag_indices, offsets, psw, weight = ctx.saved_tensors
-    if grad_emb is None:
-        grad_emb = grad_bag.new_zeros((*emb_indices.shape, grad_bag.shape[1]))
-    if grad_bag is None:
-        grad_bag = grad_emb.new_zeros((num_bags(bag_indices, offsets, ctx.ilo), grad_emb.shape[-1]))
-    gw = torch.ops.inductor_embed.tied_embedding_bag_backward(
-        grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, ctx.num_rows, ctx.mode, ctx.emb_pad,
-        ctx.bag_pad, ctx.ilo, ctx.separate)
-    gp = None
-    if ctx.psw_grad:
-        gp = per_sample_weights_grad(grad_bag, weight, bag_indices, offsets, ctx.bag_pad, ctx.ilo)
-        gp = gp.to(psw.dtype).reshape(psw.shape)
-    if ctx.separate:
-        return gw[0], gw[1], None, None, None, gp, None, None, None, None
-    return gw, None, None, None, None, gp, None, None, None, None
-
-
-tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_context)
-
-
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------
-
-
-def _dense_tables(weights: list[Tensor]) -> list[Tensor]:
-    return [w if w.shape[1] <= 1 or w.stride(1) == 1 else w.contiguous() for w in weights]
-
-
-def _column_stride_1(t: Tensor) -> Tensor:
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
 @torch.library.custom_op("inductor_embed::multi_embedding_bag_triton", mutates_args=())
@@ -501,7 +321,7 @@ def multi_embedding_bag_triton(
     include_last_offset: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The Triton forward of ``multi_embedding_bag``: ``(out, arg_max, err int32 [2])``, one launch."""
-    from inductor_embed.kernels.bag_gather import bag_gather_fwd
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_fwd
 
     psw = _psw_list(per_sample_weights, len(weights))
     dims = [w.shape[1] for w in weights]
@@ -509,7 +329,7 @@ def multi_embedding_bag_triton(
     out = weights[0].new_empty((b, sum(dims)))
     arg_max = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
     segs = _segments(indices, offsets, psw, modes, padding_idx, include_last_offset, dims, True)
-    err = bag_gather_fwd(_dense_tables(weights), segs, [out] * len(segs),
+    err = multi_embedding_bag_fwd([column_stride_1(w) for w in weights], segs, [out] * len(segs),
                          [arg_max if m == MAX else None for m in modes])
     return out, arg_max, err
 
@@ -537,7 +357,7 @@ def _bag_backward_kernels(
     sparse: list[bool],
 ) -> tuple[Tensor, Tensor]:
     """The GPU path of ``multi_embedding_bag_backward``."""
-    from inductor_embed.kernels.bag_gather import bag_gather_bwd
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_bwd
 
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
     # Two buffers, not views of one: a custom op's outputs may not alias each other.
@@ -551,73 +371,7 @@ def _bag_backward_kernels(
         gpos += 0 if s else v * d
         vpos += i.numel() * d if s else 0
     am_list = [arg_max if m == MAX else None for m in modes]
-    bag_gather_bwd([_column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
+    multi_embedding_bag_bwd([column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
     if grad.dtype != torch.float32:
         flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
     return flat, vals
-
-
-@torch.library.custom_op("inductor_embed::tied_embedding_bag_triton", mutates_args=())
-def tied_embedding_bag_triton(
-    weight: Tensor,
-    emb_indices: Tensor,
-    bag_indices: Tensor,
-    offsets: Tensor | None,
-    per_sample_weights: Tensor | None,
-    mode: int,
-    emb_padding_idx: int,
-    bag_padding_idx: int,
-    include_last_offset: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The Triton forward of ``tied_embedding_bag``: ``(emb, bag, arg_max, err int32 [2])``,
-    one launch reading the weight for both lookups."""
-    from inductor_embed.kernels.bag_gather import bag_gather_fwd
-
-    d = weight.shape[1]
-    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
-                          bag_padding_idx, include_last_offset)
-    emb = weight.new_empty((segs[0].num_bags, d))
-    bag = weight.new_empty((segs[1].num_bags, d))
-    arg_max = bag.new_empty((segs[1].num_bags, d if mode == MAX else 0), dtype=torch.int64)
-    w = _dense_tables([weight])[0]
-    err = bag_gather_fwd([w, w], segs, [emb, bag], [None, arg_max if mode == MAX else None])
-    return emb.view(*emb_indices.shape, d), bag, arg_max, err
-
-
-@tied_embedding_bag_triton.register_fake
-def _tied_embedding_bag_triton_fake(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
-                                    emb_padding_idx, bag_padding_idx, include_last_offset):
-    emb, bag, am = _tied_embedding_bag_fake(weight, None, emb_indices, bag_indices, offsets, per_sample_weights,
-                                            mode, emb_padding_idx, bag_padding_idx, include_last_offset)
-    return emb, bag, am, weight.new_empty((2,), dtype=torch.int32)
-
-
-def _tied_backward_kernels(
-    grad_emb: Tensor,
-    grad_bag: Tensor,
-    arg_max: Tensor,
-    emb_indices: Tensor,
-    bag_indices: Tensor,
-    offsets: Tensor | None,
-    per_sample_weights: Tensor | None,
-    num_rows: int,
-    mode: int,
-    emb_padding_idx: int,
-    bag_padding_idx: int,
-    include_last_offset: bool,
-    separate: bool,
-) -> Tensor:
-    """The GPU path of ``tied_embedding_bag_backward``."""
-    from inductor_embed.kernels.bag_gather import bag_gather_bwd
-
-    d = grad_bag.shape[1]
-    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
-                          bag_padding_idx, include_last_offset)
-    blocks = 2 if separate else 1
-    flat = torch.zeros(blocks * num_rows * d, dtype=torch.float32, device=grad_bag.device)
-    ge = _column_stride_1(grad_emb.reshape(-1, d).to(grad_bag.dtype))
-    bag_gather_bwd([ge, _column_stride_1(grad_bag)], segs, [num_rows, num_rows], [d, d],
-                   [None, arg_max if mode == MAX else None], [0, num_rows * d if separate else 0], [None, None], flat)
-    out = flat.view(2, num_rows, d) if separate else flat.view(num_rows, d)
-    return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)
-

@@ -178,39 +178,17 @@ def per_sample_weights_grad(grad: Tensor, weight: Tensor, indices: Tensor, offse
     return torch.where(flat != padding_idx, dots, torch.zeros((), dtype=dots.dtype, device=dots.device))
 
 
-def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
-                                     offsets: Sequence[Tensor | None], per_sample_weights: Sequence[Tensor | None],
-                                     num_rows: Sequence[int], dims: Sequence[int], modes: Sequence[int],
-                                     padding_idx: Sequence[int], include_last_offset: Sequence[bool],
-                                     sparse: Sequence[bool]) -> tuple[Tensor, Tensor]:
-    """``(dense [sum V_k * D_k of dense tables], values [sum nnz_k * D_k of sparse tables])`` in
-    grad's dtype: the dense gradients row-major back to back, and the per-index rows of
-    each sparse table's COO gradient (indices = that table's flat indices, as eager's)."""
-    dense, values = [], []
-    col = am_col = 0
-    for i, o, p, v, d, m, pad, ilo, sp in zip(indices, offsets, per_sample_weights, num_rows, dims, modes,
-                                             padding_idx, include_last_offset, sparse):
-        g = grad[:, col:col + d]
-        col += d
-        am = arg_max[:, am_col:am_col + d] if m == MAX else arg_max
-        am_col += d if m == MAX else 0
-        if sp:
-            values.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1))
-        else:
-            dense.append(bag_weight_grad(g, am, i, o, p, m, pad, ilo, v).reshape(-1))
-    empty = grad.new_zeros((0,), dtype=torch.float32)
-    return torch.cat(dense or [empty]).to(grad.dtype), torch.cat(values or [empty]).to(grad.dtype)
-
-
 def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
                                         offsets: Sequence[Tensor | None],
                                         per_sample_weights: Sequence[Tensor | None], num_rows: Sequence[int],
                                         dims: Sequence[int], modes: Sequence[int], padding_idx: Sequence[int],
                                         include_last_offset: Sequence[bool], sparse: Sequence[bool]) -> list[Tensor]:
-    """The CPU backward: per table, in grad's dtype, its dense ``[V_k, D_k]`` gradient
-    (``bag_weight_grad_aten``: eager's own algorithm), or for a sparse table the values
-    ``[nnz_k * D_k]`` of its COO gradient. Each dense gradient is its own allocation, not a
-    slice of one buffer for all tables (see ``multi_embedding_backward_tables``)."""
+    """The CPU backward (and, packed, ``multi_embedding_bag_backward_ref``): per table, in
+    grad's dtype, its dense ``[V_k, D_k]`` gradient (``bag_weight_grad_aten``: eager's own
+    algorithm on the CPU; half types accumulate in fp32 and are rounded once), or for a
+    sparse table the values ``[nnz_k * D_k]`` of its COO gradient. Each dense gradient is
+    its own allocation, not a slice of one buffer for all tables (see
+    ``multi_embedding_backward_tables``)."""
     out = []
     col = am_col = 0
     for i, o, p, v, d, m, pad, ilo, sp in zip(indices, offsets, per_sample_weights, num_rows, dims, modes,
@@ -224,3 +202,20 @@ def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: 
         else:
             out.append(bag_weight_grad_aten(g, am, i, o, p, m, pad, ilo, v).to(grad.dtype))
     return out
+
+
+def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
+                                     offsets: Sequence[Tensor | None], per_sample_weights: Sequence[Tensor | None],
+                                     num_rows: Sequence[int], dims: Sequence[int], modes: Sequence[int],
+                                     padding_idx: Sequence[int], include_last_offset: Sequence[bool],
+                                     sparse: Sequence[bool]) -> tuple[Tensor, Tensor]:
+    """``(dense [sum V_k * D_k of dense tables], values [sum nnz_k * D_k of sparse tables])`` in
+    grad's dtype: ``multi_embedding_bag_backward_tables`` packed, the dense gradients
+    row-major back to back, and the per-index rows of each sparse table's COO gradient
+    (indices = that table's flat indices, as eager's)."""
+    tables = multi_embedding_bag_backward_tables(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
+                                                 modes, padding_idx, include_last_offset, sparse)
+    empty = grad.new_zeros((0,))
+    dense = [t.reshape(-1) for t, sp in zip(tables, sparse) if not sp]
+    values = [t for t, sp in zip(tables, sparse) if sp]
+    return torch.cat(dense or [empty]), torch.cat(values or [empty])

@@ -27,40 +27,6 @@ def multi_embedding_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch
     return torch.cat([F.embedding(i, w) for w, i in zip(weights, indices)], dim=-1)
 
 
-def multi_embedding_backward_ref(
-    grad: torch.Tensor,
-    indices: Sequence[torch.Tensor],
-    num_rows: Sequence[int],
-    dims: Sequence[int],
-    padding_idx: Sequence[int],
-    scale_grad_by_freq: Sequence[bool],
-) -> torch.Tensor:
-    """Gradient of every table, packed into one flat buffer.
-
-    Args:
-        grad: [*L, sum(D_k)], the gradient of the forward output.
-        indices: T index tensors of shape [*L].
-        num_rows: V_k for each table.
-        dims: D_k for each table (they sum to grad.shape[-1]).
-        padding_idx: the row of table k that gets no gradient, or -1 for none.
-        scale_grad_by_freq: divide each row's gradient by its count in the batch.
-
-    Returns:
-        [sum(V_k * D_k)] in grad's dtype: table k's [V_k, D_k] gradient, row-major,
-        starting at offset sum(V_j * D_j for j < k). Half types accumulate in fp32
-        and are rounded once at the end, as the kernels do.
-    """
-    parts = []
-    col = 0
-    for i, v, d, p, s in zip(indices, num_rows, dims, padding_idx, scale_grad_by_freq):
-        g = grad.narrow(-1, col, d)
-        col += d
-        if g.dtype in (torch.float16, torch.bfloat16):
-            g = g.float()
-        parts.append(torch.ops.aten.embedding_dense_backward(g, i, v, p, s).reshape(-1))
-    return torch.cat(parts).to(grad.dtype)
-
-
 def multi_embedding_backward_tables(
     grad: torch.Tensor,
     indices: Sequence[torch.Tensor],
@@ -105,7 +71,7 @@ def multi_embedding_backward_tables(
         g = grad.narrow(-1, c, d)
         if half:  # a contiguous fp32 copy either way
             out[k] = torch.ops.aten.embedding_dense_backward(g.float(), i, v, p, s).to(grad.dtype)
-        elif n * d <= remaining or g.is_contiguous():
+        elif n * d <= remaining or g.is_contiguous() or g.device.type != "cpu":  # CUDA: deterministic mode
             out[k] = torch.ops.aten.embedding_dense_backward(g, i, v, p, s)
         else:
             out[k] = _index_add_backward(g.reshape(n, d), i.reshape(-1), v, p, s)
@@ -123,3 +89,31 @@ def _index_add_backward(g: torch.Tensor, idx: torch.Tensor, num_rows: int, paddi
     if padding_idx >= 0:  # where, not a multiply: an inf in a padding row must not become NaN
         g = torch.where((idx != padding_idx).unsqueeze(1), g, torch.zeros((), dtype=g.dtype, device=g.device))
     return torch.zeros((num_rows, g.shape[1]), dtype=g.dtype, device=g.device).index_add_(0, idx, g)
+
+
+def multi_embedding_backward_ref(
+    grad: torch.Tensor,
+    indices: Sequence[torch.Tensor],
+    num_rows: Sequence[int],
+    dims: Sequence[int],
+    padding_idx: Sequence[int],
+    scale_grad_by_freq: Sequence[bool],
+) -> torch.Tensor:
+    """Gradient of every table, packed into one flat buffer.
+
+    Args:
+        grad: [*L, sum(D_k)], the gradient of the forward output.
+        indices: T index tensors of shape [*L].
+        num_rows: V_k for each table.
+        dims: D_k for each table (they sum to grad.shape[-1]).
+        padding_idx: the row of table k that gets no gradient, or -1 for none.
+        scale_grad_by_freq: divide each row's gradient by its count in the batch.
+
+    Returns:
+        [sum(V_k * D_k)] in grad's dtype: table k's [V_k, D_k] gradient, row-major,
+        starting at offset sum(V_j * D_j for j < k): ``multi_embedding_backward_tables``
+        back to back. Half types accumulate in fp32 and are rounded once at the end, as
+        the kernels do.
+    """
+    tables = multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+    return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))

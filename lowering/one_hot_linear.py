@@ -11,7 +11,7 @@ packed into one flat buffer; the autograd formula views it (free).
 Both ops are ``triton_op``s: on the CPU Inductor compiles their ATen reference bodies
 (``one_hot_linear_ref.py``: a gather, and one scatter-add); on CUDA the bodies call opaque
 ops (``one_hot_linear_triton``, ``one_hot_linear_backward_triton``) that launch
-``kernels/one_hot_gather.py`` (opaque for the reason ``lowering/multi_embedding.py`` gives).
+``kernels/one_hot_linear.py`` (opaque for the reason ``lowering/multi_embedding.py`` gives).
 
 The optional ``dtype`` is the compute dtype under autocast: the weight stays in its own
 dtype and each gathered element is rounded to ``dtype``, as autocast's cast of the whole
@@ -25,7 +25,7 @@ import math
 import torch
 from torch.library import triton_op
 
-from inductor_embed import config
+from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, use_triton
 from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
     one_hot_linear_ref,
@@ -34,13 +34,6 @@ from inductor_embed.lowering.one_hot_linear_ref import (
 # Eager's F.one_hot says "Class values must be non-negative." / "Class values must be
 # smaller than num_classes."; this message matches the same "Class values" pattern.
 _OOB_MSG = "inductor_embed.one_hot_linear: Class values must be non-negative and smaller than num_classes"
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _use_triton(t: torch.Tensor) -> bool:
-    if t.device.type == "cuda":
-        return True
-    return t.device.type == "cpu" and config.triton_on_cpu
 
 
 def _check_inputs(indices, num_classes, offsets, weight, bias, dtype) -> None:
@@ -49,9 +42,9 @@ def _check_inputs(indices, num_classes, offsets, weight, bias, dtype) -> None:
         raise RuntimeError(
             f"one_hot_linear: {len(indices)} index tensors, {len(num_classes)} num_classes, {len(offsets)} offsets"
         )
-    if weight.dim() != 2 or weight.dtype not in _FLOAT_DTYPES:
+    if weight.dim() != 2 or weight.dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"one_hot_linear: weight must be 2-D fp32/fp16/bf16, got {weight.dim()}-D {weight.dtype}")
-    if dtype is not None and dtype not in _FLOAT_DTYPES:
+    if dtype is not None and dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"one_hot_linear: dtype must be fp32/fp16/bf16, got {dtype}")
     if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype or bias.device != weight.device):
         raise RuntimeError(f"one_hot_linear: bias must be [{weight.shape[0]}] {weight.dtype} on {weight.device}")
@@ -99,7 +92,7 @@ def one_hot_linear(
     """
     _check_inputs(indices, num_classes, offsets, weight, bias, dtype)
     out_dtype = weight.dtype if dtype is None else dtype
-    if not _use_triton(weight):
+    if not use_triton(weight):
         # Inductor's bounds check of the gather covers [0, V) only: an index of field k
         # past n_k would silently read field k+1's column (and torch < 2.13 wraps
         # negatives). Eager F.one_hot raises on both, so check each field explicitly.
@@ -147,7 +140,7 @@ def one_hot_linear_backward(
         fp32. Under ``torch.use_deterministic_algorithms(True)`` the deterministic ATen
         reference runs instead of the atomic kernel.
     """
-    if not _use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+    if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return one_hot_linear_backward_ref(grad, indices, offsets, num_columns, has_bias, v_major, dtype)
     return torch.ops.inductor_embed.one_hot_linear_backward_triton(
         grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
@@ -173,14 +166,14 @@ def one_hot_linear_triton(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton forward of ``one_hot_linear``: ``(out [*L, D] in dtype, err int32 [2])``;
     ``err[0]`` becomes nonzero (asynchronously) if an index was out of range."""
-    from inductor_embed.kernels.one_hot_gather import one_hot_gather_fwd
+    from inductor_embed.kernels.one_hot_linear import one_hot_linear_fwd
 
     lead = indices[0].shape[:-1]
     rows = math.prod(lead)
     d = weight.shape[0]
     out = weight.new_empty((rows, d), dtype=dtype)
     flat_idx = [i.reshape(rows, i.shape[-1]) for i in indices]
-    err = one_hot_gather_fwd(flat_idx, num_classes, offsets, weight, bias, out)
+    err = one_hot_linear_fwd(flat_idx, num_classes, offsets, weight, bias, out)
     return out.view(*lead, d), err
 
 
@@ -203,15 +196,13 @@ def one_hot_linear_backward_triton(
 ) -> torch.Tensor:
     """The Triton backward of ``one_hot_linear`` (same contract as ``one_hot_linear_backward``):
     one zero fill, one atomic-add launch accumulating in fp32, one cast unless fp32."""
-    from inductor_embed.kernels.one_hot_gather import flat_size, one_hot_gather_bwd
+    from inductor_embed.kernels.one_hot_linear import flat_size, one_hot_linear_bwd
 
     d = grad.shape[-1]
     rows = math.prod(grad.shape[:-1])
-    g2 = grad.reshape(rows, d)
-    if d > 1 and g2.stride(-1) != 1:
-        g2 = g2.contiguous()
+    g2 = column_stride_1(grad.reshape(rows, d))
     flat = torch.zeros(flat_size(d, num_columns, has_bias), dtype=torch.float32, device=grad.device)
-    one_hot_gather_bwd(g2, [i.reshape(rows, i.shape[-1]) for i in indices], num_classes, offsets, flat,
+    one_hot_linear_bwd(g2, [i.reshape(rows, i.shape[-1]) for i in indices], num_classes, offsets, flat,
                        num_columns=num_columns, v_major=v_major, has_bias=has_bias)
     return flat if dtype == torch.float32 else flat.to(dtype)
 

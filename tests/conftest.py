@@ -29,3 +29,18 @@ def _fresh_dynamo():
     with torch._inductor.config.patch(force_disable_caches=True), config.patch(bag_patterns_on_cpu=True):
         yield
     torch._dynamo.reset()
+
+
+@pytest.fixture(params=["aten", "triton"])
+def path(request):
+    """The device whose code path an op runs: the ATen reference on the CPU, or the Triton
+    kernels (on CUDA when there is a GPU, else on CPU tensors through the Triton interpreter)."""
+    import inductor_embed
+
+    if request.param == "aten":
+        yield "cpu"
+    elif torch.cuda.is_available():
+        yield "cuda"
+    else:
+        with inductor_embed.config.patch(triton_on_cpu=True):
+            yield "cpu"

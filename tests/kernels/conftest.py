@@ -1,15 +1,7 @@
 """Kernel tests run on the GPU when there is one, else on the CPU under the Triton
-interpreter, which must be switched on before any kernel module is imported."""
+interpreter (switched on by tests/conftest.py before any kernel module is imported)."""
 
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch.library import opcheck
 
-import inductor_embed
 from inductor_embed.lowering.multi_embedding_ref import multi_embedding_backward_ref
 
 OP = torch.ops.inductor_embed.multi_embedding.default
@@ -40,19 +39,6 @@ def _eager(weights, indices, pad, freq):
         F.embedding(i, w, padding_idx=None if p < 0 else p, scale_grad_by_freq=s)
         for w, i, p, s in zip(weights, indices, pad, freq)
     ], -1)
-
-
-@pytest.fixture(params=["aten", "triton"])
-def path(request):
-    """The device whose code path runs: the ATen reference on the CPU, or the Triton kernels
-    (on CUDA when there is a GPU, else on CPU tensors through the Triton interpreter)."""
-    if request.param == "aten":
-        yield "cpu"
-    elif torch.cuda.is_available():
-        yield "cuda"
-    else:
-        with inductor_embed.config.patch(triton_on_cpu=True):
-            yield "cpu"
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch.library import opcheck
 
-import inductor_embed
 from inductor_embed.lowering.one_hot_linear_ref import one_hot_linear_backward_ref
 
 OP = torch.ops.inductor_embed.one_hot_linear.default
@@ -48,19 +47,6 @@ def _dense(indices, classes, w, b, compute):
     wr = w.to(dtype).float()
     br = None if b is None else b.to(dtype).float()
     return F.linear(oh.float(), wr, br)
-
-
-@pytest.fixture(params=["aten", "triton"])
-def path(request):
-    """The device whose code path runs: the ATen reference on the CPU, or the Triton kernels
-    (on CUDA when there is a GPU, else on CPU tensors through the Triton interpreter)."""
-    if request.param == "aten":
-        yield "cpu"
-    elif torch.cuda.is_available():
-        yield "cuda"
-    else:
-        with inductor_embed.config.patch(triton_on_cpu=True):
-            yield "cpu"
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -10,7 +10,7 @@ must give eager's numbers.
 Covers multi_embedding_cat and one_hot_linear. Bad input to the bag patterns (indices
 out of range, malformed offsets) is tested with them: tests/inductor_embed/
 test_multi_embedding_bag.py, tests/lowering/test_multi_embedding_bag_op.py and
-tests/kernels/test_bag_gather.py.
+tests/kernels/test_multi_embedding_bag.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import inductor_embed
 from tests.inductor_embed._util import rewrites
 from tests.reliability._util import check_like_eager
 
@@ -65,19 +64,6 @@ def _compiled_outcome(model, backend, *inputs):
         return torch.compile(copy.deepcopy(model), backend=backend)(*inputs)
     except Exception as e:  # the outcome is compared, not swallowed
         return e
-
-
-@pytest.fixture(params=["aten", "triton"])
-def path(request):
-    """The device whose code path the op runs: the ATen reference on the CPU, or the
-    Triton kernels (CUDA when there is a GPU, else the Triton interpreter on the CPU)."""
-    if request.param == "aten":
-        yield "cpu"
-    elif CUDA:
-        yield "cuda"
-    else:
-        with inductor_embed.config.patch(triton_on_cpu=True):
-            yield "cpu"
 
 
 # --- indices out of range -------------------------------------------------------------
@@ -507,7 +493,7 @@ def test_backward_kernel_offsets_past_2_31_elements(tmp_path):
     # Table 0 is [2**24 + 64, 128]: table 1's block of the flat fp32 gradient starts at
     # element 2**31 + 8192, and table 0's last rows end there too.
     try:
-        from inductor_embed.kernels.multi_gather import multi_gather_bwd
+        from inductor_embed.kernels.multi_embedding import multi_embedding_bwd
     except ImportError:
         pytest.skip("triton is not installed")
     dev = "cuda" if CUDA else "cpu"
@@ -520,7 +506,7 @@ def test_backward_kernel_offsets_past_2_31_elements(tmp_path):
     rows = _big_rows().to(dev)
     small_rows = torch.tensor([8, 0, 8, 4, 1], device=dev)
     g = torch.randn(5, BIG_D + small_d, generator=torch.Generator().manual_seed(1)).to(dev)
-    multi_gather_bwd(g, [rows, small_rows], [BIG_V, small_v], [BIG_D, small_d], [-1, -1],
+    multi_embedding_bwd(g, [rows, small_rows], [BIG_V, small_v], [BIG_D, small_d], [-1, -1],
                      [False, False], flat)
     big_grad = flat[: BIG_V * BIG_D].view(BIG_V, BIG_D)
     torch.testing.assert_close(big_grad[rows].cpu(), g[:, :BIG_D].cpu(), rtol=0, atol=0)

@@ -7,35 +7,14 @@ in Python.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-try:
-    from inductor_embed.kernels import multi_gather as mg
-except ImportError:
-    from kernels import multi_gather as mg
+from inductor_embed.kernels import multi_embedding as mg
+from inductor_embed.lowering import multi_embedding_ref as _ref
 
-
-def _load_ref():
-    try:
-        from inductor_embed.lowering import multi_embedding_ref
-    except ImportError:
-        # From the repo root, lowering/__init__.py imports the installed package,
-        # so load the twin (it needs only torch) by path.
-        path = os.path.join(
-            os.path.dirname(__file__), "..", "..", "lowering", "multi_embedding_ref.py"
-        )
-        spec = importlib.util.spec_from_file_location("_multi_embedding_ref", path)
-        multi_embedding_ref = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(multi_embedding_ref)
-    return multi_embedding_ref
-
-
-_ref = _load_ref()
 multi_embedding_ref = _ref.multi_embedding_ref
 multi_embedding_backward_ref = _ref.multi_embedding_backward_ref
 
@@ -123,7 +102,7 @@ def _buffer(n: int, width: int, dtype: torch.dtype, wide: bool, fill: float) -> 
 def test_forward_matches_twin(case: Case) -> None:
     weights, indices = _make(case)
     out = _buffer(case.n, sum(case.dims), case.dtype, case.wide, float("nan"))
-    err = mg.multi_gather_fwd(weights, indices, out)
+    err = mg.multi_embedding_fwd(weights, indices, out)
     assert err.tolist() == [0, 0]
     # A copy: bit-exact in every dtype, and NaN poison would fail torch.equal.
     assert torch.equal(out, multi_embedding_ref(weights, indices))
@@ -156,7 +135,7 @@ def test_backward_matches_twin(case: Case) -> None:
     grad.copy_(torch.randn(grad.shape, generator=_gen(1)).to(case.dtype))
     pads, scale = _bwd_options(case, indices)
     grad_flat = _grad_flat(case, scale)
-    mg.multi_gather_bwd(grad, indices, case.vocabs, case.dims, pads, scale, grad_flat)
+    mg.multi_embedding_bwd(grad, indices, case.vocabs, case.dims, pads, scale, grad_flat)
     ref = multi_embedding_backward_ref(grad, indices, case.vocabs, case.dims, pads, scale)
     torch.testing.assert_close(_dense(grad_flat, case), ref.float(), **GRAD_TOL[case.dtype])
 
@@ -167,7 +146,7 @@ def test_backward_padding_and_freq_all_tables() -> None:
     grad = torch.randn(case.n, sum(case.dims), generator=_gen(4)).to(DEVICE)
     pads = [int(i[5]) for i in indices]
     grad_flat = _grad_flat(case, [True] * 3)
-    mg.multi_gather_bwd(grad, indices, case.vocabs, case.dims, pads, [True] * 3, grad_flat)
+    mg.multi_embedding_bwd(grad, indices, case.vocabs, case.dims, pads, [True] * 3, grad_flat)
     ref = multi_embedding_backward_ref(grad, indices, case.vocabs, case.dims, pads, [True] * 3)
     torch.testing.assert_close(_dense(grad_flat, case), ref, atol=1e-5, rtol=1e-5)
     # The padding rows really got nothing.
@@ -184,7 +163,7 @@ def test_out_of_range_sets_err_and_zero_fills() -> None:
     indices[1][4] = -1
     indices[2][12] = 10**6
     out = torch.full((case.n, sum(case.dims)), float("nan"), device=DEVICE)
-    err = mg.multi_gather_fwd(weights, indices, out)
+    err = mg.multi_embedding_fwd(weights, indices, out)
     assert err[0].item() != 0 and err[1].item() == 0
     bad = [(i < 0) | (i >= v) for i, v in zip(indices, case.vocabs)]
     safe = [torch.where(m, torch.zeros_like(i), i) for i, m in zip(indices, bad)]
@@ -197,7 +176,7 @@ def test_out_of_range_sets_err_and_zero_fills() -> None:
     # The backward skips those rows silently.
     grad = torch.randn(case.n, sum(case.dims), generator=_gen(2)).to(DEVICE)
     grad_flat = _grad_flat(case, [False] * 3)
-    mg.multi_gather_bwd(grad, indices, case.vocabs, case.dims, [-1] * 3, [False] * 3, grad_flat)
+    mg.multi_embedding_bwd(grad, indices, case.vocabs, case.dims, [-1] * 3, [False] * 3, grad_flat)
     ref_grad = grad.clone()
     for k in range(3):
         ref_grad[bad[k], cols[k] : cols[k + 1]] = 0
@@ -214,13 +193,13 @@ def test_launches_do_not_grow_with_tables(count_launches) -> None:
         weights, indices = _make(case)
         out = torch.empty(case.n, sum(case.dims), dtype=case.dtype, device=DEVICE)
         before = launches()
-        mg.multi_gather_fwd(weights, indices, out)
+        mg.multi_embedding_fwd(weights, indices, out)
         assert launches() - before == 1
         scale = [False] * T
-        mg.multi_gather_bwd(out, indices, case.vocabs, case.dims, [-1] * T, scale, _grad_flat(case, scale))
+        mg.multi_embedding_bwd(out, indices, case.vocabs, case.dims, [-1] * T, scale, _grad_flat(case, scale))
         assert launches() - before == 2
         scale = [True] * T  # the counts take one more launch, not one per table
-        mg.multi_gather_bwd(out, indices, case.vocabs, case.dims, [-1] * T, scale, _grad_flat(case, scale))
+        mg.multi_embedding_bwd(out, indices, case.vocabs, case.dims, [-1] * T, scale, _grad_flat(case, scale))
         assert launches() - before == 4
 
 
@@ -234,11 +213,11 @@ def test_thousand_tables_tiny_batch() -> None:
     x = torch.stack([torch.randint(0, v, (n,), generator=g) for v in vocabs], 1).to(DEVICE)
     indices = [x[:, k] for k in range(T)]
     out = torch.full((n, sum(dims)), float("nan"), device=DEVICE)
-    assert mg.multi_gather_fwd(weights, indices, out).tolist() == [0, 0]
+    assert mg.multi_embedding_fwd(weights, indices, out).tolist() == [0, 0]
     assert torch.equal(out, multi_embedding_ref(weights, indices))
     grad = torch.randn(n, sum(dims), generator=g).to(DEVICE)
     flat = torch.zeros(sum(v * d for v, d in zip(vocabs, dims)), device=DEVICE)
-    mg.multi_gather_bwd(grad, indices, vocabs, dims, [-1] * T, [False] * T, flat)
+    mg.multi_embedding_bwd(grad, indices, vocabs, dims, [-1] * T, [False] * T, flat)
     ref = multi_embedding_backward_ref(grad, indices, vocabs, dims, [-1] * T, [False] * T)
     torch.testing.assert_close(flat, ref, atol=1e-5, rtol=1e-5)
 
@@ -248,9 +227,9 @@ def test_empty_batch_launches_nothing(count_launches) -> None:
     weights, indices = _make(case)
     out = torch.empty(0, 133, dtype=case.dtype, device=DEVICE)
     launches = count_launches(mg)
-    err = mg.multi_gather_fwd(weights, indices, out)
+    err = mg.multi_embedding_fwd(weights, indices, out)
     grad_flat = _grad_flat(case, [True, False])
-    mg.multi_gather_bwd(out, indices, case.vocabs, case.dims, [-1, 0], [True, False], grad_flat)
+    mg.multi_embedding_bwd(out, indices, case.vocabs, case.dims, [-1, 0], [True, False], grad_flat)
     assert launches() == 0 and err.tolist() == [0, 0] and not grad_flat.any()
 
 
@@ -258,11 +237,11 @@ def test_rejects_bad_layouts() -> None:
     weights, indices = _make(Case(13, (4, 4), (7, 7), F32))
     out = torch.empty(13, 8, device=DEVICE)
     with pytest.raises(ValueError, match="column stride"):
-        mg.multi_gather_fwd([weights[0].t().contiguous().t(), weights[1]], indices, out)
+        mg.multi_embedding_fwd([weights[0].t().contiguous().t(), weights[1]], indices, out)
     with pytest.raises(ValueError, match="out must"):
-        mg.multi_gather_fwd(weights, indices, torch.empty(13, 7, device=DEVICE))
+        mg.multi_embedding_fwd(weights, indices, torch.empty(13, 7, device=DEVICE))
     with pytest.raises(ValueError, match="int32/int64"):
-        mg.multi_gather_fwd(weights, [indices[0], indices[1].float()], out)
+        mg.multi_embedding_fwd(weights, [indices[0], indices[1].float()], out)
 
 
 @pytest.mark.parametrize("max_d,n,t", [(1, 4096, 26), (128, 4096, 26), (1024, 128, 1), (8, 128, 10)], ids=str)

@@ -1,5 +1,5 @@
 """Table-batched pooled gather (EmbeddingBag): ONE launch pools every segment, for any
-segment count.
+segment count. The kernels of two ops: ``multi_embedding_bag`` and ``tied_embedding_bag``.
 
 A *segment* is one pooled lookup: a table, flat indices, offsets or a fixed bag size,
 optional per-sample weights, a mode (sum, mean, max) and a padding row.
@@ -30,9 +30,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer, vec_width
+from ._meta import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    check,
+    error_flags,
+    index_code,
+    interpreter_rows,
+    load_index,
+    pack,
+    pointer,
+    vec_width,
+)
 
-__all__ = ["LAUNCHES", "Segment", "bag_gather_fwd", "bag_gather_bwd", "block_sizes", "kernel_specs"]
+__all__ = ["LAUNCHES", "Segment", "multi_embedding_bag_fwd", "multi_embedding_bag_bwd", "block_sizes", "kernel_specs"]
 
 SUM, MEAN, MAX = 0, 1, 2  # ATen's mode numbering
 # Worst-case launches of an op: forward = pool + one fused check of both error flags
@@ -51,9 +62,6 @@ MIN_BLOCK_B, MAX_BLOCK_B = 8, 128
  COL, AM_PTR, AM_STRIDE, AM_COL, B, MODE, HAS_OFF, HAS_PSW, GOFF, SV_PTR, GO_PTR, GO_STRIDE,
  I_RS, I_CS, PSW_RS, PSW_CS) = (tl.constexpr(i) for i in range(32))
 META_COLS = 32
-
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 @triton.jit
@@ -113,7 +121,7 @@ def _zero_tail(p_meta, p_sv, d, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _bag_gather_fwd_kernel(
+def _multi_embedding_bag_fwd_kernel(
     meta_ptr,  # [S * META_COLS] int64 meta table, one row per segment
     err_ptr,  # [2] int32 error flags: [0] index out of range, [1] malformed offsets
     ty_ptr,  # any tensor of the tables' dtype: types the table, output and psw pointers
@@ -202,7 +210,7 @@ def _bag_gather_fwd_kernel(
 
 
 @triton.jit
-def _bag_gather_bwd_kernel(
+def _multi_embedding_bag_bwd_kernel(
     meta_ptr,  # [S * META_COLS] int64 meta table, one row per segment
     err_ptr,  # [2] int32 scratch (the forward already raised on bad input)
     gw_ptr,  # fp32 flat dense gradient of all dense segments, zero on entry
@@ -339,28 +347,23 @@ def block_sizes(dims: Sequence[int]) -> tuple[int, int, int]:
     return block_b, block_d, num_warps
 
 
-def _check(cond: Any, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def _check_segment(k: int, s: Segment, v: int, d: int, dtype: torch.dtype) -> None:
     i = s.indices
-    _check(i.dim() == 1 or (i.dim() == 2 and s.offsets is None),
+    check(i.dim() == 1 or (i.dim() == 2 and s.offsets is None),
            f"segment {k}: indices must be 1-D, or 2-D [B, L] without offsets")
-    _check(i.dtype in _INDEX_DTYPES, f"segment {k}: indices must be int32/int64, got {i.dtype}")
-    _check(s.mode in (SUM, MEAN, MAX), f"segment {k}: mode must be 0 (sum), 1 (mean) or 2 (max)")
+    check(i.dtype in INDEX_DTYPES, f"segment {k}: indices must be int32/int64, got {i.dtype}")
+    check(s.mode in (SUM, MEAN, MAX), f"segment {k}: mode must be 0 (sum), 1 (mean) or 2 (max)")
     if s.offsets is not None:
         o = s.offsets
-        _check(o.dim() == 1 and (o.numel() <= 1 or o.stride(0) == 1) and o.dtype in _INDEX_DTYPES,
+        check(o.dim() == 1 and (o.numel() <= 1 or o.stride(0) == 1) and o.dtype in INDEX_DTYPES,
                f"segment {k}: offsets must be 1-D contiguous int32/int64")
-        _check(o.shape[0] in (s.num_bags, s.num_bags + 1), f"segment {k}: {o.shape[0]} offsets for {s.num_bags} bags")
+        check(o.shape[0] in (s.num_bags, s.num_bags + 1), f"segment {k}: {o.shape[0]} offsets for {s.num_bags} bags")
     else:
-        _check(i.numel() == s.num_bags * _bag_size(s), f"segment {k}: {i.numel()} indices, not {s.num_bags} x {_bag_size(s)}")
+        check(i.numel() == s.num_bags * _bag_size(s), f"segment {k}: {i.numel()} indices, not {s.num_bags} x {_bag_size(s)}")
     p = s.per_sample_weights
     if p is not None:
-        _check(s.mode == SUM, f"segment {k}: per_sample_weights need sum mode")
-        _check(p.shape == i.shape and p.dtype == dtype,
+        check(s.mode == SUM, f"segment {k}: per_sample_weights need sum mode")
+        check(p.shape == i.shape and p.dtype == dtype,
                f"segment {k}: per_sample_weights must match indices, in the tables' dtype")
 
 
@@ -394,7 +397,7 @@ def _row(s: Segment, w: Tensor | None, v: int, d: int, out: Tensor | None = None
             *_strides(s.indices, bag), *_strides(s.per_sample_weights, bag)]
 
 
-def bag_gather_fwd(
+def multi_embedding_bag_fwd(
     weights: Sequence[Tensor],
     segments: Sequence[Segment],
     outs: Sequence[Tensor],
@@ -417,18 +420,18 @@ def bag_gather_fwd(
         not starting at 0). The caller decides whether to raise.
     """
     S = len(segments)
-    _check(S >= 1 and len(weights) == len(outs) == len(arg_max) == S, "need a table, an output and an arg_max per segment")
-    _check(weights[0].dtype in _FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
+    check(S >= 1 and len(weights) == len(outs) == len(arg_max) == S, "need a table, an output and an arg_max per segment")
+    check(weights[0].dtype in FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
     dims = [int(w.shape[1]) for w in weights]
     for k, (w, s, o, am) in enumerate(zip(weights, segments, outs, arg_max)):
-        _check(w.dim() == 2 and (w.shape[1] <= 1 or w.stride(1) == 1), f"weights[{k}] must be 2-D with column stride 1")
-        _check(w.dtype == weights[0].dtype, "all tables must have one dtype")
+        check(w.dim() == 2 and (w.shape[1] <= 1 or w.stride(1) == 1), f"weights[{k}] must be 2-D with column stride 1")
+        check(w.dtype == weights[0].dtype, "all tables must have one dtype")
         _check_segment(k, s, w.shape[0], dims[k], w.dtype)
-        _check(o.dim() == 2 and o.shape[0] == s.num_bags and o.shape[1] >= s.col + dims[k] and o.dtype == w.dtype
+        check(o.dim() == 2 and o.shape[0] == s.num_bags and o.shape[1] >= s.col + dims[k] and o.dtype == w.dtype
                and (o.shape[1] <= 1 or o.stride(1) == 1),
                f"outs[{k}] must be [{s.num_bags}, >= {s.col + dims[k]}] {w.dtype} with column stride 1")
         if s.mode == MAX:
-            _check(am is not None and am.dim() == 2 and am.shape[0] == s.num_bags and am.shape[1] >= s.am_col + dims[k]
+            check(am is not None and am.dim() == 2 and am.shape[0] == s.num_bags and am.shape[1] >= s.am_col + dims[k]
                    and am.dtype == torch.int64 and (am.shape[1] <= 1 or am.stride(1) == 1),
                    f"arg_max[{k}] must be int64 [{s.num_bags}, >= {s.am_col + dims[k]}]")
     rows = [_row(s, w, w.shape[0], d, out=o, am=am if s.mode == MAX else None)
@@ -443,13 +446,13 @@ def bag_gather_fwd(
         block_b = interpreter_rows(max_b, block_d)
     vec = vec_width(weights[0].element_size(), [*dims, *(w.stride(0) for w in weights), *(o.stride(0) for o in outs),
                                            *(s.col for s in segments)], [*weights, *outs])
-    _bag_gather_fwd_kernel[(triton.cdiv(max_b, block_b), S)](
+    _multi_embedding_bag_fwd_kernel[(triton.cdiv(max_b, block_b), S)](
         meta, err, weights[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments), VEC=vec,
         BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
     return err
 
 
-def bag_gather_bwd(
+def multi_embedding_bag_bwd(
     grads: Sequence[Tensor],
     segments: Sequence[Segment],
     num_rows: Sequence[int],
@@ -475,18 +478,18 @@ def bag_gather_bwd(
         grad_flat: fp32 contiguous, zero on entry.
     """
     S = len(segments)
-    _check(S >= 1 and len(grads) == len(num_rows) == len(dims) == len(arg_max) == len(grad_offsets)
+    check(S >= 1 and len(grads) == len(num_rows) == len(dims) == len(arg_max) == len(grad_offsets)
            == len(sparse_values) == S, "need a gradient, size, arg_max, offset and values slot per segment")
-    _check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1, "grad_flat must be fp32 1-D")
+    check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1, "grad_flat must be fp32 1-D")
     dims = [int(d) for d in dims]
     for k, (g, s, v, d, sv) in enumerate(zip(grads, segments, num_rows, dims, sparse_values)):
         _check_segment(k, s, v, d, grads[0].dtype)
-        _check(g.dim() == 2 and g.shape[0] == s.num_bags and g.shape[1] >= s.col + d and (d <= 1 or g.stride(1) == 1)
+        check(g.dim() == 2 and g.shape[0] == s.num_bags and g.shape[1] >= s.col + d and (d <= 1 or g.stride(1) == 1)
                and g.dtype == grads[0].dtype and g.dtype.is_floating_point,
                f"grads[{k}] must be [{s.num_bags}, >= {s.col + d}] with column stride 1, one float dtype")
-        _check(sv is None or (sv.dtype == torch.float32 and sv.numel() == s.indices.numel() * d and s.mode != MAX),
+        check(sv is None or (sv.dtype == torch.float32 and sv.numel() == s.indices.numel() * d and s.mode != MAX),
                f"sparse_values[{k}] must be fp32 [nnz * D] (sum/mean mode)")
-        _check(s.mode != MAX or arg_max[k] is not None, f"arg_max[{k}] is needed in max mode")
+        check(s.mode != MAX or arg_max[k] is not None, f"arg_max[{k}] is needed in max mode")
     rows = [_row(s, None, v, d, am=am if s.mode == MAX else None, goff=goff, sv=sv, go=g)
             for g, s, v, d, am, goff, sv in zip(grads, segments, num_rows, dims, arg_max, grad_offsets, sparse_values)]
     meta = pack(rows, grad_flat.device)
@@ -498,7 +501,7 @@ def bag_gather_bwd(
         block_b = interpreter_rows(max_b, block_d)
     vec = min(vec_width(grads[0].element_size(), [*dims, *(g.stride(0) for g in grads), *(s.col for s in segments)], grads),
               vec_width(4, [*dims, *grad_offsets], [grad_flat]))
-    _bag_gather_bwd_kernel[(triton.cdiv(max_b, block_b), S)](
+    _multi_embedding_bag_bwd_kernel[(triton.cdiv(max_b, block_b), S)](
         meta, error_flags(meta), grad_flat, grads[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments),
         VEC=vec, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
 
@@ -512,10 +515,10 @@ def kernel_specs(segments: int) -> list[dict[str, Any]]:
         consts = {"COLS": META_COLS, "HAS_MAX": has_max, "VEC": 4 if d % 4 == 0 else 1, "BLOCK_B": block_b,
                   "BLOCK_D": block_d}
         tag = f"D{d}" + ("_max" if has_max else "")
-        specs.append({"name": f"fwd_{tag}", "fn": _bag_gather_fwd_kernel, "num_warps": nw,
+        specs.append({"name": f"fwd_{tag}", "fn": _multi_embedding_bag_fwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "ty_ptr": "*fp32"},
                       "constexprs": consts})
-        specs.append({"name": f"bwd_{tag}", "fn": _bag_gather_bwd_kernel, "num_warps": nw,
+        specs.append({"name": f"bwd_{tag}", "fn": _multi_embedding_bag_bwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "gw_ptr": "*fp32", "ty_ptr": "*fp32"},
                       "constexprs": consts})
     return specs

@@ -38,7 +38,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, interpreter_rows, pack, pointer
+from ._meta import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    check,
+    error_flags,
+    index_code,
+    interpreter_rows,
+    pack,
+    pointer,
+)
 
 __all__ = [
     "LAUNCHES",
@@ -46,8 +55,8 @@ __all__ = [
     "flat_size",
     "grad_strides",
     "kernel_specs",
-    "one_hot_gather_bwd",
-    "one_hot_gather_fwd",
+    "one_hot_linear_bwd",
+    "one_hot_linear_fwd",
 ]
 
 # Meta row of field k: its indices [N, bag] (address, strides, dtype), bag size, class
@@ -64,12 +73,9 @@ MAX_BLOCK_D = 128
 TILE_ELEMS = 2048
 MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
-
 
 @triton.jit(do_not_specialize=["N", "D"])
-def _one_hot_gather_fwd_kernel(
+def _one_hot_linear_fwd_kernel(
     meta_ptr,  # [F * META_COLS] int64 meta table, one row per field
     err_ptr,  # [2] int32 error flags; [0] set on an index outside [0, n_k)
     out_ptr,  # [N, D] output in the compute dtype, contiguous
@@ -133,7 +139,7 @@ def _one_hot_gather_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["N", "D"])
-def _one_hot_gather_bwd_kernel(
+def _one_hot_linear_bwd_kernel(
     meta_ptr,  # [F * META_COLS] int64 meta table, one row per field
     go_ptr,  # [N, D] gradient of the output, any float dtype, row stride go_row_stride, column stride 1
     go_row_stride,
@@ -202,19 +208,14 @@ def block_sizes(d: int) -> tuple[int, int, int]:
     return block_n, block_d, num_warps
 
 
-def _check(cond: Any, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def _check_fields(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int],
                   n: int, v: int) -> None:
-    _check(len(indices) >= 1 and len(num_classes) == len(offsets) == len(indices),
+    check(len(indices) >= 1 and len(num_classes) == len(offsets) == len(indices),
            "need one num_classes and one offset per index tensor, and a field")
     for k, (i, c, o) in enumerate(zip(indices, num_classes, offsets)):
-        _check(i.dim() == 2 and i.shape[0] == n, f"indices[{k}] must be [N={n}, bag], got {list(i.shape)}")
-        _check(i.dtype in _INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
-        _check(c >= 1 and 0 <= o and o + c <= v, f"field {k}: columns [{o}, {o + c}) not inside [0, {v})")
+        check(i.dim() == 2 and i.shape[0] == n, f"indices[{k}] must be [N={n}, bag], got {list(i.shape)}")
+        check(i.dtype in INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
+        check(c >= 1 and 0 <= o and o + c <= v, f"field {k}: columns [{o}, {o + c}) not inside [0, {v})")
 
 
 def _meta(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int],
@@ -224,7 +225,7 @@ def _meta(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequen
     return pack(rows, device)
 
 
-def one_hot_gather_fwd(
+def one_hot_linear_fwd(
     indices: Sequence[Tensor],
     num_classes: Sequence[int],
     offsets: Sequence[int],
@@ -249,13 +250,13 @@ def one_hot_gather_fwd(
         int32 ``[2]`` error flags: ``[0]`` becomes nonzero (asynchronously on CUDA) if any
         index was out of range.
     """
-    _check(weight.dim() == 2 and weight.dtype in _FLOAT_DTYPES, "weight must be 2-D fp32/fp16/bf16")
+    check(weight.dim() == 2 and weight.dtype in FLOAT_DTYPES, "weight must be 2-D fp32/fp16/bf16")
     d, v = int(weight.shape[0]), int(weight.shape[1])
     n = out.shape[0]
-    _check(out.dim() == 2 and out.shape[1] == d and out.is_contiguous(),
+    check(out.dim() == 2 and out.shape[1] == d and out.is_contiguous(),
            f"out must be contiguous [N, {d}], got {list(out.shape)}")
-    _check(out.dtype in _FLOAT_DTYPES, f"unsupported out dtype {out.dtype}")
-    _check(bias is None or (bias.dim() == 1 and bias.shape[0] == d and bias.dtype == weight.dtype),
+    check(out.dtype in FLOAT_DTYPES, f"unsupported out dtype {out.dtype}")
+    check(bias is None or (bias.dim() == 1 and bias.shape[0] == d and bias.dtype == weight.dtype),
            f"bias must be [{d}] in the weight's dtype")
     _check_fields(indices, num_classes, offsets, n, v)
     meta = _meta(indices, num_classes, offsets, out.device)
@@ -266,7 +267,7 @@ def one_hot_gather_fwd(
     if out.device.type == "cpu":
         block_n = interpreter_rows(n, block_d)
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
-    _one_hot_gather_fwd_kernel[grid](
+    _one_hot_linear_fwd_kernel[grid](
         meta, err, out, weight, weight.stride(0), weight.stride(1),
         # Without a bias the pointer is never read; the weight stands in.
         weight if bias is None else bias, 0 if bias is None else bias.stride(0),
@@ -283,7 +284,7 @@ def grad_strides(d: int, v: int, v_major: bool) -> tuple[int, int]:
     return (1, d) if v_major else (v, 1)
 
 
-def one_hot_gather_bwd(
+def one_hot_linear_bwd(
     grad_out: Tensor,
     indices: Sequence[Tensor],
     num_classes: Sequence[int],
@@ -302,7 +303,7 @@ def one_hot_gather_bwd(
 
     Args:
         grad_out: ``[N, D]``, any float dtype, column stride 1, any row stride.
-        indices, num_classes, offsets: as in ``one_hot_gather_fwd``; out-of-range
+        indices, num_classes, offsets: as in ``one_hot_linear_fwd``; out-of-range
             slots are skipped silently (the forward flagged them).
         grad_flat: fp32, contiguous, ``[D*V + (D if has_bias else 0)]``, zero on entry.
         num_columns: V.
@@ -310,11 +311,11 @@ def one_hot_gather_bwd(
         has_bias: also accumulate the bias gradient.
     """
     n, d, v = grad_out.shape[0], int(grad_out.shape[1]), int(num_columns)
-    _check(grad_out.dim() == 2 and (d <= 1 or grad_out.stride(1) == 1),
+    check(grad_out.dim() == 2 and (d <= 1 or grad_out.stride(1) == 1),
            f"grad_out must be [N, D] with column stride 1, got {list(grad_out.shape)}")
-    _check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
+    check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
     size = flat_size(d, v, has_bias)
-    _check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size
+    check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size
            and grad_flat.is_contiguous(), f"grad_flat must be contiguous fp32 [{size}]")
     _check_fields(indices, num_classes, offsets, n, v)
     if n == 0 or d == 0:
@@ -325,7 +326,7 @@ def one_hot_gather_bwd(
         block_n = interpreter_rows(n, block_d)
     sd, sv = grad_strides(d, v, v_major)
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
-    _one_hot_gather_bwd_kernel[grid](
+    _one_hot_linear_bwd_kernel[grid](
         meta, grad_out, grad_out.stride(0), grad_flat, sd, sv, d * v, n, d, len(indices),
         COLS=META_COLS, HAS_BIAS=has_bias, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
     )
@@ -343,12 +344,12 @@ def kernel_specs(fields: int) -> list[dict[str, Any]]:
     for d in (64, 1024):
         block_n, block_d, nw = block_sizes(d)
         consts = {"COLS": META_COLS, "HAS_BIAS": True, "BLOCK_N": block_n, "BLOCK_D": block_d}
-        specs.append({"name": f"fwd_D{d}", "fn": _one_hot_gather_fwd_kernel, "num_warps": nw,
+        specs.append({"name": f"fwd_D{d}", "fn": _one_hot_linear_fwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "out_ptr": "*fp32", "w_ptr": "*fp32",
                                     "w_stride_d": "i64", "w_stride_v": "i64", "b_ptr": "*fp32", "b_stride": "i64",
                                     "N": "i64", "D": "i64", "F": "i32"},
                       "constexprs": consts})
-        specs.append({"name": f"bwd_D{d}", "fn": _one_hot_gather_bwd_kernel, "num_warps": nw,
+        specs.append({"name": f"bwd_D{d}", "fn": _one_hot_linear_bwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "go_ptr": "*fp32", "go_row_stride": "i64", "gw_ptr": "*fp32",
                                     "gw_stride_d": "i64", "gw_stride_v": "i64", "gb_off": "i64",
                                     "N": "i64", "D": "i64", "F": "i32"},

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inductor_embed.kernels import bag_gather as bg
+from inductor_embed.kernels import multi_embedding_bag as bg
 from inductor_embed.lowering import multi_embedding_bag_ref as ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,7 +68,7 @@ def test_forward_backward_match_reference(case) -> None:
         segs.append(_segment(i, o, p, MODES[m], pad, ilo, col, am_col))
         col += d
         am_col += d if m == "max" else 0
-    err = bg.bag_gather_fwd([lk[0] for lk in lookups], segs, [out] * len(segs),
+    err = bg.multi_embedding_bag_fwd([lk[0] for lk in lookups], segs, [out] * len(segs),
                             [arg_max if m == "max" else None for m in modes])
     assert err.tolist() == [0, 0]
     torch.testing.assert_close(out, expect, **TOL[dtype])
@@ -79,7 +79,7 @@ def test_forward_backward_match_reference(case) -> None:
     num_rows = [lk[0].shape[0] for lk in lookups]
     goffs = [sum(v * d for v, d in zip(num_rows[:k], dims[:k])) for k in range(len(dims))]
     flat = torch.zeros(sum(v * d for v, d in zip(num_rows, dims)), dtype=torch.float32, device=DEVICE)
-    bg.bag_gather_bwd([grad] * len(segs), segs, num_rows, dims, [arg_max if m == "max" else None for m in modes],
+    bg.multi_embedding_bag_bwd([grad] * len(segs), segs, num_rows, dims, [arg_max if m == "max" else None for m in modes],
                       goffs, [None] * len(segs), flat)
     dense, _ = ref.multi_embedding_bag_backward_ref(
         grad, am_ref, [lk[1] for lk in lookups], [lk[2] for lk in lookups], [lk[3] for lk in lookups], num_rows,
@@ -116,7 +116,7 @@ def test_sparse_values_are_eagers_coo_values() -> None:
         seg = _segment(i, o, None, mode, -1, False, 0, 0)
         vals = torch.full((9 * 6,), float("nan"), device=DEVICE)  # fully written by the kernel
         flat = torch.zeros(0, device=DEVICE)
-        bg.bag_gather_bwd([gout], [seg], [12], [6], [None], [0], [vals], flat)
+        bg.multi_embedding_bag_bwd([gout], [seg], [12], [6], [None], [0], [vals], flat)
         torch.testing.assert_close(vals.view(9, 6), gw.coalesce().to_dense()[i] * 0 + gw._values())
 
 
@@ -127,7 +127,7 @@ def test_malformed_offsets_set_flag(bad: str) -> None:
     i = torch.randint(0, 10, (8,), device=DEVICE)
     out = torch.full((3, 4), float("nan"), device=DEVICE)
     seg = bg.Segment(i, 3, bg.SUM, offsets=torch.tensor(offsets, device=DEVICE))
-    err = bg.bag_gather_fwd([w], [seg], [out], [None])
+    err = bg.multi_embedding_bag_fwd([w], [seg], [out], [None])
     assert err.tolist() == [0, 1]
     assert not out.isnan().any()  # fully written: bad bags read as empty
 
@@ -137,7 +137,7 @@ def test_out_of_range_index_sets_flag(index: int) -> None:
     w = torch.randn(10, 4, device=DEVICE)
     i = torch.tensor([1, index, 2], device=DEVICE)
     out = torch.empty(1, 4, device=DEVICE)
-    err = bg.bag_gather_fwd([w], [bg.Segment(i, 1, bg.MAX, bag_size=3)], [out],
+    err = bg.multi_embedding_bag_fwd([w], [bg.Segment(i, 1, bg.MAX, bag_size=3)], [out],
                             [torch.empty(1, 4, dtype=torch.int64, device=DEVICE)])
     assert err.tolist() == [1, 0]
     torch.testing.assert_close(out[0], torch.maximum(w[1], w[2]))
@@ -155,10 +155,10 @@ def test_tied_segments_share_one_gradient_block() -> None:
     (gw,) = torch.autograd.grad([e_ref, b_ref], [w], [ge, gb])
     segs = [bg.Segment(ei, 4, padding_idx=0, forward_padding=False), bg.Segment(bi, 2, offsets=bo)]
     e, b = torch.empty(4, 3, device=DEVICE), torch.empty(2, 3, device=DEVICE)
-    err = bg.bag_gather_fwd([w.detach()] * 2, segs, [e, b], [None, None])
+    err = bg.multi_embedding_bag_fwd([w.detach()] * 2, segs, [e, b], [None, None])
     assert torch.equal(e, e_ref) and torch.allclose(b, b_ref) and err.tolist() == [0, 0]
     flat = torch.zeros(30, device=DEVICE)
-    bg.bag_gather_bwd([ge, gb], segs, [10, 10], [3, 3], [None, None], [0, 0], [None, None], flat)
+    bg.multi_embedding_bag_bwd([ge, gb], segs, [10, 10], [3, 3], [None, None], [0, 0], [None, None], flat)
     torch.testing.assert_close(flat.view(10, 3), gw)
 
 
@@ -170,7 +170,7 @@ def test_sparse_values_after_the_last_bag_are_zeros() -> None:
     gout = torch.randn(2, 5, device=DEVICE)
     seg = _segment(i, o, None, bg.SUM, -1, True, 0, 0)
     vals = torch.full((6 * 5,), float("nan"), device=DEVICE)
-    bg.bag_gather_bwd([gout], [seg], [8], [5], [None], [0], [vals], torch.zeros(0, device=DEVICE))
+    bg.multi_embedding_bag_bwd([gout], [seg], [8], [5], [None], [0], [vals], torch.zeros(0, device=DEVICE))
     want = torch.cat([gout[0].expand(2, 5), gout[1:2], torch.zeros(3, 5, device=DEVICE)])
     torch.testing.assert_close(vals.view(6, 5), want)
 
@@ -186,11 +186,11 @@ def test_launches_do_not_grow_with_segments(count_launches) -> None:
             col += _w.shape[1]
         out = torch.empty(5, col, device=DEVICE)
         before = launches()
-        bg.bag_gather_fwd([lk[0] for lk in lookups], segs, [out] * S, [None] * S)
+        bg.multi_embedding_bag_fwd([lk[0] for lk in lookups], segs, [out] * S, [None] * S)
         assert launches() - before == 1
         flat = torch.zeros(sum(lk[0].numel() for lk in lookups), device=DEVICE)
         goffs = [sum(lk[0].numel() for lk in lookups[:k]) for k in range(S)]
-        bg.bag_gather_bwd([out] * S, segs, [7] * S, [lk[0].shape[1] for lk in lookups], [None] * S, goffs,
+        bg.multi_embedding_bag_bwd([out] * S, segs, [7] * S, [lk[0].shape[1] for lk in lookups], [None] * S, goffs,
                           [None] * S, flat)
         assert launches() - before == 2
 
@@ -213,7 +213,7 @@ def test_thousand_segments_tiny_batch() -> None:
         am_col += w.shape[1] if m == bg.MAX else 0
     out = torch.full(expect.shape, float("nan"), device=DEVICE)
     am = torch.full(am_ref.shape, -7, dtype=torch.int64, device=DEVICE)
-    err = bg.bag_gather_fwd([lk[0] for lk in lookups], segs, [out] * S, [am if m == bg.MAX else None for m in modes])
+    err = bg.multi_embedding_bag_fwd([lk[0] for lk in lookups], segs, [out] * S, [am if m == bg.MAX else None for m in modes])
     assert err.tolist() == [0, 0]
     torch.testing.assert_close(out, expect)
     assert torch.equal(am, am_ref)
@@ -223,12 +223,12 @@ def test_launcher_checks() -> None:
     w = torch.randn(10, 4, device=DEVICE)
     i = torch.randint(0, 10, (6,), device=DEVICE)
     with pytest.raises(ValueError, match="per_sample_weights need sum mode"):
-        bg.bag_gather_fwd([w], [bg.Segment(i, 2, bg.MEAN, bag_size=3, per_sample_weights=torch.ones(6, device=DEVICE))],
+        bg.multi_embedding_bag_fwd([w], [bg.Segment(i, 2, bg.MEAN, bag_size=3, per_sample_weights=torch.ones(6, device=DEVICE))],
                           [torch.empty(2, 4, device=DEVICE)], [None])
     with pytest.raises(ValueError, match="arg_max"):
-        bg.bag_gather_fwd([w], [bg.Segment(i, 2, bg.MAX, bag_size=3)], [torch.empty(2, 4, device=DEVICE)], [None])
+        bg.multi_embedding_bag_fwd([w], [bg.Segment(i, 2, bg.MAX, bag_size=3)], [torch.empty(2, 4, device=DEVICE)], [None])
     with pytest.raises(ValueError, match="offsets for"):
-        bg.bag_gather_fwd([w], [bg.Segment(i, 2, offsets=torch.tensor([0], device=DEVICE))],
+        bg.multi_embedding_bag_fwd([w], [bg.Segment(i, 2, offsets=torch.tensor([0], device=DEVICE))],
                           [torch.empty(2, 4, device=DEVICE)], [None])
 
 

@@ -7,33 +7,15 @@ in Python.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-try:
-    from inductor_embed.kernels import one_hot_gather as ohg
-except ImportError:
-    from kernels import one_hot_gather as ohg
+from inductor_embed.kernels import one_hot_linear as ohg
+from inductor_embed.lowering import one_hot_linear_ref as _ref
 
-
-def _load_ref():
-    try:
-        from inductor_embed.lowering import one_hot_linear_ref
-    except ImportError:
-        # From the repo root, lowering/__init__.py imports the installed package,
-        # so load the twin (it needs only torch) by path.
-        path = os.path.join(os.path.dirname(__file__), "..", "..", "lowering", "one_hot_linear_ref.py")
-        spec = importlib.util.spec_from_file_location("_one_hot_linear_ref", path)
-        one_hot_linear_ref = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(one_hot_linear_ref)
-    return one_hot_linear_ref
-
-
-_ref = _load_ref()
 one_hot_linear_ref = _ref.one_hot_linear_ref
 one_hot_linear_backward_ref = _ref.one_hot_linear_backward_ref
 
@@ -148,7 +130,7 @@ def _out_dtype(case: Case) -> torch.dtype:
 def test_forward_matches_twin(case: Case) -> None:
     w, b, indices = _make(case)
     out = torch.full((case.n, case.d), float("nan"), dtype=_out_dtype(case), device=DEVICE)
-    err = ohg.one_hot_gather_fwd(indices, case.classes, case.offsets(), w, b, out)
+    err = ohg.one_hot_linear_fwd(indices, case.classes, case.offsets(), w, b, out)
     assert err.tolist() == [0, 0]
     ref = one_hot_linear_ref(indices, case.offsets(), w, b, _out_dtype(case))
     assert not out.isnan().any()  # the NaN poison was overwritten everywhere
@@ -164,7 +146,7 @@ def test_backward_matches_twin(case: Case) -> None:
     grad = torch.randn(case.n, case.d, generator=_gen(1)).to(_out_dtype(case)).to(DEVICE)
     v_major = case.layout == "vmajor"
     flat = torch.zeros(ohg.flat_size(case.d, case.v, case.bias), device=DEVICE)
-    ohg.one_hot_gather_bwd(grad, indices, case.classes, case.offsets(), flat,
+    ohg.one_hot_linear_bwd(grad, indices, case.classes, case.offsets(), flat,
                            num_columns=case.v, v_major=v_major, has_bias=case.bias)
     ref = one_hot_linear_backward_ref(grad, indices, case.offsets(), case.v, case.bias, v_major, torch.float32)
     torch.testing.assert_close(flat, ref, **GRAD_TOL[_out_dtype(case)])
@@ -177,7 +159,7 @@ def test_backward_layouts_agree_with_autograd() -> None:
         w, b, indices = _make(case, seed=2)
         grad = torch.randn(case.n, case.d, generator=_gen(3)).to(DEVICE)
         flat = torch.zeros(ohg.flat_size(case.d, case.v, True), device=DEVICE)
-        ohg.one_hot_gather_bwd(grad, indices, case.classes, case.offsets(), flat,
+        ohg.one_hot_linear_bwd(grad, indices, case.classes, case.offsets(), flat,
                                num_columns=case.v, v_major=v_major, has_bias=True)
         sd, sv = ohg.grad_strides(case.d, case.v, v_major)
         gw = flat[: case.d * case.v].as_strided((case.d, case.v), (sd, sv))
@@ -196,7 +178,7 @@ def test_backward_accumulates_half_types_in_fp32() -> None:
     indices = [torch.zeros(n, 1, dtype=torch.int64, device=DEVICE)]
     grad = torch.full((n, 2), 1 / 64, dtype=BF16, device=DEVICE)
     flat = torch.zeros(ohg.flat_size(2, 3, True), device=DEVICE)
-    ohg.one_hot_gather_bwd(grad, indices, [3], [0], flat, num_columns=3, v_major=False, has_bias=True)
+    ohg.one_hot_linear_bwd(grad, indices, [3], [0], flat, num_columns=3, v_major=False, has_bias=True)
     gw = flat[:6].view(2, 3)
     torch.testing.assert_close(gw[:, 0].cpu(), torch.full((2,), 64.0))
     assert not gw[:, 1:].any()
@@ -210,7 +192,7 @@ def test_out_of_range_sets_err_and_backward_skips() -> None:
     indices[1][4, 1] = -1
     indices[1][12, 0] = 10**6
     out = torch.full((case.n, case.d), float("nan"), device=DEVICE)
-    err = ohg.one_hot_gather_fwd(indices, case.classes, case.offsets(), w, None, out)
+    err = ohg.one_hot_linear_fwd(indices, case.classes, case.offsets(), w, None, out)
     assert err[0].item() != 0
     # The bad slots read nothing; every other slot is summed as usual.
     bad = [(i < 0) | (i >= c) for i, c in zip(indices, case.classes)]
@@ -221,7 +203,7 @@ def test_out_of_range_sets_err_and_backward_skips() -> None:
 
     grad = torch.randn(case.n, case.d, generator=_gen(2)).to(DEVICE)
     flat = torch.zeros(case.d * case.v, device=DEVICE)
-    ohg.one_hot_gather_bwd(grad, indices, case.classes, case.offsets(), flat,
+    ohg.one_hot_linear_bwd(grad, indices, case.classes, case.offsets(), flat,
                            num_columns=case.v, v_major=False, has_bias=False)
     ref = torch.zeros(case.v, case.d, device=DEVICE)
     for s, o, m in zip(safe, case.offsets(), bad):
@@ -238,10 +220,10 @@ def test_launches_do_not_grow_with_fields(count_launches) -> None:
         w, b, indices = _make(case)
         out = torch.empty(case.n, case.d, dtype=case.dtype, device=DEVICE)
         before = launches()
-        ohg.one_hot_gather_fwd(indices, case.classes, case.offsets(), w, b, out)
+        ohg.one_hot_linear_fwd(indices, case.classes, case.offsets(), w, b, out)
         assert launches() - before == 1
         flat = torch.zeros(ohg.flat_size(case.d, case.v, True), device=DEVICE)
-        ohg.one_hot_gather_bwd(out, indices, case.classes, case.offsets(), flat, num_columns=case.v,
+        ohg.one_hot_linear_bwd(out, indices, case.classes, case.offsets(), flat, num_columns=case.v,
                                v_major=False, has_bias=True)
         assert launches() - before == 2
 
@@ -252,12 +234,12 @@ def test_thousand_fields_tiny_batch() -> None:
     case = Case(n, d, tuple(1 + k % 3 for k in range(fields)), (1,) * fields, F32, bias=False)
     w, b, indices = _make(case, seed=5)
     out = torch.full((n, d), float("nan"), device=DEVICE)
-    assert ohg.one_hot_gather_fwd(indices, case.classes, case.offsets(), w, None, out).tolist() == [0, 0]
+    assert ohg.one_hot_linear_fwd(indices, case.classes, case.offsets(), w, None, out).tolist() == [0, 0]
     cols = torch.cat([i.long() + o for i, o in zip(indices, case.offsets())], 1)  # [N, F]
     torch.testing.assert_close(out, w.t()[cols].sum(1), atol=1e-4, rtol=1e-5)
     grad = torch.randn(n, d, generator=_gen(6)).to(DEVICE)
     flat = torch.zeros(ohg.flat_size(d, case.v, False), device=DEVICE)
-    ohg.one_hot_gather_bwd(grad, indices, case.classes, case.offsets(), flat, num_columns=case.v,
+    ohg.one_hot_linear_bwd(grad, indices, case.classes, case.offsets(), flat, num_columns=case.v,
                            v_major=False, has_bias=False)
     ref = torch.zeros(case.v, d, device=DEVICE).index_add_(0, cols.reshape(-1), grad.repeat_interleave(fields, 0))
     torch.testing.assert_close(flat.view(d, case.v), ref.t(), atol=1e-5, rtol=1e-5)
@@ -268,9 +250,9 @@ def test_empty_batch_launches_nothing(count_launches) -> None:
     w, b, indices = _make(case)
     out = torch.empty(0, 3, dtype=case.dtype, device=DEVICE)
     launches = count_launches(ohg)
-    err = ohg.one_hot_gather_fwd(indices, case.classes, case.offsets(), w, b, out)
+    err = ohg.one_hot_linear_fwd(indices, case.classes, case.offsets(), w, b, out)
     flat = torch.zeros(ohg.flat_size(3, 4, True), device=DEVICE)
-    ohg.one_hot_gather_bwd(out, indices, case.classes, case.offsets(), flat, num_columns=4,
+    ohg.one_hot_linear_bwd(out, indices, case.classes, case.offsets(), flat, num_columns=4,
                            v_major=False, has_bias=True)
     assert launches() == 0 and err.tolist() == [0, 0] and not flat.any()
 
@@ -280,13 +262,13 @@ def test_rejects_bad_arguments() -> None:
     w, b, indices = _make(case)
     out = torch.empty(13, 4, device=DEVICE)
     with pytest.raises(ValueError, match="out must"):
-        ohg.one_hot_gather_fwd(indices, [7], [0], w, b, torch.empty(13, 4, device=DEVICE).t())
+        ohg.one_hot_linear_fwd(indices, [7], [0], w, b, torch.empty(13, 4, device=DEVICE).t())
     with pytest.raises(ValueError, match="int32/int64"):
-        ohg.one_hot_gather_fwd([indices[0].float()], [7], [0], w, b, out)
+        ohg.one_hot_linear_fwd([indices[0].float()], [7], [0], w, b, out)
     with pytest.raises(ValueError, match="not inside"):
-        ohg.one_hot_gather_fwd(indices, [7], [1], w, b, out)
+        ohg.one_hot_linear_fwd(indices, [7], [1], w, b, out)
     with pytest.raises(ValueError, match=r"\[N=13, bag\]"):
-        ohg.one_hot_gather_fwd([indices[0][:, 0]], [7], [0], w, b, out)
+        ohg.one_hot_linear_fwd([indices[0][:, 0]], [7], [0], w, b, out)
 
 
 @pytest.mark.parametrize("d", [1, 5, 128, 1024])

@@ -23,9 +23,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import error_flags, index_code, interpreter_rows, load_index, pack, pointer, vec_width
+from ._meta import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    check,
+    error_flags,
+    index_code,
+    interpreter_rows,
+    load_index,
+    pack,
+    pointer,
+    vec_width,
+)
 
-__all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_gather_fwd", "multi_gather_bwd", "kernel_specs"]
+__all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_embedding_fwd", "multi_embedding_bwd", "kernel_specs"]
 
 # Meta row of table k: where its weight and indices are, its shape and where it goes
 # (constexprs, so the kernels name the fields they read).
@@ -42,9 +53,6 @@ MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
 # launcher halves BLOCK_N (down to 16) so a small batch still spreads out.
 TARGET_PROGRAMS = 4 * 132
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_DTYPES = (torch.int32, torch.int64)
-
 
 # The kernels below index their meta row inline rather than through small jit helpers: the
 # Triton interpreter (CPU tests) re-patches triton.language on every nested jit call, which
@@ -52,7 +60,7 @@ _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 @triton.jit(do_not_specialize=["N"])
-def _multi_gather_fwd_kernel(
+def _multi_embedding_fwd_kernel(
     meta_ptr,  # [T * META_COLS] int64 meta table (see the META fields above)
     err_ptr,  # [2] int32 error flags; [0] set on an index outside [0, V_k)
     out_ptr,  # [N, sum(D_k)] output, the tables' dtype, column stride 1
@@ -100,7 +108,7 @@ def _multi_gather_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["N"])
-def _multi_gather_count_kernel(
+def _multi_embedding_count_kernel(
     meta_ptr,  # [T * META_COLS] int64 meta table
     gw_ptr,  # fp32 flat gradient; table k's [V_k] counts at CNT_k (if >= 0), zero on entry
     N,
@@ -121,7 +129,7 @@ def _multi_gather_count_kernel(
 
 
 @triton.jit(do_not_specialize=["N"])
-def _multi_gather_bwd_kernel(
+def _multi_embedding_bwd_kernel(
     meta_ptr,  # [T * META_COLS] int64 meta table
     go_ptr,  # [N, sum(D_k)] gradient of the output, any float dtype, column stride 1
     go_row_stride,
@@ -183,15 +191,10 @@ def block_sizes(max_d: int, n: int, t: int) -> tuple[int, int, int]:
     return block_n, block_d, num_warps
 
 
-def _check(cond: Any, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
 def _check_indices(indices: Sequence[Tensor], n: int) -> None:
     for k, i in enumerate(indices):
-        _check(i.dim() == 1 and i.shape[0] == n, f"indices[{k}] must be [N={n}], got {list(i.shape)}")
-        _check(i.dtype in _INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
+        check(i.dim() == 1 and i.shape[0] == n, f"indices[{k}] must be [N={n}], got {list(i.shape)}")
+        check(i.dtype in INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
 
 
 def _col_stride_ok(t: Tensor) -> bool:
@@ -206,7 +209,7 @@ def _prefix(sizes: Sequence[int]) -> list[int]:
     return out
 
 
-def multi_gather_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: Tensor) -> Tensor:
+def multi_embedding_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: Tensor) -> Tensor:
     """``out[:, C_k:C_k + D_k] = weights[k][indices[k]]`` for every table k, in one launch.
 
     Args:
@@ -222,16 +225,16 @@ def multi_gather_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: 
         outside ``[0, V_k)`` (the caller decides whether to raise; asynchronous on CUDA).
     """
     T = len(weights)
-    _check(T >= 1 and len(indices) == T, "need one index tensor per table, and a table")
+    check(T >= 1 and len(indices) == T, "need one index tensor per table, and a table")
     n = out.shape[0]
     dims = [int(w.shape[1]) for w in weights]
     for k, w in enumerate(weights):
-        _check(w.dim() == 2 and _col_stride_ok(w), f"weights[{k}] must be 2-D with column stride 1")
-        _check(w.dtype == weights[0].dtype, "all tables must have one dtype")
-    _check(weights[0].dtype in _FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
-    _check(out.dim() == 2 and out.shape[1] == sum(dims) and _col_stride_ok(out),
+        check(w.dim() == 2 and _col_stride_ok(w), f"weights[{k}] must be 2-D with column stride 1")
+        check(w.dtype == weights[0].dtype, "all tables must have one dtype")
+    check(weights[0].dtype in FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
+    check(out.dim() == 2 and out.shape[1] == sum(dims) and _col_stride_ok(out),
            f"out must be [N, {sum(dims)}] with column stride 1, got {list(out.shape)}")
-    _check(out.dtype == weights[0].dtype, "out must have the tables' dtype")
+    check(out.dtype == weights[0].dtype, "out must have the tables' dtype")
     _check_indices(indices, n)
     cols = _prefix(dims)
     rows = [(pointer(w), w.stride(0), w.shape[0], d, c, pointer(i), i.stride(0), index_code(i), 0, -1, -1)
@@ -244,7 +247,7 @@ def multi_gather_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: 
     if out.device.type == "cpu":
         block_n = interpreter_rows(n, block_d)
     vec = vec_width(out.element_size(), [*dims, *cols, *(w.stride(0) for w in weights), out.stride(0)], [*weights, out])
-    _multi_gather_fwd_kernel[(triton.cdiv(n, block_n), T)](
+    _multi_embedding_fwd_kernel[(triton.cdiv(n, block_n), T)](
         meta, err, out, out.stride(0), n,
         COLS=META_COLS, VEC=vec, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
     )
@@ -264,7 +267,7 @@ def grad_layout(num_rows: Sequence[int], dims: Sequence[int], freq: Sequence[boo
     return goffs, cnts, pos
 
 
-def multi_gather_bwd(
+def multi_embedding_bwd(
     grad_out: Tensor,
     indices: Sequence[Tensor],
     num_rows: Sequence[int],
@@ -290,15 +293,15 @@ def multi_gather_bwd(
         grad_flat: fp32 ``[size]`` contiguous (``grad_layout``'s size), zero on entry.
     """
     T = len(indices)
-    _check(T >= 1 and len(num_rows) == len(dims) == len(padding_idx) == len(freq) == T,
+    check(T >= 1 and len(num_rows) == len(dims) == len(padding_idx) == len(freq) == T,
            "need T indices, num_rows, dims, padding_idx and freq")
     n = grad_out.shape[0]
     dims = [int(d) for d in dims]
-    _check(grad_out.dim() == 2 and grad_out.shape[1] == sum(dims) and _col_stride_ok(grad_out),
+    check(grad_out.dim() == 2 and grad_out.shape[1] == sum(dims) and _col_stride_ok(grad_out),
            f"grad_out must be [N, {sum(dims)}] with column stride 1, got {list(grad_out.shape)}")
-    _check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
+    check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
     goffs, cnts, size = grad_layout(num_rows, dims, freq)
-    _check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size
+    check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size
            and (size <= 1 or grad_flat.stride(0) == 1), f"grad_flat must be contiguous fp32 [{size}]")
     _check_indices(indices, n)
     if n == 0 or sum(dims) == 0:
@@ -312,10 +315,10 @@ def multi_gather_bwd(
         block_n = interpreter_rows(n, block_d)
     grid = (triton.cdiv(n, block_n), T)
     if any(freq):
-        _multi_gather_count_kernel[grid](meta, grad_flat, n, COLS=META_COLS, BLOCK_N=block_n, num_warps=num_warps)
+        _multi_embedding_count_kernel[grid](meta, grad_flat, n, COLS=META_COLS, BLOCK_N=block_n, num_warps=num_warps)
     vec = vec_width(grad_out.element_size(), [*dims, *cols, grad_out.stride(0)], [grad_out])
     vec = min(vec, vec_width(4, [*dims, *goffs], [grad_flat]))
-    _multi_gather_bwd_kernel[grid](
+    _multi_embedding_bwd_kernel[grid](
         meta, grad_out, grad_out.stride(0), grad_flat, n,
         COLS=META_COLS, VEC=vec, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
     )
@@ -330,16 +333,16 @@ def kernel_specs(tables: int) -> list[dict[str, Any]]:
         block_n, block_d, nw = block_sizes(d, 4096, tables)
         vec = 16 // 4 if d % 4 == 0 else 1
         common = {"COLS": META_COLS, "BLOCK_N": block_n}
-        specs.append({"name": f"fwd_D{d}", "fn": _multi_gather_fwd_kernel, "num_warps": nw,
+        specs.append({"name": f"fwd_D{d}", "fn": _multi_embedding_fwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "out_ptr": "*fp32",
                                     "out_row_stride": "i64", "N": "i64"},
                       "constexprs": {**common, "VEC": vec, "BLOCK_D": block_d}})
-        specs.append({"name": f"bwd_D{d}", "fn": _multi_gather_bwd_kernel, "num_warps": nw,
+        specs.append({"name": f"bwd_D{d}", "fn": _multi_embedding_bwd_kernel, "num_warps": nw,
                       "signature": {"meta_ptr": "*i64", "go_ptr": "*fp32", "go_row_stride": "i64",
                                     "gw_ptr": "*fp32", "N": "i64"},
                       "constexprs": {**common, "VEC": vec, "BLOCK_D": block_d}})
     block_n, _, nw = block_sizes(64, 4096, tables)
-    specs.append({"name": "count", "fn": _multi_gather_count_kernel, "num_warps": nw,
+    specs.append({"name": "count", "fn": _multi_embedding_count_kernel, "num_warps": nw,
                   "signature": {"meta_ptr": "*i64", "gw_ptr": "*fp32", "N": "i64"},
                   "constexprs": {"COLS": META_COLS, "BLOCK_N": block_n}})
     return specs

@@ -1,0 +1,259 @@
+"""``torch.ops.inductor_embed.tied_embedding_bag``: an ``F.embedding`` and an
+``F.embedding_bag`` reading one weight (seed 003) as one op.
+
+One launch reads the weight for both lookups, one backward writes one gradient (the sum of
+both contributions, or the two parts when the bag reads a second tensor over the same
+memory). Layered like ``multi_embedding_bag`` (whose argument checks, kernel segments and
+error flags it reuses): the forward is a ``triton_op`` whose CPU body Inductor compiles
+(``F.embedding`` + ``bag_forward``); on CUDA it calls ``tied_embedding_bag_triton``, which
+launches ``kernels/multi_embedding_bag.py`` with the Embedding as a second segment. The backward is
+an opaque op: eager ATen on the CPU and in deterministic mode, the kernels on CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from inductor_embed import _compat
+from inductor_embed.lowering._common import column_stride_1, use_triton
+from inductor_embed.lowering.multi_embedding_bag import (
+    _OOB_MSG,
+    _check_lookup,
+    _raise_on_flags,
+    _segments,
+)
+from inductor_embed.lowering.multi_embedding_bag_ref import (
+    MAX,
+    bag_forward,
+    bag_weight_grad_aten,
+    num_bags,
+    per_sample_weights_grad,
+)
+
+
+def _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode) -> None:
+    name = "tied_embedding_bag"
+    if bag_weight is not None and (bag_weight.shape != weight.shape or bag_weight.dtype != weight.dtype
+                                   or bag_weight.device != weight.device):
+        raise RuntimeError(f"{name}: bag_weight must be like weight {list(weight.shape)} {weight.dtype}")
+    _check_lookup(name, 1, weight, bag_indices, offsets, psw, mode)
+    if emb_indices.dtype not in (torch.int32, torch.int64):
+        raise RuntimeError(f"{name}: expected indices 0 to be int32 or int64 (Long or Int), got {emb_indices.dtype}")
+    if emb_indices.device != weight.device:
+        raise RuntimeError(f"{name}: indices 0 are on {emb_indices.device}, the table on {weight.device}")
+
+
+@triton_op("inductor_embed::tied_embedding_bag", mutates_args=())
+def tied_embedding_bag(
+    weight: Tensor,
+    bag_weight: Tensor | None,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``F.embedding(emb_indices, weight)`` and ``F.embedding_bag(bag_indices, weight, offsets, ...)``
+    in one launch.
+
+    Args:
+        weight: ``[V, D]`` fp32/fp16/bf16.
+        bag_weight: None when the bag reads ``weight`` itself; else a second tensor over the
+            same memory (``EmbeddingBag.from_pretrained(emb.weight)``), which gets its own
+            gradient (the bag's part) while ``weight`` gets the Embedding's part.
+        emb_indices: ``[*L]`` int32/int64.
+        bag_indices, offsets, per_sample_weights, mode, include_last_offset: the bag lookup,
+            as in ``multi_embedding_bag`` (one table).
+        emb_padding_idx: the Embedding's padding row (no gradient; still gathered), or -1.
+        bag_padding_idx: the EmbeddingBag's padding row (left out of the bags), or -1.
+
+    Returns:
+        ``(emb_out [*L, D], bag_out [B, D], arg_max [B, D or 0] int64)``.
+    """
+    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
+    if not use_triton(weight):
+        if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
+            torch._assert_async((emb_indices >= 0).all(), _OOB_MSG)
+        emb = torch.nn.functional.embedding(emb_indices, weight)
+        bag, arg_max = bag_forward(weight, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
+                                   include_last_offset)
+        return emb, bag, arg_max
+    emb, bag, arg_max, err = torch.ops.inductor_embed.tied_embedding_bag_triton(
+        weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx, bag_padding_idx,
+        include_last_offset)
+    _raise_on_flags(err)
+    return emb, bag, arg_max
+
+
+@tied_embedding_bag.register_fake
+def _tied_embedding_bag_fake(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
+                             emb_padding_idx, bag_padding_idx, include_last_offset):
+    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
+    d = weight.shape[1]
+    b = num_bags(bag_indices, offsets, include_last_offset)
+    return (weight.new_empty((*emb_indices.shape, d)), weight.new_empty((b, d)),
+            weight.new_empty((b, d if mode == MAX else 0), dtype=torch.int64))
+
+
+def _tied_segments(emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo):
+    from inductor_embed.kernels.multi_embedding_bag import Segment
+
+    flat = emb_indices.reshape(-1)  # a view unless the lookup's indices cannot be flattened in place
+    # The Embedding lookup: fixed bags of one index, summed; its padding row is gathered
+    # in the forward and only left out of the gradient.
+    emb = Segment(indices=flat, num_bags=flat.shape[0], padding_idx=emb_pad, forward_padding=False)
+    bag = _segments([bag_indices], [offsets], [psw], [mode], [bag_pad], [ilo], [0], False)[0]
+    return [emb, bag]
+
+
+@torch.library.custom_op("inductor_embed::tied_embedding_bag_backward", mutates_args=())
+def tied_embedding_bag_backward(
+    grad_emb: Tensor,
+    grad_bag: Tensor,
+    arg_max: Tensor,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    num_rows: int,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+    separate: bool,
+) -> Tensor:
+    """The weight's gradient (grad's dtype): ``[V, D]``, both lookups' contributions summed;
+    with ``separate`` ``[2, V, D]``, the Embedding's part then the bag's.
+
+    An opaque op (an extern call under Inductor). GPU: one zero fill, one atomic-add
+    launch over both lookups, one cast for half types. CPU, and deterministic mode
+    (checked when it runs): the eager reference, deterministic."""
+    args = (grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
+            emb_padding_idx, bag_padding_idx, include_last_offset, separate)
+    if not use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
+        return _tied_backward_ref(*args)
+    return _tied_backward_kernels(*args)
+
+
+@tied_embedding_bag_backward.register_fake
+def _tied_embedding_bag_backward_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
+                                      per_sample_weights, num_rows, *rest):
+    separate = rest[-1]
+    return grad_bag.new_empty((2, num_rows, grad_bag.shape[1]) if separate else (num_rows, grad_bag.shape[1]))
+
+
+def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, num_rows, mode,
+                       emb_pad, bag_pad, ilo, separate) -> Tensor:
+    d = grad_bag.shape[1]
+    g = grad_emb.reshape(-1, d)
+    if g.dtype in (torch.float16, torch.bfloat16):
+        g = g.float()
+    emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
+    # eager's own EmbeddingBag backward on the CPU (bag_weight_grad elsewhere)
+    bag = bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
+    if separate:
+        return torch.stack([emb, bag]).to(grad_bag.dtype)
+    return emb.add_(bag).to(grad_bag.dtype)
+
+
+def _tied_setup_context(ctx, inputs, output):
+    weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo = inputs
+    ctx.separate = bag_weight is not None
+    ctx.psw_grad = psw is not None and psw.requires_grad
+    ctx.save_for_backward(output[2], emb_indices, bag_indices, offsets, psw, weight if ctx.psw_grad else None)
+    ctx.num_rows = weight.shape[0]
+    ctx.mode, ctx.emb_pad, ctx.bag_pad, ctx.ilo = mode, emb_pad, bag_pad, ilo
+
+
+def _tied_backward(ctx, grad_emb, grad_bag, _grad_arg_max):
+    arg_max, emb_indices, bag_indices, offsets, psw, weight = ctx.saved_tensors
+    if grad_emb is None:
+        grad_emb = grad_bag.new_zeros((*emb_indices.shape, grad_bag.shape[1]))
+    if grad_bag is None:
+        grad_bag = grad_emb.new_zeros((num_bags(bag_indices, offsets, ctx.ilo), grad_emb.shape[-1]))
+    gw = torch.ops.inductor_embed.tied_embedding_bag_backward(
+        grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, ctx.num_rows, ctx.mode, ctx.emb_pad,
+        ctx.bag_pad, ctx.ilo, ctx.separate)
+    gp = None
+    if ctx.psw_grad:
+        gp = per_sample_weights_grad(grad_bag, weight, bag_indices, offsets, ctx.bag_pad, ctx.ilo)
+        gp = gp.to(psw.dtype).reshape(psw.shape)
+    if ctx.separate:
+        return gw[0], gw[1], None, None, None, gp, None, None, None, None
+    return gw, None, None, None, None, gp, None, None, None, None
+
+
+tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_context)
+
+
+# --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------
+
+
+@torch.library.custom_op("inductor_embed::tied_embedding_bag_triton", mutates_args=())
+def tied_embedding_bag_triton(
+    weight: Tensor,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The Triton forward of ``tied_embedding_bag``: ``(emb, bag, arg_max, err int32 [2])``,
+    one launch reading the weight for both lookups."""
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_fwd
+
+    d = weight.shape[1]
+    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
+                          bag_padding_idx, include_last_offset)
+    emb = weight.new_empty((segs[0].num_bags, d))
+    bag = weight.new_empty((segs[1].num_bags, d))
+    arg_max = bag.new_empty((segs[1].num_bags, d if mode == MAX else 0), dtype=torch.int64)
+    w = column_stride_1(weight)
+    err = multi_embedding_bag_fwd([w, w], segs, [emb, bag], [None, arg_max if mode == MAX else None])
+    return emb.view(*emb_indices.shape, d), bag, arg_max, err
+
+
+@tied_embedding_bag_triton.register_fake
+def _tied_embedding_bag_triton_fake(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
+                                    emb_padding_idx, bag_padding_idx, include_last_offset):
+    emb, bag, am = _tied_embedding_bag_fake(weight, None, emb_indices, bag_indices, offsets, per_sample_weights,
+                                            mode, emb_padding_idx, bag_padding_idx, include_last_offset)
+    return emb, bag, am, weight.new_empty((2,), dtype=torch.int32)
+
+
+def _tied_backward_kernels(
+    grad_emb: Tensor,
+    grad_bag: Tensor,
+    arg_max: Tensor,
+    emb_indices: Tensor,
+    bag_indices: Tensor,
+    offsets: Tensor | None,
+    per_sample_weights: Tensor | None,
+    num_rows: int,
+    mode: int,
+    emb_padding_idx: int,
+    bag_padding_idx: int,
+    include_last_offset: bool,
+    separate: bool,
+) -> Tensor:
+    """The GPU path of ``tied_embedding_bag_backward``."""
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_bwd
+
+    d = grad_bag.shape[1]
+    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
+                          bag_padding_idx, include_last_offset)
+    blocks = 2 if separate else 1
+    flat = torch.zeros(blocks * num_rows * d, dtype=torch.float32, device=grad_bag.device)
+    ge = column_stride_1(grad_emb.reshape(-1, d).to(grad_bag.dtype))
+    multi_embedding_bag_bwd([ge, column_stride_1(grad_bag)], segs, [num_rows, num_rows], [d, d],
+                   [None, arg_max if mode == MAX else None], [0, num_rows * d if separate else 0], [None, None], flat)
+    out = flat.view(2, num_rows, d) if separate else flat.view(num_rows, d)
+    return out if grad_bag.dtype == torch.float32 else out.to(grad_bag.dtype)
