@@ -23,18 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check,
-    error_flags,
-    index_code,
-    interpreter_rows,
-    load_index,
-    pack,
-    pointer,
-    vec_width,
-)
+from . import _meta
+from ._meta import check, load_index, pointer
 
 __all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_embedding_fwd", "multi_embedding_bwd", "kernel_specs"]
 
@@ -194,7 +184,7 @@ def block_sizes(max_d: int, n: int, t: int) -> tuple[int, int, int]:
 def _check_indices(indices: Sequence[Tensor], n: int) -> None:
     for k, i in enumerate(indices):
         check(i.dim() == 1 and i.shape[0] == n, f"indices[{k}] must be [N={n}], got {list(i.shape)}")
-        check(i.dtype in INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
+        check(i.dtype in _meta.INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
 
 
 def _col_stride_ok(t: Tensor) -> bool:
@@ -231,22 +221,22 @@ def multi_embedding_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], ou
     for k, w in enumerate(weights):
         check(w.dim() == 2 and _col_stride_ok(w), f"weights[{k}] must be 2-D with column stride 1")
         check(w.dtype == weights[0].dtype, "all tables must have one dtype")
-    check(weights[0].dtype in FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
+    check(weights[0].dtype in _meta.FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
     check(out.dim() == 2 and out.shape[1] == sum(dims) and _col_stride_ok(out),
            f"out must be [N, {sum(dims)}] with column stride 1, got {list(out.shape)}")
     check(out.dtype == weights[0].dtype, "out must have the tables' dtype")
     _check_indices(indices, n)
     cols = _prefix(dims)
-    rows = [(pointer(w), w.stride(0), w.shape[0], d, c, pointer(i), i.stride(0), index_code(i), 0, -1, -1)
+    rows = [(pointer(w), w.stride(0), w.shape[0], d, c, pointer(i), i.stride(0), _meta.index_code(i), 0, -1, -1)
             for w, i, d, c in zip(weights, indices, dims, cols)]
-    meta = pack(rows, out.device)
-    err = error_flags(meta)
+    meta = _meta.pack(rows, out.device)
+    err = _meta.error_flags(meta)
     if n == 0 or sum(dims) == 0:
         return err
     block_n, block_d, num_warps = block_sizes(max(dims), n, T)
     if out.device.type == "cpu":
-        block_n = interpreter_rows(n, block_d)
-    vec = vec_width(out.element_size(), [*dims, *cols, *(w.stride(0) for w in weights), out.stride(0)], [*weights, out])
+        block_n = _meta.interpreter_rows(n, block_d)
+    vec = _meta.vec_width(out.element_size(), [*dims, *cols, *(w.stride(0) for w in weights), out.stride(0)], [*weights, out])
     _multi_embedding_fwd_kernel[(triton.cdiv(n, block_n), T)](
         meta, err, out, out.stride(0), n,
         COLS=META_COLS, VEC=vec, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
@@ -307,17 +297,17 @@ def multi_embedding_bwd(
     if n == 0 or sum(dims) == 0:
         return
     cols = _prefix(dims)
-    rows = [(0, 0, v, d, c, pointer(i), i.stride(0), index_code(i), g, p, f)
+    rows = [(0, 0, v, d, c, pointer(i), i.stride(0), _meta.index_code(i), g, p, f)
             for i, v, d, c, g, p, f in zip(indices, num_rows, dims, cols, goffs, padding_idx, cnts)]
-    meta = pack(rows, grad_out.device)
+    meta = _meta.pack(rows, grad_out.device)
     block_n, block_d, num_warps = block_sizes(max(dims), n, T)
     if grad_out.device.type == "cpu":
-        block_n = interpreter_rows(n, block_d)
+        block_n = _meta.interpreter_rows(n, block_d)
     grid = (triton.cdiv(n, block_n), T)
     if any(freq):
         _multi_embedding_count_kernel[grid](meta, grad_flat, n, COLS=META_COLS, BLOCK_N=block_n, num_warps=num_warps)
-    vec = vec_width(grad_out.element_size(), [*dims, *cols, grad_out.stride(0)], [grad_out])
-    vec = min(vec, vec_width(4, [*dims, *goffs], [grad_flat]))
+    vec = _meta.vec_width(grad_out.element_size(), [*dims, *cols, grad_out.stride(0)], [grad_out])
+    vec = min(vec, _meta.vec_width(4, [*dims, *goffs], [grad_flat]))
     _multi_embedding_bwd_kernel[grid](
         meta, grad_out, grad_out.stride(0), grad_flat, n,
         COLS=META_COLS, VEC=vec, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,

@@ -30,18 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check,
-    error_flags,
-    index_code,
-    interpreter_rows,
-    load_index,
-    pack,
-    pointer,
-    vec_width,
-)
+from . import _meta
+from ._meta import check, load_index, pointer
 
 __all__ = ["LAUNCHES", "Segment", "multi_embedding_bag_fwd", "multi_embedding_bag_bwd", "block_sizes", "kernel_specs"]
 
@@ -351,11 +341,11 @@ def _check_segment(k: int, s: Segment, v: int, d: int, dtype: torch.dtype) -> No
     i = s.indices
     check(i.dim() == 1 or (i.dim() == 2 and s.offsets is None),
            f"segment {k}: indices must be 1-D, or 2-D [B, L] without offsets")
-    check(i.dtype in INDEX_DTYPES, f"segment {k}: indices must be int32/int64, got {i.dtype}")
+    check(i.dtype in _meta.INDEX_DTYPES, f"segment {k}: indices must be int32/int64, got {i.dtype}")
     check(s.mode in (SUM, MEAN, MAX), f"segment {k}: mode must be 0 (sum), 1 (mean) or 2 (max)")
     if s.offsets is not None:
         o = s.offsets
-        check(o.dim() == 1 and (o.numel() <= 1 or o.stride(0) == 1) and o.dtype in INDEX_DTYPES,
+        check(o.dim() == 1 and (o.numel() <= 1 or o.stride(0) == 1) and o.dtype in _meta.INDEX_DTYPES,
                f"segment {k}: offsets must be 1-D contiguous int32/int64")
         check(o.shape[0] in (s.num_bags, s.num_bags + 1), f"segment {k}: {o.shape[0]} offsets for {s.num_bags} bags")
     else:
@@ -386,8 +376,8 @@ def _row(s: Segment, w: Tensor | None, v: int, d: int, out: Tensor | None = None
     """Segment s's meta row (see the META fields); absent tensors are address 0, never read."""
     bag = _bag_size(s)
     return [pointer(w), 0 if w is None else w.stride(0), v, d,
-            pointer(s.indices), index_code(s.indices),
-            pointer(s.offsets), index_code(s.offsets), 0 if s.offsets is None else s.offsets.shape[0],
+            pointer(s.indices), _meta.index_code(s.indices),
+            pointer(s.offsets), _meta.index_code(s.offsets), 0 if s.offsets is None else s.offsets.shape[0],
             s.indices.numel(), bag, pointer(s.per_sample_weights),
             s.padding_idx if s.forward_padding else -1, s.padding_idx,
             pointer(out), 0 if out is None else out.stride(0), s.col,
@@ -421,7 +411,7 @@ def multi_embedding_bag_fwd(
     """
     S = len(segments)
     check(S >= 1 and len(weights) == len(outs) == len(arg_max) == S, "need a table, an output and an arg_max per segment")
-    check(weights[0].dtype in FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
+    check(weights[0].dtype in _meta.FLOAT_DTYPES, f"unsupported dtype {weights[0].dtype}")
     dims = [int(w.shape[1]) for w in weights]
     for k, (w, s, o, am) in enumerate(zip(weights, segments, outs, arg_max)):
         check(w.dim() == 2 and (w.shape[1] <= 1 or w.stride(1) == 1), f"weights[{k}] must be 2-D with column stride 1")
@@ -436,15 +426,15 @@ def multi_embedding_bag_fwd(
                    f"arg_max[{k}] must be int64 [{s.num_bags}, >= {s.am_col + dims[k]}]")
     rows = [_row(s, w, w.shape[0], d, out=o, am=am if s.mode == MAX else None)
             for w, s, o, am, d in zip(weights, segments, outs, arg_max, dims)]
-    meta = pack(rows, weights[0].device)
-    err = error_flags(meta)
+    meta = _meta.pack(rows, weights[0].device)
+    err = _meta.error_flags(meta)
     max_b = max(s.num_bags for s in segments)
     if max_b == 0 or max(dims) == 0:
         return err
     block_b, block_d, num_warps = block_sizes(dims)
     if weights[0].device.type == "cpu":
-        block_b = interpreter_rows(max_b, block_d)
-    vec = vec_width(weights[0].element_size(), [*dims, *(w.stride(0) for w in weights), *(o.stride(0) for o in outs),
+        block_b = _meta.interpreter_rows(max_b, block_d)
+    vec = _meta.vec_width(weights[0].element_size(), [*dims, *(w.stride(0) for w in weights), *(o.stride(0) for o in outs),
                                            *(s.col for s in segments)], [*weights, *outs])
     _multi_embedding_bag_fwd_kernel[(triton.cdiv(max_b, block_b), S)](
         meta, err, weights[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments), VEC=vec,
@@ -492,17 +482,17 @@ def multi_embedding_bag_bwd(
         check(s.mode != MAX or arg_max[k] is not None, f"arg_max[{k}] is needed in max mode")
     rows = [_row(s, None, v, d, am=am if s.mode == MAX else None, goff=goff, sv=sv, go=g)
             for g, s, v, d, am, goff, sv in zip(grads, segments, num_rows, dims, arg_max, grad_offsets, sparse_values)]
-    meta = pack(rows, grad_flat.device)
+    meta = _meta.pack(rows, grad_flat.device)
     max_b = max(s.num_bags for s in segments)
     if max_b == 0 or max(dims) == 0:
         return
     block_b, block_d, num_warps = block_sizes(dims)
     if grad_flat.device.type == "cpu":
-        block_b = interpreter_rows(max_b, block_d)
-    vec = min(vec_width(grads[0].element_size(), [*dims, *(g.stride(0) for g in grads), *(s.col for s in segments)], grads),
-              vec_width(4, [*dims, *grad_offsets], [grad_flat]))
+        block_b = _meta.interpreter_rows(max_b, block_d)
+    vec = min(_meta.vec_width(grads[0].element_size(), [*dims, *(g.stride(0) for g in grads), *(s.col for s in segments)], grads),
+              _meta.vec_width(4, [*dims, *grad_offsets], [grad_flat]))
     _multi_embedding_bag_bwd_kernel[(triton.cdiv(max_b, block_b), S)](
-        meta, error_flags(meta), grad_flat, grads[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments),
+        meta, _meta.error_flags(meta), grad_flat, grads[0], COLS=META_COLS, HAS_MAX=any(s.mode == MAX for s in segments),
         VEC=vec, BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps)
 
 

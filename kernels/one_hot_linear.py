@@ -38,16 +38,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._meta import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check,
-    error_flags,
-    index_code,
-    interpreter_rows,
-    pack,
-    pointer,
-)
+from . import _meta
+from ._meta import check, pointer
 
 __all__ = [
     "LAUNCHES",
@@ -214,15 +206,15 @@ def _check_fields(indices: Sequence[Tensor], num_classes: Sequence[int], offsets
            "need one num_classes and one offset per index tensor, and a field")
     for k, (i, c, o) in enumerate(zip(indices, num_classes, offsets)):
         check(i.dim() == 2 and i.shape[0] == n, f"indices[{k}] must be [N={n}, bag], got {list(i.shape)}")
-        check(i.dtype in INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
+        check(i.dtype in _meta.INDEX_DTYPES, f"indices[{k}] must be int32/int64, got {i.dtype}")
         check(c >= 1 and 0 <= o and o + c <= v, f"field {k}: columns [{o}, {o + c}) not inside [0, {v})")
 
 
-def _meta(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int],
-          device: torch.device) -> Tensor:
-    rows = [(pointer(i), i.stride(0), i.stride(1), index_code(i), i.shape[1], c, o)
+def _field_meta(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int],
+                device: torch.device) -> Tensor:
+    rows = [(pointer(i), i.stride(0), i.stride(1), _meta.index_code(i), i.shape[1], c, o)
             for i, c, o in zip(indices, num_classes, offsets)]
-    return pack(rows, device)
+    return _meta.pack(rows, device)
 
 
 def one_hot_linear_fwd(
@@ -250,22 +242,22 @@ def one_hot_linear_fwd(
         int32 ``[2]`` error flags: ``[0]`` becomes nonzero (asynchronously on CUDA) if any
         index was out of range.
     """
-    check(weight.dim() == 2 and weight.dtype in FLOAT_DTYPES, "weight must be 2-D fp32/fp16/bf16")
+    check(weight.dim() == 2 and weight.dtype in _meta.FLOAT_DTYPES, "weight must be 2-D fp32/fp16/bf16")
     d, v = int(weight.shape[0]), int(weight.shape[1])
     n = out.shape[0]
     check(out.dim() == 2 and out.shape[1] == d and out.is_contiguous(),
            f"out must be contiguous [N, {d}], got {list(out.shape)}")
-    check(out.dtype in FLOAT_DTYPES, f"unsupported out dtype {out.dtype}")
+    check(out.dtype in _meta.FLOAT_DTYPES, f"unsupported out dtype {out.dtype}")
     check(bias is None or (bias.dim() == 1 and bias.shape[0] == d and bias.dtype == weight.dtype),
            f"bias must be [{d}] in the weight's dtype")
     _check_fields(indices, num_classes, offsets, n, v)
-    meta = _meta(indices, num_classes, offsets, out.device)
-    err = error_flags(meta)
+    meta = _field_meta(indices, num_classes, offsets, out.device)
+    err = _meta.error_flags(meta)
     if n == 0 or d == 0:
         return err
     block_n, block_d, num_warps = block_sizes(d)
     if out.device.type == "cpu":
-        block_n = interpreter_rows(n, block_d)
+        block_n = _meta.interpreter_rows(n, block_d)
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
     _one_hot_linear_fwd_kernel[grid](
         meta, err, out, weight, weight.stride(0), weight.stride(1),
@@ -320,10 +312,10 @@ def one_hot_linear_bwd(
     _check_fields(indices, num_classes, offsets, n, v)
     if n == 0 or d == 0:
         return
-    meta = _meta(indices, num_classes, offsets, grad_out.device)
+    meta = _field_meta(indices, num_classes, offsets, grad_out.device)
     block_n, block_d, num_warps = block_sizes(d)
     if grad_out.device.type == "cpu":
-        block_n = interpreter_rows(n, block_d)
+        block_n = _meta.interpreter_rows(n, block_d)
     sd, sv = grad_strides(d, v, v_major)
     grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d))
     _one_hot_linear_bwd_kernel[grid](

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+from torch.library import CustomOpDef
 
 from inductor_embed import config
 
@@ -23,3 +26,16 @@ def column_stride_1(t: Tensor) -> Tensor:
     """``t`` itself when its last dimension is contiguous (what the kernels read), else a
     contiguous copy."""
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def twin_op(name: str, like: str, returns: str, extra: str = "") -> Callable[[Callable], CustomOpDef]:
+    """Decorator: define a function as the custom op ``name`` (mutating nothing) whose
+    arguments are those of the op ``like`` (its schema's), then ``extra`` (schema syntax), and
+    whose result is ``returns`` (schema syntax: ``"Tensor[]"``). A twin of an op (its CPU
+    path, its Triton launch) so takes the arguments its op declares once, by annotations;
+    the function receives them positionally."""
+    ns, op = like.split("::")
+    schema = str(getattr(getattr(torch.ops, ns), op).default._schema)
+    args = schema[schema.index("(") + 1:schema.rindex(") -> ")]
+    args = f"{args}, {extra}" if extra else args
+    return torch.library.custom_op(name, mutates_args=(), schema=f"({args}) -> {returns}")

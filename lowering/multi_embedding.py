@@ -19,7 +19,7 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering._common import column_stride_1, use_triton
+from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.multi_embedding_ref import (
     multi_embedding_backward_ref,
     multi_embedding_backward_tables,
@@ -165,21 +165,14 @@ def _multi_embedding_backward_fake(grad, indices, num_rows, dims, *_):
     return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
 
 
-@torch.library.custom_op("inductor_embed::multi_embedding_backward_cpu", mutates_args=())
-def multi_embedding_backward_cpu(
-    grad: torch.Tensor,
-    indices: list[torch.Tensor],
-    num_rows: list[int],
-    dims: list[int],
-    padding_idx: list[int],
-    scale_grad_by_freq: list[bool],
-    columns: list[int],
-) -> list[torch.Tensor]:
+@twin_op("inductor_embed::multi_embedding_backward_cpu", like="inductor_embed::multi_embedding_backward",
+         returns="Tensor[]", extra="SymInt[] columns")
+def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     """The eager CPU backward of some of the tables: each one's ``[V_k, D_k]`` gradient as
     its own tensor, table k read from grad's columns ``[columns[k], columns[k] + D_k)``
     (``multi_embedding_backward_tables``: eager's ``embedding_dense_backward``,
     deterministic; not one flat buffer, see there)."""
-    return multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns)
+    return multi_embedding_backward_tables(*args)
 
 
 @multi_embedding_backward_cpu.register_fake

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, use_triton
+from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
     SUM,
@@ -215,8 +215,24 @@ def multi_embedding_bag_backward(
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
                                                 modes, padding_idx, include_last_offset, sparse)
-    return _bag_backward_kernels(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
-                                 padding_idx, include_last_offset, sparse)
+    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_bwd
+
+    n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
+    # Two buffers, not views of one: a custom op's outputs may not alias each other.
+    flat = torch.zeros(n_dense, dtype=torch.float32, device=grad.device)
+    vals = torch.empty(n_values, dtype=torch.float32, device=grad.device)
+    segs = _segments(indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, dims, True)
+    goffs, values, gpos, vpos = [], [], 0, 0
+    for i, v, d, s in zip(indices, num_rows, dims, sparse):
+        goffs.append(gpos if not s else 0)
+        values.append(vals.narrow(0, vpos, i.numel() * d) if s else None)
+        gpos += 0 if s else v * d
+        vpos += i.numel() * d if s else 0
+    am_list = [arg_max if m == MAX else None for m in modes]
+    multi_embedding_bag_bwd([column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
+    if grad.dtype != torch.float32:
+        flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
+    return flat, vals
 
 
 @multi_embedding_bag_backward.register_fake
@@ -226,26 +242,14 @@ def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_samp
     return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
 
 
-@torch.library.custom_op("inductor_embed::multi_embedding_bag_backward_cpu", mutates_args=())
-def multi_embedding_bag_backward_cpu(
-    grad: Tensor,
-    arg_max: Tensor,
-    indices: list[Tensor],
-    offsets: list[Tensor | None],
-    per_sample_weights: list[Tensor | None],
-    num_rows: list[int],
-    dims: list[int],
-    modes: list[int],
-    padding_idx: list[int],
-    include_last_offset: list[bool],
-    sparse: list[bool],
-) -> list[Tensor]:
+@twin_op("inductor_embed::multi_embedding_bag_backward_cpu", like="inductor_embed::multi_embedding_bag_backward",
+         returns="Tensor[]")
+def multi_embedding_bag_backward_cpu(*args) -> list[Tensor]:
     """The CPU backward the autograd formula uses: per table its dense ``[V_k, D_k]``
     gradient, or a sparse table's COO values ``[nnz_k * D_k]``, each its own tensor, in
     grad's dtype (``multi_embedding_bag_backward_tables``: eager's EmbeddingBag backward,
     deterministic). Arguments as in ``multi_embedding_bag_backward``."""
-    return multi_embedding_bag_backward_tables(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
-                                               modes, padding_idx, include_last_offset, sparse)
+    return multi_embedding_bag_backward_tables(*args)
 
 
 @multi_embedding_bag_backward_cpu.register_fake
@@ -341,37 +345,3 @@ def _multi_embedding_bag_triton_fake(weights, indices, offsets, per_sample_weigh
     out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
     am = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
     return out, am, out.new_empty((2,), dtype=torch.int32)
-
-
-def _bag_backward_kernels(
-    grad: Tensor,
-    arg_max: Tensor,
-    indices: list[Tensor],
-    offsets: list[Tensor | None],
-    per_sample_weights: list[Tensor | None],
-    num_rows: list[int],
-    dims: list[int],
-    modes: list[int],
-    padding_idx: list[int],
-    include_last_offset: list[bool],
-    sparse: list[bool],
-) -> tuple[Tensor, Tensor]:
-    """The GPU path of ``multi_embedding_bag_backward``."""
-    from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_bwd
-
-    n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
-    # Two buffers, not views of one: a custom op's outputs may not alias each other.
-    flat = torch.zeros(n_dense, dtype=torch.float32, device=grad.device)
-    vals = torch.empty(n_values, dtype=torch.float32, device=grad.device)
-    segs = _segments(indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, dims, True)
-    goffs, values, gpos, vpos = [], [], 0, 0
-    for i, v, d, s in zip(indices, num_rows, dims, sparse):
-        goffs.append(gpos if not s else 0)
-        values.append(vals.narrow(0, vpos, i.numel() * d) if s else None)
-        gpos += 0 if s else v * d
-        vpos += i.numel() * d if s else 0
-    am_list = [arg_max if m == MAX else None for m in modes]
-    multi_embedding_bag_bwd([column_stride_1(grad)] * len(segs), segs, num_rows, dims, am_list, goffs, values, flat)
-    if grad.dtype != torch.float32:
-        flat, vals = flat.to(grad.dtype), vals.to(grad.dtype)
-    return flat, vals

@@ -25,7 +25,7 @@ import math
 import torch
 from torch.library import triton_op
 
-from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, use_triton
+from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
     one_hot_linear_ref,
@@ -183,17 +183,9 @@ def _one_hot_linear_triton_fake(indices, num_classes, offsets, weight, bias, dty
     return out, weight.new_empty((2,), dtype=torch.int32)
 
 
-@torch.library.custom_op("inductor_embed::one_hot_linear_backward_triton", mutates_args=())
-def one_hot_linear_backward_triton(
-    grad: torch.Tensor,
-    indices: list[torch.Tensor],
-    num_classes: list[int],
-    offsets: list[int],
-    num_columns: int,
-    has_bias: bool,
-    v_major: bool,
-    dtype: torch.dtype,
-) -> torch.Tensor:
+@twin_op("inductor_embed::one_hot_linear_backward_triton", like="inductor_embed::one_hot_linear_backward",
+         returns="Tensor")
+def one_hot_linear_backward_triton(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype):
     """The Triton backward of ``one_hot_linear`` (same contract as ``one_hot_linear_backward``):
     one zero fill, one atomic-add launch accumulating in fp32, one cast unless fp32."""
     from inductor_embed.kernels.one_hot_linear import flat_size, one_hot_linear_bwd

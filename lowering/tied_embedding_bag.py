@@ -229,27 +229,13 @@ def _tied_embedding_bag_triton_fake(weight, emb_indices, bag_indices, offsets, p
     return emb, bag, am, weight.new_empty((2,), dtype=torch.int32)
 
 
-def _tied_backward_kernels(
-    grad_emb: Tensor,
-    grad_bag: Tensor,
-    arg_max: Tensor,
-    emb_indices: Tensor,
-    bag_indices: Tensor,
-    offsets: Tensor | None,
-    per_sample_weights: Tensor | None,
-    num_rows: int,
-    mode: int,
-    emb_padding_idx: int,
-    bag_padding_idx: int,
-    include_last_offset: bool,
-    separate: bool,
-) -> Tensor:
+def _tied_backward_kernels(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, num_rows, mode,
+                           emb_pad, bag_pad, ilo, separate) -> Tensor:
     """The GPU path of ``tied_embedding_bag_backward``."""
     from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_bwd
 
     d = grad_bag.shape[1]
-    segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
-                          bag_padding_idx, include_last_offset)
+    segs = _tied_segments(emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo)
     blocks = 2 if separate else 1
     flat = torch.zeros(blocks * num_rows * d, dtype=torch.float32, device=grad_bag.device)
     ge = column_stride_1(grad_emb.reshape(-1, d).to(grad_bag.dtype))

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 import inductor_embed
+from tests._util import deterministic
 from tests.inductor_embed._util import compare_with_eager, rewrites, skips
 
 BAG, TIED = "multi_embedding_bag", "tied_embedding_bag"
@@ -172,11 +173,8 @@ def test_bad_input_raises_like_eager(bad: str) -> None:
 
 
 def test_deterministic_mode_matches_eager() -> None:
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic():
         compare_with_eager(Bags(), _bag_inputs())
-    finally:
-        torch.use_deterministic_algorithms(False)
     assert rewrites(BAG) == 1
 
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import inductor_embed
+from tests._util import deterministic
 from tests.inductor_embed._util import compare_with_eager, rewrites, skips
 
 torch.manual_seed(0)
@@ -379,11 +380,8 @@ def test_out_of_range_index_raises():
 def test_deterministic_mode_matches_eager():
     model = CatModel(lambda xs: torch.cat(xs, -1))
     x = torch.randint(0, 7, (64, 3))  # many collisions
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic():
         compare_with_eager(model, [x])
-    finally:
-        torch.use_deterministic_algorithms(False)
     assert rewrites() == 1
 
 

@@ -4,15 +4,13 @@ Triton path (run in the Triton interpreter on the CPU)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.library import opcheck
 
 from inductor_embed.lowering.multi_embedding_ref import multi_embedding_backward_ref
+from tests._util import assert_device_assert, deterministic
 
 OP = torch.ops.inductor_embed.multi_embedding.default
 BWD = torch.ops.inductor_embed.multi_embedding_backward.default
@@ -84,11 +82,8 @@ def test_deterministic_backward_is_the_reference(path):
     weights, indices, pad, freq = _make("B13-T3-D5-fp32", requires_grad=False, device=path)
     grad = torch.randn(13, 9, device=path)
     args = (grad, indices, [7, 4, 9], [5, 1, 3], pad, freq)
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic():
         first, second = BWD(*args), BWD(*args)
-    finally:
-        torch.use_deterministic_algorithms(False)
     assert torch.equal(first, second)
     assert torch.equal(first, multi_embedding_backward_ref(*args))
 
@@ -96,7 +91,6 @@ def test_deterministic_backward_is_the_reference(path):
 @pytest.mark.parametrize("bad", [7, -1, 100])
 def test_out_of_range_index_raises(path, bad):
     if path == "cuda":
-        # A device-side assert poisons the CUDA context, as eager's does: use a fresh process.
         code = (
             "import torch, inductor_embed\n"
             "w = [torch.randn(7, 5, device='cuda')]\n"
@@ -104,8 +98,7 @@ def test_out_of_range_index_raises(path, bad):
             "torch.ops.inductor_embed.multi_embedding(w, i, [-1], [False])\n"
             "torch.cuda.synchronize()\n"
         )
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-        assert res.returncode != 0 and ("device-side assert" in res.stderr or "out of range" in res.stderr)
+        assert_device_assert(code, "out of range")
         return
     weights, indices, pad, freq = _make("B13-T3-D5-fp32", requires_grad=False)
     indices[0][5] = bad
@@ -161,11 +154,8 @@ def test_cpu_backward_splits_tables_by_width():
     ops = targets()
     assert ops.count("aten.embedding_dense_backward.default") == 2
     assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == 1
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic():
         ops = targets()
-    finally:
-        torch.use_deterministic_algorithms(False)
     assert "aten.embedding_dense_backward.default" not in ops
     want = [torch.ops.aten.embedding_dense_backward(grad[:, sum(dims[:k]):sum(dims[:k + 1])], indices[k], 10, p, s)
             for k, (p, s) in enumerate(zip([-1, 3, -1, -1], [False, True, False, False]))]

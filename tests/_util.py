@@ -1,0 +1,27 @@
+"""Helpers the test tiers share (the end-to-end tests' own are in tests/inductor_embed/_util.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` inside the block, off again after it."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def assert_device_assert(code: str, message: str) -> None:
+    """Run ``code`` (CUDA) in a fresh process, since a device-side assert poisons the CUDA
+    context as eager's does, and check that it failed on the assert or with ``message``."""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and ("device-side assert" in res.stderr or message in res.stderr), res.stderr
