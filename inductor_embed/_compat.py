@@ -156,3 +156,10 @@ __all__ = [
     "schema_written_args",
     "storage_key",
 ]
+
+
+def op_schema(qualname: str) -> str:
+    """The schema string of a registered op's default overload, ``"ns::name(...) -> ..."``
+    (``OpOverload._schema``)."""
+    ns, name = qualname.split("::")
+    return str(getattr(getattr(torch.ops, ns), name).default._schema)

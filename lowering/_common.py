@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.library import CustomOpDef
 
-from inductor_embed import config
+from inductor_embed import _compat, config
 
 # The table / weight dtypes every op accepts.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -34,8 +34,7 @@ def twin_op(name: str, like: str, returns: str, extra: str = "") -> Callable[[Ca
     whose result is ``returns`` (schema syntax: ``"Tensor[]"``). A twin of an op (its CPU
     path, its Triton launch) so takes the arguments its op declares once, by annotations;
     the function receives them positionally."""
-    ns, op = like.split("::")
-    schema = str(getattr(getattr(torch.ops, ns), op).default._schema)
+    schema = _compat.op_schema(like)
     args = schema[schema.index("(") + 1:schema.rindex(") -> ")]
     args = f"{args}, {extra}" if extra else args
     return torch.library.custom_op(name, mutates_args=(), schema=f"({args}) -> {returns}")
