@@ -9,6 +9,10 @@ its lookups, how one is analysed, and how the fused op is emitted.
 
 Between a lookup and the cat there may be an unsqueeze (stacked tokens) and a cast that
 keeps the dtype (``res = embedding_bag(...).float()`` in torchrec): both are replaced.
+A token cat also takes lookups whose indices end in a size-1 dim (``emb_k(x[:, k:k+1])``,
+the field slices of FM-style CTR models): each is already one ``[*L, 1, D]`` token, so the
+fused op reads the ``[*L, 1]`` indices as they are and its ``[*L, 1, n*D]`` output is
+squeezed and viewed as ``[*L, n, D]``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class Lookup:
     device: torch.device
     index_shape: tuple
     params: dict  # the family's own arguments (padding_idx, mode, ...)
+    # In a token cat: the indices end in a size-1 dim (``x[:, k:k+1]``), so the lookup's
+    # output is already one [*L, 1, D] token (no unsqueeze between it and the cat).
+    one_token: bool = False
 
     @property
     def consumer(self) -> fx.Node:
@@ -139,21 +146,29 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
         return None
     items: list = []
     for t in tensors:
-        inner, between = t, ()
+        inner, between, one_token = t, (), False
         if token and not stack:
             unsq = _fx.unsqueeze_of(t)
-            if unsq is None or unsq[1] % rank != rank - 2:
-                if fam.is_lookup(t):
+            if unsq is not None and unsq[1] % rank == rank - 2:
+                inner, between = unsq[0], (t,)
+            elif _is_one_token(t, rank):
+                one_token = True  # a field slice: emb(x[:, k:k+1]) is [*L, 1, D] already
+            else:
+                if fam.is_lookup(t) or fam.is_lookup(_identity_cast(t)):
+                    tv = _fx.tensor_meta(t)
+                    shape = list(tv.shape) if tv is not None else "?"
                     rec.skip(Skip(fam.name, t.name, f"{node.name} concatenates along dim {dim}, not the feature dim "
-                                                    f"{rank - 1}, and the lookup is not unsqueezed into a token"))
+                                                    f"{rank - 1}, and the lookup's {shape} output is neither "
+                                                    "unsqueezed into a token nor one token (indices [..., 1])"))
                 items.append(t)
                 continue
-            inner, between = unsq[0], (t,)
         cast_of = _identity_cast(inner)
         if cast_of is not None and fam.is_lookup(cast_of):
             inner, between = cast_of, (*between, inner)
         found = fam.analyse(inner, between)
         if isinstance(found, Lookup):
+            if one_token:
+                found = dataclasses.replace(found, one_token=True)
             found = _hazard(found, node, writes) or found
         if isinstance(found, str):
             rec.skip(Skip(fam.name, inner.name, found))
@@ -164,6 +179,12 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
         else:
             items.append(found)
     return _Site(node, dim, token, stack, items)
+
+
+def _is_one_token(t: fx.Node, rank: int) -> bool:
+    """Whether a cat input is one ``[*L, 1, D]`` token of a rank-``rank`` token cat."""
+    tv = _fx.tensor_meta(t)
+    return tv is not None and tv.dim() == rank and rank >= 2 and tv.shape[-2] == 1
 
 
 def _note_elementwise_step(fam: Family, t: fx.Node, rec: Recorder) -> None:
@@ -183,8 +204,8 @@ def _runs(site: _Site) -> list[tuple[int, int]]:
         if start is not None:
             first = site.items[start]
             same = isinstance(item, Lookup) and item.dtype == first.dtype and item.device == first.device
-            if same and site.token:
-                same = item.dim == first.dim
+            if same and site.token:  # one index shape: field slices and unsqueezed lookups do not mix
+                same = item.dim == first.dim and item.one_token == first.one_token
             if not same:
                 runs.append((start, k))
                 start = None
@@ -265,6 +286,8 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
             if reroute:
                 _reroute_other_users(graph, lookups, fused, node, order)
             if site.token:
+                if lookups[0].one_token:  # [*L, 1, n*D] from [*L, 1] indices
+                    fused = _fx.call(graph, torch.squeeze, (fused, -2), node)
                 fused = _fx.call(graph, torch.unflatten, (fused, -1, (end - k, lookups[0].dim)), node)
             new_items.append(fused)
             dead += [n for lk in lookups for n in (*lk.between, lk.node)]

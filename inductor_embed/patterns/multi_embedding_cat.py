@@ -6,7 +6,12 @@ Forms matched (``e_k = F.embedding(idx_k, W_k)``, idx of any leading shape L):
   -> ``multi_embedding([W..], [idx..])`` of shape [*L, sum D];
 * stacked tokens: ``torch.stack([e_1..e_n], dim=-2)`` or
   ``torch.cat([e_1.unsqueeze(-2), ..], dim=-2)`` with equal D -> the same op viewed
-  as [*L, n, D] (tabular transformers write it this way).
+  as [*L, n, D] (tabular transformers write it this way);
+* field slices: ``torch.cat([emb_k(x[:, k:k+1]) ..], dim=1)`` with equal D, each lookup
+  one [B, 1, D] token (FM-style CTR models, then an FM interaction over the fields) ->
+  the op on the [B, 1] slices, its [B, 1, n*D] output squeezed and viewed as [B, n, D].
+  Field slices and unsqueezed lookups in one cat form separate runs. Left: a lookup of
+  more than one token per row (``x[:, 0:2]``), which the cat would place as 2 tokens.
 
 Consecutive lookups of one dtype and device form a run; each run of at least
 ``config.min_tables`` lookups becomes one op, and the cat keeps its other inputs in

@@ -6,6 +6,7 @@ checks from the counters that the rewrite fired (or was skipped, and why).
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -14,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import inductor_embed
-from tests.inductor_embed._util import compare_with_eager, rewrites, skips
+from tests.inductor_embed._util import TOL, compare_with_eager, rewrites, skips
 
 torch.manual_seed(0)
 
@@ -161,6 +162,66 @@ def test_stacked_tokens(form):
     out = compare_with_eager(Tokens(), [_batch(9, (5, 9, 3, 17))])
     assert out.shape == (9, 4, 4)
     assert rewrites() == 1
+
+
+class FieldSliceFM(nn.Module):
+    """An FM-style CTR model (our own, after the way such libraries write it): one table per
+    field looked up on the [B, 1] column slice of the categorical input, the fields cat
+    along dim 1 into [B, F, D], then a first-order term and the FM interaction
+    0.5 * ((sum_f v)^2 - sum_f v^2)."""
+
+    def __init__(self, vocabs=(7, 11, 13, 5), dim=4, dtype=torch.float32):
+        super().__init__()
+        self.embeddings = nn.ModuleList([nn.Embedding(v, dim, dtype=dtype) for v in vocabs])
+        self.first_order = nn.ModuleList([nn.Embedding(v, 1, dtype=dtype) for v in vocabs])
+        for e in self.embeddings:  # CTR libraries initialise small; (sum v)^2 of N(0, 1) rows would
+            nn.init.normal_(e.weight, std=0.1)  # leave bf16 a step of 1/16, far above its tolerance
+
+    def forward(self, x):
+        v = torch.cat([e(x[:, k:k + 1]) for k, e in enumerate(self.embeddings)], dim=1)  # [B, F, D]
+        linear = torch.cat([w(x[:, k:k + 1]) for k, w in enumerate(self.first_order)], dim=1).sum(1)  # [B, 1]
+        square_of_sum = torch.pow(torch.sum(v, dim=1, keepdim=True), 2)
+        sum_of_square = torch.sum(v * v, dim=1, keepdim=True)
+        cross = 0.5 * torch.sum(square_of_sum - sum_of_square, dim=2)  # [B, 1]
+        return linear + cross, v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_field_slices_with_fm_interaction(dtype):
+    model = FieldSliceFM(dtype=dtype)
+    x = _batch(9, (7, 11, 13, 5))
+    compiled = torch.compile(copy.deepcopy(model), backend="inductor_embed")
+    (y_c, v_c), (y_e, v_e) = compiled(x), model(x)
+    torch.testing.assert_close(v_c, v_e, rtol=0, atol=0)  # the gather is exact in every dtype
+    assert v_c.shape == (9, 4, 4) and v_c.stride() == v_e.stride()
+    torch.testing.assert_close(y_c, y_e, **TOL[dtype])
+    g = torch.randn_like(y_e)
+    (y_c * g).sum().backward()
+    (y_e * g).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, **TOL[dtype], msg=lambda m, n=name: f"grad of {n}: {m}")
+    assert rewrites() == 2  # the [B, F, D] field embeddings and the [B, F, 1] first-order weights
+
+
+def test_field_slices_over_a_leading_sequence_dim_and_their_limits(caplog):
+    class Slices(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(3, 3, 3, 3, 3), vocabs=(7, 11, 13, 5, 6))
+
+        def forward(self, x):  # x: [B, S, 6]
+            t = self.tables
+            a = torch.cat([t[0](x[..., 0:1]), t[1](x[..., 1:2]), t[2](x[..., 2:3])], dim=-2)  # [B, S, 3, 3]
+            # an unsqueezed lookup between field slices breaks the run; two tokens at once are left
+            b = torch.cat([t[3](x[..., 3:4]), t[4](x[..., 4]).unsqueeze(-2), t[0](x[..., 4:6])], dim=2)
+            return torch.cat([a, b], dim=2)  # [B, S, 7, 3]: no lookup of its own
+
+    x = torch.stack([torch.randint(0, v, (2, 3)) for v in (7, 11, 13, 5, 6, 5)], dim=-1)
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+        compare_with_eager(Slices(), [x])
+    assert rewrites() == 1 and skips() == 3  # x[..., 4:6]; then t[3] and t[4], each a run of one
+    assert "[2, 3, 2, 3] output is neither unsqueezed into a token nor one token" in caplog.text
+    assert "only 1 fusable lookup(s) in a row" in caplog.text
 
 
 def test_stacked_tokens_with_a_non_lookup_token():
