@@ -288,6 +288,83 @@ def test_functional_embedding_on_raw_parameters():
     assert rewrites() == 1
 
 
+# --- a bias before the cat -------------------------------------------------------------------
+
+class BiasedFields(nn.Module):
+    """One table and one bias per field, the bias added before the cat."""
+
+    def __init__(self, dims=(3, 5, 2), vocabs=(7, 11, 13), dtype=torch.float32):
+        super().__init__()
+        self.tables = _tables(dims, vocabs, dtype)
+        self.biases = nn.ParameterList([nn.Parameter(torch.randn(d, dtype=dtype)) for d in dims])
+
+    def forward(self, x):
+        return torch.cat([t(x[:, k]) + b.unsqueeze(0) for k, (t, b) in enumerate(zip(self.tables, self.biases))], 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bias_before_the_cat(dtype):
+    model = BiasedFields(dtype=dtype)
+    x = _batch(8, (7, 11, 13))
+    out = compare_with_eager(model, [x], dtype=dtype)  # every table's and every bias's gradient
+    assert torch.equal(out, model(x))  # the same adds of the same values: exact in bf16 too
+    assert rewrites() == 1 and skips() == 0
+
+
+def test_bias_forms_placeholder_zeros_tokens_and_slices():
+    class Forms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(4, 4, 4), vocabs=(7, 11, 13), dtype=torch.bfloat16)
+            self.b = nn.Parameter(torch.randn(3, 4, dtype=torch.bfloat16))
+            self.s = nn.Parameter(torch.randn(1, dtype=torch.bfloat16))  # one scalar per field, broadcast
+
+        def forward(self, x):
+            t = self.tables
+            # a library's placeholder when bias is off; fp32 zeros promote the bf16 lookups to fp32
+            zeros = torch.cat([e(x[:, k]) + torch.zeros(1, 4) for k, e in enumerate(t)], 1)
+            tokens = torch.cat([(e(x[:, k]) + self.b[k]).unsqueeze(1) for k, e in enumerate(t)], 1)
+            slices = torch.cat([self.s + e(x[:, k:k + 1]) for k, e in enumerate(t)], dim=1)
+            return torch.cat([zeros, tokens.flatten(1).float(), slices.flatten(1).float()], 1)
+
+    model = Forms()
+    x = _batch(5, (7, 11, 13))
+    # After the rewrite the bf16 add of tokens and slices sits in one Inductor kernel with the
+    # .float() that follows, and Inductor skips the bf16 rounding between them (as for any
+    # fused bf16 op, unless emulate_precision_casts); without it, the cat kernel rounded
+    # first. So bf16 tolerance there; the fp32 zeros part is exact.
+    out = compare_with_eager(model, [x], dtype=torch.bfloat16)
+    assert out.shape == (5, 36) and torch.equal(out[:, :12], model(x)[:, :12])
+    assert rewrites() == 3 and skips() == 0
+
+
+def test_adds_that_are_not_a_bias_are_left_with_a_reason():
+    class Adds(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = _tables(dims=(4, 4, 4, 4), vocabs=(7, 11, 13, 5))
+            self.b = nn.Parameter(torch.randn(4))
+            self.h = nn.Parameter(torch.randn(4, dtype=torch.bfloat16))
+
+        def forward(self, x, bias):
+            e = [t(x[:, k]) for k, t in enumerate(self.t)]
+            per_row = torch.cat([e[0] + x[:, 0:1].float(), e[1] + e[2], torch.add(e[3], self.b, alpha=2)], 1)
+            # a bf16 bias on fp32 tables: same result dtype, another bias dtype -> its own run
+            mixed = torch.cat([e[0] + self.b, e[1] + self.b, e[2] + self.h, e[3] + self.h], 1)
+            written = [e[0] + bias, e[1] + bias]
+            bias.add_(1)  # the cat must see the adds of the old bias
+            return per_row, mixed, torch.cat(written, 1)
+
+    report = inductor_embed.explain(Adds(), _batch(3, (7, 11, 13, 5)), torch.randn(4))
+    assert len(report.rewrites) == 2  # mixed: one run per bias dtype
+    reasons = [s.reason for s in report.skipped]
+    assert any("adds a [3, 1] tensor to the [3, 4] lookup: not a bias" in r for r in reasons)
+    assert any("adds a [3, 4] tensor to the [3, 4] lookup" in r for r in reasons)  # e[1] + e[2]
+    assert any("sits between the lookup and the cat" in r for r in reasons)  # alpha=2
+    assert sum("the bias l_bias_ is written in place by add_" in r for r in reasons) == 2
+    assert len(reasons) == 5
+
+
 # --- other users, shared and tied tables ----------------------------------------------
 
 def test_lookup_with_other_users_before_and_after_the_cat():
@@ -387,18 +464,18 @@ def test_max_norm_and_sparse_are_left_alone(kind, caplog):
 
 
 def test_elementwise_step_between_lookup_and_cat_is_logged(caplog):
-    class Bias(nn.Module):
+    class Scale(nn.Module):
         def __init__(self):
             super().__init__()
             self.tables = _tables(dims=(3, 5, 2, 4), vocabs=(7, 11, 13, 5))
-            self.bias = nn.Parameter(torch.randn(3))
+            self.scale = nn.Parameter(torch.randn(3))
 
         def forward(self, x):
             e = [t(x[:, k]) for k, t in enumerate(self.tables)]
-            return torch.cat([e[0] + self.bias, e[1], e[2], e[3]], dim=-1)
+            return torch.cat([e[0] * self.scale, e[1], e[2], e[3]], dim=-1)
 
     with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
-        compare_with_eager(Bias(), [_batch(6, (7, 11, 13, 5))])
+        compare_with_eager(Scale(), [_batch(6, (7, 11, 13, 5))])
     assert rewrites() == 1  # e[1..3] still fuse
     assert "sits between the lookup and the cat" in caplog.text
 
