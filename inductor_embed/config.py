@@ -25,10 +25,13 @@ from typing import Any
 enabled: bool = True
 
 # --- one switch per pattern (names as in ARCHITECTURE.md) -------------------------
-# N embedding lookups -> torch.cat/concat/concatenate/stack -> one multi-table gather.
+# N embedding lookups -> torch.cat/concat/concatenate/stack -> one multi-table gather
+# (also [B, 1] field slices cat along dim 1, and a per-table bias added before the cat,
+# which moves after the gather as one add).
 multi_embedding_cat: bool = True
 # F.linear / matmul / mm / @ on F.one_hot(idx, n).<float cast> (also a cat of several
-# one-hot fields, and multi-hot one_hot(...).sum(dim)) -> a gather of weight columns.
+# one-hot fields, multi-hot one_hot(...).sum(dim), and a one-hot times a per-class scale r
+# broadcast over the rows) -> a gather of weight columns (times the gathered r).
 # The one deviation from eager: an inf/NaN weight makes NaN (0 * inf) on every row of
 # the dense matmul, but reaches only the rows that select its column in the gather;
 # set False to keep the dense form.

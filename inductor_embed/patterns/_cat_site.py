@@ -9,11 +9,28 @@ its lookups, how one is analysed, and how the fused op is emitted.
 
 Between a lookup and the cat there may be an unsqueeze (stacked tokens) and a cast that
 keeps the dtype (``res = embedding_bag(...).float()`` in torchrec): both are replaced.
+A token cat also takes lookups whose indices end in a size-1 dim (``emb_k(x[:, k:k+1])``,
+the field slices of FM-style CTR models): each is already one ``[*L, 1, D]`` token, so the
+fused op reads the ``[*L, 1]`` indices as they are and its ``[*L, 1, n*D]`` output is
+squeezed and viewed as ``[*L, n, D]``.
+
+A family with ``hoists_bias`` (``multi_embedding_cat``) also takes a lookup plus a bias
+broadcast over its rows, ``emb_k(x[:, k]) + b_k`` with ``b_k`` of shape ``[D_k]``,
+``[1, .., 1, D_k]`` or ``[.., 1]`` (``b.unsqueeze(0)``, a library's ``torch.zeros(1, d)``
+placeholder), before or after the unsqueeze: the add moves after the fused op as one add
+of ``cat([b_1.flatten(), ..])``. Every element is the same add of the same two values in the
+same promoted dtype as in eager, and autograd reduces each bias's gradient over its rows.
+A run takes lookups that all have a bias of one dtype (and result dtype), or none. One
+difference in half types: when an upcast follows (``.float()``), Inductor fuses it with the
+hoisted add and skips the fp16/bf16 rounding in between (its ``emulate_precision_casts`` is
+off by default), where the original cat kernel rounded first: within bf16 tolerance, and
+more precise, not bit-equal. A half-type result that is stored as such is bit-equal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +40,17 @@ import torch.fx as fx
 from inductor_embed import config
 from inductor_embed.patterns import _fx
 from inductor_embed.report import Recorder, Rewrite, Skip, TableInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Bias:
+    """``lookup + bias`` between a lookup and the cat, the bias broadcast over the rows."""
+
+    node: fx.Node  # the bias value ([D], [1, .., 1, D], or its last dim 1)
+    add: fx.Node  # the add node
+    width: int  # the bias's last dim: D or 1
+    dtype: torch.dtype  # the bias's dtype
+    out_dtype: torch.dtype  # the add's result dtype (the promotion of table and bias)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +68,10 @@ class Lookup:
     device: torch.device
     index_shape: tuple
     params: dict  # the family's own arguments (padding_idx, mode, ...)
+    # In a token cat: the indices end in a size-1 dim (``x[:, k:k+1]``), so the lookup's
+    # output is already one [*L, 1, D] token (no unsqueeze between it and the cat).
+    one_token: bool = False
+    bias: Bias | None = None  # a bias added to the lookup's output before the cat
 
     @property
     def consumer(self) -> fx.Node:
@@ -54,6 +86,7 @@ class Family:
     is_lookup: Callable[[Any], bool]
     analyse: Callable[[fx.Node, tuple], Lookup | str | None]  # (lookup node, between) -> ...
     emit: Callable[[fx.Graph, list, fx.Node], fx.Node]  # inserts the op; returns its [*L, sum D] output
+    hoists_bias: bool = False  # take ``lookup + bias`` inputs (the add moves after the op)
 
 
 @dataclasses.dataclass
@@ -101,6 +134,60 @@ def _hazard(lk: Lookup, site: fx.Node, writes: _fx.Writes) -> str | None:
         w = writes.writer(value, after=lk.node, before=site)
         if w is not None:
             return f"the {what} are written in place by {w.name} between the lookup and {site.name}"
+    if lk.bias is not None:  # the hoisted add reads the bias at the cat
+        w = writes.writer(lk.bias.node, after=lk.bias.add, before=site)
+        if w is not None:
+            return f"the bias {lk.bias.node.name} is written in place by {w.name} between {lk.bias.add.name} and {site.name}"
+    return None
+
+
+_ADD_METHODS = ("add", "__add__", "__radd__")
+
+
+def _add_operands(node: fx.Node) -> tuple[Any, Any] | None:
+    """``(a, b)`` of an out-of-place ``a + b`` / ``torch.add(a, b)`` / ``a.add(b)``, else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    if not ((node.op == "call_function" and node.target in (operator.add, torch.add)) or
+            (node.op == "call_method" and node.target in _ADD_METHODS)):
+        return None
+    if len(node.args) != 2 or set(node.kwargs) - {"alpha"} or node.kwargs.get("alpha", 1) != 1:
+        return None  # alpha scales the bias; out= writes: neither is a plain bias add
+    return node.args[0], node.args[1]
+
+
+def _lookup_of(fam: Family, x: Any) -> fx.Node | None:
+    """The lookup ``x`` is, maybe under an unsqueeze and a cast that keeps the dtype, or None."""
+    unsq = _fx.unsqueeze_of(x)
+    if unsq is not None:
+        x = unsq[0]
+    for y in (x, _identity_cast(x)):
+        if fam.is_lookup(y):
+            return y
+    return None
+
+
+def _bias_add(fam: Family, node: fx.Node) -> tuple[fx.Node, Bias | str] | None:
+    """``(x, bias)`` if ``node`` is ``x + bias`` with ``x`` reaching a lookup and a bias the
+    fused op can take after it; ``(x, reason)`` if it adds something else to a lookup; else None."""
+    ops = _add_operands(node)
+    if not fam.hoists_bias or ops is None:
+        return None
+    for x, b in (ops, ops[::-1]):
+        if _lookup_of(fam, x) is None:
+            continue
+        xv, bv, out = _fx.tensor_meta(x), _fx.tensor_meta(b), _fx.tensor_meta(node)
+        what = f"`{node.target if isinstance(node.target, str) else 'add'}` ({node.name})"
+        if not isinstance(b, fx.Node) or bv is None or xv is None or out is None:
+            return x, f"{what} adds a value without fake tensor metadata (a Python number?) to the lookup; left"
+        d = xv.shape[-1]
+        if (bv.dim() == 0 or bv.dim() > xv.dim() or any(n != 1 for n in bv.shape[:-1])
+                or bv.shape[-1] not in (1, d) or tuple(out.shape) != tuple(xv.shape)):
+            return x, (f"{what} adds a {list(bv.shape)} tensor to the {list(xv.shape)} lookup: not a bias "
+                       f"broadcast over its rows ([{d}] or [1, .., 1, {d}], or 1 for {d}); left")
+        if bv.device != xv.device:
+            return x, f"{what} adds a bias on {bv.device} to a lookup on {xv.device}; left"
+        return x, Bias(b, node, int(bv.shape[-1]), bv.dtype, out.dtype)
     return None
 
 
@@ -139,21 +226,44 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
         return None
     items: list = []
     for t in tensors:
-        inner, between = t, ()
-        if token and not stack:
-            unsq = _fx.unsqueeze_of(t)
-            if unsq is None or unsq[1] % rank != rank - 2:
-                if fam.is_lookup(t):
-                    rec.skip(Skip(fam.name, t.name, f"{node.name} concatenates along dim {dim}, not the feature dim "
-                                                    f"{rank - 1}, and the lookup is not unsqueezed into a token"))
+        # From the cat input down to the lookup: [+ bias] [unsqueeze] [+ bias] [identity cast].
+        inner, between, one_token, bias = t, (), False, None
+        got = _bias_add(fam, inner)
+        if got is not None:
+            if isinstance(got[1], str):
+                rec.skip(Skip(fam.name, _lookup_of(fam, got[0]).name, got[1]))
                 items.append(t)
                 continue
-            inner, between = unsq[0], (t,)
+            (inner, bias), between = got, (t,)
+        if token and not stack:
+            unsq = _fx.unsqueeze_of(inner)
+            if unsq is not None and unsq[1] % rank == rank - 2:
+                inner, between = unsq[0], (*between, inner)
+            elif _is_one_token(inner, rank):
+                one_token = True  # a field slice: emb(x[:, k:k+1]) is [*L, 1, D] already
+            else:
+                if fam.is_lookup(inner) or fam.is_lookup(_identity_cast(inner)):
+                    tv = _fx.tensor_meta(inner)
+                    shape = list(tv.shape) if tv is not None else "?"
+                    rec.skip(Skip(fam.name, inner.name, f"{node.name} concatenates along dim {dim}, not the feature "
+                                                        f"dim {rank - 1}, and the lookup's {shape} output is neither "
+                                                        "unsqueezed into a token nor one token (indices [..., 1])"))
+                items.append(t)
+                continue
+        got = _bias_add(fam, inner) if bias is None else None
+        if got is not None:
+            if isinstance(got[1], str):
+                rec.skip(Skip(fam.name, _lookup_of(fam, got[0]).name, got[1]))
+                items.append(t)
+                continue
+            (inner, bias), between = got, (*between, inner)
         cast_of = _identity_cast(inner)
         if cast_of is not None and fam.is_lookup(cast_of):
             inner, between = cast_of, (*between, inner)
         found = fam.analyse(inner, between)
         if isinstance(found, Lookup):
+            if one_token or bias is not None:
+                found = dataclasses.replace(found, one_token=one_token, bias=bias)
             found = _hazard(found, node, writes) or found
         if isinstance(found, str):
             rec.skip(Skip(fam.name, inner.name, found))
@@ -164,6 +274,12 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
         else:
             items.append(found)
     return _Site(node, dim, token, stack, items)
+
+
+def _is_one_token(t: fx.Node, rank: int) -> bool:
+    """Whether a cat input is one ``[*L, 1, D]`` token of a rank-``rank`` token cat."""
+    tv = _fx.tensor_meta(t)
+    return tv is not None and tv.dim() == rank and rank >= 2 and tv.shape[-2] == 1
 
 
 def _note_elementwise_step(fam: Family, t: fx.Node, rec: Recorder) -> None:
@@ -183,14 +299,20 @@ def _runs(site: _Site) -> list[tuple[int, int]]:
         if start is not None:
             first = site.items[start]
             same = isinstance(item, Lookup) and item.dtype == first.dtype and item.device == first.device
-            if same and site.token:
-                same = item.dim == first.dim
+            if same and site.token:  # one index shape: field slices and unsqueezed lookups do not mix
+                same = item.dim == first.dim and item.one_token == first.one_token
+            if same:  # one hoisted add: all with a bias of one dtype and result dtype, or none
+                same = _bias_key(item) == _bias_key(first)
             if not same:
                 runs.append((start, k))
                 start = None
         if start is None and isinstance(item, Lookup):
             start = k
     return runs
+
+
+def _bias_key(lk: Lookup) -> tuple | None:
+    return None if lk.bias is None else (lk.bias.dtype, lk.bias.out_dtype)
 
 
 def run_family(fam: Family, graph: fx.Graph, rec: Recorder, apply: bool) -> None:
@@ -264,6 +386,10 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
             fused = fam.emit(graph, lookups, node)
             if reroute:
                 _reroute_other_users(graph, lookups, fused, node, order)
+            if site.token and lookups[0].one_token:  # [*L, 1, n*D] from [*L, 1] indices
+                fused = _fx.call(graph, torch.squeeze, (fused, -2), node)
+            if lookups[0].bias is not None:
+                fused = _fx.call(graph, operator.add, (fused, _bias_vector(graph, lookups, node)), node)
             if site.token:
                 fused = _fx.call(graph, torch.unflatten, (fused, -1, (end - k, lookups[0].dim)), node)
             new_items.append(fused)
@@ -278,6 +404,19 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
     for n in dead:  # consumers first, then lookups; keep whatever still has users
         if not _fx.is_erased(n) and not n.users:
             graph.erase_node(n)
+
+
+def _bias_vector(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.Node:
+    """The run's biases as one ``[sum D]`` vector, in the fused output's column order."""
+    pieces = []
+    for lk in lookups:
+        b = lk.bias.node
+        if _fx.tensor_meta(b).dim() != 1:
+            b = _fx.call(graph, torch.flatten, (b,), like)
+        if lk.bias.width != lk.dim:  # a [.., 1] bias broadcast over the lookup's D columns
+            b = _fx.call_method(graph, "expand", (b, lk.dim), like)
+        pieces.append(b)
+    return pieces[0] if len(pieces) == 1 else _fx.call(graph, torch.cat, (pieces, -1), like)
 
 
 def _reroute_other_users(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node, site: fx.Node,

@@ -6,7 +6,19 @@ Forms matched (``e_k = F.embedding(idx_k, W_k)``, idx of any leading shape L):
   -> ``multi_embedding([W..], [idx..])`` of shape [*L, sum D];
 * stacked tokens: ``torch.stack([e_1..e_n], dim=-2)`` or
   ``torch.cat([e_1.unsqueeze(-2), ..], dim=-2)`` with equal D -> the same op viewed
-  as [*L, n, D] (tabular transformers write it this way).
+  as [*L, n, D] (tabular transformers write it this way);
+* field slices: ``torch.cat([emb_k(x[:, k:k+1]) ..], dim=1)`` with equal D, each lookup
+  one [B, 1, D] token (FM-style CTR models, then an FM interaction over the fields) ->
+  the op on the [B, 1] slices, its [B, 1, n*D] output squeezed and viewed as [B, n, D].
+  Field slices and unsqueezed lookups in one cat form separate runs. Left: a lookup of
+  more than one token per row (``x[:, 0:2]``), which the cat would place as 2 tokens;
+* a bias before the cat, in any of the forms above: ``emb_k(x[:, k]) + b_k.unsqueeze(0)``,
+  ``+ b_k``, ``+ torch.zeros(1, d)`` (a library's placeholder when bias is off), before or
+  after the unsqueeze -> the op, then one add of the run's biases cat into a [sum D]
+  vector (``_cat_site`` says why that is eager's arithmetic exactly). A run takes lookups
+  that all have a bias of one dtype and result dtype, or none. Left, logged: an add of a
+  tensor that is not broadcast over the rows (``+ x[:, k:k+1].float()``, a [B, D] tensor),
+  of a Python number, ``alpha=``, and a bias written in place between the add and the cat.
 
 Consecutive lookups of one dtype and device form a run; each run of at least
 ``config.min_tables`` lookups becomes one op, and the cat keeps its other inputs in
@@ -14,9 +26,9 @@ order. A lookup with other users keeps them: users after the cat read a slice of
 the fused output (a view, so gradients are eager's), users before it keep the
 original lookup. Left untouched, with a logged reason: ``max_norm`` (renormalises the
 table in place), ``sparse=True``, non-float tables, non-integer indices, a cat along
-another dimension, and an elementwise step (bias add, scale) between a lookup and
-the cat: Inductor already fuses that step into its own cat kernel, and moving it into
-the gather would change rounding for half types. The graph is not functional yet, so
+another dimension, and an elementwise step other than a bias add (a scale, an
+activation) between a lookup and the cat: Inductor already fuses that step into its own
+cat kernel, and moving it into the gather would change rounding for half types. The graph is not functional yet, so
 also left: a lookup whose output is written in place (``e.mul_(2)``, ``e[0] = 0``), one
 whose indices or table are written between it and the cat, and a cat with ``out=``.
 """
@@ -76,7 +88,7 @@ def _emit(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.Node:
     ), like)
 
 
-FAMILY = _cat_site.Family(NAME, _OP, _fx.is_embedding, analyse_lookup, _emit)
+FAMILY = _cat_site.Family(NAME, _OP, _fx.is_embedding, analyse_lookup, _emit, hoists_bias=True)
 
 
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:

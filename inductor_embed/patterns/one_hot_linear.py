@@ -20,6 +20,14 @@ the cast is ``.float()``, ``.half()``, ``.bfloat16()``, ``.to(dtype)``, ``.type_
 * multi-hot: ``F.one_hot(idx, n).sum(dim)`` (a bag of categories per row, casts before
   or after the sum) -> the op sums the bag's columns (its summed dims become the op's
   bag dim).
+* scaled: ``(F.one_hot(idx, n).float() * r) @ W`` (any of the forms above; ``r * oh``,
+  ``torch.mul``, casts before or after the mul) with ``r`` broadcast over the rows: a
+  per-class scale ``[n]`` / ``[1, .., 1, n]`` (feature-scaling and ensemble layers) on one
+  plain one-hot field, or one scale ``[1, .., 1, 1]`` on any number of plain fields ->
+  ``one_hot_linear(idx, W) * r[idx] (+ b)``, where ``r[idx]`` is the same op reading
+  ``r`` as a ``[1, n]`` weight: its bounds check, and its backward gives r's gradient.
+  Eager's product ``r[idx] * W[:, idx]`` is rounded once, as here (with a bias, eager's
+  linear may round ``r*W + b`` once where this rounds the product and then the sum).
 * autocast: Dynamo records the linear as it is written and autocast casts at run time,
   so the result's meta dtype (bf16 under ``autocast("cpu", bfloat16)``) differs from the
   weight's. The op then gets ``dtype=``: it rounds each gathered weight and bias
@@ -33,6 +41,11 @@ the chain cannot hold exactly (a multi-hot count of 300 in bf16); a weight that 
 2-D fp32/fp16/bf16 CPU/CUDA tensor of static shape; fewer one-hot columns than
 ``config.one_hot_linear_min_classes``; and, as the graph is not functional, a one-hot
 chain written in place before the matmul or indices written in place after the one-hot.
+A scaled one-hot is also left (logged) when r is a Python number or 0-dim (a scalar's
+rounding in half types is not the tensor's), varies over the rows (``[B, n]``), is not a
+float tensor on the weight's device, is written in place before the matmul, or scales
+several fields or a multi-hot bag class by class (one op call sums the fields), a cat
+with dense pieces, or a linear under autocast.
 
 A one-hot with other users keeps them: only the matmul is replaced, and dead nodes go
 with the pass's dead-code elimination.
@@ -47,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -67,6 +81,8 @@ _MAX_EXACT = {
     torch.bfloat16: 2**8, torch.float32: 2**24, torch.float64: 2**53,
 }
 _STACKS = (torch.column_stack, torch.hstack)
+_MUL_TARGETS = (operator.mul, torch.mul)
+_MUL_METHODS = ("mul", "__mul__", "__rmul__")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +120,10 @@ class _Site:
     w_dtype: torch.dtype
     dim: int  # D
     lead: tuple
+    scale: fx.Node | None = None  # r of ``(one_hot * r) @ W``
+    scale_mul: fx.Node | None = None  # the mul node
+    scale_chain: list[fx.Node] = dataclasses.field(default_factory=list)  # casts around the mul, and it
+    per_class: bool = False  # r has one value per class ([.., n]), else one value ([.., 1])
 
     @property
     def fields(self) -> list[Field]:
@@ -221,6 +241,49 @@ def _cat_pieces(node: fx.Node) -> tuple[list, int, bool] | None:
     return None
 
 
+def _reaches_one_hot(x: Any) -> bool:
+    """Whether ``x`` is a (cast, summed) one-hot, or a cat with one among its pieces."""
+    if not isinstance(x, fx.Node):
+        return False
+    inner, _ = _peel_casts(x)
+    parsed = _cat_pieces(inner)
+    if parsed is not None:
+        return any(isinstance(p, fx.Node) and _field(p) is not None for p in parsed[0])
+    return _field(x) is not None
+
+
+def _scale_of(node: fx.Node) -> tuple[fx.Node, Any] | None:
+    """``(one-hot side, r)`` if ``node`` is ``oh * r`` / ``torch.mul(oh, r)`` / ``oh.mul(r)``."""
+    if not ((node.op == "call_function" and node.target in _MUL_TARGETS) or
+            (node.op == "call_method" and node.target in _MUL_METHODS)):
+        return None
+    if len(node.args) != 2 or node.kwargs:
+        return None
+    for a, b in (node.args, node.args[::-1]):
+        if _reaches_one_hot(a):
+            return a, b
+    return None
+
+
+def _scale_reason(mul: fx.Node, x: fx.Node, r: Any) -> str | None:
+    """Why ``x * r`` (``x`` a one-hot) is no per-class scale broadcast over the rows, or None."""
+    rv, xv, mv = _fx.tensor_meta(r), _fx.tensor_meta(x), _fx.tensor_meta(mul)
+    if not isinstance(r, fx.Node) or rv is None:
+        return f"{mul.name} scales the one-hot by a Python number (its rounding in half types is not a tensor's)"
+    if xv is None or mv is None:
+        return f"{mul.name} has no fake tensor metadata"
+    if rv.dim() == 0:
+        return f"{mul.name} scales the one-hot by a 0-dim tensor (it promotes like a Python number)"
+    if tuple(mv.shape) != tuple(xv.shape) or any(n != 1 for n in rv.shape[:-1]):
+        return (f"{mul.name} scales the {list(xv.shape)} one-hot by a {list(rv.shape)} tensor: not a scale "
+                f"broadcast over the rows ([n] or [1, .., 1, n])")
+    if rv.dtype not in _fx.FLOAT_DTYPES:
+        return f"{mul.name} scales the one-hot by a {rv.dtype} tensor, not fp32/fp16/bf16"
+    if rv.device != xv.device:
+        return f"{mul.name} scales the one-hot by a tensor on {rv.device}, the one-hot is on {xv.device}"
+    return None
+
+
 def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None:
     ops = _operands(node)
     if ops is None:
@@ -229,6 +292,19 @@ def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None
     if not isinstance(x, fx.Node) or not isinstance(right, fx.Node):
         return None
     inner, post = _peel_casts(x)
+    scale = scale_mul = None
+    scale_chain: list[fx.Node] = []
+    scaled = _scale_of(inner)
+    if scaled is not None:
+        scale_mul, (x, scale) = inner, scaled
+        reason = _scale_reason(scale_mul, x, scale)
+        if reason is not None:
+            return _skip(rec, scale_mul, reason)
+        inner, pre = _peel_casts(x)
+        # graph order; ``post`` stays for casts after a cat, which a scaled site has none
+        # of to replay (it takes no dense pieces)
+        scale_chain = [*reversed(pre), scale_mul, *reversed(post)]
+        post = []
     cat = None
     parsed = _cat_pieces(inner)
     out = _fx.tensor_meta(node)
@@ -305,6 +381,12 @@ def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None
         if not isinstance(bias, fx.Node) or bv is None or tuple(bv.shape) != (d,) or bv.dtype != wv.dtype:
             return _skip(rec, node, f"the bias is not a [{d}] {wv.dtype} tensor")
     site = _Site(node, weight, transpose, bias, items, cat, post, out.dtype, wv.dtype, d, lead)
+    if scale is not None:
+        reason = _scale_site_reason(site, scale)
+        if reason is not None:
+            return _skip(rec, scale_mul, reason)
+        site.scale, site.scale_mul, site.scale_chain = scale, scale_mul, scale_chain
+        site.per_class = _fx.tensor_meta(scale).shape[-1] != 1
     if sum(it.num_classes if isinstance(it, Field) else it.width for it in items) != v:
         return _skip(rec, node, f"the one-hot widths do not add up to the weight's {v} columns")
     classes = sum(f.num_classes for f in fields)
@@ -315,6 +397,20 @@ def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None
     if reason is not None:
         return _skip(rec, where, reason)
     return site
+
+
+def _scale_site_reason(site: _Site, r: fx.Node) -> str | None:
+    """Why a scaled one-hot site cannot be one op times ``r[idx]``, or None."""
+    per_class = _fx.tensor_meta(r).shape[-1] != 1
+    if any(isinstance(it, Dense) for it in site.items):
+        return "the scaled cat has dense pieces (their matmul would need r's columns too)"
+    if any(f.bag_dims for f in site.fields):
+        return "a multi-hot bag is scaled (eager rounds count * r before the matmul)"
+    if per_class and len(site.fields) > 1:
+        return f"r scales {len(site.fields)} one-hot fields class by class; one op call sums the fields"
+    if site.out_dtype != site.w_dtype:
+        return "a scaled one-hot under autocast (eager rounds r to the autocast dtype first)"
+    return None
 
 
 def _skip(rec: Recorder, where, reason: str) -> None:
@@ -329,6 +425,7 @@ def _hazard(site: _Site, writes: _fx.Writes) -> str | None:
     chain must not be written in place before it (``oh[:, 0] = 0``), and neither the
     indices after the one-hot nor a dense piece after the cat."""
     chain = [n for f in site.fields for n in f.chain] + ([site.cat] if site.cat is not None else []) + site.post
+    chain += site.scale_chain
     for n in chain:
         w = writes.writer(n, before=site.node)
         if w is not None:
@@ -342,6 +439,10 @@ def _hazard(site: _Site, writes: _fx.Writes) -> str | None:
             w = writes.writer(item.node, after=site.cat, before=site.node)
             if w is not None:
                 return f"the dense input {item.node.name} is written in place by {w.name} after {site.cat.name}"
+    if site.scale is not None:  # the op reads r at the matmul
+        w = writes.writer(site.scale, after=site.scale_mul, before=site.node)
+        if w is not None:
+            return f"the scale {site.scale.name} is written in place by {w.name} before {site.node.name}"
     return None
 
 
@@ -368,7 +469,8 @@ def _describe(site: _Site) -> Rewrite:
     fields, offsets = site.fields, [o for o, it in zip(site.offsets(), site.items) if isinstance(it, Field)]
     whole = len(site.items) == 1
     replaced: list[str] = []
-    for n in [n for f in fields for n in reversed(f.chain)] + ([site.cat] if site.cat is not None else []) + site.post:
+    for n in ([n for f in fields for n in reversed(f.chain)] + ([site.cat] if site.cat is not None else []) + site.post
+              + site.scale_chain):
         if n.name not in replaced:
             replaced.append(n.name)
     replaced.append(site.node.name)
@@ -407,22 +509,41 @@ def _rewrite(graph: fx.Graph, site: _Site) -> None:
     with graph.inserting_before(node):
         w = _fx.call(graph, torch.t, (site.weight,), node) if site.transpose else site.weight
         fields = [(it, off) for it, off in zip(site.items, offsets) if isinstance(it, Field)]
+        indices = [_bag_index(graph, f, node) for f, _ in fields]
         args = [
-            [_bag_index(graph, f, node) for f, _ in fields],
+            indices,
             [f.num_classes for f, _ in fields],
             [off for _, off in fields],
             w,
-            site.bias,
+            site.bias if site.scale is None else None,  # a scaled site adds its bias after the scale
             site.out_dtype if autocast else None,
         ]
         while args[-1] is None:  # the graph reads better without trailing defaults
             args.pop()
         out = _fx.call(graph, torch.ops.inductor_embed.one_hot_linear.default, tuple(args), node)
+        if site.scale is not None:
+            out = _scaled(graph, site, out, indices, node)
         dense = [(it, off) for it, off in zip(site.items, offsets) if isinstance(it, Dense)]
         if dense:
             out = _fx.call(graph, operator.add, (out, _dense_matmul(graph, site, dense, w, autocast)), node)
     node.replace_all_uses_with(out)
     graph.erase_node(node)
+
+
+def _scaled(graph: fx.Graph, site: _Site, out: fx.Node, indices: list[fx.Node], node: fx.Node) -> fx.Node:
+    """``out * r[idx] (+ bias)``: ``r[idx]`` is the op again, on ``r`` as a ``[1, n]`` weight
+    (one field), so an index out of range fails the op's check, and r's gradient is its
+    backward's scatter; a one-value ``r`` multiplies as it is."""
+    if site.per_class:
+        n = site.fields[0].num_classes
+        r = _fx.call(graph, torch.reshape, (site.scale, (1, n)), node)
+        r = _fx.call(graph, torch.ops.inductor_embed.one_hot_linear.default, (indices, [n], [0], r), node)
+    else:
+        r = _fx.call(graph, torch.reshape, (site.scale, (1,)), node)
+    out = _fx.call(graph, operator.mul, (out, r), node)
+    if site.bias is not None:
+        out = _fx.call(graph, operator.add, (out, site.bias), node)
+    return out
 
 
 def _dense_matmul(graph: fx.Graph, site: _Site, dense: list, w: fx.Node, autocast: bool) -> fx.Node:

@@ -143,3 +143,43 @@ def test_rewrites_are_counted_even_when_inductor_serves_the_compile_from_its_cac
             torch._dynamo.reset()
             compare_with_eager(FastMultiEmbeddingEquivalent(), [x])
     assert rewrites() == 2
+
+
+def test_explain_groups_many_tables_and_keeps_every_line_short():
+    class Criteo(nn.Module):
+        """26 categorical fields, as the Criteo CTR models have them, plus 26 left alone."""
+
+        def __init__(self):
+            super().__init__()
+            self.embeddings = nn.ModuleList([nn.Embedding(50, 4 if k < 20 else 8) for k in range(26)])
+            self.normed = nn.ModuleList([nn.Embedding(50, 4, max_norm=1.0) for _ in range(26)])
+
+        def forward(self, x):
+            y = torch.cat([e(x[:, k]) for k, e in enumerate(self.embeddings)], -1)
+            return y, torch.cat([e(x[:, k]) for k, e in enumerate(self.normed)], -1)
+
+    report = inductor_embed.explain(Criteo(), torch.randint(0, 50, (3, 26)))
+    assert len(report.rewrites) == 1 and len(report.skipped) == 26
+    text = str(report)
+    assert max(map(len, text.splitlines())) < 120, text
+    assert "embeddings.{0..25}.weight" in text and "[4 x20, 8 x6]" in text
+    assert "embedding, embedding_{1..25}, y" in text  # y: the cat
+    skip_rows = [line for line in text.splitlines() if line.startswith("multi_embedding_cat") and "max_norm" in line]
+    assert len(skip_rows) == 1 and "embedding_{26..51}" in skip_rows[0]  # one row per reason
+    line = report.rewrites[0].describe()
+    assert "embeddings.{0..19}.weight[50x4 fp32], embeddings.{20..25}.weight[50x8 fp32]" in line
+
+
+def test_group_names_and_dims_text():
+    from inductor_embed.report import _table, dims_text, group_names
+
+    assert group_names(["a.0.w", "a.1.w", "a.2.w", "b.0.w", "a.3.w"]) == ["a.{0..3}.w", "b.0.w"]
+    assert group_names(["a.0.w", "a.1.w", "a.2.w", "b.0.w", "a.3.w"], adjacent=True) == ["a.{0..2}.w", "b.0.w", "a.3.w"]
+    assert group_names(["e", "u", "e_1", "u_1", "e_2", "u_2", "e_3", "u_3"]) == ["e", "u", "e_{1..3}", "u_{1..3}"]
+    assert group_names(["e", "e_1", "e_2"]) == ["e", "e_1", "e_2"]  # pairs stay spelled out
+    assert group_names(["t.0.e.0.w", "t.1.e.0.w", "t.2.e.0.w"]) == ["t.{0..2}.e.0.w"]
+    assert group_names(["tok.w", "other.w", "tok.w"]) == ["tok.w", "other.w", "tok.w"]
+    assert group_names(["t.0", "t.2", "t.5", "t.6", "t.7", "t01"]) == ["t.{0,2,5..7}", "t01"]
+    assert dims_text([2, 4, 8]) == "[2, 4, 8]" and dims_text([16] * 4 + [4, 4, 4]) == "[16 x4, 4, 4, 4]"
+    lines = _table(["node", "reason skipped"], [["n", "word " * 60]]).splitlines()
+    assert len(lines) == 5 and max(map(len, lines)) < 120

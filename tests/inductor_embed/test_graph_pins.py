@@ -16,8 +16,10 @@ from tests.inductor_embed.test_multi_embedding_bag import (
     _dlrm_inputs,
 )
 from tests.inductor_embed.test_multi_embedding_cat import (
+    BiasedFields,
     DynamicEmbeddingConcatenator,
     FastMultiEmbeddingEquivalent,
+    FieldSliceFM,
     _batch,
 )
 
@@ -83,6 +85,44 @@ def forward(self, L_x_ : torch.Tensor, L_self_modules_a_parameters_weight_ : tor
     cat = torch.cat([unsqueeze, unflatten], 1);  unsqueeze = unflatten = None
     relu = narrow.relu();  narrow = None
     return (cat, relu)""")
+
+    def test_field_slices_into_fm_fields(self):
+        model = FieldSliceFM(vocabs=(7, 11, 13))
+        code = rewritten_code(lambda x: torch.cat([e(x[:, k:k + 1]) for k, e in enumerate(model.embeddings)], dim=1),
+                              _batch(3, (7, 11, 13)))
+        self.assertExpectedInline(code, """\
+def forward(self, L_x_ : torch.Tensor, L_model_modules_embeddings_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_model_modules_embeddings_modules_1_parameters_weight_ : torch.nn.parameter.Parameter, L_model_modules_embeddings_modules_2_parameters_weight_ : torch.nn.parameter.Parameter):
+    l_x_ = L_x_
+    l_model_modules_embeddings_modules_0_parameters_weight_ = L_model_modules_embeddings_modules_0_parameters_weight_
+    l_model_modules_embeddings_modules_1_parameters_weight_ = L_model_modules_embeddings_modules_1_parameters_weight_
+    l_model_modules_embeddings_modules_2_parameters_weight_ = L_model_modules_embeddings_modules_2_parameters_weight_
+    getitem = l_x_[(slice(None, None, None), slice(0, 1, None))]
+    getitem_1 = l_x_[(slice(None, None, None), slice(1, 2, None))]
+    getitem_2 = l_x_[(slice(None, None, None), slice(2, 3, None))];  l_x_ = None
+    multi_embedding_default = torch.ops.inductor_embed.multi_embedding.default([l_model_modules_embeddings_modules_0_parameters_weight_, l_model_modules_embeddings_modules_1_parameters_weight_, l_model_modules_embeddings_modules_2_parameters_weight_], [getitem, getitem_1, getitem_2], [-1, -1, -1], [False, False, False]);  l_model_modules_embeddings_modules_0_parameters_weight_ = l_model_modules_embeddings_modules_1_parameters_weight_ = l_model_modules_embeddings_modules_2_parameters_weight_ = getitem = getitem_1 = getitem_2 = None
+    squeeze = torch.squeeze(multi_embedding_default, -2);  multi_embedding_default = None
+    unflatten = torch.unflatten(squeeze, -1, (3, 4));  squeeze = None
+    return (unflatten,)""")
+
+    def test_bias_before_the_cat_hoisted(self):
+        code = rewritten_code(BiasedFields(dims=(3, 5)), _batch(3, (7, 11)))
+        self.assertExpectedInline(code, """\
+def forward(self, L_x_ : torch.Tensor, L_self_modules_biases_parameters_0_ : torch.nn.parameter.Parameter, L_self_modules_tables_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_biases_parameters_1_ : torch.nn.parameter.Parameter, L_self_modules_tables_modules_1_parameters_weight_ : torch.nn.parameter.Parameter):
+    l_x_ = L_x_
+    l_self_modules_biases_parameters_0_ = L_self_modules_biases_parameters_0_
+    l_self_modules_tables_modules_0_parameters_weight_ = L_self_modules_tables_modules_0_parameters_weight_
+    l_self_modules_biases_parameters_1_ = L_self_modules_biases_parameters_1_
+    l_self_modules_tables_modules_1_parameters_weight_ = L_self_modules_tables_modules_1_parameters_weight_
+    getitem = l_x_[(slice(None, None, None), 0)]
+    unsqueeze = l_self_modules_biases_parameters_0_.unsqueeze(0);  l_self_modules_biases_parameters_0_ = None
+    getitem_1 = l_x_[(slice(None, None, None), 1)];  l_x_ = None
+    unsqueeze_1 = l_self_modules_biases_parameters_1_.unsqueeze(0);  l_self_modules_biases_parameters_1_ = None
+    multi_embedding_default = torch.ops.inductor_embed.multi_embedding.default([l_self_modules_tables_modules_0_parameters_weight_, l_self_modules_tables_modules_1_parameters_weight_], [getitem, getitem_1], [-1, -1], [False, False]);  l_self_modules_tables_modules_0_parameters_weight_ = l_self_modules_tables_modules_1_parameters_weight_ = getitem = getitem_1 = None
+    flatten = torch.flatten(unsqueeze);  unsqueeze = None
+    flatten_1 = torch.flatten(unsqueeze_1);  unsqueeze_1 = None
+    cat_1 = torch.cat([flatten, flatten_1], -1);  flatten = flatten_1 = None
+    add_2 = multi_embedding_default + cat_1;  multi_embedding_default = cat_1 = None
+    return (add_2,)""")
 
     def test_dlrm_bags_into_dense_cat(self):
         x, lS_o, lS_i = _dlrm_inputs([10, 20], batch=3)

@@ -6,6 +6,7 @@ checks from the counters that the rewrite fired (or was skipped, and why).
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 import inductor_embed
 from tests._util import deterministic
-from tests.inductor_embed._util import compare_with_eager, rewrites, skips
+from tests.inductor_embed._util import TOL, compare_with_eager, rewrites, skips
 
 torch.manual_seed(0)
 
@@ -164,6 +165,66 @@ def test_stacked_tokens(form):
     assert rewrites() == 1
 
 
+class FieldSliceFM(nn.Module):
+    """An FM-style CTR model (our own, after the way such libraries write it): one table per
+    field looked up on the [B, 1] column slice of the categorical input, the fields cat
+    along dim 1 into [B, F, D], then a first-order term and the FM interaction
+    0.5 * ((sum_f v)^2 - sum_f v^2)."""
+
+    def __init__(self, vocabs=(7, 11, 13, 5), dim=4, dtype=torch.float32):
+        super().__init__()
+        self.embeddings = nn.ModuleList([nn.Embedding(v, dim, dtype=dtype) for v in vocabs])
+        self.first_order = nn.ModuleList([nn.Embedding(v, 1, dtype=dtype) for v in vocabs])
+        for e in self.embeddings:  # CTR libraries initialise small; (sum v)^2 of N(0, 1) rows would
+            nn.init.normal_(e.weight, std=0.1)  # leave bf16 a step of 1/16, far above its tolerance
+
+    def forward(self, x):
+        v = torch.cat([e(x[:, k:k + 1]) for k, e in enumerate(self.embeddings)], dim=1)  # [B, F, D]
+        linear = torch.cat([w(x[:, k:k + 1]) for k, w in enumerate(self.first_order)], dim=1).sum(1)  # [B, 1]
+        square_of_sum = torch.pow(torch.sum(v, dim=1, keepdim=True), 2)
+        sum_of_square = torch.sum(v * v, dim=1, keepdim=True)
+        cross = 0.5 * torch.sum(square_of_sum - sum_of_square, dim=2)  # [B, 1]
+        return linear + cross, v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_field_slices_with_fm_interaction(dtype):
+    model = FieldSliceFM(dtype=dtype)
+    x = _batch(9, (7, 11, 13, 5))
+    compiled = torch.compile(copy.deepcopy(model), backend="inductor_embed")
+    (y_c, v_c), (y_e, v_e) = compiled(x), model(x)
+    torch.testing.assert_close(v_c, v_e, rtol=0, atol=0)  # the gather is exact in every dtype
+    assert v_c.shape == (9, 4, 4) and v_c.stride() == v_e.stride()
+    torch.testing.assert_close(y_c, y_e, **TOL[dtype])
+    g = torch.randn_like(y_e)
+    (y_c * g).sum().backward()
+    (y_e * g).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, **TOL[dtype], msg=lambda m, n=name: f"grad of {n}: {m}")
+    assert rewrites() == 2  # the [B, F, D] field embeddings and the [B, F, 1] first-order weights
+
+
+def test_field_slices_over_a_leading_sequence_dim_and_their_limits(caplog):
+    class Slices(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(3, 3, 3, 3, 3), vocabs=(7, 11, 13, 5, 6))
+
+        def forward(self, x):  # x: [B, S, 6]
+            t = self.tables
+            a = torch.cat([t[0](x[..., 0:1]), t[1](x[..., 1:2]), t[2](x[..., 2:3])], dim=-2)  # [B, S, 3, 3]
+            # an unsqueezed lookup between field slices breaks the run; two tokens at once are left
+            b = torch.cat([t[3](x[..., 3:4]), t[4](x[..., 4]).unsqueeze(-2), t[0](x[..., 4:6])], dim=2)
+            return torch.cat([a, b], dim=2)  # [B, S, 7, 3]: no lookup of its own
+
+    x = torch.stack([torch.randint(0, v, (2, 3)) for v in (7, 11, 13, 5, 6, 5)], dim=-1)
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+        compare_with_eager(Slices(), [x])
+    assert rewrites() == 1 and skips() == 3  # x[..., 4:6]; then t[3] and t[4], each a run of one
+    assert "[2, 3, 2, 3] output is neither unsqueezed into a token nor one token" in caplog.text
+    assert "only 1 fusable lookup(s) in a row" in caplog.text
+
+
 def test_stacked_tokens_with_a_non_lookup_token():
     class Tokens(nn.Module):
         def __init__(self):
@@ -226,6 +287,83 @@ def test_functional_embedding_on_raw_parameters():
 
     compare_with_eager(Fn(), [torch.randint(0, 6, (7,)), torch.randint(0, 4, (7,))])
     assert rewrites() == 1
+
+
+# --- a bias before the cat -------------------------------------------------------------------
+
+class BiasedFields(nn.Module):
+    """One table and one bias per field, the bias added before the cat."""
+
+    def __init__(self, dims=(3, 5, 2), vocabs=(7, 11, 13), dtype=torch.float32):
+        super().__init__()
+        self.tables = _tables(dims, vocabs, dtype)
+        self.biases = nn.ParameterList([nn.Parameter(torch.randn(d, dtype=dtype)) for d in dims])
+
+    def forward(self, x):
+        return torch.cat([t(x[:, k]) + b.unsqueeze(0) for k, (t, b) in enumerate(zip(self.tables, self.biases))], 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_bias_before_the_cat(dtype):
+    model = BiasedFields(dtype=dtype)
+    x = _batch(8, (7, 11, 13))
+    out = compare_with_eager(model, [x], dtype=dtype)  # every table's and every bias's gradient
+    assert torch.equal(out, model(x))  # the same adds of the same values: exact in bf16 too
+    assert rewrites() == 1 and skips() == 0
+
+
+def test_bias_forms_placeholder_zeros_tokens_and_slices():
+    class Forms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(4, 4, 4), vocabs=(7, 11, 13), dtype=torch.bfloat16)
+            self.b = nn.Parameter(torch.randn(3, 4, dtype=torch.bfloat16))
+            self.s = nn.Parameter(torch.randn(1, dtype=torch.bfloat16))  # one scalar per field, broadcast
+
+        def forward(self, x):
+            t = self.tables
+            # a library's placeholder when bias is off; fp32 zeros promote the bf16 lookups to fp32
+            zeros = torch.cat([e(x[:, k]) + torch.zeros(1, 4) for k, e in enumerate(t)], 1)
+            tokens = torch.cat([(e(x[:, k]) + self.b[k]).unsqueeze(1) for k, e in enumerate(t)], 1)
+            slices = torch.cat([self.s + e(x[:, k:k + 1]) for k, e in enumerate(t)], dim=1)
+            return torch.cat([zeros, tokens.flatten(1).float(), slices.flatten(1).float()], 1)
+
+    model = Forms()
+    x = _batch(5, (7, 11, 13))
+    # After the rewrite the bf16 add of tokens and slices sits in one Inductor kernel with the
+    # .float() that follows, and Inductor skips the bf16 rounding between them (as for any
+    # fused bf16 op, unless emulate_precision_casts); without it, the cat kernel rounded
+    # first. So bf16 tolerance there; the fp32 zeros part is exact.
+    out = compare_with_eager(model, [x], dtype=torch.bfloat16)
+    assert out.shape == (5, 36) and torch.equal(out[:, :12], model(x)[:, :12])
+    assert rewrites() == 3 and skips() == 0
+
+
+def test_adds_that_are_not_a_bias_are_left_with_a_reason():
+    class Adds(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t = _tables(dims=(4, 4, 4, 4), vocabs=(7, 11, 13, 5))
+            self.b = nn.Parameter(torch.randn(4))
+            self.h = nn.Parameter(torch.randn(4, dtype=torch.bfloat16))
+
+        def forward(self, x, bias):
+            e = [t(x[:, k]) for k, t in enumerate(self.t)]
+            per_row = torch.cat([e[0] + x[:, 0:1].float(), e[1] + e[2], torch.add(e[3], self.b, alpha=2)], 1)
+            # a bf16 bias on fp32 tables: same result dtype, another bias dtype -> its own run
+            mixed = torch.cat([e[0] + self.b, e[1] + self.b, e[2] + self.h, e[3] + self.h], 1)
+            written = [e[0] + bias, e[1] + bias]
+            bias.add_(1)  # the cat must see the adds of the old bias
+            return per_row, mixed, torch.cat(written, 1)
+
+    report = inductor_embed.explain(Adds(), _batch(3, (7, 11, 13, 5)), torch.randn(4))
+    assert len(report.rewrites) == 2  # mixed: one run per bias dtype
+    reasons = [s.reason for s in report.skipped]
+    assert any("adds a [3, 1] tensor to the [3, 4] lookup: not a bias" in r for r in reasons)
+    assert any("adds a [3, 4] tensor to the [3, 4] lookup" in r for r in reasons)  # e[1] + e[2]
+    assert any("sits between the lookup and the cat" in r for r in reasons)  # alpha=2
+    assert sum("the bias l_bias_ is written in place by add_" in r for r in reasons) == 2
+    assert len(reasons) == 5
 
 
 # --- other users, shared and tied tables ----------------------------------------------
@@ -327,18 +465,18 @@ def test_max_norm_and_sparse_are_left_alone(kind, caplog):
 
 
 def test_elementwise_step_between_lookup_and_cat_is_logged(caplog):
-    class Bias(nn.Module):
+    class Scale(nn.Module):
         def __init__(self):
             super().__init__()
             self.tables = _tables(dims=(3, 5, 2, 4), vocabs=(7, 11, 13, 5))
-            self.bias = nn.Parameter(torch.randn(3))
+            self.scale = nn.Parameter(torch.randn(3))
 
         def forward(self, x):
             e = [t(x[:, k]) for k, t in enumerate(self.tables)]
-            return torch.cat([e[0] + self.bias, e[1], e[2], e[3]], dim=-1)
+            return torch.cat([e[0] * self.scale, e[1], e[2], e[3]], dim=-1)
 
     with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
-        compare_with_eager(Bias(), [_batch(6, (7, 11, 13, 5))])
+        compare_with_eager(Scale(), [_batch(6, (7, 11, 13, 5))])
     assert rewrites() == 1  # e[1..3] still fuse
     assert "sits between the lookup and the cat" in caplog.text
 

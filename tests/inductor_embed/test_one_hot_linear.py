@@ -248,6 +248,69 @@ def test_autocast_bf16_matches_eager_dtype_and_values():
     assert rewrites(NAME) == 2
 
 
+# --- a one-hot scaled before the Linear --------------------------------------------------
+
+class ScaledOneHot(nn.Module):
+    """A feature-scaling layer (one learned scale per class) and an ensemble-style member
+    scale (one learned value) on one-hot inputs, three sites in one model."""
+
+    def __init__(self, n=7, d=5, dtype=torch.float32):
+        super().__init__()
+        self.n = n
+        self.lin = nn.Linear(n, d, dtype=dtype)
+        self.table = nn.Parameter(torch.randn(n, d, dtype=dtype))
+        self.r = nn.Parameter(torch.randn(n, dtype=dtype))
+        self.g = nn.Parameter(torch.randn(1, dtype=dtype))
+        self.fields = nn.Linear(2 * n, d, bias=False, dtype=dtype)
+
+    def forward(self, idx):
+        oh = F.one_hot(idx, self.n)
+        scaled = self.lin(oh.to(self.r.dtype) * self.r)  # bias added after the scale
+        by_table = (self.r.unsqueeze(0) * oh.to(self.r.dtype)) @ self.table
+        member = self.fields(torch.cat([oh, F.one_hot(idx.flip(0), self.n)], -1).to(self.g.dtype) * self.g)
+        return scaled + by_table + member
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_scaled_one_hot(dtype):
+    idx = torch.randint(0, 7, (10,))
+    idx[:3] = 2  # repeated classes: gradients of W and r collide
+    out = compare_with_eager(ScaledOneHot(dtype=dtype), [idx], dtype=dtype, exact_forward=False)
+    assert out.dtype == dtype  # r's gradient is checked with W's and the bias's
+    assert rewrites(NAME) == 3 and skips(NAME) == 0
+
+
+def test_scaled_one_hot_out_of_range_raises_the_one_hot_error():
+    model = ScaledOneHot()
+    compiled = torch.compile(model, backend="inductor_embed")
+    with torch.no_grad():
+        compiled(torch.randint(0, 7, (4,)))
+        with pytest.raises(RuntimeError, match="Class values"):
+            compiled(torch.tensor([0, 7, 1, 2]))
+    assert rewrites(NAME) == 3
+
+
+def test_scales_that_are_not_per_class_are_left_with_a_reason():
+    lin, lin2 = nn.Linear(6, 3), nn.Linear(12, 3)
+    r, rows = torch.randn(6), torch.randn(4, 6)
+
+    def fn(x, y, dense):
+        oh, oh2 = F.one_hot(x, 6).float(), F.one_hot(y, 6).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = lin(oh * r)
+        return (lin(oh * 0.5), lin(oh * rows), lin2(torch.cat([oh, oh2], -1) * torch.cat([r, r])),
+                lin(F.one_hot(torch.stack([x, y], -1), 6).sum(-2).float() * r),
+                lin2(torch.cat([oh, dense], -1) * torch.cat([r, r])), auto, lin(oh * r.expand(4, 6)))
+
+    report = inductor_embed.explain(fn, torch.randint(0, 6, (4,)), torch.randint(0, 6, (4,)), torch.randn(4, 6))
+    reasons = [s.reason for s in report.skipped if s.pattern == NAME]
+    expected = ["by a Python number", "by a [4, 6] tensor: not a scale broadcast over the rows",
+                "r scales 2 one-hot fields class by class", "a multi-hot bag is scaled",
+                "the scaled cat has dense pieces", "under autocast", "by a [4, 6] tensor"]
+    assert len(reasons) == len(expected) and all(any(e in r for r in reasons) for e in expected), reasons
+    assert not report.rewrites
+
+
 # --- other users, errors, NaN, hazards, switches ------------------------------------------
 
 def test_one_hot_with_other_users_keeps_them():
@@ -373,6 +436,23 @@ def forward(self, L_idx_ : torch.Tensor, L_self_modules_linear_parameters_weight
     unsqueeze = torch.unsqueeze(l_idx_, -1);  l_idx_ = None
     one_hot_linear_default = torch.ops.inductor_embed.one_hot_linear.default([unsqueeze], [4], [0], l_self_modules_linear_parameters_weight_);  unsqueeze = l_self_modules_linear_parameters_weight_ = None
     return (one_hot_linear_default,)""")
+
+    def test_scaled_one_hot_with_bias(self):
+        model = ScaledOneHot()
+        code = rewritten_code(lambda i: model.lin(F.one_hot(i, 7).float() * model.r), torch.tensor([2, 3, 1]))
+        self.assertExpectedInline(code, """\
+def forward(self, L_i_ : torch.Tensor, L_model_parameters_r_ : torch.nn.parameter.Parameter, L_model_modules_lin_parameters_weight_ : torch.nn.parameter.Parameter, L_model_modules_lin_parameters_bias_ : torch.nn.parameter.Parameter):
+    l_i_ = L_i_
+    l_model_parameters_r_ = L_model_parameters_r_
+    l_model_modules_lin_parameters_weight_ = L_model_modules_lin_parameters_weight_
+    l_model_modules_lin_parameters_bias_ = L_model_modules_lin_parameters_bias_
+    unsqueeze = torch.unsqueeze(l_i_, -1);  l_i_ = None
+    one_hot_linear_default = torch.ops.inductor_embed.one_hot_linear.default([unsqueeze], [7], [0], l_model_modules_lin_parameters_weight_);  l_model_modules_lin_parameters_weight_ = None
+    reshape = torch.reshape(l_model_parameters_r_, (1, 7));  l_model_parameters_r_ = None
+    one_hot_linear_default_1 = torch.ops.inductor_embed.one_hot_linear.default([unsqueeze], [7], [0], reshape);  unsqueeze = reshape = None
+    mul_1 = one_hot_linear_default * one_hot_linear_default_1;  one_hot_linear_default = one_hot_linear_default_1 = None
+    add = mul_1 + l_model_modules_lin_parameters_bias_;  mul_1 = l_model_modules_lin_parameters_bias_ = None
+    return (add,)""")
 
     def test_rl_critic_dense_state_beside_one_hot_action(self):
         code = rewritten_code(Critic(), torch.randn(3, 6), torch.randint(0, 5, (3,)))
