@@ -46,7 +46,19 @@ TARGET_PROGRAMS = 4 * 132
 
 # The kernels below index their meta row inline rather than through small jit helpers: the
 # Triton interpreter (CPU tests) re-patches triton.language on every nested jit call, which
-# made a 26-table launch several times slower there.
+# made a 26-table launch several times slower there. One helper call per program (about
+# 0.4 ms each in the interpreter) is cheap; one per meta field was not.
+
+
+@triton.jit
+def _table_rows(meta_ptr, N, other, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's table and rows: ``(p_meta, o_n [BLOCK_N], m_n, b_idx int64)``, the
+    indices of masked rows read as ``other``."""
+    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
+    o_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    b_idx = load_index(tl.load(p_meta + I_PTR), tl.load(p_meta + I64), o_n * tl.load(p_meta + I_STRIDE), m_n, other)
+    return p_meta, o_n, m_n, b_idx
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -61,10 +73,7 @@ def _multi_embedding_fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    i_n = tl.program_id(0).to(tl.int64)
-    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < N
+    p_meta, o_n, m_n, b_idx = _table_rows(meta_ptr, N, 0, COLS, BLOCK_N)
     elem_ty = out_ptr.dtype.element_ty
     p_w = tl.load(p_meta + W_PTR).to(tl.pointer_type(elem_ty))
     if VEC > 1:
@@ -76,7 +85,6 @@ def _multi_embedding_fwd_kernel(
     # the column masks are uniform per vector and loads and stores go 16 bytes at a time.
     d = tl.multiple_of(tl.load(p_meta + D), VEC)
     col = tl.load(p_meta + COL)
-    b_idx = load_index(tl.load(p_meta + I_PTR), tl.load(p_meta + I64), o_n * tl.load(p_meta + I_STRIDE), m_n, 0)
     m_ok = m_n & (b_idx >= 0) & (b_idx < v)
     # A predicated store of 1 from every bad row: all writers agree on the value, so no
     # atomic is needed, and it costs nothing when every index is valid.
@@ -124,23 +132,15 @@ def _multi_embedding_bwd_kernel(
     go_ptr,  # [N, sum(D_k)] gradient of the output, any float dtype, column stride 1
     go_row_stride,
     gw_ptr,  # fp32 flat gradient: table k's [V_k, D_k] block row-major at GOFF_k, zero on entry
-    N,
-    COLS: tl.constexpr,
-    VEC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    N, COLS: tl.constexpr, VEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    i_n = tl.program_id(0).to(tl.int64)
-    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < N
+    p_meta, o_n, m_n, b_idx = _table_rows(meta_ptr, N, -1, COLS, BLOCK_N)
     v = tl.load(p_meta + V)
     d = tl.multiple_of(tl.load(p_meta + D), VEC)
     col = tl.load(p_meta + COL)
     goff = tl.load(p_meta + GOFF)
     pad = tl.load(p_meta + PAD)
     cnt = tl.load(p_meta + CNT)
-    b_idx = load_index(tl.load(p_meta + I_PTR), tl.load(p_meta + I64), o_n * tl.load(p_meta + I_STRIDE), m_n, -1)
     # Out-of-range rows are only masked: the forward already raised on them.
     m_row = m_n & (b_idx >= 0) & (b_idx < v) & (b_idx != pad)
     # Multiply by the reciprocal count, as ATen's embedding_dense_backward does.

@@ -92,6 +92,27 @@ def _bag_bases(p_meta, start, o_b):
 
 
 @triton.jit
+def _segment(meta_ptr, err_ptr, COLS: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's segment and bags: ``(p_meta, o_b, m_b, start, end, i_base, p_base)``
+    (see ``_bag_bounds``, ``_bag_bases``)."""
+    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
+    o_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    m_b = o_b < tl.load(p_meta + B)
+    start, end = _bag_bounds(p_meta, err_ptr, o_b, m_b)
+    i_base, p_base = _bag_bases(p_meta, start, o_b)
+    return p_meta, o_b, m_b, start, end, i_base, p_base
+
+
+@triton.jit
+def _segment_fields(p_meta):
+    """The meta fields both kernels read: ``(v, i_addr, i64, psw_addr, am_addr, am_stride,
+    am_col, mode, has_psw, i_cs, p_cs)``."""
+    return (tl.load(p_meta + V), tl.load(p_meta + I_PTR), tl.load(p_meta + I64), tl.load(p_meta + PSW_PTR),
+            tl.load(p_meta + AM_PTR), tl.load(p_meta + AM_STRIDE), tl.load(p_meta + AM_COL), tl.load(p_meta + MODE),
+            tl.load(p_meta + HAS_PSW), tl.load(p_meta + I_CS), tl.load(p_meta + PSW_CS))
+
+
+@triton.jit
 def _zero_tail(p_meta, p_sv, d, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """Zero the sparse values' rows ``[offsets[B], nnz)`` (only with include_last_offset)."""
     nnz = tl.load(p_meta + NNZ)
@@ -123,20 +144,16 @@ def _multi_embedding_bag_fwd_kernel(
 ):
     """Pool bags ``pid * BLOCK_B + [0, BLOCK_B)`` of segment ``program_id(1)`` into its output
     columns (fp32 accumulation)."""
-    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
-    nb = tl.load(p_meta + B)
-    o_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_b = o_b < nb
+    p_meta, o_b, m_b, start, end, i_base, p_base = _segment(meta_ptr, err_ptr, COLS, BLOCK_B)
+    v, i_addr, i64, psw_addr, am_addr, am_stride, am_col, mode, has_psw, i_cs, p_cs = _segment_fields(p_meta)
     elem_ty = ty_ptr.dtype.element_ty
+    p_psw = psw_addr.to(tl.pointer_type(elem_ty))
+    p_am = am_addr.to(tl.pointer_type(tl.int64))
     p_w = tl.load(p_meta + W_PTR).to(tl.pointer_type(elem_ty))
     w_stride = tl.load(p_meta + W_STRIDE)
-    v = tl.load(p_meta + V)
     # Widths, row strides and column offsets are multiples of VEC and the tensors 16-byte
     # aligned (the launcher checked): with these hints rows move 16 bytes at a time.
     d = tl.multiple_of(tl.load(p_meta + D), VEC)
-    i_addr = tl.load(p_meta + I_PTR)
-    i64 = tl.load(p_meta + I64)
-    p_psw = tl.load(p_meta + PSW_PTR).to(tl.pointer_type(elem_ty))
     pad = tl.load(p_meta + FPAD)
     p_out = tl.load(p_meta + O_PTR).to(tl.pointer_type(elem_ty))
     if VEC > 1:
@@ -144,15 +161,6 @@ def _multi_embedding_bag_fwd_kernel(
         p_out = tl.multiple_of(p_out, 16)
     o_stride = tl.load(p_meta + O_STRIDE)
     col = tl.load(p_meta + COL)
-    p_am = tl.load(p_meta + AM_PTR).to(tl.pointer_type(tl.int64))
-    am_stride = tl.load(p_meta + AM_STRIDE)
-    am_col = tl.load(p_meta + AM_COL)
-    mode = tl.load(p_meta + MODE)
-    has_psw = tl.load(p_meta + HAS_PSW)
-    start, end = _bag_bounds(p_meta, err_ptr, o_b, m_b)
-    i_base, p_base = _bag_bases(p_meta, start, o_b)
-    i_cs = tl.load(p_meta + I_CS)
-    p_cs = tl.load(p_meta + PSW_CS)
     n = end - start
     n_max = tl.max(n, axis=0)
     # Chunks of BLOCK_D bound the register tile for any D; each chunk re-reads the bag's
@@ -214,22 +222,13 @@ def _multi_embedding_bag_bwd_kernel(
     """Route the output gradient of bags ``pid * BLOCK_B + [0, BLOCK_B)`` to their rows: an
     fp32 atomic add into the dense gradient, or (a sparse segment) a store of each index's
     row of its COO values."""
-    p_meta = meta_ptr + tl.program_id(1).to(tl.int64) * COLS
-    nb = tl.load(p_meta + B)
-    o_b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_b = o_b < nb
+    p_meta, o_b, m_b, start, end, i_base, p_base = _segment(meta_ptr, err_ptr, COLS, BLOCK_B)
+    v, i_addr, i64, psw_addr, am_addr, am_stride, am_col, mode, has_psw, i_cs, p_cs = _segment_fields(p_meta)
     elem_ty = ty_ptr.dtype.element_ty
-    v = tl.load(p_meta + V)
+    p_psw = psw_addr.to(tl.pointer_type(elem_ty))
+    p_am = am_addr.to(tl.pointer_type(tl.int64))
     d = tl.multiple_of(tl.load(p_meta + D), VEC)
-    i_addr = tl.load(p_meta + I_PTR)
-    i64 = tl.load(p_meta + I64)
-    p_psw = tl.load(p_meta + PSW_PTR).to(tl.pointer_type(elem_ty))
     pad = tl.load(p_meta + BPAD)
-    p_am = tl.load(p_meta + AM_PTR).to(tl.pointer_type(tl.int64))
-    am_stride = tl.load(p_meta + AM_STRIDE)
-    am_col = tl.load(p_meta + AM_COL)
-    mode = tl.load(p_meta + MODE)
-    has_psw = tl.load(p_meta + HAS_PSW)
     goff = tl.load(p_meta + GOFF)
     sv_addr = tl.load(p_meta + SV_PTR)  # 0 for a dense segment
     p_sv = sv_addr.to(tl.pointer_type(tl.float32))
@@ -238,10 +237,6 @@ def _multi_embedding_bag_bwd_kernel(
         p_go = tl.multiple_of(p_go, 16)
     go_stride = tl.load(p_meta + GO_STRIDE)
     col = tl.load(p_meta + COL)
-    start, end = _bag_bounds(p_meta, err_ptr, o_b, m_b)
-    i_base, p_base = _bag_bases(p_meta, start, o_b)
-    i_cs = tl.load(p_meta + I_CS)
-    p_cs = tl.load(p_meta + PSW_CS)
     n = end - start
     n_max = tl.max(n, axis=0)
     if (sv_addr != 0) & (tl.program_id(0) == 0):

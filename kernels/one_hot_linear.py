@@ -39,7 +39,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _meta
-from ._meta import check, pointer
+from ._meta import check, load_index, pointer
 
 __all__ = [
     "LAUNCHES",
@@ -66,6 +66,24 @@ TILE_ELEMS = 2048
 MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
 
 
+@triton.jit
+def _tile(N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's ``[BLOCK_N, BLOCK_D]`` tile: ``(o_n, o_d, m_n, m_d)``."""
+    o_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return o_n, o_d, o_n < N, o_d < D
+
+
+@triton.jit
+def _field(meta_ptr, f, o_n, COLS: tl.constexpr):
+    """Field f's meta row: ``(i_addr, i64, n_cls, off, o_i, i_bag_stride, bag)``, with
+    ``o_i`` the offsets of rows ``o_n`` in its index tensor. One call per field and program:
+    cheap for the interpreter, where one per bag slot was not."""
+    p_meta = meta_ptr + f * COLS
+    return (tl.load(p_meta + I_PTR), tl.load(p_meta + I64), tl.load(p_meta + NCLS), tl.load(p_meta + OFF),
+            o_n * tl.load(p_meta + I_ROW_STRIDE), tl.load(p_meta + I_BAG_STRIDE), tl.load(p_meta + BAG))
+
+
 @triton.jit(do_not_specialize=["N", "D"])
 def _one_hot_linear_fwd_kernel(
     meta_ptr,  # [F * META_COLS] int64 meta table, one row per field
@@ -84,32 +102,17 @@ def _one_hot_linear_fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    i_n = tl.program_id(0).to(tl.int64)
-    i_d = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_n = o_n < N
-    m_d = o_d < D
+    o_n, o_d, m_n, m_d = _tile(N, D, BLOCK_N, BLOCK_D)
     cast_ty = out_ptr.dtype.element_ty
     p_w_d = w_ptr + o_d * w_stride_d
     b_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    # While loops on run-time bounds (the field count, each field's bag). The meta row is
-    # read inline: the interpreter re-patches triton.language on every nested jit call.
+    # While loops on run-time bounds (the field count, each field's bag).
     f = F * 0
     while f < F:
-        p_meta = meta_ptr + f * COLS
-        i_addr, i64, n_cls, off = tl.load(p_meta + I_PTR), tl.load(p_meta + I64), tl.load(p_meta + NCLS), tl.load(p_meta + OFF)
-        o_i = o_n * tl.load(p_meta + I_ROW_STRIDE)
-        i_bag_stride = tl.load(p_meta + I_BAG_STRIDE)
-        bag = tl.load(p_meta + BAG)
+        i_addr, i64, n_cls, off, o_i, i_bag_stride, bag = _field(meta_ptr, f, o_n, COLS)
         j = bag * 0
         while j < bag:
-            # load_index, inlined: a nested jit call per slot costs the interpreter dearly.
-            if i64 != 0:
-                b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int64)) + o_i + j * i_bag_stride, mask=m_n, other=0)
-            else:
-                b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int32)) + o_i + j * i_bag_stride, mask=m_n,
-                                other=0).to(tl.int64)
+            b_idx = load_index(i_addr, i64, o_i + j * i_bag_stride, m_n, 0)
             m_ok = m_n & (b_idx >= 0) & (b_idx < n_cls)
             b_col = b_idx + off
             # All writers store the same value: no atomic needed.
@@ -147,31 +150,17 @@ def _one_hot_linear_bwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    i_n = tl.program_id(0).to(tl.int64)
-    i_d = tl.program_id(1).to(tl.int64)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_n = o_n < N
-    m_d = o_d < D
+    o_n, o_d, m_n, m_d = _tile(N, D, BLOCK_N, BLOCK_D)
     p_go = go_ptr + o_n[:, None] * go_row_stride + o_d[None, :]
     b_g = tl.load(p_go, mask=m_n[:, None] & m_d[None, :], other=0.0).to(tl.float32)
     p_gw_d = gw_ptr + o_d * gw_stride_d
     f = F * 0
     while f < F:
-        p_meta = meta_ptr + f * COLS
-        i_addr, i64, n_cls, off = tl.load(p_meta + I_PTR), tl.load(p_meta + I64), tl.load(p_meta + NCLS), tl.load(p_meta + OFF)
-        o_i = o_n * tl.load(p_meta + I_ROW_STRIDE)
-        i_bag_stride = tl.load(p_meta + I_BAG_STRIDE)
-        bag = tl.load(p_meta + BAG)
+        i_addr, i64, n_cls, off, o_i, i_bag_stride, bag = _field(meta_ptr, f, o_n, COLS)
         j = bag * 0
         while j < bag:
             # Out-of-range slots are only masked: the forward already raised on them.
-            # load_index, inlined: a nested jit call per slot costs the interpreter dearly.
-            if i64 != 0:
-                b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int64)) + o_i + j * i_bag_stride, mask=m_n, other=-1)
-            else:
-                b_idx = tl.load(i_addr.to(tl.pointer_type(tl.int32)) + o_i + j * i_bag_stride, mask=m_n,
-                                other=-1).to(tl.int64)
+            b_idx = load_index(i_addr, i64, o_i + j * i_bag_stride, m_n, -1)
             m_ok = m_n & (b_idx >= 0) & (b_idx < n_cls)
             b_col = b_idx + off
             # Repeated indices collide, hence atomics; fp32 whatever the gradient's

@@ -28,13 +28,17 @@ def column_stride_1(t: Tensor) -> Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
-def twin_op(name: str, like: str, returns: str, extra: str = "") -> Callable[[Callable], CustomOpDef]:
+def twin_op(name: str, like: str, returns: str, extra: str = "",
+            drop: tuple[str, ...] = ()) -> Callable[[Callable], CustomOpDef]:
     """Decorator: define a function as the custom op ``name`` (mutating nothing) whose
-    arguments are those of the op ``like`` (its schema's), then ``extra`` (schema syntax), and
-    whose result is ``returns`` (schema syntax: ``"Tensor[]"``). A twin of an op (its CPU
-    path, its Triton launch) so takes the arguments its op declares once, by annotations;
-    the function receives them positionally."""
+    arguments are those of the op ``like`` (its schema's) less the ones named in ``drop``,
+    then ``extra`` (schema syntax), and whose result is ``returns`` (schema syntax:
+    ``"Tensor[]"``). A twin of an op (its CPU path, its Triton launch) so takes the
+    arguments its op declares once, by annotations; the function receives them
+    positionally."""
     schema = _compat.op_schema(like)
     args = schema[schema.index("(") + 1:schema.rindex(") -> ")]
+    if drop:  # an argument is "<type> <name>[=default]"; types have no top-level commas
+        args = ", ".join(a for a in args.split(", ") if a.split("=")[0].split()[-1] not in drop)
     args = f"{args}, {extra}" if extra else args
     return torch.library.custom_op(name, mutates_args=(), schema=f"({args}) -> {returns}")

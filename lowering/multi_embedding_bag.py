@@ -182,17 +182,10 @@ def _backward_sizes(num_rows, dims, indices, sparse) -> tuple[int, int]:
 
 @torch.library.custom_op("inductor_embed::multi_embedding_bag_backward", mutates_args=())
 def multi_embedding_bag_backward(
-    grad: Tensor,
-    arg_max: Tensor,
-    indices: list[Tensor],
-    offsets: list[Tensor | None],
-    per_sample_weights: list[Tensor | None],
-    num_rows: list[int],
-    dims: list[int],
-    modes: list[int],
-    padding_idx: list[int],
-    include_last_offset: list[bool],
-    sparse: list[bool],
+    grad: Tensor, arg_max: Tensor,  # the forward's two outputs' gradient / second output
+    indices: list[Tensor], offsets: list[Tensor | None], per_sample_weights: list[Tensor | None],
+    num_rows: list[int], dims: list[int],  # the tables' shapes
+    modes: list[int], padding_idx: list[int], include_last_offset: list[bool], sparse: list[bool],
 ) -> tuple[Tensor, Tensor]:
     """Every table's weight gradient: ``(dense, values)`` in grad's dtype.
 
@@ -314,16 +307,9 @@ multi_embedding_bag.register_autograd(_backward, setup_context=_setup_context)
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------
 
 
-@torch.library.custom_op("inductor_embed::multi_embedding_bag_triton", mutates_args=())
-def multi_embedding_bag_triton(
-    weights: list[Tensor],
-    indices: list[Tensor],
-    offsets: list[Tensor | None],
-    per_sample_weights: list[Tensor],
-    modes: list[int],
-    padding_idx: list[int],
-    include_last_offset: list[bool],
-) -> tuple[Tensor, Tensor, Tensor]:
+@twin_op("inductor_embed::multi_embedding_bag_triton", like="inductor_embed::multi_embedding_bag",
+         returns="(Tensor, Tensor, Tensor)", drop=("sparse",))
+def multi_embedding_bag_triton(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset):
     """The Triton forward of ``multi_embedding_bag``: ``(out, arg_max, err int32 [2])``, one launch."""
     from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_fwd
 

@@ -9,6 +9,7 @@ through the ``triton_op`` body, compiles them into one fused C++ loop on the CPU
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,17 +92,10 @@ def _index_add_backward(g: torch.Tensor, idx: torch.Tensor, num_rows: int, paddi
     return torch.zeros((num_rows, g.shape[1]), dtype=g.dtype, device=g.device).index_add_(0, idx, g)
 
 
-def multi_embedding_backward_ref(
-    grad: torch.Tensor,
-    indices: Sequence[torch.Tensor],
-    num_rows: Sequence[int],
-    dims: Sequence[int],
-    padding_idx: Sequence[int],
-    scale_grad_by_freq: Sequence[bool],
-) -> torch.Tensor:
+def multi_embedding_backward_ref(grad: torch.Tensor, *args: Any) -> torch.Tensor:
     """Gradient of every table, packed into one flat buffer.
 
-    Args:
+    Args (``args`` are the rest of ``multi_embedding_backward_tables``'s, in its order):
         grad: [*L, sum(D_k)], the gradient of the forward output.
         indices: T index tensors of shape [*L].
         num_rows: V_k for each table.
@@ -115,5 +109,5 @@ def multi_embedding_backward_ref(
         back to back. Half types accumulate in fp32 and are rounded once at the end, as
         the kernels do.
     """
-    tables = multi_embedding_backward_tables(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+    tables = multi_embedding_backward_tables(grad, *args)
     return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))

@@ -15,13 +15,8 @@ import torch
 import torch.nn.functional as F
 
 
-def one_hot_linear_ref(
-    indices: Sequence[torch.Tensor],
-    offsets: Sequence[int],
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
+def one_hot_linear_ref(indices: Sequence[torch.Tensor], offsets: Sequence[int], weight: torch.Tensor,
+                       bias: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Sum of the weight columns the indices name, plus the bias.
 
     Args:
@@ -48,15 +43,8 @@ def one_hot_linear_ref(
     return acc.to(dtype)
 
 
-def one_hot_linear_backward_ref(
-    grad: torch.Tensor,
-    indices: Sequence[torch.Tensor],
-    offsets: Sequence[int],
-    num_columns: int,
-    has_bias: bool,
-    v_major: bool,
-    dtype: torch.dtype,
-) -> torch.Tensor:
+def one_hot_linear_backward_ref(grad: torch.Tensor, indices: Sequence[torch.Tensor], offsets: Sequence[int],
+                                num_columns: int, has_bias: bool, v_major: bool, dtype: torch.dtype) -> torch.Tensor:
     """Weight (and bias) gradient of ``one_hot_linear_ref``, packed into one flat buffer.
 
     Args:

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering._common import column_stride_1, use_triton
+from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.multi_embedding_bag import (
     _OOB_MSG,
     _check_lookup,
@@ -194,18 +194,10 @@ tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_c
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------
 
 
-@torch.library.custom_op("inductor_embed::tied_embedding_bag_triton", mutates_args=())
-def tied_embedding_bag_triton(
-    weight: Tensor,
-    emb_indices: Tensor,
-    bag_indices: Tensor,
-    offsets: Tensor | None,
-    per_sample_weights: Tensor | None,
-    mode: int,
-    emb_padding_idx: int,
-    bag_padding_idx: int,
-    include_last_offset: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@twin_op("inductor_embed::tied_embedding_bag_triton", like="inductor_embed::tied_embedding_bag",
+         returns="(Tensor, Tensor, Tensor, Tensor)", drop=("bag_weight",))
+def tied_embedding_bag_triton(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
+                              bag_padding_idx, include_last_offset):
     """The Triton forward of ``tied_embedding_bag``: ``(emb, bag, arg_max, err int32 [2])``,
     one launch reading the weight for both lookups."""
     from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_fwd

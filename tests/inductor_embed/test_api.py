@@ -145,19 +145,20 @@ def test_rewrites_are_counted_even_when_inductor_serves_the_compile_from_its_cac
     assert rewrites() == 2
 
 
+class Criteo(nn.Module):
+    """26 categorical fields, as the Criteo CTR models have them, plus 26 left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.embeddings = nn.ModuleList([nn.Embedding(50, 4 if k < 20 else 8) for k in range(26)])
+        self.normed = nn.ModuleList([nn.Embedding(50, 4, max_norm=1.0) for _ in range(26)])
+
+    def forward(self, x):
+        y = torch.cat([e(x[:, k]) for k, e in enumerate(self.embeddings)], -1)
+        return y, torch.cat([e(x[:, k]) for k, e in enumerate(self.normed)], -1)
+
+
 def test_explain_groups_many_tables_and_keeps_every_line_short():
-    class Criteo(nn.Module):
-        """26 categorical fields, as the Criteo CTR models have them, plus 26 left alone."""
-
-        def __init__(self):
-            super().__init__()
-            self.embeddings = nn.ModuleList([nn.Embedding(50, 4 if k < 20 else 8) for k in range(26)])
-            self.normed = nn.ModuleList([nn.Embedding(50, 4, max_norm=1.0) for _ in range(26)])
-
-        def forward(self, x):
-            y = torch.cat([e(x[:, k]) for k, e in enumerate(self.embeddings)], -1)
-            return y, torch.cat([e(x[:, k]) for k, e in enumerate(self.normed)], -1)
-
     report = inductor_embed.explain(Criteo(), torch.randint(0, 50, (3, 26)))
     assert len(report.rewrites) == 1 and len(report.skipped) == 26
     text = str(report)

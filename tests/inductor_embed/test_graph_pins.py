@@ -32,10 +32,6 @@ class TestGraphPins(expecttest.TestCase):
         code = rewritten_code(FastMultiEmbeddingEquivalent(), _batch(4, (100, 200, 300)))
         self.assertExpectedInline(code, """\
 def forward(self, L_batch_ : torch.Tensor, L_self_modules_embbeddings_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embbeddings_modules_1_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embbeddings_modules_2_parameters_weight_ : torch.nn.parameter.Parameter):
-    l_batch_ = L_batch_
-    l_self_modules_embbeddings_modules_0_parameters_weight_ = L_self_modules_embbeddings_modules_0_parameters_weight_
-    l_self_modules_embbeddings_modules_1_parameters_weight_ = L_self_modules_embbeddings_modules_1_parameters_weight_
-    l_self_modules_embbeddings_modules_2_parameters_weight_ = L_self_modules_embbeddings_modules_2_parameters_weight_
     getitem = l_batch_[(slice(None, None, None), 0)]
     getitem_1 = l_batch_[(slice(None, None, None), 1)]
     getitem_2 = l_batch_[(slice(None, None, None), 2)];  l_batch_ = None
@@ -47,12 +43,6 @@ def forward(self, L_batch_ : torch.Tensor, L_self_modules_embbeddings_modules_0_
         code = rewritten_code(model, [torch.randint(0, v, (10, 5)) for v in (100, 200, 150)])
         self.assertExpectedInline(code, """\
 def forward(self, L_self_modules_embeddings_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_input_data_0_ : torch.Tensor, L_self_modules_embeddings_modules_1_parameters_weight_ : torch.nn.parameter.Parameter, L_input_data_1_ : torch.Tensor, L_self_modules_embeddings_modules_2_parameters_weight_ : torch.nn.parameter.Parameter, L_input_data_2_ : torch.Tensor):
-    l_self_modules_embeddings_modules_0_parameters_weight_ = L_self_modules_embeddings_modules_0_parameters_weight_
-    l_input_data_0_ = L_input_data_0_
-    l_self_modules_embeddings_modules_1_parameters_weight_ = L_self_modules_embeddings_modules_1_parameters_weight_
-    l_input_data_1_ = L_input_data_1_
-    l_self_modules_embeddings_modules_2_parameters_weight_ = L_self_modules_embeddings_modules_2_parameters_weight_
-    l_input_data_2_ = L_input_data_2_
     multi_embedding_default = torch.ops.inductor_embed.multi_embedding.default([l_self_modules_embeddings_modules_0_parameters_weight_, l_self_modules_embeddings_modules_1_parameters_weight_, l_self_modules_embeddings_modules_2_parameters_weight_], [l_input_data_0_, l_input_data_1_, l_input_data_2_], [-1, -1, -1], [False, False, False]);  l_self_modules_embeddings_modules_0_parameters_weight_ = l_self_modules_embeddings_modules_1_parameters_weight_ = l_self_modules_embeddings_modules_2_parameters_weight_ = l_input_data_0_ = l_input_data_1_ = l_input_data_2_ = None
     return (multi_embedding_default,)""")
 
@@ -71,10 +61,6 @@ def forward(self, L_self_modules_embeddings_modules_0_parameters_weight_ : torch
         code = rewritten_code(Tokens(), _batch(3, (5, 9)))
         self.assertExpectedInline(code, """\
 def forward(self, L_x_ : torch.Tensor, L_self_modules_a_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_b_parameters_weight_ : torch.nn.parameter.Parameter, L_self_parameters_cls_ : torch.nn.parameter.Parameter):
-    l_x_ = L_x_
-    l_self_modules_a_parameters_weight_ = L_self_modules_a_parameters_weight_
-    l_self_modules_b_parameters_weight_ = L_self_modules_b_parameters_weight_
-    l_self_parameters_cls_ = L_self_parameters_cls_
     getitem = l_x_[(slice(None, None, None), 0)]
     getitem_1 = l_x_[(slice(None, None, None), 1)];  l_x_ = None
     expand = l_self_parameters_cls_.expand(3, 4);  l_self_parameters_cls_ = None
@@ -92,10 +78,6 @@ def forward(self, L_x_ : torch.Tensor, L_self_modules_a_parameters_weight_ : tor
                               _batch(3, (7, 11, 13)))
         self.assertExpectedInline(code, """\
 def forward(self, L_x_ : torch.Tensor, L_model_modules_embeddings_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_model_modules_embeddings_modules_1_parameters_weight_ : torch.nn.parameter.Parameter, L_model_modules_embeddings_modules_2_parameters_weight_ : torch.nn.parameter.Parameter):
-    l_x_ = L_x_
-    l_model_modules_embeddings_modules_0_parameters_weight_ = L_model_modules_embeddings_modules_0_parameters_weight_
-    l_model_modules_embeddings_modules_1_parameters_weight_ = L_model_modules_embeddings_modules_1_parameters_weight_
-    l_model_modules_embeddings_modules_2_parameters_weight_ = L_model_modules_embeddings_modules_2_parameters_weight_
     getitem = l_x_[(slice(None, None, None), slice(0, 1, None))]
     getitem_1 = l_x_[(slice(None, None, None), slice(1, 2, None))]
     getitem_2 = l_x_[(slice(None, None, None), slice(2, 3, None))];  l_x_ = None
@@ -108,11 +90,6 @@ def forward(self, L_x_ : torch.Tensor, L_model_modules_embeddings_modules_0_para
         code = rewritten_code(BiasedFields(dims=(3, 5)), _batch(3, (7, 11)))
         self.assertExpectedInline(code, """\
 def forward(self, L_x_ : torch.Tensor, L_self_modules_biases_parameters_0_ : torch.nn.parameter.Parameter, L_self_modules_tables_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_biases_parameters_1_ : torch.nn.parameter.Parameter, L_self_modules_tables_modules_1_parameters_weight_ : torch.nn.parameter.Parameter):
-    l_x_ = L_x_
-    l_self_modules_biases_parameters_0_ = L_self_modules_biases_parameters_0_
-    l_self_modules_tables_modules_0_parameters_weight_ = L_self_modules_tables_modules_0_parameters_weight_
-    l_self_modules_biases_parameters_1_ = L_self_modules_biases_parameters_1_
-    l_self_modules_tables_modules_1_parameters_weight_ = L_self_modules_tables_modules_1_parameters_weight_
     getitem = l_x_[(slice(None, None, None), 0)]
     unsqueeze = l_self_modules_biases_parameters_0_.unsqueeze(0);  l_self_modules_biases_parameters_0_ = None
     getitem_1 = l_x_[(slice(None, None, None), 1)];  l_x_ = None
@@ -130,13 +107,6 @@ def forward(self, L_x_ : torch.Tensor, L_self_modules_biases_parameters_0_ : tor
         code = rewritten_code(lambda x, o, i: torch.cat([x] + model.apply_emb(o, i, model.emb_l), dim=1), x, lS_o, lS_i)
         self.assertExpectedInline(code, """\
 def forward(self, L_model_modules_emb_l_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_i_0_ : torch.Tensor, L_o_0_ : torch.Tensor, L_model_modules_emb_l_modules_1_parameters_weight_ : torch.nn.parameter.Parameter, L_i_1_ : torch.Tensor, L_o_1_ : torch.Tensor, L_x_ : torch.Tensor):
-    l_model_modules_emb_l_modules_0_parameters_weight_ = L_model_modules_emb_l_modules_0_parameters_weight_
-    l_i_0_ = L_i_0_
-    l_o_0_ = L_o_0_
-    l_model_modules_emb_l_modules_1_parameters_weight_ = L_model_modules_emb_l_modules_1_parameters_weight_
-    l_i_1_ = L_i_1_
-    l_o_1_ = L_o_1_
-    l_x_ = L_x_
     multi_embedding_bag_default = torch.ops.inductor_embed.multi_embedding_bag.default([l_model_modules_emb_l_modules_0_parameters_weight_, l_model_modules_emb_l_modules_1_parameters_weight_], [l_i_0_, l_i_1_], [l_o_0_, l_o_1_], [], [0, 0], [-1, -1], [False, False], [True, True]);  l_model_modules_emb_l_modules_0_parameters_weight_ = l_model_modules_emb_l_modules_1_parameters_weight_ = l_i_0_ = l_i_1_ = l_o_0_ = l_o_1_ = None
     getitem = multi_embedding_bag_default[0];  multi_embedding_bag_default = None
     cat_1 = torch.cat([l_x_, getitem], 1);  l_x_ = getitem = None
@@ -147,11 +117,6 @@ def forward(self, L_model_modules_emb_l_modules_0_parameters_weight_ : torch.nn.
         code = rewritten_code(model, torch.randint(0, 100, (5,)), torch.randint(0, 100, (12,)), torch.tensor([0, 4, 8]))
         self.assertExpectedInline(code, """\
 def forward(self, L_self_modules_shared_embedding_parameters_weight_ : torch.nn.parameter.Parameter, L_indices_ : torch.Tensor, L_self_modules_embedding_bag_parameters_weight_ : torch.nn.parameter.Parameter, L_sequences_ : torch.Tensor, L_offsets_ : torch.Tensor):
-    l_self_modules_shared_embedding_parameters_weight_ = L_self_modules_shared_embedding_parameters_weight_
-    l_indices_ = L_indices_
-    l_self_modules_embedding_bag_parameters_weight_ = L_self_modules_embedding_bag_parameters_weight_
-    l_sequences_ = L_sequences_
-    l_offsets_ = L_offsets_
     tied_embedding_bag_default = torch.ops.inductor_embed.tied_embedding_bag.default(l_self_modules_shared_embedding_parameters_weight_, l_self_modules_embedding_bag_parameters_weight_, l_indices_, l_sequences_, l_offsets_, None, 1, -1, -1, False);  l_self_modules_shared_embedding_parameters_weight_ = l_self_modules_embedding_bag_parameters_weight_ = l_indices_ = l_sequences_ = l_offsets_ = None
     getitem = tied_embedding_bag_default[0]
     getitem_1 = tied_embedding_bag_default[1];  tied_embedding_bag_default = None

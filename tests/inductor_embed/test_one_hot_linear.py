@@ -431,8 +431,6 @@ class TestGraphPins(expecttest.TestCase):
         code = rewritten_code(Seed001(), torch.tensor([2, 3, 1]))
         self.assertExpectedInline(code, """\
 def forward(self, L_idx_ : torch.Tensor, L_self_modules_linear_parameters_weight_ : torch.nn.parameter.Parameter):
-    l_idx_ = L_idx_
-    l_self_modules_linear_parameters_weight_ = L_self_modules_linear_parameters_weight_
     unsqueeze = torch.unsqueeze(l_idx_, -1);  l_idx_ = None
     one_hot_linear_default = torch.ops.inductor_embed.one_hot_linear.default([unsqueeze], [4], [0], l_self_modules_linear_parameters_weight_);  unsqueeze = l_self_modules_linear_parameters_weight_ = None
     return (one_hot_linear_default,)""")
@@ -442,10 +440,6 @@ def forward(self, L_idx_ : torch.Tensor, L_self_modules_linear_parameters_weight
         code = rewritten_code(lambda i: model.lin(F.one_hot(i, 7).float() * model.r), torch.tensor([2, 3, 1]))
         self.assertExpectedInline(code, """\
 def forward(self, L_i_ : torch.Tensor, L_model_parameters_r_ : torch.nn.parameter.Parameter, L_model_modules_lin_parameters_weight_ : torch.nn.parameter.Parameter, L_model_modules_lin_parameters_bias_ : torch.nn.parameter.Parameter):
-    l_i_ = L_i_
-    l_model_parameters_r_ = L_model_parameters_r_
-    l_model_modules_lin_parameters_weight_ = L_model_modules_lin_parameters_weight_
-    l_model_modules_lin_parameters_bias_ = L_model_modules_lin_parameters_bias_
     unsqueeze = torch.unsqueeze(l_i_, -1);  l_i_ = None
     one_hot_linear_default = torch.ops.inductor_embed.one_hot_linear.default([unsqueeze], [7], [0], l_model_modules_lin_parameters_weight_);  l_model_modules_lin_parameters_weight_ = None
     reshape = torch.reshape(l_model_parameters_r_, (1, 7));  l_model_parameters_r_ = None
@@ -458,12 +452,6 @@ def forward(self, L_i_ : torch.Tensor, L_model_parameters_r_ : torch.nn.paramete
         code = rewritten_code(Critic(), torch.randn(3, 6), torch.randint(0, 5, (3,)))
         self.assertExpectedInline(code, """\
 def forward(self, L_action_ : torch.Tensor, L_state_ : torch.Tensor, L_self_modules_fc_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_fc_parameters_bias_ : torch.nn.parameter.Parameter, L_self_modules_out_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_out_parameters_bias_ : torch.nn.parameter.Parameter):
-    l_action_ = L_action_
-    l_state_ = L_state_
-    l_self_modules_fc_parameters_weight_ = L_self_modules_fc_parameters_weight_
-    l_self_modules_fc_parameters_bias_ = L_self_modules_fc_parameters_bias_
-    l_self_modules_out_parameters_weight_ = L_self_modules_out_parameters_weight_
-    l_self_modules_out_parameters_bias_ = L_self_modules_out_parameters_bias_
     unsqueeze = torch.unsqueeze(l_action_, -1);  l_action_ = None
     one_hot_linear_default = torch.ops.inductor_embed.one_hot_linear.default([unsqueeze], [5], [6], l_self_modules_fc_parameters_weight_, l_self_modules_fc_parameters_bias_);  unsqueeze = l_self_modules_fc_parameters_bias_ = None
     narrow = torch.narrow(l_self_modules_fc_parameters_weight_, 1, 0, 6);  l_self_modules_fc_parameters_weight_ = None
@@ -477,11 +465,6 @@ def forward(self, L_action_ : torch.Tensor, L_state_ : torch.Tensor, L_self_modu
         code = rewritten_code(Bags(), torch.randint(0, 9, (4, 3)), torch.randint(0, 9, (2, 4)))
         self.assertExpectedInline(code, """\
 def forward(self, L_rows_ : torch.Tensor, L_self_modules_a_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_a_parameters_bias_ : torch.nn.parameter.Parameter, L_cols_ : torch.Tensor, L_self_modules_b_parameters_weight_ : torch.nn.parameter.Parameter):
-    l_rows_ = L_rows_
-    l_self_modules_a_parameters_weight_ = L_self_modules_a_parameters_weight_
-    l_self_modules_a_parameters_bias_ = L_self_modules_a_parameters_bias_
-    l_cols_ = L_cols_
-    l_self_modules_b_parameters_weight_ = L_self_modules_b_parameters_weight_
     one_hot_linear_default = torch.ops.inductor_embed.one_hot_linear.default([l_rows_], [9], [0], l_self_modules_a_parameters_weight_, l_self_modules_a_parameters_bias_);  l_rows_ = l_self_modules_a_parameters_weight_ = l_self_modules_a_parameters_bias_ = None
     movedim = torch.movedim(l_cols_, [0], [1]);  l_cols_ = None
     one_hot_linear_default_1 = torch.ops.inductor_embed.one_hot_linear.default([movedim], [9], [0], l_self_modules_b_parameters_weight_);  movedim = l_self_modules_b_parameters_weight_ = None
@@ -492,12 +475,6 @@ def forward(self, L_rows_ : torch.Tensor, L_self_modules_a_parameters_weight_ : 
         code = rewritten_code(AutocastModel(), torch.randint(0, 7, (4,)), torch.randn(4, 6))
         self.assertExpectedInline(code, """\
 def forward(self, L_idx_ : torch.Tensor, L_self_modules_lin_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_lin_parameters_bias_ : torch.nn.parameter.Parameter, L_state_ : torch.Tensor, L_self_modules_critic_modules_fc_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_critic_modules_fc_parameters_bias_ : torch.nn.parameter.Parameter):
-    l_idx_ = L_idx_
-    l_self_modules_lin_parameters_weight_ = L_self_modules_lin_parameters_weight_
-    l_self_modules_lin_parameters_bias_ = L_self_modules_lin_parameters_bias_
-    l_state_ = L_state_
-    l_self_modules_critic_modules_fc_parameters_weight_ = L_self_modules_critic_modules_fc_parameters_weight_
-    l_self_modules_critic_modules_fc_parameters_bias_ = L_self_modules_critic_modules_fc_parameters_bias_
     _enter_autocast = torch.amp.autocast_mode._enter_autocast('cpu', torch.bfloat16, True, None)
     unsqueeze = torch.unsqueeze(l_idx_, -1)
     one_hot_linear_default = torch.ops.inductor_embed.one_hot_linear.default([unsqueeze], [7], [0], l_self_modules_lin_parameters_weight_, l_self_modules_lin_parameters_bias_, torch.bfloat16);  unsqueeze = l_self_modules_lin_parameters_weight_ = l_self_modules_lin_parameters_bias_ = None

@@ -39,18 +39,22 @@ def kernel_summary(kernel) -> str:
 
 class TestKernelSource(expecttest.TestCase):
     def test_multi_embedding_fwd_kernel(self):
-        self.assertExpectedInline(kernel_summary(multi_embedding._multi_embedding_fwd_kernel), """\
-sha256 06845f972ebcc68f9412a8981f79fb15135daa4ce8bacde24f2248091a3fc30d
+        # with the helper it calls for its rows and indices
+        summary = kernel_summary(multi_embedding._multi_embedding_fwd_kernel) + kernel_summary(multi_embedding._table_rows)
+        self.assertExpectedInline(summary, """\
+sha256 974cb8aac87edfa7b8710dd5ad374a5421adc6a176abe7e1b85d59f98e9d99a4
 args meta_ptr, err_ptr, out_ptr, out_row_stride, N, COLS, VEC, BLOCK_N, BLOCK_D
-line 18: tl.load at p_meta + W_PTR if -
-line 22: tl.load at p_meta + W_STRIDE if -
-line 23: tl.load at p_meta + V if -
-line 26: tl.load at p_meta + D if -
-line 27: tl.load at p_meta + COL if -
-line 28: tl.load at p_meta + I_PTR if -
-line 28: tl.load at p_meta + I64 if -
-line 28: tl.load at p_meta + I_STRIDE if -
-line 32: tl.store at err_ptr + o_n * 0 if m_n & ~m_ok
-line 44: tl.load at p_w + o_w[:, None] + o_d[None, :] if m_ok[:, None] & m_d[None, :]
-line 45: tl.store at out_ptr + o_out[:, None] + o_d[None, :] if m_n[:, None] & m_d[None, :]
+line 15: tl.load at p_meta + W_PTR if -
+line 19: tl.load at p_meta + W_STRIDE if -
+line 20: tl.load at p_meta + V if -
+line 23: tl.load at p_meta + D if -
+line 24: tl.load at p_meta + COL if -
+line 28: tl.store at err_ptr + o_n * 0 if m_n & ~m_ok
+line 40: tl.load at p_w + o_w[:, None] + o_d[None, :] if m_ok[:, None] & m_d[None, :]
+line 41: tl.store at out_ptr + o_out[:, None] + o_d[None, :] if m_n[:, None] & m_d[None, :]
+sha256 caeeac504ecc66c04837c1b1fc608d7b5be222bf0085d40a639627c3dc3e53f2
+args meta_ptr, N, other, COLS, BLOCK_N
+line 8: tl.load at p_meta + I_PTR if -
+line 8: tl.load at p_meta + I64 if -
+line 8: tl.load at p_meta + I_STRIDE if -
 """)

@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from inductor_embed.kernels import multi_embedding as mg
-from inductor_embed.lowering import multi_embedding_ref as _ref
+from inductor_embed.lowering.multi_embedding_ref import (
+    multi_embedding_backward_ref,
+    multi_embedding_ref,
+)
+from tests._util import DEVICE, DTYPE_NAMES
 
-multi_embedding_ref = _ref.multi_embedding_ref
-multi_embedding_backward_ref = _ref.multi_embedding_backward_ref
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Backward tolerances vs the fp32-accumulating twin, which rounds half types once.
 GRAD_TOL = {
     torch.float32: {"atol": 1e-5, "rtol": 1e-5},

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from inductor_embed.kernels import multi_embedding_bag as bg
 from inductor_embed.lowering import multi_embedding_bag_ref as ref
+from tests._util import DEVICE
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float16: {"rtol": 1e-2, "atol": 1e-2},
        torch.bfloat16: {"rtol": 2e-2, "atol": 2e-2}}
 MODES = {"sum": bg.SUM, "mean": bg.MEAN, "max": bg.MAX}

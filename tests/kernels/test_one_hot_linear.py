@@ -14,13 +14,12 @@ import pytest
 import torch
 
 from inductor_embed.kernels import one_hot_linear as ohg
-from inductor_embed.lowering import one_hot_linear_ref as _ref
+from inductor_embed.lowering.one_hot_linear_ref import (
+    one_hot_linear_backward_ref,
+    one_hot_linear_ref,
+)
+from tests._util import DEVICE, DTYPE_NAMES
 
-one_hot_linear_ref = _ref.one_hot_linear_ref
-one_hot_linear_backward_ref = _ref.one_hot_linear_backward_ref
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # Forward vs the twin: both sum in fp32 and round once; only the order of a bag's
 # adds differs. Backward: atomics add in any order. The Triton interpreter casts
