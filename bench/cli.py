@@ -18,7 +18,6 @@ import datetime
 import logging
 import platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from bench import report
+from bench import host, report
 from bench.config import CaseResult, Preset, RunMeta, RunResult
 from bench.presets import PRESETS
 from bench.providers import PROVIDERS, fbgemm_status
@@ -46,16 +45,7 @@ DEFAULT_OUT = REPO / "bench" / "results"
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        if m:
-            return f"CPU {m.group(1).strip()}"
-    except OSError:
-        pass
-    return f"CPU {platform.processor() or platform.machine()}"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else host.cpu_model()
 
 
 def results_dir_name(device: torch.device) -> str:
@@ -64,15 +54,7 @@ def results_dir_name(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def git_state() -> tuple[str, bool]:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        return sha, bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", False
+git_state = host.git_state
 
 
 def warm_up_compiler(device: torch.device) -> float:
@@ -168,9 +150,7 @@ def _list() -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    ap = host.arg_parser("python -m bench", __doc__)
     ap.add_argument("--preset", choices=sorted(PRESETS), help="default: gpu with CUDA, else cpu-quick")
     ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")

@@ -55,6 +55,8 @@ from typing import Any
 import triton
 import triton.language as tl
 
+from bench import host
+
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("multi_embedding", "one_hot_linear", "multi_embedding_bag")
 DEFAULT_TABLES = (1, 26, 100, 1000)
@@ -387,25 +389,12 @@ def run_subprocess(families: Sequence[str], tables: Sequence[int], arch: str = "
 
 
 def _git() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        return sha + (" (uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    sha, dirty = host.git_state()
+    return sha[:12] + (" (uncommitted changes)" if dirty else "")
 
 
 def _host() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        if m:
-            return f"CPU {m.group(1).strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{host.cpu_model()}, {os.cpu_count()} cores"
 
 
 def _ptxas_version(capability: int) -> str:
@@ -472,9 +461,7 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench.kernel_compile", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    ap = host.arg_parser("python -m bench.kernel_compile", __doc__)
     ap.add_argument("--arch", default="sm_90", help="target, sm_NN (default sm_90)")
     ap.add_argument("--tables", default=",".join(map(str, DEFAULT_TABLES)),
                     help="comma-separated table counts (default 1,26,100,1000)")

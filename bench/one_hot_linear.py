@@ -31,13 +31,14 @@ import dataclasses
 import datetime
 import json
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bench import host
 
 PROVIDERS = ("eager", "torch.compile", "inductor_embed")
 MODES = ("fwd", "fwd+bwd")
@@ -189,11 +190,7 @@ def table(results: list[Result], device: torch.device) -> str:
 def _header(device: torch.device) -> str:
     import triton
 
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = "unknown"
+    sha = host.git_state()[0][:12]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     return (f"one_hot_linear benchmark: {name}, torch {torch.__version__}, triton {triton.__version__}, "
             f"git {sha}, {datetime.date.today().isoformat()}")

@@ -23,10 +23,11 @@ class Unsupported(Exception):
 
 
 class EmbeddingModel(nn.Module):
-    """Base of the workloads' eager models: ``weights()`` lists the tables in order."""
+    """Base of the workloads' eager models: ``weights()`` lists the tables in order (the
+    models register their tables, and nothing else, as parameters in that order)."""
 
     def weights(self) -> list[torch.Tensor]:
-        raise NotImplementedError
+        return list(self.parameters())
 
 
 class Workload:
@@ -43,6 +44,11 @@ class Workload:
         return None
 
     def build(self, case: Case, device: torch.device) -> EmbeddingModel:
+        """The eager model of ``case`` on ``device``, with the same weights for every provider."""
+        torch.manual_seed(seed_for(case))
+        return self.make(case, torch_dtype(case.dtype)).to(device)
+
+    def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
         raise NotImplementedError
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -17,9 +17,7 @@ from bench.workloads.base import (
     EmbeddingModel,
     FbgemmTBE,
     Workload,
-    seed_for,
     table_indices,
-    torch_dtype,
     unpooled_bytes,
 )
 from inductor_embed.lowering.multi_embedding_ref import multi_embedding_ref
@@ -35,8 +33,6 @@ class MultiEmbeddingCat(EmbeddingModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return multi_embedding_ref([t.weight for t in self.tables], [x[:, k] for k in range(len(self.tables))])
 
-    def weights(self) -> list[torch.Tensor]:
-        return [t.weight for t in self.tables]
 
 
 class MultiTable(Workload):
@@ -47,9 +43,8 @@ class MultiTable(Workload):
     bytes_formula = ("sum over tables of: fwd = N*8 + N*D_k*e (rows read) + N*D_k*e (output); "
                      "bwd = N*8 + N*D_k*e (grad read) + V_k*D_k*e (zero-fill) + 2*N*D_k*e (atomic RMW)")
 
-    def build(self, case: Case, device: torch.device) -> EmbeddingModel:
-        torch.manual_seed(seed_for(case))
-        return MultiEmbeddingCat(case.vocabs, case.dims, torch_dtype(case.dtype)).to(device)
+    def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
+        return MultiEmbeddingCat(case.vocabs, case.dims, dtype)
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
         return (table_indices(case, case.batch, device),)

@@ -25,9 +25,7 @@ from bench.workloads.base import (
     EmbeddingModel,
     Workload,
     rng_for,
-    seed_for,
     table_indices,
-    torch_dtype,
 )
 
 
@@ -52,8 +50,6 @@ class OneHotProjection(EmbeddingModel):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.proj(F.one_hot(idx, self.n).to(self.proj.weight.dtype))
 
-    def weights(self) -> list[torch.Tensor]:
-        return [self.proj.weight, self.proj.bias]
 
 
 class OneHotLinear(PatternHook):
@@ -65,9 +61,8 @@ class OneHotLinear(PatternHook):
                      "(bias); bwd = N*8 + N*D*e (grad read) + V*D*e (zero-fill) + 2*N*D*e (atomic RMW) + D*e "
                      "(bias grad)")
 
-    def build(self, case: Case, device: torch.device) -> EmbeddingModel:
-        torch.manual_seed(seed_for(case))
-        return OneHotProjection(case.vocabs[0], case.dims[0], torch_dtype(case.dtype)).to(device)
+    def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
+        return OneHotProjection(case.vocabs[0], case.dims[0], dtype)
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
         return (table_indices(case, case.batch, device)[:, 0].contiguous(),)
@@ -88,8 +83,6 @@ class TiedEmbeddingBag(EmbeddingModel):
     def forward(self, tok: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         return F.embedding(tok, self.weight) + F.embedding_bag(ctx, self.weight, mode="sum")
 
-    def weights(self) -> list[torch.Tensor]:
-        return [self.weight]
 
 
 class TiedBags(PatternHook):
@@ -100,9 +93,8 @@ class TiedBags(PatternHook):
     bytes_formula = ("fwd = N*(1+L)*8 + N*(1+L)*D*e (rows read) + N*D*e (output); bwd = N*(1+L)*8 + N*D*e "
                      "(grad read) + V*D*e (zero-fill) + 2*N*(1+L)*D*e (atomic RMW)")
 
-    def build(self, case: Case, device: torch.device) -> EmbeddingModel:
-        torch.manual_seed(seed_for(case))
-        return TiedEmbeddingBag(case.vocabs[0], case.dims[0], torch_dtype(case.dtype)).to(device)
+    def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
+        return TiedEmbeddingBag(case.vocabs[0], case.dims[0], dtype)
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
         rng = rng_for(case)

@@ -21,9 +21,7 @@ from bench.workloads.base import (
     EmbeddingModel,
     FbgemmTBE,
     Workload,
-    seed_for,
     table_indices,
-    torch_dtype,
     unpooled_bytes,
 )
 
@@ -38,8 +36,6 @@ class SingleEmbedding(EmbeddingModel):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.emb(idx)
 
-    def weights(self) -> list[torch.Tensor]:
-        return [self.emb.weight]
 
 
 class SingleEmbeddingOp(EmbeddingModel):
@@ -52,8 +48,6 @@ class SingleEmbeddingOp(EmbeddingModel):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.ops.inductor_embed.multi_embedding([self.weight], [idx], [-1], [False])
 
-    def weights(self) -> list[torch.Tensor]:
-        return [self.weight]
 
 
 class SingleTable(Workload):
@@ -64,9 +58,8 @@ class SingleTable(Workload):
     bytes_formula = ("fwd = N*8 + N*D*e (rows read) + N*D*e (output); bwd = N*8 + N*D*e (grad read) "
                      "+ V*D*e (zero-fill) + 2*N*D*e (atomic RMW), e = element size")
 
-    def build(self, case: Case, device: torch.device) -> EmbeddingModel:
-        torch.manual_seed(seed_for(case))
-        return SingleEmbedding(case.vocabs[0], case.dims[0], torch_dtype(case.dtype)).to(device)
+    def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
+        return SingleEmbedding(case.vocabs[0], case.dims[0], dtype)
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
         return (table_indices(case, case.batch, device)[:, 0].contiguous(),)

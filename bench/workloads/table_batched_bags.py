@@ -19,7 +19,6 @@ from bench.workloads.base import (
     FbgemmTBE,
     Workload,
     rng_for,
-    seed_for,
     table_indices,
     torch_dtype,
 )
@@ -37,8 +36,6 @@ class MultiEmbeddingBag(EmbeddingModel):
             return torch.cat([bag(x[:, k]) for k, bag in enumerate(self.bags)], dim=1)
         return torch.cat([bag(x[:, k], per_sample_weights=psw[:, k]) for k, bag in enumerate(self.bags)], dim=1)
 
-    def weights(self) -> list[torch.Tensor]:
-        return [b.weight for b in self.bags]
 
 
 class TableBatchedBags(Workload):
@@ -50,9 +47,8 @@ class TableBatchedBags(Workload):
                      "(pooled output); bwd = N*L*8 (+ N*L*e) + N*D_k*e (grad read) + V_k*D_k*e (zero-fill) "
                      "+ 2*N*L*D_k*e (atomic RMW)")
 
-    def build(self, case: Case, device: torch.device) -> EmbeddingModel:
-        torch.manual_seed(seed_for(case))
-        return MultiEmbeddingBag(case.vocabs, case.dims, torch_dtype(case.dtype)).to(device)
+    def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
+        return MultiEmbeddingBag(case.vocabs, case.dims, dtype)
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
         b, t, bag = case.batch, case.tables, case.bag_size
