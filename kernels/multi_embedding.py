@@ -44,10 +44,9 @@ MIN_BLOCK_N, MAX_BLOCK_N = 16, 128
 TARGET_PROGRAMS = 4 * 132
 
 
-# The kernels below index their meta row inline rather than through small jit helpers: the
-# Triton interpreter (CPU tests) re-patches triton.language on every nested jit call, which
-# made a 26-table launch several times slower there. One helper call per program (about
-# 0.4 ms each in the interpreter) is cheap; one per meta field was not.
+# The kernels read their meta row through at most one jit helper call per program: the
+# Triton interpreter (CPU tests) re-patches triton.language on every nested jit call (about
+# 0.4 ms each), and one call per meta field made a 26-table launch several times slower.
 
 
 @triton.jit
