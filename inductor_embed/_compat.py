@@ -145,6 +145,7 @@ def graph_transform_observer(graph: torch.fx.Graph, passname: str) -> contextlib
 __all__ = [
     "INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES",
     "CustomGraphPass",
+    "compile_debug_dir",
     "compile_fx",
     "counters",
     "fake_mode_of",
@@ -152,10 +153,21 @@ __all__ = [
     "graph_transform_observer",
     "inductor_config",
     "mode_options",
+    "op_schema",
     "register_torch_log",
     "schema_written_args",
     "storage_key",
 ]
+
+
+def compile_debug_dir() -> str | None:
+    """The directory of a ``TORCH_COMPILE_DEBUG=1`` run (``torch._inductor.config.trace.enabled``),
+    ``<debug_dir_root>/run_<time>-pid_<pid>``; None when the debug trace is off."""
+    if not inductor_config().trace.enabled:
+        return None
+    from torch._dynamo.utils import get_debug_dir
+
+    return get_debug_dir()
 
 
 def op_schema(qualname: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import pathlib
 from collections.abc import Callable
@@ -28,14 +29,18 @@ def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
     With ``apply`` the decisions are logged and counted; without, they are only reported.
     """
     rec = Recorder(live=apply)
+    debug_dir = _compat.compile_debug_dir() if apply else None
     for pattern in PATTERNS:
         if not config.pattern_enabled(pattern.NAME):
             continue
         if apply:
+            before, made = (graph.python_code("self").src if debug_dir else ""), len(rec.report.rewrites)
             # Under Inductor's observer: INDUCTOR_LOG_URL_FOR_GRAPH_XFORM=<dir> gets each
-            # rewrite's graph before and after, as Inductor's own passes do.
+            # rewrite's graph before and after (as .dot, with pydot), as Inductor's own passes do.
             with _compat.graph_transform_observer(graph, f"inductor_embed_{pattern.NAME}"):
                 pattern.run(graph, rec, apply)
+            if debug_dir and len(rec.report.rewrites) > made:
+                _write_debug_graphs(debug_dir, pattern.NAME, before, graph.python_code("self").src)
         else:
             pattern.run(graph, rec, apply)
     if apply and rec.report.rewrites:
@@ -45,6 +50,19 @@ def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
         graph.lint()
     rec.report.graphs = 1
     return rec.report
+
+
+_DEBUG_SEQ = itertools.count()
+
+
+def _write_debug_graphs(debug_dir: str, pattern: str, before: str, after: str) -> None:
+    """A TORCH_COMPILE_DEBUG=1 run: the graph's code before and after a pattern that
+    rewrote it, as ``<debug dir>/inductor_embed/<n>_<pattern>_{before,after}.py``."""
+    out = pathlib.Path(debug_dir) / "inductor_embed"
+    out.mkdir(parents=True, exist_ok=True)
+    n = next(_DEBUG_SEQ)
+    (out / f"{n:03d}_{pattern}_before.py").write_text(before)
+    (out / f"{n:03d}_{pattern}_after.py").write_text(after)
 
 
 def _is_impure(node: fx.Node) -> bool:

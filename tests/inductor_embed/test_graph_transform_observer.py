@@ -65,3 +65,18 @@ def test_a_rewrite_writes_the_graph_before_and_after(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 2
     assert "multi_embedding" not in before[0].read_text()
     assert "multi_embedding" in after[0].read_text()
+
+
+def test_torch_compile_debug_writes_the_graph_before_and_after(tmp_path):
+    """TORCH_COMPILE_DEBUG=1 (``trace.enabled``) alone: the graph's code before and after
+    each rewriting pattern lands in the run's debug directory, no pydot needed."""
+    gm = _dynamo_graph()
+    with torch._inductor.config.patch({"trace.enabled": True}), \
+            torch._dynamo.config.patch(debug_dir_root=str(tmp_path)):
+        run_patterns(gm.graph, apply=True)
+    before = sorted(tmp_path.rglob("inductor_embed/*_multi_embedding_cat_before.py"))
+    after = sorted(tmp_path.rglob("inductor_embed/*_multi_embedding_cat_after.py"))
+    assert len(before) == len(after) == 1
+    assert "torch.nn.functional.embedding" in before[0].read_text()
+    assert "inductor_embed.multi_embedding" in after[0].read_text()
+    assert "torch.nn.functional.embedding" not in after[0].read_text()
