@@ -155,9 +155,7 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
     bag_size = empty  # read by mean mode only; offset2bag: ATen makes it from offsets when empty
     if mode == MEAN:
         # eager's forward counts a bag's indices other than padding; its backward divides by that
-        bag = torch.zeros(flat.shape[0] + 1, dtype=torch.long, device=flat.device)
-        bag.index_add_(0, offs, torch.ones_like(offs))
-        bag = bag.cumsum(0)[:flat.shape[0]] - 1
+        bag = bag_of_positions(flat, offs, False)[1]
         bag_size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b)
     g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
     psw = None

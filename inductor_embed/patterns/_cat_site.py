@@ -227,14 +227,12 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
     items: list = []
     for t in tensors:
         # From the cat input down to the lookup: [+ bias] [unsqueeze] [+ bias] [identity cast].
-        inner, between, one_token, bias = t, (), False, None
-        got = _bias_add(fam, inner)
-        if got is not None:
-            if isinstance(got[1], str):
-                rec.skip(Skip(fam.name, _lookup_of(fam, got[0]).name, got[1]))
-                items.append(t)
-                continue
-            (inner, bias), between = got, (t,)
+        inner, between, one_token = t, (), False
+        peeled = _peel_bias(fam, inner, between, rec)
+        if peeled is None:
+            items.append(t)
+            continue
+        inner, between, bias = peeled
         if token and not stack:
             unsq = _fx.unsqueeze_of(inner)
             if unsq is not None and unsq[1] % rank == rank - 2:
@@ -250,13 +248,12 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
                                                         "unsqueezed into a token nor one token (indices [..., 1])"))
                 items.append(t)
                 continue
-        got = _bias_add(fam, inner) if bias is None else None
-        if got is not None:
-            if isinstance(got[1], str):
-                rec.skip(Skip(fam.name, _lookup_of(fam, got[0]).name, got[1]))
+        if bias is None:
+            peeled = _peel_bias(fam, inner, between, rec)
+            if peeled is None:
                 items.append(t)
                 continue
-            (inner, bias), between = got, (*between, inner)
+            inner, between, bias = peeled
         cast_of = _identity_cast(inner)
         if cast_of is not None and fam.is_lookup(cast_of):
             inner, between = cast_of, (*between, inner)
@@ -274,6 +271,19 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
         else:
             items.append(found)
     return _Site(node, dim, token, stack, items)
+
+
+def _peel_bias(fam: Family, inner: Any, between: tuple, rec: Recorder) -> tuple[Any, tuple, Bias | None] | None:
+    """``(x, between + (inner,), bias)`` if ``inner`` is ``x + bias`` on a lookup, ``(inner,
+    between, None)`` if it is no add on a lookup, None (the skip logged) if it adds
+    something else to one."""
+    got = _bias_add(fam, inner)
+    if got is None:
+        return inner, between, None
+    if isinstance(got[1], str):
+        rec.skip(Skip(fam.name, _lookup_of(fam, got[0]).name, got[1]))
+        return None
+    return got[0], (*between, inner), got[1]
 
 
 def _is_one_token(t: fx.Node, rank: int) -> bool:
