@@ -21,6 +21,7 @@ from torch.library import triton_op
 from inductor_embed import _compat
 from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.multi_embedding_ref import (
+    compress_indices,
     multi_embedding_backward_ref,
     multi_embedding_backward_tables,
     multi_embedding_ref,
@@ -29,10 +30,18 @@ from inductor_embed.lowering.multi_embedding_ref import (
 _OOB_MSG = "inductor_embed.multi_embedding: index out of range (expected 0 <= index < num_embeddings of its table)"
 
 
-def _check_inputs(weights: list[torch.Tensor], indices: list[torch.Tensor]) -> None:
+def _check_inputs(weights: list[torch.Tensor], indices: list[torch.Tensor], scale_grad_by_freq: list[bool] = (),
+                  sparse: list[bool] | None = None) -> None:
     """Raise the errors eager's F.embedding would, before any output is written."""
     if not weights or len(weights) != len(indices):
         raise RuntimeError(f"multi_embedding: {len(weights)} tables but {len(indices)} index tensors")
+    if sparse is not None:
+        if len(sparse) != len(weights):
+            raise RuntimeError(f"multi_embedding: {len(weights)} tables but {len(sparse)} sparse flags")
+        for k, (sp, freq) in enumerate(zip(sparse, scale_grad_by_freq)):
+            if sp and freq:  # eager raises this in the backward; the op says it up front
+                raise RuntimeError(f"multi_embedding: table {k}: embedding_backward: scale_grad_by_freq "
+                                   "not supported with sparse gradients")
     for k, (w, i) in enumerate(zip(weights, indices)):
         if w.dim() != 2:
             raise RuntimeError(f"multi_embedding: table {k} must be 2-D, got {w.dim()}-D")
@@ -59,6 +68,7 @@ def multi_embedding(
     indices: list[torch.Tensor],
     padding_idx: list[int],
     scale_grad_by_freq: list[bool],
+    sparse: list[bool] | None = None,
 ) -> torch.Tensor:
     """Gather T tables and concatenate along the feature dimension.
 
@@ -67,11 +77,14 @@ def multi_embedding(
         indices: T index tensors, all of shape [*L], int32 or int64.
         padding_idx: per table, the row that gets no gradient, or -1 (backward only).
         scale_grad_by_freq: per table, scale gradients by 1/count (backward only).
+        sparse: per table, whether its gradient is a coalesced sparse COO tensor (the
+            rows the batch touches, sorted, each once) instead of a dense one; None: none.
+            Not with scale_grad_by_freq (eager raises; so does the op).
 
     Returns:
         [*L, sum(D_k)] in the tables' dtype; an index outside [0, V_k) raises.
     """
-    _check_inputs(weights, indices)
+    _check_inputs(weights, indices, scale_grad_by_freq, sparse)
     if not use_triton(weights[0]):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             # Inductor < 2.13 lowers embedding with Python-style negative wrapping, so the
@@ -86,8 +99,8 @@ def multi_embedding(
 
 
 @multi_embedding.register_fake
-def _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq):
-    _check_inputs(weights, indices)
+def _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq, sparse=None):
+    _check_inputs(weights, indices, scale_grad_by_freq, sparse)
     total = sum(w.shape[1] for w in weights)
     return weights[0].new_empty((*indices[0].shape, total))
 
@@ -180,6 +193,55 @@ def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, *_):
     return [grad.new_empty((v, d)) for v, d in zip(num_rows, dims)]
 
 
+@twin_op("inductor_embed::multi_embedding_sparse_backward", like="inductor_embed::multi_embedding_backward",
+         returns="Tensor[]", extra="SymInt[] columns", drop=("scale_grad_by_freq",))
+def multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, columns) -> list[torch.Tensor]:
+    """Some tables' gradients as coalesced sparse COO tensors, one launch for all of them.
+
+    Args:
+        grad: ``[*L, C]``; table k reads its columns ``[columns[k], columns[k] + D_k)``.
+        indices, num_rows, dims, padding_idx: as in ``multi_embedding_backward``, for the
+            sparse tables only (no scale_grad_by_freq: eager has none for sparse gradients).
+
+    Returns:
+        Per table a ``[V_k, D_k]`` sparse COO tensor in grad's dtype: the sorted unique rows
+        its indices touch (padding row left out) and their summed gradients, what eager's
+        sparse gradient is after ``.coalesce()``.
+
+    One sort of every table's indices (``compress_indices``), then the dense backward of the
+    ``U_k + 1`` compressed rows (the extra one takes padding entries): on the GPU one
+    atomic-add launch of the multi-table kernel into one fp32 buffer; on the CPU and under
+    deterministic algorithms eager's ``embedding_dense_backward`` per table. Memory is
+    ``O(N * D)``, never ``O(V * D)``. The op returns the sparse tensors themselves: their
+    number of rows is data-dependent, which Dynamo's fake tensors cannot express as an
+    op output (without ``capture_dynamic_output_shape_ops``), but a sparse tensor's shape
+    is its dense shape.
+    """
+    rows, local, counts = compress_indices(indices, num_rows, padding_idx)
+    rows_plus = [u + 1 for u in counts]
+    no_freq = [False] * len(dims)
+    if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+        values = multi_embedding_backward_tables(grad, local, rows_plus, dims, counts, no_freq, columns)
+    else:
+        from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
+
+        g2 = column_stride_1(grad.reshape(-1, grad.shape[-1]))
+        offsets, _, size = grad_layout(rows_plus, dims, no_freq)
+        flat = torch.zeros(size, dtype=torch.float32, device=grad.device)
+        multi_embedding_bwd(g2, local, rows_plus, dims, counts, no_freq, flat, columns)
+        flat = flat.to(grad.dtype)
+        values = [flat.narrow(0, o, (u + 1) * d).view(u + 1, d) for o, u, d in zip(offsets, counts, dims)]
+    return [torch.sparse_coo_tensor(r.unsqueeze(0), val.narrow(0, 0, u), (v, d), is_coalesced=True,
+                                    check_invariants=False)
+            for r, val, u, v, d in zip(rows, values, counts, num_rows, dims)]
+
+
+@multi_embedding_sparse_backward.register_fake
+def _multi_embedding_sparse_backward_fake(grad, indices, num_rows, dims, padding_idx, columns):
+    return [torch.empty((v, d), dtype=grad.dtype, device=grad.device, layout=torch.sparse_coo)
+            for v, d in zip(num_rows, dims)]
+
+
 # On the CPU each table's gradient is made where it is cheapest, chosen from its width when
 # the backward is traced (paired runs on 2 cores, see bench/results/cpu/README.md):
 # - D < CPU_EAGER_MIN_DIM: ``aten.embedding_dense_backward`` in the backward graph, which
@@ -193,9 +255,9 @@ def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, *_):
 CPU_EAGER_MIN_DIM = 64
 
 
-def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq) -> list[torch.Tensor]:
-    """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM)."""
-    columns = [sum(dims[:k]) for k in range(len(dims))]
+def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns) -> list[torch.Tensor]:
+    """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM); table k reads
+    grad's columns ``[columns[k], columns[k] + D_k)``."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     # One-row tables too: Inductor's CPU codegen (torch 2.13) fails on a scatter-add into a
     # one-row buffer (tests/reliability/test_bad_input.py::test_one_row_tables_match_eager).
@@ -219,27 +281,59 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
 
 
 def _setup_context(ctx, inputs, output):
-    weights, indices, padding_idx, scale_grad_by_freq = inputs
+    weights, indices, padding_idx, scale_grad_by_freq, *rest = inputs
     ctx.save_for_backward(*indices)
     ctx.num_rows = [w.shape[0] for w in weights]
     ctx.dims = [w.shape[1] for w in weights]
     ctx.padding_idx = list(padding_idx)
     ctx.scale_grad_by_freq = list(scale_grad_by_freq)
+    sparse = rest[0] if rest else None
+    ctx.sparse = list(sparse) if sparse is not None else [False] * len(weights)
 
 
 def _backward(ctx, grad):
     indices = list(ctx.saved_tensors)
-    args = (grad, indices, ctx.num_rows, ctx.dims, ctx.padding_idx, ctx.scale_grad_by_freq)
-    if not use_triton(grad):
-        return _cpu_backward(*args), [None] * len(indices), None, None
-    # One flat buffer (one zero fill on the GPU), viewed per table for free.
-    flat = torch.ops.inductor_embed.multi_embedding_backward(*args)
-    grads = []
-    offset = 0
-    for v, d in zip(ctx.num_rows, ctx.dims):
+    t = len(indices)
+    columns = [sum(ctx.dims[:k]) for k in range(t)]
+    grads: list[torch.Tensor | None] = [None] * t
+    for sparse, tables in ((True, [k for k in range(t) if ctx.sparse[k]]),
+                           (False, [k for k in range(t) if not ctx.sparse[k]])):
+        if not tables:
+            continue
+        pick = lambda xs, tables=tables: [xs[k] for k in tables]  # noqa: E731
+        args = (grad, pick(indices), pick(ctx.num_rows), pick(ctx.dims), pick(ctx.padding_idx))
+        if sparse:
+            got = _sparse_grads(*args, pick(columns))
+        elif not use_triton(grad):
+            got = _cpu_backward(*args, pick(ctx.scale_grad_by_freq), pick(columns))
+        else:
+            got = _gpu_backward(*args, pick(ctx.scale_grad_by_freq), pick(columns))
+        for k, g in zip(tables, got):
+            grads[k] = g
+    # One entry per argument the call gave (``sparse`` may be left out; needs_input_grad
+    # has the call's structure, where the inputs above have the default filled in).
+    return (grads, [None] * t, None, None, None)[:len(ctx.needs_input_grad)]
+
+
+def _sparse_grads(grad, indices, num_rows, dims, padding_idx, columns) -> list[torch.Tensor]:
+    return torch.ops.inductor_embed.multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, columns)
+
+
+def _gpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns) -> list[torch.Tensor]:
+    """Dense ``[V_k, D_k]`` gradients from one flat buffer (one zero fill on the GPU), viewed
+    per table for free."""
+    end = columns[0] + sum(dims)
+    if columns != [columns[0] + sum(dims[:k]) for k in range(len(dims))]:  # sparse tables in between
+        grad = torch.cat([grad.narrow(-1, c, d) for c, d in zip(columns, dims)], -1)
+    elif columns[0] != 0 or end != grad.shape[-1]:
+        grad = grad.narrow(-1, columns[0], sum(dims))
+    flat = torch.ops.inductor_embed.multi_embedding_backward(
+        grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+    grads, offset = [], 0
+    for v, d in zip(num_rows, dims):
         grads.append(flat.narrow(0, offset, v * d).view(v, d))
         offset += v * d
-    return grads, [None] * len(indices), None, None
+    return grads
 
 
 multi_embedding.register_autograd(_backward, setup_context=_setup_context)

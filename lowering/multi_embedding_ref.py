@@ -111,3 +111,41 @@ def multi_embedding_backward_ref(grad: torch.Tensor, *args: Any) -> torch.Tensor
     """
     tables = multi_embedding_backward_tables(grad, *args)
     return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))
+
+
+def compress_indices(
+    indices: Sequence[torch.Tensor], num_rows: Sequence[int], padding_idx: Sequence[int]
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+    """The rows each table's indices touch, for coalesced sparse gradients: one sort for all
+    tables.
+
+    Args:
+        indices: T index tensors (any shapes), valid rows of their tables.
+        num_rows: V_k per table.
+        padding_idx: per table, the row that gets no gradient (left out), or -1.
+
+    Returns:
+        ``(rows, local, counts)``: ``rows[k]`` int64 ``[U_k]``, the sorted unique rows of table
+        k other than its padding row; ``local[k]`` int64 ``[N_k]``, each index's position in
+        ``rows[k]``, and ``U_k`` (an extra, dropped row) for a padding entry; ``counts[k] = U_k``.
+        So table k's gradient values are the dense backward of ``U_k + 1`` rows with padding
+        row ``U_k``, less that row. One host sync (the ``U_k``), as any sparse gradient needs.
+    """
+    bases = [sum(num_rows[:k]) for k in range(len(num_rows))]
+    total = sum(num_rows)
+    device = indices[0].device
+    # Table k's row r is key base_k + r; padding entries take the key `total`, past every row.
+    keys = torch.cat([torch.where(i.reshape(-1) == p, total, i.reshape(-1).long() + b)
+                      for i, p, b in zip(indices, padding_idx, bases)])
+    uniq, inv = torch.unique(keys, sorted=True, return_inverse=True)
+    bounds = torch.searchsorted(uniq, torch.tensor([*bases, total], device=device)).tolist()
+    rows, local, counts, start = [], [], [], 0
+    for k, i in enumerate(indices):
+        lo, hi = bounds[k], bounds[k + 1]
+        u = hi - lo
+        pos = inv.narrow(0, start, i.numel())
+        start += i.numel()
+        rows.append(uniq[lo:hi] - bases[k])
+        local.append(torch.where(pos >= hi, u, pos - lo))  # only padding keys sort past hi
+        counts.append(u)
+    return rows, local, counts

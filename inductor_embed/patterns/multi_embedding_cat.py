@@ -24,8 +24,10 @@ Consecutive lookups of one dtype and device form a run; each run of at least
 ``config.min_tables`` lookups becomes one op, and the cat keeps its other inputs in
 order. A lookup with other users keeps them: users after the cat read a slice of
 the fused output (a view, so gradients are eager's), users before it keep the
-original lookup. Left untouched, with a logged reason: ``max_norm`` (renormalises the
-table in place), ``sparse=True``, non-float tables, non-integer indices, a cat along
+original lookup. ``sparse=True`` lookups are fused too: their tables get coalesced sparse
+COO gradients (sorted unique rows, summed values). Left untouched, with a logged reason:
+``max_norm`` (renormalises the table in place), ``sparse=True`` with
+``scale_grad_by_freq`` (eager raises in the backward), non-float tables, non-integer indices, a cat along
 another dimension, and an elementwise step other than a bias add (a scale, an
 activation) between a lookup and the cat: Inductor already fuses that step into its own
 cat kernel, and moving it into the gather would change rounding for half types. The graph is not functional yet, so
@@ -60,8 +62,8 @@ def analyse_lookup(node: fx.Node, between: tuple = ()) -> Lookup | str | None:
         return "no fake tensor metadata on the weight or indices"
     if args["max_norm"] is not None:
         return "max_norm renormalises the table in place during the lookup; left to eager semantics"
-    if args["sparse"]:
-        return "sparse=True asks for a sparse gradient, which the fused op does not produce"
+    if args["sparse"] and args["scale_grad_by_freq"]:
+        return "sparse=True with scale_grad_by_freq: eager raises in the backward; left so that it still does"
     why = _cat_site.float_checks(w, i)
     if why is not None:
         return why
@@ -76,15 +78,18 @@ def analyse_lookup(node: fx.Node, between: tuple = ()) -> Lookup | str | None:
         # ATen op, which F.embedding calls after normalising) reads any negative as none.
         pad = pad + num_rows if node.target is F.embedding else -1
     return Lookup(node, between, weight, index, (index,), num_rows, dim, w.dtype, w.device, tuple(i.shape),
-                  {"padding_idx": pad, "scale_grad_by_freq": bool(args["scale_grad_by_freq"])})
+                  {"padding_idx": pad, "scale_grad_by_freq": bool(args["scale_grad_by_freq"]),
+                   "sparse": bool(args["sparse"])})
 
 
 def _emit(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.Node:
+    sparse = [lk.params["sparse"] for lk in lookups]
     return _fx.call(graph, torch.ops.inductor_embed.multi_embedding.default, (
         [lk.weight for lk in lookups],
         [lk.index for lk in lookups],
         [lk.params["padding_idx"] for lk in lookups],
         [lk.params["scale_grad_by_freq"] for lk in lookups],
+        *([sparse] if any(sparse) else []),  # dense-only ops keep the 4-argument form
     ), like)
 
 

@@ -1,0 +1,120 @@
+"""End to end: ``sparse=True`` lookups through the fused ops, vs eager.
+
+Eager's sparse gradient is an uncoalesced COO tensor (one entry per index); the fused
+op's is coalesced (sorted unique rows, summed values): equal after ``.coalesce()``.
+Optimizer steps (SparseAdam, Adagrad, SGD) on them equal eager's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+
+from tests.inductor_embed._util import TOL, rewrites, skips
+
+
+class SparseTables(nn.Module):
+    """Tables of a CTR model with sparse gradients (one with a padding row, one dense), cat,
+    then a dense layer."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32, dense_table: bool = True) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList([
+            nn.Embedding(40, 8, sparse=True, padding_idx=0, dtype=dtype),
+            nn.Embedding(30, 4, sparse=True, dtype=dtype),
+            nn.Embedding(20, 4, sparse=not dense_table, dtype=dtype),
+            nn.Embedding(50, 8, sparse=True, dtype=dtype),
+        ])
+        self.fc = nn.Linear(24, 3, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([t(x[:, k]) for k, t in enumerate(self.tables)], dim=-1))
+
+
+def _inputs(batch: int = 32) -> torch.Tensor:
+    x = torch.stack([torch.randint(0, v, (batch,)) for v in (40, 30, 20, 50)], dim=1)
+    x[:3, 0] = 0  # padding entries: no gradient in eager's sparse gradient either
+    x[3:9, 3] = 7  # a repeated row: coalescing sums its entries
+    return x
+
+
+def _assert_same_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, name: str) -> None:
+    assert got.layout == want.layout, name
+    if not want.is_sparse:
+        torch.testing.assert_close(got, want, **TOL[dtype])
+        return
+    want = want.coalesce()
+    rows = got._indices()
+    # Coalesced: sorted unique rows (autograd's accumulation drops the flag, not the order).
+    assert rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()), f"{name}: rows not sorted unique"
+    assert torch.equal(rows, want.indices()), name
+    torch.testing.assert_close(got._values(), want.values(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_sparse_tables_are_fused_with_coalesced_gradients(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = SparseTables(dtype)
+    x = _inputs()
+    fused = copy.deepcopy(model)
+    out_c = torch.compile(fused, backend="inductor_embed")(x)
+    out_e = model(x)
+    assert rewrites() == 1
+    torch.testing.assert_close(out_c, out_e, **TOL[dtype])
+    grad = torch.randn_like(out_e)
+    out_e.backward(grad)
+    out_c.backward(grad)
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        _assert_same_grad(q.grad, p.grad, dtype, name)
+
+
+@pytest.mark.parametrize("opt", ["SparseAdam", "Adagrad", "SGD"])
+def test_optimizer_steps_match_eager(opt: str) -> None:
+    torch.manual_seed(1)
+    model = SparseTables(dense_table=False)
+    fused = copy.deepcopy(model)
+    compiled = torch.compile(fused, backend="inductor_embed")
+
+    def optimizers(m: nn.Module) -> list[torch.optim.Optimizer]:
+        tables, dense = list(m.tables.parameters()), list(m.fc.parameters())
+        if opt == "SparseAdam":
+            return [torch.optim.SparseAdam(tables, lr=0.05), torch.optim.Adam(dense, lr=0.05)]
+        cls = getattr(torch.optim, opt)
+        return [cls(tables + dense, lr=0.05)]
+
+    opts_e, opts_c = optimizers(model), optimizers(fused)
+    for _ in range(2):
+        x = _inputs()
+        for run, opts in ((model, opts_e), (compiled, opts_c)):
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            run(x).square().mean().backward()
+            for o in opts:
+                o.step()
+    assert rewrites() == 1
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n} after 2 {opt} steps: {m}")
+
+
+def test_sparse_with_scale_grad_by_freq_is_left(caplog) -> None:
+    class Freq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Embedding(10, 4, sparse=True)
+            self.b = nn.Embedding(10, 4, sparse=True, scale_grad_by_freq=True)
+            self.c = nn.Embedding(10, 4, sparse=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.a(x), self.b(x), self.c(x)], dim=-1)
+
+    # Inference: with gradients, tracing the backward raises eager's error (as plain
+    # torch.compile does), which is what leaving the lookup keeps.
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"), torch.no_grad():
+        torch.compile(Freq(), backend="inductor_embed")(torch.randint(0, 10, (6,)))
+    # b is left, which splits the cat into two runs of one lookup: nothing to fuse.
+    assert rewrites() == 0 and skips() == 3
+    assert "scale_grad_by_freq: eager raises in the backward" in caplog.text
