@@ -242,6 +242,59 @@ def _multi_embedding_sparse_backward_fake(grad, indices, num_rows, dims, padding
             for v, d in zip(num_rows, dims)]
 
 
+@torch.library.custom_op("inductor_embed::coalesce_rows", mutates_args=())
+def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_rows: list[int]) -> list[torch.Tensor]:
+    """Per-index gradient rows summed per row, as coalesced sparse COO tensors.
+
+    Args:
+        indices: T int tensors ``[N_k]`` (any shape of N_k elements), rows of table k.
+        values: T tensors ``[N_k, D_k]``, one float dtype: the gradient each index adds to its row
+            (an EmbeddingBag's backward writes these; eager makes them its sparse gradient
+            as they are, one entry per index).
+        num_rows: V_k per table.
+
+    Returns:
+        Per table a ``[V_k, D_k]`` sparse COO tensor: sorted unique rows, summed values,
+        what eager's gradient is after ``.coalesce()``.
+
+    One sort of every table's indices (``compress_indices``), then one sum per distinct
+    ``D_k`` (usually one): the tables of one width are read as one table of ``sum(U_k)``
+    rows, by the multi-table backward kernel (one launch, fp32 accumulation) or, on the
+    CPU and under deterministic algorithms, eager's ``embedding_dense_backward``.
+    """
+    rows, local, counts = compress_indices(indices, num_rows, [-1] * len(indices))
+    out: list[torch.Tensor | None] = [None] * len(indices)
+    for d in sorted({v.shape[-1] for v in values}):
+        ks = [k for k, v in enumerate(values) if v.shape[-1] == d]
+        starts = [sum(counts[j] for j in ks[:n]) for n in range(len(ks))]
+        total = sum(counts[k] for k in ks)
+        idx = torch.cat([local[k] + s for k, s in zip(ks, starts)]) if len(ks) > 1 else local[ks[0]]
+        g = torch.cat([values[k].reshape(-1, d) for k in ks]) if len(ks) > 1 else values[ks[0]].reshape(-1, d)
+        summed = multi_embedding_backward_ref(g, [idx], [total], [d], [-1], [False]) if (
+            not use_triton(g) or torch.are_deterministic_algorithms_enabled()) else _triton_row_sums(g, idx, total)
+        summed = summed.view(total, d)
+        for k, s in zip(ks, starts):
+            out[k] = torch.sparse_coo_tensor(rows[k].unsqueeze(0), summed.narrow(0, s, counts[k]),
+                                             (num_rows[k], d), is_coalesced=True, check_invariants=False)
+    return out
+
+
+def _triton_row_sums(g: torch.Tensor, idx: torch.Tensor, total: int) -> torch.Tensor:
+    """``[total * D]`` in g's dtype: row r is the sum of ``g[n]`` over ``idx[n] == r`` (one launch)."""
+    from inductor_embed.kernels.multi_embedding import multi_embedding_bwd
+
+    flat = torch.zeros(total * g.shape[-1], dtype=torch.float32, device=g.device)
+    multi_embedding_bwd(column_stride_1(g), [idx], [total], [g.shape[-1]], [-1], [False], flat)
+    return flat.to(g.dtype)
+
+
+@coalesce_rows.register_fake
+def _coalesce_rows_fake(indices, values, num_rows):
+    # The number of unique rows is data-dependent; a sparse tensor's shape is its dense one.
+    return [torch.empty((v, x.shape[-1]), dtype=x.dtype, device=x.device, layout=torch.sparse_coo)
+            for v, x in zip(num_rows, values)]
+
+
 # On the CPU each table's gradient is made where it is cheapest, chosen from its width when
 # the backward is traced (paired runs on 2 cores, see bench/results/cpu/README.md):
 # - D < CPU_EAGER_MIN_DIM: ``aten.embedding_dense_backward`` in the backward graph, which

@@ -253,12 +253,6 @@ def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_
             for i, v, d, s in zip(indices, num_rows, dims, sparse)]
 
 
-def _sparse_grad(indices: Tensor, values: Tensor, num_rows: int, dim: int) -> Tensor:
-    """The COO gradient eager's sparse EmbeddingBag gives: one entry per index, uncoalesced."""
-    flat = indices.reshape(1, -1).long()
-    return torch.sparse_coo_tensor(flat, values.view(-1, dim), (num_rows, dim), check_invariants=False)
-
-
 def _setup_context(ctx, inputs, output):
     weights, indices, offsets, psw_arg, modes, padding_idx, ilo, sparse = inputs
     psw = _psw_list(psw_arg, len(weights))
@@ -291,10 +285,16 @@ def _backward(ctx, grad, _grad_arg_max):
             size = i.numel() * d if sp else v * d
             tables.append((values if sp else dense).narrow(0, vpos if sp else dpos, size))
             vpos, dpos = (vpos + size, dpos) if sp else (vpos, dpos + size)
+    # Sparse tables: eager's gradient has one entry per index; the op's is coalesced (one
+    # sort and one segment sum for all of them, ``coalesce_rows``).
+    sp = [k for k in range(n) if ctx.sparse[k]]
+    coalesced = dict(zip(sp, torch.ops.inductor_embed.coalesce_rows(
+        [indices[k] for k in sp], [tables[k].view(-1, ctx.dims[k]) for k in sp],
+        [ctx.num_rows[k] for k in sp]))) if sp else {}
     grads, psw_grads = [], []
     col = 0
     for k, (i, v, d) in enumerate(zip(indices, ctx.num_rows, ctx.dims)):
-        grads.append(_sparse_grad(i, tables[k], v, d) if ctx.sparse[k] else tables[k].view(v, d))
+        grads.append(coalesced[k] if ctx.sparse[k] else tables[k].view(v, d))
         psw_grads.append(per_sample_weights_grad(grad[:, col:col + d], weights[k], i, offsets[k], ctx.padding_idx[k],
                                                  ctx.ilo[k]).to(psw[k].dtype).reshape(psw[k].shape) if ctx.psw_grad[k] else None)
         col += d

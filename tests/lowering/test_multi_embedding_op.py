@@ -215,3 +215,21 @@ def test_sparse_with_scale_grad_by_freq_raises_like_eager():
     weights, indices, pad, _, sparse = _sparse_case()
     with pytest.raises(RuntimeError, match="scale_grad_by_freq not supported with sparse gradients"):
         OP(weights, indices, pad, [True, False, False], sparse)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_coalesce_rows_sums_each_row_once(path, dtype):
+    """Tables of two widths (two sums), with repeated rows and a table of one index."""
+    g = torch.Generator().manual_seed(2)
+    shapes = [(7, 4), (12, 3), (5, 4), (9, 4)]
+    indices = [torch.randint(0, v, (n,), generator=g).to(path) for (v, _), n in zip(shapes, (20, 15, 1, 30))]
+    values = [torch.randn(i.numel(), d, generator=g).to(path, dtype) for i, (_, d) in zip(indices, shapes)]
+    got = torch.ops.inductor_embed.coalesce_rows(indices, values, [v for v, _ in shapes])
+    tol = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    for i, x, (v, d), s in zip(indices, values, shapes, got):
+        want = torch.sparse_coo_tensor(i.unsqueeze(0), x.float(), (v, d)).coalesce()
+        assert s.shape == (v, d) and s.dtype == dtype
+        assert torch.equal(s._indices(), want.indices())
+        torch.testing.assert_close(s._values(), want.values().to(dtype), **tol)
+    opcheck(torch.ops.inductor_embed.coalesce_rows.default, (indices, values, [v for v, _ in shapes]),
+            test_utils=("test_schema", "test_autograd_registration"))
