@@ -13,7 +13,7 @@ per weight are paired (the first of each, in graph order); further lookups of th
 keep their own ops (logged). The fused op goes after the last value either lookup reads
 and before the first user of either output; where no such place exists, or an in-place
 write could see the difference, the pair is left (logged). Also left: a ``sparse=True``
-lookup (the op writes one dense gradient), and what either single-lookup pattern leaves
+lookup, Embedding or EmbeddingBag (the op writes one dense gradient), and what either single-lookup pattern leaves
 (max_norm, scale_grad_by_freq, calls eager rejects).
 """
 
@@ -113,8 +113,9 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
         if emb.params["scale_grad_by_freq"]:
             rec.skip(Skip(NAME, pair, "the Embedding uses scale_grad_by_freq, which the tied op does not implement"))
             continue
-        if bag.params["sparse"]:
-            rec.skip(Skip(NAME, pair, "the EmbeddingBag has sparse=True; the tied op writes one dense gradient"))
+        if bag.params["sparse"] or emb.params["sparse"]:
+            which = "EmbeddingBag" if bag.params["sparse"] else "Embedding"
+            rec.skip(Skip(NAME, pair, f"the {which} has sparse=True; the tied op writes one dense gradient"))
             continue
         at = _placement(graph, emb, bag, order)
         if at is None:

@@ -263,6 +263,23 @@ def test_tied_one_parameter() -> None:
     assert rewrites(TIED) == 1
 
 
+@pytest.mark.parametrize("which", ["emb", "bag"])
+def test_tied_sparse_lookup_is_left(which: str, caplog) -> None:
+    """A sparse=True lookup of a tied weight: the tied op writes one dense gradient, so the
+    pair is left (logged) and eager's sparse + dense accumulation stays eager's."""
+    import logging
+
+    model = OneParameter()
+    getattr(model, which).sparse = True
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randint(0, 50, (4, 3), generator=g), torch.randint(0, 50, (10,), generator=g),
+            torch.tensor([0, 3, 3, 7]))
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+        compare_with_eager(model, args, exact_forward=False)
+    assert rewrites(TIED) == 0
+    assert f"the {'Embedding' if which == 'emb' else 'EmbeddingBag'} has sparse=True" in caplog.text
+
+
 def test_torchrec_embedding_bag_collection() -> None:
     torchrec = pytest.importorskip("torchrec", reason="torchrec is installed by scripts/setup.sh where it installs")
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
