@@ -243,7 +243,8 @@ def _multi_embedding_sparse_backward_fake(grad, indices, num_rows, dims, padding
 
 
 @torch.library.custom_op("inductor_embed::coalesce_rows", mutates_args=())
-def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_rows: list[int]) -> list[torch.Tensor]:
+def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_rows: list[int],
+                  padding_idx: list[int]) -> list[torch.Tensor]:
     """Per-index gradient rows summed per row, as coalesced sparse COO tensors.
 
     Args:
@@ -252,6 +253,8 @@ def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_r
             (an EmbeddingBag's backward writes these; eager makes them its sparse gradient
             as they are, one entry per index).
         num_rows: V_k per table.
+        padding_idx: per table, an index whose entries are left out (-1: none); it may be
+            V_k, a value the caller put where entries take no gradient.
 
     Returns:
         Per table a ``[V_k, D_k]`` sparse COO tensor: sorted unique rows, summed values,
@@ -262,12 +265,14 @@ def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_r
     rows, by the multi-table backward kernel (one launch, fp32 accumulation) or, on the
     CPU and under deterministic algorithms, eager's ``embedding_dense_backward``.
     """
-    rows, local, counts = compress_indices(indices, num_rows, [-1] * len(indices))
+    rows, local, counts = compress_indices(indices, num_rows, padding_idx)
     out: list[torch.Tensor | None] = [None] * len(indices)
     for d in sorted({v.shape[-1] for v in values}):
+        # The tables of width d as one table: table k's U_k rows, then a dump row that its
+        # padding entries (local index U_k) add to, then the next table's.
         ks = [k for k, v in enumerate(values) if v.shape[-1] == d]
-        starts = [sum(counts[j] for j in ks[:n]) for n in range(len(ks))]
-        total = sum(counts[k] for k in ks)
+        starts = [sum(counts[j] + 1 for j in ks[:n]) for n in range(len(ks))]
+        total = sum(counts[k] + 1 for k in ks)
         idx = torch.cat([local[k] + s for k, s in zip(ks, starts)]) if len(ks) > 1 else local[ks[0]]
         g = torch.cat([values[k].reshape(-1, d) for k in ks]) if len(ks) > 1 else values[ks[0]].reshape(-1, d)
         summed = multi_embedding_backward_ref(g, [idx], [total], [d], [-1], [False]) if (
@@ -289,7 +294,7 @@ def _triton_row_sums(g: torch.Tensor, idx: torch.Tensor, total: int) -> torch.Te
 
 
 @coalesce_rows.register_fake
-def _coalesce_rows_fake(indices, values, num_rows):
+def _coalesce_rows_fake(indices, values, num_rows, padding_idx):
     # The number of unique rows is data-dependent; a sparse tensor's shape is its dense one.
     return [torch.empty((v, x.shape[-1]), dtype=x.dtype, device=x.device, layout=torch.sparse_coo)
             for v, x in zip(num_rows, values)]
@@ -342,6 +347,9 @@ def _setup_context(ctx, inputs, output):
     ctx.scale_grad_by_freq = list(scale_grad_by_freq)
     sparse = rest[0] if rest else None
     ctx.sparse = list(sparse) if sparse is not None else [False] * len(weights)
+    # The first position of each table (a table may be looked up more than once): a sparse
+    # table's gradient is made once, for all its lookups, at its first position.
+    ctx.first = [next(j for j in range(len(weights)) if weights[j] is w) for w in weights]
 
 
 def _backward(ctx, grad):
@@ -356,7 +364,7 @@ def _backward(ctx, grad):
         pick = lambda xs, tables=tables: [xs[k] for k in tables]  # noqa: E731
         args = (grad, pick(indices), pick(ctx.num_rows), pick(ctx.dims), pick(ctx.padding_idx))
         if sparse:
-            got = _sparse_grads(*args, pick(columns))
+            got = _sparse_grads(*args, pick(columns), [ctx.first[k] for k in tables])
         elif not use_triton(grad):
             got = _cpu_backward(*args, pick(ctx.scale_grad_by_freq), pick(columns))
         else:
@@ -368,8 +376,36 @@ def _backward(ctx, grad):
     return (grads, [None] * t, None, None, None)[:len(ctx.needs_input_grad)]
 
 
-def _sparse_grads(grad, indices, num_rows, dims, padding_idx, columns) -> list[torch.Tensor]:
-    return torch.ops.inductor_embed.multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, columns)
+def _sparse_grads(grad, indices, num_rows, dims, padding_idx, columns, first) -> list[torch.Tensor | None]:
+    """Coalesced COO gradients of the sparse tables; ``first[k]``, the first position of table
+    k's weight in the op. A table looked up once: ``multi_embedding_sparse_backward`` (one
+    launch for all). A table looked up several times: one gradient for all its lookups (two
+    sparse gradients would be added as sparse tensors inside the compiled backward, which
+    Inductor cannot do), by ``coalesce_rows`` over their rows; its other positions get None."""
+    count = {f: first.count(f) for f in first}
+    once = [k for k, f in enumerate(first) if count[f] == 1]
+    grads: list[torch.Tensor | None] = [None] * len(first)
+    if once:
+        pick = lambda xs: [xs[k] for k in once]  # noqa: E731
+        got = torch.ops.inductor_embed.multi_embedding_sparse_backward(
+            grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(columns))
+        for k, g in zip(once, got):
+            grads[k] = g
+    shared = sorted({f for f in first if count[f] > 1})
+    if shared:
+        groups = [[k for k, f in enumerate(first) if f == s] for s in shared]
+        rows, values = [], []
+        for ks in groups:  # each lookup's padding entries become row V (left out): no gradient
+            v = num_rows[ks[0]]
+            rows.append(torch.cat([indices[k].reshape(-1) if padding_idx[k] < 0 else
+                                   torch.where(indices[k].reshape(-1) == padding_idx[k], v, indices[k].reshape(-1))
+                                   for k in ks]))
+            values.append(torch.cat([grad.narrow(-1, columns[k], dims[k]).reshape(-1, dims[k]) for k in ks]))
+        got = torch.ops.inductor_embed.coalesce_rows(rows, values, [num_rows[ks[0]] for ks in groups],
+                                                     [num_rows[ks[0]] for ks in groups])
+        for ks, g in zip(groups, got):
+            grads[ks[0]] = g
+    return grads
 
 
 def _gpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns) -> list[torch.Tensor]:

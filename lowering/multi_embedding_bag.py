@@ -290,7 +290,7 @@ def _backward(ctx, grad, _grad_arg_max):
     sp = [k for k in range(n) if ctx.sparse[k]]
     coalesced = dict(zip(sp, torch.ops.inductor_embed.coalesce_rows(
         [indices[k] for k in sp], [tables[k].view(-1, ctx.dims[k]) for k in sp],
-        [ctx.num_rows[k] for k in sp]))) if sp else {}
+        [ctx.num_rows[k] for k in sp], [-1] * len(sp)))) if sp else {}
     grads, psw_grads = [], []
     col = 0
     for k, (i, v, d) in enumerate(zip(indices, ctx.num_rows, ctx.dims)):

@@ -394,7 +394,10 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
             end = fused_at[k]
             lookups = site.items[k:end]
             fused = fam.emit(graph, lookups, node)
-            if reroute:
+            # Not with sparse gradients: the view's backward writes into the fused output's
+            # gradient, and Inductor's re-inplacing then re-checks the sparse-gradient op's
+            # outputs, which it cannot (it reads their storage). The users keep the lookups.
+            if reroute and not any(lk.params.get("sparse") for lk in lookups):
                 _reroute_other_users(graph, lookups, fused, node, order)
             if site.token and lookups[0].one_token:  # [*L, 1, n*D] from [*L, 1] indices
                 fused = _fx.call(graph, torch.squeeze, (fused, -2), node)

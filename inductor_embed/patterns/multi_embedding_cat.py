@@ -64,6 +64,9 @@ def analyse_lookup(node: fx.Node, between: tuple = ()) -> Lookup | str | None:
         return "max_norm renormalises the table in place during the lookup; left to eager semantics"
     if args["sparse"] and args["scale_grad_by_freq"]:
         return "sparse=True with scale_grad_by_freq: eager raises in the backward; left so that it still does"
+    if args["sparse"] and any(len(n.users) > 1 for n in (node, *between)):
+        return ("a sparse=True lookup with other users than the cat: its table's gradient would be a sum of "
+                "sparse tensors inside the compiled backward, which Inductor cannot compile (nor without the plugin)")
     why = _cat_site.float_checks(w, i)
     if why is not None:
         return why

@@ -118,3 +118,51 @@ def test_sparse_with_scale_grad_by_freq_is_left(caplog) -> None:
     # b is left, which splits the cat into two runs of one lookup: nothing to fuse.
     assert rewrites() == 0 and skips() == 3
     assert "scale_grad_by_freq: eager raises in the backward" in caplog.text
+
+
+def test_sparse_table_looked_up_twice_gets_one_gradient() -> None:
+    """One sparse table read by two lookups of one cat (two id fields sharing a vocabulary):
+    plain torch.compile fails on it (it adds the two sparse gradients inside the compiled
+    backward); the fused op makes the table's one coalesced gradient itself."""
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ids = nn.Embedding(30, 4, sparse=True, padding_idx=1)
+            self.other = nn.Embedding(10, 4)
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.ids(a), self.other(b), self.ids(b)], dim=-1)
+
+    torch.manual_seed(2)
+    model = Shared()
+    a, b = torch.randint(0, 30, (12,)), torch.randint(0, 10, (12,))
+    a[0] = b[1] = 1
+    fused = copy.deepcopy(model)
+    out_c = torch.compile(fused, backend="inductor_embed")(a, b)
+    out_e = model(a, b)
+    assert rewrites() == 1
+    torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
+    grad = torch.randn_like(out_e)
+    out_e.backward(grad)
+    out_c.backward(grad)
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        _assert_same_grad(q.grad, p.grad, torch.float32, name)
+
+
+def test_sparse_lookup_with_other_users_is_left(caplog) -> None:
+    class Users(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Embedding(10, 4, sparse=True)
+            self.b = nn.Embedding(10, 4)
+            self.c = nn.Embedding(10, 4)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            e = self.a(x)
+            return torch.cat([self.b(x), self.c(x), e], dim=-1), e.sum(-1)
+
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"), torch.no_grad():
+        torch.compile(Users(), backend="inductor_embed")(torch.randint(0, 10, (6,)))
+    assert rewrites() == 1  # b and c
+    assert "a sparse=True lookup with other users than the cat" in caplog.text

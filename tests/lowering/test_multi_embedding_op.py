@@ -224,12 +224,14 @@ def test_coalesce_rows_sums_each_row_once(path, dtype):
     shapes = [(7, 4), (12, 3), (5, 4), (9, 4)]
     indices = [torch.randint(0, v, (n,), generator=g).to(path) for (v, _), n in zip(shapes, (20, 15, 1, 30))]
     values = [torch.randn(i.numel(), d, generator=g).to(path, dtype) for i, (_, d) in zip(indices, shapes)]
-    got = torch.ops.inductor_embed.coalesce_rows(indices, values, [v for v, _ in shapes])
+    indices[1][:4] = 12  # entries the caller marks as padding (row V): left out
+    got = torch.ops.inductor_embed.coalesce_rows(indices, values, [v for v, _ in shapes], [-1, 12, -1, -1])
     tol = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
     for i, x, (v, d), s in zip(indices, values, shapes, got):
-        want = torch.sparse_coo_tensor(i.unsqueeze(0), x.float(), (v, d)).coalesce()
+        keep = i < v
+        want = torch.sparse_coo_tensor(i[keep].unsqueeze(0), x[keep].float(), (v, d)).coalesce()
         assert s.shape == (v, d) and s.dtype == dtype
         assert torch.equal(s._indices(), want.indices())
         torch.testing.assert_close(s._values(), want.values().to(dtype), **tol)
-    opcheck(torch.ops.inductor_embed.coalesce_rows.default, (indices, values, [v for v, _ in shapes]),
+    opcheck(torch.ops.inductor_embed.coalesce_rows.default, (indices, values, [v for v, _ in shapes], [-1, 12, -1, -1]),
             test_utils=("test_schema", "test_autograd_registration"))
