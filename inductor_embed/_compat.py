@@ -123,6 +123,15 @@ def graph_arg_source_name(node: torch.fx.Node) -> str | None:
     return name() if callable(name) else name
 
 
+def op_name(target: Any) -> tuple[str, str] | None:
+    """``(namespace, name)`` of an ``OpOverload`` / ``OpOverloadPacket`` call target
+    (``("fbgemm", "bounds_check_indices.default")``), None for any other target."""
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        ns, _, name = str(target).partition(".")
+        return ns, name
+    return None
+
+
 def graph_input_grad_fn(node: torch.fx.Node) -> str | None:
     """The autograd node (``grad_fn.name()``, e.g. ``"EmbeddingBackward0"``) that produced the
     real tensor Dynamo passes as placeholder ``node``: what computed a graph input before the
@@ -168,6 +177,7 @@ __all__ = [
     "graph_transform_observer",
     "inductor_config",
     "mode_options",
+    "op_name",
     "op_schema",
     "register_torch_log",
     "schema_written_args",
