@@ -162,3 +162,27 @@ def test_unsharded_ebc_on_the_cpu_default_is_left_and_matches_eager(caplog):
         compare_with_eager(model, (kjt,))
     assert rewrites("multi_embedding_bag") == 0
     assert "config.bag_patterns_on_cpu=True rewrites it anyway" in caplog.text
+
+
+def test_fbgemm_lookup_ops_in_a_graph_are_logged_and_left():
+    """Where FBGEMM's ops trace (CUDA builds with fake kernels), the TBE lookup op itself is in
+    Dynamo's graph: one logged skip per lookup op, none for FBGEMM's sparse-data ops, and the
+    graph is left as it was."""
+    _torchrec()
+    import torch.fx as fx
+
+    from inductor_embed.graph_pass import run_patterns
+
+    g = fx.Graph()
+    w, idx = g.placeholder("weights"), g.placeholder("indices")
+    perm = g.call_function(torch.ops.fbgemm.permute_2D_sparse_data.default, (idx,))
+    dense = g.call_function(torch.ops.fbgemm.dense_embedding_codegen_lookup_function, (w, perm))
+    tbe = g.call_function(torch.ops.fbgemm.split_embedding_codegen_lookup_sgd_function_pt2, (w, perm))
+    g.output((dense, tbe))
+    before = str(g)
+    report = run_patterns(g, apply=True)
+    assert [(s.pattern, s.node) for s in report.skipped] == [("multi_embedding_bag", dense.name),
+                                                               ("multi_embedding_bag", tbe.name)]
+    assert all(s.reason.startswith(LEFT) for s in report.skipped), report.skipped
+    assert "fbgemm.split_embedding_codegen_lookup_sgd_function_pt2" in report.skipped[1].reason
+    assert not report.rewrites and str(g) == before
