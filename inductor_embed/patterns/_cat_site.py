@@ -88,7 +88,7 @@ class Family:
     emit: Callable[[fx.Graph, list, fx.Node], fx.Node]  # inserts the op; returns its [*L, sum D] output
     hoists_bias: bool = False  # take ``lookup + bias`` inputs (the add moves after the op)
     # ``grad_fn`` names of the family's lookup in eager autograd: a cat input made by one of
-    # these outside the graph is a lookup a graph break took away (``outside_lookups``).
+    # these outside the graph is a lookup a graph break took away (``_note_outside_lookups``).
     eager_grad_fns: tuple[str, ...] = ()
 
 
