@@ -123,6 +123,29 @@ def graph_arg_source_name(node: torch.fx.Node) -> str | None:
     return name() if callable(name) else name
 
 
+def op_name(target: Any) -> tuple[str, str] | None:
+    """``(namespace, name)`` of an ``OpOverload`` / ``OpOverloadPacket`` call target
+    (``("fbgemm", "bounds_check_indices.default")``), None for any other target."""
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        ns, _, name = str(target).partition(".")
+        return ns, name
+    return None
+
+
+def graph_input_grad_fn(node: torch.fx.Node) -> str | None:
+    """The autograd node (``grad_fn.name()``, e.g. ``"EmbeddingBackward0"``) that produced the
+    real tensor Dynamo passes as placeholder ``node``: what computed a graph input before the
+    graph began (a lookup across a graph break). None when it is a leaf, is not a tensor, or
+    Dynamo kept no example (an exported program, a graph built by hand)."""
+    grapharg = node.meta.get("grapharg")
+    try:
+        example = grapharg.example if grapharg is not None else None
+    except Exception:  # noqa: BLE001 - a freed weak reference, or an example Dynamo dropped
+        return None
+    grad_fn = getattr(example, "grad_fn", None) if isinstance(example, torch.Tensor) else None
+    return grad_fn.name() if grad_fn is not None else None
+
+
 def graph_transform_observer(graph: torch.fx.Graph, passname: str) -> contextlib.AbstractContextManager[Any]:
     """Inductor's ``GraphTransformObserver`` over ``graph``'s module, as a context manager:
     with ``torch._inductor.config.trace.log_url_for_graph_xform`` set (env
@@ -150,9 +173,11 @@ __all__ = [
     "counters",
     "fake_mode_of",
     "graph_arg_source_name",
+    "graph_input_grad_fn",
     "graph_transform_observer",
     "inductor_config",
     "mode_options",
+    "op_name",
     "op_schema",
     "register_torch_log",
     "schema_written_args",

@@ -19,8 +19,8 @@ import torch.fx as fx
 
 from inductor_embed import _compat, config
 from inductor_embed.patterns import PATTERNS
-from inductor_embed.patterns._fx import written_args
-from inductor_embed.report import Recorder, Report
+from inductor_embed.patterns._fx import table_batched_reason, written_args
+from inductor_embed.report import Recorder, Report, Skip
 
 
 def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
@@ -29,6 +29,14 @@ def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
     With ``apply`` the decisions are logged and counted; without, they are only reported.
     """
     rec = Recorder(live=apply)
+    # torchrec's sharded modules are table-batched already (FBGEMM's TBE): no pattern touches
+    # them (they are no F.embedding / F.embedding_bag calls); the log says they were seen,
+    # under the pattern that table-batches bags.
+    if config.pattern_enabled("multi_embedding_bag"):
+        for node in graph.nodes:
+            why = table_batched_reason(node)
+            if why is not None:
+                rec.skip(Skip("multi_embedding_bag", node.name, why))
     debug_dir = _compat.compile_debug_dir() if apply else None
     for pattern in PATTERNS:
         if not config.pattern_enabled(pattern.NAME):

@@ -71,14 +71,35 @@ if [[ -n "$todo" ]]; then
   [[ -z "$todo" ]] || echo "setup: warning: some test tools (pytest, expecttest, hypothesis, ruff, numpy, matplotlib) are missing" >&2
 fi
 
-# torchrec (its unsharded EmbeddingBagCollection is a test of the multi_embedding_bag pattern):
-# best effort, every package with --no-deps so that nothing can pull another torch.
-if ! (cd / && "$PY" -c "import torchrec" >/dev/null 2>&1); then
-  echo "setup: installing torchrec 1.3.0 (--no-deps) for its EmbeddingBagCollection test"
-  "${PIP[@]}" install --no-deps --timeout 30 --retries 1 torchrec==1.3.0 fbgemm-gpu-cpu==1.8.0 tensordict pyvers \
-      torchmetrics==1.0.3 iopath portalocker lightning-utilities pyre-extensions tqdm typing-inspect \
-      mypy-extensions cloudpickle \
-    || echo "setup: warning: torchrec could not be installed; its test will be skipped" >&2
+# torchrec + FBGEMM's CPU build, for the torchrec tests (an unsharded EmbeddingBagCollection,
+# and one sharded by DistributedModelParallel on gloo): optional, pinned, never another torch.
+# fbgemm-gpu-cpu 1.8 is built against torch 2.13 (1.9 fails to load: undefined symbols), and
+# torchrec 1.8 goes with it; torchrec asks for the CUDA `fbgemm-gpu`, whose files would
+# overwrite the CPU build's, so every package goes in with --no-deps, its dependencies listed
+# here. Only on x86_64 Linux with torch 2.13.x, and only when torchrec does not import; elsewhere
+# (the GPU machine: torch 2.11, no network) the step is skipped and the torchrec tests skip.
+TORCHREC_PKGS=(torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyvers==0.2.3 torchmetrics==1.0.3
+  iopath==0.1.10 portalocker==4.4.2 lightning-utilities==0.15.3 pyre-extensions==0.0.32 typing-inspect==0.9.0
+  mypy-extensions==1.1.0 cloudpickle==2.1.0 tqdm)
+torchrec_ok() {
+  (cd / && "$PY" -c "import torchrec; from torchrec.distributed.model_parallel import DistributedModelParallel" \
+    >/dev/null 2>&1)
+}
+if ! torchrec_ok; then
+  torch_version="$(cd / && "$PY" -c "import torch; print(torch.__version__)")"
+  if [[ "$(uname -s)/$(uname -m)" != "Linux/x86_64" || "$torch_version" != 2.13.* ]]; then
+    echo "setup: skipping torchrec (pinned for torch 2.13 on x86_64 Linux; here torch $torch_version on $(uname -s)/$(uname -m)); its tests will be skipped"
+  else
+    echo "setup: installing torchrec 1.8.0 and fbgemm-gpu-cpu 1.8.0 (--no-deps) for the torchrec tests"
+    "${PIP[@]}" install --no-deps --timeout 30 --retries 1 "${TORCHREC_PKGS[@]}" \
+      || echo "setup: warning: torchrec could not be installed; its tests will be skipped" >&2
+    after="$(cd / && "$PY" -c "import torch; print(torch.__version__)")"
+    if [[ "$after" != "$torch_version" ]]; then
+      echo "setup: failed: installing torchrec changed torch from $torch_version to $after" >&2
+      exit 1
+    fi
+    torchrec_ok || echo "setup: warning: torchrec still does not import; its tests will be skipped" >&2
+  fi
 fi
 
 (cd / && "$PY" -c "

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from inductor_embed import config
+from inductor_embed import _compat, config
 from inductor_embed.patterns import _fx
 from inductor_embed.report import Recorder, Rewrite, Skip, TableInfo
 
@@ -87,6 +87,9 @@ class Family:
     analyse: Callable[[fx.Node, tuple], Lookup | str | None]  # (lookup node, between) -> ...
     emit: Callable[[fx.Graph, list, fx.Node], fx.Node]  # inserts the op; returns its [*L, sum D] output
     hoists_bias: bool = False  # take ``lookup + bias`` inputs (the add moves after the op)
+    # ``grad_fn`` names of the family's lookup in eager autograd: a cat input made by one of
+    # these outside the graph is a lookup a graph break took away (``_note_outside_lookups``).
+    eager_grad_fns: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -302,6 +305,26 @@ def _note_elementwise_step(fam: Family, t: fx.Node, rec: Recorder) -> None:
             return
 
 
+def _note_outside_lookups(fam: Family, site: _Site, rec: Recorder) -> None:
+    """Log a cat whose inputs are lookups that ran before the graph began.
+
+    Dynamo hands a value computed across a graph break to the next graph as an input, so
+    the lookups are gone from the graph the pass sees: only the cat of their outputs is
+    left. The commonest cause is FSDP2 with each table wrapped on its own
+    (``fully_shard(emb)``): its hooks are ``torch._dynamo.disable``-d, so every call of a
+    wrapped table breaks the graph and the lookup runs eagerly. The real tensors Dynamo
+    passes in tell which autograd node made them."""
+    outside = [t for t in site.items if isinstance(t, fx.Node) and t.op == "placeholder"
+               and _compat.graph_input_grad_fn(t) in fam.eager_grad_fns]
+    if len(outside) < max(config.min_tables, 2):
+        return
+    names = ", ".join(t.name for t in outside)
+    rec.skip(Skip(fam.name, names, (
+        f"{len(outside)} inputs of {site.node.name} are lookups that ran outside this graph, across a "
+        "graph break (FSDP2 breaks the graph at each table wrapped on its own, fully_shard(emb)): "
+        "nothing to fuse here; wrap the module that holds the tables and the cat as one unit")))
+
+
 def _runs(site: _Site) -> list[tuple[int, int]]:
     """Maximal [start, end) ranges of consecutive lookups sharing dtype, device (and D for tokens)."""
     runs, start = [], None
@@ -335,6 +358,7 @@ def run_family(fam: Family, graph: fx.Graph, rec: Recorder, apply: bool) -> None
         site = _read_site(fam, node, rec, writes)
         if site is None:
             continue
+        _note_outside_lookups(fam, site, rec)
         runs = []
         for start, end in _runs(site):
             if end - start < max(config.min_tables, 2):

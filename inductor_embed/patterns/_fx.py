@@ -37,6 +37,32 @@ _TORCH_EMBEDDING = ("weight", "input", "padding_idx", "scale_grad_by_freq", "spa
 _EMBEDDING_DEFAULTS = {"padding_idx": None, "max_norm": None, "norm_type": 2.0, "scale_grad_by_freq": False, "sparse": False}
 
 
+# FBGEMM's table-batched embedding (TBE) lookups, which torchrec's sharded modules call: the
+# ops (``fbgemm.split_embedding_codegen_lookup_sgd_function_pt2``, ``..._forward_..._pt2_wrapper``,
+# ``dense_embedding_codegen_lookup_function``, ``int_nbit_split_embedding_codegen_...``) and
+# the autograd nodes of their outputs (``CppNode<SplitLookupFunction_sgd_Op_pt2>``). FBGEMM's
+# sparse-data ops (``permute_2D_sparse_data``, ``bounds_check_indices``) are not lookups.
+_TBE_OP = re.compile(r"embedding_codegen|embedding_bag|_tbe_|^tbe_")
+_TBE_GRAD_FN = re.compile(r"LookupFunction|EmbeddingBagsCodegen|TableBatched")
+TORCHREC_REASON = "torchrec/FBGEMM table-batched embedding (already fused): left to torchrec"
+
+
+def table_batched_reason(node: fx.Node) -> str | None:
+    """Why ``node`` is left to torchrec/FBGEMM: a TBE lookup op in the graph, or a graph input
+    that a TBE lookup computed before the graph began (Dynamo breaks the graph at an FBGEMM op
+    without a fake-tensor kernel, as fbgemm-gpu-cpu's forward ops are, and runs it eagerly).
+    None for anything else."""
+    if node.op == "call_function":
+        ns, name = _compat.op_name(node.target) or ("", "")
+        if ns == "fbgemm" and _TBE_OP.search(name):
+            return f"{TORCHREC_REASON} ({node.target})"
+    elif node.op == "placeholder":
+        grad_fn = _compat.graph_input_grad_fn(node)
+        if grad_fn is not None and _TBE_GRAD_FN.search(grad_fn):
+            return f"{TORCHREC_REASON} (its output, made by {grad_fn} outside this graph, is an input here)"
+    return None
+
+
 def meta_val(node: Any) -> Any:
     """The fake tensor (or SymInt) a node produces, from Dynamo's or AOT's meta."""
     if not isinstance(node, fx.Node):

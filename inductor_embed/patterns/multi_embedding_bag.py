@@ -140,7 +140,7 @@ def _emit(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.Node:
     return _fx.call(graph, operator.getitem, (fused, 0), like)
 
 
-FAMILY = _cat_site.Family(NAME, _OP, is_bag, analyse_bag, _emit)
+FAMILY = _cat_site.Family(NAME, _OP, is_bag, analyse_bag, _emit, eager_grad_fns=("EmbeddingBagBackward0",))
 
 
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:

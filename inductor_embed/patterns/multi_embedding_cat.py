@@ -96,7 +96,8 @@ def _emit(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.Node:
     ), like)
 
 
-FAMILY = _cat_site.Family(NAME, _OP, _fx.is_embedding, analyse_lookup, _emit, hoists_bias=True)
+FAMILY = _cat_site.Family(NAME, _OP, _fx.is_embedding, analyse_lookup, _emit, hoists_bias=True,
+                          eager_grad_fns=("EmbeddingBackward0",))
 
 
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:

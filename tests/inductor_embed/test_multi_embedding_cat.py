@@ -468,6 +468,28 @@ def test_max_norm_and_sparse_are_left_alone(kind, caplog):
         torch.testing.assert_close(out, model(x), rtol=0, atol=0)
 
 
+def test_lookups_before_a_graph_break_are_logged(caplog):
+    """Lookups that ran eagerly, across a graph break, reach the next graph as inputs: nothing
+    to fuse there, and the log says so. FSDP2 with each table wrapped on its own does this
+    (its hooks are dynamo-disabled: tests/reliability/test_fsdp.py); so does this model."""
+    @torch._dynamo.disable
+    def eager_lookups(tables, x):
+        return [t(x[:, k]) for k, t in enumerate(tables)]
+
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(3, 5, 2), vocabs=(7, 11, 13))
+
+        def forward(self, x):
+            return torch.cat(eager_lookups(self.tables, x), dim=-1)
+
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+        compare_with_eager(Broken(), [_batch(6, (7, 11, 13))])
+    assert rewrites() == 0 and skips() == 1
+    assert "3 inputs of cat are lookups that ran outside this graph, across a graph break" in caplog.text
+
+
 def test_elementwise_step_between_lookup_and_cat_is_logged(caplog):
     class Scale(nn.Module):
         def __init__(self):

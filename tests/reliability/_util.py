@@ -4,11 +4,19 @@ everything it may touch (parameters, buffers, input tensors) and compare all of 
 from __future__ import annotations
 
 import copy
+import datetime
+import logging
+import os
+import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
 import torch
+import torch.distributed as dist
 import torch.fx as fx
+import torch.multiprocessing as mp
 
 from inductor_embed.graph_pass import run_patterns
 from tests.inductor_embed._util import TOL
@@ -91,3 +99,83 @@ def code_before_and_after(gm: fx.GraphModule) -> tuple[str, str]:
     run_patterns(after.graph, apply=True)
     after.recompile()
     return gm.code, after.code
+
+
+# --- several processes in one gloo group (DDP, FSDP2, torchrec) ---------------------------
+
+def dist_env(tmp_path: Any) -> dict[str, str]:
+    """The environment of spawned ranks: a fresh Inductor cache dir, no caches (a hit would
+    skip the pass), and no compile-worker pool per rank (two cores)."""
+    return {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1",
+            "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(fn: Callable[..., Any], *args: Any, out_dir: Any, world: int = 2, timeout: float = 300,
+              env: dict[str, str] | None = None) -> list[Any]:
+    """``fn(rank, *args)`` in ``world`` spawned processes joined in one gloo process group on
+    localhost (a free port); returns each rank's result. ``fn`` must be a module-level function
+    (spawn pickles it by name). A rank that raises fails the caller with that rank's traceback
+    (and the others are ended); a run longer than ``timeout`` seconds fails too. ``env`` is set
+    for the children (Inductor's cache dir, ...); every rank runs with one thread."""
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        ctx = mp.start_processes(_rank_main, args=(fn, args, free_port(), str(out_dir), world), nprocs=world,
+                                 join=False, start_method="spawn")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=2):  # raises ProcessRaisedException / ProcessExitedException
+            if time.monotonic() > deadline:
+                pytest.fail(f"{getattr(fn, '__name__', fn)}: {world} ranks did not finish in {timeout} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def _rank_main(rank: int, fn: Callable[..., Any], args: tuple, port: int, out_dir: str, world: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    try:
+        result = fn(rank, *args)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+class LogLines(logging.Handler):
+    """The messages of the ``inductor_embed`` logger (rewrites and, at DEBUG, skips) while
+    installed: ``with LogLines() as lines: ...`` (a child process has no pytest ``caplog``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self._log = logging.getLogger("inductor_embed")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        self._level = self._log.level
+        self._log.setLevel(logging.DEBUG)
+        self._log.addHandler(self)
+        return self.lines
+
+    def __exit__(self, *exc: Any) -> None:
+        self._log.removeHandler(self)
+        self._log.setLevel(self._level)

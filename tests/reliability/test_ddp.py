@@ -4,19 +4,12 @@ Both runs must end with the same gradients and parameters, on every rank."""
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import time
-
-import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-WORLD = 2
+from tests.reliability._util import dist_env, run_ranks
+
 STEPS = 3
 VOCABS, DIMS, CLASSES = (50, 30, 20), (4, 3, 5), 6
 
@@ -64,52 +57,22 @@ def _train(rank, compiled, bucket_cap_mb):
     return {"losses": losses, "grads": grads, "params": params}
 
 
-def _worker(rank, port, out_dir, bucket_cap_mb):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
-    try:
-        from torch._dynamo.utils import counters
+def _ranks(rank, bucket_cap_mb):
+    from torch._dynamo.utils import counters
 
-        result = {mode: _train(rank, mode == "compiled", bucket_cap_mb) for mode in ("eager", "compiled")}
-        result["rewrites"] = counters["inductor_embed"]["multi_embedding_cat"]
-        result["one_hot"] = counters["inductor_embed"]["one_hot_linear"]
-        result["graphs"] = counters["stats"]["unique_graphs"]
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(out_dir, bucket_cap_mb, timeout=420):
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out_dir), bucket_cap_mb), nprocs=WORLD,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"DDP workers did not finish in {timeout} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+    result = {mode: _train(rank, mode == "compiled", bucket_cap_mb) for mode in ("eager", "compiled")}
+    result["rewrites"] = counters["inductor_embed"]["multi_embedding_cat"]
+    result["one_hot"] = counters["inductor_embed"]["one_hot_linear"]
+    result["graphs"] = counters["stats"]["unique_graphs"]
+    return result
 
 
 # The model is far below DDP's 25 MB bucket: one bucket, so Dynamo's DDPOptimizer keeps
 # one graph. (It splits graphs at bucket boundaries, which could separate lookups from
 # their cat; it also insists that the first bucket, 1 MB, is no larger than the others,
 # so a split needs a model of several MB: not run here, see docs/reliability.md.)
-def test_ddp_on_gloo_matches_eager(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
-    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile-worker pool per rank
-    ranks = _spawn(tmp_path, bucket_cap_mb=25)
+def test_ddp_on_gloo_matches_eager(tmp_path):
+    ranks = run_ranks(_ranks, 25, out_dir=tmp_path, env=dist_env(tmp_path))
     for r, res in enumerate(ranks):
         eager, compiled = res["eager"], res["compiled"]
         assert res["rewrites"] == 1 and res["one_hot"] == 1, (r, res["rewrites"], res["one_hot"])
