@@ -47,6 +47,14 @@ def bags(panel: str, tables: int, rows: int, dims: tuple[int, ...], batches, bag
                  bag_size, weighted) for b in batches]
 
 
+def sparse(panel: str, tables: int, rows: int, dim: int, batches, dists=("uniform", "zipf1.15"),
+           variant: str = "adam") -> list[Case]:
+    """sparse_tables (issue 14): ``tables`` x ``rows`` x ``dim`` fp32 sparse=True tables + an
+    MLP, optimizer step timed; ``variant`` is the tables' optimizer (adam, adagrad, sgd)."""
+    return [Case("sparse_tables", panel, (rows,) * tables, (dim,) * tables, b, d, variant=variant)
+            for d in dists for b in batches]
+
+
 def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, bag_size: int = 8) -> list[Case]:
     """The pattern hooks (one_hot_linear, tied_bags); see bench/workloads/pattern_hooks.py."""
     return ([Case("one_hot_linear", f"classes={n_classes} D={dim}", (n_classes,), (dim,), b) for b in batches]
@@ -70,6 +78,7 @@ def _smoke() -> Preset:
         + [Case("multi_table", "T=3 bf16", (100, 500, 1000), (1, 2, 4), b, "zipf1.15", "bfloat16")
            for b in (32, 64)]
         + bags("T=2 D=8", 2, 100, (8,), (16,), bag_size=4, weighted=True)
+        + sparse("T=2 sparse", 2, 100, 8, (16,), ("zipf1.15",))
     )
     # The pattern hooks are left out (tests/bench checks their models without compiling).
     return Preset("smoke", "tiny sizes through every code path (CI; no timing is asserted)", tuple(cases),

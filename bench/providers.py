@@ -41,6 +41,8 @@ class Runner:
     compiled: bool = False
     counts_rewrites: bool = False  # inductor_embed: record the pattern's rewrites
     keep: Any = None  # keeps the model alive
+    step: Callable[[], None] | None = None  # the optimizer step that ends a timed step (sparse_tables)
+    uncompared: str = ""  # why the gradients ``grads()`` gives as None are not compared
 
 
 class Provider:
@@ -55,8 +57,10 @@ class Provider:
         raise NotImplementedError
 
 
-def _model_runner(name: str, fn: Callable[..., torch.Tensor], model: EmbeddingModel, **kw: Any) -> Runner:
-    return Runner(name, fn, list(model.parameters()), lambda: [w.grad for w in model.weights()], keep=model, **kw)
+def _model_runner(name: str, fn: Callable[..., torch.Tensor], model: EmbeddingModel, workload: Workload,
+                  case: Case, **kw: Any) -> Runner:
+    return Runner(name, fn, list(model.parameters()), lambda: [w.grad for w in model.weights()], keep=model,
+                  step=workload.optimizer(model, case), **kw)
 
 
 class Eager(Provider):
@@ -64,7 +68,7 @@ class Eager(Provider):
     description = "the eager PyTorch model"
 
     def build(self, workload, case, model, device):
-        return _model_runner(self.name, model, model)
+        return _model_runner(self.name, model, model, workload, case)
 
 
 class Compiled(Provider):
@@ -84,14 +88,16 @@ class Compiled(Provider):
         return None
 
     def _model(self, workload: Workload, model: EmbeddingModel) -> nn.Module:
-        return copy.deepcopy(model)
+        # sparse_tables: 4 x 2,000,000 x 64 fp32 tables and their Adam state, once per provider,
+        # would not fit the machine; a step costs the same whatever the values are.
+        return model if workload.shares_tables else copy.deepcopy(model)
 
     def build(self, workload, case, model, device):
         m = self._model(workload, model)
         kw: dict[str, Any] = {"backend": self.backend}
         if self.options:
             kw["options"] = dict(self.options)
-        return _model_runner(self.name, torch.compile(m, **kw), m, compiled=True,
+        return _model_runner(self.name, torch.compile(m, **kw), m, workload, case, compiled=True,
                              counts_rewrites=self.backend == "inductor_embed")
 
 
@@ -176,7 +182,10 @@ class Fbgemm(Provider):
             text = str(e).strip().splitlines()
             raise Unsupported(f"FBGEMM could not build its TBE here: {type(e).__name__}: "
                               f"{text[0][:200] if text else ''}") from e
-        return Runner(self.name, tbe.module, tbe.params(), tbe.grads, adapt=tbe.adapt, keep=tbe)
+        uncompared = ("table gradients not compared: FBGEMM's fused optimizer applies them inside the backward"
+                      if tbe.fused else "")
+        return Runner(self.name, tbe.module, tbe.params(), tbe.grads, adapt=tbe.adapt, keep=tbe, step=tbe.step,
+                      uncompared=uncompared)
 
 
 PROVIDERS: dict[str, Provider] = {

@@ -17,6 +17,7 @@ from bench.workloads.base import (
     EmbeddingModel,
     FbgemmTBE,
     Workload,
+    lookup_bags,
     table_indices,
     unpooled_bytes,
 )
@@ -53,8 +54,4 @@ class MultiTable(Workload):
         return unpooled_bytes(case)
 
     def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
-        def adapt(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            # TBE wants table-major flat indices, one bag of one index per (table, sample).
-            return x.t().reshape(-1), torch.arange(x.numel() + 1, device=x.device)
-
-        return FbgemmTBE(model.weights(), device, adapt)
+        return FbgemmTBE(model.weights(), device, lookup_bags)
