@@ -14,6 +14,7 @@ Results go to ``bench/results/<device>/<name>.{json,md}`` and ``<name>_<workload
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import platform
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench import host, report
+from bench import host, report, rss
 from bench.config import CaseResult, Preset, RunMeta, RunResult
 from bench.presets import PRESETS
 from bench.providers import PROVIDERS, fbgemm_status
@@ -109,6 +110,8 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
             t0 = time.perf_counter()
             log.info("%s: %s (%d case%s)", wl.name, group[0].panel, len(group), "s" * (len(group) > 1))
             got = run_group(wl, group, chosen, device, iters, warmup, not static, clock, memory)
+            if preset.rss and device.type == "cpu":
+                got = [_with_rss(c) for c in got]
             for c in got:
                 eager = c.get("eager")
                 log.info("  %-46s %s", c.case.label, "  ".join(
@@ -131,8 +134,28 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
                "batch dimension marked dynamic: one compile per table configuration",
         compile_caches=("on" if compile_cache else "off (force_disable_caches): compile times are cold")
         + ("" if preset.warm_up else "; no compiler warm-up, so the first compile carries Inductor's start-up"),
-        peak_mem_method=memory.method, iters=iters, warmup=warmup, wall_s=time.perf_counter() - t_start)
+        peak_mem_method=memory.method, rss_method=rss.METHOD if preset.rss and device.type == "cpu" else "",
+        iters=iters, warmup=warmup, wall_s=time.perf_counter() - t_start)
     return RunResult(meta=meta, cases=tuple(results), skipped=tuple(skipped))
+
+
+def _with_rss(c: CaseResult) -> CaseResult:
+    """Each timed provider's peak RSS growth of a training step, in a fresh process each."""
+    out = []
+    for r in c.results:
+        if r.timed:
+            got = rss.measure(c.case, r.provider)
+            if got.note:
+                log.warning("  %s: RSS not measured: %s", r.provider, got.note)
+            log.info("  %s: RSS growth: step %s, first step %s", r.provider, _mib(got.step_bytes),
+                     _mib(got.first_bytes))
+            r = dataclasses.replace(r, rss_step_bytes=got.step_bytes, rss_first_bytes=got.first_bytes)
+        out.append(r)
+    return dataclasses.replace(c, results=tuple(out))
+
+
+def _mib(n: int | None) -> str:
+    return "—" if n is None else f"{n / 2**20:.1f} MiB"
 
 
 def _list() -> str:

@@ -95,6 +95,7 @@ class Preset:
     copy_mib: int  # size of the copy that measures the device's bandwidth
     providers: tuple[str, ...] | None = None  # None: every provider
     warm_up: bool = True  # compile a tiny model first, so no compile time carries Inductor's start-up
+    rss: bool = False  # also measure each provider's peak RSS growth in its own process (bench/rss.py; CPU)
 
 
 @dataclasses.dataclass(frozen=True)
