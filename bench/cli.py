@@ -71,8 +71,9 @@ def warm_up_compiler(device: torch.device) -> float:
 
 def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = None,
         providers: Sequence[str] | None = None, static: bool = False, compile_cache: bool = False,
-        iters: int | None = None, warmup: int | None = None) -> RunResult:
-    """Run a preset (optionally a subset of its workloads / providers) and return the results."""
+        iters: int | None = None, warmup: int | None = None, match: Sequence[str] | None = None) -> RunResult:
+    """Run a preset (optionally a subset of its workloads / providers, and of its cases: those
+    whose label contains one of ``match``) and return the results."""
     import triton
 
     t_start = time.perf_counter()
@@ -83,9 +84,10 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
     if unknown:
         raise SystemExit(f"unknown provider(s) {unknown}; known: {list(PROVIDERS)}")
     chosen = [PROVIDERS[n] for n in names]
-    cases = [c for c in preset.cases if workloads is None or c.workload in workloads]
+    cases = [c for c in preset.cases if (workloads is None or c.workload in workloads)
+             and (not match or any(m in c.label for m in match))]
     if not cases:
-        raise SystemExit(f"preset {preset.name} has no case for workloads {workloads}")
+        raise SystemExit(f"preset {preset.name} has no case for workloads {workloads} matching {match}")
 
     log.info("torch %s, triton %s, %s (%s); preset %s: %d cases, providers %s", torch.__version__,
              triton.__version__, device, device_name(device), preset.name, len(cases), ", ".join(names))
@@ -178,6 +180,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
     ap.add_argument("--providers", help=f"comma-separated subset of {','.join(PROVIDERS)}")
+    ap.add_argument("--match", help="comma-separated; only the cases whose label contains one (e.g. fm_,scaled)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default bench/results)")
     ap.add_argument("--name", help="file name stem (default: the preset, plus the workloads if filtered)")
     ap.add_argument("--iters", type=int, help="timed iterations (default: the preset's)")
@@ -218,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"unknown workload(s) {unknown}; known: {list(WORKLOADS)}")
     providers = args.providers.split(",") if args.providers else None
     res = run(preset, device, workloads, providers, static=args.static, compile_cache=args.compile_cache,
-              iters=args.iters, warmup=args.warmup)
+              iters=args.iters, warmup=args.warmup, match=args.match.split(",") if args.match else None)
     name = args.name or preset.name + ("-" + "-".join(workloads) if workloads else "")
     out_dir = args.out / res.meta.results_dir
     paths = report.write(res, out_dir, name)

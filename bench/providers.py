@@ -7,9 +7,11 @@
 | torch.compile+combo | ``torch.compile(model, options={"combo_kernels": True})``: Inductor's horizontal fusion of independent kernels (Triton only; the CPU backend ignores it) |
 | inductor_embed | ``torch.compile(model, backend="inductor_embed")``; skipped where the workload's pattern has no config switch or is switched off |
 | inductor_embed.op | ``torch.compile`` of the model written with ``torch.ops.inductor_embed.multi_embedding`` called directly (single_table only: the pattern needs >= 2 lookups) |
-| fbgemm_tbe | FBGEMM's ``DenseTableBatchedEmbeddingBagsCodegen`` (dense gradient, like the others) where ``fbgemm_gpu`` imports |
+| fbgemm_tbe | FBGEMM's ``DenseTableBatchedEmbeddingBagsCodegen`` (dense gradient, like the others) where ``fbgemm_gpu`` imports; for sparse_tables its ``SplitTableBatchedEmbeddingBagsCodegen`` with a fused exact optimizer |
 
-Every compiled provider gets its own deep copy of the model, so gradients never mix.
+Every compiled provider gets its own deep copy of the model, so gradients never mix;
+except where the workload ``shares_tables`` (sparse_tables: 2 GiB tables): there every
+provider but FBGEMM steps the eager model's tables, each step starting from no gradient.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def fbgemm_status() -> tuple[str | None, str]:
 
 class Fbgemm(Provider):
     name = "fbgemm_tbe"
-    description = "FBGEMM DenseTableBatchedEmbeddingBagsCodegen (dense gradient, SUM pooling)"
+    description = ("FBGEMM DenseTableBatchedEmbeddingBagsCodegen (dense gradient, SUM pooling); "
+                   "SplitTableBatchedEmbeddingBagsCodegen with a fused optimizer for sparse_tables")
 
     def unavailable(self, workload, device):
         version, reason = fbgemm_status()
