@@ -152,7 +152,7 @@ def _rss_table(cases: Sequence[CaseResult], providers: Sequence[str]) -> str:
         if v is None:
             return "—"
         base = getattr(e, field, None) if e else None
-        rel = f" ({v / base:.2f}x)" if base and p != BASELINE else ""
+        rel = f" ({v / base:.3g}x)" if base and p != BASELINE else ""
         return f"{v / 2**20:.1f}{rel}"
 
     header = ["case", *(f"{p} step" for p in provs), *(f"{p} first" for p in provs)]
