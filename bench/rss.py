@@ -11,7 +11,8 @@ or freed is in it:
 3. warm-up steps; ``gc.collect()``; ``malloc_trim(0)``, so freed heap pages go back to
    the kernel and a step's temporaries must be faulted in again to be counted;
 4. reset the high-water mark (``echo 5 > /proc/self/clear_refs``: VmHWM := VmRSS), run
-   ``steps`` steps: ``step`` = VmHWM - RSS before them.
+   ``steps`` steps: VmHWM - RSS before them; steps 3-4 ``repeats`` times, ``step`` = the
+   median (one window moves by several MiB with what malloc happens to keep).
 
 A step here is forward + backward + the workload's optimizer step (``_step(optimize=True)``).
 Linux only; where /proc/self/clear_refs cannot be written the numbers are None and the
@@ -28,14 +29,15 @@ import dataclasses
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
 
 METHOD = ("peak RSS growth of one training step (forward + backward + optimizer step), each provider in a "
           "fresh process: VmHWM over 3 steps after warm-up, malloc_trim(0) and a reset of VmHWM "
-          "(/proc/self/clear_refs), minus the RSS before them; 'first' is the first step's (compile, "
-          "optimizer state). Method in bench/rss.py")
+          "(/proc/self/clear_refs), minus the RSS before them, median of 5 such windows; 'first' is the "
+          "first step's (compile, optimizer state). Method in bench/rss.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +72,7 @@ def _trim() -> None:
         pass
 
 
-def child(case_json: str, provider: str, steps: int, warmup: int) -> RssGrowth:
+def child(case_json: str, provider: str, steps: int, warmup: int, repeats: int = 5) -> RssGrowth:
     """Runs in the fresh process: build, step, measure."""
     import torch
 
@@ -104,15 +106,18 @@ def child(case_json: str, provider: str, steps: int, warmup: int) -> RssGrowth:
     first = _hwm() - before
     for _ in range(warmup):
         _step(runner, inputs, grad, optimize=True)
-    for p in runner.params:
-        p.grad = None
-    gc.collect()
-    _trim()
-    before = _rss()
-    _reset_hwm()
-    for _ in range(steps):
-        _step(runner, inputs, grad, optimize=True)
-    return RssGrowth(_hwm() - before, first)
+    growth = []
+    for _ in range(repeats):
+        for p in runner.params:
+            p.grad = None
+        gc.collect()
+        _trim()
+        before = _rss()
+        _reset_hwm()
+        for _ in range(steps):
+            _step(runner, inputs, grad, optimize=True)
+        growth.append(_hwm() - before)
+    return RssGrowth(int(statistics.median(growth)), first)
 
 
 def measure(case, provider: str, steps: int = 3, warmup: int = 2, timeout_s: float = 900) -> RssGrowth:
