@@ -91,7 +91,9 @@ class Compiled(Provider):
 
     def _model(self, workload: Workload, model: EmbeddingModel) -> nn.Module:
         # sparse_tables: 4 x 2,000,000 x 64 fp32 tables and their Adam state, once per provider,
-        # would not fit the machine; a step costs the same whatever the values are.
+        # would not fit the machine; a step costs the same whatever the values are. Dynamo
+        # guards its cache entries on the backend, so each wrapper of the one module runs
+        # its own backend's code (checked on torch 2.13 with two counting backends).
         return model if workload.shares_tables else copy.deepcopy(model)
 
     def build(self, workload, case, model, device):
