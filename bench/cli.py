@@ -14,6 +14,7 @@ Results go to ``bench/results/<device>/<name>.{json,md}`` and ``<name>_<workload
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import platform
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench import host, report
+from bench import host, report, rss
 from bench.config import CaseResult, Preset, RunMeta, RunResult
 from bench.presets import PRESETS
 from bench.providers import PROVIDERS, fbgemm_status
@@ -70,8 +71,9 @@ def warm_up_compiler(device: torch.device) -> float:
 
 def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = None,
         providers: Sequence[str] | None = None, static: bool = False, compile_cache: bool = False,
-        iters: int | None = None, warmup: int | None = None) -> RunResult:
-    """Run a preset (optionally a subset of its workloads / providers) and return the results."""
+        iters: int | None = None, warmup: int | None = None, match: Sequence[str] | None = None) -> RunResult:
+    """Run a preset (optionally a subset of its workloads / providers, and of its cases: those
+    whose label contains one of ``match``) and return the results."""
     import triton
 
     t_start = time.perf_counter()
@@ -82,9 +84,10 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
     if unknown:
         raise SystemExit(f"unknown provider(s) {unknown}; known: {list(PROVIDERS)}")
     chosen = [PROVIDERS[n] for n in names]
-    cases = [c for c in preset.cases if workloads is None or c.workload in workloads]
+    cases = [c for c in preset.cases if (workloads is None or c.workload in workloads)
+             and (not match or any(m in c.label for m in match))]
     if not cases:
-        raise SystemExit(f"preset {preset.name} has no case for workloads {workloads}")
+        raise SystemExit(f"preset {preset.name} has no case for workloads {workloads} matching {match}")
 
     log.info("torch %s, triton %s, %s (%s); preset %s: %d cases, providers %s", torch.__version__,
              triton.__version__, device, device_name(device), preset.name, len(cases), ", ".join(names))
@@ -109,6 +112,8 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
             t0 = time.perf_counter()
             log.info("%s: %s (%d case%s)", wl.name, group[0].panel, len(group), "s" * (len(group) > 1))
             got = run_group(wl, group, chosen, device, iters, warmup, not static, clock, memory)
+            if preset.rss and device.type == "cpu":
+                got = [_with_rss(c) for c in got]
             for c in got:
                 eager = c.get("eager")
                 log.info("  %-46s %s", c.case.label, "  ".join(
@@ -131,8 +136,28 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
                "batch dimension marked dynamic: one compile per table configuration",
         compile_caches=("on" if compile_cache else "off (force_disable_caches): compile times are cold")
         + ("" if preset.warm_up else "; no compiler warm-up, so the first compile carries Inductor's start-up"),
-        peak_mem_method=memory.method, iters=iters, warmup=warmup, wall_s=time.perf_counter() - t_start)
+        peak_mem_method=memory.method, rss_method=rss.METHOD if preset.rss and device.type == "cpu" else "",
+        iters=iters, warmup=warmup, wall_s=time.perf_counter() - t_start)
     return RunResult(meta=meta, cases=tuple(results), skipped=tuple(skipped))
+
+
+def _with_rss(c: CaseResult) -> CaseResult:
+    """Each timed provider's peak RSS growth of a training step, in a fresh process each."""
+    out = []
+    for r in c.results:
+        if r.timed:
+            got = rss.measure(c.case, r.provider)
+            if got.note:
+                log.warning("  %s: RSS not measured: %s", r.provider, got.note)
+            log.info("  %s: RSS growth: step %s, first step %s", r.provider, _mib(got.step_bytes),
+                     _mib(got.first_bytes))
+            r = dataclasses.replace(r, rss_step_bytes=got.step_bytes, rss_first_bytes=got.first_bytes)
+        out.append(r)
+    return dataclasses.replace(c, results=tuple(out))
+
+
+def _mib(n: int | None) -> str:
+    return "—" if n is None else f"{n / 2**20:.1f} MiB"
 
 
 def _list() -> str:
@@ -155,6 +180,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
     ap.add_argument("--providers", help=f"comma-separated subset of {','.join(PROVIDERS)}")
+    ap.add_argument("--match", help="comma-separated; only the cases whose label contains one (e.g. fm_,scaled)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default bench/results)")
     ap.add_argument("--name", help="file name stem (default: the preset, plus the workloads if filtered)")
     ap.add_argument("--iters", type=int, help="timed iterations (default: the preset's)")
@@ -195,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"unknown workload(s) {unknown}; known: {list(WORKLOADS)}")
     providers = args.providers.split(",") if args.providers else None
     res = run(preset, device, workloads, providers, static=args.static, compile_cache=args.compile_cache,
-              iters=args.iters, warmup=args.warmup)
+              iters=args.iters, warmup=args.warmup, match=args.match.split(",") if args.match else None)
     name = args.name or preset.name + ("-" + "-".join(workloads) if workloads else "")
     out_dir = args.out / res.meta.results_dir
     paths = report.write(res, out_dir, name)

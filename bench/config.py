@@ -43,6 +43,7 @@ class Case:
     bag_size: int = 1
     weighted: bool = False  # bags: per-sample weights
     x_axis: str = "batch"  # "batch" or "tables": what the plot's x axis is
+    variant: str = ""  # the workload's model variant (e.g. multi_table "fm_slices"), "" for its plain model
 
     def __post_init__(self) -> None:
         if len(self.vocabs) != len(self.dims):
@@ -63,7 +64,7 @@ class Case:
     @property
     def compile_key(self) -> tuple:
         """Cases with one key share one model and one compile (the batch is dynamic)."""
-        return (self.workload, self.vocabs, self.dims, self.dtype, self.bag_size, self.weighted)
+        return (self.workload, self.vocabs, self.dims, self.dtype, self.bag_size, self.weighted, self.variant)
 
     @property
     def label(self) -> str:
@@ -78,7 +79,8 @@ class Case:
         bag = f" L={self.bag_size}" if self.bag_size > 1 else ""
         w = " weighted" if self.weighted else ""
         dt = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[self.dtype]
-        return f"{shape} B={self.batch}{bag}{w} {self.dist} {dt}"
+        variant = f" {self.variant}" if self.variant else ""
+        return f"{shape} B={self.batch}{bag}{w} {self.dist} {dt}{variant}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Preset:
     copy_mib: int  # size of the copy that measures the device's bandwidth
     providers: tuple[str, ...] | None = None  # None: every provider
     warm_up: bool = True  # compile a tiny model first, so no compile time carries Inductor's start-up
+    rss: bool = False  # also measure each provider's peak RSS growth in its own process (bench/rss.py; CPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +154,8 @@ class ProviderResult:
     fwd_bwd: Stat | None = None
     peak_mem_bytes: int | None = None  # extra memory of one fwd+bwd (method in RunMeta)
     launches: int | None = None  # device kernels in one fwd+bwd (CUDA only)
+    rss_step_bytes: int | None = None  # peak RSS growth of one training step, in its own process (bench/rss.py)
+    rss_first_bytes: int | None = None  # the same for the first step (compile, optimizer state)
     rewrites: int | None = None  # inductor_embed rewrites made when it compiled
     max_err: float | None = None  # max abs difference to the reference, output and grads
     vs_eager: Ratio | None = None  # forward+backward speedup over eager, per-round ratios
@@ -197,6 +202,7 @@ class RunMeta:
     iters: int
     warmup: int
     wall_s: float = 0.0
+    rss_method: str = ""  # how rss_step_bytes was measured, where a workload asked for it
 
 
 @dataclasses.dataclass(frozen=True)

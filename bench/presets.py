@@ -4,6 +4,8 @@
   timing is asserted).
 - ``cpu-quick``: a few minutes on a 2-core CPU: small and medium batches, a subset
   of each study, few iterations.
+- ``cpu-sparse``: issue 14's big sparse=True tables with the optimizer step timed, and
+  each provider's peak RSS growth measured in a process of its own (bench/rss.py).
 - ``gpu``: the full sweep, for one H100/H200. Run it in parts with ``--workloads``
   where a command may only take 10 minutes.
 - ``gpu-check-*``: the few cases behind the GPU goals, one small preset per goal (a
@@ -47,9 +49,26 @@ def bags(panel: str, tables: int, rows: int, dims: tuple[int, ...], batches, bag
                  bag_size, weighted) for b in batches]
 
 
+def sparse(panel: str, tables: int, rows: int, dim: int, batches, dists=("uniform", "zipf1.15"),
+           variant: str = "adam") -> list[Case]:
+    """sparse_tables (issue 14): ``tables`` x ``rows`` x ``dim`` fp32 sparse=True tables + an
+    MLP, optimizer step timed; ``variant`` is the tables' optimizer (adam, adagrad, sgd)."""
+    return [Case("sparse_tables", panel, (rows,) * tables, (dim,) * tables, b, d, variant=variant)
+            for d in dists for b in batches]
+
+
+def fm(batches, fields: int = 26, dim: int = 16) -> list[Case]:
+    """Issue 13's Criteo-like FM model on multi_table: 26 field slices, then a per-field bias
+    before the cat (bench/workloads/multi_table.py FieldsFM)."""
+    return [Case("multi_table", f"Criteo-like FM, {fields} fields D={dim} ({v})", cycle(SEED004_VOCABS, fields),
+                 (dim,) * fields, b, variant=v) for v in ("fm_slices", "fm_bias") for b in batches]
+
+
 def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, bag_size: int = 8) -> list[Case]:
-    """The pattern hooks (one_hot_linear, tied_bags); see bench/workloads/pattern_hooks.py."""
-    return ([Case("one_hot_linear", f"classes={n_classes} D={dim}", (n_classes,), (dim,), b) for b in batches]
+    """The pattern hooks (one_hot_linear and its scaled form, tied_bags); see
+    bench/workloads/pattern_hooks.py."""
+    return ([Case("one_hot_linear", f"classes={n_classes} D={dim}{s and ' ' + s}", (n_classes,), (dim,), b,
+                  variant=s) for s in ("", "scaled") for b in batches]
             + [Case("tied_bags", f"V={vocab} D={dim} L={bag_size}", (vocab,), (dim,), b, "zipf1.15",
                     bag_size=bag_size) for b in batches])
 
@@ -70,6 +89,7 @@ def _smoke() -> Preset:
         + [Case("multi_table", "T=3 bf16", (100, 500, 1000), (1, 2, 4), b, "zipf1.15", "bfloat16")
            for b in (32, 64)]
         + bags("T=2 D=8", 2, 100, (8,), (16,), bag_size=4, weighted=True)
+        + sparse("T=2 sparse", 2, 100, 8, (16,), ("zipf1.15",))
     )
     # The pattern hooks are left out (tests/bench checks their models without compiling).
     return Preset("smoke", "tiny sizes through every code path (CI; no timing is asserted)", tuple(cases),
@@ -101,10 +121,23 @@ def _cpu_quick() -> Preset:
         + bags("T=8 rows=5000 D=128 L=20", 8, 5_000, (128,), (small,))
         # DLRM-style: 26 bags of 20 Zipf ids per sample
         + bags("T=26 rows=100000 D=64 L=20", 26, 100_000, (64,), (2048,))
+        + fm((small, 4096))
         + hooks((small, 4096))
     )
     return Preset("cpu-quick", "a few minutes on a 2-core CPU: a subset of every study", tuple(cases),
                   iters=10, warmup=1, copy_mib=128)
+
+
+def _cpu_sparse() -> Preset:
+    # Issue 14's case: 4 tables x 2,000,000 rows x D=64 fp32 (2 GiB; SparseAdam's moments
+    # 4 GiB more), batch 4,096, uniform and Zipf; the other table optimizers on uniform.
+    # Each case is its own group (a fresh model), and each provider's RSS is measured in
+    # a process of its own: ~10 minutes on 2 cores, ~8 GiB of memory at a time.
+    key = ("4 tables x 2,000,000 rows, D=64", 4, 2_000_000, 64, (4096,))
+    cases = sparse(*key) + sparse(*key, ("uniform",), variant="adagrad") + sparse(*key, ("uniform",), variant="sgd")
+    return Preset("cpu-sparse", "issue 14: big sparse=True tables + optimizer step, step time and peak RSS growth",
+                  tuple(cases), iters=10, warmup=2, copy_mib=128, rss=True,
+                  providers=("eager", "torch.compile", "inductor_embed", "fbgemm_tbe"))
 
 
 def _gpu() -> Preset:
@@ -122,11 +155,13 @@ def _gpu() -> Preset:
     cases += multi("10 tables, D 64..256", DIMS_64_256, batches)
     cases += multi("20 tables, D 1..32", DIMS_20, batches)
     cases += multi("10 tables, D 1..8 bf16", DIMS_1_8, batches, dtype="bfloat16")
+    cases += fm(batches)
     cases += table_sweep((10, 100, 1000), 128, dims=DIMS_1_8[:4])
     cases += bags("FBGEMM defaults T=32 rows=100000 D=128 L=20", 32, 100_000, (128,), (128, 512, 2048))
     cases += bags("mixed D 32..256", 32, 100_000, (32, 64, 128, 256), (512,))
     cases += bags("weighted", 32, 100_000, (128,), (512,), weighted=True)
     cases += hooks(batches, n_classes=1000, dim=128, vocab=100_000, bag_size=20)
+    cases += sparse("4 tables x 2,000,000 rows, D=64", 4, 2_000_000, 64, (4096, 16384))
     return Preset("gpu", "the full sweep on one GPU", tuple(cases), iters=30, warmup=5, copy_mib=1024)
 
 
@@ -163,4 +198,4 @@ def _gpu_check() -> list[Preset]:
     ]
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _gpu(), *_gpu_check())}
+PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _cpu_sparse(), _gpu(), *_gpu_check())}

@@ -7,9 +7,11 @@
 | torch.compile+combo | ``torch.compile(model, options={"combo_kernels": True})``: Inductor's horizontal fusion of independent kernels (Triton only; the CPU backend ignores it) |
 | inductor_embed | ``torch.compile(model, backend="inductor_embed")``; skipped where the workload's pattern has no config switch or is switched off |
 | inductor_embed.op | ``torch.compile`` of the model written with ``torch.ops.inductor_embed.multi_embedding`` called directly (single_table only: the pattern needs >= 2 lookups) |
-| fbgemm_tbe | FBGEMM's ``DenseTableBatchedEmbeddingBagsCodegen`` (dense gradient, like the others) where ``fbgemm_gpu`` imports |
+| fbgemm_tbe | FBGEMM's ``DenseTableBatchedEmbeddingBagsCodegen`` (dense gradient, like the others) where ``fbgemm_gpu`` imports; for sparse_tables its ``SplitTableBatchedEmbeddingBagsCodegen`` with a fused exact optimizer |
 
-Every compiled provider gets its own deep copy of the model, so gradients never mix.
+Every compiled provider gets its own deep copy of the model, so gradients never mix;
+except where the workload ``shares_tables`` (sparse_tables: 2 GiB tables): there every
+provider but FBGEMM steps the eager model's tables, each step starting from no gradient.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Runner:
     compiled: bool = False
     counts_rewrites: bool = False  # inductor_embed: record the pattern's rewrites
     keep: Any = None  # keeps the model alive
+    step: Callable[[], None] | None = None  # the optimizer step that ends a timed step (sparse_tables)
+    uncompared: str = ""  # why the gradients ``grads()`` gives as None are not compared
 
 
 class Provider:
@@ -55,8 +59,10 @@ class Provider:
         raise NotImplementedError
 
 
-def _model_runner(name: str, fn: Callable[..., torch.Tensor], model: EmbeddingModel, **kw: Any) -> Runner:
-    return Runner(name, fn, list(model.parameters()), lambda: [w.grad for w in model.weights()], keep=model, **kw)
+def _model_runner(name: str, fn: Callable[..., torch.Tensor], model: EmbeddingModel, workload: Workload,
+                  case: Case, **kw: Any) -> Runner:
+    return Runner(name, fn, list(model.parameters()), lambda: [w.grad for w in model.weights()], keep=model,
+                  step=workload.optimizer(model, case), **kw)
 
 
 class Eager(Provider):
@@ -64,7 +70,7 @@ class Eager(Provider):
     description = "the eager PyTorch model"
 
     def build(self, workload, case, model, device):
-        return _model_runner(self.name, model, model)
+        return _model_runner(self.name, model, model, workload, case)
 
 
 class Compiled(Provider):
@@ -84,14 +90,18 @@ class Compiled(Provider):
         return None
 
     def _model(self, workload: Workload, model: EmbeddingModel) -> nn.Module:
-        return copy.deepcopy(model)
+        # sparse_tables: 4 x 2,000,000 x 64 fp32 tables and their Adam state, once per provider,
+        # would not fit the machine; a step costs the same whatever the values are. Dynamo
+        # guards its cache entries on the backend, so each wrapper of the one module runs
+        # its own backend's code (checked on torch 2.13 with two counting backends).
+        return model if workload.shares_tables else copy.deepcopy(model)
 
     def build(self, workload, case, model, device):
         m = self._model(workload, model)
         kw: dict[str, Any] = {"backend": self.backend}
         if self.options:
             kw["options"] = dict(self.options)
-        return _model_runner(self.name, torch.compile(m, **kw), m, compiled=True,
+        return _model_runner(self.name, torch.compile(m, **kw), m, workload, case, compiled=True,
                              counts_rewrites=self.backend == "inductor_embed")
 
 
@@ -157,7 +167,8 @@ def fbgemm_status() -> tuple[str | None, str]:
 
 class Fbgemm(Provider):
     name = "fbgemm_tbe"
-    description = "FBGEMM DenseTableBatchedEmbeddingBagsCodegen (dense gradient, SUM pooling)"
+    description = ("FBGEMM DenseTableBatchedEmbeddingBagsCodegen (dense gradient, SUM pooling); "
+                   "SplitTableBatchedEmbeddingBagsCodegen with a fused optimizer for sparse_tables")
 
     def unavailable(self, workload, device):
         version, reason = fbgemm_status()
@@ -176,7 +187,10 @@ class Fbgemm(Provider):
             text = str(e).strip().splitlines()
             raise Unsupported(f"FBGEMM could not build its TBE here: {type(e).__name__}: "
                               f"{text[0][:200] if text else ''}") from e
-        return Runner(self.name, tbe.module, tbe.params(), tbe.grads, adapt=tbe.adapt, keep=tbe)
+        uncompared = ("table gradients not compared: FBGEMM's fused optimizer applies them inside the backward"
+                      if tbe.fused else "")
+        return Runner(self.name, tbe.module, tbe.params(), tbe.grads, adapt=tbe.adapt, keep=tbe, step=tbe.step,
+                      uncompared=uncompared)
 
 
 PROVIDERS: dict[str, Provider] = {

@@ -128,11 +128,37 @@ def summary_tables(run: RunResult, heading: str = "###") -> str:
             rows.append(row)
         parts.append(f"{heading} {wl.title} ({name}; after {wl.source})\n")
         parts.append(_table(header, rows))
+        rss = _rss_table(cases, timed)
+        if rss:
+            parts.append("\nPeak RSS growth of one training step (own process per provider; in brackets: "
+                         "x eager's), MiB:\n")
+            parts.append(rss)
         notes = _provider_notes(cases, untimed)
         if notes:
             parts.append("\n" + notes)
         parts.append("")
     return "\n".join(parts)
+
+
+def _rss_table(cases: Sequence[CaseResult], providers: Sequence[str]) -> str:
+    """Per case: each provider's steady step and first step RSS growth, and x eager's."""
+    provs = [BASELINE, *providers]
+    if not any(r.rss_step_bytes is not None for c in cases for r in c.results):
+        return ""
+
+    def cell(c: CaseResult, p: str, field: str) -> str:
+        r, e = c.get(p), c.get(BASELINE)
+        v = getattr(r, field, None) if r else None
+        if v is None:
+            return "—"
+        base = getattr(e, field, None) if e else None
+        rel = f" ({v / base:.3g}x)" if base and p != BASELINE else ""
+        return f"{v / 2**20:.1f}{rel}"
+
+    header = ["case", *(f"{p} step" for p in provs), *(f"{p} first" for p in provs)]
+    rows = [[c.case.label, *(cell(c, p, "rss_step_bytes") for p in provs),
+             *(cell(c, p, "rss_first_bytes") for p in provs)] for c in cases]
+    return _table(header, rows)
 
 
 def _provider_notes(cases: Sequence[CaseResult], providers: Sequence[str] | None = None) -> str:
@@ -168,6 +194,7 @@ def meta_lines(run: RunResult) -> str:
         f"- timing: median and p20–p80 of {m.iters} interleaved iterations after {m.warmup} warm-up; {m.timer}",
         f"- shapes: {m.shapes}; Inductor caches: {m.compile_caches}",
         f"- peak memory: {m.peak_mem_method or 'not measured on this device'}",
+        *([f"- RSS: {m.rss_method}"] if m.rss_method else []),
     ])
 
 

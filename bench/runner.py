@@ -38,7 +38,7 @@ import torch
 
 from bench.config import Case, CaseResult, ProviderResult, Ratio, Stat
 from bench.providers import Provider, Runner
-from bench.workloads import Unsupported, Workload
+from bench.workloads import WORKLOADS, Unsupported, Workload
 
 log = logging.getLogger("bench")
 
@@ -215,16 +215,24 @@ def count_launches(device: torch.device, step: Callable[[], None]) -> int | None
 # --- correctness -----------------------------------------------------------------------
 
 
-def compare(got: Sequence[torch.Tensor | None], want: Sequence[torch.Tensor], dtype: str) -> tuple[float, str]:
-    """(max abs error, "" or what is wrong) of output + gradients against the reference."""
+def compare(got: Sequence[torch.Tensor | None], want: Sequence[torch.Tensor], dtype: str,
+            missing_ok: bool = False) -> tuple[float, str]:
+    """(max abs error, "" or what is wrong) of output + gradients against the reference.
+
+    A sparse gradient is compared after ``coalesce()`` (its rows sorted and summed), so an
+    uncoalesced COO gradient equals its coalesced twin; where only one side is sparse, the
+    sparse side is made dense. ``missing_ok``: a None gradient is not compared (FBGEMM's
+    fused optimizer leaves none).
+    """
     rtol, atol = TOLERANCES[dtype]
     worst, problems = 0.0, []
     for k, (g, w) in enumerate(zip(got, want)):
-        what = "output" if k == 0 else f"grad of table {k - 1}"
+        what = "output" if k == 0 else f"grad of parameter {k - 1}"
         if g is None:
-            problems.append(f"{what} is missing")
+            if not missing_ok:
+                problems.append(f"{what} is missing")
             continue
-        g = g.detach().float()
+        g, w = _comparable(g.detach().float(), w)
         if g.shape != w.shape:
             problems.append(f"{what} has shape {list(g.shape)}, expected {list(w.shape)}")
             continue
@@ -240,6 +248,15 @@ def compare(got: Sequence[torch.Tensor | None], want: Sequence[torch.Tensor], dt
     return worst, "; ".join(problems[:3])
 
 
+def _comparable(g: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two dense tensors, or the values of two coalesced sparse ones with equal indices."""
+    if g.is_sparse and w.is_sparse:
+        g, w = g.coalesce(), w.coalesce()
+        if torch.equal(g.indices(), w.indices()):
+            return g.values(), w.values()
+    return (g.to_dense() if g.is_sparse else g), (w.to_dense() if w.is_sparse else w)
+
+
 # --- one compile group --------------------------------------------------------------------
 
 
@@ -251,6 +268,10 @@ def _counters():
 
 def _graphs_compiled() -> int:
     return int(_counters()["stats"]["unique_graphs"])
+
+
+def _nothing() -> None:
+    pass
 
 
 def _first_line(e: BaseException) -> str:
@@ -280,11 +301,15 @@ class _State:
         self.case_note = ""
 
 
-def _step(runner: Runner, inputs: Sequence[torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
+def _step(runner: Runner, inputs: Sequence[torch.Tensor], grad: torch.Tensor, optimize: bool = False) -> torch.Tensor:
+    """One forward + backward (+ the runner's optimizer step if ``optimize``: never in the
+    correctness check, which must leave the weights as every provider found them)."""
     for p in runner.params:
         p.grad = None
     out = runner.fn(*inputs)
     out.backward(grad if grad.dtype == out.dtype else grad.to(out.dtype))
+    if optimize and runner.step is not None:
+        runner.step()
     return out
 
 
@@ -343,6 +368,8 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
     grad = torch.randn(ref_out.shape, generator=gen).to(device, getattr(torch, case.dtype))
     ref_out.backward(grad.float())
     want = [ref_out.detach().float()] + [w.grad.detach().float() for w in ref_model.weights()]
+    # A fused-optimizer provider (FBGEMM) updates its own tables in the check step; the
+    # others' tables (shared for sparse_tables) are never stepped there.
     for p in ref_model.parameters():
         p.grad = None
     del ref_out
@@ -370,9 +397,11 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
         compile_s[name] = elapsed if (r.compiled and compiled_now) else None
         if r.counts_rewrites and compiled_now:
             st.rewrites = (st.rewrites or 0) + _counters()["inductor_embed"][workload.pattern] - rw0
-        err, problem = compare([out, *r.grads()], want, case.dtype)
+        err, problem = compare([out, *r.grads()], want, case.dtype, missing_ok=bool(r.uncompared))
         st.err = err
         st.case_status, st.case_note = ("mismatch", problem) if problem else ("ok", "")
+        if r.uncompared:
+            st.case_note = "; ".join(n for n in (st.case_note, r.uncompared) if n)
         for p in r.params:
             p.grad = None
 
@@ -388,6 +417,7 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
                 continue
             r, inp = st.runner, own_inputs[name]
             g = grad
+            opt = r.step or _nothing  # the optimizer step is part of the backward and of the step
             try:
                 for p in r.params:
                     p.grad = None
@@ -396,11 +426,11 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
                 out = box[0]
                 if g.dtype != out.dtype:
                     g = g.to(out.dtype)
-                t_b = clock.measure(lambda: out.backward(g))  # noqa: B023
+                t_b = clock.measure(lambda: (out.backward(g), opt()))  # noqa: B023
                 box.clear()
                 for p in r.params:
                     p.grad = None
-                t_fb = clock.measure(lambda: r.fn(*inp).backward(g))  # noqa: B023
+                t_fb = clock.measure(lambda: (r.fn(*inp).backward(g), opt()))  # noqa: B023
             except Exception as e:
                 log.warning("  %s failed while timing %s: %s", name, case.label, _first_line(e))
                 st.status, st.note = "failed", _first_line(e)
@@ -431,10 +461,11 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
     peaks: dict[str, int | None] = {}
     launches: dict[str, int | None] = {}
     try:
-        peaks = memory.measure({n: functools.partial(_step, states[n].runner, own_inputs[n], grad)
+        peaks = memory.measure({n: functools.partial(_step, states[n].runner, own_inputs[n], grad, optimize=True)
                                 for n in runnable})
         for n in runnable:
-            launches[n] = count_launches(device, functools.partial(_step, states[n].runner, own_inputs[n], grad))
+            launches[n] = count_launches(device, functools.partial(_step, states[n].runner, own_inputs[n], grad,
+                                                                   optimize=True))
     except Exception as e:  # measuring memory must not lose the timings
         log.warning("  peak memory / launches not measured: %s", _first_line(e))
     for n in runnable:
@@ -470,12 +501,16 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
 
 
 def group_cases(cases: Sequence[Case], static: bool) -> list[list[Case]]:
-    """Consecutive-in-spirit groups: cases with one compile key share a model and a compile."""
+    """Consecutive-in-spirit groups: cases with one compile key share a model and a compile.
+
+    A workload whose timed step changes the weights (an optimizer step) gets a group, so a
+    fresh model, per case: FBGEMM's tables would otherwise drift from the reference's."""
     if static:
         return [[c] for c in cases]
     groups: dict[tuple, list[Case]] = {}
-    for c in cases:
-        groups.setdefault(c.compile_key, []).append(c)
+    for i, c in enumerate(cases):
+        key = (c.compile_key, i) if WORKLOADS[c.workload].steps_weights else c.compile_key
+        groups.setdefault(key, []).append(c)
     return list(groups.values())
 
 

@@ -7,6 +7,7 @@
 | table_batched_bags | FBGEMM's TBE benchmark defaults | multi_embedding_bag |
 | one_hot_linear | seed 001 | one_hot_linear |
 | tied_bags | seed 003 | tied_embedding_bag |
+| sparse_tables | issue 14 | multi_embedding_cat (sparse=True; optimizer step timed) |
 
 The ``inductor_embed`` provider is skipped, with the reason, where ``inductor_embed.config``
 has no switch for a workload's pattern or the switch is off.
@@ -24,10 +25,11 @@ from bench.workloads.base import EmbeddingModel, FbgemmTBE, Unsupported, Workloa
 from bench.workloads.multi_table import MultiTable
 from bench.workloads.pattern_hooks import OneHotLinear, TiedBags
 from bench.workloads.single_table import SingleTable
+from bench.workloads.sparse_tables import SparseTables
 from bench.workloads.table_batched_bags import TableBatchedBags
 
 WORKLOADS: dict[str, Workload] = {
-    w.name: w for w in (SingleTable(), MultiTable(), TableBatchedBags(), OneHotLinear(), TiedBags())
+    w.name: w for w in (SingleTable(), MultiTable(), TableBatchedBags(), OneHotLinear(), TiedBags(), SparseTables())
 }
 
 __all__ = ["WORKLOADS", "EmbeddingModel", "FbgemmTBE", "Unsupported", "Workload"]

@@ -7,6 +7,8 @@ can be compared with eager's table by table.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -68,6 +70,22 @@ class Workload:
     def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
         raise Unsupported(f"no FBGEMM equivalent for the {self.name} workload")
 
+    # Workloads whose timed step includes an optimizer step (sparse_tables) override these.
+    shares_tables: bool = False  # every provider but FBGEMM steps the eager model's own tables
+    steps_weights: bool = False  # the timed step changes the weights: a fresh model per case
+
+    def make_optimizer(self, model: EmbeddingModel, case: Case) -> Callable[[], None] | None:
+        """The optimizer step the timed step ends with (None: forward + backward only)."""
+        return None
+
+    def optimizer(self, model: EmbeddingModel, case: Case) -> Callable[[], None] | None:
+        """``make_optimizer``'s step, one per model object: providers that share a model
+        share its optimizer state too (an Adam state is twice the tables)."""
+        steps = self.__dict__.setdefault("_steps", weakref.WeakKeyDictionary())
+        if model not in steps:
+            steps[model] = self.make_optimizer(model, case)
+        return steps[model]
+
 
 # --- shared helpers -------------------------------------------------------------------
 
@@ -106,52 +124,87 @@ def unpooled_bytes(case: Case) -> Bytes:
     return Bytes(fwd=fwd, bwd=bwd)
 
 
-class FbgemmTBE:
-    """FBGEMM's DenseTableBatchedEmbeddingBagsCodegen holding copies of a model's tables.
+def lookup_bags(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TBE's inputs for plain lookups: ``x`` ([B] or [B, T], column k indexing table k) as
+    table-major flat indices, and one bag of one index per (table, sample)."""
+    return x.t().reshape(-1), torch.arange(x.numel() + 1, device=x.device)
 
-    The dense TBE has the others' contract: a dense gradient of its (flat) weights, no
-    fused optimizer. ``adapt`` turns the workload's inputs into TBE's flat indices and
-    offsets (done once per case, outside the timed loop: a TBE pipeline gets them in
-    that form). Pooling is SUM; a bag of one index is a plain lookup.
+
+# The fused optimizers FbgemmTBE offers: our name -> FBGEMM's EmbOptimType member.
+TBE_OPTIMIZERS: dict[str, str] = {
+    "rowwise_adagrad": "EXACT_ROWWISE_ADAGRAD",  # DLRM's usual choice: one fp32 of state per row
+    "adagrad": "EXACT_ADAGRAD",  # torch.optim.Adagrad's math: a state the size of the table
+    "sgd": "EXACT_SGD",  # torch.optim.SGD's math: w -= lr * g
+}
+
+
+class FbgemmTBE:
+    """FBGEMM's table-batched embeddings holding copies of a model's tables.
+
+    ``optimizer=None``: ``DenseTableBatchedEmbeddingBagsCodegen``, the others' contract (a
+    dense gradient of its flat weights, no optimizer). Else ``SplitTableBatchedEmbeddingBagsCodegen``
+    with that fused optimizer (a ``TBE_OPTIMIZERS`` key, learning rate ``lr``): the backward
+    updates the touched rows in place and leaves no gradient (``grads()`` gives None for the
+    tables). ``head`` is a dense module applied to the TBE's ``[B, sum(D_k)]`` output, with
+    its own parameters and gradients (a model's MLP). ``adapt`` turns the workload's inputs
+    into TBE's flat indices and offsets (done once per case, outside the timed loop: a TBE
+    pipeline gets them in that form). Pooling is SUM; a bag of one index is a plain lookup.
     """
 
     def __init__(self, weights: Sequence[torch.Tensor], device: torch.device,
-                 adapt: Callable[..., tuple[torch.Tensor, ...]]) -> None:
+                 adapt: Callable[..., tuple[torch.Tensor, ...]], optimizer: str | None = None,
+                 lr: float = 0.01, head: nn.Module | None = None) -> None:
         dtype = weights[0].dtype
         if device.type == "cpu" and dtype == torch.bfloat16:
             raise Unsupported("FBGEMM's CPU TBE has no bf16 kernel (split_embedding_cpu_forward is not "
                               "implemented for BFloat16)")
         from fbgemm_gpu.split_embedding_configs import SparseType
-        from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+            EmbeddingLocation,
+            PoolingMode,
+        )
         from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
             DenseTableBatchedEmbeddingBagsCodegen,
+            SplitTableBatchedEmbeddingBagsCodegen,
         )
 
         precision = {torch.float32: SparseType.FP32, torch.float16: SparseType.FP16,
                      torch.bfloat16: SparseType.BF16}[dtype]
+        kw = {"weights_precision": precision, "output_dtype": precision, "pooling_mode": PoolingMode.SUM}
+        cpu = device.type == "cpu"
         specs = [(int(w.shape[0]), int(w.shape[1])) for w in weights]
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                tbe = DenseTableBatchedEmbeddingBagsCodegen(
-                    specs, weights_precision=precision, output_dtype=precision,
-                    pooling_mode=PoolingMode.SUM, use_cpu=False)
-        else:
-            tbe = DenseTableBatchedEmbeddingBagsCodegen(
-                specs, weights_precision=precision, output_dtype=precision,
-                pooling_mode=PoolingMode.SUM, use_cpu=True)
-        offsets = [int(o) for o in tbe.weights_offsets.tolist()]
+        with contextlib.nullcontext() if cpu else torch.cuda.device(device):
+            if optimizer is None:
+                tbe = DenseTableBatchedEmbeddingBagsCodegen(specs, use_cpu=cpu, **kw)
+            else:
+                from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+                where = (EmbeddingLocation.HOST, ComputeDevice.CPU) if cpu else (
+                    EmbeddingLocation.DEVICE, ComputeDevice.CUDA)
+                tbe = SplitTableBatchedEmbeddingBagsCodegen(
+                    [(v, d, *where) for v, d in specs], optimizer=getattr(EmbOptimType, TBE_OPTIMIZERS[optimizer]),
+                    learning_rate=lr, **kw)
         with torch.no_grad():
-            for w, o in zip(weights, offsets):
-                tbe.weights[o:o + w.numel()].copy_(w.detach().reshape(-1))
-        self.module = tbe
+            for dst, w in zip(tbe.split_embedding_weights(), weights):
+                dst.copy_(w.detach())
+        self.fused = optimizer is not None
+        self.tbe = tbe
+        self.head = head
+        self.module: Callable[..., torch.Tensor] = tbe if head is None else (lambda *a: head(tbe(*a)))
         self.adapt = adapt
-        self._slices = [(o, int(w.shape[0]), int(w.shape[1])) for w, o in zip(weights, offsets)]
+        self.step: Callable[[], None] | None = None  # the head's optimizer step, set by the workload
+        self._shapes = specs
 
     def grads(self) -> list[torch.Tensor | None]:
-        g = self.module.weights.grad
+        heads = [p.grad for p in self.head.parameters()] if self.head is not None else []
+        g = None if self.fused else self.tbe.weights.grad
         if g is None:
-            return [None] * len(self._slices)
-        return [g[o:o + v * d].view(v, d) for o, v, d in self._slices]
+            return [None] * len(self._shapes) + heads
+        offsets = [int(o) for o in self.tbe.weights_offsets.tolist()]
+        return [g[o:o + v * d].view(v, d) for o, (v, d) in zip(offsets, self._shapes)] + heads
 
     def params(self) -> list[torch.Tensor]:
-        return [self.module.weights]
+        """What gets a ``.grad``: the dense TBE's flat weights, or only the head's (fused)."""
+        heads = list(self.head.parameters()) if self.head is not None else []
+        return heads if self.fused else [self.tbe.weights, *heads]

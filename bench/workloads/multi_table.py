@@ -5,9 +5,15 @@ forward is the reference twin ``inductor_embed.lowering.multi_embedding_ref.mult
 (T x ``F.embedding`` -> ``torch.cat(dim=-1)``), the very graph inductor_embed's
 ``multi_embedding_cat`` pattern fuses into one gather and one multi-table backward.
 At small batch and many tables the cost is launches, not bytes.
+
+Variants (``Case.variant``, issue 13): ``fm_slices`` and ``fm_bias``, a Criteo-like FM
+model written as CTR libraries write it (``FieldsFM``), which the pattern's field-slice and
+bias-hoisting forms rewrite.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn as nn
@@ -17,6 +23,7 @@ from bench.workloads.base import (
     EmbeddingModel,
     FbgemmTBE,
     Workload,
+    lookup_bags,
     table_indices,
     unpooled_bytes,
 )
@@ -34,6 +41,54 @@ class MultiEmbeddingCat(EmbeddingModel):
         return multi_embedding_ref([t.weight for t in self.tables], [x[:, k] for k in range(len(self.tables))])
 
 
+def fm_interaction(e: torch.Tensor) -> torch.Tensor:
+    """A factorisation machine's pairwise term: [B, F, D] -> [B, 1]."""
+    s = e.sum(dim=1)
+    return 0.5 * (s * s - (e * e).sum(dim=1)).sum(dim=1, keepdim=True)
+
+
+class FieldsFM(EmbeddingModel):
+    """A Criteo-like FM model (issue 13): F fields of width D -> [B, F, D] -> FM: [B, 1].
+
+    ``bias=False`` ("fm_slices"): ``torch.cat([emb_k(x[:, k:k+1]) ...], dim=1)``, the [B, 1]
+    field slices of FM-style CTR libraries. ``bias=True`` ("fm_bias"): a per-field bias
+    added before the cat, ``torch.cat([emb_k(x[:, k]) + b_k ...], dim=1).view(B, F, D)``.
+    ``weights()``: the tables, then the biases.
+    """
+
+    def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype, bias: bool) -> None:
+        super().__init__()
+        if len(set(dims)) != 1:
+            raise ValueError(f"an FM model needs one width for every field, got {sorted(set(dims))}")
+        self.tables = nn.ModuleList(nn.Embedding(v, d, dtype=dtype) for v, d in zip(vocabs, dims))
+        self.bias = nn.ParameterList(torch.randn(d, dtype=dtype) * 0.1 for d in dims) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            e = torch.cat([t(x[:, k:k + 1]) for k, t in enumerate(self.tables)], dim=1)
+        else:
+            e = torch.cat([t(x[:, k]) + b for k, (t, b) in enumerate(zip(self.tables, self.bias))], dim=1)
+            e = e.view(x.shape[0], len(self.tables), -1)
+        return fm_interaction(e)
+
+
+class FMHead(nn.Module):
+    """FieldsFM after its lookups, for FBGEMM's TBE output [B, F*D]: (+ biases) -> FM."""
+
+    def __init__(self, fields: int, bias: nn.ParameterList | None) -> None:
+        super().__init__()
+        self.fields = fields
+        self.bias = bias
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.bias is not None:
+            y = y + torch.cat(list(self.bias))
+        return fm_interaction(y.view(y.shape[0], self.fields, -1))
+
+
+# multi_table's model variants (Case.variant) besides the plain lookups + cat
+VARIANTS = {"fm_slices": False, "fm_bias": True}  # name -> per-field bias
+
 
 class MultiTable(Workload):
     name = "multi_table"
@@ -44,6 +99,10 @@ class MultiTable(Workload):
                      "bwd = N*8 + N*D_k*e (grad read) + V_k*D_k*e (zero-fill) + 2*N*D_k*e (atomic RMW)")
 
     def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
+        if case.variant:
+            if case.variant not in VARIANTS:
+                raise ValueError(f"multi_table variant {case.variant!r} is not one of {['', *VARIANTS]}")
+            return FieldsFM(case.vocabs, case.dims, dtype, bias=VARIANTS[case.variant])
         return MultiEmbeddingCat(case.vocabs, case.dims, dtype)
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -53,8 +112,7 @@ class MultiTable(Workload):
         return unpooled_bytes(case)
 
     def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
-        def adapt(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            # TBE wants table-major flat indices, one bag of one index per (table, sample).
-            return x.t().reshape(-1), torch.arange(x.numel() + 1, device=x.device)
-
-        return FbgemmTBE(model.weights(), device, adapt)
+        if isinstance(model, FieldsFM):
+            head = FMHead(len(model.tables), copy.deepcopy(model.bias))
+            return FbgemmTBE([t.weight for t in model.tables], device, lookup_bags, head=head)
+        return FbgemmTBE(model.weights(), device, lookup_bags)

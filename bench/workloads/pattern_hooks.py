@@ -6,7 +6,8 @@ without the pattern the whole workload is reported as skipped, with the reason, 
 nothing. Both patterns exist now, so both workloads run.
 
 - ``one_hot_linear`` (seed 001): ``F.linear(F.one_hot(idx, n).to(dtype), W, b)``, which
-  the pattern turns into a gather of W's columns.
+  the pattern turns into a gather of W's columns; variant ``scaled`` (issue 13):
+  ``(F.one_hot(idx, n).float() * r) @ W``, a gather scaled by ``r[idx]``.
 - ``tied_bags`` (seed 003): ``F.embedding`` and ``F.embedding_bag`` reading one weight
   (a token and its bag of context tokens, summed), which the pattern turns into one
   op that reads the weight once and writes one gradient.
@@ -51,6 +52,19 @@ class OneHotProjection(EmbeddingModel):
         return self.proj(F.one_hot(idx, self.n).to(self.proj.weight.dtype))
 
 
+class ScaledOneHotProjection(EmbeddingModel):
+    """``(F.one_hot(idx, n).float() * r) @ W`` with a per-class scale ``r`` [n] broadcast
+    over the batch and ``W`` [n, D] (issue 13's ensemble / feature-scaling layers): [B] -> [B, D]."""
+
+    def __init__(self, n: int, dim: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.n = n
+        self.weight = nn.Parameter(torch.randn(n, dim, dtype=dtype) / n**0.5)
+        self.scale = nn.Parameter(torch.rand(n, dtype=dtype) + 0.5)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return (F.one_hot(idx, self.n).to(self.weight.dtype) * self.scale) @ self.weight
+
 
 class OneHotLinear(PatternHook):
     name = "one_hot_linear"
@@ -62,7 +76,10 @@ class OneHotLinear(PatternHook):
                      "(bias grad)")
 
     def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
-        return OneHotProjection(case.vocabs[0], case.dims[0], dtype)
+        if case.variant not in ("", "scaled"):
+            raise ValueError(f"one_hot_linear variant {case.variant!r} is not one of ['', 'scaled']")
+        cls = ScaledOneHotProjection if case.variant == "scaled" else OneHotProjection
+        return cls(case.vocabs[0], case.dims[0], dtype)
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
         return (table_indices(case, case.batch, device)[:, 0].contiguous(),)

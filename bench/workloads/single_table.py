@@ -21,6 +21,7 @@ from bench.workloads.base import (
     EmbeddingModel,
     FbgemmTBE,
     Workload,
+    lookup_bags,
     table_indices,
     unpooled_bytes,
 )
@@ -71,8 +72,5 @@ class SingleTable(Workload):
         return SingleEmbeddingOp(model.weights()[0])
 
     def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
-        def adapt(idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return idx, torch.arange(idx.numel() + 1, device=idx.device)
-
-        return FbgemmTBE(model.weights(), device, adapt)
+        return FbgemmTBE(model.weights(), device, lookup_bags)
 
