@@ -26,8 +26,9 @@ enabled: bool = True
 
 # --- one switch per pattern (names as in ARCHITECTURE.md) -------------------------
 # N embedding lookups -> torch.cat/concat/concatenate/stack -> one multi-table gather
-# (also [B, 1] field slices cat along dim 1, and a per-table bias added before the cat,
-# which moves after the gather as one add).
+# (also [B, 1] field slices cat along dim 1, a per-table bias added before the cat,
+# which moves after the gather as one add, and columns of a lookup written in place
+# before the cat, o[:, :k] = shared, which move onto the gather's columns).
 multi_embedding_cat: bool = True
 # F.linear / matmul / mm / @ on F.one_hot(idx, n).<float cast> (also a cat of several
 # one-hot fields, multi-hot one_hot(...).sum(dim), and a one-hot times a per-class scale r

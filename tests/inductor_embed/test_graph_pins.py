@@ -101,6 +101,28 @@ def forward(self, L_x_ : torch.Tensor, L_self_modules_biases_parameters_0_ : tor
     add_2 = multi_embedding_default + cat_1;  multi_embedding_default = cat_1 = None
     return (add_2,)""")
 
+    def test_column_writes_moved_onto_the_fused_output(self):
+        a, b = nn.Embedding(7, 4), nn.Embedding(11, 3)
+        shared = nn.Parameter(torch.randn(2))
+
+        def fn(x):
+            ea, eb = a(x[:, 0]), b(x[:, 1])
+            ea[:, :2] = shared.expand(x.shape[0], -1)
+            eb[..., 1:].copy_(shared.expand(x.shape[0], -1))
+            return torch.cat([ea, eb], dim=1)
+
+        code = rewritten_code(fn, _batch(3, (7, 11)))
+        self.assertExpectedInline(code, """\
+def forward(self, L_x_ : torch.Tensor, L_a_parameters_weight_ : torch.nn.parameter.Parameter, L_b_parameters_weight_ : torch.nn.parameter.Parameter, L_shared_ : torch.nn.parameter.Parameter):
+    getitem = l_x_[(slice(None, None, None), 0)]
+    getitem_1 = l_x_[(slice(None, None, None), 1)];  l_x_ = None
+    expand = l_shared_.expand(3, -1)
+    expand_1 = l_shared_.expand(3, -1);  l_shared_ = None
+    multi_embedding_default = torch.ops.inductor_embed.multi_embedding.default([l_a_parameters_weight_, l_b_parameters_weight_], [getitem, getitem_1], [-1, -1], [False, False]);  l_a_parameters_weight_ = l_b_parameters_weight_ = getitem = getitem_1 = None
+    multi_embedding_default[(Ellipsis, slice(0, 2, None))] = expand;  setitem_1 = multi_embedding_default;  expand = setitem_1 = None
+    multi_embedding_default[(Ellipsis, slice(5, 7, None))] = expand_1;  setitem_2 = multi_embedding_default;  expand_1 = setitem_2 = None
+    return (multi_embedding_default,)""")
+
     def test_dlrm_bags_into_dense_cat(self):
         x, lS_o, lS_i = _dlrm_inputs([10, 20], batch=3)
         model = DLRMEmbeddings(4, [10, 20])
