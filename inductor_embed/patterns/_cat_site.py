@@ -186,7 +186,7 @@ def _column_writes(lk: Lookup, written: list[fx.Node], site: fx.Node,
     for u in lk.node.users:
         if u is site or u in lk.between or u in nodes:
             continue
-        if order[u] < order[site]:
+        if order.get(u, -1) < order[site]:  # a node an earlier rewrite made counts as before
             return f"{u.name} reads the lookup's output before {site.name}, around {what}; left"
         if _fx.list_and_dim(u) is not None or _fx.escapes(lk.node, lk.node.graph) or writes.writer(site) is not None:
             return (f"{u.name} reads the written lookup output after {site.name} where a column slice of the "
