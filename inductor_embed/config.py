@@ -60,7 +60,8 @@ bag_patterns_on_cpu: bool = False
 # op's forward is the ATen reference that Inductor compiles, the same gathers plain
 # torch.compile compiles for the separate lookups, and paired runs of a matrix-
 # factorisation model (2 tables of 100k-1M rows, D=32/128, 2 bias tables, batch 4096,
-# forward+backward) measured it at 0.89-1.07x torch.compile. Left groups are logged.
+# forward+backward, fp32) measured it at 0.70-1.07x torch.compile (docs/patterns.md).
+# Left groups are logged.
 independent_lookups_on_cpu: bool = False
 
 # --- pattern tuning ---------------------------------------------------------------
