@@ -26,8 +26,9 @@ enabled: bool = True
 
 # --- one switch per pattern (names as in ARCHITECTURE.md) -------------------------
 # N embedding lookups -> torch.cat/concat/concatenate/stack -> one multi-table gather
-# (also [B, 1] field slices cat along dim 1, and a per-table bias added before the cat,
-# which moves after the gather as one add).
+# (also [B, 1] field slices cat along dim 1, a per-table bias added before the cat,
+# which moves after the gather as one add, and columns of a lookup written in place
+# before the cat, o[:, :k] = shared, which move onto the gather's columns).
 multi_embedding_cat: bool = True
 # F.linear / matmul / mm / @ on F.one_hot(idx, n).<float cast> (also a cat of several
 # one-hot fields, multi-hot one_hot(...).sum(dim), and a one-hot times a per-class scale r
@@ -43,6 +44,10 @@ multi_embedding_bag: bool = True
 # An F.embedding and an F.embedding_bag reading one weight -> one op reading the weight
 # once for both, and one backward writing its one gradient.
 tied_embedding_bag: bool = True
+# F.embedding lookups that no cat takes (two-tower and matrix-factorisation models: user
+# and item embeddings and per-id biases scored by a dot product) -> one multi-table
+# gather per dtype, device and index shape; each lookup reads a column slice of it.
+independent_lookups: bool = True
 
 # Also rewrite the two EmbeddingBag patterns (multi_embedding_bag, tied_embedding_bag)
 # for CPU tensors. Off by default: on the CPU the fused op runs the same ATen
@@ -51,6 +56,13 @@ tied_embedding_bag: bool = True
 # runs measured it at 0.86-1.00x torch.compile. Left sites are logged with this reason.
 # The tests turn it on to check the op on the CPU.
 bag_patterns_on_cpu: bool = False
+# Also rewrite independent_lookups for CPU tensors. Off by default: on the CPU the fused
+# op's forward is the ATen reference that Inductor compiles, the same gathers plain
+# torch.compile compiles for the separate lookups, and paired runs of a matrix-
+# factorisation model (2 tables of 100k-1M rows, D=32/128, 2 bias tables, batch 4096,
+# forward+backward, fp32) measured it at 0.70-1.07x torch.compile (docs/patterns.md).
+# Left groups are logged.
+independent_lookups_on_cpu: bool = False
 
 # --- pattern tuning ---------------------------------------------------------------
 # Fewest lookups in one cat worth fusing. Below it the cat is left alone (logged):
@@ -75,7 +87,9 @@ _FIELDS: tuple[str, ...] = (
     "one_hot_linear",
     "multi_embedding_bag",
     "tied_embedding_bag",
+    "independent_lookups",
     "bag_patterns_on_cpu",
+    "independent_lookups_on_cpu",
     "min_tables",
     "one_hot_linear_min_classes",
     "triton_on_cpu",

@@ -25,6 +25,15 @@ difference in half types: when an upcast follows (``.float()``), Inductor fuses 
 hoisted add and skips the fp16/bf16 rounding in between (its ``emulate_precision_casts`` is
 off by default), where the original cat kernel rounded first: within bf16 tolerance, and
 more precise, not bit-equal. A half-type result that is stored as such is bit-equal.
+
+A family with ``takes_column_writes`` (``multi_embedding_cat``) also takes a lookup whose
+output has columns written in place before the cat, ``o[:, :k] = shared.expand(B, -1)``,
+``o[..., a:b] = v``, ``o[:, :k].copy_(v)`` (shared-embedding schemes): a write to a slice of
+the last dim only, every leading dim a full slice, between the lookup and everything else
+that reads it. The write moves onto the fused output's column range, right after the op
+(and before a hoisted bias add, as in eager): the same setitem of the same value, so the
+overwritten columns get no gradient and the value gets eager's. Any other write to a
+lookup's output is left, logged.
 """
 
 from __future__ import annotations
@@ -54,6 +63,15 @@ class Bias:
 
 
 @dataclasses.dataclass(frozen=True)
+class ColumnWrite:
+    """``out[..., a:b] = value`` written into a lookup's output before the cat."""
+
+    nodes: tuple[fx.Node, ...]  # the write (setitem or copy_), then the view it writes (copy_ only)
+    columns: slice  # of the lookup's own columns: start, stop, step >= 1, from slice.indices
+    value: Any  # the written value: a graph value or a Python number
+
+
+@dataclasses.dataclass(frozen=True)
 class Lookup:
     """One lookup call that a fused op can take over."""
 
@@ -72,6 +90,7 @@ class Lookup:
     # output is already one [*L, 1, D] token (no unsqueeze between it and the cat).
     one_token: bool = False
     bias: Bias | None = None  # a bias added to the lookup's output before the cat
+    column_writes: tuple[ColumnWrite, ...] = ()  # in graph order
 
     @property
     def consumer(self) -> fx.Node:
@@ -90,6 +109,7 @@ class Family:
     # ``grad_fn`` names of the family's lookup in eager autograd: a cat input made by one of
     # these outside the graph is a lookup a graph break took away (``_note_outside_lookups``).
     eager_grad_fns: tuple[str, ...] = ()
+    takes_column_writes: bool = False  # take lookups with columns written before the cat
 
 
 @dataclasses.dataclass
@@ -122,16 +142,22 @@ def float_checks(w: torch.Tensor, i: torch.Tensor) -> str | None:
     return None
 
 
-def _hazard(lk: Lookup, site: fx.Node, writes: _fx.Writes) -> str | None:
-    """Why moving ``lk`` to ``site`` would change what the graph computes, or None.
+def _hazard(fam: Family, lk: Lookup, site: fx.Node, writes: _fx.Writes) -> Lookup | str:
+    """``lk`` (with the column writes the fused output takes over), or why moving it to
+    ``site`` would change what the graph computes.
 
     The fused op reads the indices and the table where the cat is, and replaces the
     lookup's output: so neither may be written in place in between, and the output
-    never (``e.mul_(2)`` before the cat, ``e[0] = 0`` after it)."""
-    for n in (lk.node, *lk.between):
-        w = writes.writer(n)
-        if w is not None:
-            return f"the lookup's output is written in place by {w.name}; left so the write still applies"
+    never (``e.mul_(2)`` before the cat, ``e[0] = 0`` after it), except for column
+    writes the family takes (see ``_column_writes``)."""
+    written = list(dict.fromkeys(w for n in (lk.node, *lk.between) for w in writes.writers(n)))
+    if written:
+        found = _column_writes(lk, written, site, writes) if fam.takes_column_writes else None
+        if found is None:
+            return f"the lookup's output is written in place by {written[0].name}; left so the write still applies"
+        if isinstance(found, str):
+            return found
+        lk = dataclasses.replace(lk, column_writes=found)
     for what, value in [("indices" if k == 0 else f"input {v.name}", v) for k, v in enumerate(lk.reads)] + [
             ("table", lk.weight)]:
         w = writes.writer(value, after=lk.node, before=site)
@@ -141,7 +167,79 @@ def _hazard(lk: Lookup, site: fx.Node, writes: _fx.Writes) -> str | None:
         w = writes.writer(lk.bias.node, after=lk.bias.add, before=site)
         if w is not None:
             return f"the bias {lk.bias.node.name} is written in place by {w.name} between {lk.bias.add.name} and {site.name}"
-    return None
+    return lk
+
+
+def _column_writes(lk: Lookup, written: list[fx.Node], site: fx.Node,
+                   writes: _fx.Writes) -> tuple[ColumnWrite, ...] | str | None:
+    """The writes into ``lk``'s output as column writes the fused output can take over, a
+    reason if they are column writes it cannot, or None if some write is no column write."""
+    found = []
+    for w in written:
+        cw = _column_write(w, lk)
+        if cw is None:
+            return None
+        found.append(cw)
+    order = writes.order
+    nodes = {n for cw in found for n in cw.nodes}
+    last = max(order[cw.nodes[0]] for cw in found)
+    what = f"the column write {found[-1].nodes[0].name}"
+    if any(order[b] < last for b in lk.between) or last > order[site]:
+        return f"{what} comes after the lookup's output is read on its way to {site.name}; left"
+    for u in lk.node.users:
+        if u is site or u in lk.between or u in nodes:
+            continue
+        if order.get(u, -1) < order[site]:  # a node an earlier rewrite made counts as before
+            return f"{u.name} reads the lookup's output before {site.name}, around {what}; left"
+        if _fx.list_and_dim(u) is not None or _fx.escapes(lk.node, lk.node.graph) or writes.writer(site) is not None:
+            return (f"{u.name} reads the written lookup output after {site.name} where a column slice of the "
+                    f"fused output cannot stand in for it; left")
+    for cw in found:
+        if isinstance(cw.value, fx.Node):
+            w = writes.writer(cw.value, after=cw.nodes[0], before=site)
+            if w is not None:
+                return f"the value {cw.nodes[0].name} writes is written in place by {w.name} before {site.name}; left"
+    return tuple(found)
+
+
+def _column_write(w: fx.Node, lk: Lookup) -> ColumnWrite | None:
+    """``w`` as a write into a column slice of ``lk``'s output (``o[:, a:b] = v``,
+    ``o[..., a:b] = v``, ``o[:, a:b].copy_(v)``), or None."""
+    if w.op == "call_function" and w.target is operator.setitem and len(w.args) == 3 and not w.kwargs:
+        target, index, value, nodes = w.args[0], w.args[1], w.args[2], (w,)
+    elif (w.op == "call_method" and w.target == "copy_" and len(w.args) == 2 and not w.kwargs and not w.users
+          and isinstance(w.args[0], fx.Node) and w.args[0].op == "call_function"
+          and w.args[0].target is operator.getitem and len(w.args[0].users) == 1):
+        view = w.args[0]
+        target, index, value, nodes = view.args[0], view.args[1], w.args[1], (w, view)
+    else:
+        return None
+    out = _fx.tensor_meta(lk.node)
+    if target is not lk.node or out is None:
+        return None
+    columns = _last_dim_slice(index, out.dim(), lk.dim)
+    if columns is None or not isinstance(value, (fx.Node, int, float, bool)):
+        return None
+    return ColumnWrite(nodes, columns, value)
+
+
+def _last_dim_slice(index: Any, rank: int, dim: int) -> slice | None:
+    """The normalised slice of an index that slices the last of ``rank`` dims (size ``dim``)
+    and takes every leading dim whole (``[:, a:b]``, ``[..., a:b]``), else None."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not items or not isinstance(items[-1], slice):
+        return None
+    lead = items[:-1]
+    if lead[:1] == (Ellipsis,):
+        lead = lead[1:]
+    elif len(items) != rank:
+        return None
+    if any(not isinstance(x, slice) or x != slice(None) for x in lead):
+        return None
+    s = items[-1]
+    if not all(v is None or type(v) is int for v in (s.start, s.stop, s.step)) or (s.step or 1) < 1:
+        return None
+    return slice(*s.indices(dim))
 
 
 _ADD_METHODS = ("add", "__add__", "__radd__")
@@ -264,7 +362,7 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
         if isinstance(found, Lookup):
             if one_token or bias is not None:
                 found = dataclasses.replace(found, one_token=one_token, bias=bias)
-            found = _hazard(found, node, writes) or found
+            found = _hazard(fam, found, node, writes)
         if isinstance(found, str):
             rec.skip(Skip(fam.name, inner.name, found))
             items.append(t)
@@ -380,7 +478,7 @@ def _describe(fam: Family, site: _Site, start: int, end: int) -> Rewrite:
     lookups = site.items[start:end]
     replaced = []
     for lk in lookups:
-        for n in (lk.node, *reversed(lk.between)):
+        for n in (lk.node, *(cw.nodes[0] for cw in lk.column_writes), *reversed(lk.between)):
             if n.name not in replaced:
                 replaced.append(n.name)
     replaced.append(site.node.name)
@@ -418,6 +516,7 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
             end = fused_at[k]
             lookups = site.items[k:end]
             fused = fam.emit(graph, lookups, node)
+            _column_writes_on(graph, lookups, fused)
             # Not with sparse gradients: the view's backward writes into the fused output's
             # gradient, and Inductor's re-inplacing then re-checks the sparse-gradient op's
             # outputs, which it cannot (it reads their storage). The users keep the lookups.
@@ -430,7 +529,7 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
             if site.token:
                 fused = _fx.call(graph, torch.unflatten, (fused, -1, (end - k, lookups[0].dim)), node)
             new_items.append(fused)
-            dead += [n for lk in lookups for n in (*lk.between, lk.node)]
+            dead += [n for lk in lookups for n in (*lk.between, *(n for cw in lk.column_writes for n in cw.nodes), lk.node)]
             k = end
         if len(new_items) == 1:
             replacement = new_items[0]
@@ -441,6 +540,19 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
     for n in dead:  # consumers first, then lookups; keep whatever still has users
         if not _fx.is_erased(n) and not n.users:
             graph.erase_node(n)
+
+
+def _column_writes_on(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node) -> None:
+    """Each lookup's column writes, in order, as the same setitem on the fused output's
+    columns (``fused[..., off + a:off + b] = v``): autograd then gives the overwritten
+    columns no gradient and the value its own, as in eager."""
+    offset = 0
+    for lk in lookups:
+        for cw in lk.column_writes:
+            c = cw.columns
+            columns = slice(offset + c.start, offset + max(c.stop, c.start), None if c.step == 1 else c.step)
+            _fx.call(graph, operator.setitem, (fused, (Ellipsis, columns), cw.value), cw.nodes[0])
+        offset += lk.dim
 
 
 def _bias_vector(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.Node:

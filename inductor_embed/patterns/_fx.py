@@ -206,15 +206,16 @@ class Writes:
     def writer(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None) -> fx.Node | None:
         """The first node that writes ``node``'s storage in place (strictly between
         ``after`` and ``before`` when given), or None."""
+        return next(iter(self.writers(node, after, before)), None)
+
+    def writers(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None) -> list[fx.Node]:
+        """Every node that writes ``node``'s storage in place (strictly between ``after``
+        and ``before`` when given), in graph order."""
         keys = storage_keys(meta_val(node))
         lo = self.order.get(after, -1) if after is not None else -1
         hi = self.order.get(before, len(self.order)) if before is not None else len(self.order)
-        for w, wkeys in self.writes:
-            if not lo < self.order.get(w, -1) < hi:
-                continue
-            if keys is None or wkeys is None or keys & wkeys or w.args[:1] == (node,):
-                return w
-        return None
+        return [w for w, wkeys in self.writes if lo < self.order.get(w, -1) < hi
+                and (keys is None or wkeys is None or bool(keys & wkeys) or w.args[:1] == (node,))]
 
 
 def escapes(node: fx.Node, graph: fx.Graph) -> bool:

@@ -18,7 +18,11 @@ Forms matched (``e_k = F.embedding(idx_k, W_k)``, idx of any leading shape L):
   vector (``_cat_site`` says why that is eager's arithmetic exactly). A run takes lookups
   that all have a bias of one dtype and result dtype, or none. Left, logged: an add of a
   tensor that is not broadcast over the rows (``+ x[:, k:k+1].float()``, a [B, D] tensor),
-  of a Python number, ``alpha=``, and a bias written in place between the add and the cat.
+  of a Python number, ``alpha=``, and a bias written in place between the add and the cat;
+* columns of a lookup written in place before the cat (shared-embedding schemes):
+  ``o = emb_k(x[:, k]); o[:, :s] = shared_k.expand(B, -1)`` (or ``o[..., a:b] = v``,
+  ``o[:, a:b].copy_(v)``) -> the same setitem on the fused output's columns, right after
+  the op (``_cat_site`` says which writes qualify).
 
 Consecutive lookups of one dtype and device form a run; each run of at least
 ``config.min_tables`` lookups becomes one op, and the cat keeps its other inputs in
@@ -31,7 +35,7 @@ COO gradients (sorted unique rows, summed values). Left untouched, with a logged
 another dimension, and an elementwise step other than a bias add (a scale, an
 activation) between a lookup and the cat: Inductor already fuses that step into its own
 cat kernel, and moving it into the gather would change rounding for half types. The graph is not functional yet, so
-also left: a lookup whose output is written in place (``e.mul_(2)``, ``e[0] = 0``), one
+also left: a lookup whose output is written in place otherwise (``e.mul_(2)``, ``e[0] = 0``), one
 whose indices or table are written between it and the cat, and a cat with ``out=``.
 """
 
@@ -97,7 +101,7 @@ def _emit(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.Node:
 
 
 FAMILY = _cat_site.Family(NAME, _OP, _fx.is_embedding, analyse_lookup, _emit, hoists_bias=True,
-                          eager_grad_fns=("EmbeddingBackward0",))
+                          eager_grad_fns=("EmbeddingBackward0",), takes_column_writes=True)
 
 
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:

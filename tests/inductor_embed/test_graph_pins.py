@@ -9,7 +9,9 @@ import expecttest
 import torch
 import torch.nn as nn
 
+import inductor_embed
 from tests.inductor_embed._util import rewritten_code
+from tests.inductor_embed.test_independent_lookups import MatrixFactorisation, _ids
 from tests.inductor_embed.test_multi_embedding_bag import (
     DLRMEmbeddings,
     SharedEmbeddingLayer,
@@ -99,6 +101,47 @@ def forward(self, L_x_ : torch.Tensor, L_self_modules_biases_parameters_0_ : tor
     flatten_1 = torch.flatten(unsqueeze_1);  unsqueeze_1 = None
     cat_1 = torch.cat([flatten, flatten_1], -1);  flatten = flatten_1 = None
     add_2 = multi_embedding_default + cat_1;  multi_embedding_default = cat_1 = None
+    return (add_2,)""")
+
+    def test_column_writes_moved_onto_the_fused_output(self):
+        a, b = nn.Embedding(7, 4), nn.Embedding(11, 3)
+        shared = nn.Parameter(torch.randn(2))
+
+        def fn(x):
+            ea, eb = a(x[:, 0]), b(x[:, 1])
+            ea[:, :2] = shared.expand(x.shape[0], -1)
+            eb[..., 1:].copy_(shared.expand(x.shape[0], -1))
+            return torch.cat([ea, eb], dim=1)
+
+        code = rewritten_code(fn, _batch(3, (7, 11)))
+        self.assertExpectedInline(code, """\
+def forward(self, L_x_ : torch.Tensor, L_a_parameters_weight_ : torch.nn.parameter.Parameter, L_b_parameters_weight_ : torch.nn.parameter.Parameter, L_shared_ : torch.nn.parameter.Parameter):
+    getitem = l_x_[(slice(None, None, None), 0)]
+    getitem_1 = l_x_[(slice(None, None, None), 1)];  l_x_ = None
+    expand = l_shared_.expand(3, -1)
+    expand_1 = l_shared_.expand(3, -1);  l_shared_ = None
+    multi_embedding_default = torch.ops.inductor_embed.multi_embedding.default([l_a_parameters_weight_, l_b_parameters_weight_], [getitem, getitem_1], [-1, -1], [False, False]);  l_a_parameters_weight_ = l_b_parameters_weight_ = getitem = getitem_1 = None
+    multi_embedding_default[(Ellipsis, slice(0, 2, None))] = expand;  setitem_1 = multi_embedding_default;  expand = setitem_1 = None
+    multi_embedding_default[(Ellipsis, slice(5, 7, None))] = expand_1;  setitem_2 = multi_embedding_default;  expand_1 = setitem_2 = None
+    return (multi_embedding_default,)""")
+
+    def test_independent_lookups_of_matrix_factorisation(self):
+        with inductor_embed.config.patch(independent_lookups_on_cpu=True):
+            code = rewritten_code(MatrixFactorisation(), *_ids())
+        self.assertExpectedInline(code, """\
+def forward(self, L_self_modules_u_parameters_weight_ : torch.nn.parameter.Parameter, L_uid_ : torch.Tensor, L_self_modules_i_parameters_weight_ : torch.nn.parameter.Parameter, L_iid_ : torch.Tensor, L_self_modules_ub_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_ib_parameters_weight_ : torch.nn.parameter.Parameter, L_self_parameters_g_ : torch.nn.parameter.Parameter):
+    multi_embedding_default = torch.ops.inductor_embed.multi_embedding.default([l_self_modules_u_parameters_weight_, l_self_modules_i_parameters_weight_, l_self_modules_ub_parameters_weight_, l_self_modules_ib_parameters_weight_], [l_uid_, l_iid_, l_uid_, l_iid_], [-1, -1, -1, -1], [False, False, False, False]);  l_self_modules_u_parameters_weight_ = l_self_modules_i_parameters_weight_ = l_self_modules_ub_parameters_weight_ = l_self_modules_ib_parameters_weight_ = l_uid_ = l_iid_ = None
+    narrow = torch.narrow(multi_embedding_default, -1, 0, 8)
+    narrow_1 = torch.narrow(multi_embedding_default, -1, 8, 8)
+    narrow_2 = torch.narrow(multi_embedding_default, -1, 16, 1)
+    narrow_3 = torch.narrow(multi_embedding_default, -1, 17, 1);  multi_embedding_default = None
+    mul = narrow * narrow_1;  narrow = narrow_1 = None
+    sum_1 = mul.sum(-1);  mul = None
+    squeeze = narrow_2.squeeze(-1);  narrow_2 = None
+    add = sum_1 + squeeze;  sum_1 = squeeze = None
+    squeeze_1 = narrow_3.squeeze(-1);  narrow_3 = None
+    add_1 = add + squeeze_1;  add = squeeze_1 = None
+    add_2 = add_1 + l_self_parameters_g_;  add_1 = l_self_parameters_g_ = None
     return (add_2,)""")
 
     def test_dlrm_bags_into_dense_cat(self):

@@ -366,6 +366,115 @@ def test_adds_that_are_not_a_bias_are_left_with_a_reason():
     assert len(reasons) == 5
 
 
+# --- columns of a lookup written in place before the cat (issue 13, form 4) -------------------
+
+class SharedColumns(nn.Module):
+    """Shared-embedding schemes: the first columns of each field's lookup are one shared
+    vector per field, written in place before the cat; in every form the writes take."""
+
+    def __init__(self, dims=(6, 5, 4, 6), vocabs=(7, 11, 13, 5), dtype=torch.float32):
+        super().__init__()
+        self.tables = _tables(dims, vocabs, dtype)
+        self.shared = nn.ParameterList([nn.Parameter(torch.randn(2, dtype=dtype)) for _ in dims])
+        self.biases = nn.ParameterList([nn.Parameter(torch.randn(d, dtype=dtype)) for d in dims[2:]])
+
+    def forward(self, x):
+        t, s = self.tables, self.shared
+        o = [e(x[:, k]) for k, e in enumerate(t)]
+        o[0][:, :2] = s[0].expand(x.shape[0], -1)  # setitem of an expanded vector
+        o[1][:, 3:] = s[1]  # setitem broadcasting a [2] vector over the rows
+        o[2][..., 1:3].copy_(s[2].expand(x.shape[0], -1))  # copy_ into a column slice
+        o[3][:, 0:4:2] = s[3]  # a step
+        b = self.biases  # added after the writes: the hoisted add comes after them too
+        return torch.cat([o[0], o[1], o[2] + b[0], o[3] + b[1]], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_column_writes_before_the_cat(dtype):
+    model = SharedColumns(dtype=dtype)
+    x = _batch(8, (7, 11, 13, 5))
+    # Forward and every gradient: tables (none on the written columns) and shared vectors.
+    out = compare_with_eager(model, [x], dtype=dtype)
+    assert torch.equal(out, model(x))
+    assert rewrites() == 2 and skips() == 0  # one run without biases, one with
+
+
+def test_column_writes_on_field_slices_and_a_reader_after_the_cat():
+    class Fields(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = _tables(dims=(4, 4, 4), vocabs=(7, 11, 13))
+            self.shared = nn.Parameter(torch.randn(1))
+
+        def forward(self, x):
+            o = [e(x[:, k:k + 1]) for k, e in enumerate(self.tables)]  # [B, 1, 4] each
+            for e in o:
+                e[:, :, :1] = self.shared
+            fields = torch.cat(o, dim=1)
+            return fields.sum(1) * o[1].squeeze(1)  # o[1] read after the cat, writes included
+
+    compare_with_eager(Fields(), [_batch(6, (7, 11, 13))])
+    assert rewrites() == 1 and skips() == 0
+
+
+class WrittenColumns(nn.Module):
+    """Two lookups and a cat, a write into the first lookup's output in one of ``form``'s ways."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.a, self.b = nn.Embedding(7, 4), nn.Embedding(11, 4)
+        self.form = form
+
+    def forward(self, x, v):
+        f, o, rest = self.form, self.a(x[:, 0]), []
+        if f == "a row":
+            o[0] = v
+        elif f == "rows and columns":
+            o[1:, :2] = v
+        elif f == "a tensor index":
+            o[:, x[0, :2] % 4] = v
+        elif f == "mul_ of columns":
+            o[:, :2].mul_(2)
+        elif f != "after the cat":
+            o[:, :2] = v
+        if f == "a read in between":
+            rest.append(o.sum(1, keepdim=True))
+        elif f == "the value written":
+            v.mul_(2)
+        h = torch.cat([o, self.b(x[:, 1])], dim=1)
+        if f == "after the cat":
+            o[:, :2] = v
+        elif f == "read by a second cat":
+            rest.append(torch.cat([o, o], 1))
+        elif f == "returned":
+            rest.append(o)
+        return (h, *rest)
+
+
+WRITES_LEFT = {
+    "a row": "the lookup's output is written in place by setitem",
+    "rows and columns": "the lookup's output is written in place by setitem",
+    "a tensor index": "the lookup's output is written in place by setitem",
+    "mul_ of columns": "the lookup's output is written in place by mul_",
+    "a read in between": "reads the lookup's output before h, around the column write setitem",
+    "after the cat": "comes after the lookup's output is read on its way to h",
+    "the value written": "the value setitem writes is written in place by mul_ before h",
+    "read by a second cat": "reads the written lookup output after h",
+    "returned": "reads the written lookup output after h",
+}
+
+
+@pytest.mark.parametrize("form", list(WRITES_LEFT))
+def test_column_writes_that_are_left_with_a_reason(form, caplog):
+    model, x = WrittenColumns(form), _batch(5, (7, 11))
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+        out_c = torch.compile(model, backend="inductor_embed")(x, torch.full((), 1.5))
+    out_e = model(x, torch.full((), 1.5))
+    torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
+    assert rewrites() == 0  # the written lookup, then its lone partner (and the second cat's)
+    assert WRITES_LEFT[form] in caplog.text
+
+
 # --- other users, shared and tied tables ----------------------------------------------
 
 def test_lookup_with_other_users_before_and_after_the_cat():

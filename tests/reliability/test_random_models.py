@@ -9,7 +9,9 @@ scale_grad_by_freq or padding_idx have sparse gradients. The indices have a rand
 a cat of unsqueezes) with dense tensors at random places, and some lookups have other
 users before or after the cat (multi_embedding_cat). Half of the models also have a
 Linear (random width, with or without bias) on one or two one-hot fields of 1-12
-classes (one_hot_linear). One compile per example; the test prints how many it tried.
+classes (one_hot_linear), and some have 2-3 more lookups that no cat takes, reduced and
+summed into a score (independent_lookups, turned on for the CPU here; it also takes the
+lookups the cat leaves alone). One compile per example; the test prints how many it tried.
 ``RELIABILITY_EXAMPLES=200 RELIABILITY_SEED=7 pytest tests/reliability/test_random_models.py``
 runs more, or others.
 """
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+import inductor_embed
 from tests.inductor_embed._util import rewrites
 
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "10"))
@@ -92,7 +95,12 @@ def specs(draw):
     if draw(st.booleans()):  # a Linear on one or two one-hot fields (one_hot_linear)
         one_hot = {"fields": draw(st.lists(st.integers(1, 12), min_size=1, max_size=2)),
                    "d": draw(st.sampled_from((1, 3, 8, 17))), "bias": draw(st.booleans())}
-    return {"form": form, "tables": tables, "lookups": lookups, "slots": slots, "one_hot": one_hot,
+    scored = []
+    if draw(st.booleans()):  # lookups that no cat takes, summed into a score (independent_lookups)
+        scored = [{"table": draw(st.integers(0, len(tables) - 1)),
+                   "index_dtype": draw(st.sampled_from((torch.int64, torch.int32)))}
+                  for _ in range(draw(st.integers(2, 3)))]
+    return {"form": form, "tables": tables, "lookups": lookups, "slots": slots, "one_hot": one_hot, "scored": scored,
             "lead": draw(st.sampled_from(LEADS)), "dense_dtype": base, "dense_d": shared_d if token else 3}
 
 
@@ -115,8 +123,8 @@ class RandomModel(nn.Module):
 
     def forward(self, *indices):
         spec = self.spec
-        n = len(spec["lookups"])
-        indices, classes = indices[:n], indices[n:]
+        n, m = len(spec["lookups"]), len(spec.get("scored", ()))
+        indices, classes, scored = indices[:n], indices[n:len(indices) - m], indices[len(indices) - m:]
         lead = indices[0].shape
         es = [self.tables[lk["table"]](i) for lk, i in zip(spec["lookups"], indices)]
         extras = [e.float().sum(-1) * 2 for lk, e in zip(spec["lookups"], es) if lk["user"] == "before"]
@@ -143,6 +151,8 @@ class RandomModel(nn.Module):
             hots = [F.one_hot(c, n) for c, n in zip(classes, spec["one_hot"]["fields"])]
             hot = hots[0] if len(hots) == 1 else torch.cat(hots, dim=-1)
             extras.append(self.one_hot(hot.to(self.one_hot.weight.dtype)))
+        if scored:
+            extras.append(sum(self.tables[lk["table"]](i).float().sum(-1) for lk, i in zip(spec["scored"], scored)))
         return (out, *extras)
 
 
@@ -162,11 +172,28 @@ def expected_rewrites(spec):
     return runs
 
 
+def expected_independent(spec):
+    """Groups (one per table dtype; every index has the leading shape) of at least 2 of the
+    lookups that no cat run takes: the scored ones and those of the cat's runs of 1."""
+    dtypes, run, lookups = [], [], iter(spec["lookups"])
+    for is_dense in spec["slots"] + [True]:
+        dtype = None if is_dense else spec["tables"][next(lookups)["table"]]["dtype"]
+        if run and dtype != run[-1]:
+            dtypes += run if len(run) == 1 else []
+            run = []
+        if dtype is not None:
+            run.append(dtype)
+    dtypes += [spec["tables"][lk["table"]]["dtype"] for lk in spec.get("scored", ())]
+    return sum(dtypes.count(d) >= 2 for d in set(dtypes))
+
+
 def _inputs(spec, gen):
     indices = [torch.randint(0, spec["tables"][lk["table"]]["v"], spec["lead"], generator=gen).to(lk["index_dtype"])
                for lk in spec["lookups"]]
     fields = (spec.get("one_hot") or {}).get("fields", [])
-    return indices + [torch.randint(0, n, spec["lead"], generator=gen) for n in fields]  # one_hot: int64
+    scored = [torch.randint(0, spec["tables"][lk["table"]]["v"], spec["lead"], generator=gen).to(lk["index_dtype"])
+              for lk in spec.get("scored", ())]
+    return indices + [torch.randint(0, n, spec["lead"], generator=gen) for n in fields] + scored  # one_hot: int64
 
 
 def _check(spec):
@@ -178,11 +205,13 @@ def _check(spec):
     oracle = copy.deepcopy(model).float()  # fp32 twin: the reference for half-type numbers
     compiled_model = copy.deepcopy(model)
     inputs = _inputs(spec, gen)
-    outs = torch.compile(compiled_model, backend="inductor_embed")(*inputs)
+    with inductor_embed.config.patch(independent_lookups_on_cpu=True):
+        outs = torch.compile(compiled_model, backend="inductor_embed")(*inputs)
     eager = model(*inputs)
     refs = oracle(*inputs)
     assert rewrites() == expected_rewrites(spec), (rewrites(), spec)
     assert rewrites("one_hot_linear") == (spec.get("one_hot") is not None), spec
+    assert rewrites("independent_lookups") == expected_independent(spec), (rewrites("independent_lookups"), spec)
     grads = [torch.randn(o.shape, generator=gen).to(o.dtype) for o in outs]
     for out, e, ref in zip(outs, eager, refs):
         assert out.dtype == e.dtype and out.shape == e.shape
@@ -223,7 +252,7 @@ def test_random_embedding_models_match_eager(record_property):
     print(f"hypothesis tried {len(TRIED)} random embedding models")
     record_property("hypothesis_examples", len(TRIED))
     assert len(TRIED) >= EXAMPLES
-    assert any(expected_rewrites(s) for s in TRIED)
+    assert any(expected_rewrites(s) for s in TRIED) and any(expected_independent(s) for s in TRIED)
 
 
 @pytest.mark.parametrize("spec", [
@@ -254,4 +283,7 @@ def test_generator_counts_runs_like_the_pass():
     spec = {"tables": [{"dtype": f32}, {"dtype": b16}], "slots": [True, False, False, True, False, False, False],
             "lookups": [{"table": t} for t in (0, 0, 1, 1, 0)]}
     assert expected_rewrites(spec) == 2  # [dense] f32 f32 [dense] b16 b16 | f32
+    assert expected_independent(spec) == 0  # the lone f32 only
+    spec["scored"] = [{"table": 0}, {"table": 1}]
+    assert expected_independent(spec) == 1  # the lone f32 and a scored f32; one b16
     assert F.embedding  # the module's imports are used by the models above
