@@ -4,11 +4,13 @@ switch and counter key, as named in ARCHITECTURE.md) and ``run(graph, recorder, 
 from inductor_embed.patterns import (
     multi_embedding_bag,
     multi_embedding_cat,
+    multi_embedding_sum,
     one_hot_linear,
     tied_embedding_bag,
 )
 
-# Table-batched bags first, then embedding cats; the tied pair takes what they leave.
-PATTERNS = (multi_embedding_bag, multi_embedding_cat, one_hot_linear, tied_embedding_bag)
+# Table-batched bags first, then embedding cats, then sums of lookups; the tied pair takes
+# what they leave.
+PATTERNS = (multi_embedding_bag, multi_embedding_cat, multi_embedding_sum, one_hot_linear, tied_embedding_bag)
 
 __all__ = ["PATTERNS"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -177,14 +177,16 @@ class Writes:
                     keys = None if sub is None or keys is None else keys | sub
                 self.writes.append((n, keys))
 
-    def writer(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None) -> fx.Node | None:
+    def writer(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None,
+               ignore: Collection[fx.Node] = ()) -> fx.Node | None:
         """The first node that writes ``node``'s storage in place (strictly between
-        ``after`` and ``before`` when given), or None."""
+        ``after`` and ``before`` when given), or None; writes by ``ignore`` (a match's own
+        ``h += e`` steps) do not count."""
         keys = storage_keys(meta_val(node))
         lo = self.order.get(after, -1) if after is not None else -1
         hi = self.order.get(before, len(self.order)) if before is not None else len(self.order)
         for w, wkeys in self.writes:
-            if not lo < self.order.get(w, -1) < hi:
+            if not lo < self.order.get(w, -1) < hi or w in ignore:
                 continue
             if keys is None or wkeys is None or keys & wkeys or w.args[:1] == (node,):
                 return w
