@@ -193,16 +193,19 @@ def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, *_):
 CPU_EAGER_MIN_DIM = 64
 
 
-def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns=None) -> list[torch.Tensor]:
+def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns=None,
+                  eager_min_dim=None) -> list[torch.Tensor]:
     """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM), table k read
     from grad's columns ``[columns[k], columns[k] + D_k)`` (default: back to back from 0;
-    ``multi_embedding_sum`` passes 0 for every table)."""
+    ``multi_embedding_sum`` passes 0 for every table, and its own ``eager_min_dim``)."""
     if columns is None:
         columns = [sum(dims[:k]) for k in range(len(dims))]
+    if eager_min_dim is None:
+        eager_min_dim = CPU_EAGER_MIN_DIM
     deterministic = torch.are_deterministic_algorithms_enabled()
     # One-row tables too: Inductor's CPU codegen (torch 2.13) fails on a scatter-add into a
     # one-row buffer (tests/reliability/test_bad_input.py::test_one_row_tables_match_eager).
-    wide = [k for k, (v, d) in enumerate(zip(num_rows, dims)) if deterministic or d >= CPU_EAGER_MIN_DIM or v <= 1]
+    wide = [k for k, (v, d) in enumerate(zip(num_rows, dims)) if deterministic or d >= eager_min_dim or v <= 1]
     grads: list[torch.Tensor | None] = [None] * len(dims)
     if wide:
         pick = lambda xs: [xs[k] for k in wide]  # noqa: E731

@@ -106,22 +106,38 @@ def test_bad_inputs_raise():
         OP(weights, [indices[0], torch.zeros(3, dtype=torch.int64), indices[2]], pad, freq)
 
 
-def test_cpu_backward_groups_tables_by_index_shape():
-    """Tables whose indices share a shape share one (reduced) gradient; a broadcast table's
-    gradient is summed over its broadcast dims first, as eager does, then scattered by S rows."""
+def test_cpu_backward_is_inductors_scatter_per_table():
+    """Every table's gradient is aten.embedding_dense_backward in the backward graph, wide
+    tables too (plain torch.compile's graph); a broadcast table's gradient is summed over its
+    broadcast dims first, as eager does, then scattered by S rows. Deterministic mode: the
+    eager op, one call per index shape."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from inductor_embed.lowering.multi_embedding import CPU_EAGER_MIN_DIM
     from inductor_embed.lowering.multi_embedding_sum import _cpu_backward_sum
 
-    d = CPU_EAGER_MIN_DIM
+    d = 2 * CPU_EAGER_MIN_DIM
     indices = [torch.randint(0, 10, (3, 4)), torch.arange(4), torch.randint(0, 2, (3, 4))]
     grad = torch.randn(3, 4, d)
     args = ([10, 4, 2], [d] * 3, [-1] * 3, [False] * 3)
-    gm = make_fx(lambda g, i: _cpu_backward_sum(g, i, *args))(grad, indices)
-    ops = [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
-    assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == 2  # one per index shape
+
+    def targets():
+        gm = make_fx(lambda g, i: _cpu_backward_sum(g, i, *args))(grad, indices)
+        return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+    ops = targets()
+    assert ops.count("aten.embedding_dense_backward.default") == 3
     assert ops.count("aten.sum.dim_IntList") == 1  # the [S] table's reduction over the batch
-    got = _cpu_backward_sum(grad, indices, *args)
+    assert "inductor_embed.multi_embedding_backward_cpu.default" not in ops
+    with deterministic():
+        ops = targets()
+    assert "aten.embedding_dense_backward.default" not in ops
+    assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == 2  # one per index shape
     ref = multi_embedding_sum_backward_ref(grad, indices, *args)
-    torch.testing.assert_close(torch.cat([g.reshape(-1) for g in got]), ref, rtol=1e-6, atol=1e-6)
+    for mode in (False, True):
+        torch.use_deterministic_algorithms(mode)
+        try:
+            got = _cpu_backward_sum(grad, indices, *args)
+        finally:
+            torch.use_deterministic_algorithms(False)
+        torch.testing.assert_close(torch.cat([g.reshape(-1) for g in got]), ref, rtol=1e-6, atol=1e-6)
