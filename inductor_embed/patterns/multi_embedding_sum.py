@@ -70,53 +70,58 @@ def _operands(node: Any) -> tuple[Any, Any, bool] | None:
     return None
 
 
-def _inner(x: Any, parent: fx.Node) -> bool:
+def _sum_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Every add of a sum tree in ``graph``. ``a += b`` counts only when ``a`` is fresh and
+    seen by no one else: an inner add of the sum, or a lookup whose only user is this ``+=``.
+    One pass in graph order (a node's inputs come first), so a chain of thousands of ``+=``
+    needs no recursion."""
+    nodes: set[fx.Node] = set()
+    for node in graph.nodes:
+        ops = _operands(node)
+        if ops is None:
+            continue
+        a, _, in_place = ops
+        if not in_place:
+            nodes.add(node)
+        elif isinstance(a, fx.Node) and len(a.users) == 1 and list(node.args).count(a) == 1 and (
+                a in nodes or _fx.is_embedding(a)):
+            nodes.add(node)
+    return nodes
+
+
+def _inner(x: Any, parent: fx.Node, sums: set[fx.Node]) -> bool:
     """Whether ``x``, an operand of the sum node ``parent``, is itself a node of the sum:
     an add whose only use is this one (so nothing else sees its value)."""
-    return (_is_sum_node(x) and len(x.users) == 1 and parent in x.users
+    return (x in sums and parent in sums and len(x.users) == 1 and parent in x.users
             and list(parent.args).count(x) == 1)
 
 
-def _is_sum_node(node: Any) -> bool:
-    """An add of a sum tree. ``a += b`` counts only when ``a`` is fresh and seen by no one
-    else: an inner add of the sum, or a lookup whose only user is this ``+=``."""
-    ops = _operands(node)
-    if ops is None:
-        return False
-    a, _, in_place = ops
-    if not in_place:
-        return True
-    if not isinstance(a, fx.Node) or len(a.users) != 1 or list(node.args).count(a) != 1:
-        return False
-    return _inner(a, node) or _fx.is_embedding(a)
-
-
-def _leaves(root: fx.Node) -> tuple[list[tuple[Any, fx.Node]], list[fx.Node]]:
-    """``([(term, the add that reads it)], [the sum's add nodes])`` in source order."""
+def _leaves(root: fx.Node, sums: set[fx.Node]) -> tuple[list[tuple[Any, fx.Node]], list[fx.Node]]:
+    """``([(term, the add that reads it)], [the sum's add nodes])``, terms in source order
+    (an explicit stack: a loop of a thousand ``h = h + e`` is a tree a thousand deep)."""
     terms: list[tuple[Any, fx.Node]] = []
     nodes: list[fx.Node] = []
-
-    def walk(node: fx.Node) -> None:
-        nodes.append(node)
-        a, b, _ = _operands(node)
-        for x in (a, b):
-            if _inner(x, node):
-                walk(x)
-            else:
-                terms.append((x, node))
-
-    walk(root)
+    stack: list[Any] = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):
+            terms.append(item)
+            continue
+        nodes.append(item)
+        a, b, _ = _operands(item)
+        for x in (b, a):  # pushed right first: the left operand's terms come out first
+            stack.append(x if _inner(x, item, sums) else (x, item))
     return terms, nodes
 
 
-def _roots(graph: fx.Graph) -> list[fx.Node]:
+def _roots(graph: fx.Graph, sums: set[fx.Node]) -> list[fx.Node]:
     """Sum nodes that are no inner node of a bigger sum."""
     out = []
     for node in graph.nodes:
-        if not _is_sum_node(node):
+        if node not in sums:
             continue
         users = list(node.users)
-        if len(users) == 1 and _is_sum_node(users[0]) and _inner(node, users[0]):
+        if len(users) == 1 and _inner(node, users[0], sums):
             continue
         out.append(node)
     return out
@@ -142,10 +147,9 @@ def _key(lk: Lookup) -> tuple:
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
     """Find (and, if ``apply``, rewrite) every multi_embedding_sum site in ``graph``."""
     writes = _fx.Writes(graph)
-    for root in _roots(graph):
-        if _fx.is_erased(root):
-            continue
-        terms, nodes = _leaves(root)
+    sums = _sum_nodes(graph)
+    for root in _roots(graph, sums):
+        terms, nodes = _leaves(root, sums)
         found = _analyse(root, terms, nodes, writes, rec)
         if found is None:
             continue

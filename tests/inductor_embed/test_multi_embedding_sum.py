@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 
 import pytest
 import torch
@@ -331,3 +332,24 @@ def test_explain_lists_the_sum():
     report = inductor_embed.explain(AtomEncoder(), _atoms())
     assert [r.pattern for r in report.rewrites] == [NAME]
     assert "embeddings.{0..8}.weight" in str(report)
+
+
+def test_sum_trees_deeper_than_the_recursion_limit():
+    """``h += emb_i(x)`` 3,000 times (a tree 3,000 deep, past Python's recursion limit) is
+    read with explicit stacks: one root, every term in order."""
+    from inductor_embed.patterns import multi_embedding_sum as pattern
+
+    graph = torch.fx.Graph()
+    x, w = graph.placeholder("x"), graph.placeholder("w")
+    lookups = [graph.call_function(F.embedding, (x, w))]
+    h = lookups[0]
+    for _ in range(3000):
+        lookups.append(graph.call_function(F.embedding, (x, w)))
+        h = graph.call_function(operator.iadd, (h, lookups[-1]))
+    for node in graph.nodes:
+        node.meta["val"] = torch.empty(1)  # only "is a tensor" matters for the tree walk
+    graph.output(h)
+    sums = pattern._sum_nodes(graph)
+    assert len(sums) == 3000 and pattern._roots(graph, sums) == [h]
+    terms, nodes = pattern._leaves(h, sums)
+    assert [t for t, _ in terms] == lookups and len(nodes) == 3000
