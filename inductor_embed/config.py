@@ -30,6 +30,10 @@ enabled: bool = True
 # which moves after the gather as one add, and columns of a lookup written in place
 # before the cat, o[:, :k] = shared, which move onto the gather's columns).
 multi_embedding_cat: bool = True
+# A sum of N embedding lookups of one width (BERT's word + position + token type, GPT's
+# wte + wpe, a loop of h = h + emb_i(x[:, i])), index shapes broadcast -> one op: the forward
+# stays Inductor's fused gathers + adds, the backward of every table is one launch on the GPU.
+multi_embedding_sum: bool = True
 # F.linear / matmul / mm / @ on F.one_hot(idx, n).<float cast> (also a cat of several
 # one-hot fields, multi-hot one_hot(...).sum(dim), and a one-hot times a per-class scale r
 # broadcast over the rows) -> a gather of weight columns (times the gathered r).
@@ -84,6 +88,7 @@ triton_on_cpu: bool = False
 _FIELDS: tuple[str, ...] = (
     "enabled",
     "multi_embedding_cat",
+    "multi_embedding_sum",
     "one_hot_linear",
     "multi_embedding_bag",
     "tied_embedding_bag",

@@ -274,16 +274,17 @@ def multi_embedding_bwd(
     is ``grad_layout(num_rows, dims, freq)``.
 
     Args:
-        grad_out: ``[N, C]``, any float dtype, column stride 1, any row stride.
+        grad_out: ``[N, C]``, any float dtype, column stride 1, any row stride; table k
+            reads its columns ``[C_k, C_k + D_k)``.
         indices: T tensors ``[N]``, int32 or int64, any stride. Out-of-range indices are
             skipped silently (the forward flagged them).
         num_rows, dims: V_k and D_k per table.
         padding_idx: the row of table k that gets no gradient, -1 for none.
         freq: per table, divide each row's gradient by its index's count in the batch.
         grad_flat: fp32 ``[size]`` contiguous (``grad_layout``'s size), zero on entry.
-        columns: ``C_k``, where table k's columns start in grad_out; default back to back
-            from 0 (``C = sum(D_k)``). Tables may read any columns of grad_out (a subset of
-            an op's tables, or the same columns for several tables).
+        columns: ``C_k`` per table; default back to back from 0 (``C = sum(D_k)``, a cat's
+            gradient). A sum of lookups passes 0 for every table: each term's gradient is
+            the whole ``[N, D]`` gradient of the sum, so every table reads the same columns.
     """
     T = len(indices)
     check(T >= 1 and len(num_rows) == len(dims) == len(padding_idx) == len(freq) == T,
@@ -291,11 +292,10 @@ def multi_embedding_bwd(
     n = grad_out.shape[0]
     dims = [int(d) for d in dims]
     cols = _prefix(dims) if columns is None else [int(c) for c in columns]
-    width = sum(dims) if columns is None else max([c + d for c, d in zip(cols, dims)], default=0)
-    check(len(cols) == T and min(cols, default=0) >= 0, "need T columns, each >= 0")
-    check(grad_out.dim() == 2 and grad_out.shape[1] >= width and (columns is not None or grad_out.shape[1] == width)
-           and _col_stride_ok(grad_out),
-           f"grad_out must be [N, {width}] with column stride 1, got {list(grad_out.shape)}")
+    width = sum(dims) if columns is None else max((c + d for c, d in zip(cols, dims)), default=0)
+    check(len(cols) == T and all(c >= 0 for c in cols), "need T column offsets >= 0")
+    check(grad_out.dim() == 2 and grad_out.shape[1] >= width and _col_stride_ok(grad_out),
+           f"grad_out must be [N, >= {width}] with column stride 1, got {list(grad_out.shape)}")
     check(grad_out.dtype.is_floating_point, "grad_out must be floating point")
     goffs, cnts, size = grad_layout(num_rows, dims, freq)
     check(grad_flat.dtype == torch.float32 and grad_flat.dim() == 1 and grad_flat.shape[0] == size

@@ -7,6 +7,7 @@ belong together: the table "Which is which" in docs/design.md."""
 from inductor_embed.lowering import (  # noqa: F401  (registers the ops)
     multi_embedding,
     multi_embedding_bag,
+    multi_embedding_sum,
     one_hot_linear,
     tied_embedding_bag,
 )

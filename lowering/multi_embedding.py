@@ -30,18 +30,31 @@ from inductor_embed.lowering.multi_embedding_ref import (
 _OOB_MSG = "inductor_embed.multi_embedding: index out of range (expected 0 <= index < num_embeddings of its table)"
 
 
+def _check_sparse(name: str, weights: list[torch.Tensor], scale_grad_by_freq: list[bool],
+                  sparse: list[bool] | None) -> None:
+    """The errors of a ``sparse`` argument: one flag per table, none with scale_grad_by_freq."""
+    if sparse is None:
+        return
+    if len(sparse) != len(weights):
+        raise RuntimeError(f"{name}: {len(weights)} tables but {len(sparse)} sparse flags")
+    for k, (sp, freq) in enumerate(zip(sparse, scale_grad_by_freq)):
+        if sp and freq:  # eager raises this in the backward; the op says it up front
+            raise RuntimeError(f"{name}: table {k}: embedding_backward: scale_grad_by_freq "
+                               "not supported with sparse gradients")
+
+
+def _first_positions(weights: list[torch.Tensor]) -> list[int]:
+    """The first position of each table among ``weights`` (a table may be looked up more than
+    once): a sparse table's gradient is made once, for all its lookups, at its first position."""
+    return [next(j for j in range(len(weights)) if weights[j] is w) for w in weights]
+
+
 def _check_inputs(weights: list[torch.Tensor], indices: list[torch.Tensor], scale_grad_by_freq: list[bool] = (),
                   sparse: list[bool] | None = None) -> None:
     """Raise the errors eager's F.embedding would, before any output is written."""
     if not weights or len(weights) != len(indices):
         raise RuntimeError(f"multi_embedding: {len(weights)} tables but {len(indices)} index tensors")
-    if sparse is not None:
-        if len(sparse) != len(weights):
-            raise RuntimeError(f"multi_embedding: {len(weights)} tables but {len(sparse)} sparse flags")
-        for k, (sp, freq) in enumerate(zip(sparse, scale_grad_by_freq)):
-            if sp and freq:  # eager raises this in the backward; the op says it up front
-                raise RuntimeError(f"multi_embedding: table {k}: embedding_backward: scale_grad_by_freq "
-                                   "not supported with sparse gradients")
+    _check_sparse("multi_embedding", weights, scale_grad_by_freq, sparse)
     for k, (w, i) in enumerate(zip(weights, indices)):
         if w.dim() != 2:
             raise RuntimeError(f"multi_embedding: table {k} must be 2-D, got {w.dim()}-D")
@@ -313,13 +326,19 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx):
 CPU_EAGER_MIN_DIM = 64
 
 
-def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns) -> list[torch.Tensor]:
-    """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM); table k reads
-    grad's columns ``[columns[k], columns[k] + D_k)``."""
+def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns=None,
+                  eager_min_dim=None) -> list[torch.Tensor]:
+    """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM), table k read
+    from grad's columns ``[columns[k], columns[k] + D_k)`` (default: back to back from 0;
+    ``multi_embedding_sum`` passes 0 for every table, and its own ``eager_min_dim``)."""
+    if columns is None:
+        columns = [sum(dims[:k]) for k in range(len(dims))]
+    if eager_min_dim is None:
+        eager_min_dim = CPU_EAGER_MIN_DIM
     deterministic = torch.are_deterministic_algorithms_enabled()
     # One-row tables too: Inductor's CPU codegen (torch 2.13) fails on a scatter-add into a
     # one-row buffer (tests/reliability/test_bad_input.py::test_one_row_tables_match_eager).
-    wide = [k for k, (v, d) in enumerate(zip(num_rows, dims)) if deterministic or d >= CPU_EAGER_MIN_DIM or v <= 1]
+    wide = [k for k, (v, d) in enumerate(zip(num_rows, dims)) if deterministic or d >= eager_min_dim or v <= 1]
     grads: list[torch.Tensor | None] = [None] * len(dims)
     if wide:
         pick = lambda xs: [xs[k] for k in wide]  # noqa: E731
@@ -347,9 +366,7 @@ def _setup_context(ctx, inputs, output):
     ctx.scale_grad_by_freq = list(scale_grad_by_freq)
     sparse = rest[0] if rest else None
     ctx.sparse = list(sparse) if sparse is not None else [False] * len(weights)
-    # The first position of each table (a table may be looked up more than once): a sparse
-    # table's gradient is made once, for all its lookups, at its first position.
-    ctx.first = [next(j for j in range(len(weights)) if weights[j] is w) for w in weights]
+    ctx.first = _first_positions(weights)
 
 
 def _backward(ctx, grad):

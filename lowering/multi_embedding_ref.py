@@ -149,3 +149,58 @@ def compress_indices(
         local.append(torch.where(pos >= hi, u, pos - lo))  # only padding keys sort past hi
         counts.append(u)
     return rows, local, counts
+
+
+# --- sums of lookups (``multi_embedding_sum``) ----------------------------------------------------
+
+
+def multi_embedding_sum_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The sum of T lookups of one width D, in table order.
+
+    Args:
+        weights: T tables ``[V_k, D]``, all one dtype.
+        indices: T index tensors whose shapes broadcast to one shape ``[*L]`` (BERT's
+            ``[S]`` position ids against ``[B, S]`` token ids), int32 or int64.
+
+    Returns:
+        ``[*L, D]``: ``F.embedding(indices[0], weights[0]) + F.embedding(indices[1], ...) + ...``,
+        left to right, as eager adds them (so an fp32 result is bit-equal to eager's).
+    """
+    out = F.embedding(indices[0], weights[0])
+    for w, i in zip(weights[1:], indices[1:]):
+        out = out + F.embedding(i, w)
+    return out
+
+
+def multi_embedding_sum_backward_tables(
+    grad: torch.Tensor,
+    indices: Sequence[torch.Tensor],
+    num_rows: Sequence[int],
+    dims: Sequence[int],
+    padding_idx: Sequence[int],
+    scale_grad_by_freq: Sequence[bool],
+) -> list[torch.Tensor]:
+    """Every table's gradient of the sum, ``[V_k, D]`` each in grad's dtype, as eager computes
+    it: the gradient of a term is grad reduced over the dims its indices broadcast along
+    (``sum_to_size``), then scattered by ``embedding_dense_backward`` (fed fp32 for half
+    types, rounded once).
+
+    Args:
+        grad: ``[*L, D]``, the gradient of the sum.
+        indices: T index tensors broadcastable to ``[*L]``.
+        The rest as in ``multi_embedding_backward_ref``.
+    """
+    out = []
+    half = grad.dtype in (torch.float16, torch.bfloat16)
+    for i, v, d, p, s in zip(indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+        g = grad.float() if half else grad
+        g = g.sum_to_size(*i.shape, d)
+        out.append(torch.ops.aten.embedding_dense_backward(g, i, v, p, s).to(grad.dtype))
+    return out
+
+
+def multi_embedding_sum_backward_ref(grad: torch.Tensor, *args: Any) -> torch.Tensor:
+    """``multi_embedding_sum_backward_tables`` back to back in one flat ``[sum(V_k * D)]``
+    buffer (the layout of ``multi_embedding_backward_ref``)."""
+    tables = multi_embedding_sum_backward_tables(grad, *args)
+    return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))

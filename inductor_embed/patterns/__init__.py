@@ -5,12 +5,15 @@ from inductor_embed.patterns import (
     independent_lookups,
     multi_embedding_bag,
     multi_embedding_cat,
+    multi_embedding_sum,
     one_hot_linear,
     tied_embedding_bag,
 )
 
-# Table-batched bags first, then embedding cats; the tied pair takes what they leave, and
-# independent_lookups the embedding lookups left after that (none is taken twice).
-PATTERNS = (multi_embedding_bag, multi_embedding_cat, one_hot_linear, tied_embedding_bag, independent_lookups)
+# Table-batched bags first, then embedding cats, then sums of lookups; the tied pair takes
+# what they leave, and independent_lookups the embedding lookups left after that (none is
+# taken twice).
+PATTERNS = (multi_embedding_bag, multi_embedding_cat, multi_embedding_sum, one_hot_linear, tied_embedding_bag,
+            independent_lookups)
 
 __all__ = ["PATTERNS"]

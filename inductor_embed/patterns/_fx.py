@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -203,18 +203,21 @@ class Writes:
                     keys = None if sub is None or keys is None else keys | sub
                 self.writes.append((n, keys))
 
-    def writer(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None) -> fx.Node | None:
+    def writer(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None,
+               ignore: Collection[fx.Node] = ()) -> fx.Node | None:
         """The first node that writes ``node``'s storage in place (strictly between
-        ``after`` and ``before`` when given), or None."""
-        return next(iter(self.writers(node, after, before)), None)
+        ``after`` and ``before`` when given), or None; writes by ``ignore`` (a match's own
+        ``h += e`` steps) do not count."""
+        return next(iter(self.writers(node, after, before, ignore)), None)
 
-    def writers(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None) -> list[fx.Node]:
+    def writers(self, node: fx.Node, after: fx.Node | None = None, before: fx.Node | None = None,
+                ignore: Collection[fx.Node] = ()) -> list[fx.Node]:
         """Every node that writes ``node``'s storage in place (strictly between ``after``
-        and ``before`` when given), in graph order."""
+        and ``before`` when given, not in ``ignore``), in graph order."""
         keys = storage_keys(meta_val(node))
         lo = self.order.get(after, -1) if after is not None else -1
         hi = self.order.get(before, len(self.order)) if before is not None else len(self.order)
-        return [w for w, wkeys in self.writes if lo < self.order.get(w, -1) < hi
+        return [w for w, wkeys in self.writes if lo < self.order.get(w, -1) < hi and w not in ignore
                 and (keys is None or wkeys is None or bool(keys & wkeys) or w.args[:1] == (node,))]
 
 

@@ -24,6 +24,12 @@ from tests.inductor_embed.test_multi_embedding_cat import (
     FieldSliceFM,
     _batch,
 )
+from tests.inductor_embed.test_multi_embedding_sum import (
+    AtomEncoder,
+    BertEmbeddings,
+    GPTEmbeddings,
+    _atoms,
+)
 
 
 class TestGraphPins(expecttest.TestCase):
@@ -164,3 +170,40 @@ def forward(self, L_self_modules_shared_embedding_parameters_weight_ : torch.nn.
     getitem = tied_embedding_bag_default[0]
     getitem_1 = tied_embedding_bag_default[1];  tied_embedding_bag_default = None
     return (getitem, getitem_1)""")
+
+    def test_bert_sum_with_broadcast_positions(self):
+        code = rewritten_code(BertEmbeddings(), torch.randint(0, 50, (2, 5)), torch.randint(0, 2, (2, 5)))
+        self.assertExpectedInline(code, """\
+def forward(self, L_ids_ : torch.Tensor, L_self_buffers_position_ids_ : torch.Tensor, L_self_modules_word_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_token_type_parameters_weight_ : torch.nn.parameter.Parameter, L_token_types_ : torch.Tensor, L_self_modules_position_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_norm_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_norm_parameters_bias_ : torch.nn.parameter.Parameter):
+    pos = l_self_buffers_position_ids_[(slice(None, None, None), slice(None, 5, None))];  l_self_buffers_position_ids_ = None
+    multi_embedding_sum_default = torch.ops.inductor_embed.multi_embedding_sum.default([l_self_modules_word_parameters_weight_, l_self_modules_token_type_parameters_weight_, l_self_modules_position_parameters_weight_], [l_ids_, l_token_types_, pos], [0, -1, -1], [False, False, False]);  l_self_modules_word_parameters_weight_ = l_self_modules_token_type_parameters_weight_ = l_self_modules_position_parameters_weight_ = l_ids_ = l_token_types_ = pos = None
+    layer_norm = torch.nn.functional.layer_norm(multi_embedding_sum_default, (8,), l_self_modules_norm_parameters_weight_, l_self_modules_norm_parameters_bias_, 1e-05);  multi_embedding_sum_default = l_self_modules_norm_parameters_weight_ = l_self_modules_norm_parameters_bias_ = None
+    return (layer_norm,)""")
+
+    def test_gpt_sum_with_tied_head(self):
+        code = rewritten_code(GPTEmbeddings(), torch.randint(0, 40, (2, 5)))
+        self.assertExpectedInline(code, """\
+def forward(self, L_ids_ : torch.Tensor, L_self_modules_wte_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_wpe_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_ln_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_ln_parameters_bias_ : torch.nn.parameter.Parameter):
+    pos = torch.arange(5, device = device(type='cpu'))
+    multi_embedding_sum_default = torch.ops.inductor_embed.multi_embedding_sum.default([l_self_modules_wte_parameters_weight_, l_self_modules_wpe_parameters_weight_], [l_ids_, pos], [-1, -1], [False, False]);  l_self_modules_wpe_parameters_weight_ = l_ids_ = pos = None
+    h = torch.nn.functional.layer_norm(multi_embedding_sum_default, (8,), l_self_modules_ln_parameters_weight_, l_self_modules_ln_parameters_bias_, 1e-05);  multi_embedding_sum_default = l_self_modules_ln_parameters_weight_ = l_self_modules_ln_parameters_bias_ = None
+    getattr_1 = l_self_modules_wte_parameters_weight_.T;  l_self_modules_wte_parameters_weight_ = None
+    matmul = h @ getattr_1;  h = getattr_1 = None
+    return (matmul,)""")
+
+    def test_atom_encoder_sum_from_zero(self):
+        code = rewritten_code(AtomEncoder(), _atoms(4))
+        self.assertExpectedInline(code, """\
+def forward(self, L_x_ : torch.Tensor, L_self_modules_embeddings_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embeddings_modules_1_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embeddings_modules_2_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embeddings_modules_3_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embeddings_modules_4_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embeddings_modules_5_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embeddings_modules_6_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embeddings_modules_7_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embeddings_modules_8_parameters_weight_ : torch.nn.parameter.Parameter):
+    getitem = l_x_[(slice(None, None, None), 0)]
+    getitem_1 = l_x_[(slice(None, None, None), 1)]
+    getitem_2 = l_x_[(slice(None, None, None), 2)]
+    getitem_3 = l_x_[(slice(None, None, None), 3)]
+    getitem_4 = l_x_[(slice(None, None, None), 4)]
+    getitem_5 = l_x_[(slice(None, None, None), 5)]
+    getitem_6 = l_x_[(slice(None, None, None), 6)]
+    getitem_7 = l_x_[(slice(None, None, None), 7)]
+    getitem_8 = l_x_[(slice(None, None, None), 8)];  l_x_ = None
+    multi_embedding_sum_default = torch.ops.inductor_embed.multi_embedding_sum.default([l_self_modules_embeddings_modules_0_parameters_weight_, l_self_modules_embeddings_modules_1_parameters_weight_, l_self_modules_embeddings_modules_2_parameters_weight_, l_self_modules_embeddings_modules_3_parameters_weight_, l_self_modules_embeddings_modules_4_parameters_weight_, l_self_modules_embeddings_modules_5_parameters_weight_, l_self_modules_embeddings_modules_6_parameters_weight_, l_self_modules_embeddings_modules_7_parameters_weight_, l_self_modules_embeddings_modules_8_parameters_weight_], [getitem, getitem_1, getitem_2, getitem_3, getitem_4, getitem_5, getitem_6, getitem_7, getitem_8], [-1, -1, -1, -1, -1, -1, -1, -1, -1], [False, False, False, False, False, False, False, False, False]);  l_self_modules_embeddings_modules_0_parameters_weight_ = l_self_modules_embeddings_modules_1_parameters_weight_ = l_self_modules_embeddings_modules_2_parameters_weight_ = l_self_modules_embeddings_modules_3_parameters_weight_ = l_self_modules_embeddings_modules_4_parameters_weight_ = l_self_modules_embeddings_modules_5_parameters_weight_ = l_self_modules_embeddings_modules_6_parameters_weight_ = l_self_modules_embeddings_modules_7_parameters_weight_ = l_self_modules_embeddings_modules_8_parameters_weight_ = getitem = getitem_1 = getitem_2 = getitem_3 = getitem_4 = getitem_5 = getitem_6 = getitem_7 = getitem_8 = None
+    add = multi_embedding_sum_default + 0;  multi_embedding_sum_default = None
+    return (add,)""")

@@ -357,8 +357,9 @@ def test_adds_that_are_not_a_bias_are_left_with_a_reason():
             return per_row, mixed, torch.cat(written, 1)
 
     report = inductor_embed.explain(Adds(), _batch(3, (7, 11, 13, 5)), torch.randn(4))
-    assert len(report.rewrites) == 2  # mixed: one run per bias dtype
-    reasons = [s.reason for s in report.skipped]
+    # mixed: one run per bias dtype; e[1] + e[2] is multi_embedding_sum's
+    assert [r.pattern for r in report.rewrites] == ["multi_embedding_cat"] * 2 + ["multi_embedding_sum"]
+    reasons = [s.reason for s in report.skipped if s.pattern == "multi_embedding_cat"]
     assert any("adds a [3, 1] tensor to the [3, 4] lookup: not a bias" in r for r in reasons)
     assert any("adds a [3, 4] tensor to the [3, 4] lookup" in r for r in reasons)  # e[1] + e[2]
     assert any("sits between the lookup and the cat" in r for r in reasons)  # alpha=2

@@ -166,3 +166,33 @@ def test_sparse_lookup_with_other_users_is_left(caplog) -> None:
         torch.compile(Users(), backend="inductor_embed")(torch.randint(0, 10, (6,)))
     assert rewrites() == 1  # b and c
     assert "a sparse=True lookup with other users than the cat" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_sparse_tables_in_a_sum(dtype: torch.dtype) -> None:
+    """BERT-style word + position (broadcast [S] ids) + token type, the word table sparse."""
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.word = nn.Embedding(60, 8, sparse=True, padding_idx=0, dtype=dtype)
+            self.pos = nn.Embedding(16, 8, sparse=True, dtype=dtype)
+            self.types = nn.Embedding(2, 8, dtype=dtype)
+
+        def forward(self, ids: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+            return self.word(ids) + self.pos(torch.arange(ids.shape[1])) + self.types(tt)
+
+    torch.manual_seed(3)
+    model = Encoder()
+    ids, tt = torch.randint(0, 60, (4, 10)), torch.randint(0, 2, (4, 10))
+    ids[0, :3] = 0
+    fused = copy.deepcopy(model)
+    out_c = torch.compile(fused, backend="inductor_embed")(ids, tt)
+    out_e = model(ids, tt)
+    assert rewrites("multi_embedding_sum") == 1
+    torch.testing.assert_close(out_c, out_e, **TOL[dtype])
+    grad = torch.randn_like(out_e)
+    out_e.backward(grad)
+    out_c.backward(grad)
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        _assert_same_grad(q.grad, p.grad, dtype, name)

@@ -251,3 +251,40 @@ def test_block_sizes(max_d: int, n: int, t: int) -> None:
     assert num_warps in (2, 4, 8)
     # A small batch is spread out: halve the rows per program until the GPU has work.
     assert block_n == 16 or -(-n // block_n) * t >= mg.TARGET_PROGRAMS
+
+
+# --- sums of lookups: every table reads the same gradient columns ----------------------------
+
+
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=lambda d: DTYPE_NAMES[d])
+def test_backward_shared_columns_matches_twin(dtype: torch.dtype, count_launches) -> None:
+    """``columns=[0] * T`` (``multi_embedding_sum``): every table scatters the whole [N, D]
+    gradient, in one launch; padding rows and scale_grad_by_freq as per table."""
+    from inductor_embed.lowering.multi_embedding_ref import multi_embedding_sum_backward_ref
+
+    launches = count_launches(mg)
+    case = Case(67, (24,) * 4, (7, 30, 3, 100), dtype, "mixed")
+    _, indices = _make(case, seed=5)
+    grad = torch.randn(case.n, 24, generator=_gen(6)).to(DEVICE, dtype)
+    pads, scale = [-1, int(indices[1][3]), -1, -1], [False, False, True, False]
+    grad_flat = _grad_flat(case, scale)
+    before = launches()
+    mg.multi_embedding_bwd(grad, indices, case.vocabs, case.dims, pads, scale, grad_flat, columns=[0] * 4)
+    assert launches() - before == 2  # the counts, then one atomic-add launch for all four tables
+    ref = multi_embedding_sum_backward_ref(grad, indices, case.vocabs, case.dims, pads, scale)
+    torch.testing.assert_close(_dense(grad_flat, case), ref.float(), **GRAD_TOL[dtype])
+
+
+def test_backward_columns_offsets_and_width_check() -> None:
+    """Any column offsets (a table may read columns another one reads); grad must be wide
+    enough for the widest reach."""
+    case = Case(13, (3, 5), (7, 9), F32)
+    _, indices = _make(case, seed=7)
+    grad = torch.randn(case.n, 6, generator=_gen(8)).to(DEVICE)
+    grad_flat = _grad_flat(case, [False, False])
+    mg.multi_embedding_bwd(grad, indices, case.vocabs, case.dims, [-1, -1], [False, False], grad_flat, columns=[3, 1])
+    want = [torch.ops.aten.embedding_dense_backward(grad[:, c:c + d], i, v, -1, False)
+            for i, v, d, c in zip(indices, case.vocabs, case.dims, (3, 1))]
+    torch.testing.assert_close(_dense(grad_flat, case), torch.cat([w.reshape(-1) for w in want]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"grad_out must be \[N, >= 7\]"):
+        mg.multi_embedding_bwd(grad, indices, case.vocabs, case.dims, [-1, -1], [False, False], grad_flat, columns=[4, 0])

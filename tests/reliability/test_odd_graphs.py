@@ -312,11 +312,12 @@ def test_lone_lookup_beside_a_fused_run(form):
 # --- graphs where nothing matches come out unchanged -------------------------------------
 
 class Summed(nn.Module):
-    """BERT-style: lookups summed, not concatenated."""
+    """Lookups summed, of two widths (a [.., 1] one broadcast over the other's 4 columns):
+    multi_embedding_sum fuses lookups of one width only, and here each width has one."""
 
     def __init__(self):
         super().__init__()
-        self.word, self.pos = nn.Embedding(20, 4), nn.Embedding(8, 4)
+        self.word, self.pos = nn.Embedding(20, 4), nn.Embedding(8, 1)
 
     def forward(self, x):
         return self.word(x) + self.pos(torch.arange(x.shape[-1]))
@@ -364,7 +365,7 @@ class OneHotNoMatmul(nn.Module):
 NOTHING = {
     "mlp": (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU()), lambda: [torch.randn(3, 4)]),
     "one-hot without a matmul": (OneHotNoMatmul, lambda: [torch.randint(0, 5, (4,)), torch.randn(4, 5)]),
-    "lookups summed": (Summed, lambda: [torch.randint(0, 8, (2, 5))]),
+    "lookups of two widths summed": (Summed, lambda: [torch.randint(0, 8, (2, 5))]),
     "embedding bags with scale_grad_by_freq": (Bagged, lambda: [torch.randint(0, 10, (4, 3))]),
     "max_norm lookups": (Renormed, lambda: [torch.randint(0, 10, (4,))]),
     "one lookup in the cat": (OneLookup, lambda: [torch.randint(0, 10, (4,)), torch.randn(4, 2)]),
