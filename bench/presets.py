@@ -64,6 +64,16 @@ def fm(batches, fields: int = 26, dim: int = 16) -> list[Case]:
                  (dim,) * fields, b, variant=v) for v in ("fm_slices", "fm_bias") for b in batches]
 
 
+def sums_and_mf(batches, fields: int = 9, dim: int = 64) -> list[Case]:
+    """Issue 13's sums of lookups (9 tables of one width summed, then a LayerNorm: an atom
+    encoder) and matrix factorisation (users 100k and items 50k x D, per-id biases, a dot
+    product), on multi_table (bench/workloads/multi_table.py SumEncoder, MatrixFactorisation)."""
+    return ([Case("multi_table", f"sum of {fields} lookups D={dim} (sum)", cycle(SEED004_VOCABS, fields),
+                  (dim,) * fields, b, variant="sum") for b in batches]
+            + [Case("multi_table", f"matrix factorisation D={dim} (mf)", (100_000, 50_000, 100_000, 50_000),
+                    (dim, dim, 1, 1), b, variant="mf") for b in batches])
+
+
 def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, bag_size: int = 8) -> list[Case]:
     """The pattern hooks (one_hot_linear and its scaled form, tied_bags); see
     bench/workloads/pattern_hooks.py."""
@@ -122,6 +132,7 @@ def _cpu_quick() -> Preset:
         # DLRM-style: 26 bags of 20 Zipf ids per sample
         + bags("T=26 rows=100000 D=64 L=20", 26, 100_000, (64,), (2048,))
         + fm((small, 4096))
+        + sums_and_mf((small, 4096))
         + hooks((small, 4096))
     )
     return Preset("cpu-quick", "a few minutes on a 2-core CPU: a subset of every study", tuple(cases),
@@ -156,6 +167,7 @@ def _gpu() -> Preset:
     cases += multi("20 tables, D 1..32", DIMS_20, batches)
     cases += multi("10 tables, D 1..8 bf16", DIMS_1_8, batches, dtype="bfloat16")
     cases += fm(batches)
+    cases += sums_and_mf(batches)
     cases += table_sweep((10, 100, 1000), 128, dims=DIMS_1_8[:4])
     cases += bags("FBGEMM defaults T=32 rows=100000 D=128 L=20", 32, 100_000, (128,), (128, 512, 2048))
     cases += bags("mixed D 32..256", 32, 100_000, (32, 64, 128, 256), (512,))

@@ -8,7 +8,10 @@ At small batch and many tables the cost is launches, not bytes.
 
 Variants (``Case.variant``, issue 13): ``fm_slices`` and ``fm_bias``, a Criteo-like FM
 model written as CTR libraries write it (``FieldsFM``), which the pattern's field-slice and
-bias-hoisting forms rewrite.
+bias-hoisting forms rewrite; ``sum``, the lookups of one width added up then a LayerNorm
+(``SumEncoder``, an atom/feature encoder: ``multi_embedding_sum``); ``mf``, matrix
+factorisation's four independent lookups scored by a dot product (``MatrixFactorisation``:
+``independent_lookups``, left on the CPU by default).
 """
 
 from __future__ import annotations
@@ -86,8 +89,42 @@ class FMHead(nn.Module):
         return fm_interaction(y.view(y.shape[0], self.fields, -1))
 
 
+class SumEncoder(EmbeddingModel):
+    """``h = emb_0(x[:, 0]) + emb_1(x[:, 1]) + ...`` then a LayerNorm without parameters
+    (graph atom/bond and tabular feature encoders; issue 13's form 1): [B, T] -> [B, D]."""
+
+    def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype) -> None:
+        super().__init__()
+        if len(set(dims)) != 1:
+            raise ValueError(f"a sum of lookups needs one width, got {sorted(set(dims))}")
+        self.tables = nn.ModuleList(nn.Embedding(v, d, dtype=dtype) for v, d in zip(vocabs, dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tables[0](x[:, 0])
+        for k in range(1, len(self.tables)):
+            h = h + self.tables[k](x[:, k])
+        return torch.nn.functional.layer_norm(h, h.shape[-1:])
+
+
+class MatrixFactorisation(EmbeddingModel):
+    """Users and items with per-id biases, scored by a dot product (issue 13's form 5):
+    tables (users [U, D], items [I, D], user bias [U', 1], item bias [I', 1]), column k of
+    ``x`` indexing table k; output [B]."""
+
+    def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype) -> None:
+        super().__init__()
+        if len(vocabs) != 4 or dims[0] != dims[1] or dims[2:] != (1, 1):
+            raise ValueError(f"matrix factorisation takes 4 tables of widths (D, D, 1, 1), got {dims}")
+        self.tables = nn.ModuleList(nn.Embedding(v, d, dtype=dtype) for v, d in zip(vocabs, dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, i, ub, ib = (t(x[:, k]) for k, t in enumerate(self.tables))
+        return (u * i).sum(-1) + ub.squeeze(-1) + ib.squeeze(-1)
+
+
 # multi_table's model variants (Case.variant) besides the plain lookups + cat
 VARIANTS = {"fm_slices": False, "fm_bias": True}  # name -> per-field bias
+OTHER_VARIANTS = {"sum": SumEncoder, "mf": MatrixFactorisation}
 
 
 class MultiTable(Workload):
@@ -99,9 +136,12 @@ class MultiTable(Workload):
                      "bwd = N*8 + N*D_k*e (grad read) + V_k*D_k*e (zero-fill) + 2*N*D_k*e (atomic RMW)")
 
     def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
+        if case.variant in OTHER_VARIANTS:
+            return OTHER_VARIANTS[case.variant](case.vocabs, case.dims, dtype)
         if case.variant:
             if case.variant not in VARIANTS:
-                raise ValueError(f"multi_table variant {case.variant!r} is not one of {['', *VARIANTS]}")
+                raise ValueError(f"multi_table variant {case.variant!r} is not one of "
+                                 f"{['', *VARIANTS, *OTHER_VARIANTS]}")
             return FieldsFM(case.vocabs, case.dims, dtype, bias=VARIANTS[case.variant])
         return MultiEmbeddingCat(case.vocabs, case.dims, dtype)
 
@@ -112,6 +152,8 @@ class MultiTable(Workload):
         return unpooled_bytes(case)
 
     def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
+        if isinstance(model, (SumEncoder, MatrixFactorisation)):
+            return super().fbgemm(model, case, device)  # Unsupported: no pooled-bag form of these
         if isinstance(model, FieldsFM):
             head = FMHead(len(model.tables), copy.deepcopy(model.bias))
             return FbgemmTBE([t.weight for t in model.tables], device, lookup_bags, head=head)

@@ -125,3 +125,17 @@ def test_issue13_variants_are_rewritten(variant):
     if case.workload == "multi_table" and fbgemm_status()[0]:
         tbe = wl.fbgemm(model, case, CPU)
         torch.testing.assert_close(tbe.module(*tbe.adapt(*inputs)), out, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant, pattern", [("sum", "multi_embedding_sum"), ("mf", "independent_lookups")])
+def test_sum_and_mf_variants_are_rewritten(variant, pattern):
+    """Issue 13's sums of lookups and independent lookups in cpu-quick: rewritten by their
+    patterns (independent_lookups only with its CPU switch on: off by default there)."""
+    case = dataclasses.replace(next(c for c in PRESETS["cpu-quick"].cases if c.variant == variant), batch=16)
+    wl = WORKLOADS[case.workload]
+    model = wl.build(case, CPU)
+    inputs = wl.inputs(case, CPU)
+    with inductor_embed.config.patch(independent_lookups_on_cpu=True):
+        report = inductor_embed.explain(model, *inputs)
+    assert [r.pattern for r in report.rewrites] == [pattern], str(report)
+    assert model(*inputs).shape == ((16, case.dims[0]) if variant == "sum" else (16,))
