@@ -274,7 +274,7 @@ def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_r
         what eager's gradient is after ``.coalesce()``.
 
     One sort of every table's indices (``compress_indices``), then one sum per distinct
-    ``D_k`` (usually one): the tables of one width are read as one table of ``sum(U_k)``
+    ``D_k`` (usually one): the tables of one width are read as one table of ``sum(U_k + 1)``
     rows, by the multi-table backward kernel (one launch, fp32 accumulation) or, on the
     CPU and under deterministic algorithms, eager's ``embedding_dense_backward``.
     """
