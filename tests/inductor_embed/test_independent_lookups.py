@@ -59,7 +59,8 @@ def test_cpu_default_leaves_them_with_the_reason(caplog):
 
 
 class TwoTower(nn.Module):
-    """A user tower (id + its history, mean-pooled) and an item tower (id + category)."""
+    """A user tower (id times its history, mean-pooled) and an item tower (id times category):
+    products, not sums (a sum of lookups is multi_embedding_sum's)."""
 
     def __init__(self, dim=6):
         super().__init__()
@@ -68,8 +69,8 @@ class TwoTower(nn.Module):
         self.mlp = nn.Linear(dim, dim)
 
     def forward(self, uid, iid, cid, hist, hist_cat):
-        user = self.mlp(self.user(uid) + (self.hist_a(hist) + self.hist_b(hist_cat)).mean(1))
-        item = self.mlp(self.item(iid) + self.cat(cid))
+        user = self.mlp(self.user(uid) * (self.hist_a(hist) * self.hist_b(hist_cat)).mean(1))
+        item = self.mlp(self.item(iid) * self.cat(cid))
         return (user * item).sum(-1)
 
 

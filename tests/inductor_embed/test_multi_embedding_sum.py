@@ -106,22 +106,25 @@ def _compare(model: nn.Module, inputs: tuple, dtype: torch.dtype, exact_forward:
     rounds differently from Inductor's and strays past bf16 tolerance from plain
     torch.compile too (norm.weight's gradient, 0.035 off on 8 elements). The gradients'
     tolerance scales with their size (bf16 keeps 8 bits of any magnitude)."""
-    if dtype == torch.float32:
-        compare_with_eager(model, inputs, exact_forward=exact_forward)
+    if dtype == torch.float32 and exact_forward:
+        compare_with_eager(model, inputs, exact_forward=True)
         return
+    # fp32 with a LayerNorm: Inductor's LayerNorm backward reduces in another order than
+    # eager's (with or without the plugin), a few 1e-6 off on its weight/bias gradients.
+    tol = TOL[dtype] if dtype != torch.float32 else {"rtol": 1e-5, "atol": 1e-5}
     ref = copy.deepcopy(model).float()
     compiled_model = copy.deepcopy(model)
     out_c = torch.compile(compiled_model, backend="inductor_embed")(*inputs)
     out_e = ref(*inputs)
-    torch.testing.assert_close(out_c.float(), out_e, **TOL[dtype])
+    torch.testing.assert_close(out_c.float(), out_e, **tol)
     grad = torch.randn_like(out_e)
     out_e.backward(grad)
     out_c.backward(grad.to(dtype))
     for (name, p), q in zip(ref.named_parameters(), compiled_model.parameters()):
         # Relative to the gradient's scale: a tied table's gradient is the sum of two bf16
         # results (head and lookups) that may cancel to far less than either.
-        atol = TOL[dtype]["atol"] * max(1.0, p.grad.abs().max().item())
-        torch.testing.assert_close(q.grad.float(), p.grad, rtol=TOL[dtype]["rtol"], atol=atol,
+        atol = tol["atol"] * max(1.0, p.grad.abs().max().item())
+        torch.testing.assert_close(q.grad.float(), p.grad, rtol=tol["rtol"], atol=atol,
                                    msg=lambda m, n=name: f"grad of {n}: {m}")
 
 
