@@ -66,12 +66,15 @@ def fm(batches, fields: int = 26, dim: int = 16) -> list[Case]:
 
 def sums_and_mf(batches, fields: int = 9, dim: int = 64) -> list[Case]:
     """Issue 13's sums of lookups (9 tables of one width summed, then a LayerNorm: an atom
-    encoder) and matrix factorisation (users 100k and items 50k x D, per-id biases, a dot
-    product), on multi_table (bench/workloads/multi_table.py SumEncoder, MatrixFactorisation)."""
+    encoder), matrix factorisation (users 100k and items 50k x D, per-id biases, a dot
+    product) and shared first columns written into each lookup before the cat, on
+    multi_table (bench/workloads/multi_table.py SumEncoder, MatrixFactorisation, SharedColumns)."""
     return ([Case("multi_table", f"sum of {fields} lookups D={dim} (sum)", cycle(SEED004_VOCABS, fields),
                   (dim,) * fields, b, variant="sum") for b in batches]
             + [Case("multi_table", f"matrix factorisation D={dim} (mf)", (100_000, 50_000, 100_000, 50_000),
-                    (dim, dim, 1, 1), b, variant="mf") for b in batches])
+                    (dim, dim, 1, 1), b, variant="mf") for b in batches]
+            + [Case("multi_table", f"{fields} lookups D={dim}, shared first columns (shared)",
+                    cycle(SEED004_VOCABS, fields), (dim,) * fields, b, variant="shared") for b in batches])
 
 
 def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, bag_size: int = 8) -> list[Case]:

@@ -11,7 +11,9 @@ model written as CTR libraries write it (``FieldsFM``), which the pattern's fiel
 bias-hoisting forms rewrite; ``sum``, the lookups of one width added up then a LayerNorm
 (``SumEncoder``, an atom/feature encoder: ``multi_embedding_sum``); ``mf``, matrix
 factorisation's four independent lookups scored by a dot product (``MatrixFactorisation``:
-``independent_lookups``, left on the CPU by default).
+``independent_lookups``, left on the CPU by default); ``shared``, each lookup's first columns
+overwritten in place by a shared vector before the cat (``SharedColumns``: the column-write
+form of ``multi_embedding_cat``).
 """
 
 from __future__ import annotations
@@ -122,9 +124,27 @@ class MatrixFactorisation(EmbeddingModel):
         return (u * i).sum(-1) + ub.squeeze(-1) + ib.squeeze(-1)
 
 
+class SharedColumns(EmbeddingModel):
+    """Shared-embedding schemes (issue 13's form 4): ``o = emb_k(x[:, k]); o[:, :S] =
+    shared_k.expand(B, -1)`` for every table, then the cat: [B, T] -> [B, sum D]; S = D/4."""
+
+    def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(v, d, dtype=dtype) for v, d in zip(vocabs, dims))
+        self.shared = nn.ParameterList(torch.randn(max(1, d // 4), dtype=dtype) for d in dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = []
+        for k, (t, s) in enumerate(zip(self.tables, self.shared)):
+            o = t(x[:, k])
+            o[:, :s.shape[0]] = s.expand(x.shape[0], -1)
+            pieces.append(o)
+        return torch.cat(pieces, dim=-1)
+
+
 # multi_table's model variants (Case.variant) besides the plain lookups + cat
 VARIANTS = {"fm_slices": False, "fm_bias": True}  # name -> per-field bias
-OTHER_VARIANTS = {"sum": SumEncoder, "mf": MatrixFactorisation}
+OTHER_VARIANTS = {"sum": SumEncoder, "mf": MatrixFactorisation, "shared": SharedColumns}
 
 
 class MultiTable(Workload):
@@ -152,7 +172,7 @@ class MultiTable(Workload):
         return unpooled_bytes(case)
 
     def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
-        if isinstance(model, (SumEncoder, MatrixFactorisation)):
+        if isinstance(model, (SumEncoder, MatrixFactorisation, SharedColumns)):
             return super().fbgemm(model, case, device)  # Unsupported: no pooled-bag form of these
         if isinstance(model, FieldsFM):
             head = FMHead(len(model.tables), copy.deepcopy(model.bias))

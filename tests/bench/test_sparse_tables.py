@@ -127,9 +127,10 @@ def test_issue13_variants_are_rewritten(variant):
         torch.testing.assert_close(tbe.module(*tbe.adapt(*inputs)), out, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant, pattern", [("sum", "multi_embedding_sum"), ("mf", "independent_lookups")])
+@pytest.mark.parametrize("variant, pattern", [("sum", "multi_embedding_sum"), ("mf", "independent_lookups"),
+                                              ("shared", "multi_embedding_cat")])
 def test_sum_and_mf_variants_are_rewritten(variant, pattern):
-    """Issue 13's sums of lookups and independent lookups in cpu-quick: rewritten by their
+    """Issue 13's sums of lookups, independent lookups and column writes in cpu-quick: rewritten by their
     patterns (independent_lookups only with its CPU switch on: off by default there)."""
     case = dataclasses.replace(next(c for c in PRESETS["cpu-quick"].cases if c.variant == variant), batch=16)
     wl = WORKLOADS[case.workload]
@@ -138,4 +139,5 @@ def test_sum_and_mf_variants_are_rewritten(variant, pattern):
     with inductor_embed.config.patch(independent_lookups_on_cpu=True):
         report = inductor_embed.explain(model, *inputs)
     assert [r.pattern for r in report.rewrites] == [pattern], str(report)
-    assert model(*inputs).shape == ((16, case.dims[0]) if variant == "sum" else (16,))
+    want = {"sum": (16, case.dims[0]), "mf": (16,), "shared": (16, sum(case.dims))}[variant]
+    assert model(*inputs).shape == want
