@@ -268,13 +268,14 @@ class SparseTied(nn.Module):
     or two (``from_pretrained``). The Embedding's padding row is dropped from its sparse
     gradient; its output has two users (a sparse lookup here may: the op replaces it)."""
 
-    def __init__(self, emb_sparse: bool, bag_sparse: bool, two: bool, dtype=torch.float32) -> None:
+    def __init__(self, emb_sparse: bool, bag_sparse: bool, two: bool, dtype=torch.float32, device="cpu") -> None:
         super().__init__()
-        self.emb = nn.Embedding(50, 8, padding_idx=3, sparse=emb_sparse, dtype=dtype)
+        # Built on its device: Module.to would copy from_pretrained's two Parameters apart.
+        self.emb = nn.Embedding(50, 8, padding_idx=3, sparse=emb_sparse, dtype=dtype, device=device)
         if two:
             self.bag = nn.EmbeddingBag.from_pretrained(self.emb.weight, freeze=False, mode="mean", sparse=bag_sparse)
         else:
-            self.bag = nn.EmbeddingBag(50, 8, mode="mean", sparse=bag_sparse, dtype=dtype)
+            self.bag = nn.EmbeddingBag(50, 8, mode="mean", sparse=bag_sparse, dtype=dtype, device=device)
             self.bag.weight = self.emb.weight
 
     def forward(self, indices, sequences, offsets):
@@ -328,6 +329,25 @@ def test_tied_sparse_is_fused(two: bool, sparse: tuple[bool, bool], dtype: torch
     named = dict(fused.named_parameters())
     for name, p in model.named_parameters():
         _assert_same_grad(named[name].grad, p.grad, dtype, name)
+
+
+@pytest.mark.parametrize("two, sparse", [(False, (True, True)), (True, (True, False)), (True, (False, True))],
+                         ids=["one-parameter-both", "two-parameters-emb", "two-parameters-bag"])
+def test_tied_sparse_on_both_paths(path: str, two: bool, sparse: tuple[bool, bool]) -> None:
+    """The compiled backward on the ATen path and the kernel path (CUDA, or the Triton
+    interpreter): every part of the sparse backward, dense parts included."""
+    model, fused = (torch.manual_seed(0) and SparseTied(*sparse, two, device=path) for _ in range(2))
+    args = [a.to(path) for a in _sparse_tied_inputs()]
+    out_c = torch.compile(fused, backend="inductor_embed")(*args)
+    out_e = model(*args)
+    assert rewrites(TIED) == 1
+    torch.testing.assert_close(out_c, out_e)
+    grad = torch.randn_like(out_e)
+    out_e.backward(grad)
+    out_c.backward(grad)
+    named = dict(fused.named_parameters())
+    for name, p in model.named_parameters():
+        _assert_same_grad(named[name].grad, p.grad, torch.float32, name)
 
 
 @pytest.mark.parametrize("opt", ["SGD", "SparseAdam"])
