@@ -4,8 +4,9 @@
 One launch reads the weight for both lookups, one backward writes one gradient (the sum of
 both contributions, or the two parts when the bag reads a second tensor over the same
 memory). With ``sparse``, a lookup's part is a coalesced sparse COO gradient, as eager's
-``sparse=True`` gives it after ``.coalesce()`` (``_sparse_backward``). Layered like ``multi_embedding_bag`` (whose argument checks, kernel segments and
-error flags it reuses): the forward is a ``triton_op`` whose CPU body Inductor compiles
+``sparse=True`` gives it after ``.coalesce()`` (``_sparse_backward``). Layered like
+``multi_embedding_bag`` (whose argument checks, kernel segments and error flags it
+reuses): the forward is a ``triton_op`` whose CPU body Inductor compiles
 (``F.embedding`` + ``bag_forward``); on CUDA it calls ``tied_embedding_bag_triton``, which
 launches ``kernels/multi_embedding_bag.py`` with the Embedding as a second segment. The backward is
 an opaque op: eager ATen on the CPU and in deterministic mode, the kernels on CUDA.
@@ -183,6 +184,9 @@ def _tied_setup_context(ctx, inputs, output):
     weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo, *rest = inputs
     ctx.separate = bag_weight is not None
     ctx.sparse = tuple(rest[0]) if rest and rest[0] is not None else (False, False)
+    # An output that gets no gradient comes as None, not zeros: a sparse part then has no
+    # rows, as eager's (zeros would add explicit zero rows, which SparseAdam would step).
+    ctx.set_materialize_grads(False)
     ctx.psw_grad = psw is not None and psw.requires_grad
     ctx.save_for_backward(output[2], emb_indices, bag_indices, offsets, psw, weight if ctx.psw_grad else None)
     ctx.num_rows = weight.shape[0]
@@ -191,14 +195,17 @@ def _tied_setup_context(ctx, inputs, output):
 
 def _tied_backward(ctx, grad_emb, grad_bag, _grad_arg_max):
     arg_max, emb_indices, bag_indices, offsets, psw, weight = ctx.saved_tensors
+    # A sparse part has no rows for an output that got no gradient, as in eager.
+    used = (grad_emb is not None, grad_bag is not None)
     if grad_emb is None:
         grad_emb = grad_bag.new_zeros((*emb_indices.shape, grad_bag.shape[1]))
     if grad_bag is None:
         grad_bag = grad_emb.new_zeros((num_bags(bag_indices, offsets, ctx.ilo), grad_emb.shape[-1]))
     # One weight read by a sparse and a dense lookup: eager's sparse + dense accumulation is
-    # dense, which the dense backward writes at once.
-    if any(ctx.sparse) and (ctx.separate or all(ctx.sparse)):
-        gw, gbw = _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw)
+    # dense, which the dense backward writes at once (sparse when the dense lookup's output
+    # got no gradient: it adds nothing).
+    if any(ctx.sparse) and (ctx.separate or all(sp for sp, u in zip(ctx.sparse, used) if u)):
+        gw, gbw = _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, used)
     else:
         gw = torch.ops.inductor_embed.tied_embedding_bag_backward(
             grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, ctx.num_rows, ctx.mode,
@@ -213,9 +220,11 @@ def _tied_backward(ctx, grad_emb, grad_bag, _grad_arg_max):
     return (gw, gbw, None, None, None, gp, None, None, None, None, None)[:len(ctx.needs_input_grad)]
 
 
-def _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
-                     psw) -> tuple[Tensor, Tensor | None]:
-    """The weight gradients when a lookup is sparse: ``(weight's, bag_weight's or None)``.
+def _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw,
+                     used: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    """The weight gradients when a lookup is sparse: ``(weight's, bag_weight's or None)``;
+    ``used``: whether each output got a gradient (a sparse part of one that did not has no
+    rows: None for its own Parameter).
 
     A sparse part's per-index rows: the Embedding's are ``grad_emb``'s rows themselves (its
     padding entries moved to row V, which ``coalesce_rows`` leaves out: a ``where``, not a
@@ -226,31 +235,37 @@ def _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices,
     A dense part (two Parameters only) comes from the same ops as a lone lookup's."""
     v, d = ctx.num_rows, grad_bag.shape[1]
     emb_sp, bag_sp = ctx.sparse
-    bag_part = _bag_grad(grad_bag, arg_max, bag_indices, offsets, psw, v, ctx.mode, ctx.bag_pad, ctx.ilo, bag_sp)
+    bag_part = None
+    if (bag_sp and used[1]) or (not bag_sp and ctx.separate):
+        bag_part = _bag_grad(grad_bag, arg_max, bag_indices, offsets, psw, v, ctx.mode, ctx.bag_pad, ctx.ilo,
+                             bag_sp)
     emb_part = None
-    if not emb_sp:
+    if not emb_sp and ctx.separate:
         from inductor_embed.lowering.multi_embedding import _cpu_backward, _gpu_backward
 
         g = grad_emb.reshape(-1, d)
         backward = _gpu_backward if use_triton(g) else _cpu_backward
         emb_part = backward(g, [emb_indices.reshape(-1)], [v], [d], [ctx.emb_pad], [False], [0])[0]
-    rows, values = [], []
-    if emb_sp:
+    rows, values, parts = [], [], []
+    if emb_sp and used[0]:
         flat = emb_indices.reshape(-1)
         rows.append(flat if ctx.emb_pad < 0 else torch.where(flat == ctx.emb_pad, v, flat))
         values.append(grad_emb.reshape(-1, d))
-    if bag_sp:
+        parts.append(0)
+    if bag_sp and used[1]:
         rows.append(bag_indices.reshape(-1))
         values.append(bag_part)
-    if not ctx.separate:  # one Parameter, both sparse: one table over both parts' rows
+        parts.append(1)
+    if not ctx.separate and len(rows) == 2:  # one Parameter, both sparse: one table over both parts' rows
         if rows[0].dtype != rows[1].dtype:
             rows = [r.long() for r in rows]
-        rows, values = [torch.cat(rows)], [torch.cat(values)]
-    got = torch.ops.inductor_embed.coalesce_rows(rows, values, [v] * len(rows), [v] * len(rows))
+        rows, values, parts = [torch.cat(rows)], [torch.cat(values)], [0]
+    got = torch.ops.inductor_embed.coalesce_rows(rows, values, [v] * len(rows), [v] * len(rows)) if rows else []
+    sparse_grads = dict(zip(parts, got))
     if not ctx.separate:
-        return got[0], None
-    emb_grad = got[0] if emb_sp else emb_part
-    bag_grad = got[-1] if bag_sp else bag_part
+        return next(iter(sparse_grads.values())), None
+    emb_grad = sparse_grads.get(0) if emb_sp else emb_part
+    bag_grad = sparse_grads.get(1) if bag_sp else bag_part
     return emb_grad, bag_grad
 
 

@@ -163,6 +163,36 @@ def test_tied_sparse_matches_eager(path: str, separate: bool, sparse, dtype, emb
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sparse", [(True, True), (True, False), (False, True)], ids=["both", "emb", "bag"])
+@pytest.mark.parametrize("separate", [False, True], ids=["one-parameter", "two-parameters"])
+@pytest.mark.parametrize("unused", ["emb", "bag"])
+def test_tied_sparse_output_without_gradient(path: str, separate: bool, sparse, unused: str) -> None:
+    """One output gets no gradient: its lookup adds nothing, as in eager (a sparse part no
+    rows, not rows of zeros, which SparseAdam would step; one Parameter read by a sparse
+    lookup and an unused dense one gets a sparse gradient)."""
+    w, w2, ei, bi, bo = _tied_sparse_case(separate, 2, torch.float32)
+    leaves = [w, w2] if separate else [w]
+    e_ref = F.embedding(ei, w, padding_idx=2, sparse=sparse[0])
+    b_ref = F.embedding_bag(bi, w2, bo, mode="mean", include_last_offset=True, sparse=sparse[1])
+    k = 1 if unused == "emb" else 0
+    g = torch.randn_like([e_ref, b_ref][k])
+    want = torch.autograd.grad([e_ref, b_ref][k], leaves, g, allow_unused=True)
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+        outs = TIED(w, w2 if separate else None, ei, bi, bo, None, 1, 2, -1, True, list(sparse))
+        got = torch.autograd.grad(outs[k], leaves, g, allow_unused=True)
+    for j, (a, c) in enumerate(zip(got, want)):
+        if c is None:  # a dense part of an unused output: zeros (or None)
+            assert a is None or (a.layout == torch.strided and not a.any()), j
+            continue
+        assert a.layout == c.layout, j
+        if c.is_sparse:
+            c = c.coalesce()
+            assert torch.equal(a._indices(), c.indices()), j
+            a, c = a._values(), c.values()
+        torch.testing.assert_close(a, c, msg=lambda m, j=j: f"gradient {j}: {m}")
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_tied_sparse_opcheck(path: str) -> None:
     """opcheck (schema, autograd registration, fake impl, AOT dispatch with its sparse
     gradients) with the sparse argument, and the per-sample weights' gradient beside a
