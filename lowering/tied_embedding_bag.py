@@ -3,8 +3,10 @@
 
 One launch reads the weight for both lookups, one backward writes one gradient (the sum of
 both contributions, or the two parts when the bag reads a second tensor over the same
-memory). Layered like ``multi_embedding_bag`` (whose argument checks, kernel segments and
-error flags it reuses): the forward is a ``triton_op`` whose CPU body Inductor compiles
+memory). With ``sparse``, a lookup's part is a coalesced sparse COO gradient, as eager's
+``sparse=True`` gives it after ``.coalesce()`` (``_sparse_backward``). Layered like
+``multi_embedding_bag`` (whose argument checks, kernel segments and error flags it
+reuses): the forward is a ``triton_op`` whose CPU body Inductor compiles
 (``F.embedding`` + ``bag_forward``); on CUDA it calls ``tied_embedding_bag_triton``, which
 launches ``kernels/multi_embedding_bag.py`` with the Embedding as a second segment. The backward is
 an opaque op: eager ATen on the CPU and in deterministic mode, the kernels on CUDA.
@@ -33,8 +35,17 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
 )
 
 
-def _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode) -> None:
+def _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, bag_padding_idx=-1,
+                sparse=None) -> None:
     name = "tied_embedding_bag"
+    if sparse is not None:
+        if len(sparse) != 2:
+            raise RuntimeError(f"{name}: sparse must be [embedding, bag], got {len(sparse)} flags")
+        if sparse[1] and mode == MAX:
+            raise RuntimeError(f"{name}: max mode does not support sparse weights")
+        if sparse[1] and bag_padding_idx >= 0:
+            raise RuntimeError(f"{name}: sparse=True with a padding_idx is not supported for the bag: eager's COO "
+                               "gradient drops padding entries, a data-dependent size")
     if bag_weight is not None and (bag_weight.shape != weight.shape or bag_weight.dtype != weight.dtype
                                    or bag_weight.device != weight.device):
         raise RuntimeError(f"{name}: bag_weight must be like weight {list(weight.shape)} {weight.dtype}")
@@ -57,6 +68,7 @@ def tied_embedding_bag(
     emb_padding_idx: int,
     bag_padding_idx: int,
     include_last_offset: bool,
+    sparse: list[bool] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``F.embedding(emb_indices, weight)`` and ``F.embedding_bag(bag_indices, weight, offsets, ...)``
     in one launch.
@@ -71,11 +83,17 @@ def tied_embedding_bag(
             as in ``multi_embedding_bag`` (one table).
         emb_padding_idx: the Embedding's padding row (no gradient; still gathered), or -1.
         bag_padding_idx: the EmbeddingBag's padding row (left out of the bags), or -1.
+        sparse: ``[embedding, bag]``, whether that lookup's part of the gradient is sparse
+            (backward only; None: both dense). Each sparse part is a coalesced ``[V, D]`` COO
+            tensor. One weight read by a sparse and a dense lookup gets one dense gradient (as
+            eager accumulates them); one read by two sparse lookups one COO gradient over both.
+            A sparse bag takes no max mode and no padding_idx.
 
     Returns:
         ``(emb_out [*L, D], bag_out [B, D], arg_max [B, D or 0] int64)``.
     """
-    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
+    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
+                sparse)
     if not use_triton(weight):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             torch._assert_async((emb_indices >= 0).all(), _OOB_MSG)
@@ -92,8 +110,9 @@ def tied_embedding_bag(
 
 @tied_embedding_bag.register_fake
 def _tied_embedding_bag_fake(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
-                             emb_padding_idx, bag_padding_idx, include_last_offset):
-    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode)
+                             emb_padding_idx, bag_padding_idx, include_last_offset, sparse=None):
+    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
+                sparse)
     d = weight.shape[1]
     b = num_bags(bag_indices, offsets, include_last_offset)
     return (weight.new_empty((*emb_indices.shape, d)), weight.new_empty((b, d)),
@@ -162,8 +181,12 @@ def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, of
 
 
 def _tied_setup_context(ctx, inputs, output):
-    weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo = inputs
+    weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, emb_pad, bag_pad, ilo, *rest = inputs
     ctx.separate = bag_weight is not None
+    ctx.sparse = tuple(rest[0]) if rest and rest[0] is not None else (False, False)
+    # An output that gets no gradient comes as None, not zeros: a sparse part then has no
+    # rows, as eager's (zeros would add explicit zero rows, which SparseAdam would step).
+    ctx.set_materialize_grads(False)
     ctx.psw_grad = psw is not None and psw.requires_grad
     ctx.save_for_backward(output[2], emb_indices, bag_indices, offsets, psw, weight if ctx.psw_grad else None)
     ctx.num_rows = weight.shape[0]
@@ -172,20 +195,92 @@ def _tied_setup_context(ctx, inputs, output):
 
 def _tied_backward(ctx, grad_emb, grad_bag, _grad_arg_max):
     arg_max, emb_indices, bag_indices, offsets, psw, weight = ctx.saved_tensors
+    # A sparse part has no rows for an output that got no gradient, as in eager.
+    used = (grad_emb is not None, grad_bag is not None)
     if grad_emb is None:
         grad_emb = grad_bag.new_zeros((*emb_indices.shape, grad_bag.shape[1]))
     if grad_bag is None:
         grad_bag = grad_emb.new_zeros((num_bags(bag_indices, offsets, ctx.ilo), grad_emb.shape[-1]))
-    gw = torch.ops.inductor_embed.tied_embedding_bag_backward(
-        grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, ctx.num_rows, ctx.mode, ctx.emb_pad,
-        ctx.bag_pad, ctx.ilo, ctx.separate)
+    # One weight read by a sparse and a dense lookup: eager's sparse + dense accumulation is
+    # dense, which the dense backward writes at once (sparse when the dense lookup's output
+    # got no gradient: it adds nothing).
+    if any(ctx.sparse) and (ctx.separate or all(sp for sp, u in zip(ctx.sparse, used) if u)):
+        gw, gbw = _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, used)
+    else:
+        gw = torch.ops.inductor_embed.tied_embedding_bag_backward(
+            grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, ctx.num_rows, ctx.mode,
+            ctx.emb_pad, ctx.bag_pad, ctx.ilo, ctx.separate)
+        gw, gbw = (gw[0], gw[1]) if ctx.separate else (gw, None)
     gp = None
     if ctx.psw_grad:
         gp = per_sample_weights_grad(grad_bag, weight, bag_indices, offsets, ctx.bag_pad, ctx.ilo)
         gp = gp.to(psw.dtype).reshape(psw.shape)
-    if ctx.separate:
-        return gw[0], gw[1], None, None, None, gp, None, None, None, None
-    return gw, None, None, None, None, gp, None, None, None, None
+    # One entry per argument the call gave (``sparse`` may be left out; needs_input_grad
+    # has the call's structure, where the inputs above have the default filled in).
+    return (gw, gbw, None, None, None, gp, None, None, None, None, None)[:len(ctx.needs_input_grad)]
+
+
+def _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw,
+                     used: tuple[bool, bool]) -> tuple[Tensor | None, Tensor | None]:
+    """The weight gradients when a lookup is sparse: ``(weight's, bag_weight's or None)``;
+    ``used``: whether each output got a gradient (a sparse part of one that did not has no
+    rows: None for its own Parameter).
+
+    A sparse part's per-index rows: the Embedding's are ``grad_emb``'s rows themselves (its
+    padding entries moved to row V, which ``coalesce_rows`` leaves out: a ``where``, not a
+    mask, whose size would be data-dependent); the bag's are written by the bag op's
+    backward for one table (``multi_embedding_bag_backward``). One ``coalesce_rows`` call
+    makes every sparse gradient: one Parameter read by both lookups gets ONE COO tensor over
+    both parts' rows (Inductor cannot compile a sum of two sparse tensors in the backward).
+    A dense part (two Parameters only) comes from the same ops as a lone lookup's."""
+    v, d = ctx.num_rows, grad_bag.shape[1]
+    emb_sp, bag_sp = ctx.sparse
+    bag_part = None
+    if (bag_sp and used[1]) or (not bag_sp and ctx.separate):
+        bag_part = _bag_grad(grad_bag, arg_max, bag_indices, offsets, psw, v, ctx.mode, ctx.bag_pad, ctx.ilo,
+                             bag_sp)
+    emb_part = None
+    if not emb_sp and ctx.separate:
+        from inductor_embed.lowering.multi_embedding import _cpu_backward, _gpu_backward
+
+        g = grad_emb.reshape(-1, d)
+        backward = _gpu_backward if use_triton(g) else _cpu_backward
+        emb_part = backward(g, [emb_indices.reshape(-1)], [v], [d], [ctx.emb_pad], [False], [0])[0]
+    rows, values, parts = [], [], []
+    if emb_sp and used[0]:
+        flat = emb_indices.reshape(-1)
+        rows.append(flat if ctx.emb_pad < 0 else torch.where(flat == ctx.emb_pad, v, flat))
+        values.append(grad_emb.reshape(-1, d))
+        parts.append(0)
+    if bag_sp and used[1]:
+        rows.append(bag_indices.reshape(-1))
+        values.append(bag_part)
+        parts.append(1)
+    if not ctx.separate and len(rows) == 2:  # one Parameter, both sparse: one table over both parts' rows
+        if rows[0].dtype != rows[1].dtype:
+            rows = [r.long() for r in rows]
+        rows, values, parts = [torch.cat(rows)], [torch.cat(values)], [0]
+    got = torch.ops.inductor_embed.coalesce_rows(rows, values, [v] * len(rows), [v] * len(rows)) if rows else []
+    sparse_grads = dict(zip(parts, got))
+    if not ctx.separate:
+        return next(iter(sparse_grads.values())), None
+    emb_grad = sparse_grads.get(0) if emb_sp else emb_part
+    bag_grad = sparse_grads.get(1) if bag_sp else bag_part
+    return emb_grad, bag_grad
+
+
+def _bag_grad(grad_bag, arg_max, bag_indices, offsets, psw, num_rows, mode, pad, ilo, sparse) -> Tensor:
+    """The bag's part alone, by ``multi_embedding_bag``'s backward for one table: the dense
+    ``[V, D]`` gradient, or with ``sparse`` each index's row ``[nnz, D]`` (the values of
+    eager's COO gradient), in grad's dtype."""
+    d = grad_bag.shape[1]
+    args = (grad_bag, arg_max, [bag_indices], [offsets], [psw], [num_rows], [d], [mode], [pad], [ilo], [sparse])
+    if not use_triton(grad_bag):
+        got = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args)[0]
+    else:
+        dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(*args)
+        got = values if sparse else dense
+    return got.view(-1, d) if sparse else got.view(num_rows, d)
 
 
 tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_context)
@@ -195,7 +290,7 @@ tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_c
 
 
 @twin_op("inductor_embed::tied_embedding_bag_triton", like="inductor_embed::tied_embedding_bag",
-         returns="(Tensor, Tensor, Tensor, Tensor)", drop=("bag_weight",))
+         returns="(Tensor, Tensor, Tensor, Tensor)", drop=("bag_weight", "sparse"))
 def tied_embedding_bag_triton(weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
                               bag_padding_idx, include_last_offset):
     """The Triton forward of ``tied_embedding_bag``: ``(emb, bag, arg_max, err int32 [2])``,

@@ -54,9 +54,11 @@ def is_bag(node: object) -> bool:
     return bag_args(node) is not None
 
 
-def analyse_bag(node: fx.Node, between: tuple = ()) -> Lookup | str | None:
+def analyse_bag(node: fx.Node, between: tuple = (), whole: bool = False) -> Lookup | str | None:
     """A Lookup (params: offsets, per_sample_weights, mode, padding_idx, include_last_offset,
-    sparse) if ``node`` is a fusable F.embedding_bag call, a reason if it must stay, else None."""
+    sparse) if ``node`` is a fusable F.embedding_bag call, a reason if it must stay, else None.
+    ``whole``: the caller replaces the lookup itself (every user of it), so a sparse lookup
+    may have any users (the tied pattern)."""
     args = bag_args(node)
     if args is None:
         return None
@@ -96,7 +98,7 @@ def analyse_bag(node: fx.Node, between: tuple = ()) -> Lookup | str | None:
     sparse = bool(args["sparse"])
     if sparse and mode == "max":
         return "max mode with sparse=True (eager raises ValueError; left so it still does)"
-    if sparse and any(len(n.users) != 1 for n in (node, *between)):
+    if sparse and not whole and any(len(n.users) != 1 for n in (node, *between)):
         # The lookup would stay beside the fused op, and Inductor cannot add the two
         # sparse gradients (it assumes a strided sum).
         return "a sparse=True lookup with users besides the cat; left"

@@ -53,8 +53,10 @@ NAME = "multi_embedding_cat"
 _OP = "inductor_embed.multi_embedding"
 
 
-def analyse_lookup(node: fx.Node, between: tuple = ()) -> Lookup | str | None:
-    """A Lookup if ``node`` is a fusable F.embedding call, a reason if it is one we must leave, else None."""
+def analyse_lookup(node: fx.Node, between: tuple = (), whole: bool = False) -> Lookup | str | None:
+    """A Lookup if ``node`` is a fusable F.embedding call, a reason if it is one we must leave, else None.
+    ``whole``: the caller replaces the lookup itself (every user of it), so a sparse lookup
+    may have any users (the tied pattern)."""
     args = _fx.embedding_args(node)
     if args is None:
         return None
@@ -68,7 +70,7 @@ def analyse_lookup(node: fx.Node, between: tuple = ()) -> Lookup | str | None:
         return "max_norm renormalises the table in place during the lookup; left to eager semantics"
     if args["sparse"] and args["scale_grad_by_freq"]:
         return "sparse=True with scale_grad_by_freq: eager raises in the backward; left so that it still does"
-    if args["sparse"] and any(len(n.users) > 1 for n in (node, *between)):
+    if args["sparse"] and not whole and any(len(n.users) > 1 for n in (node, *between)):
         return ("a sparse=True lookup with other users than the cat: its table's gradient would be a sum of "
                 "sparse tensors inside the compiled backward, which Inductor cannot compile (nor without the plugin)")
     why = _cat_site.float_checks(w, i)

@@ -6,15 +6,21 @@
 ``tied_embedding_bag(W, W2 or None, idx, seq, ...)``: one launch reads the memory once for
 both lookups, and one backward launch writes the gradient: W's one gradient (the sum of both
 contributions, as eager accumulates it), or, for two Parameters, each its own part, as eager
-gives them.
+gives them. ``sparse=True`` lookups are fused too: a sparse part's gradient is a coalesced
+sparse COO tensor (eager's after ``.coalesce()``); one Parameter read by two sparse lookups
+gets one COO gradient over both (Inductor cannot add two sparse gradients in the compiled
+backward), and one read by a sparse and a dense lookup one dense gradient, as eager's
+accumulation gives it.
 
 Runs after the cat patterns, on the lookups they left. One Embedding and one EmbeddingBag
 per weight are paired (the first of each, in graph order); further lookups of that weight
 keep their own ops (logged). The fused op goes after the last value either lookup reads
 and before the first user of either output; where no such place exists, or an in-place
-write could see the difference, the pair is left (logged). Also left: a ``sparse=True``
-lookup, Embedding or EmbeddingBag (the op writes one dense gradient), and what either single-lookup pattern leaves
-(max_norm, scale_grad_by_freq, calls eager rejects).
+write could see the difference, the pair is left (logged). Also left: what either
+single-lookup pattern leaves (max_norm, scale_grad_by_freq, calls eager rejects; a sparse
+EmbeddingBag with padding_idx, whose COO gradient drops padding entries, a data-dependent
+size). A sparse lookup's output may have several users here: the fused op replaces the
+lookup, whose weight keeps one gradient.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def _collect(graph: fx.Graph, rec: Recorder) -> dict[fx.Node, tuple[list, list]]
         if _fx.is_erased(node) or node.op != "call_function":
             continue
         for k, analyse in ((0, analyse_lookup), (1, analyse_bag)):
-            lk = analyse(node, ())
+            lk = analyse(node, (), whole=True)
             if isinstance(lk, Lookup):
                 found.setdefault(_weight_key(lk.weight), ([], []))[k].append(lk)
             elif isinstance(lk, str):
@@ -113,10 +119,6 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
         if emb.params["scale_grad_by_freq"]:
             rec.skip(Skip(NAME, pair, "the Embedding uses scale_grad_by_freq, which the tied op does not implement"))
             continue
-        if bag.params["sparse"] or emb.params["sparse"]:
-            which = "EmbeddingBag" if bag.params["sparse"] else "Embedding"
-            rec.skip(Skip(NAME, pair, f"the {which} has sparse=True; the tied op writes one dense gradient"))
-            continue
         at = _placement(graph, emb, bag, order)
         if at is None:
             rec.skip(Skip(NAME, pair, "a user of one lookup comes before a value the other lookup reads; "
@@ -139,6 +141,8 @@ def _rewrite(graph: fx.Graph, emb: Lookup, bag: Lookup, at: fx.Node) -> None:
         fused = _fx.call(graph, torch.ops.inductor_embed.tied_embedding_bag.default, (
             emb.weight, None if bag.weight is emb.weight else bag.weight, emb.index, bag.index, p["offsets"], p["per_sample_weights"], p["mode"],
             emb.params["padding_idx"], p["padding_idx"], p["include_last_offset"],
+            # dense-only pairs keep the 10-argument form
+            *([[bool(emb.params["sparse"]), bool(p["sparse"])]] if emb.params["sparse"] or p["sparse"] else []),
         ), emb.node)
         e = _fx.call(graph, operator.getitem, (fused, 0), emb.node)
         b = _fx.call(graph, operator.getitem, (fused, 1), bag.node)

@@ -15,6 +15,7 @@ from tests.inductor_embed.test_independent_lookups import MatrixFactorisation, _
 from tests.inductor_embed.test_multi_embedding_bag import (
     DLRMEmbeddings,
     SharedEmbeddingLayer,
+    SparseTied,
     _dlrm_inputs,
 )
 from tests.inductor_embed.test_multi_embedding_cat import (
@@ -160,6 +161,21 @@ def forward(self, L_model_modules_emb_l_modules_0_parameters_weight_ : torch.nn.
     getitem = multi_embedding_bag_default[0];  multi_embedding_bag_default = None
     cat_1 = torch.cat([l_x_, getitem], 1);  l_x_ = getitem = None
     return (cat_1,)""")
+
+    def test_tied_sparse_pair(self):
+        """One Parameter read by a sparse Embedding and a sparse EmbeddingBag: the sparse flags
+        are the op's 11th argument."""
+        code = rewritten_code(SparseTied(True, True, two=False), torch.randint(0, 50, (4, 3)),
+                              torch.randint(0, 50, (10,)), torch.tensor([0, 3, 3, 7]))
+        self.assertExpectedInline(code, """\
+def forward(self, L_self_modules_emb_parameters_weight_ : torch.nn.parameter.Parameter, L_indices_ : torch.Tensor, L_sequences_ : torch.Tensor, L_offsets_ : torch.Tensor):
+    tied_embedding_bag_default = torch.ops.inductor_embed.tied_embedding_bag.default(l_self_modules_emb_parameters_weight_, None, l_indices_, l_sequences_, l_offsets_, None, 1, 3, -1, False, [True, True]);  l_self_modules_emb_parameters_weight_ = l_indices_ = l_sequences_ = l_offsets_ = None
+    getitem = tied_embedding_bag_default[0]
+    getitem_1 = tied_embedding_bag_default[1];  tied_embedding_bag_default = None
+    sum_1 = getitem.sum(1)
+    amax = getitem.amax(1);  getitem = None
+    cat = torch.cat([sum_1, amax, getitem_1], 1);  sum_1 = amax = getitem_1 = None
+    return (cat,)""")
 
     def test_seed003_tied_embedding_bag(self):
         model = SharedEmbeddingLayer(100, 32)

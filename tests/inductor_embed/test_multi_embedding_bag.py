@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import inductor_embed
 from tests._util import deterministic
-from tests.inductor_embed._util import compare_with_eager, rewrites, skips
+from tests.inductor_embed._util import TOL, compare_with_eager, rewrites, skips
 
 BAG, TIED = "multi_embedding_bag", "tied_embedding_bag"
 
@@ -263,21 +263,123 @@ def test_tied_one_parameter() -> None:
     assert rewrites(TIED) == 1
 
 
-@pytest.mark.parametrize("which", ["emb", "bag"])
-def test_tied_sparse_lookup_is_left(which: str, caplog) -> None:
-    """A sparse=True lookup of a tied weight: the tied op writes one dense gradient, so the
-    pair is left (logged) and eager's sparse + dense accumulation stays eager's."""
+class SparseTied(nn.Module):
+    """A tied Embedding/EmbeddingBag pair with sparse flags: one Parameter (assigned to both)
+    or two (``from_pretrained``). The Embedding's padding row is dropped from its sparse
+    gradient; its output has two users (a sparse lookup here may: the op replaces it)."""
+
+    def __init__(self, emb_sparse: bool, bag_sparse: bool, two: bool, dtype=torch.float32, device="cpu") -> None:
+        super().__init__()
+        # Built on its device: Module.to would copy from_pretrained's two Parameters apart.
+        self.emb = nn.Embedding(50, 8, padding_idx=3, sparse=emb_sparse, dtype=dtype, device=device)
+        if two:
+            self.bag = nn.EmbeddingBag.from_pretrained(self.emb.weight, freeze=False, mode="mean", sparse=bag_sparse)
+        else:
+            self.bag = nn.EmbeddingBag(50, 8, mode="mean", sparse=bag_sparse, dtype=dtype, device=device)
+            self.bag.weight = self.emb.weight
+
+    def forward(self, indices, sequences, offsets):
+        e = self.emb(indices)
+        return torch.cat([e.sum(1), e.amax(1), self.bag(sequences, offsets)], 1)
+
+
+def _sparse_tied_inputs():
+    g = torch.Generator().manual_seed(0)
+    indices = torch.randint(0, 50, (4, 3), generator=g)
+    indices[0, :2] = 3  # padding entries: no gradient
+    sequences = torch.randint(0, 50, (10,), generator=g)
+    sequences[:4] = indices[1, 0]  # a row both lookups read, four times
+    return indices, sequences, torch.tensor([0, 3, 3, 7])
+
+
+def _assert_same_grad(got, want, dtype, name) -> None:
+    assert got.layout == want.layout, name
+    if not want.is_sparse:
+        torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        return
+    want = want.coalesce()
+    rows = got._indices()
+    assert rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()), f"{name}: rows not sorted unique"
+    assert torch.equal(rows, want.indices()), name
+    torch.testing.assert_close(got._values(), want.values(), **TOL[dtype], msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("sparse", [(True, True), (True, False), (False, True)], ids=["both", "emb", "bag"])
+@pytest.mark.parametrize("two", [False, True], ids=["one-parameter", "two-parameters"])
+def test_tied_sparse_is_fused(two: bool, sparse: tuple[bool, bool], dtype: torch.dtype) -> None:
+    """Sparse lookups of a tied weight are fused. Eager's gradients: one Parameter read by
+    two sparse lookups gets the sum of two uncoalesced COO tensors, read by a sparse and a
+    dense lookup a dense one; two Parameters each their own, of their own layout. The
+    fused op's sparse gradients are coalesced: equal to eager's after ``.coalesce()``.
+    (Plain torch.compile cannot compile these backwards: it fails to add the one-Parameter
+    pair's two sparse gradients, and falls back to eager at a sparse Embedding with
+    padding_idx, whose COO gradient drops padding entries by a data-dependent nonzero.)"""
+    # Two models built alike, not a deep copy: that would give from_pretrained's two
+    # Parameters two storages (no longer tied).
+    model, fused = (torch.manual_seed(0) and SparseTied(*sparse, two, dtype) for _ in range(2))
+    args = _sparse_tied_inputs()
+    out_c = torch.compile(fused, backend="inductor_embed")(*args)
+    out_e = model(*args)
+    assert rewrites(TIED) == 1 and skips(TIED) == 0
+    torch.testing.assert_close(out_c, out_e, **TOL[dtype])
+    grad = torch.randn_like(out_e)
+    out_e.backward(grad)
+    out_c.backward(grad)
+    named = dict(fused.named_parameters())
+    for name, p in model.named_parameters():
+        _assert_same_grad(named[name].grad, p.grad, dtype, name)
+
+
+@pytest.mark.parametrize("two, sparse", [(False, (True, True)), (True, (True, False)), (True, (False, True))],
+                         ids=["one-parameter-both", "two-parameters-emb", "two-parameters-bag"])
+def test_tied_sparse_on_both_paths(path: str, two: bool, sparse: tuple[bool, bool]) -> None:
+    """The compiled backward on the ATen path and the kernel path (CUDA, or the Triton
+    interpreter): every part of the sparse backward, dense parts included."""
+    model, fused = (torch.manual_seed(0) and SparseTied(*sparse, two, device=path) for _ in range(2))
+    args = [a.to(path) for a in _sparse_tied_inputs()]
+    out_c = torch.compile(fused, backend="inductor_embed")(*args)
+    out_e = model(*args)
+    assert rewrites(TIED) == 1
+    torch.testing.assert_close(out_c, out_e)
+    grad = torch.randn_like(out_e)
+    out_e.backward(grad)
+    out_c.backward(grad)
+    named = dict(fused.named_parameters())
+    for name, p in model.named_parameters():
+        _assert_same_grad(named[name].grad, p.grad, torch.float32, name)
+
+
+@pytest.mark.parametrize("opt", ["SGD", "SparseAdam"])
+def test_tied_sparse_optimizer_steps_match_eager(opt: str) -> None:
+    # The two Parameters share one storage: each step applies both gradients to it.
+    model, fused = (torch.manual_seed(1) and SparseTied(True, True, two=True) for _ in range(2))
+    compiled = torch.compile(fused, backend="inductor_embed")
+    opt_e, opt_c = (getattr(torch.optim, opt)(m.parameters(), lr=0.05) for m in (model, fused))
+    for _ in range(2):
+        args = _sparse_tied_inputs()
+        for run, o in ((model, opt_e), (compiled, opt_c)):
+            o.zero_grad(set_to_none=True)
+            run(*args).square().mean().backward()
+            o.step()
+    assert rewrites(TIED) == 1
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n} after 2 {opt} steps: {m}")
+
+
+def test_tied_sparse_bag_with_padding_idx_is_left(caplog) -> None:
+    """A sparse EmbeddingBag with padding_idx: its COO gradient drops padding entries (a
+    data-dependent size), which the op does not make; the pair is left (logged)."""
     import logging
 
-    model = OneParameter()
-    getattr(model, which).sparse = True
-    g = torch.Generator().manual_seed(0)
-    args = (torch.randint(0, 50, (4, 3), generator=g), torch.randint(0, 50, (10,), generator=g),
-            torch.tensor([0, 3, 3, 7]))
-    with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
-        compare_with_eager(model, args, exact_forward=False)
+    model = SparseTied(True, True, two=False)
+    model.bag.padding_idx = 5
+    # Inference: with gradients, plain torch.compile fails to trace the left lookups'
+    # sparse backward (the Embedding's padding entries: a data-dependent nonzero).
+    with caplog.at_level(logging.DEBUG, logger="inductor_embed"), torch.no_grad():
+        torch.compile(model, backend="inductor_embed")(*_sparse_tied_inputs())
     assert rewrites(TIED) == 0
-    assert f"the {'Embedding' if which == 'emb' else 'EmbeddingBag'} has sparse=True" in caplog.text
+    assert "sparse=True with padding_idx" in caplog.text
 
 
 def test_torchrec_embedding_bag_collection() -> None:

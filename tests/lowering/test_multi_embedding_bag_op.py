@@ -116,6 +116,110 @@ def test_tied_matches_eager(path: str, separate: bool) -> None:
         torch.testing.assert_close(a, c)
 
 
+def _tied_sparse_case(separate: bool, emb_pad: int, dtype: torch.dtype):
+    """Mixed int32/int64 indices, a row both lookups read, padding entries of the Embedding,
+    mean bags with include_last_offset and an empty bag."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(20, 6, generator=g).to(dtype).requires_grad_()
+    w2 = torch.nn.Parameter(w.detach()) if separate else w
+    ei = torch.randint(0, 20, (3, 4), generator=g)
+    ei[0, :2] = 2
+    bi = torch.randint(0, 20, (11,), generator=g, dtype=torch.int32)
+    bi[:3] = int(ei[1, 1])
+    bo = torch.tensor([0, 4, 4, 11], dtype=torch.int32)
+    return w, w2, ei, bi, bo
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("sparse", [(True, True), (True, False), (False, True)], ids=["both", "emb", "bag"])
+@pytest.mark.parametrize("separate", [False, True], ids=["one-parameter", "two-parameters"])
+@pytest.mark.parametrize("emb_pad", [-1, 2], ids=["no-pad", "pad"])
+def test_tied_sparse_matches_eager(path: str, separate: bool, sparse, dtype, emb_pad: int) -> None:
+    """Eager's gradients: one Parameter read by two sparse lookups, the sum of two
+    uncoalesced COO tensors; by a sparse and a dense one, dense; two Parameters, each its
+    own. The op's sparse ones are coalesced, one COO tensor per Parameter."""
+    w, w2, ei, bi, bo = _tied_sparse_case(separate, emb_pad, dtype)
+    leaves = [w, w2] if separate else [w]
+    e_ref = F.embedding(ei, w, padding_idx=None if emb_pad < 0 else emb_pad, sparse=sparse[0])
+    b_ref = F.embedding_bag(bi, w2, bo, mode="mean", include_last_offset=True, sparse=sparse[1])
+    ge, gb = torch.randn_like(e_ref), torch.randn_like(b_ref)
+    want = torch.autograd.grad([e_ref, b_ref], leaves, [ge, gb])
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+        e, b, _ = TIED(w, w2 if separate else None, ei, bi, bo, None, 1, emb_pad, -1, True, list(sparse))
+        got = torch.autograd.grad([e, b], leaves, [ge, gb])
+    tol = {} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    assert torch.equal(e, e_ref)
+    torch.testing.assert_close(b, b_ref, **tol)
+    for k, (a, c) in enumerate(zip(got, want)):
+        assert a.layout == c.layout and a.dtype == c.dtype, k
+        if c.is_sparse:
+            c = c.coalesce()
+            rows = a._indices()
+            assert bool((rows[0, 1:] > rows[0, :-1]).all()), f"gradient {k}: rows not sorted unique"
+            assert torch.equal(rows, c.indices()), k
+            a, c = a._values(), c.values()
+        torch.testing.assert_close(a, c, **tol, msg=lambda m, k=k: f"gradient {k}: {m}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("sparse", [(True, True), (True, False), (False, True)], ids=["both", "emb", "bag"])
+@pytest.mark.parametrize("separate", [False, True], ids=["one-parameter", "two-parameters"])
+@pytest.mark.parametrize("unused", ["emb", "bag"])
+def test_tied_sparse_output_without_gradient(path: str, separate: bool, sparse, unused: str) -> None:
+    """One output gets no gradient: its lookup adds nothing, as in eager (a sparse part no
+    rows, not rows of zeros, which SparseAdam would step; one Parameter read by a sparse
+    lookup and an unused dense one gets a sparse gradient)."""
+    w, w2, ei, bi, bo = _tied_sparse_case(separate, 2, torch.float32)
+    leaves = [w, w2] if separate else [w]
+    e_ref = F.embedding(ei, w, padding_idx=2, sparse=sparse[0])
+    b_ref = F.embedding_bag(bi, w2, bo, mode="mean", include_last_offset=True, sparse=sparse[1])
+    k = 1 if unused == "emb" else 0
+    g = torch.randn_like([e_ref, b_ref][k])
+    want = torch.autograd.grad([e_ref, b_ref][k], leaves, g, allow_unused=True)
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+        outs = TIED(w, w2 if separate else None, ei, bi, bo, None, 1, 2, -1, True, list(sparse))
+        got = torch.autograd.grad(outs[k], leaves, g, allow_unused=True)
+    for j, (a, c) in enumerate(zip(got, want)):
+        if c is None:  # a dense part of an unused output: zeros (or None)
+            assert a is None or (a.layout == torch.strided and not a.any()), j
+            continue
+        assert a.layout == c.layout, j
+        if c.is_sparse:
+            c = c.coalesce()
+            assert torch.equal(a._indices(), c.indices()), j
+            a, c = a._values(), c.values()
+        torch.testing.assert_close(a, c, msg=lambda m, j=j: f"gradient {j}: {m}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_tied_sparse_opcheck(path: str) -> None:
+    """opcheck (schema, autograd registration, fake impl, AOT dispatch with its sparse
+    gradients) with the sparse argument, and the per-sample weights' gradient beside a
+    sparse bag."""
+    w, w2, ei, bi, bo = _tied_sparse_case(True, 2, torch.float32)
+    psw = torch.randn(bi.shape, requires_grad=True)
+    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+        for args in ((w, None, ei, bi, bo, psw, 0, 2, -1, False, [True, True]),
+                     (w, w2, ei, bi, bo, psw, 0, 2, -1, False, [True, False])):
+            opcheck(TIED, args)
+            e, b, _ = TIED(*args)
+            (gp,) = torch.autograd.grad(b, [psw], torch.ones_like(b))
+            want = torch.autograd.grad(F.embedding_bag(bi, w, bo, mode="sum", per_sample_weights=psw), [psw],
+                                       torch.ones_like(b))[0]
+            torch.testing.assert_close(gp, want)
+
+
+def test_tied_sparse_rejects_what_the_op_cannot_do() -> None:
+    w, _, ei, bi, bo = _tied_sparse_case(False, -1, torch.float32)
+    with pytest.raises(RuntimeError, match="max mode does not support sparse weights"):
+        TIED(w, None, ei, bi, bo, None, 2, -1, -1, False, [False, True])
+    with pytest.raises(RuntimeError, match="sparse=True with a padding_idx is not supported"):
+        TIED(w, None, ei, bi, bo, None, 0, -1, 3, False, [False, True])
+    with pytest.raises(RuntimeError, match="sparse must be"):
+        TIED(w, None, ei, bi, bo, None, 0, -1, -1, False, [True])
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("bad", ["index", "decreasing", "past-end"])
 def test_bad_input_raises(path: str, bad: str) -> None:
