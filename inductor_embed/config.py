@@ -68,6 +68,12 @@ bag_patterns_on_cpu: bool = False
 # Left groups are logged.
 independent_lookups_on_cpu: bool = False
 
+# Also take, for CPU tensors, lookups whose columns are written in place before the cat
+# (``o[:, :k] = shared``; multi_embedding_cat moves the write onto the fused output). Off by
+# default: on the CPU that write copies the whole fused output (cpu-quick "shared": 0.90-0.92x
+# torch.compile, higher peak memory); such lookups are left, and the log says why.
+column_writes_on_cpu: bool = False
+
 # --- pattern tuning ---------------------------------------------------------------
 # Fewest lookups in one cat worth fusing. Below it the cat is left alone (logged):
 # with one lookup there is nothing to save.
@@ -95,6 +101,7 @@ _FIELDS: tuple[str, ...] = (
     "independent_lookups",
     "bag_patterns_on_cpu",
     "independent_lookups_on_cpu",
+    "column_writes_on_cpu",
     "min_tables",
     "one_hot_linear_min_classes",
     "triton_on_cpu",

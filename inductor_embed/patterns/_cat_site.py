@@ -157,6 +157,14 @@ def _hazard(fam: Family, lk: Lookup, site: fx.Node, writes: _fx.Writes) -> Looku
             return f"the lookup's output is written in place by {written[0].name}; left so the write still applies"
         if isinstance(found, str):
             return found
+        if lk.device.type == "cpu" and not config.column_writes_on_cpu:
+            # Measured (cpu-quick "shared", 9 tables of D=64): 0.90-0.92x torch.compile and a
+            # higher peak (50.5 vs 41.5 MiB): the writes into the fused output become
+            # slice_scatters of the whole [B, sum D] buffer, where the unfused model's touch
+            # one [B, D] lookup each.
+            return (f"the lookup's columns are written in place ({written[0].name}): on the CPU that write "
+                    "on the fused output copies the whole output (slower than torch.compile; "
+                    "config.column_writes_on_cpu=True takes it anyway); left")
         lk = dataclasses.replace(lk, column_writes=found)
     for what, value in [("indices" if k == 0 else f"input {v.name}", v) for k, v in enumerate(lk.reads)] + [
             ("table", lk.weight)]:

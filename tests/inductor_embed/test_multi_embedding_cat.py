@@ -709,3 +709,25 @@ def test_wide_dims_under_inference_mode():
         out = compiled(x)
         torch.testing.assert_close(out, model(x), rtol=0, atol=0)
     assert out.shape == (6, 2031) and rewrites() == 1
+
+
+def test_column_writes_left_on_the_cpu_by_default(caplog):
+    """tests/conftest.py turns column_writes_on_cpu on; by default a CPU lookup whose columns
+    are written before the cat is left (the write on the fused output would copy all of it)."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Embedding(10, 4), nn.Embedding(10, 4), nn.Embedding(10, 4)
+            self.s = nn.Parameter(torch.randn(2))
+
+        def forward(self, x):
+            o = self.a(x)
+            o[:, :2] = self.s.expand(x.shape[0], -1)
+            return torch.cat([o, self.b(x), self.c(x)], -1)
+
+    x = torch.randint(0, 10, (6,))
+    with inductor_embed.config.patch(column_writes_on_cpu=False), caplog.at_level(logging.DEBUG, "inductor_embed"):
+        compare_with_eager(Shared(), (x,))
+    assert rewrites() == 1  # b and c
+    assert "on the CPU that write on the fused output copies the whole output" in caplog.text
