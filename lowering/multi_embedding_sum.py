@@ -30,7 +30,7 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering._common import column_stride_1, use_triton
+from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.multi_embedding import (
     _OOB_MSG,
     _check_sparse,
@@ -104,15 +104,9 @@ def _multi_embedding_sum_fake(weights, indices, padding_idx, scale_grad_by_freq,
     return weights[0].new_empty((*lead, weights[0].shape[1]))
 
 
-@torch.library.custom_op("inductor_embed::multi_embedding_sum_backward", mutates_args=())
-def multi_embedding_sum_backward(
-    grad: torch.Tensor,
-    indices: list[torch.Tensor],
-    num_rows: list[int],
-    dims: list[int],
-    padding_idx: list[int],
-    scale_grad_by_freq: list[bool],
-) -> torch.Tensor:
+@twin_op("inductor_embed::multi_embedding_sum_backward", like="inductor_embed::multi_embedding_backward",
+         returns="Tensor")
+def multi_embedding_sum_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq) -> torch.Tensor:
     """Every table's dense gradient of the sum, packed into one flat buffer.
 
     Args:

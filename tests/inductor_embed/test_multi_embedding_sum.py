@@ -151,7 +151,10 @@ def test_gpt_style_with_tied_head(head, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=_ids("{}"))
 def test_atom_encoder_nine_tables(start, dtype):
     model = AtomEncoder(start=start).to(dtype)
-    compare_with_eager(model, (_atoms(),), dtype=dtype)
+    # bf16: against eager on an fp32 copy. Eager rounds to bf16 after each of the 9 adds,
+    # Inductor's fused sum once at the end (more precise; one element in ~100 strays past
+    # 0.02 from eager's bf16 result).
+    _compare(model, (_atoms(),), dtype, exact_forward=True)
     assert rewrites(NAME) == 1
 
 

@@ -55,21 +55,25 @@ def _assert_same_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype,
     torch.testing.assert_close(got._values(), want.values(), **TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_sparse_tables_are_fused_with_coalesced_gradients(dtype: torch.dtype) -> None:
-    torch.manual_seed(0)
-    model = SparseTables(dtype)
-    x = _inputs()
+def _compare(model: nn.Module, inputs: tuple, dtype: torch.dtype, pattern: str = "multi_embedding_cat") -> None:
+    """Compile a copy with inductor_embed: one rewrite of ``pattern``, eager's output, and
+    every gradient eager's (sparse ones after ``.coalesce()``)."""
     fused = copy.deepcopy(model)
-    out_c = torch.compile(fused, backend="inductor_embed")(x)
-    out_e = model(x)
-    assert rewrites() == 1
+    out_c = torch.compile(fused, backend="inductor_embed")(*inputs)
+    out_e = model(*inputs)
+    assert rewrites(pattern) == 1
     torch.testing.assert_close(out_c, out_e, **TOL[dtype])
     grad = torch.randn_like(out_e)
     out_e.backward(grad)
     out_c.backward(grad)
     for (name, p), q in zip(model.named_parameters(), fused.parameters()):
         _assert_same_grad(q.grad, p.grad, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_sparse_tables_are_fused_with_coalesced_gradients(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    _compare(SparseTables(dtype), (_inputs(),), dtype)
 
 
 @pytest.mark.parametrize("opt", ["SparseAdam", "Adagrad", "SGD"])
@@ -186,13 +190,4 @@ def test_sparse_tables_in_a_sum(dtype: torch.dtype) -> None:
     model = Encoder()
     ids, tt = torch.randint(0, 60, (4, 10)), torch.randint(0, 2, (4, 10))
     ids[0, :3] = 0
-    fused = copy.deepcopy(model)
-    out_c = torch.compile(fused, backend="inductor_embed")(ids, tt)
-    out_e = model(ids, tt)
-    assert rewrites("multi_embedding_sum") == 1
-    torch.testing.assert_close(out_c, out_e, **TOL[dtype])
-    grad = torch.randn_like(out_e)
-    out_e.backward(grad)
-    out_c.backward(grad)
-    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
-        _assert_same_grad(q.grad, p.grad, dtype, name)
+    _compare(model, (ids, tt), dtype, "multi_embedding_sum")
