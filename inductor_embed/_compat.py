@@ -132,18 +132,40 @@ def op_name(target: Any) -> tuple[str, str] | None:
     return None
 
 
-def graph_input_grad_fn(node: torch.fx.Node) -> str | None:
-    """The autograd node (``grad_fn.name()``, e.g. ``"EmbeddingBackward0"``) that produced the
-    real tensor Dynamo passes as placeholder ``node``: what computed a graph input before the
-    graph began (a lookup across a graph break). None when it is a leaf, is not a tensor, or
-    Dynamo kept no example (an exported program, a graph built by hand)."""
+def graph_input_tensor(node: torch.fx.Node) -> torch.Tensor | None:
+    """The real tensor Dynamo passes as placeholder ``node`` (a module's parameter, for a
+    lifted one), or None when it is not a tensor, or Dynamo kept no example (an exported
+    program, a graph built by hand, a freed example)."""
     grapharg = node.meta.get("grapharg")
     try:
         example = grapharg.example if grapharg is not None else None
     except Exception:  # noqa: BLE001 - a freed weak reference, or an example Dynamo dropped
         return None
-    grad_fn = getattr(example, "grad_fn", None) if isinstance(example, torch.Tensor) else None
+    return example if isinstance(example, torch.Tensor) else None
+
+
+def graph_input_grad_fn(node: torch.fx.Node) -> str | None:
+    """The autograd node (``grad_fn.name()``, e.g. ``"EmbeddingBackward0"``) that produced the
+    real tensor Dynamo passes as placeholder ``node``: what computed a graph input before the
+    graph began (a lookup across a graph break). None when it is a leaf, is not a tensor, or
+    Dynamo kept no example."""
+    grad_fn = getattr(graph_input_tensor(node), "grad_fn", None)
     return grad_fn.name() if grad_fn is not None else None
+
+
+def weak_id_key_dict() -> Any:
+    """A dict keyed by tensor identity that does not keep its keys alive
+    (``torch.utils.weak.WeakIdKeyDictionary``: a ``WeakKeyDictionary`` would compare tensor
+    keys with ``==``, element-wise)."""
+    from torch.utils.weak import WeakIdKeyDictionary
+
+    return WeakIdKeyDictionary()
+
+
+def mark_coalesced(t: torch.Tensor) -> None:
+    """Set a sparse COO tensor's coalesced flag in place (``Tensor._coalesced_``): the caller
+    has checked that its indices are sorted and unique."""
+    t._coalesced_(True)
 
 
 def graph_transform_observer(graph: torch.fx.Graph, passname: str) -> contextlib.AbstractContextManager[Any]:

@@ -21,6 +21,7 @@ from inductor_embed import _compat, config
 from inductor_embed.patterns import PATTERNS
 from inductor_embed.patterns._fx import table_batched_reason, written_args
 from inductor_embed.report import Recorder, Report, Skip
+from inductor_embed.sparse_grads import keep_coalesced, sparse_weights
 
 
 def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
@@ -56,6 +57,9 @@ def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
         # ``buf.add_(1)``: writes are kept explicitly.
         graph.eliminate_dead_code(is_impure_node=_is_impure)
         graph.lint()
+        # Sparse tables' gradients are coalesced; keep them flagged so in param.grad.
+        for weight in sparse_weights(graph):
+            keep_coalesced(weight)
     rec.report.graphs = 1
     return rec.report
 

@@ -21,6 +21,7 @@ from torch.library import triton_op
 from inductor_embed import _compat
 from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.multi_embedding_ref import (
+    coalesce_ref,
     compress_indices,
     multi_embedding_backward_ref,
     multi_embedding_backward_tables,
@@ -221,32 +222,32 @@ def multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, 
         its indices touch (padding row left out) and their summed gradients, what eager's
         sparse gradient is after ``.coalesce()``.
 
-    One sort of every table's indices (``compress_indices``), then the dense backward of the
-    ``U_k + 1`` compressed rows (the extra one takes padding entries): on the GPU one
-    atomic-add launch of the multi-table kernel into one fp32 buffer; on the CPU and under
-    deterministic algorithms eager's ``embedding_dense_backward`` per table. Memory is
-    ``O(N * D)``, never ``O(V * D)``. The op returns the sparse tensors themselves: their
-    number of rows is data-dependent, which Dynamo's fake tensors cannot express as an
-    op output (without ``capture_dynamic_output_shape_ops``), but a sparse tensor's shape
-    is its dense shape.
+    On the GPU: one sort of every table's indices (``compress_indices``), then one
+    atomic-add launch of the multi-table backward kernel over the ``U_k + 1`` compressed
+    rows of every table (the extra row takes padding entries) into one fp32 buffer. On the
+    CPU and under deterministic algorithms: ``coalesce_ref`` per table (ATen's own sort and
+    segment sum, what eager's optimizer runs on eager's gradient). Memory is ``O(N * D)``,
+    never ``O(V * D)``. The op returns the sparse tensors themselves: their number of rows
+    is data-dependent, which Dynamo's fake tensors cannot express as an op output (without
+    ``capture_dynamic_output_shape_ops``), but a sparse tensor's shape is its dense one.
     """
+    if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+        g2 = grad.reshape(-1, grad.shape[-1])
+        return [coalesce_ref(i, g2.narrow(1, c, d), v, p)
+                for i, v, d, p, c in zip(indices, num_rows, dims, padding_idx, columns)]
+    from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
+
     rows, local, counts = compress_indices(indices, num_rows, padding_idx)
     rows_plus = [u + 1 for u in counts]
     no_freq = [False] * len(dims)
-    if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
-        values = multi_embedding_backward_tables(grad, local, rows_plus, dims, counts, no_freq, columns)
-    else:
-        from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
-
-        g2 = column_stride_1(grad.reshape(-1, grad.shape[-1]))
-        offsets, _, size = grad_layout(rows_plus, dims, no_freq)
-        flat = torch.zeros(size, dtype=torch.float32, device=grad.device)
-        multi_embedding_bwd(g2, local, rows_plus, dims, counts, no_freq, flat, columns)
-        flat = flat.to(grad.dtype)
-        values = [flat.narrow(0, o, (u + 1) * d).view(u + 1, d) for o, u, d in zip(offsets, counts, dims)]
-    return [torch.sparse_coo_tensor(r.unsqueeze(0), val.narrow(0, 0, u), (v, d), is_coalesced=True,
+    g2 = column_stride_1(grad.reshape(-1, grad.shape[-1]))
+    offsets, _, size = grad_layout(rows_plus, dims, no_freq)
+    flat = torch.zeros(size, dtype=torch.float32, device=grad.device)
+    multi_embedding_bwd(g2, local, rows_plus, dims, counts, no_freq, flat, columns)
+    flat = flat.to(grad.dtype)
+    return [torch.sparse_coo_tensor(r.unsqueeze(0), flat.narrow(0, o, u * d).view(u, d), (v, d), is_coalesced=True,
                                     check_invariants=False)
-            for r, val, u, v, d in zip(rows, values, counts, num_rows, dims)]
+            for r, o, u, v, d in zip(rows, offsets, counts, num_rows, dims)]
 
 
 @multi_embedding_sparse_backward.register_fake
@@ -273,11 +274,14 @@ def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_r
         Per table a ``[V_k, D_k]`` sparse COO tensor: sorted unique rows, summed values,
         what eager's gradient is after ``.coalesce()``.
 
-    One sort of every table's indices (``compress_indices``), then one sum per distinct
-    ``D_k`` (usually one): the tables of one width are read as one table of ``sum(U_k + 1)``
-    rows, by the multi-table backward kernel (one launch, fp32 accumulation) or, on the
-    CPU and under deterministic algorithms, eager's ``embedding_dense_backward``.
+    On the GPU: one sort of every table's indices (``compress_indices``), then one sum per
+    distinct ``D_k`` (usually one): the tables of one width are read as one table of
+    ``sum(U_k + 1)`` rows by the multi-table backward kernel (one launch, fp32
+    accumulation). On the CPU and under deterministic algorithms: ``coalesce_ref`` per
+    table (ATen's own sort and segment sum, bit-equal to eager's coalesced gradient).
     """
+    if not use_triton(values[0]) or torch.are_deterministic_algorithms_enabled():
+        return [coalesce_ref(i, x, v, p) for i, x, v, p in zip(indices, values, num_rows, padding_idx)]
     rows, local, counts = compress_indices(indices, num_rows, padding_idx)
     out: list[torch.Tensor | None] = [None] * len(indices)
     for d in sorted({v.shape[-1] for v in values}):
@@ -288,9 +292,7 @@ def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_r
         total = sum(counts[k] + 1 for k in ks)
         idx = torch.cat([local[k] + s for k, s in zip(ks, starts)]) if len(ks) > 1 else local[ks[0]]
         g = torch.cat([values[k].reshape(-1, d) for k in ks]) if len(ks) > 1 else values[ks[0]].reshape(-1, d)
-        summed = multi_embedding_backward_ref(g, [idx], [total], [d], [-1], [False]) if (
-            not use_triton(g) or torch.are_deterministic_algorithms_enabled()) else _triton_row_sums(g, idx, total)
-        summed = summed.view(total, d)
+        summed = _triton_row_sums(g, idx, total).view(total, d)
         for k, s in zip(ks, starts):
             out[k] = torch.sparse_coo_tensor(rows[k].unsqueeze(0), summed.narrow(0, s, counts[k]),
                                              (num_rows[k], d), is_coalesced=True, check_invariants=False)

@@ -151,6 +151,34 @@ def compress_indices(
     return rows, local, counts
 
 
+def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, padding_idx: int) -> torch.Tensor:
+    """One table's sparse gradient as eager makes it, then ``.coalesce()``-d.
+
+    Args:
+        index: ``[N]`` (any shape of N elements), int32 or int64: the row each entry adds to.
+        values: ``[N, D]`` (may be strided: a column slice of the output's gradient), the
+            gradient each entry adds.
+        num_rows: V.
+        padding_idx: entries with this index are left out, as ``embedding_sparse_backward``
+            leaves them (-1: none; it may be V, a value the caller put where entries take no
+            gradient).
+
+    Returns:
+        ``[V, D]`` coalesced sparse COO in values' dtype: sorted unique rows, summed values,
+        bit-equal to eager's gradient after ``.coalesce()`` (the same ATen coalesce, which
+        sums each row's entries in index order). The CPU (and deterministic) path of the
+        sparse backwards: one ATen sort + segment sum per table was 1.5-2x faster on 2 cores
+        than one sort of every table's keys followed by a dense backward of the unique rows.
+    """
+    d = values.shape[-1]
+    index, values = index.reshape(-1), values.reshape(-1, d)
+    if padding_idx >= 0:
+        keep = index != padding_idx
+        index, values = index[keep], values[keep]
+    return torch.sparse_coo_tensor(index.long().unsqueeze(0), values, (num_rows, d),
+                                   check_invariants=False).coalesce()
+
+
 # --- sums of lookups (``multi_embedding_sum``) ----------------------------------------------------
 
 

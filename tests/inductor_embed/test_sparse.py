@@ -49,8 +49,11 @@ def _assert_same_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype,
         return
     want = want.coalesce()
     rows = got._indices()
-    # Coalesced: sorted unique rows (autograd's accumulation drops the flag, not the order).
+    # Coalesced: sorted unique rows, and flagged so in param.grad (autograd's accumulation
+    # drops the flag; the plugin's post-accumulate hook sets it again), so that the
+    # optimizer's coalesce() is free.
     assert rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()), f"{name}: rows not sorted unique"
+    assert got.is_coalesced(), f"{name}: not flagged coalesced"
     assert torch.equal(rows, want.indices()), name
     torch.testing.assert_close(got._values(), want.values(), **TOL[dtype])
 
@@ -191,3 +194,35 @@ def test_sparse_tables_in_a_sum(dtype: torch.dtype) -> None:
     ids, tt = torch.randint(0, 60, (4, 10)), torch.randint(0, 2, (4, 10))
     ids[0, :3] = 0
     _compare(model, (ids, tt), dtype, "multi_embedding_sum")
+
+
+def test_coalesced_flag_is_set_only_on_sorted_unique_rows() -> None:
+    """The post-accumulate hook flags a gradient only when its rows are strictly increasing;
+    it is installed once per parameter."""
+    from inductor_embed.sparse_grads import keep_coalesced, mark_if_coalesced
+
+    p = nn.Parameter(torch.zeros(10, 2))
+    for rows, flagged in (([1, 3, 7], True), ([3, 1, 7], False), ([1, 3, 3], False), ([4], True)):
+        p.grad = torch.sparse_coo_tensor(torch.tensor([rows]), torch.ones(len(rows), 2), (10, 2),
+                                         check_invariants=False)
+        assert not p.grad.is_coalesced() or len(rows) == 1  # one row: coalesced by construction
+        mark_if_coalesced(p)
+        assert p.grad.is_coalesced() == flagged, rows
+    p.grad = torch.ones(10, 2)
+    mark_if_coalesced(p)  # dense: nothing to do
+    assert keep_coalesced(p) and not keep_coalesced(p)
+    assert not keep_coalesced(torch.zeros(3))  # not a parameter that takes gradients
+
+
+def test_eager_gradient_is_not_flagged_by_the_hook() -> None:
+    """A parameter the plugin hooked, then trained eagerly: eager's uncoalesced gradient (rows
+    in batch order, repeats) stays unflagged, and the optimizer still coalesces it."""
+    model = SparseTables()
+    compiled = torch.compile(model, backend="inductor_embed")
+    x = _inputs()
+    compiled(x).sum().backward()
+    assert model.tables[3].weight.grad.is_coalesced()
+    model.zero_grad()
+    model(x).sum().backward()
+    g = model.tables[3].weight.grad
+    assert not g.is_coalesced() and g._nnz() == x.shape[0]
