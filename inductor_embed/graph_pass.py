@@ -18,6 +18,7 @@ from typing import Any
 import torch.fx as fx
 
 from inductor_embed import _compat, config
+from inductor_embed.lowering._common import coalesce_sparse_grads
 from inductor_embed.patterns import PATTERNS
 from inductor_embed.patterns._fx import table_batched_reason, written_args
 from inductor_embed.report import Recorder, Report, Skip
@@ -57,9 +58,11 @@ def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
         # ``buf.add_(1)``: writes are kept explicitly.
         graph.eliminate_dead_code(is_impure_node=_is_impure)
         graph.lint()
-        # Sparse tables' gradients are coalesced; keep them flagged so in param.grad.
+        # Sparse tables' gradients are coalesced where the backward coalesces them (not on the
+        # CPU by default): keep them flagged so in param.grad.
         for weight in sparse_weights(graph):
-            keep_coalesced(weight)
+            if coalesce_sparse_grads(weight):
+                keep_coalesced(weight)
     rec.report.graphs = 1
     return rec.report
 

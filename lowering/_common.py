@@ -22,6 +22,13 @@ def use_triton(t: Tensor) -> bool:
     return t.device.type == "cpu" and config.triton_on_cpu
 
 
+def coalesce_sparse_grads(t: Tensor) -> bool:
+    """Whether the backward coalesces the sparse gradients of tables on ``t``'s device (read when
+    the backward is traced): always where the kernels run, on the CPU only with
+    ``config.sparse_coalesce_on_cpu`` (else a CPU table's gradient is eager's own form)."""
+    return use_triton(t) or config.sparse_coalesce_on_cpu
+
+
 def column_stride_1(t: Tensor) -> Tensor:
     """``t`` itself when its last dimension is contiguous (what the kernels read), else a
     contiguous copy."""

@@ -19,7 +19,12 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
+from inductor_embed.lowering._common import (
+    coalesce_sparse_grads,
+    column_stride_1,
+    twin_op,
+    use_triton,
+)
 from inductor_embed.lowering.multi_embedding_ref import (
     coalesce_ref,
     compress_indices,
@@ -208,14 +213,17 @@ def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, *_):
 
 
 @twin_op("inductor_embed::multi_embedding_sparse_backward", like="inductor_embed::multi_embedding_backward",
-         returns="Tensor[]", extra="SymInt[] columns", drop=("scale_grad_by_freq",))
-def multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, columns) -> list[torch.Tensor]:
+         returns="Tensor[]", extra="SymInt[] columns, bool coalesce=True", drop=("scale_grad_by_freq",))
+def multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, columns,
+                                    coalesce=True) -> list[torch.Tensor]:
     """Some tables' gradients as coalesced sparse COO tensors, one launch for all of them.
 
     Args:
         grad: ``[*L, C]``; table k reads its columns ``[columns[k], columns[k] + D_k)``.
         indices, num_rows, dims, padding_idx: as in ``multi_embedding_backward``, for the
             sparse tables only (no scale_grad_by_freq: eager has none for sparse gradients).
+        coalesce: False: eager's own gradients instead, one entry per index (padding
+            entries left out), on any device (``coalesce_sparse_grads`` picks).
 
     Returns:
         Per table a ``[V_k, D_k]`` sparse COO tensor in grad's dtype: the sorted unique rows
@@ -231,9 +239,9 @@ def multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, 
     is data-dependent, which Dynamo's fake tensors cannot express as an op output (without
     ``capture_dynamic_output_shape_ops``), but a sparse tensor's shape is its dense one.
     """
-    if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
+    if not coalesce or not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         g2 = grad.reshape(-1, grad.shape[-1])
-        return [coalesce_ref(i, g2.narrow(1, c, d), v, p)
+        return [coalesce_ref(i, g2.narrow(1, c, d), v, p, coalesce)
                 for i, v, d, p, c in zip(indices, num_rows, dims, padding_idx, columns)]
     from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
 
@@ -251,14 +259,14 @@ def multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, 
 
 
 @multi_embedding_sparse_backward.register_fake
-def _multi_embedding_sparse_backward_fake(grad, indices, num_rows, dims, padding_idx, columns):
+def _multi_embedding_sparse_backward_fake(grad, indices, num_rows, dims, padding_idx, columns, coalesce=True):
     return [torch.empty((v, d), dtype=grad.dtype, device=grad.device, layout=torch.sparse_coo)
             for v, d in zip(num_rows, dims)]
 
 
 @torch.library.custom_op("inductor_embed::coalesce_rows", mutates_args=())
 def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_rows: list[int],
-                  padding_idx: list[int]) -> list[torch.Tensor]:
+                  padding_idx: list[int], coalesce: bool = True) -> list[torch.Tensor]:
     """Per-index gradient rows summed per row, as coalesced sparse COO tensors.
 
     Args:
@@ -269,6 +277,7 @@ def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_r
         num_rows: V_k per table.
         padding_idx: per table, an index whose entries are left out (-1: none); it may be
             V_k, a value the caller put where entries take no gradient.
+        coalesce: False: eager's own form instead, one entry per (kept) index.
 
     Returns:
         Per table a ``[V_k, D_k]`` sparse COO tensor: sorted unique rows, summed values,
@@ -280,8 +289,8 @@ def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_r
     accumulation). On the CPU and under deterministic algorithms: ``coalesce_ref`` per
     table (ATen's own sort and segment sum, bit-equal to eager's coalesced gradient).
     """
-    if not use_triton(values[0]) or torch.are_deterministic_algorithms_enabled():
-        return [coalesce_ref(i, x, v, p) for i, x, v, p in zip(indices, values, num_rows, padding_idx)]
+    if not coalesce or not use_triton(values[0]) or torch.are_deterministic_algorithms_enabled():
+        return [coalesce_ref(i, x, v, p, coalesce) for i, x, v, p in zip(indices, values, num_rows, padding_idx)]
     rows, local, counts = compress_indices(indices, num_rows, padding_idx)
     out: list[torch.Tensor | None] = [None] * len(indices)
     for d in sorted({v.shape[-1] for v in values}):
@@ -309,7 +318,7 @@ def _triton_row_sums(g: torch.Tensor, idx: torch.Tensor, total: int) -> torch.Te
 
 
 @coalesce_rows.register_fake
-def _coalesce_rows_fake(indices, values, num_rows, padding_idx):
+def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
     # The number of unique rows is data-dependent; a sparse tensor's shape is its dense one.
     return [torch.empty((v, x.shape[-1]), dtype=x.dtype, device=x.device, layout=torch.sparse_coo)
             for v, x in zip(num_rows, values)]
@@ -407,7 +416,8 @@ def _sparse_grads(grad, indices, num_rows, dims, padding_idx, columns, first) ->
     if once:
         pick = lambda xs: [xs[k] for k in once]  # noqa: E731
         got = torch.ops.inductor_embed.multi_embedding_sparse_backward(
-            grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(columns))
+            grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(columns),
+            coalesce_sparse_grads(grad))
         for k, g in zip(once, got):
             grads[k] = g
     shared = sorted({f for f in first if count[f] > 1})
@@ -421,7 +431,7 @@ def _sparse_grads(grad, indices, num_rows, dims, padding_idx, columns, first) ->
                                    for k in ks]))
             values.append(torch.cat([grad.narrow(-1, columns[k], dims[k]).reshape(-1, dims[k]) for k in ks]))
         got = torch.ops.inductor_embed.coalesce_rows(rows, values, [num_rows[ks[0]] for ks in groups],
-                                                     [num_rows[ks[0]] for ks in groups])
+                                                     [num_rows[ks[0]] for ks in groups], coalesce_sparse_grads(grad))
         for ks, g in zip(groups, got):
             grads[ks[0]] = g
     return grads

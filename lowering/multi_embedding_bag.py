@@ -19,7 +19,13 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, twin_op, use_triton
+from inductor_embed.lowering._common import (
+    FLOAT_DTYPES,
+    coalesce_sparse_grads,
+    column_stride_1,
+    twin_op,
+    use_triton,
+)
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
     SUM,
@@ -290,7 +296,7 @@ def _backward(ctx, grad, _grad_arg_max):
     sp = [k for k in range(n) if ctx.sparse[k]]
     coalesced = dict(zip(sp, torch.ops.inductor_embed.coalesce_rows(
         [indices[k] for k in sp], [tables[k].view(-1, ctx.dims[k]) for k in sp],
-        [ctx.num_rows[k] for k in sp], [-1] * len(sp)))) if sp else {}
+        [ctx.num_rows[k] for k in sp], [-1] * len(sp), coalesce_sparse_grads(grad)))) if sp else {}
     grads, psw_grads = [], []
     col = 0
     for k, (i, v, d) in enumerate(zip(indices, ctx.num_rows, ctx.dims)):

@@ -151,8 +151,9 @@ def compress_indices(
     return rows, local, counts
 
 
-def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, padding_idx: int) -> torch.Tensor:
-    """One table's sparse gradient as eager makes it, then ``.coalesce()``-d.
+def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, padding_idx: int,
+                 coalesce: bool = True) -> torch.Tensor:
+    """One table's sparse gradient as eager makes it, then (``coalesce``) ``.coalesce()``-d.
 
     Args:
         index: ``[N]`` (any shape of N elements), int32 or int64: the row each entry adds to.
@@ -162,9 +163,10 @@ def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, paddi
         padding_idx: entries with this index are left out, as ``embedding_sparse_backward``
             leaves them (-1: none; it may be V, a value the caller put where entries take no
             gradient).
+        coalesce: False: return eager's own gradient, one entry per (kept) index.
 
     Returns:
-        ``[V, D]`` coalesced sparse COO in values' dtype: sorted unique rows, summed values,
+        ``[V, D]`` sparse COO in values' dtype. Coalesced: sorted unique rows, summed values,
         bit-equal to eager's gradient after ``.coalesce()`` (the same ATen coalesce, which
         sums each row's entries in index order). The CPU (and deterministic) path of the
         sparse backwards: one ATen sort + segment sum per table was 1.5-2x faster on 2 cores
@@ -175,8 +177,8 @@ def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, paddi
     if padding_idx >= 0:
         keep = index != padding_idx
         index, values = index[keep], values[keep]
-    return torch.sparse_coo_tensor(index.long().unsqueeze(0), values, (num_rows, d),
-                                   check_invariants=False).coalesce()
+    out = torch.sparse_coo_tensor(index.long().unsqueeze(0), values, (num_rows, d), check_invariants=False)
+    return out.coalesce() if coalesce else out
 
 
 # --- sums of lookups (``multi_embedding_sum``) ----------------------------------------------------

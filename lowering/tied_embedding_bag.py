@@ -19,7 +19,12 @@ from torch import Tensor
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
+from inductor_embed.lowering._common import (
+    coalesce_sparse_grads,
+    column_stride_1,
+    twin_op,
+    use_triton,
+)
 from inductor_embed.lowering.multi_embedding_bag import (
     _OOB_MSG,
     _check_lookup,
@@ -260,7 +265,8 @@ def _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices,
         if rows[0].dtype != rows[1].dtype:
             rows = [r.long() for r in rows]
         rows, values, parts = [torch.cat(rows)], [torch.cat(values)], [0]
-    got = torch.ops.inductor_embed.coalesce_rows(rows, values, [v] * len(rows), [v] * len(rows)) if rows else []
+    got = torch.ops.inductor_embed.coalesce_rows(rows, values, [v] * len(rows), [v] * len(rows),
+                                                 coalesce_sparse_grads(values[0])) if rows else []
     sparse_grads = dict(zip(parts, got))
     if not ctx.separate:
         return next(iter(sparse_grads.values())), None

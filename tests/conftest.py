@@ -26,9 +26,10 @@ def _fresh_dynamo():
     # (test_multi_embedding_bag.py::test_cpu_default_leaves_bags checks the default).
     from inductor_embed import config
 
-    # Likewise column writes before a cat (test_column_writes_left_on_the_cpu_by_default).
-    with torch._inductor.config.patch(force_disable_caches=True), config.patch(bag_patterns_on_cpu=True,
-                                                                                 column_writes_on_cpu=True):
+    # Likewise column writes before a cat (test_column_writes_left_on_the_cpu_by_default) and
+    # coalesced sparse gradients (test_cpu_default_sparse_gradient_is_eagers).
+    with torch._inductor.config.patch(force_disable_caches=True), config.patch(
+            bag_patterns_on_cpu=True, column_writes_on_cpu=True, sparse_coalesce_on_cpu=True):
         yield
     torch._dynamo.reset()
 

@@ -104,13 +104,13 @@ def config_pattern_switches() -> set[str]:
 
     config.py has no list of them: they are its boolean fields (``config.snapshot()``
     holds every field) other than the master switch ``enabled``, the kernel switch
-    ``triton_on_cpu`` and the CPU policies ``bag_patterns_on_cpu``, ``independent_lookups_on_cpu`` and ``column_writes_on_cpu``. That set must also be the pass's own registry: each module in
+    ``triton_on_cpu`` and the CPU policies (``*_on_cpu``: ``bag_patterns_on_cpu``, ...). That set
+    must also be the pass's own registry: each module in
     ``inductor_embed.patterns.PATTERNS`` runs only if ``config.pattern_enabled(NAME)``,
     so its NAME is its switch. A new boolean that is not a pattern fails this check
     until it is added to the exclusions below.
     """
-    not_patterns = {"enabled", "triton_on_cpu", "bag_patterns_on_cpu", "independent_lookups_on_cpu",
-                    "column_writes_on_cpu"}
+    not_patterns = {"enabled"} | {name for name in config.snapshot() if name.endswith("_on_cpu")}
     switches = {name for name, value in config.snapshot().items() if isinstance(value, bool)} - not_patterns
     registry = {p.NAME for p in PATTERNS}
     assert switches == registry, (
@@ -154,7 +154,8 @@ def test_config_table_lists_every_field():
     if any(k.startswith("INDUCTOR_EMBED_") for k in os.environ):
         return  # the environment overrides some field: snapshot() holds no defaults then
     defaults = {name: _code_spans(row[1])[0] for name, row in zip(readme, rows)}
-    with config.patch(bag_patterns_on_cpu=False, column_writes_on_cpu=False):  # tests/conftest.py turns it on for every test
+    # tests/conftest.py turns these on for every test
+    with config.patch(bag_patterns_on_cpu=False, column_writes_on_cpu=False, sparse_coalesce_on_cpu=False):
         want = {k: repr(v) for k, v in config.snapshot().items()}
     assert defaults == want, "a default in README's config table"
 

@@ -226,3 +226,35 @@ def test_eager_gradient_is_not_flagged_by_the_hook() -> None:
     model(x).sum().backward()
     g = model.tables[3].weight.grad
     assert not g.is_coalesced() and g._nnz() == x.shape[0]
+
+
+@pytest.mark.parametrize("opt", ["SGD", "SparseAdam"])
+def test_cpu_default_sparse_gradient_is_eagers(opt: str) -> None:
+    """On the CPU the backward does not coalesce by default (config.sparse_coalesce_on_cpu):
+    each sparse table's gradient is eager's own, entry for entry (one per index, padding
+    entries left out, batch order), still fused; the optimizer steps equal eager's."""
+    from inductor_embed import config
+
+    torch.manual_seed(0)
+    model, x = SparseTables(dense_table=False), _inputs()
+    ref = copy.deepcopy(model)
+    with config.patch(sparse_coalesce_on_cpu=False):
+        compiled = torch.compile(model, backend="inductor_embed")
+        opts = [getattr(torch.optim, opt)([p for n, p in m.named_parameters() if "tables" in n], lr=0.1)
+                for m in (model, ref)]
+        for _ in range(2):
+            for o in opts:
+                o.zero_grad()
+            compiled(x).sum().backward()
+            ref(x).sum().backward()
+            for k, (t, r) in enumerate(zip(model.tables, ref.tables)):
+                g, want = t.weight.grad, r.weight.grad
+                assert g.layout == want.layout, k
+                if want.is_sparse:
+                    assert not g.is_coalesced() and torch.equal(g._indices(), want._indices()), k
+                    torch.testing.assert_close(g._values(), want._values(), **TOL[torch.float32])
+            for o in opts:
+                o.step()
+    assert rewrites("multi_embedding_cat") == 1
+    for t, r in zip(model.tables, ref.tables):
+        torch.testing.assert_close(t.weight, r.weight, **TOL[torch.float32])

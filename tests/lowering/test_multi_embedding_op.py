@@ -235,3 +235,21 @@ def test_coalesce_rows_sums_each_row_once(path, dtype):
         torch.testing.assert_close(s._values(), want.values().to(dtype), **tol)
     opcheck(torch.ops.inductor_embed.coalesce_rows.default, (indices, values, [v for v, _ in shapes], [-1, 12, -1, -1]),
             test_utils=("test_schema", "test_autograd_registration"))
+
+
+def test_uncoalesced_sparse_gradients_are_eagers_form(path):
+    """coalesce=False (the CPU default, config.sparse_coalesce_on_cpu): eager's own sparse
+    gradient, entry for entry (padding entries left out, index order), on either path."""
+    weights, indices, pad, _, _ = _sparse_case(device=path)
+    grad = torch.randn(6, 5, 16, device=path)
+    got = SPARSE_BWD(grad, [indices[0], indices[2]], [9, 30], [5, 8], [pad[0], pad[2]], [0, 8], False)
+    for s, i, p, cols in zip(got, (indices[0], indices[2]), (pad[0], pad[2]), ((0, 5), (8, 16))):
+        w = torch.zeros(s.shape, device=path, requires_grad=True)
+        F.embedding(i, w, padding_idx=None if p < 0 else p, sparse=True).backward(grad[..., cols[0]:cols[1]])
+        assert not s.is_coalesced() and torch.equal(s._indices(), w.grad._indices())
+        torch.testing.assert_close(s._values(), w.grad._values(), rtol=0, atol=0)
+    rows = [torch.tensor([3, 1, 3, 7], device=path)]
+    vals = [torch.randn(4, 2, device=path)]
+    s = torch.ops.inductor_embed.coalesce_rows(rows, vals, [7], [7], False)[0]  # row 7 = V: left out
+    assert torch.equal(s._indices(), torch.tensor([[3, 1, 3]], device=path))
+    assert torch.equal(s._values(), vals[0][:3])
