@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 import inductor_embed
+from inductor_embed import config
 from tests._util import deterministic
 from tests.inductor_embed._util import TOL, compare_with_eager, rewrites, skips
 
@@ -298,6 +299,8 @@ def _assert_same_grad(got, want, dtype, name) -> None:
         torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{name}: {m}")
         return
     want = want.coalesce()
+    if not got.is_coalesced() and not config.sparse_coalesce_on_cpu and got.device.type == "cpu":
+        got = got.coalesce()  # the CPU default: eager's own form
     rows = got._indices()
     assert rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()), f"{name}: rows not sorted unique"
     assert torch.equal(rows, want.indices()), name
@@ -329,6 +332,14 @@ def test_tied_sparse_is_fused(two: bool, sparse: tuple[bool, bool], dtype: torch
     named = dict(fused.named_parameters())
     for name, p in model.named_parameters():
         _assert_same_grad(named[name].grad, p.grad, dtype, name)
+
+
+@pytest.mark.parametrize("two", [False, True], ids=["one-parameter", "two-parameters"])
+def test_tied_sparse_in_eager_form_on_the_cpu(two: bool) -> None:
+    """The CPU default (config.sparse_coalesce_on_cpu off): both sparse parts in eager's own
+    form; one Parameter gets one COO tensor with both lookups' entries."""
+    with config.patch(sparse_coalesce_on_cpu=False):
+        test_tied_sparse_is_fused(two, (True, True), torch.float32)
 
 
 @pytest.mark.parametrize("two, sparse", [(False, (True, True)), (True, (True, False)), (True, (False, True))],

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from inductor_embed import config
 from tests.inductor_embed._util import TOL, rewrites, skips
 
 
@@ -48,6 +49,8 @@ def _assert_same_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype,
         torch.testing.assert_close(got, want, **TOL[dtype])
         return
     want = want.coalesce()
+    if not got.is_coalesced() and not config.sparse_coalesce_on_cpu and got.device.type == "cpu":
+        got = got.coalesce()  # the CPU default: eager's own form (test_cpu_default_sparse_gradient_is_eagers)
     rows = got._indices()
     # Coalesced: sorted unique rows, and flagged so in param.grad (autograd's accumulation
     # drops the flag; the plugin's post-accumulate hook sets it again), so that the
@@ -127,10 +130,12 @@ def test_sparse_with_scale_grad_by_freq_is_left(caplog) -> None:
     assert "scale_grad_by_freq: eager raises in the backward" in caplog.text
 
 
-def test_sparse_table_looked_up_twice_gets_one_gradient() -> None:
+@pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "eager-form"])
+def test_sparse_table_looked_up_twice_gets_one_gradient(coalesce: bool) -> None:
     """One sparse table read by two lookups of one cat (two id fields sharing a vocabulary):
     plain torch.compile fails on it (it adds the two sparse gradients inside the compiled
-    backward); the fused op makes the table's one coalesced gradient itself."""
+    backward); the fused op makes the table's one gradient itself (coalesced, or on the CPU
+    by default eager's form: both lookups' entries)."""
 
     class Shared(nn.Module):
         def __init__(self) -> None:
@@ -146,15 +151,18 @@ def test_sparse_table_looked_up_twice_gets_one_gradient() -> None:
     a, b = torch.randint(0, 30, (12,)), torch.randint(0, 10, (12,))
     a[0] = b[1] = 1
     fused = copy.deepcopy(model)
-    out_c = torch.compile(fused, backend="inductor_embed")(a, b)
+    with config.patch(sparse_coalesce_on_cpu=coalesce):
+        out_c = torch.compile(fused, backend="inductor_embed")(a, b)
     out_e = model(a, b)
     assert rewrites() == 1
     torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
     grad = torch.randn_like(out_e)
     out_e.backward(grad)
     out_c.backward(grad)
-    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
-        _assert_same_grad(q.grad, p.grad, torch.float32, name)
+    assert fused.ids.weight.grad.is_coalesced() == coalesce
+    with config.patch(sparse_coalesce_on_cpu=coalesce):
+        for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+            _assert_same_grad(q.grad, p.grad, torch.float32, name)
 
 
 def test_sparse_lookup_with_other_users_is_left(caplog) -> None:
