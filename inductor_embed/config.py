@@ -76,9 +76,9 @@ column_writes_on_cpu: bool = False
 
 # Coalesce sparse gradients (sparse=True tables) in the backward for CPU tensors too. Off by
 # default: on the CPU the coalesce in the backward is ATen's, the same sort and sum that
-# SparseAdam and Adagrad run on eager's uncoalesced gradient, so it only moves that work
-# (SparseAdam 1.05x torch.compile either way, within noise), while SGD, which never
-# coalesces, pays for it (0.91x coalesced, 1.14x not; 4 x 2,000,000 x 64, batch 4,096).
+# SparseAdam and Adagrad run on eager's uncoalesced gradient, so it mostly moves that work
+# (SparseAdam 1.05x torch.compile coalesced, 1.01x not), while SGD, which never coalesces,
+# pays for it (0.91x coalesced, 1.14x not; paired runs, 4 x 2,000,000 x 64, batch 4,096).
 # Off, a CPU table's gradient is eager's own (one entry per index, padding left out). On a
 # GPU the gradients are always coalesced (one sort and one launch for all tables).
 sparse_coalesce_on_cpu: bool = False

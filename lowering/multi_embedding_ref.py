@@ -173,12 +173,24 @@ def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, paddi
         than one sort of every table's keys followed by a dense backward of the unique rows.
     """
     d = values.shape[-1]
+    index_in, values_in = index, values
     index, values = index.reshape(-1), values.reshape(-1, d)
     if padding_idx >= 0:
         keep = index != padding_idx
         index, values = index[keep], values[keep]
     out = torch.sparse_coo_tensor(index.long().unsqueeze(0), values, (num_rows, d), check_invariants=False)
-    return out.coalesce() if coalesce else out
+    out = out.coalesce() if coalesce else out
+    # An op's outputs must not share memory with its inputs (Inductor plans its buffers on
+    # that): eager's form (and a coalesced one of nnz <= 1) still views them; copy.
+    rows, vals = out._indices(), out._values()
+    if _shares_storage(rows, index_in) or _shares_storage(vals, values_in):
+        out = torch.sparse_coo_tensor(rows.clone(), vals.clone(), (num_rows, d), is_coalesced=out.is_coalesced(),
+                                      check_invariants=False)
+    return out
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 # --- sums of lookups (``multi_embedding_sum``) ----------------------------------------------------
