@@ -1,13 +1,14 @@
 """Keeping the plugin's coalesced sparse gradients marked coalesced in ``param.grad``.
 
-The sparse backwards return each table's gradient coalesced (sorted unique rows, summed
-values), flagged so. But when autograd stores a fresh sparse gradient in ``param.grad``
+Where the sparse backwards coalesce (always on a GPU; on the CPU with
+``config.sparse_coalesce_on_cpu``), each table's gradient is returned coalesced (sorted
+unique rows, summed values), flagged so. But when autograd stores a fresh sparse gradient in ``param.grad``
 (``AccumulateGrad``, a parameter without a gradient yet: every step after ``zero_grad()``)
 it rebuilds the tensor around the same indices and values and drops the flag. SparseAdam
 and Adagrad then call ``grad.coalesce()``, which sorts the rows again: measured on 2 cores
 (4 x 2,000,000 x 64, batch 4,096, SparseAdam) that second sort made the step ~12% slower.
 
-So every parameter whose table the rewrite gives a sparse gradient gets one
+So every parameter whose table the rewrite gives a coalesced sparse gradient gets one
 ``register_post_accumulate_grad_hook`` (public API; once per parameter, kept for the
 parameter's life): after each accumulation it sets the flag again, but only when
 ``param.grad``'s indices are strictly increasing, that is, when the gradient is coalesced
