@@ -244,8 +244,6 @@ def test_cpu_default_sparse_gradient_is_eagers(opt: str) -> None:
     """On the CPU the backward does not coalesce by default (config.sparse_coalesce_on_cpu):
     each sparse table's gradient is eager's own, entry for entry (one per index, padding
     entries left out, batch order), still fused; the optimizer steps equal eager's."""
-    from inductor_embed import config
-
     torch.manual_seed(0)
     model, x = SparseTables(dense_table=False), _inputs()
     ref = copy.deepcopy(model)
