@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch._dynamo.utils import counters
 
+from inductor_embed import config
 from inductor_embed.graph_pass import run_patterns
 
 TOL = {
@@ -17,6 +18,29 @@ TOL = {
     torch.float16: {"rtol": 1e-2, "atol": 1e-2},
     torch.bfloat16: {"rtol": 2e-2, "atol": 2e-2},
 }
+
+
+def assert_same_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, name: str,
+                     flagged: bool = False) -> None:
+    """A fused model's gradient vs eager's. Sparse ones: on the CPU by default
+    (``config.sparse_coalesce_on_cpu`` off) eager's own form, one entry per index (where two
+    lookups add up, their entries may come in another order), then compared coalesced;
+    otherwise coalesced (sorted unique rows) and, with ``flagged``, flagged so in param.grad
+    (autograd's accumulation drops the flag; the plugin's post-accumulate hook sets it again,
+    so that the optimizer's coalesce() is free). Either way equal to eager's after coalesce()."""
+    assert got.layout == want.layout, name
+    if not want.is_sparse:
+        torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        return
+    if not config.sparse_coalesce_on_cpu and got.device.type == "cpu" and not config.triton_on_cpu:
+        assert not got.is_coalesced() and got._nnz() == want._nnz(), f"{name}: not eager's form"
+        got = got.coalesce()
+    want = want.coalesce()
+    rows = got._indices()
+    assert rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()), f"{name}: rows not sorted unique"
+    assert not flagged or got.is_coalesced(), f"{name}: not flagged coalesced"
+    assert torch.equal(rows, want.indices()), name
+    torch.testing.assert_close(got._values(), want.values(), **TOL[dtype], msg=lambda m: f"{name}: {m}")
 
 
 def rewrites(pattern: str = "multi_embedding_cat") -> int:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import inductor_embed
 from inductor_embed import config
 from tests._util import deterministic
-from tests.inductor_embed._util import TOL, compare_with_eager, rewrites, skips
+from tests.inductor_embed._util import TOL, assert_same_grad, compare_with_eager, rewrites, skips
 
 BAG, TIED = "multi_embedding_bag", "tied_embedding_bag"
 
@@ -293,23 +293,6 @@ def _sparse_tied_inputs():
     return indices, sequences, torch.tensor([0, 3, 3, 7])
 
 
-def _assert_same_grad(got, want, dtype, name) -> None:
-    assert got.layout == want.layout, name
-    if not want.is_sparse:
-        torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{name}: {m}")
-        return
-    if not config.sparse_coalesce_on_cpu and got.device.type == "cpu" and not config.triton_on_cpu:
-        # The CPU default: eager's own form, one entry per index (where two lookups add up,
-        # their entries may come in another order), then compared coalesced.
-        assert not got.is_coalesced() and got._nnz() == want._nnz(), f"{name}: not eager's form"
-        got = got.coalesce()
-    want = want.coalesce()
-    rows = got._indices()
-    assert rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()), f"{name}: rows not sorted unique"
-    assert torch.equal(rows, want.indices()), name
-    torch.testing.assert_close(got._values(), want.values(), **TOL[dtype], msg=lambda m: f"{name}: {m}")
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("sparse", [(True, True), (True, False), (False, True)], ids=["both", "emb", "bag"])
 @pytest.mark.parametrize("two", [False, True], ids=["one-parameter", "two-parameters"])
@@ -334,7 +317,7 @@ def test_tied_sparse_is_fused(two: bool, sparse: tuple[bool, bool], dtype: torch
     out_c.backward(grad)
     named = dict(fused.named_parameters())
     for name, p in model.named_parameters():
-        _assert_same_grad(named[name].grad, p.grad, dtype, name)
+        assert_same_grad(named[name].grad, p.grad, dtype, name)
 
 
 @pytest.mark.parametrize("two", [False, True], ids=["one-parameter", "two-parameters"])
@@ -361,7 +344,7 @@ def test_tied_sparse_on_both_paths(path: str, two: bool, sparse: tuple[bool, boo
     out_c.backward(grad)
     named = dict(fused.named_parameters())
     for name, p in model.named_parameters():
-        _assert_same_grad(named[name].grad, p.grad, torch.float32, name)
+        assert_same_grad(named[name].grad, p.grad, torch.float32, name)
 
 
 @pytest.mark.parametrize("opt", ["SGD", "SparseAdam"])

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from inductor_embed import config
-from tests.inductor_embed._util import TOL, rewrites, skips
+from tests.inductor_embed._util import TOL, assert_same_grad, rewrites, skips
 
 
 class SparseTables(nn.Module):
@@ -43,27 +43,6 @@ def _inputs(batch: int = 32) -> torch.Tensor:
     return x
 
 
-def _assert_same_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, name: str) -> None:
-    assert got.layout == want.layout, name
-    if not want.is_sparse:
-        torch.testing.assert_close(got, want, **TOL[dtype])
-        return
-    if not config.sparse_coalesce_on_cpu and got.device.type == "cpu" and not config.triton_on_cpu:
-        # The CPU default: eager's own form, one entry per index (where two lookups add up,
-        # their entries may come in another order), then compared coalesced.
-        assert not got.is_coalesced() and got._nnz() == want._nnz(), f"{name}: not eager's form"
-        got = got.coalesce()
-    want = want.coalesce()
-    rows = got._indices()
-    # Coalesced: sorted unique rows, and flagged so in param.grad (autograd's accumulation
-    # drops the flag; the plugin's post-accumulate hook sets it again), so that the
-    # optimizer's coalesce() is free.
-    assert rows.shape[0] == 1 and bool((rows[0, 1:] > rows[0, :-1]).all()), f"{name}: rows not sorted unique"
-    assert got.is_coalesced(), f"{name}: not flagged coalesced"
-    assert torch.equal(rows, want.indices()), name
-    torch.testing.assert_close(got._values(), want.values(), **TOL[dtype])
-
-
 def _compare(model: nn.Module, inputs: tuple, dtype: torch.dtype, pattern: str = "multi_embedding_cat") -> None:
     """Compile a copy with inductor_embed: one rewrite of ``pattern``, eager's output, and
     every gradient eager's (sparse ones after ``.coalesce()``)."""
@@ -76,7 +55,7 @@ def _compare(model: nn.Module, inputs: tuple, dtype: torch.dtype, pattern: str =
     out_e.backward(grad)
     out_c.backward(grad)
     for (name, p), q in zip(model.named_parameters(), fused.parameters()):
-        _assert_same_grad(q.grad, p.grad, dtype, name)
+        assert_same_grad(q.grad, p.grad, dtype, name, flagged=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -165,7 +144,7 @@ def test_sparse_table_looked_up_twice_gets_one_gradient(coalesce: bool) -> None:
     assert fused.ids.weight.grad.is_coalesced() == coalesce
     with config.patch(sparse_coalesce_on_cpu=coalesce):
         for (name, p), q in zip(model.named_parameters(), fused.parameters()):
-            _assert_same_grad(q.grad, p.grad, torch.float32, name)
+            assert_same_grad(q.grad, p.grad, torch.float32, name, flagged=True)
 
 
 def test_sparse_lookup_with_other_users_is_left(caplog) -> None:
