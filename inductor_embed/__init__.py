@@ -13,6 +13,7 @@ from inductor_embed import _compat, config
 from inductor_embed import lowering as _lowering  # noqa: F401  (registers torch.ops.inductor_embed.*)
 from inductor_embed.api import disable, enable, explain, is_enabled
 from inductor_embed.backend import inductor_embed_backend
+from inductor_embed.lowering._grad_cache import cached_bytes, empty_cache
 from inductor_embed.report import Report, Rewrite, Skip, TableInfo
 
 _compat.register_torch_log("inductor_embed")
@@ -24,8 +25,10 @@ __all__ = [
     "Skip",
     "TableInfo",
     "__version__",
+    "cached_bytes",
     "config",
     "disable",
+    "empty_cache",
     "enable",
     "explain",
     "inductor_embed_backend",

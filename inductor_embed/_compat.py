@@ -168,6 +168,17 @@ def mark_coalesced(t: torch.Tensor) -> None:
     t._coalesced_(True)
 
 
+def can_count_storage_uses() -> bool:
+    """Whether ``storage_use_count`` works on this torch (``torch._C._storage_Use_Count``)."""
+    return hasattr(torch._C, "_storage_Use_Count")
+
+
+def storage_use_count(storage: torch.UntypedStorage) -> int:
+    """How many C++ owners share ``storage`` (tensors, views and the storage's Python object
+    each count one): ``torch._C._storage_Use_Count``."""
+    return torch._C._storage_Use_Count(storage._cdata)
+
+
 def graph_transform_observer(graph: torch.fx.Graph, passname: str) -> contextlib.AbstractContextManager[Any]:
     """Inductor's ``GraphTransformObserver`` over ``graph``'s module, as a context manager:
     with ``torch._inductor.config.trace.log_url_for_graph_xform`` set (env
@@ -190,6 +201,7 @@ def graph_transform_observer(graph: torch.fx.Graph, passname: str) -> contextlib
 __all__ = [
     "INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES",
     "CustomGraphPass",
+    "can_count_storage_uses",
     "compile_debug_dir",
     "compile_fx",
     "counters",
@@ -204,6 +216,7 @@ __all__ = [
     "register_torch_log",
     "schema_written_args",
     "storage_key",
+    "storage_use_count",
 ]
 
 

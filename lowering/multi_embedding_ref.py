@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from inductor_embed.lowering import _grad_cache
+
 
 def multi_embedding_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]) -> torch.Tensor:
     """Gather every table and concatenate along the feature dimension.
@@ -70,26 +72,34 @@ def multi_embedding_backward_tables(
         i, v, d, p, s, c = indices[k], num_rows[k], dims[k], padding_idx[k], scale_grad_by_freq[k], columns[k]
         remaining -= v * d
         g = grad.narrow(-1, c, d)
+        copy = n * d <= remaining or g.is_contiguous()
         if half:  # a contiguous fp32 copy either way
             out[k] = torch.ops.aten.embedding_dense_backward(g.float(), i, v, p, s).to(grad.dtype)
-        elif n * d <= remaining or g.is_contiguous() or g.device.type != "cpu":  # CUDA: deterministic mode
+        elif g.device.type != "cpu" or (s and copy):  # CUDA: deterministic mode
             out[k] = torch.ops.aten.embedding_dense_backward(g, i, v, p, s)
         else:
-            out[k] = _index_add_backward(g.reshape(n, d), i.reshape(-1), v, p, s)
+            # index_add_ adds row by row in index order, as embedding_dense_backward does
+            # (bit-equal), into a reused buffer (_grad_cache); contiguous rows take its fast path.
+            rows = g.reshape(n, d)
+            out[k] = _index_add_backward(rows.contiguous() if copy else rows, i.reshape(-1), v, p, s,
+                                         _grad_cache.zeros((v, d), g.dtype))
     return out
 
 
 def _index_add_backward(g: torch.Tensor, idx: torch.Tensor, num_rows: int, padding_idx: int,
-                        scale_grad_by_freq: bool) -> torch.Tensor:
+                        scale_grad_by_freq: bool, out: torch.Tensor | None = None) -> torch.Tensor:
     """``embedding_dense_backward`` of ``g [N, D]`` (any strides, not copied) and ``idx [N]``
-    by ``index_add_``: serial per row, deterministic."""
+    by ``index_add_`` into ``out`` (zeros ``[num_rows, D]``; default a new one): serial per
+    row, deterministic."""
     if scale_grad_by_freq:  # eager divides by the count of each index in the batch
         counts = torch.zeros(num_rows, dtype=g.dtype, device=g.device).index_add_(
             0, idx, torch.ones(idx.shape, dtype=g.dtype, device=g.device))
         g = g / counts[idx].unsqueeze(1)
     if padding_idx >= 0:  # where, not a multiply: an inf in a padding row must not become NaN
         g = torch.where((idx != padding_idx).unsqueeze(1), g, torch.zeros((), dtype=g.dtype, device=g.device))
-    return torch.zeros((num_rows, g.shape[1]), dtype=g.dtype, device=g.device).index_add_(0, idx, g)
+    if out is None:
+        out = torch.zeros((num_rows, g.shape[1]), dtype=g.dtype, device=g.device)
+    return out.index_add_(0, idx, g)
 
 
 def multi_embedding_backward_ref(grad: torch.Tensor, *args: Any) -> torch.Tensor:
