@@ -203,25 +203,35 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
             starts, or None with ``bag_len`` the fixed bag size of 2-D input;
         scale: ``[nnz]`` each position's factor (per-sample weight, 1/bag size), or None.
     Returns:
-        ``[num_rows, D]`` in grad's dtype (fp32 / fp64).
+        ``[num_rows, D]`` fp32.
     """
-    out = _grad_cache.zeros((num_rows, grad.shape[1]), grad.dtype)
+    d = grad.shape[1]
+    out = _grad_cache.zeros((num_rows, d), grad.dtype)
     sorted_idx, perm = flat.sort()
-    if padding_idx >= 0:  # the padding index's positions are one run of the sorted order
-        pad = torch.tensor([padding_idx, padding_idx + 1], dtype=sorted_idx.dtype)
-        lo, hi = torch.searchsorted(sorted_idx, pad).tolist()
-        if hi > lo:
-            keep = torch.cat([perm[:lo], perm[hi:]])
-            sorted_idx, perm = torch.cat([sorted_idx[:lo], sorted_idx[hi:]]), keep
-    if sorted_idx.numel() == 0:
-        return out
-    bag = perm // bag_len if offsets is None else bag_of_positions(flat, offsets, False)[1][perm]
+    if scale is not None:
+        scale = scale[perm]
+    if offsets is None:
+        bag = perm.div_(bag_len, rounding_mode="floor")
+    else:
+        bag = bag_of_positions(flat, offsets, False)[1][perm]
+    del perm
     rows, counts = torch.unique_consecutive(sorted_idx, return_counts=True)
-    starts = torch.zeros_like(counts)
-    torch.cumsum(counts[:-1], 0, out=starts[1:])
-    sums = torch.nn.functional.embedding_bag(bag, grad.contiguous(), starts, mode="sum",
-                                             per_sample_weights=None if scale is None else scale[perm])
-    return out.index_copy_(0, rows, sums)
+    del sorted_idx
+    starts = counts.cumsum(0) - counts
+    # Distinct rows a chunk at a time (each bag of the segment sum ends with a chunk), so the
+    # [rows, D] sums take no more than one [nnz] index array: the op's temporaries stay
+    # within ATen's (its sort and bag arrays), and its peak memory with them.
+    step = max(1, flat.shape[0] * 8 // (d * grad.element_size()))
+    bounds = starts[::step].tolist() + [flat.shape[0]]
+    g = grad.contiguous()
+    for c, (first, end) in enumerate(zip(bounds, bounds[1:])):
+        chunk = slice(c * step, (c + 1) * step)
+        sums = torch.nn.functional.embedding_bag(bag[first:end], g, starts[chunk] - first, mode="sum",
+                                                 per_sample_weights=None if scale is None else scale[first:end])
+        if padding_idx >= 0:  # ATen skips the padding row's positions: its row stays zero
+            sums[rows[chunk] == padding_idx] = 0
+        out.index_copy_(0, rows[chunk], sums)
+    return out
 
 
 def per_sample_weights_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor | None,

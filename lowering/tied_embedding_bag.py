@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from inductor_embed import _compat
+from inductor_embed.lowering import _grad_cache
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
@@ -38,6 +39,7 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     num_bags,
     per_sample_weights_grad,
 )
+from inductor_embed.lowering.multi_embedding_ref import _index_add_backward
 
 
 def _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, bag_padding_idx=-1,
@@ -177,7 +179,11 @@ def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, of
     g = grad_emb.reshape(-1, d)
     if g.dtype in (torch.float16, torch.bfloat16):
         g = g.float()
-    emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
+    if g.device.type == "cpu":  # bit-equal to embedding_dense_backward, into a reused buffer
+        emb = _index_add_backward(g.contiguous(), emb_indices.reshape(-1), num_rows, emb_pad, False,
+                                  _grad_cache.zeros((num_rows, d), g.dtype))
+    else:
+        emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
     # eager's own EmbeddingBag backward on the CPU (bag_weight_grad elsewhere)
     bag = bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
     if separate:
