@@ -204,7 +204,7 @@ def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     its own tensor, table k read from grad's columns ``[columns[k], columns[k] + D_k)``
     (``multi_embedding_backward_tables``: eager's ``embedding_dense_backward``,
     deterministic; not one flat buffer, see there)."""
-    return multi_embedding_backward_tables(*args)
+    return multi_embedding_backward_tables(*args, reuse=True)
 
 
 @multi_embedding_backward_cpu.register_fake

@@ -248,7 +248,7 @@ def multi_embedding_bag_backward_cpu(*args) -> list[Tensor]:
     gradient, or a sparse table's COO values ``[nnz_k * D_k]``, each its own tensor, in
     grad's dtype (``multi_embedding_bag_backward_tables``: eager's EmbeddingBag backward,
     deterministic). Arguments as in ``multi_embedding_bag_backward``."""
-    return multi_embedding_bag_backward_tables(*args)
+    return multi_embedding_bag_backward_tables(*args, reuse=True)
 
 
 @multi_embedding_bag_backward_cpu.register_fake

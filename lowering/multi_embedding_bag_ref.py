@@ -125,10 +125,12 @@ def bag_weight_grad(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Ten
 
 def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Tensor | None,
                          per_sample_weights: Tensor | None, mode: int, padding_idx: int, include_last_offset: bool,
-                         num_rows: int) -> Tensor:
+                         num_rows: int, out: Tensor | None = None, reuse: bool = False) -> Tensor:
     """``bag_weight_grad`` bit-equal to ATen's own EmbeddingBag backward, as eager runs it on
     the CPU: ``[V, D]`` fp32 for half types, else grad's dtype (``_segment_bag_grad``: the
-    same additions in the same order, faster, into a reused buffer).
+    same additions in the same order, faster). ``out``: a ``[V, D]`` tensor of that dtype
+    to add the gradient into (returned); else with ``reuse`` (the caller returns the
+    gradient: not a temporary) an fp32 one is a reused buffer (``_grad_cache``).
 
     ATen's ``_embedding_bag_dense_backward`` sorts the indices and adds each one's scaled
     grad row (per-sample weight; 1 / bag size in mean mode, the bag's indices other than
@@ -137,8 +139,9 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
     ``offsets[B]`` on the host.
     """
     if mode == MAX or grad.device.type != "cpu":
-        return bag_weight_grad(grad, arg_max, indices, offsets, per_sample_weights, mode, padding_idx,
-                               include_last_offset, num_rows)
+        got = bag_weight_grad(grad, arg_max, indices, offsets, per_sample_weights, mode, padding_idx,
+                              include_last_offset, num_rows)
+        return got if out is None else out.add_(got)
     b = grad.shape[0]
     if offsets is None:
         flat = indices.reshape(-1).long()
@@ -150,12 +153,15 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
             offs = offs[:b]
     g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
     if flat.numel() == 0 or b == 0:
-        return g.new_zeros((num_rows, g.shape[1]))
+        return g.new_zeros((num_rows, g.shape[1])) if out is None else out
     scale = None
     if per_sample_weights is not None:
         scale = per_sample_weights.reshape(-1)[:flat.shape[0]].to(g.dtype)
     if g.dtype != torch.float32:  # fp64: FBGEMM's kernel is fp32; ATen's generic one rounds otherwise
-        return _aten_bag_grad(g, flat, offs, indices.shape[-1], scale, mode, padding_idx, num_rows)
+        got = _aten_bag_grad(g, flat, offs, indices.shape[-1], scale, mode, padding_idx, num_rows)
+        return got if out is None else out.add_(got)
+    if out is None and reuse and grad.dtype == torch.float32:
+        out = _grad_cache.zeros((num_rows, g.shape[1]), g.dtype)
     if mode == MEAN:
         # ATen divides by the bag's size in double (eager's forward counts its indices other
         # than padding), then rounds the factor to grad's dtype
@@ -163,7 +169,7 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
             torch.arange(flat.shape[0]) // indices.shape[1])
         bag_size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b)
         scale = (1.0 / bag_size.double().clamp(min=1))[bag].to(g.dtype)
-    return _segment_bag_grad(g, flat, offs, indices.shape[-1], scale, padding_idx, num_rows)
+    return _segment_bag_grad(g, flat, offs, indices.shape[-1], scale, padding_idx, num_rows, out)
 
 
 def _aten_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: int, psw: Tensor | None, mode: int,
@@ -185,9 +191,9 @@ def _aten_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: 
 
 
 def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int, scale: Tensor | None,
-                      padding_idx: int, num_rows: int) -> Tensor:
-    """``_embedding_bag_backward`` of sum / mean mode on the CPU, bit-equal, into a reused
-    buffer (``_grad_cache``).
+                      padding_idx: int, num_rows: int, out: Tensor | None) -> Tensor:
+    """``_embedding_bag_backward`` of sum / mean mode on the CPU, bit-equal, added into ``out``
+    (or a new zeroed tensor).
 
     ATen sorts the indices and, for each distinct index, adds ``scale_p * grad[bag_p]`` over
     its positions p in sorted order (an axpy; the padding index is skipped). That is an
@@ -206,7 +212,9 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
         ``[num_rows, D]`` fp32.
     """
     d = grad.shape[1]
-    out = _grad_cache.zeros((num_rows, d), grad.dtype)
+    fresh = out is None
+    if fresh:
+        out = torch.zeros((num_rows, d), dtype=grad.dtype)
     sorted_idx, perm = flat.sort()
     if scale is not None:
         scale = scale[perm]
@@ -218,10 +226,10 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
     rows, counts = torch.unique_consecutive(sorted_idx, return_counts=True)
     del sorted_idx
     starts = counts.cumsum(0) - counts
-    # Distinct rows a chunk at a time (each bag of the segment sum ends with a chunk), so the
-    # [rows, D] sums take no more than one [nnz] index array: the op's temporaries stay
-    # within ATen's (its sort and bag arrays), and its peak memory with them.
-    step = max(1, flat.shape[0] * 8 // (d * grad.element_size()))
+    # Distinct rows a chunk at a time (a chunk ends where a row's positions end), so the
+    # [rows, D] sums take no more than two [nnz] index arrays (256 KiB at least: each chunk
+    # costs ~25 us): the op's temporaries stay near ATen's (its sort and bag arrays).
+    step = max(1, max(2 * flat.shape[0] * 8, 256 << 10) // (d * grad.element_size()))
     bounds = starts[::step].tolist() + [flat.shape[0]]
     g = grad.contiguous()
     for c, (first, end) in enumerate(zip(bounds, bounds[1:])):
@@ -230,7 +238,8 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
                                                  per_sample_weights=None if scale is None else scale[first:end])
         if padding_idx >= 0:  # ATen skips the padding row's positions: its row stays zero
             sums[rows[chunk] == padding_idx] = 0
-        out.index_copy_(0, rows[chunk], sums)
+        # a row's sum lands once: copied into zeros, or added (x + s, as adding a gradient is)
+        (out.index_copy_ if fresh else out.index_add_)(0, rows[chunk], sums)
     return out
 
 
@@ -248,7 +257,8 @@ def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: 
                                         offsets: Sequence[Tensor | None],
                                         per_sample_weights: Sequence[Tensor | None], num_rows: Sequence[int],
                                         dims: Sequence[int], modes: Sequence[int], padding_idx: Sequence[int],
-                                        include_last_offset: Sequence[bool], sparse: Sequence[bool]) -> list[Tensor]:
+                                        include_last_offset: Sequence[bool], sparse: Sequence[bool],
+                                        reuse: bool = False) -> list[Tensor]:
     """The CPU backward (and, packed, ``multi_embedding_bag_backward_ref``): per table, in
     grad's dtype, its dense ``[V_k, D_k]`` gradient (``bag_weight_grad_aten``: eager's own
     algorithm on the CPU; half types accumulate in fp32 and are rounded once), or for a
@@ -266,7 +276,7 @@ def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: 
         if sp:
             out.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1).to(grad.dtype))
         else:
-            out.append(bag_weight_grad_aten(g, am, i, o, p, m, pad, ilo, v).to(grad.dtype))
+            out.append(bag_weight_grad_aten(g, am, i, o, p, m, pad, ilo, v, reuse=reuse).to(grad.dtype))
     return out
 
 

@@ -38,6 +38,7 @@ def multi_embedding_backward_tables(
     padding_idx: Sequence[int],
     scale_grad_by_freq: Sequence[bool],
     columns: Sequence[int] | None = None,
+    reuse: bool = False,
 ) -> list[torch.Tensor]:
     """Every table's gradient, ``[V_k, D_k]`` each in grad's dtype, as eager computes it.
 
@@ -46,6 +47,8 @@ def multi_embedding_backward_tables(
         columns: where table k's ``D_k`` columns start in grad (default: back to back
             from 0, so that the dims sum to C). The rest as in
             ``multi_embedding_backward_ref``.
+        reuse: the gradients are the backward's results (not temporaries): take CPU
+            buffers from ``_grad_cache``.
 
     The CPU backward of wide tables, run eagerly inside an opaque op: per table eager's own
     ``embedding_dense_backward`` (vectorised row adds, parallel over row ranges,
@@ -82,7 +85,7 @@ def multi_embedding_backward_tables(
             # (bit-equal), into a reused buffer (_grad_cache); contiguous rows take its fast path.
             rows = g.reshape(n, d)
             out[k] = _index_add_backward(rows.contiguous() if copy else rows, i.reshape(-1), v, p, s,
-                                         _grad_cache.zeros((v, d), g.dtype))
+                                         _grad_cache.zeros((v, d), g.dtype) if reuse else None)
     return out
 
 

@@ -179,13 +179,18 @@ def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, of
     g = grad_emb.reshape(-1, d)
     if g.dtype in (torch.float16, torch.bfloat16):
         g = g.float()
-    if g.device.type == "cpu":  # bit-equal to embedding_dense_backward, into a reused buffer
+    if g.device.type == "cpu" and not separate and grad_bag.dtype == torch.float32:
+        # The one gradient, in a reused buffer (_grad_cache): the embedding's by index_add_
+        # (bit-equal to embedding_dense_backward), then the bag's added in place, as eager's
+        # AccumulateGrad adds the second gradient to the first.
         emb = _index_add_backward(g.contiguous(), emb_indices.reshape(-1), num_rows, emb_pad, False,
                                   _grad_cache.zeros((num_rows, d), g.dtype))
-    else:
-        emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
-    # eager's own EmbeddingBag backward on the CPU (bag_weight_grad elsewhere)
-    bag = bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows)
+        return bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows,
+                                    out=emb)
+    emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
+    # eager's own EmbeddingBag backward on the CPU (bag_weight_grad elsewhere); a temporary
+    bag = bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows,
+                               out=torch.zeros_like(emb))
     if separate:
         return torch.stack([emb, bag]).to(grad_bag.dtype)
     return emb.add_(bag).to(grad_bag.dtype)
