@@ -211,10 +211,9 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
     Returns:
         ``[num_rows, D]`` fp32.
     """
-    d = grad.shape[1]
     fresh = out is None
     if fresh:
-        out = torch.zeros((num_rows, d), dtype=grad.dtype)
+        out = torch.zeros((num_rows, grad.shape[1]), dtype=grad.dtype)
     sorted_idx, perm = flat.sort()
     if scale is not None:
         scale = scale[perm]
@@ -225,12 +224,16 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
     del perm
     rows, counts = torch.unique_consecutive(sorted_idx, return_counts=True)
     del sorted_idx
-    starts = counts.cumsum(0) - counts
-    # Distinct rows a chunk at a time (a chunk ends where a row's positions end), so the
-    # [rows, D] sums take no more than two [nnz] index arrays (256 KiB at least: each chunk
-    # costs ~25 us): the op's temporaries stay near ATen's (its sort and bag arrays).
-    step = max(1, max(2 * flat.shape[0] * 8, 256 << 10) // (d * grad.element_size()))
-    bounds = starts[::step].tolist() + [flat.shape[0]]
+    rows = rows.clone()  # unique_consecutive's outputs keep an [nnz] allocation each
+    starts = counts.cumsum(0).sub_(counts)
+    del counts
+    # Distinct rows a chunk at a time (a chunk ends where a row's positions end). ATen's
+    # backward holds four [nnz] index arrays (its sort's two, offset2bag, a resize); this one
+    # holds one (bag) and two [U] ones (rows, starts), so [rows, D] sums of the rest keep
+    # its temporaries, and the step's peak memory, within ATen's.
+    nnz, d = flat.shape[0], grad.shape[1]
+    step = max(1, (3 * nnz - 2 * rows.shape[0]) * 8 // (d * grad.element_size()))
+    bounds = starts[::step].tolist() + [nnz]
     g = grad.contiguous()
     for c, (first, end) in enumerate(zip(bounds, bounds[1:])):
         chunk = slice(c * step, (c + 1) * step)
@@ -240,6 +243,7 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
             sums[rows[chunk] == padding_idx] = 0
         # a row's sum lands once: copied into zeros, or added (x + s, as adding a gradient is)
         (out.index_copy_ if fresh else out.index_add_)(0, rows[chunk], sums)
+        del sums  # before the next chunk's
     return out
 
 
