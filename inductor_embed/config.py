@@ -53,13 +53,14 @@ tied_embedding_bag: bool = True
 # gather per dtype, device and index shape; each lookup reads a column slice of it.
 independent_lookups: bool = True
 
-# Also rewrite the two EmbeddingBag patterns (multi_embedding_bag, tied_embedding_bag)
-# for CPU tensors. Off by default: on the CPU the fused op runs the same ATen
-# embedding_bag kernels, table by table, as plain torch.compile does (Inductor has no
-# lowering of its own for EmbeddingBag), so there is nothing to win, and paired cpu-quick
-# runs measured it at 0.86-1.00x torch.compile. Left sites are logged with this reason.
-# The tests turn it on to check the op on the CPU.
-bag_patterns_on_cpu: bool = False
+# Which EmbeddingBag lookups the two bag patterns (multi_embedding_bag, tied_embedding_bag)
+# take for CPU tensors: "sum_mean" (default) fp32 dense sum/mean lookups, whose fused CPU
+# backward is faster than eager's (ATen's additions in ATen's order, by FBGEMM's pooling
+# kernel, into reused gradient buffers: cpu-quick 1.1-1.5x torch.compile for 8-26 tables,
+# 1.0-2.2x for a tied pair); "all" every lookup (max mode, sparse and half tables run the
+# same ATen kernels as torch.compile: nothing to win); "none" none. True / False mean "all" /
+# "none". Left lookups are logged with the reason.
+bag_patterns_on_cpu: str = "sum_mean"
 # Also rewrite independent_lookups for CPU tensors. Off by default: on the CPU the fused
 # op's forward is the ATen reference that Inductor compiles, the same gathers plain
 # torch.compile compiles for the separate lookups, and paired runs of a matrix-
@@ -128,6 +129,23 @@ _FIELDS: tuple[str, ...] = (
 )
 _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"0", "false", "off", "no"}
+
+
+_CPU_BAG_POLICIES = ("sum_mean", "all", "none")
+
+
+def cpu_bag_policy() -> str:
+    """``bag_patterns_on_cpu`` as one of "sum_mean", "all", "none" (True / False, and the
+    environment's 1 / 0, mean "all" / "none")."""
+    value = bag_patterns_on_cpu
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        value = value.strip().lower() in _TRUE
+    if value is True or value is False:
+        return "all" if value else "none"
+    if value not in _CPU_BAG_POLICIES:
+        raise ValueError(f"inductor_embed.config.bag_patterns_on_cpu={value!r}: expected one of "
+                         f"{', '.join(map(repr, _CPU_BAG_POLICIES))} (or True / False)")
+    return value
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

@@ -201,9 +201,9 @@ def _multi_embedding_backward_fake(grad, indices, num_rows, dims, *_):
          returns="Tensor[]", extra="SymInt[] columns")
 def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     """The eager CPU backward of some of the tables: each one's ``[V_k, D_k]`` gradient as
-    its own tensor, table k read from grad's columns ``[columns[k], columns[k] + D_k)``
-    (``multi_embedding_backward_tables``: eager's ``embedding_dense_backward``,
-    deterministic; not one flat buffer, see there)."""
+    its own tensor (a reused buffer, ``_grad_cache``), table k read from grad's columns
+    ``[columns[k], columns[k] + D_k)`` (``multi_embedding_backward_tables``: bit-equal to
+    eager's ``embedding_dense_backward``, deterministic)."""
     return multi_embedding_backward_tables(*args, reuse=True)
 
 
@@ -331,9 +331,10 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
 #   for an unfused model (eager's per-row add costs ~1-2 us a row, far more than a narrow
 #   row's data);
 # - D >= CPU_EAGER_MIN_DIM, one-row tables, and every table under
-#   torch.use_deterministic_algorithms: eager's ``embedding_dense_backward`` in one opaque
-#   op (vectorised row adds, no atomics; Inductor's element-wise atomic adds were 1.3-1.6x
-#   slower than it at D >= 64, and are not deterministic).
+#   torch.use_deterministic_algorithms: eager's row adds (``index_add_``, bit-equal to
+#   ``embedding_dense_backward``) in one opaque op, into reused gradient buffers (vectorised
+#   row adds, no atomics; Inductor's element-wise atomic adds were 1.3-1.6x slower than
+#   eager's at D >= 64, and are not deterministic).
 CPU_EAGER_MIN_DIM = 64
 
 

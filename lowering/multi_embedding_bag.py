@@ -245,8 +245,9 @@ def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_samp
          returns="Tensor[]")
 def multi_embedding_bag_backward_cpu(*args) -> list[Tensor]:
     """The CPU backward the autograd formula uses: per table its dense ``[V_k, D_k]``
-    gradient, or a sparse table's COO values ``[nnz_k * D_k]``, each its own tensor, in
-    grad's dtype (``multi_embedding_bag_backward_tables``: eager's EmbeddingBag backward,
+    gradient (fp32: a reused buffer, ``_grad_cache``), or a sparse table's COO values
+    ``[nnz_k * D_k]``, each its own tensor, in grad's dtype
+    (``multi_embedding_bag_backward_tables``: bit-equal to eager's EmbeddingBag backward,
     deterministic). Arguments as in ``multi_embedding_bag_backward``."""
     return multi_embedding_bag_backward_tables(*args, reuse=True)
 

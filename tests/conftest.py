@@ -21,15 +21,15 @@ def _fresh_dynamo():
     counters.clear()
     # Inductor's on-disk caches outlive a test run: a hit skips the pre-grad pass that
     # enable() installs, and a test's counters would then depend on earlier runs.
-    # The EmbeddingBag patterns are off on the CPU by default (nothing to win there); the
-    # tests check the fused op on the CPU, so they turn them on
-    # (test_multi_embedding_bag.py::test_cpu_default_leaves_bags checks the default).
+    # On the CPU the EmbeddingBag patterns take only fp32 dense sum/mean lookups by default;
+    # the tests check the fused op on the CPU in every mode, so they take all
+    # (test_multi_embedding_bag.py::test_cpu_default_takes_fp32_sum_mean_bags checks the default).
     from inductor_embed import config
 
     # Likewise column writes before a cat (test_column_writes_left_on_the_cpu_by_default) and
     # coalesced sparse gradients (test_cpu_default_sparse_gradient_is_eagers).
     with torch._inductor.config.patch(force_disable_caches=True), config.patch(
-            bag_patterns_on_cpu=True, column_writes_on_cpu=True, sparse_coalesce_on_cpu=True):
+            bag_patterns_on_cpu="all", column_writes_on_cpu=True, sparse_coalesce_on_cpu=True):
         yield
     torch._dynamo.reset()
 

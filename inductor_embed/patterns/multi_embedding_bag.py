@@ -54,6 +54,19 @@ def is_bag(node: object) -> bool:
     return bag_args(node) is not None
 
 
+def _cpu_policy(mode: object, dtype: torch.dtype, sparse: bool) -> str | None:
+    """Why a CPU lookup is left by ``config.bag_patterns_on_cpu``, or None to take it."""
+    policy = config.cpu_bag_policy()
+    if policy == "all":
+        return None
+    if policy == "none":
+        return "config.bag_patterns_on_cpu='none' leaves CPU lookups ('all' rewrites them)"
+    if mode in ("sum", "mean") and dtype == torch.float32 and not sparse:
+        return None
+    return ("on the CPU only fp32 dense sum/mean lookups are rewritten (their faster backward); this one "
+            "would run the same ATen kernels as torch.compile (config.bag_patterns_on_cpu='all' rewrites it)")
+
+
 def analyse_bag(node: fx.Node, between: tuple = (), whole: bool = False) -> Lookup | str | None:
     """A Lookup (params: offsets, per_sample_weights, mode, padding_idx, include_last_offset,
     sparse) if ``node`` is a fusable F.embedding_bag call, a reason if it must stay, else None.
@@ -74,9 +87,10 @@ def analyse_bag(node: fx.Node, between: tuple = (), whole: bool = False) -> Look
     why = _cat_site.float_checks(w, i)
     if why is not None:
         return why
-    if w.device.type == "cpu" and not config.bag_patterns_on_cpu:
-        return ("on the CPU the fused op would run the same ATen embedding_bag per table as torch.compile: "
-                "nothing to win (config.bag_patterns_on_cpu=True rewrites it anyway)")
+    if w.device.type == "cpu":
+        why = _cpu_policy(args["mode"], w.dtype, bool(args["sparse"]))
+        if why is not None:
+            return why
     mode = args["mode"]
     if mode not in MODES:
         return f"mode {mode!r} is not one of sum/mean/max (eager raises; left so it still does)"

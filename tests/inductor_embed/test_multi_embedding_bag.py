@@ -127,26 +127,58 @@ def test_skips_are_logged_and_left_to_eager() -> None:
     assert rewrites(BAG) == 0
 
 
-def test_cpu_default_leaves_bags() -> None:
-    """On the CPU both bag patterns are off by default (the fused op would run the same
-    ATen embedding_bag per table as torch.compile): left, with the reason logged."""
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(10, 4)
+class _Tied(nn.Module):
+    def __init__(self, mode: str = "mean"):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.mode = mode
 
-        def forward(self, x, bag):
-            return self.emb(x) + nn.functional.embedding_bag(bag, self.emb.weight)
+    def forward(self, x, bag):
+        return self.emb(x) + nn.functional.embedding_bag(bag, self.emb.weight, mode=self.mode)
 
-    with inductor_embed.config.patch(bag_patterns_on_cpu=False):
-        report = inductor_embed.explain(Bags(), *_bag_inputs())
-        assert not [r for r in report.rewrites if r.pattern == BAG]
-        assert any("bag_patterns_on_cpu" in s.reason for s in report.skipped if s.pattern == BAG)
-        tied = [torch.randint(0, 10, (3,)), torch.randint(0, 10, (3, 2))]
-        report = inductor_embed.explain(Tied(), *tied)
-        assert not report.rewrites
-        compare_with_eager(Tied(), tied)
+
+def _tied_inputs() -> list[torch.Tensor]:
+    return [torch.randint(0, 10, (3,)), torch.randint(0, 10, (3, 2))]
+
+
+class _MaxBags(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bags = nn.ModuleList(nn.EmbeddingBag(10, 4, mode=m) for m in ("max", "sum", "sum"))
+
+    def forward(self, x):
+        return torch.cat([b(x[:, k]) for k, b in enumerate(self.bags)], dim=1)
+
+
+def test_cpu_default_takes_fp32_sum_mean_bags() -> None:
+    """On the CPU by default (``bag_patterns_on_cpu="sum_mean"``) fp32 dense sum/mean lookups
+    are rewritten (their CPU backward is faster than eager's); a max lookup is left, with the
+    reason logged, and the rest of its cat still fuses."""
+    with inductor_embed.config.patch(bag_patterns_on_cpu="sum_mean"):
+        x = torch.randint(0, 10, (5, 3, 2))
+        report = inductor_embed.explain(_MaxBags(), x)
+        assert [len(r.tables) for r in report.rewrites if r.pattern == BAG] == [2]
+        assert any("only fp32 dense sum/mean" in s.reason for s in report.skipped if s.pattern == BAG)
+        compare_with_eager(_MaxBags(), (x,))
+        assert rewrites(BAG) == 1
+        assert [r.pattern for r in inductor_embed.explain(_Tied(), *_tied_inputs()).rewrites] == ["tied_embedding_bag"]
+        assert not inductor_embed.explain(_Tied("max"), *_tied_inputs()).rewrites
+
+
+def test_cpu_none_leaves_bags() -> None:
+    """``bag_patterns_on_cpu="none"`` (or False) leaves every CPU lookup, with the reason logged."""
+    for value in ("none", False):
+        with inductor_embed.config.patch(bag_patterns_on_cpu=value):
+            report = inductor_embed.explain(Bags(), *_bag_inputs())
+            assert not [r for r in report.rewrites if r.pattern == BAG]
+            assert any("bag_patterns_on_cpu='none'" in s.reason for s in report.skipped if s.pattern == BAG)
+            report = inductor_embed.explain(_Tied(), *_tied_inputs())
+            assert not report.rewrites
+    with inductor_embed.config.patch(bag_patterns_on_cpu="none"):
+        compare_with_eager(_Tied(), _tied_inputs())
     assert rewrites(BAG) == 0 and rewrites("tied_embedding_bag") == 0
+    with inductor_embed.config.patch(bag_patterns_on_cpu="some"), pytest.raises(ValueError, match="sum_mean"):
+        inductor_embed.config.cpu_bag_policy()
 
 
 def test_switch_off_keeps_eager_graph() -> None:

@@ -150,18 +150,18 @@ def test_dmp_sharded_ebc_is_left_to_torchrec_and_runs_unchanged(tmp_path):
 def test_unsharded_ebc_on_the_cpu_default_is_left_and_matches_eager(caplog):
     """The plain EmbeddingBagCollection is F.embedding_bag per table and a cat: on CUDA, or
     with ``bag_patterns_on_cpu`` (tests/inductor_embed/test_multi_embedding_bag.py), it is
-    rewritten by multi_embedding_bag; on the CPU by default the bag patterns are off (nothing
-    to win there), so it is left to Inductor, and the log says why."""
+    rewritten by multi_embedding_bag; with ``bag_patterns_on_cpu="none"`` it is left to
+    Inductor, and the log says why."""
     _torchrec()
     from inductor_embed import config
     from tests.inductor_embed._util import compare_with_eager, rewrites
 
     model = _model(torch.device("cpu"))
     kjt, _ = _batch(0, 0)
-    with config.patch(bag_patterns_on_cpu=False), caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+    with config.patch(bag_patterns_on_cpu="none"), caplog.at_level(logging.DEBUG, logger="inductor_embed"):
         compare_with_eager(model, (kjt,))
     assert rewrites("multi_embedding_bag") == 0
-    assert "config.bag_patterns_on_cpu=True rewrites it anyway" in caplog.text
+    assert "config.bag_patterns_on_cpu='none' leaves CPU lookups" in caplog.text
 
 
 def test_fbgemm_lookup_ops_in_a_graph_are_logged_and_left():
