@@ -47,7 +47,7 @@ def _idle(k: int) -> bool:
 
 def reuses(shape: tuple[int, ...], dtype: torch.dtype) -> bool:
     """Whether ``zeros(shape, dtype)`` may hand out a cached buffer (big enough, cache on)."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     return MIN_BYTES <= nbytes <= config.cpu_grad_cache_mb << 20 and _compat.can_count_storage_uses()
 
 
@@ -57,7 +57,7 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     (``cpu_grad_cache_mb = 0``) or full."""
     if not reuses(shape, dtype):
         return torch.zeros(shape, dtype=dtype)
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     limit = config.cpu_grad_cache_mb << 20
     with _lock:
         storage = None
