@@ -6,10 +6,11 @@ launch; backward one zero fill + one atomic-add launch (fp32) + one cast for hal
 packing the dense gradients into one flat buffer (split into per-table views for free) and
 the per-index rows of ``sparse=True`` tables' COO gradients into another.
 
-The forward is a ``triton_op`` layered like ``multi_embedding``: on the CPU Inductor
-compiles the ATen reference body (``multi_embedding_bag_ref.py``; ``embedding_bag`` itself
-stays ATen's); on CUDA the body calls an opaque op that launches ``kernels/multi_embedding_bag.py``.
-The backward is an opaque op: eager ATen on the CPU, the kernels on CUDA.
+The forward is a ``triton_op`` layered like ``multi_embedding``: its body calls an opaque op,
+on the CPU the ATen reference run eagerly (``multi_embedding_bag_cpu``: ``embedding_bag`` per
+table; traced, its index reshapes would be one C++ kernel per table to compile), on CUDA the
+launch of ``kernels/multi_embedding_bag.py``. The backward is an opaque op: ATen ops on
+the CPU (``multi_embedding_bag_backward_cpu``), the kernels on CUDA.
 The tied op (``tied_embedding_bag.py``) reuses this file's checks and segments.
 """
 
@@ -163,7 +164,11 @@ def multi_embedding_bag(
     psw = _psw_list(per_sample_weights, len(weights))
     _check_tables(weights, indices, offsets, psw, modes, padding_idx, include_last_offset, sparse)
     if not use_triton(weights[0]):
-        return multi_embedding_bag_ref(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
+        # One opaque call: traced, the reference's per-table index reshapes and offsets
+        # would become one C++ kernel per table for Inductor to compile (26 tables: ~9 s of a
+        # cold compile on 2 cores), for the same work ATen's embedding_bag does.
+        return torch.ops.inductor_embed.multi_embedding_bag_cpu(
+            weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
     out, arg_max, err = torch.ops.inductor_embed.multi_embedding_bag_triton(
         weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
     _raise_on_flags(err)
@@ -311,6 +316,23 @@ def _backward(ctx, grad, _grad_arg_max):
 multi_embedding_bag.register_autograd(_backward, setup_context=_setup_context)
 
 
+@twin_op("inductor_embed::multi_embedding_bag_cpu", like="inductor_embed::multi_embedding_bag",
+         returns="(Tensor, Tensor)", drop=("sparse",))
+def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset):
+    """The CPU forward of ``multi_embedding_bag``, run eagerly: ``(out, arg_max)`` by ATen's
+    ``embedding_bag`` per table (``multi_embedding_bag_ref``), bad input raising ATen's errors."""
+    psw = _psw_list(per_sample_weights, len(weights))
+    return multi_embedding_bag_ref(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
+
+
+@multi_embedding_bag_cpu.register_fake
+def _multi_embedding_bag_cpu_fake(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                  include_last_offset):
+    b = num_bags(indices[0], offsets[0], include_last_offset[0])
+    out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
+    return out, out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
+
+
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------
 
 
@@ -334,7 +356,6 @@ def multi_embedding_bag_triton(weights, indices, offsets, per_sample_weights, mo
 @multi_embedding_bag_triton.register_fake
 def _multi_embedding_bag_triton_fake(weights, indices, offsets, per_sample_weights, modes, padding_idx,
                                      include_last_offset):
-    b = num_bags(indices[0], offsets[0], include_last_offset[0])
-    out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
-    am = out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
+    out, am = _multi_embedding_bag_cpu_fake(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                            include_last_offset)
     return out, am, out.new_empty((2,), dtype=torch.int32)
