@@ -160,6 +160,7 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
     if g.dtype != torch.float32:  # fp64: FBGEMM's kernel is fp32; ATen's generic one rounds otherwise
         got = _aten_bag_grad(g, flat, offs, indices.shape[-1], scale, mode, padding_idx, num_rows)
         return got if out is None else out.add_(got)
+    accumulate = out is not None
     if out is None and reuse and grad.dtype == torch.float32:
         out = _grad_cache.zeros((num_rows, g.shape[1]), g.dtype)
     if mode == MEAN:
@@ -169,7 +170,7 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
             torch.arange(flat.shape[0]) // indices.shape[1])
         bag_size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b)
         scale = (1.0 / bag_size.double().clamp(min=1))[bag].to(g.dtype)
-    return _segment_bag_grad(g, flat, offs, indices.shape[-1], scale, padding_idx, num_rows, out)
+    return _segment_bag_grad(g, flat, offs, indices.shape[-1], scale, padding_idx, num_rows, out, accumulate)
 
 
 def _aten_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: int, psw: Tensor | None, mode: int,
@@ -191,9 +192,9 @@ def _aten_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: 
 
 
 def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int, scale: Tensor | None,
-                      padding_idx: int, num_rows: int, out: Tensor | None) -> Tensor:
-    """``_embedding_bag_backward`` of sum / mean mode on the CPU, bit-equal, added into ``out``
-    (or a new zeroed tensor).
+                      padding_idx: int, num_rows: int, out: Tensor | None, accumulate: bool) -> Tensor:
+    """``_embedding_bag_backward`` of sum / mean mode on the CPU, bit-equal, written into
+    ``out`` (zeros, or a new zeroed tensor), or with ``accumulate`` added into it.
 
     ATen sorts the indices and, for each distinct index, adds ``scale_p * grad[bag_p]`` over
     its positions p in sorted order (an axpy; the padding index is skipped). That is an
@@ -211,8 +212,7 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
     Returns:
         ``[num_rows, D]`` fp32.
     """
-    fresh = out is None
-    if fresh:
+    if out is None:
         out = torch.zeros((num_rows, grad.shape[1]), dtype=grad.dtype)
     sorted_idx, perm = flat.sort()
     if scale is not None:
@@ -241,8 +241,10 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor, bag_len: int,
                                                  per_sample_weights=None if scale is None else scale[first:end])
         if padding_idx >= 0:  # ATen skips the padding row's positions: its row stays zero
             sums[rows[chunk] == padding_idx] = 0
-        # a row's sum lands once: copied into zeros, or added (x + s, as adding a gradient is)
-        (out.index_copy_ if fresh else out.index_add_)(0, rows[chunk], sums)
+        # A row's sum lands once: written into zeros, or added (x + s, as adding a gradient
+        # is). index_put_ (rows are distinct): index_copy_ and index_add_ took 8-25x longer.
+        r = rows[chunk]
+        out.index_put_((r,), out.index_select(0, r).add_(sums) if accumulate else sums)
         del sums  # before the next chunk's
     return out
 
