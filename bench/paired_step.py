@@ -1,6 +1,8 @@
-"""``python -m bench.paired_step {cat,bag}``: one 26-table training step (forward + backward,
-``param.grad = None`` each step), ``torch.compile`` and ``backend="inductor_embed"``
-alternated in one process, the median of per-round time ratios.
+"""One 26-table training step, torch.compile vs inductor_embed in one process.
+
+``python -m bench.paired_step {cat,bag} [--rounds N] [--rows V]``: forward + backward,
+``param.grad = None`` each step, ``torch.compile`` and ``backend="inductor_embed"``
+alternated, the median of per-round time ratios.
 
 26 x 100,000 x 64 fp32 tables; ``cat``: 26 ``nn.Embedding`` lookups + cat, B=4,096 uniform;
 ``bag``: 26 ``nn.EmbeddingBag(mode="sum")`` + cat, B=2,048 bags of 20, Zipf 1.15. Run it
@@ -19,34 +21,35 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-TABLES, ROWS, DIM = 26, 100_000, 64
+TABLES, DIM = 26, 64
 
 
 class Tables(nn.Module):
-    def __init__(self, bags: bool) -> None:
+    def __init__(self, bags: bool, rows: int) -> None:
         super().__init__()
-        make = (lambda: nn.EmbeddingBag(ROWS, DIM, mode="sum")) if bags else (lambda: nn.Embedding(ROWS, DIM))
+        make = (lambda: nn.EmbeddingBag(rows, DIM, mode="sum")) if bags else (lambda: nn.Embedding(rows, DIM))
         self.tables = nn.ModuleList(make() for _ in range(TABLES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([t(x[:, k]) for k, t in enumerate(self.tables)], dim=1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kind", choices=("cat", "bag"))
     ap.add_argument("--rounds", type=int, default=12)
-    args = ap.parse_args()
+    ap.add_argument("--rows", type=int, default=100_000, help="rows per table")
+    args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     bags = args.kind == "bag"
     if bags:
         batch = 2048
-        x = torch.from_numpy((rng.zipf(1.15, (batch, TABLES, 20)) - 1) % ROWS)
+        x = torch.from_numpy((rng.zipf(1.15, (batch, TABLES, 20)) - 1) % args.rows)
     else:
         batch = 4096
-        x = torch.from_numpy(rng.integers(0, ROWS, (batch, TABLES)))
+        x = torch.from_numpy(rng.integers(0, args.rows, (batch, TABLES)))
     torch.manual_seed(0)
-    eager, plain, ours = Tables(bags), Tables(bags), Tables(bags)
+    eager, plain, ours = (Tables(bags, args.rows) for _ in range(3))
     plain.load_state_dict(eager.state_dict())
     ours.load_state_dict(eager.state_dict())
     steps = {"torch.compile": (torch.compile(plain), plain),
