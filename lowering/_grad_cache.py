@@ -6,7 +6,7 @@ fp32 = 25.6 MB), so glibc's malloc takes it from the top of the heap or from a f
 and gives it back to the kernel when it is freed (its trim threshold is 2x its adaptive
 mmap threshold, at most 64 MB). The next step then faults every page in again: measured on
 the 2-core machine, 26 such gradients cost 150-175 ms of page faults a step, against 22 ms
-to zero the same bytes once they are mapped (docs/design.md, "CPU gradient buffers").
+to zero the same bytes once they are mapped (docs/design.md, "Reused gradient buffers").
 Eager and plain torch.compile pay it too; jemalloc, tcmalloc or ``MALLOC_TRIM_THRESHOLD_``
 avoid it for the whole process.
 
