@@ -57,9 +57,9 @@ independent_lookups: bool = True
 # take for CPU tensors: "sum_mean" (default) fp32 dense sum/mean lookups, whose fused CPU
 # backward is faster than eager's (ATen's additions in ATen's order, by FBGEMM's pooling
 # kernel, into reused gradient buffers: cpu-quick 1.19x / 1.53x torch.compile for 8 / 26
-# tables, 1.06x / 1.85x for a tied pair); "all" every lookup (max mode, sparse and half tables run the
-# same ATen kernels as torch.compile: nothing to win); "none" none. True / False mean "all" /
-# "none". Left lookups are logged with the reason.
+# tables, 1.06x / 1.85x for a tied pair); "all" every lookup (max mode, sparse and half
+# tables have no faster CPU path than torch.compile's); "none" none. True / False mean "all"
+# / "none". Left lookups are logged with the reason.
 bag_patterns_on_cpu: str = "sum_mean"
 # Also rewrite independent_lookups for CPU tensors. Off by default: on the CPU the fused
 # op's forward is the ATen reference that Inductor compiles, the same gathers plain

@@ -64,7 +64,7 @@ def _cpu_policy(mode: object, dtype: torch.dtype, sparse: bool) -> str | None:
     if mode in ("sum", "mean") and dtype == torch.float32 and not sparse:
         return None
     return ("on the CPU only fp32 dense sum/mean lookups are rewritten (their faster backward); this one "
-            "would run the same ATen kernels as torch.compile (config.bag_patterns_on_cpu='all' rewrites it)")
+            "has no faster CPU path than torch.compile's (config.bag_patterns_on_cpu='all' rewrites it)")
 
 
 def analyse_bag(node: fx.Node, between: tuple = (), whole: bool = False) -> Lookup | str | None:
