@@ -45,9 +45,8 @@ def _idle(k: int) -> bool:
     return sys.getrefcount(_storages[k]) == 2 and _compat.storage_use_count(_storages[k]) == 1
 
 
-def reuses(shape: tuple[int, ...], dtype: torch.dtype) -> bool:
-    """Whether ``zeros(shape, dtype)`` may hand out a cached buffer (big enough, cache on)."""
-    nbytes = math.prod(shape) * dtype.itemsize
+def _cacheable(nbytes: int) -> bool:
+    """Whether a buffer of ``nbytes`` may come from the cache (big enough, cache on)."""
     return MIN_BYTES <= nbytes <= config.cpu_grad_cache_mb << 20 and _compat.can_count_storage_uses()
 
 
@@ -55,9 +54,9 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zeroed contiguous CPU tensor of ``shape``, on a reused storage where one of its size
     is idle (see the module doc); ``torch.zeros`` for small sizes, with the cache off
     (``cpu_grad_cache_mb = 0``) or full."""
-    if not reuses(shape, dtype):
-        return torch.zeros(shape, dtype=dtype)
     nbytes = math.prod(shape) * dtype.itemsize
+    if not _cacheable(nbytes):
+        return torch.zeros(shape, dtype=dtype)
     limit = config.cpu_grad_cache_mb << 20
     with _lock:
         storage = None

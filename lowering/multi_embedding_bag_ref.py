@@ -163,14 +163,22 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
     accumulate = out is not None
     if out is None and reuse and grad.dtype == torch.float32:
         out = _grad_cache.zeros((num_rows, g.shape[1]), g.dtype)
-    if mode == MEAN:
-        # ATen divides by the bag's size in double (eager's forward counts its indices other
-        # than padding), then rounds the factor to grad's dtype
-        bag = bag_of_positions(flat, offs, False)[1] if offs is not None else (
-            torch.arange(flat.shape[0]) // indices.shape[1])
-        bag_size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b)
+    if mode == MEAN:  # ATen divides by the bag's size in double, then rounds to grad's dtype
+        bag, bag_size = _mean_bag_sizes(flat, offs, indices.shape[-1], padding_idx, b)
         scale = (1.0 / bag_size.double().clamp(min=1))[bag].to(g.dtype)
     return _segment_bag_grad(g, flat, offs, indices.shape[-1], scale, padding_idx, num_rows, out, accumulate)
+
+
+def _mean_bag_sizes(flat: Tensor, offsets: Tensor | None, bag_len: int, padding_idx: int,
+                    num_bags: int) -> tuple[Tensor, Tensor]:
+    """``(bag [nnz], size [B])``: each position's bag, and each bag's size as eager's forward
+    counts it for mean mode (its indices other than padding). Arguments as in
+    ``_segment_bag_grad``."""
+    if offsets is None:
+        bag = torch.arange(flat.shape[0], device=flat.device) // max(bag_len, 1)
+    else:
+        bag = bag_of_positions(flat, offsets, False)[1]
+    return bag, torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=num_bags)
 
 
 def _aten_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: int, psw: Tensor | None, mode: int,
@@ -179,13 +187,11 @@ def _aten_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: 
     It takes eager's forward by-products: ``offset2bag`` is left empty, which ATen rebuilds
     from the offsets (as after eager's fast-path forward); mean mode's ``bag_size`` is
     counted here as eager's forward counts it."""
-    b = grad.shape[0]
     offs = offsets if offsets is not None else torch.arange(0, flat.shape[0], max(bag_len, 1))
     empty = flat.new_empty((0,))
     bag_size = empty
     if mode == MEAN:
-        bag = bag_of_positions(flat, offs, False)[1]
-        bag_size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b)
+        bag_size = _mean_bag_sizes(flat, offsets, bag_len, padding_idx, grad.shape[0])[1]
     return torch.ops.aten._embedding_bag_backward(
         grad.contiguous(), flat.contiguous(), offs.contiguous(), empty, bag_size, empty, num_rows, False, mode, False,
         None if psw is None else psw.contiguous(), padding_idx)
