@@ -54,9 +54,23 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A zeroed contiguous CPU tensor of ``shape``, on a reused storage where one of its size
     is idle (see the module doc); ``torch.zeros`` for small sizes, with the cache off
     (``cpu_grad_cache_mb = 0``) or full."""
+    out = _take(shape, dtype)
+    return torch.zeros(shape, dtype=dtype) if out is None else out.zero_()
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``zeros`` without the zero fill, for a caller that writes every element (a reused
+    buffer holds an earlier step's gradient)."""
+    out = _take(shape, dtype)
+    return torch.empty(shape, dtype=dtype) if out is None else out
+
+
+def _take(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """A contiguous tensor of ``shape`` on a cached storage (reused or new), or None where
+    the buffer may not come from the cache."""
     nbytes = math.prod(shape) * dtype.itemsize
     if not _cacheable(nbytes):
-        return torch.zeros(shape, dtype=dtype)
+        return None
     limit = config.cpu_grad_cache_mb << 20
     with _lock:
         storage = None
@@ -73,11 +87,10 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
                 else:
                     k += 1
             if held + nbytes > limit:
-                return torch.zeros(shape, dtype=dtype)
+                return None
             storage = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
         _storages.append(storage)
-        out = torch.empty((0,), dtype=dtype).set_(storage, 0, shape)
-    return out.zero_()
+        return torch.empty((0,), dtype=dtype).set_(storage, 0, shape)
 
 
 def empty_cache() -> None:

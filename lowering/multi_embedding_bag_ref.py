@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from inductor_embed.lowering import _grad_cache
+from inductor_embed.lowering import _cpu_native, _grad_cache
 
 SUM, MEAN, MAX = 0, 1, 2
 
@@ -125,12 +125,16 @@ def bag_weight_grad(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Ten
 
 def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Tensor | None,
                          per_sample_weights: Tensor | None, mode: int, padding_idx: int, include_last_offset: bool,
-                         num_rows: int, out: Tensor | None = None, reuse: bool = False) -> Tensor:
+                         num_rows: int, out: Tensor | None = None, reuse: bool = False,
+                         batch: list[_cpu_native.BagTable] | None = None) -> Tensor:
     """``bag_weight_grad`` bit-equal to ATen's own EmbeddingBag backward, as eager runs it on
-    the CPU: ``[V, D]`` fp32 for half types, else grad's dtype (``_segment_bag_grad``: the
-    same additions in the same order, faster). ``out``: a ``[V, D]`` tensor of that dtype
-    to add the gradient into (returned); else with ``reuse`` (the caller returns the
-    gradient: not a temporary) an fp32 one is a reused buffer (``_grad_cache``).
+    the CPU: ``[V, D]`` fp32 for half types, else grad's dtype (the same additions in the
+    same order, faster: ``_cpu_native``'s kernel, else ``_segment_bag_grad``). ``out``: a
+    ``[V, D]`` tensor of that dtype to add the gradient into (returned); else with
+    ``reuse`` (the caller returns the gradient: not a temporary) an fp32 one is a reused
+    buffer (``_grad_cache``). ``batch``: where the native kernel may leave its work for the
+    caller to run with other tables' (``_cpu_native.bag_grad(batch)``; the returned tensor
+    is written then); None runs it here.
 
     ATen's ``_embedding_bag_dense_backward`` sorts the indices and adds each one's scaled
     grad row (per-sample weight; 1 / bag size in mean mode, the bag's indices other than
@@ -143,30 +147,51 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
                               include_last_offset, num_rows)
         return got if out is None else out.add_(got)
     b = grad.shape[0]
-    if offsets is None:
-        flat = indices.reshape(-1).long()
-        offs = None
-    else:
-        flat, offs = indices.long(), offsets.long()
-        if include_last_offset:  # indices past offsets[B] are in no bag
-            flat = flat[:int(offs[b])] if b > 0 else flat[:0]
-            offs = offs[:b]
+    # lookup: the indices as the kernel reads them, any strides ([B, L], or [nnz] cut to
+    # the bags); flat: the same, 1-D, made (copied where strided) only where needed.
+    lookup, offs = indices, offsets
+    if offs is not None and include_last_offset:  # indices past offsets[B] are in no bag
+        lookup = lookup[:int(offs[b])] if b > 0 else lookup[:0]
+        offs = offs[:b]
+    nnz = lookup.numel()
     g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
-    if flat.numel() == 0 or b == 0:
+    if nnz == 0 or b == 0:
         return g.new_zeros((num_rows, g.shape[1])) if out is None else out
     scale = None
     if per_sample_weights is not None:
-        scale = per_sample_weights.reshape(-1)[:flat.shape[0]].to(g.dtype)
+        scale = per_sample_weights.reshape(-1)[:nnz].to(g.dtype)
+    bag_len = indices.shape[-1] if offs is None else 0
     if g.dtype != torch.float32:  # fp64: FBGEMM's kernel is fp32; ATen's generic one rounds otherwise
-        got = _aten_bag_grad(g, flat, offs, indices.shape[-1], scale, mode, padding_idx, num_rows)
+        got = _aten_bag_grad(g, lookup.reshape(-1).long(), None if offs is None else offs.long(), bag_len, scale,
+                             mode, padding_idx, num_rows)
         return got if out is None else out.add_(got)
     accumulate = out is not None
-    if out is None and reuse and grad.dtype == torch.float32:
-        out = _grad_cache.zeros((num_rows, g.shape[1]), g.dtype)
+    native = _cpu_native.lib() is not None and nnz < 1 << 31 and b < 1 << 31
+    if out is None:  # the native kernel writes every row; the ATen ops write only the sums
+        shape = (num_rows, g.shape[1])
+        if reuse and grad.dtype == torch.float32:
+            out = _grad_cache.empty(shape, g.dtype) if native else _grad_cache.zeros(shape, g.dtype)
+        else:
+            out = torch.empty(shape, dtype=g.dtype) if native else torch.zeros(shape, dtype=g.dtype)
+    if native:
+        # ATen's sort order: from stable_sort_from on, a stable sort's (the kernel's own,
+        # no [nnz] temporaries here); below it std::sort's, so ATen's sort is run here.
+        stable = _cpu_native.stable_sort_from(lookup.dtype)
+        order = None if stable is not None and nnz >= stable else lookup.reshape(-1).sort()[1]
+        table = _cpu_native.BagTable(out, g if g.stride(-1) == 1 else g.contiguous(), lookup,
+                                     None if offs is None else offs.contiguous(),
+                                     None if scale is None else scale.contiguous(), mode == MEAN, padding_idx,
+                                     accumulate, order)
+        if batch is None or order is not None:
+            _cpu_native.bag_grad([table])
+        else:
+            batch.append(table)
+        return out
+    flat, offs = lookup.reshape(-1).long(), None if offs is None else offs.long()
     if mode == MEAN:  # ATen divides by the bag's size in double, then rounds to grad's dtype
-        bag, bag_size = _mean_bag_sizes(flat, offs, indices.shape[-1], padding_idx, b)
+        bag, bag_size = _mean_bag_sizes(flat, offs, bag_len, padding_idx, b)
         scale = (1.0 / bag_size.double().clamp(min=1))[bag].to(g.dtype)
-    return _segment_bag_grad(g, flat, offs, indices.shape[-1], scale, padding_idx, num_rows, out, accumulate)
+    return _segment_bag_grad(g, flat, offs, bag_len, scale, padding_idx, out, accumulate)
 
 
 def _mean_bag_sizes(flat: Tensor, offsets: Tensor | None, bag_len: int, padding_idx: int,
@@ -198,9 +223,10 @@ def _aten_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: 
 
 
 def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: int, scale: Tensor | None,
-                      padding_idx: int, num_rows: int, out: Tensor | None, accumulate: bool) -> Tensor:
-    """``_embedding_bag_backward`` of sum / mean mode on the CPU, bit-equal, written into
-    ``out`` (zeros, or a new zeroed tensor), or with ``accumulate`` added into it.
+                      padding_idx: int, out: Tensor, accumulate: bool) -> Tensor:
+    """``_embedding_bag_backward`` of sum / mean mode on the CPU by ATen ops (where the
+    native kernel is off or cannot be built), bit-equal, written into ``out`` (zeros), or
+    with ``accumulate`` added into it.
 
     ATen sorts the indices and, for each distinct index, adds ``scale_p * grad[bag_p]`` over
     its positions p in sorted order (an axpy; the padding index is skipped). That is an
@@ -212,14 +238,13 @@ def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_le
     fresh pages ATen's new gradient faults in.
 
     Args:
-        grad: ``[B, D]``; flat ``[nnz]`` (every position in a bag); offsets ``[B]`` bag
-            starts, or None with ``bag_len`` the fixed bag size of 2-D input;
+        grad: ``[B, D]`` fp32; flat ``[nnz]`` int64 (every position in a bag); offsets
+            ``[B]`` int64 bag starts, or None with ``bag_len`` the fixed bag size of 2-D input;
         scale: ``[nnz]`` each position's factor (per-sample weight, 1/bag size), or None.
+        out: ``[num_rows, D]`` fp32, contiguous.
     Returns:
-        ``[num_rows, D]`` fp32.
+        ``out``.
     """
-    if out is None:
-        out = torch.zeros((num_rows, grad.shape[1]), dtype=grad.dtype)
     sorted_idx, perm = flat.sort()
     if scale is not None:
         scale = scale[perm]
@@ -279,6 +304,10 @@ def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: 
     ``multi_embedding_backward_tables``)."""
     out = []
     col = am_col = 0
+    # The native kernel's tables run together, after the loop: between the ATen ops of one
+    # table and the next, torch's OpenMP workers spin on the cores the kernel's threads
+    # need (measured: 26 tables one at a time took 74-79 ms, the same work batched 44-52).
+    batch: list[_cpu_native.BagTable] = []
     for i, o, p, v, d, m, pad, ilo, sp in zip(indices, offsets, per_sample_weights, num_rows, dims, modes,
                                              padding_idx, include_last_offset, sparse):
         g = grad[:, col:col + d]
@@ -286,10 +315,13 @@ def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: 
         am = arg_max[:, am_col:am_col + d] if m == MAX else arg_max
         am_col += d if m == MAX else 0
         if sp:
-            out.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1).to(grad.dtype))
+            out.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1))
         else:
-            out.append(bag_weight_grad_aten(g, am, i, o, p, m, pad, ilo, v, reuse=reuse).to(grad.dtype))
-    return out
+            out.append(bag_weight_grad_aten(g, am, i, o, p, m, pad, ilo, v, reuse=reuse,
+                                            batch=batch if grad.dtype == torch.float32 else None))
+    if batch:
+        _cpu_native.bag_grad(batch)
+    return [t.to(grad.dtype) for t in out]
 
 
 def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],

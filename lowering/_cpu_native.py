@@ -1,0 +1,468 @@
+"""The CPU EmbeddingBag backward's one native kernel: every dense gradient in one pass.
+
+Why: the ATen-op backward (``_segment_bag_grad``'s portable path) zero-fills each ``[V, D]``
+gradient, makes every distinct row's sum (FBGEMM's pooling kernel) and scatters the sums
+with ``index_put_``: three passes, two of them over memory no cache holds (26 x 100,000 x 64
+fp32 is 666 MB). This kernel writes each gradient once, row after row in index order:
+zeros up to the next index present, then that row's sum made in a small buffer. Rows of
+large gradients are written with non-temporal stores (the optimizer reads them long after
+they would have left the cache anyway), which skips the read-for-ownership of each line:
+measured on the 2-core machine, zeroing 666 MB took 10 ms this way against 19 ms by
+``zero_``, and the whole 26-table backward 26-32 ms against 45-53 ms.
+
+Same additions as ATen, same order: a row's sum starts from +0.0 and adds ``scale_p *
+grad[bag_p]`` (a fused multiply-add, as FBGEMM's and BLAS's axpy; a plain add with no
+scale) over the row's positions in the order ATen's own ``sort`` of the indices gives
+them. So it is bit-equal to eager's EmbeddingBag backward, as the portable path is.
+
+How it is built: plain C (no torch headers), compiled on first use with the system's C
+compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``; Inductor needs one on the CPU
+anyway) in ~0.2 s, into a per-user cache directory keyed by the source, the flags, the
+compiler and the CPU, and loaded with ctypes (which releases the GIL during the call).
+Threads: ``torch.get_num_threads()`` pthreads, each writing one slice of every table's
+rows. Without a compiler, or with ``config.cpu_native_kernels = False``, ``lib()`` is None
+and callers take the portable ATen path; a failed build is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import getpass
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from inductor_embed import config
+
+log = logging.getLogger("inductor_embed")
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+typedef struct {
+  int64_t rows, dim;        /* out [rows, dim] fp32, contiguous */
+  float* out;
+  const float* grad;        /* row b of grad at grad + b * grad_stride, dim contiguous floats */
+  int64_t grad_stride, num_bags, nnz;
+  const void* idx;          /* int64 (idx64) or int32: position p = b * bag_len + l of bag b at */
+  int64_t idx64;            /*   idx[b * idx_stride0 + l * idx_stride1]; with offsets at idx[p * idx_stride1] */
+  int64_t idx_stride0, idx_stride1;
+  const int64_t* order;     /* [nnz] positions in ATen's sort order, or NULL: a stable sort */
+  int64_t bag_len;          /* > 0: bags of bag_len positions; 0: by offsets */
+  const void* offsets;      /* [num_bags] bag starts, int64 (offsets64) or int32 */
+  int64_t offsets64;
+  const float* weights;     /* [nnz] each position's factor, or NULL */
+  int64_t mean;             /* also divide by the bag's size (its positions other than padding) */
+  int64_t padding_idx;      /* a row whose positions add nothing, or -1 */
+  int64_t accumulate;       /* 0: write every row; 1: add each sum to its row, leave the rest */
+  int64_t streaming;        /* write with non-temporal stores */
+} ie_table;
+
+/* One thread's buffers: per row of its slice the start of its entries, and the entries
+   (position, bag) grouped by row in ATen's order. */
+typedef struct { int32_t* start; int32_t* pos; int32_t* bag; float* bag_scale; float* acc; float* grad; } ie_scratch;
+
+static inline int64_t load(const void* a, int64_t is64, int64_t i) {
+  return is64 ? ((const int64_t*)a)[i] : ((const int32_t*)a)[i];
+}
+
+/* The end of bag b's positions: the next bag's start (nnz after the last bag). */
+static inline int64_t bag_end(const ie_table* t, int64_t b) {
+  if (b + 1 >= t->num_bags) return t->nnz;
+  const int64_t e = t->bag_len > 0 ? (b + 1) * t->bag_len : load(t->offsets, t->offsets64, b + 1);
+  return e < t->nnz ? e : t->nnz;
+}
+
+static inline int64_t idx_of(const ie_table* t, int64_t b, int64_t p) {
+  if (t->bag_len > 0) return load(t->idx, t->idx64, b * t->idx_stride0 + (p - b * t->bag_len) * t->idx_stride1);
+  return load(t->idx, t->idx64, p * t->idx_stride1);
+}
+
+/* The bag of position p: the number of bag ends <= p (the ends are offsets[1:], then nnz). */
+static inline int64_t bag_of(const ie_table* t, int64_t p) {
+  if (t->bag_len > 0) return p / t->bag_len;
+  int64_t a = 0, b = t->num_bags - 1;
+  while (a < b) {
+    int64_t m = a + (b - a) / 2;
+    if (load(t->offsets, t->offsets64, m + 1) <= p) a = m + 1; else b = m;
+  }
+  return a;
+}
+
+/* Every position p once, in order, with its bag b: the first bag whose end is past p (bag
+   0 takes the positions before the first start, the last bag those past its start). */
+#define FOR_EACH_POSITION(t, b, p)                          \
+  for (int64_t b = 0, p = 0; b < (t)->num_bags; b++)        \
+    for (const int64_t end_ = bag_end(t, b); p < end_; p++)
+
+/* dst[0:n] = src[0:n] (src NULL: zeros), streaming: by the widest non-temporal stores. */
+#if defined(__AVX512F__)
+#define VEC 16
+#define STREAM(d, s) _mm512_stream_ps((d), (s) ? _mm512_loadu_ps(s) : _mm512_setzero_ps())
+#elif defined(__AVX__)
+#define VEC 8
+#define STREAM(d, s) _mm256_stream_ps((d), (s) ? _mm256_loadu_ps(s) : _mm256_setzero_ps())
+#elif defined(__SSE2__)
+#define VEC 4
+#define STREAM(d, s) _mm_stream_ps((d), (s) ? _mm_loadu_ps(s) : _mm_setzero_ps())
+#endif
+static void put(float* dst, const float* src, int64_t n, int64_t streaming) {
+  int64_t i = 0;
+#ifdef VEC
+  if (streaming) {
+    for (; i < n && ((uintptr_t)(dst + i) & (VEC * 4 - 1)); i++) dst[i] = src ? src[i] : 0.0f;
+    if (src) {
+      for (; i + VEC <= n; i += VEC) STREAM(dst + i, src + i);
+    } else {
+      for (; i + VEC <= n; i += VEC) STREAM(dst + i, (const float*)0);
+    }
+  }
+#endif
+  if (src) memcpy(dst + i, src + i, (size_t)(n - i) * sizeof(float));
+  else memset(dst + i, 0, (size_t)(n - i) * sizeof(float));
+}
+
+/* Rows [lo, hi) of out from the entries in s (row r's are [start[r - lo], start[r - lo + 1])).
+   Each row's sum starts from +0.0 and adds its entries' terms in order. Writing: the whole
+   slice zeroed in one stream, then each present row's sum over it (12% of the rows in a
+   26 x 100,000 x 64 step): measured faster than writing each gap of zeros between them. */
+static void write_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
+  const int64_t d = t->dim;
+  float* acc = s->acc;
+  if (!t->accumulate) put(t->out + lo * d, NULL, (hi - lo) * d, t->streaming);
+  for (int64_t r = lo; r < hi; r++) {
+    const int64_t first = s->start[r - lo], last = s->start[r - lo + 1];
+    if (first == last || r == t->padding_idx) continue;
+    for (int64_t c = 0; c < d; c++) acc[c] = 0.0f;
+    for (int64_t j = first; j < last; j++) {
+      const float* g = s->grad + (int64_t)s->bag[j] * d;
+      if (t->weights || t->mean) {
+        /* ATen's axpy: a fused multiply-add (as BLAS's and FBGEMM's) */
+        const float w = t->mean ? s->bag_scale[s->bag[j]] : t->weights[s->pos[j]];
+        for (int64_t c = 0; c < d; c++) acc[c] = __builtin_fmaf(w, g[c], acc[c]);
+      } else {
+        for (int64_t c = 0; c < d; c++) acc[c] += g[c];
+      }
+    }
+    float* o = t->out + r * d;
+    if (t->accumulate) {
+      for (int64_t c = 0; c < d; c++) o[c] += acc[c];
+    } else {
+      put(o, acc, d, t->streaming);
+    }
+  }
+}
+
+static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
+  int32_t* start = s->start;  /* hi - lo + 1 entries (num_bags for the bag sizes first) */
+  if (t->mean) {  /* ATen: 1.0 / bag_size in double, rounded to float once */
+    for (int64_t b = 0; b < t->num_bags; b++) start[b] = 0;
+    FOR_EACH_POSITION(t, b, p) if (idx_of(t, b, p) != t->padding_idx) start[b]++;
+    for (int64_t b = 0; b < t->num_bags; b++) s->bag_scale[b] = (float)(1.0 / (double)(start[b] > 0 ? start[b] : 1));
+  }
+  for (int64_t r = 0; r <= hi - lo; r++) start[r] = 0;
+  if (t->order) {  /* ATen's order: the slice's entries are one run of it */
+    int64_t a = 0, e = t->nnz;
+    while (a < e) {
+      int64_t m = a + (e - a) / 2, p = t->order[m];
+      if (idx_of(t, bag_of(t, p), p) < lo) a = m + 1; else e = m;
+    }
+    int64_t n = 0;
+    for (int64_t j = a; j < t->nnz; j++, n++) {
+      const int64_t p = t->order[j], b = bag_of(t, p), row = idx_of(t, b, p);
+      if (row >= hi) break;
+      start[row - lo + 1]++;
+      s->pos[n] = (int32_t)p;
+      s->bag[n] = (int32_t)b;
+    }
+    for (int64_t r = 0; r < hi - lo; r++) start[r + 1] += start[r];
+  } else {  /* a stable counting sort of the positions whose rows are in [lo, hi) */
+    FOR_EACH_POSITION(t, b, p) {
+      const int64_t row = idx_of(t, b, p);
+      if (row >= lo && row < hi) start[row - lo + 1]++;
+    }
+    for (int64_t r = 0; r < hi - lo; r++) start[r + 1] += start[r];
+    FOR_EACH_POSITION(t, b, p) {
+      const int64_t row = idx_of(t, b, p);
+      if (row >= lo && row < hi) {
+        const int32_t k = start[row - lo]++;
+        s->pos[k] = (int32_t)p;
+        s->bag[k] = (int32_t)b;
+      }
+    }
+    for (int64_t r = hi - lo; r > 0; r--) start[r] = start[r - 1];  /* back to each row's start */
+    start[0] = 0;
+  }
+  /* grad's rows of this table, packed: in place they lie a whole grad row apart (26 x 64
+     floats: a page each), and reading them scattered missed the TLB. */
+  for (int64_t b = 0; b < t->num_bags; b++) memcpy(s->grad + b * t->dim, t->grad + b * t->grad_stride, t->dim * 4);
+  write_rows(t, lo, hi, s);
+}
+
+typedef struct { const ie_table* tables; int64_t n, parts, part, failed; } ie_job;
+
+static void* run(void* arg) {
+  ie_job* job = (ie_job*)arg;
+  int64_t dim = 1, starts = 1, nnz = 1, bags = 1, grad = 1;
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_table* t = job->tables + k;
+    const int64_t rows = t->rows * (job->part + 1) / job->parts - t->rows * job->part / job->parts + 1;
+    if (t->dim > dim) dim = t->dim;
+    if (rows > starts) starts = rows;
+    if (t->num_bags > starts) starts = t->num_bags;
+    if (t->num_bags > bags) bags = t->num_bags;
+    if (t->nnz > nnz) nnz = t->nnz;
+    if (t->num_bags * t->dim > grad) grad = t->num_bags * t->dim;
+  }
+  ie_scratch s = {(int32_t*)malloc((size_t)starts * 4), (int32_t*)malloc((size_t)nnz * 4),
+                  (int32_t*)malloc((size_t)nnz * 4), (float*)malloc((size_t)bags * 4),
+                  (float*)malloc((size_t)dim * 4), (float*)malloc((size_t)grad * 4)};
+  if (s.start && s.pos && s.bag && s.bag_scale && s.acc && s.grad) {
+    for (int64_t k = 0; k < job->n; k++) {
+      const ie_table* t = job->tables + k;
+      table_rows(t, t->rows * job->part / job->parts, t->rows * (job->part + 1) / job->parts, &s);
+    }
+  } else {
+    job->failed = 1;
+  }
+  free(s.start); free(s.pos); free(s.bag); free(s.bag_scale); free(s.acc); free(s.grad);
+#ifdef VEC
+  _mm_sfence();  /* the non-temporal stores are visible before the join */
+#endif
+  return NULL;
+}
+
+/* 0: done; k + 1: table k has an index outside [0, rows) (nothing written); -1: no memory. */
+int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
+  for (int64_t k = 0; k < n; k++) {
+    const ie_table* t = tables + k;
+    FOR_EACH_POSITION(t, b, p) {
+      const int64_t row = idx_of(t, b, p);
+      if (row < 0 || row >= t->rows) return k + 1;
+    }
+  }
+  if (threads < 1) threads = 1;
+  if (threads > 64) threads = 64;
+  ie_job jobs[64];
+  pthread_t ids[64];
+  int started[64] = {0};
+  for (int64_t i = 0; i < threads; i++) { ie_job j = {tables, n, threads, i, 0}; jobs[i] = j; }
+  for (int64_t i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, run, &jobs[i]) == 0;
+  for (int64_t i = 1; i < threads; i++) if (!started[i]) run(&jobs[i]);
+  run(&jobs[0]);
+  int64_t failed = 0;
+  for (int64_t i = 0; i < threads; i++) {
+    if (i > 0 && started[i]) pthread_join(ids[i], NULL);
+    failed |= jobs[i].failed;
+  }
+  return failed ? -1 : 0;
+}
+"""
+
+# No -ffast-math: the sums must round as ATen's do. -ffp-contract=off keeps the plain adds
+# plain; the scaled path asks for its fused multiply-add by name (fmaf).
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
+# Gradients at least this large are written with non-temporal stores (2 MiB: beyond a
+# core's L2, where a written line is evicted before the optimizer reads it).
+STREAMING_BYTES = 2 << 20
+_POINTERS = {"out", "grad", "idx", "order", "offsets", "weights"}
+
+
+class _Table(ctypes.Structure):  # ie_table
+    _fields_ = [(name, ctypes.c_void_p if name in _POINTERS else ctypes.c_int64) for name in (
+        "rows", "dim", "out", "grad", "grad_stride", "num_bags", "nnz", "idx", "idx64", "idx_stride0",
+        "idx_stride1", "order", "bag_len",
+        "offsets", "offsets64", "weights", "mean", "padding_idx", "accumulate", "streaming")]
+
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "lib": the loaded library, or None after a failed build
+
+
+def _cache_dir() -> str:
+    """``$INDUCTOR_EMBED_CACHE_DIR``, else ``<tmp>/inductor_embed_<user>`` (as Inductor's
+    ``torchinductor_<user>``)."""
+    path = os.environ.get("INDUCTOR_EMBED_CACHE_DIR")
+    if not path:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no user name for this uid (some containers)
+            user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+        path = os.path.join(tempfile.gettempdir(), f"inductor_embed_{user}")
+    return path
+
+
+def _compilers() -> list[str]:
+    names = [os.environ.get("CC", ""), "cc", "gcc", "clang"]
+    return [p for p in dict.fromkeys(shutil.which(n) for n in names if n) if p]
+
+
+def _cpu_key() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(dict.fromkeys(lines))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _build() -> ctypes.CDLL | None:
+    """Compile (or find in the cache) and load the kernel; None, logged, where it cannot."""
+    if sys.platform == "win32":
+        log.info("inductor_embed: no native CPU backward kernel on Windows; using ATen ops")
+        return None
+    errors = []
+    for cc in _compilers():
+        for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
+            key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, _cpu_key()]).encode()).hexdigest()[:20]
+            directory = _cache_dir()
+            path = os.path.join(directory, f"bag_grad_{key}.so")
+            if not os.path.exists(path):
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+                    os.close(fd)
+                    src = tmp[:-3] + ".c"
+                    with open(src, "w") as f:
+                        f.write(_SOURCE)
+                    try:
+                        subprocess.run([cc, *flags, src, "-o", tmp, "-lm"], check=True, capture_output=True,
+                                       text=True, timeout=120)
+                        os.replace(tmp, path)  # atomic: another process may be building it too
+                    finally:
+                        for leftover in (src, tmp):
+                            if os.path.exists(leftover):
+                                os.remove(leftover)
+                except (OSError, subprocess.SubprocessError) as e:
+                    detail = getattr(e, "stderr", "") or str(e)
+                    errors.append(f"{cc} {' '.join(flags)}: {detail.strip()[:300]}")
+                    continue
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError as e:
+                errors.append(f"loading {path}: {e}")
+                continue
+            lib.ie_bag_grad.restype = ctypes.c_int64
+            lib.ie_bag_grad.argtypes = [ctypes.POINTER(_Table), ctypes.c_int64, ctypes.c_int64]
+            return lib
+    log.warning("inductor_embed: could not build the native CPU backward kernel (%s); the CPU "
+                "EmbeddingBag backward uses ATen ops (slower). Set CC to a C compiler, or "
+                "config.cpu_native_kernels = False to silence this.",
+                "; ".join(errors) if errors else "no C compiler found: $CC, cc, gcc, clang")
+    return None
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded kernel, built on first use; None where it is switched off
+    (``config.cpu_native_kernels``) or cannot be built."""
+    if not config.cpu_native_kernels:
+        return None
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _state["lib"] = _build()
+    return _state["lib"]  # type: ignore[return-value]
+
+
+@dataclass
+class BagTable:
+    """One table's EmbeddingBag weight gradient (sum / mean mode), ATen's additions in ATen's
+    order: for each row r, ``out[r]`` = the sum, over the positions p with ``indices[p] == r``
+    (none for the padding row) in the order of ATen's sort of ``indices``, of
+    ``w_p * grad[bag_p]`` (``w_p``: the per-sample weight, 1 / bag size in mean mode, else
+    1). Written into every row of ``out``, or with ``accumulate`` added to the rows present.
+
+    Shapes: ``out [V, D]`` fp32 contiguous; ``grad [B, D]`` fp32 with unit column stride;
+    ``indices`` int32/int64, any strides: ``[B, L]`` fixed bags (2-D input; position
+    ``b * L + l``), or ``[nnz]`` with ``offsets [B]`` int32/int64 bag starts (every position
+    in a bag: include_last_offset's extra ones cut off); ``weights [nnz]`` fp32 or None.
+    ``order [nnz]`` int64: ATen's ``indices.reshape(-1).sort()`` permutation; None where
+    that sort is stable (``stable_sort_from``), and the kernel sorts by a stable counting
+    sort itself.
+    """
+
+    out: Tensor
+    grad: Tensor
+    indices: Tensor
+    offsets: Tensor | None
+    weights: Tensor | None
+    mean: bool
+    padding_idx: int
+    accumulate: bool
+    order: Tensor | None
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def bag_grad(tables: Sequence[BagTable]) -> None:
+    """Run ``tables`` (all at once, across ``torch.get_num_threads()`` threads: each writes a
+    slice of every table's rows). Requires ``lib()``. Raises IndexError for an index
+    outside ``[0, V)``, as eager does."""
+    library = lib()
+    assert library is not None, "bag_grad needs the native kernel (check lib() first)"
+    array = (_Table * len(tables))()
+    work = 0
+    for k, t in enumerate(tables):
+        assert t.out.dtype == t.grad.dtype == torch.float32 and t.out.is_contiguous() and t.grad.stride(-1) == 1
+        assert t.indices.dtype in (torch.int32, torch.int64) and t.indices.dim() == (1 if t.offsets is not None else 2)
+        assert t.offsets is None or (t.offsets.dtype in (torch.int32, torch.int64) and t.offsets.is_contiguous())
+        assert t.weights is None or (t.weights.dtype == torch.float32 and t.weights.is_contiguous())
+        assert t.order is None or (t.order.dtype == torch.int64 and t.order.is_contiguous())
+        assert t.indices.numel() < 1 << 31 and t.grad.shape[0] < 1 << 31
+        rows, dim = t.out.shape
+        bag_len = 0 if t.offsets is not None else t.indices.shape[1]
+        stride0, stride1 = (0, t.indices.stride(0)) if t.offsets is not None else t.indices.stride()
+        array[k] = _Table(rows, dim, t.out.data_ptr(), t.grad.data_ptr(), t.grad.stride(0), t.grad.shape[0],
+                          t.indices.numel(), t.indices.data_ptr(), t.indices.dtype == torch.int64, stride0, stride1,
+                          _ptr(t.order), bag_len, _ptr(t.offsets), t.offsets is not None and t.offsets.dtype == torch.int64,
+                          _ptr(t.weights), t.mean, t.padding_idx, t.accumulate, t.out.nbytes >= STREAMING_BYTES)
+        work += t.out.nbytes + t.indices.numel() * dim * 4
+    # Starting a thread costs ~20 us: not worth it for a few hundred KB.
+    threads = torch.get_num_threads() if work >= 1 << 20 else 1
+    status = library.ie_bag_grad(array, len(tables), threads)
+    if status > 0:
+        raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].out.shape[0]})")
+    if status < 0:
+        raise MemoryError("inductor_embed's CPU bag backward could not allocate its scratch memory")
+
+
+_stable: dict[torch.dtype, int | None] = {}
+
+
+def stable_sort_from(dtype: torch.dtype) -> int | None:
+    """The length from which ATen's ``sort()`` of a 1-D ``dtype`` tensor is stable (FBGEMM's
+    parallel radix sort, used from ``at::internal::GRAIN_SIZE`` = 32,768 elements where the
+    build has it; shorter ones take ``std::sort``), or None where this build's is not.
+    Probed once per dtype: equal keys must come out in position order at that length and
+    at 4x it."""
+    if dtype not in _stable:
+        start = 32768
+        ok = True
+        for n in (start, 4 * start):
+            keys = (torch.arange(n, dtype=torch.int64) * 2654435761 % 7).to(dtype)
+            order = keys.sort().indices
+            ranked = keys[order]
+            same = ranked[1:] == ranked[:-1]  # neighbours with one key: positions must ascend
+            ok = ok and bool((order[1:] > order[:-1])[same].all())
+        _stable[dtype] = start if ok else None
+    return _stable[dtype]

@@ -1,0 +1,197 @@
+"""The CPU EmbeddingBag backward's native kernel (lowering/_cpu_native.py): bit-equal to
+eager's own backward in every form it takes (ATen's sort order below the stable-sort length,
+its own counting sort above it; strided and int32 indices; rows not a multiple of the
+vector width; streamed and cached stores; adding into a gradient), the same with any thread
+count, the errors eager raises, and the ATen-op path where it cannot be built."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import inductor_embed
+from inductor_embed import config
+from inductor_embed.lowering import _cpu_native
+from inductor_embed.lowering.multi_embedding_bag_ref import bag_weight_grad_aten
+
+pytestmark = pytest.mark.skipif(_cpu_native.lib() is None, reason="no C compiler on this machine")
+
+
+def _eager_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, num_rows):
+    """ATen's ``_embedding_bag_backward``, given what eager's forward gives it."""
+    b = grad.shape[0]
+    if offsets is None:
+        flat = indices.reshape(-1)
+        offs = torch.arange(0, indices.numel(), indices.shape[1], dtype=flat.dtype)
+    else:
+        flat, offs = indices, offsets
+        if ilo:
+            flat, offs = flat[:int(offs[b])], offs[:b]
+    empty = flat.new_empty((0,))
+    size = empty
+    if mode == 1:
+        ends = torch.cat([offs[1:].long(), torch.tensor([flat.numel()])])
+        bag = torch.searchsorted(ends, torch.arange(flat.numel()), right=True)
+        size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b).to(flat.dtype)
+    p = None if psw is None else psw.reshape(-1)[:flat.numel()].contiguous()
+    return torch.ops.aten._embedding_bag_backward(grad, flat.contiguous(), offs, empty, size, empty, num_rows, False,
+                                                  mode, False, p, padding_idx)
+
+
+def _case(form, nnz, num_rows, weighted, itype, seed):
+    """``(indices, offsets, psw, ilo)`` of about ``nnz`` Zipf positions in one of the forms."""
+    rng = np.random.default_rng(seed)
+    bag = 20
+    b = max(nnz // bag, 4)
+    ids = torch.from_numpy((rng.zipf(1.2, (b, 3, bag)) - 1) % num_rows).to(itype)
+    ids[0, :, 0] = 7  # the padding row, where there is one
+    psw = torch.rand(b, bag) if weighted else None
+    if form == "2d":
+        return ids[:, 1].contiguous(), None, psw, False
+    if form == "2d_strided":  # a column slice of [B, 3, L]: what x[:, k] hands a table
+        return ids[:, 1], None, psw, False
+    flat = ids[:, 1].reshape(-1)
+    cuts = torch.from_numpy(np.sort(rng.integers(0, flat.numel() - 5, b))).to(itype)
+    cuts[0], cuts[2] = 0, cuts[3]  # an empty bag
+    psw = None if psw is None else psw.reshape(-1)
+    if form == "include_last_offset":  # the last 5 indices are in no bag
+        return flat, torch.cat([cuts, torch.tensor([flat.numel() - 5], dtype=itype)]), psw, True
+    return flat, cuts, psw, False
+
+
+@pytest.mark.parametrize("size", ["small", "large"])  # below / above stable_sort_from
+@pytest.mark.parametrize("form", ["2d", "2d_strided", "offsets", "include_last_offset"])
+@pytest.mark.parametrize("mode,weighted", [(0, False), (0, True), (1, False)], ids=["sum", "weighted", "mean"])
+@pytest.mark.parametrize("padding_idx", [-1, 7])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_bit_equal_to_eager(size, form, mode, weighted, padding_idx, itype):
+    nnz, num_rows, dim = (600, 300, 61) if size == "small" else (40960, 9000, 64)  # 2.2 MB: streamed
+    indices, offsets, psw, ilo = _case(form, nnz, num_rows, weighted, itype, seed=nnz + mode + padding_idx)
+    b = indices.shape[0] if offsets is None else offsets.numel() - int(ilo)
+    grad = torch.randn(b, dim)
+    want = _eager_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, num_rows)
+    got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, num_rows)
+    assert torch.equal(got, want)
+    # Added into a gradient (the tied op's): x + s, as AccumulateGrad adds a second one.
+    base = torch.randn(num_rows, dim)
+    added = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, num_rows,
+                                 out=base.clone())
+    assert torch.equal(added, base + want)
+
+
+def test_large_lookups_take_the_kernels_own_stable_sort():
+    stable = _cpu_native.stable_sort_from(torch.int64)
+    if stable is None:
+        pytest.skip("this torch build's sort is not stable at any length: ATen's order is used throughout")
+    keys = torch.randint(0, 50, (stable,))
+    order = keys.sort().indices
+    assert torch.equal(order, keys.sort(stable=True).indices)  # what the kernel's counting sort gives
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_every_thread_count_gives_the_same_bits(threads):
+    indices, offsets, psw, ilo = _case("offsets", 40960, 9000, False, torch.int64, seed=1)
+    grad = torch.randn(offsets.numel(), 64)
+    want = _eager_bag_backward(grad, indices, offsets, psw, 0, -1, ilo, 9000)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, -1, ilo, 9000)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_an_index_out_of_range_raises_and_writes_nothing(size):
+    indices, offsets, _, _ = _case("offsets", 600 if size == "small" else 40960, 300, False, torch.int64, seed=2)
+    indices[5] = 300
+    grad = torch.randn(offsets.numel(), 8)
+    base = torch.randn(300, 8)
+    out = base.clone()
+    with pytest.raises(IndexError, match="out of range"):
+        bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, None, 0, -1, False, 300, out=out)
+    assert torch.equal(out, base)
+
+
+class Bags(nn.Module):
+    """Three 3,000 x 16 sum bags (one with padding) + cat: 40,960 positions a table at B=2,048."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList([nn.EmbeddingBag(3000, 16, mode="sum"),
+                                     nn.EmbeddingBag(3000, 16, mode="sum", padding_idx=7),
+                                     nn.EmbeddingBag(3000, 16, mode="mean")])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t(x[:, k]) for k, t in enumerate(self.tables)], dim=1)
+
+
+def test_a_compiled_training_step_is_eagers_bit_for_bit():
+    torch.manual_seed(0)
+    eager, model = Bags(), Bags()
+    model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(model, backend="inductor_embed")
+    rng = np.random.default_rng(3)
+    for _ in range(2):  # the second step reuses the first's buffers, written again in full
+        x = torch.from_numpy((rng.zipf(1.15, (2048, 3, 20)) - 1) % 3000)
+        for m in (eager, model):
+            m.zero_grad(set_to_none=True)
+        eager(x).square().sum().backward()
+        compiled(x).square().sum().backward()
+        for pe, pm in zip(eager.parameters(), model.parameters()):
+            assert torch.equal(pe.grad, pm.grad)
+
+
+@pytest.fixture
+def fresh_build(tmp_path, monkeypatch):
+    """An empty kernel cache directory and no loaded kernel (restored afterwards)."""
+    monkeypatch.setenv("INDUCTOR_EMBED_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_cpu_native, "_state", {})
+    return tmp_path
+
+
+def test_the_kernel_is_built_once_then_loaded_from_the_cache(fresh_build, monkeypatch):
+    assert _cpu_native.lib() is not None
+    built = list(fresh_build.glob("bag_grad_*.so"))
+    assert len(built) == 1 and not list(fresh_build.glob("*.c"))  # no leftovers
+    monkeypatch.setattr(_cpu_native, "_state", {})
+    monkeypatch.setattr(_cpu_native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    assert _cpu_native.lib() is not None
+
+
+def test_without_a_compiler_the_aten_ops_give_the_same_bits(fresh_build, monkeypatch, caplog):
+    monkeypatch.setattr(_cpu_native, "_compilers", lambda: [])
+    indices, offsets, psw, ilo = _case("offsets", 40960, 9000, True, torch.int64, seed=4)
+    grad = torch.randn(offsets.numel(), 64)
+    want = _eager_bag_backward(grad, indices, offsets, psw, 0, 7, ilo, 9000)
+    with caplog.at_level(logging.WARNING, logger="inductor_embed"):
+        got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
+        bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
+    assert _cpu_native.lib() is None
+    assert torch.equal(got, want)
+    warnings = [r for r in caplog.records if "could not build the native CPU backward kernel" in r.message]
+    assert len(warnings) == 1 and "no C compiler found" in warnings[0].message
+
+
+def test_a_failing_compiler_is_reported(fresh_build, monkeypatch, caplog):
+    monkeypatch.setenv("CC", "false")  # exits 1
+    monkeypatch.setattr(_cpu_native, "_compilers", lambda: ["/bin/false"])
+    with caplog.at_level(logging.WARNING, logger="inductor_embed"):
+        assert _cpu_native.lib() is None
+    assert "/bin/false" in caplog.text and not list(fresh_build.glob("*"))
+
+
+def test_the_switch_turns_the_kernel_off():
+    with config.patch(cpu_native_kernels=False):
+        assert _cpu_native.lib() is None
+        indices, offsets, psw, ilo = _case("2d_strided", 40960, 9000, False, torch.int64, seed=5)
+        grad = torch.randn(indices.shape[0], 64)
+        got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 1, -1, ilo, 9000)
+    assert torch.equal(got, _eager_bag_backward(grad, indices, offsets, psw, 1, -1, ilo, 9000))
+    assert _cpu_native.lib() is not None
+    inductor_embed.empty_cache()
