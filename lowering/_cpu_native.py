@@ -309,6 +309,23 @@ def _cache_dir() -> str:
     return path
 
 
+def _private_dir() -> str:
+    """``_cache_dir()``, created if missing; a fresh private directory instead where it is
+    not ours alone (another user could otherwise plant a library we would load)."""
+    path = _cache_dir()
+    if "private" in _state:
+        return _state["private"]  # type: ignore[return-value]
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+        if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+            path = tempfile.mkdtemp(prefix="inductor_embed_")
+    except OSError:
+        path = tempfile.mkdtemp(prefix="inductor_embed_")
+    _state["private"] = path
+    return path
+
+
 def _compilers() -> list[str]:
     names = [os.environ.get("CC", ""), "cc", "gcc", "clang"]
     return [p for p in dict.fromkeys(shutil.which(n) for n in names if n) if p]
@@ -333,11 +350,10 @@ def _build() -> ctypes.CDLL | None:
     for cc in _compilers():
         for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
             key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, _cpu_key()]).encode()).hexdigest()[:20]
-            directory = _cache_dir()
+            directory = _private_dir()
             path = os.path.join(directory, f"bag_grad_{key}.so")
             if not os.path.exists(path):
                 try:
-                    os.makedirs(directory, exist_ok=True)
                     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
                     os.close(fd)
                     src = tmp[:-3] + ".c"
