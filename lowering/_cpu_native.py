@@ -52,6 +52,9 @@ _SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -216,6 +219,33 @@ static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scrat
   write_rows(t, lo, hi, s);
 }
 
+/* This thread's rows [*lo, *hi) of t: the rows cut into contiguous slices of about equal work
+   (a row to zero costs 1, a position to add 2: Zipf indices put most positions in the first
+   rows, so equal row counts left one thread most of the work). Every thread computes the
+   same cuts, at the edges of up to 1,024 blocks of rows. */
+static void slice_of(const ie_table* t, int64_t part, int64_t parts, int64_t* lo, int64_t* hi) {
+  if (parts == 1 || t->rows == 0) { *lo = 0; *hi = t->rows; return; }
+  int shift = 0;
+  while (((t->rows + ((int64_t)1 << shift) - 1) >> shift) > 1024) shift++;
+  const int64_t blocks = (t->rows + ((int64_t)1 << shift) - 1) >> shift;
+  int64_t cost[1024];
+  for (int64_t i = 0; i < blocks; i++) cost[i] = (int64_t)1 << shift;
+  cost[blocks - 1] = t->rows - ((blocks - 1) << shift);
+  FOR_EACH_POSITION(t, b, p) cost[idx_of(t, b, p) >> shift] += 2;  /* indices checked already */
+  int64_t total = 0;
+  for (int64_t i = 0; i < blocks; i++) total += cost[i];
+  int64_t cut[2] = {blocks, blocks}, sum = 0;
+  const int64_t want[2] = {total * part / parts, total * (part + 1) / parts};
+  for (int64_t i = 0; i <= blocks; i++) {  /* the first block edge with at least want[k] before it */
+    for (int k = 0; k < 2; k++) if (cut[k] == blocks && sum >= want[k]) cut[k] = i;
+    if (i < blocks) sum += cost[i];
+  }
+  if (part == 0) cut[0] = 0;
+  if (part == parts - 1) cut[1] = blocks;
+  *lo = cut[0] << shift < t->rows ? cut[0] << shift : t->rows;
+  *hi = cut[1] << shift < t->rows ? cut[1] << shift : t->rows;
+}
+
 typedef struct { const ie_table* tables; int64_t n, parts, part, failed; } ie_job;
 
 static void* run(void* arg) {
@@ -223,7 +253,7 @@ static void* run(void* arg) {
   int64_t dim = 1, starts = 1, nnz = 1, bags = 1, grad = 1;
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
-    const int64_t rows = t->rows * (job->part + 1) / job->parts - t->rows * job->part / job->parts + 1;
+    const int64_t rows = t->rows + 1;  /* the most a slice can take */
     if (t->dim > dim) dim = t->dim;
     if (rows > starts) starts = rows;
     if (t->num_bags > starts) starts = t->num_bags;
@@ -237,7 +267,9 @@ static void* run(void* arg) {
   if (s.start && s.pos && s.bag && s.bag_scale && s.acc && s.grad) {
     for (int64_t k = 0; k < job->n; k++) {
       const ie_table* t = job->tables + k;
-      table_rows(t, t->rows * job->part / job->parts, t->rows * (job->part + 1) / job->parts, &s);
+      int64_t lo, hi;
+      slice_of(t, job->part, job->parts, &lo, &hi);
+      table_rows(t, lo, hi, &s);
     }
   } else {
     job->failed = 1;
@@ -260,6 +292,18 @@ int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
   }
   if (threads < 1) threads = 1;
   if (threads > 64) threads = 64;
+  int64_t failed = 0;
+#ifdef _OPENMP
+  /* torch's own OpenMP pool (the process has libgomp.so.1 loaded already: the same library),
+     whose workers may still be spinning after the last ATen op: they take the slices, rather
+     than new threads competing with them for the cores. */
+  #pragma omp parallel num_threads(threads) reduction(|:failed)
+  {
+    ie_job job = {tables, n, omp_get_num_threads(), omp_get_thread_num(), 0};
+    run(&job);
+    failed |= job.failed;
+  }
+#else
   ie_job jobs[64];
   pthread_t ids[64];
   int started[64] = {0};
@@ -267,21 +311,27 @@ int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
   for (int64_t i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, run, &jobs[i]) == 0;
   for (int64_t i = 1; i < threads; i++) if (!started[i]) run(&jobs[i]);
   run(&jobs[0]);
-  int64_t failed = 0;
   for (int64_t i = 0; i < threads; i++) {
     if (i > 0 && started[i]) pthread_join(ids[i], NULL);
     failed |= jobs[i].failed;
   }
+#endif
   return failed ? -1 : 0;
 }
 """
 
 # No -ffast-math: the sums must round as ATen's do. -ffp-contract=off keeps the plain adds
-# plain; the scaled path asks for its fused multiply-add by name (fmaf).
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
-# Gradients at least this large are written with non-temporal stores (2 MiB: beyond a
-# core's L2, where a written line is evicted before the optimizer reads it).
-STREAMING_BYTES = 2 << 20
+# plain; the scaled path asks for its fused multiply-add by name (fmaf). -fopenmp links
+# libgomp.so.1, which resolves to the copy torch has loaded already (one thread pool).
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-pthread", "-fopenmp"]
+# Gradients at least this large are written with non-temporal stores: a quarter of the
+# 2-core machine's 32 MiB L3, where a written line would be evicted before it is read.
+# Smaller ones stay in the cache for the optimizer (cpu-quick's 2.5 MB gradients ran 1.2x
+# slower streamed).
+STREAMING_BYTES = 8 << 20
+# A call writing less than this runs on the calling thread only: cpu-quick's tied pair
+# (B=512, 2.5 MB) took 2x longer on two threads (their own, then; see ie_bag_grad).
+THREADED_BYTES = 16 << 20
 _POINTERS = {"out", "grad", "idx", "order", "offsets", "weights"}
 
 
@@ -348,7 +398,10 @@ def _build() -> ctypes.CDLL | None:
         return None
     errors = []
     for cc in _compilers():
-        for flags in (_FLAGS, [f for f in _FLAGS if f != "-march=native"]):
+        # Without OpenMP (a compiler lacking it) the kernel starts its own threads; without
+        # -march=native (a compiler that cannot tell) it is built for the baseline ISA.
+        for flags in (_FLAGS, [f for f in _FLAGS if f != "-fopenmp"],
+                      [f for f in _FLAGS if f not in ("-fopenmp", "-march=native")]):
             key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, _cpu_key()]).encode()).hexdigest()[:20]
             directory = _private_dir()
             path = os.path.join(directory, f"bag_grad_{key}.so")
@@ -452,9 +505,8 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
                           t.indices.numel(), t.indices.data_ptr(), t.indices.dtype == torch.int64, stride0, stride1,
                           _ptr(t.order), bag_len, _ptr(t.offsets), t.offsets is not None and t.offsets.dtype == torch.int64,
                           _ptr(t.weights), t.mean, t.padding_idx, t.accumulate, t.out.nbytes >= STREAMING_BYTES)
-        work += t.out.nbytes + t.indices.numel() * dim * 4
-    # Starting a thread costs ~20 us: not worth it for a few hundred KB.
-    threads = torch.get_num_threads() if work >= 1 << 20 else 1
+        work += (0 if t.accumulate else t.out.nbytes) + t.indices.numel() * dim * 4
+    threads = torch.get_num_threads() if work >= THREADED_BYTES else 1
     status = library.ie_bag_grad(array, len(tables), threads)
     if status > 0:
         raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].out.shape[0]})")
