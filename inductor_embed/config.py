@@ -55,9 +55,9 @@ independent_lookups: bool = True
 
 # Which EmbeddingBag lookups the two bag patterns (multi_embedding_bag, tied_embedding_bag)
 # take for CPU tensors: "sum_mean" (default) fp32 dense sum/mean lookups, whose fused CPU
-# backward is faster than eager's (ATen's additions in ATen's order, by FBGEMM's pooling
-# kernel, into reused gradient buffers: cpu-quick 1.19x / 1.53x torch.compile for 8 / 26
-# tables, 1.06x / 1.85x for a tied pair); "all" every lookup (max mode, sparse and half
+# backward is faster than eager's (ATen's additions in ATen's order, by a C kernel, see
+# cpu_native_kernels, into reused gradient buffers: cpu-quick 1.35x / 2.32x torch.compile for 8 / 26
+# tables, 1.27x / 2.52x for a tied pair); "all" every lookup (max mode, sparse and half
 # tables have no faster CPU path than torch.compile's); "none" none. True / False mean "all"
 # / "none". Left lookups are logged with the reason.
 bag_patterns_on_cpu: str = "sum_mean"
@@ -94,11 +94,11 @@ sparse_coalesce_on_cpu: bool = False
 cpu_grad_cache_mb: int = 4096
 
 # Build the CPU EmbeddingBag backward's native kernel (plain C, compiled on first use with
-# the system's C compiler in ~0.2 s and cached per user): it writes each dense gradient in
-# one pass, zeros and row sums in index order, bit-equal to eager's. False, or no compiler
+# the system's C compiler in ~0.3 s and cached per user, lowering/_cpu_native.py): it writes
+# every table's dense gradient in one call, bit-equal to eager's. False, or no compiler
 # (logged once), uses ATen ops: a zero fill, FBGEMM's pooling and index_put_ (slower: the
-# 26-table bag step measured ~1.5x torch.compile that way, ~2x with the kernel). Read when
-# the backward runs.
+# 26-table bag step measured 1.4x torch.compile that way, 2.0-2.4x with the kernel, paired
+# in one process). Read when the backward runs.
 cpu_native_kernels: bool = True
 
 # --- pattern tuning ---------------------------------------------------------------

@@ -1,28 +1,32 @@
-"""The CPU EmbeddingBag backward's one native kernel: every dense gradient in one pass.
+"""The CPU EmbeddingBag backward's native kernel: every table's dense gradient in one call.
 
-Why: the ATen-op backward (``_segment_bag_grad``'s portable path) zero-fills each ``[V, D]``
-gradient, makes every distinct row's sum (FBGEMM's pooling kernel) and scatters the sums
-with ``index_put_``: three passes, two of them over memory no cache holds (26 x 100,000 x 64
-fp32 is 666 MB). This kernel writes each gradient once, row after row in index order:
-zeros up to the next index present, then that row's sum made in a small buffer. Rows of
-large gradients are written with non-temporal stores (the optimizer reads them long after
-they would have left the cache anyway), which skips the read-for-ownership of each line:
-measured on the 2-core machine, zeroing 666 MB took 10 ms this way against 19 ms by
-``zero_``, and the whole 26-table backward 26-32 ms against 45-53 ms.
+Why: the ATen-op backward (``_segment_bag_grad``) zero-fills each ``[V, D]`` gradient,
+makes every distinct row's sum (FBGEMM's pooling kernel) and scatters the sums with
+``index_put_``: separate passes over memory no cache holds (26 x 100,000 x 64 fp32 is
+666 MB), and ``zero_()`` reads each line before writing it. This kernel zeroes each
+thread's slice of rows in one stream of non-temporal stores (for gradients of 8 MiB or
+more; half the time of ``zero_()`` on the 2-core machine), then writes each present row's
+sum, made in a small buffer. A 26 x 100,000 x 64 bag step (paired, in one process): 2.0-
+2.4x ``torch.compile`` with it, 1.44x with the ATen ops.
 
-Same additions as ATen, same order: a row's sum starts from +0.0 and adds ``scale_p *
-grad[bag_p]`` (a fused multiply-add, as FBGEMM's and BLAS's axpy; a plain add with no
-scale) over the row's positions in the order ATen's own ``sort`` of the indices gives
-them. So it is bit-equal to eager's EmbeddingBag backward, as the portable path is.
+Same additions as ATen, same order: a row's sum starts from +0.0 and adds ``w_p *
+grad[bag_p]`` (a fused multiply-add, as FBGEMM and BLAS's axpy; a plain add with no
+weight) over the row's positions in the order of ATen's own ``sort`` of the indices. That
+sort is FBGEMM's stable radix sort from 32,768 indices (``stable_sort_from`` checks this
+build's), where the kernel sorts by its own stable counting sort; below, the caller passes
+``indices.sort()``'s order. So it is bit-equal to eager's EmbeddingBag backward.
 
 How it is built: plain C (no torch headers), compiled on first use with the system's C
 compiler (``$CC``, else ``cc`` / ``gcc`` / ``clang``; Inductor needs one on the CPU
-anyway) in ~0.2 s, into a per-user cache directory keyed by the source, the flags, the
+anyway) in ~0.3 s, into a per-user cache directory keyed by the source, the flags, the
 compiler and the CPU, and loaded with ctypes (which releases the GIL during the call).
-Threads: ``torch.get_num_threads()`` pthreads, each writing one slice of every table's
-rows. Without a compiler, or with ``config.cpu_native_kernels = False``, ``lib()`` is None
-and callers take the portable ATen path; a failed build is logged once.
+Threads: torch's own OpenMP pool (``-fopenmp`` links ``libgomp.so.1``, the library torch
+has loaded), each thread a slice of every table's rows of about equal work; its own
+threads where the compiler has no OpenMP. Without a compiler, or with
+``config.cpu_native_kernels = False``, ``lib()`` is None and callers take the ATen ops; a
+failed build is logged once.
 """
+
 
 from __future__ import annotations
 
