@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from inductor_embed.lowering import _grad_cache
+from inductor_embed.lowering import _cpu_native, _grad_cache
 
 
 def multi_embedding_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -52,15 +52,18 @@ def multi_embedding_backward_tables(
 
     The CPU backward of wide tables, run eagerly inside an opaque op, bit-equal to eager's
     ``embedding_dense_backward`` (vectorised row adds in index order, deterministic): on
-    the CPU ``index_add_`` into a zeroed buffer, which ``reuse`` takes from ``_grad_cache``
-    (fresh pages cost more than the work: ~150-175 ms a step for 26 x 100,000 x 64 fp32,
-    against ~22 ms to zero reused ones); ``embedding_dense_backward`` itself for half types
+    the CPU, fp32, one call of ``_cpu_native``'s kernel for every table (bags of one
+    position; it writes every row), else ``index_add_`` into a zeroed buffer; ``reuse``
+    takes the buffers from ``_grad_cache`` (fresh pages cost more than the work: ~150-175
+    ms a step for 26 x 100,000 x 64 fp32, against ~22 ms to zero reused ones);
+    ``embedding_dense_backward`` itself for half types
     (fed fp32) and with ``scale_grad_by_freq`` (it multiplies by 1 / count, where
     ``index_add_`` would divide). Each table gets its own buffer, not one flat buffer for
     all tables.
 
-    Peak memory: the row adds read a contiguous ``[N, D_k]`` copy of grad's column slice
-    (``embedding_dense_backward`` copies it too). Tables are taken largest slice first, and a slice is copied only
+    Peak memory: the kernel reads grad's columns in place (its per-thread packed copy is
+    outside torch's allocator). Without it, the row adds read a contiguous ``[N, D_k]``
+    copy of grad's column slice (``embedding_dense_backward`` copies it too). Tables are taken largest slice first, and a slice is copied only
     while the gradients still to be allocated are at least as large; otherwise (always for
     the last table) the table is summed with ``index_add_`` straight from the strided slice
     (slower per row, no copy). So the op never holds more than the gradients it returns
@@ -73,6 +76,9 @@ def multi_embedding_backward_tables(
     order = sorted(range(len(dims)), key=lambda k: -n * dims[k])
     remaining = sum(v * d for v, d in zip(num_rows, dims))
     out: list[torch.Tensor | None] = [None] * len(dims)
+    native = grad.device.type == "cpu" and grad.dtype == torch.float32 and 0 < n < 1 << 31 and (
+        _cpu_native.lib() is not None)
+    batch: list[_cpu_native.BagTable] = []
     for k in order:
         i, v, d, p, s, c = indices[k], num_rows[k], dims[k], padding_idx[k], scale_grad_by_freq[k], columns[k]
         remaining -= v * d
@@ -82,12 +88,23 @@ def multi_embedding_backward_tables(
             out[k] = torch.ops.aten.embedding_dense_backward(g.float(), i, v, p, s).to(grad.dtype)
         elif g.device.type != "cpu" or (s and copy):  # CUDA: deterministic mode
             out[k] = torch.ops.aten.embedding_dense_backward(g, i, v, p, s)
+        elif native and not s:
+            # The bag kernel with one position a bag: embedding_dense_backward adds each
+            # index's row in position order, as the kernel's stable counting sort orders them
+            # (order=None whatever the count). It writes every row: no zero fill first, and
+            # grad's columns are read in place (packed per thread inside the kernel).
+            rows = g.reshape(n, d)
+            out[k] = _grad_cache.empty((v, d), g.dtype) if reuse else torch.empty((v, d), dtype=g.dtype)
+            batch.append(_cpu_native.BagTable(out[k], rows if rows.stride(-1) == 1 else rows.contiguous(),
+                                              i.reshape(-1, 1), None, None, False, p, False, None))
         else:
             # index_add_ adds row by row in index order, as embedding_dense_backward does
             # (bit-equal), into a reused buffer (_grad_cache); contiguous rows take its fast path.
             rows = g.reshape(n, d)
             out[k] = _index_add_backward(rows.contiguous() if copy else rows, i.reshape(-1), v, p, s,
                                          _grad_cache.zeros((v, d), g.dtype) if reuse else None)
+    if batch:  # every table in one call (see multi_embedding_bag_backward_tables)
+        _cpu_native.bag_grad(batch)
     return out
 
 

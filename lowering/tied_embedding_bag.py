@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering import _grad_cache
+from inductor_embed.lowering import _cpu_native, _grad_cache
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
@@ -180,11 +180,18 @@ def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, of
     if g.dtype in (torch.float16, torch.bfloat16):
         g = g.float()
     if g.device.type == "cpu" and not separate and grad_bag.dtype == torch.float32:
-        # The one gradient, in a reused buffer (_grad_cache): the embedding's by index_add_
-        # (bit-equal to embedding_dense_backward), then the bag's added in place, as eager's
-        # AccumulateGrad adds the second gradient to the first.
-        emb = _index_add_backward(g.contiguous(), emb_indices.reshape(-1), num_rows, emb_pad, False,
-                                  _grad_cache.zeros((num_rows, d), g.dtype))
+        # The one gradient, in a reused buffer (_grad_cache): the embedding's (the C kernel
+        # with bags of one position, else index_add_: both bit-equal to
+        # embedding_dense_backward), then the bag's added in place, as eager's AccumulateGrad
+        # adds the second gradient to the first.
+        if _cpu_native.lib() is not None and 0 < g.shape[0] < 1 << 31:  # the embedding's: bags of one
+            emb = _grad_cache.empty((num_rows, d), g.dtype)
+            _cpu_native.bag_grad([_cpu_native.BagTable(emb, g if g.stride(-1) == 1 else g.contiguous(),
+                                                       emb_indices.reshape(-1, 1), None, None, False, emb_pad,
+                                                       False, None)])
+        else:
+            emb = _index_add_backward(g.contiguous(), emb_indices.reshape(-1), num_rows, emb_pad, False,
+                                      _grad_cache.zeros((num_rows, d), g.dtype))
         return bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows,
                                     out=emb)
     emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)

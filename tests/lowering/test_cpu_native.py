@@ -195,3 +195,38 @@ def test_the_switch_turns_the_kernel_off():
     assert torch.equal(got, _eager_bag_backward(grad, indices, offsets, psw, 1, -1, ilo, 9000))
     assert _cpu_native.lib() is not None
     inductor_embed.empty_cache()
+
+
+@pytest.mark.parametrize("n", [300, 40960])  # below / above the stable-sort length: the same order
+@pytest.mark.parametrize("form", ["1d", "strided", "2d", "expanded_grad"])
+@pytest.mark.parametrize("padding_idx", [-1, 7])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, monkeypatch):
+    """multi_embedding's wide-table CPU backward: the kernel with bags of one position, in
+    position order (embedding_dense_backward's) at every size."""
+    from inductor_embed.lowering.multi_embedding_ref import multi_embedding_backward_tables
+
+    calls = []
+    run = _cpu_native.bag_grad
+    monkeypatch.setattr(_cpu_native, "bag_grad", lambda tables: (calls.append(len(tables)), run(tables)))
+
+    rng = np.random.default_rng(n)
+    num_rows, dims = 5000, [64, 70]  # 1.3 MB each: cached; 70: rows not a vector multiple
+    ids = torch.from_numpy((rng.zipf(1.2, (n, 3)) - 1) % num_rows).to(itype)
+    ids[0] = 7
+    if form == "strided":
+        indices = [ids[:, 0], ids[:, 2]]  # columns of [N, 3]
+    elif form == "2d":
+        indices = [ids[:, 0].reshape(-1, 4), ids[:, 1].reshape(-1, 4)]
+    else:
+        indices = [ids[:, 0].contiguous(), ids[:, 1].contiguous()]
+    shape = (*indices[0].shape, sum(dims))
+    grad = torch.randn(shape).exp() if form != "expanded_grad" else torch.tensor(1.5).expand(shape)
+    got = multi_embedding_backward_tables(grad, indices, [num_rows] * 2, dims, [padding_idx] * 2, [False] * 2,
+                                          reuse=True)
+    cols = [0, dims[0]]
+    for k in range(2):
+        want = torch.ops.aten.embedding_dense_backward(grad[..., cols[k]:cols[k] + dims[k]], indices[k], num_rows,
+                                                       padding_idx, False)
+        assert torch.equal(got[k], want), k
+    assert calls == [2]  # both tables, one call
