@@ -297,6 +297,11 @@ int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
   if (threads < 1) threads = 1;
   if (threads > 64) threads = 64;
   int64_t failed = 0;
+  if (threads == 1) {  /* no OpenMP call at all: also what a forked child must do */
+    ie_job job = {tables, n, 1, 0, 0};
+    run(&job);
+    return job.failed ? -1 : 0;
+  }
 #ifdef _OPENMP
   /* torch's own OpenMP pool (the process has libgomp.so.1 loaded already: the same library),
      whose workers may still be spinning after the last ATen op: they take the slices, rather
@@ -347,7 +352,11 @@ class _Table(ctypes.Structure):  # ie_table
 
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}  # "lib": the loaded library, or None after a failed build
+# "lib": the loaded library (None after a failed build); "private": its directory;
+# "forked": this process is a fork (of one whose OpenMP pool torch may have started).
+_state: dict[str, object] = {}
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _state.__setitem__("forked", True))
 
 
 def _cache_dir() -> str:
@@ -510,7 +519,9 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
                           _ptr(t.order), bag_len, _ptr(t.offsets), t.offsets is not None and t.offsets.dtype == torch.int64,
                           _ptr(t.weights), t.mean, t.padding_idx, t.accumulate, t.out.nbytes >= STREAMING_BYTES)
         work += (0 if t.accumulate else t.out.nbytes) + t.indices.numel() * dim * 4
-    threads = torch.get_num_threads() if work >= THREADED_BYTES else 1
+    # In a forked child, libgomp's pool is the parent's and may hang the first parallel
+    # region (ATen runs serially there too).
+    threads = torch.get_num_threads() if work >= THREADED_BYTES and not _state.get("forked") else 1
     status = library.ie_bag_grad(array, len(tables), threads)
     if status > 0:
         raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].out.shape[0]})")

@@ -93,7 +93,8 @@ def test_large_lookups_take_the_kernels_own_stable_sort():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_every_thread_count_gives_the_same_bits(threads):
+def test_every_thread_count_gives_the_same_bits(threads, monkeypatch):
+    monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)  # a small call threaded too
     indices, offsets, psw, ilo = _case("offsets", 40960, 9000, False, torch.int64, seed=1)
     grad = torch.randn(offsets.numel(), 64)
     want = _eager_bag_backward(grad, indices, offsets, psw, 0, -1, ilo, 9000)
@@ -230,3 +231,45 @@ def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, m
                                                        padding_idx, False)
         assert torch.equal(got[k], want), k
     assert calls == [2]  # both tables, one call
+
+
+def _kernel_in_a_forked_child(queue) -> None:
+    # ATen's own parallel ops hang here (libgomp's pool is the parent's, its threads gone):
+    # the inputs are made on one thread, as DataLoader's workers do. Then the thread count
+    # goes back up and only our kernel runs (threaded at any size: THREADED_BYTES is 0, as
+    # the parent set it): it must not enter a parallel region.
+    torch.set_num_threads(1)
+    indices, offsets, _, _ = _case("offsets", 4096, 900, False, torch.int64, seed=6)
+    grad = torch.randn(offsets.numel(), 16)
+    want = _eager_bag_backward(grad, indices, offsets, None, 0, -1, False, 900)
+    out = torch.empty(900, 16)
+    torch.set_num_threads(2)
+    _cpu_native.bag_grad([_cpu_native.BagTable(out, grad, indices, offsets, None, False, -1, False, indices.sort()[1])])
+    queue.put(torch.equal(out, want))
+
+
+def test_a_forked_child_runs_the_kernel_on_one_thread(monkeypatch):
+    """After fork, libgomp's thread pool is the parent's: a parallel region in the child
+    hangs. The parent runs the kernel threaded first; the child's call must stay serial."""
+    import multiprocessing
+
+    monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(old, 2))
+    try:
+        indices, offsets, _, _ = _case("offsets", 4096, 900, False, torch.int64, seed=7)
+        grad = torch.randn(offsets.numel(), 16)
+        out = torch.empty(900, 16)
+        _cpu_native.bag_grad([_cpu_native.BagTable(out, grad, indices, offsets, None, False, -1, False, indices.sort()[1])])
+        assert torch.equal(out, _eager_bag_backward(grad, indices, offsets, None, 0, -1, False, 900))
+    finally:
+        torch.set_num_threads(old)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_kernel_in_a_forked_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0, "the forked child hung or failed"
+    assert queue.get(timeout=5) is True
