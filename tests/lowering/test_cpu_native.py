@@ -17,29 +17,9 @@ import inductor_embed
 from inductor_embed import config
 from inductor_embed.lowering import _cpu_native
 from inductor_embed.lowering.multi_embedding_bag_ref import bag_weight_grad_aten
+from tests._util import eager_bag_backward
 
 pytestmark = pytest.mark.skipif(_cpu_native.lib() is None, reason="no C compiler on this machine")
-
-
-def _eager_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, num_rows):
-    """ATen's ``_embedding_bag_backward``, given what eager's forward gives it."""
-    b = grad.shape[0]
-    if offsets is None:
-        flat = indices.reshape(-1)
-        offs = torch.arange(0, indices.numel(), indices.shape[1], dtype=flat.dtype)
-    else:
-        flat, offs = indices, offsets
-        if ilo:
-            flat, offs = flat[:int(offs[b])], offs[:b]
-    empty = flat.new_empty((0,))
-    size = empty
-    if mode == 1:
-        ends = torch.cat([offs[1:].long(), torch.tensor([flat.numel()])])
-        bag = torch.searchsorted(ends, torch.arange(flat.numel()), right=True)
-        size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b).to(flat.dtype)
-    p = None if psw is None else psw.reshape(-1)[:flat.numel()].contiguous()
-    return torch.ops.aten._embedding_bag_backward(grad, flat.contiguous(), offs, empty, size, empty, num_rows, False,
-                                                  mode, False, p, padding_idx)
 
 
 def _case(form, nnz, num_rows, weighted, itype, seed):
@@ -73,7 +53,7 @@ def test_bit_equal_to_eager(size, form, mode, weighted, padding_idx, itype):
     indices, offsets, psw, ilo = _case(form, nnz, num_rows, weighted, itype, seed=nnz + mode + padding_idx)
     b = indices.shape[0] if offsets is None else offsets.numel() - int(ilo)
     grad = torch.randn(b, dim)
-    want = _eager_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, num_rows)
+    want = eager_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, num_rows)
     got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, num_rows)
     assert torch.equal(got, want)
     # Added into a gradient (the tied op's): x + s, as AccumulateGrad adds a second one.
@@ -97,7 +77,7 @@ def test_every_thread_count_gives_the_same_bits(threads, monkeypatch):
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)  # a small call threaded too
     indices, offsets, psw, ilo = _case("offsets", 40960, 9000, False, torch.int64, seed=1)
     grad = torch.randn(offsets.numel(), 64)
-    want = _eager_bag_backward(grad, indices, offsets, psw, 0, -1, ilo, 9000)
+    want = eager_bag_backward(grad, indices, offsets, psw, 0, -1, ilo, 9000)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -169,7 +149,7 @@ def test_without_a_compiler_the_aten_ops_give_the_same_bits(fresh_build, monkeyp
     monkeypatch.setattr(_cpu_native, "_compilers", lambda: [])
     indices, offsets, psw, ilo = _case("offsets", 40960, 9000, True, torch.int64, seed=4)
     grad = torch.randn(offsets.numel(), 64)
-    want = _eager_bag_backward(grad, indices, offsets, psw, 0, 7, ilo, 9000)
+    want = eager_bag_backward(grad, indices, offsets, psw, 0, 7, ilo, 9000)
     with caplog.at_level(logging.WARNING, logger="inductor_embed"):
         got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
         bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
@@ -193,7 +173,7 @@ def test_the_switch_turns_the_kernel_off():
         indices, offsets, psw, ilo = _case("2d_strided", 40960, 9000, False, torch.int64, seed=5)
         grad = torch.randn(indices.shape[0], 64)
         got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 1, -1, ilo, 9000)
-    assert torch.equal(got, _eager_bag_backward(grad, indices, offsets, psw, 1, -1, ilo, 9000))
+    assert torch.equal(got, eager_bag_backward(grad, indices, offsets, psw, 1, -1, ilo, 9000))
     assert _cpu_native.lib() is not None
     inductor_embed.empty_cache()
 
@@ -241,7 +221,7 @@ def _kernel_in_a_forked_child(queue) -> None:
     torch.set_num_threads(1)
     indices, offsets, _, _ = _case("offsets", 4096, 900, False, torch.int64, seed=6)
     grad = torch.randn(offsets.numel(), 16)
-    want = _eager_bag_backward(grad, indices, offsets, None, 0, -1, False, 900)
+    want = eager_bag_backward(grad, indices, offsets, None, 0, -1, False, 900)
     out = torch.empty(900, 16)
     torch.set_num_threads(2)
     _cpu_native.bag_grad([_cpu_native.BagTable(out, grad, indices, offsets, None, False, -1, False, indices.sort()[1])])
@@ -261,7 +241,7 @@ def test_a_forked_child_runs_the_kernel_on_one_thread(monkeypatch):
         grad = torch.randn(offsets.numel(), 16)
         out = torch.empty(900, 16)
         _cpu_native.bag_grad([_cpu_native.BagTable(out, grad, indices, offsets, None, False, -1, False, indices.sort()[1])])
-        assert torch.equal(out, _eager_bag_backward(grad, indices, offsets, None, 0, -1, False, 900))
+        assert torch.equal(out, eager_bag_backward(grad, indices, offsets, None, 0, -1, False, 900))
     finally:
         torch.set_num_threads(old)
     ctx = multiprocessing.get_context("fork")

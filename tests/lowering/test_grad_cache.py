@@ -13,7 +13,8 @@ import torch.nn as nn
 import inductor_embed
 from inductor_embed import config
 from inductor_embed.lowering import _grad_cache
-from inductor_embed.lowering.multi_embedding_bag_ref import bag_of_positions, bag_weight_grad_aten
+from inductor_embed.lowering.multi_embedding_bag_ref import bag_weight_grad_aten
+from tests._util import eager_bag_backward
 
 BIG = (4096, 64)  # 1 MiB of fp32: the smallest size the cache takes
 
@@ -131,25 +132,6 @@ def test_accumulated_gradients_match_eager():
         assert torch.equal(pe.grad, pm.grad)
 
 
-def _aten_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, num_rows):
-    """Eager's CPU EmbeddingBag backward, as eager's autograd calls it."""
-    b = grad.shape[0]
-    if offsets is None:
-        flat, offs = indices.reshape(-1), torch.arange(0, indices.numel(), indices.shape[1])
-    else:
-        flat, offs = indices, offsets
-        if ilo:
-            flat, offs = flat[:int(offs[b])], offs[:b]
-    empty = flat.new_empty((0,))
-    size = empty
-    if mode == 1:
-        bag = bag_of_positions(flat, offs, False)[1]
-        size = torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=b)
-    p = None if psw is None else psw.reshape(-1)[:flat.numel()].contiguous()
-    return torch.ops.aten._embedding_bag_backward(grad, flat, offs, empty, size, empty, num_rows, False, mode, False,
-                                                  p, padding_idx)
-
-
 @pytest.mark.parametrize("num_rows", [50, 5000])
 @pytest.mark.parametrize("mode,weighted", [(0, False), (0, True), (1, False)], ids=["sum", "weighted", "mean"])
 @pytest.mark.parametrize("padding_idx", [-1, 0, 7])
@@ -170,6 +152,6 @@ def test_segment_bag_backward_is_atens_bit_for_bit(num_rows, mode, weighted, pad
         if ilo:  # the last 5 indices are in no bag
             offsets = torch.cat([offsets, torch.tensor([b * bag - 5])])
         psw = None if psw is None else psw.reshape(-1)
-    want = _aten_bag_backward(grad, idx, offsets, psw, mode, padding_idx, ilo, num_rows)
+    want = eager_bag_backward(grad, idx, offsets, psw, mode, padding_idx, ilo, num_rows)
     got = bag_weight_grad_aten(grad, torch.empty(0), idx, offsets, psw, mode, padding_idx, ilo, num_rows)
     assert torch.equal(got, want)
