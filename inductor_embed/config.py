@@ -93,12 +93,15 @@ sparse_coalesce_on_cpu: bool = False
 # when the backward runs.
 cpu_grad_cache_mb: int = 4096
 
-# Build the CPU EmbeddingBag backward's native kernel (plain C, compiled on first use with
-# the system's C compiler in ~0.3 s and cached per user, lowering/_cpu_native.py): it writes
-# every table's dense gradient in one call, bit-equal to eager's. False, or no compiler
-# (logged once), uses ATen ops: a zero fill, FBGEMM's pooling and index_put_ (slower: the
-# 26-table bag step measured 1.4x torch.compile that way, 2.0-2.4x with the kernel, paired
-# in one process). Read when the backward runs.
+# Build the CPU's native kernels (plain C, compiled on first use with the system's C
+# compiler in ~0.3 s and cached per user, lowering/_cpu_native.py). The EmbeddingBag
+# backward's writes every table's dense gradient in one call, bit-equal to eager's; False,
+# or no compiler (logged once), uses ATen ops: a zero fill, FBGEMM's pooling and index_put_
+# (slower: the 26-table bag step measured 1.4x torch.compile that way, 2.0-2.5x with the
+# kernel, paired in one process). one_hot_linear's fp32 forward and backward run as opaque
+# ops on them, so Inductor builds no C++ for the pattern (a first compile 0.2 s, against
+# 1.1-1.3 s for its own gather and scatter loops); False compiles those loops. Read when a
+# graph is compiled (one_hot_linear) and when the backward runs (bags).
 cpu_native_kernels: bool = True
 
 # --- pattern tuning ---------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The CPU EmbeddingBag backward's native kernel: every table's dense gradient in one call.
+"""The CPU's native kernels: the EmbeddingBag backward (every table's dense gradient in one
+call, below) and one_hot_linear's fp32 forward and backward (``one_hot_linear``: a column
+gather, a scatter-add with each thread owning a range of columns; opaque ops in the graph,
+so Inductor builds no C++ for that pattern).
 
 Why: the ATen-op backward (``_segment_bag_grad``) zero-fills each ``[V, D]`` gradient,
 makes every distinct row's sum (FBGEMM's pooling kernel) and scatters the sums with
@@ -34,6 +37,7 @@ import ctypes
 import getpass
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -250,10 +254,55 @@ static void slice_of(const ie_table* t, int64_t part, int64_t parts, int64_t* lo
   *hi = cut[1] << shift < t->rows ? cut[1] << shift : t->rows;
 }
 
-typedef struct { const ie_table* tables; int64_t n, parts, part, failed; } ie_job;
+/* A body runs one part of a parallel call; it sets *failed when it cannot (no memory). */
+typedef void (*ie_body)(const void* ctx, int64_t part, int64_t parts, int64_t* failed);
+typedef struct { ie_body body; const void* ctx; int64_t part, parts, failed; } ie_task;
 
-static void* run(void* arg) {
-  ie_job* job = (ie_job*)arg;
+static void* run_task(void* arg) {
+  ie_task* t = (ie_task*)arg;
+  t->body(t->ctx, t->part, t->parts, &t->failed);
+  return NULL;
+}
+
+/* body(ctx, part, parts) for every part, on `threads` threads; nonzero if one failed. */
+static int64_t parallel(ie_body body, const void* ctx, int64_t threads) {
+  if (threads < 1) threads = 1;
+  if (threads > 64) threads = 64;
+  int64_t failed = 0;
+  if (threads == 1) {  /* no OpenMP call at all: also what a forked child must do */
+    body(ctx, 0, 1, &failed);
+    return failed;
+  }
+#ifdef _OPENMP
+  /* torch's own OpenMP pool (the process has libgomp.so.1 loaded already: the same library),
+     whose workers may still be spinning after the last ATen op: they take the parts, rather
+     than new threads competing with them for the cores. */
+  #pragma omp parallel num_threads(threads) reduction(|:failed)
+  {
+    int64_t f = 0;
+    body(ctx, omp_get_thread_num(), omp_get_num_threads(), &f);
+    failed |= f;
+  }
+#else
+  ie_task tasks[64];
+  pthread_t ids[64];
+  int started[64] = {0};
+  for (int64_t i = 0; i < threads; i++) { ie_task t = {body, ctx, i, threads, 0}; tasks[i] = t; }
+  for (int64_t i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, run_task, &tasks[i]) == 0;
+  for (int64_t i = 1; i < threads; i++) if (!started[i]) run_task(&tasks[i]);
+  run_task(&tasks[0]);
+  for (int64_t i = 0; i < threads; i++) {
+    if (i > 0 && started[i]) pthread_join(ids[i], NULL);
+    failed |= tasks[i].failed;
+  }
+#endif
+  return failed;
+}
+
+typedef struct { const ie_table* tables; int64_t n; } ie_bags;
+
+static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  const ie_bags* job = (const ie_bags*)ctx;
   int64_t dim = 1, starts = 1, nnz = 1, bags = 1, grad = 1;
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
@@ -272,17 +321,16 @@ static void* run(void* arg) {
     for (int64_t k = 0; k < job->n; k++) {
       const ie_table* t = job->tables + k;
       int64_t lo, hi;
-      slice_of(t, job->part, job->parts, &lo, &hi);
+      slice_of(t, part, parts, &lo, &hi);
       table_rows(t, lo, hi, &s);
     }
   } else {
-    job->failed = 1;
+    *failed = 1;
   }
   free(s.start); free(s.pos); free(s.bag); free(s.bag_scale); free(s.acc); free(s.grad);
 #ifdef VEC
   _mm_sfence();  /* the non-temporal stores are visible before the join */
 #endif
-  return NULL;
 }
 
 /* 0: done; k + 1: table k has an index outside [0, rows) (nothing written); -1: no memory. */
@@ -294,38 +342,116 @@ int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
       if (row < 0 || row >= t->rows) return k + 1;
     }
   }
-  if (threads < 1) threads = 1;
-  if (threads > 64) threads = 64;
-  int64_t failed = 0;
-  if (threads == 1) {  /* no OpenMP call at all: also what a forked child must do */
-    ie_job job = {tables, n, 1, 0, 0};
-    run(&job);
-    return job.failed ? -1 : 0;
+  ie_bags job = {tables, n};
+  return parallel(bag_part, &job, threads) ? -1 : 0;
+}
+
+/* ---- one_hot_linear: a Linear on one-hot fields as a gather of the weight's columns ---- */
+
+typedef struct {
+  const void* idx;          /* [rows, bag] contiguous, int64 (idx64) or int32 */
+  int64_t idx64, bag, num_classes, offset;  /* field k's index i names weight column offset + i */
+} ie_field;
+
+typedef struct {
+  const ie_field* fields;
+  int64_t n_fields, rows, dim;
+  const float* weight;      /* [dim, V]: column v of row c at weight[c * w_row + v * w_col] */
+  int64_t w_row, w_col;
+  const float* bias;        /* [dim] or NULL */
+  float* out;               /* forward: [rows, dim] */
+  const float* grad;        /* backward: [rows, dim], row r at grad + r * grad_stride */
+  int64_t grad_stride;
+  float* flat;              /* backward: [dim * V (+ dim)]: the weight's gradient, [V, dim] (v_major)
+                               or [dim, V] row-major, then the bias's */
+  int64_t num_columns, v_major, has_bias;
+} ie_one_hot;
+
+/* 0, or k + 1 where field k has an index outside [0, num_classes). */
+static int64_t one_hot_check(const ie_one_hot* a) {
+  for (int64_t k = 0; k < a->n_fields; k++) {
+    const ie_field* f = a->fields + k;
+    for (int64_t q = 0; q < a->rows * f->bag; q++) {
+      const int64_t i = load(f->idx, f->idx64, q);
+      if (i < 0 || i >= f->num_classes) return k + 1;
+    }
   }
-#ifdef _OPENMP
-  /* torch's own OpenMP pool (the process has libgomp.so.1 loaded already: the same library),
-     whose workers may still be spinning after the last ATen op: they take the slices, rather
-     than new threads competing with them for the cores. */
-  #pragma omp parallel num_threads(threads) reduction(|:failed)
-  {
-    ie_job job = {tables, n, omp_get_num_threads(), omp_get_thread_num(), 0};
-    run(&job);
-    failed |= job.failed;
+  return 0;
+}
+
+/* Rows of this part: out[r] = sum over fields of (sum over the field's bag of the column),
+   plus the bias; in fp32, each field's sum made first (as the ATen reference adds them). */
+static void one_hot_fwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  const ie_one_hot* a = (const ie_one_hot*)ctx;
+  const int64_t d = a->dim;
+  float* field_sum = (float*)malloc((size_t)d * 4);
+  if (!field_sum) { *failed = 1; return; }
+  for (int64_t r = a->rows * part / parts; r < a->rows * (part + 1) / parts; r++) {
+    float* o = a->out + r * d;
+    for (int64_t k = 0; k < a->n_fields; k++) {
+      const ie_field* f = a->fields + k;
+      float* acc = k == 0 ? o : field_sum;
+      for (int64_t j = 0; j < f->bag; j++) {
+        const float* w = a->weight + (f->offset + load(f->idx, f->idx64, r * f->bag + j)) * a->w_col;
+        if (j == 0) {
+          if (a->w_row == 1) memcpy(acc, w, (size_t)d * 4);
+          else for (int64_t c = 0; c < d; c++) acc[c] = w[c * a->w_row];
+        } else if (a->w_row == 1) {
+          for (int64_t c = 0; c < d; c++) acc[c] += w[c];
+        } else {
+          for (int64_t c = 0; c < d; c++) acc[c] += w[c * a->w_row];
+        }
+      }
+      if (k > 0) for (int64_t c = 0; c < d; c++) o[c] += field_sum[c];
+    }
+    if (a->bias) for (int64_t c = 0; c < d; c++) o[c] += a->bias[c];
   }
-#else
-  ie_job jobs[64];
-  pthread_t ids[64];
-  int started[64] = {0};
-  for (int64_t i = 0; i < threads; i++) { ie_job j = {tables, n, threads, i, 0}; jobs[i] = j; }
-  for (int64_t i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, run, &jobs[i]) == 0;
-  for (int64_t i = 1; i < threads; i++) if (!started[i]) run(&jobs[i]);
-  run(&jobs[0]);
-  for (int64_t i = 0; i < threads; i++) {
-    if (i > 0 && started[i]) pthread_join(ids[i], NULL);
-    failed |= jobs[i].failed;
+  free(field_sum);
+}
+
+/* Columns [lo, hi) of the weight's gradient (each part its own, so no two threads add to
+   one element): zeroed, then every position's grad row added to its column, in position
+   order; and the bias's elements [dim * part / parts, ...): grad's column sums. */
+static void one_hot_bwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  const ie_one_hot* a = (const ie_one_hot*)ctx;
+  const int64_t d = a->dim, v = a->num_columns;
+  const int64_t lo = v * part / parts, hi = v * (part + 1) / parts;
+  (void)failed;
+  if (a->v_major) {
+    memset(a->flat + lo * d, 0, (size_t)((hi - lo) * d) * 4);
+  } else {
+    for (int64_t c = 0; c < d; c++) memset(a->flat + c * v + lo, 0, (size_t)(hi - lo) * 4);
   }
-#endif
-  return failed ? -1 : 0;
+  for (int64_t r = 0; r < a->rows; r++) {
+    const float* g = a->grad + r * a->grad_stride;
+    for (int64_t k = 0; k < a->n_fields; k++) {
+      const ie_field* f = a->fields + k;
+      for (int64_t j = 0; j < f->bag; j++) {
+        const int64_t col = f->offset + load(f->idx, f->idx64, r * f->bag + j);
+        if (col < lo || col >= hi) continue;
+        if (a->v_major) {
+          float* dst = a->flat + col * d;
+          for (int64_t c = 0; c < d; c++) dst[c] += g[c];
+        } else {
+          for (int64_t c = 0; c < d; c++) a->flat[c * v + col] += g[c];
+        }
+      }
+    }
+  }
+  if (a->has_bias) {
+    float* bias = a->flat + d * v;
+    const int64_t c0 = d * part / parts, c1 = d * (part + 1) / parts;
+    for (int64_t c = c0; c < c1; c++) bias[c] = 0.0f;
+    for (int64_t r = 0; r < a->rows; r++)
+      for (int64_t c = c0; c < c1; c++) bias[c] += a->grad[r * a->grad_stride + c];
+  }
+}
+
+/* 0: done; k + 1: field k has an index out of range (nothing written); -1: no memory. */
+int64_t ie_one_hot_linear(const ie_one_hot* a, int64_t backward, int64_t threads) {
+  const int64_t bad = one_hot_check(a);
+  if (bad) return bad;
+  return parallel(backward ? one_hot_bwd_part : one_hot_fwd_part, a, threads) ? -1 : 0;
 }
 """
 
@@ -341,7 +467,7 @@ STREAMING_BYTES = 8 << 20
 # A call writing less than this runs on the calling thread only: cpu-quick's tied pair
 # (B=512, 2.5 MB) took 2x longer on two threads (their own, then; see ie_bag_grad).
 THREADED_BYTES = 16 << 20
-_POINTERS = {"out", "grad", "idx", "order", "offsets", "weights"}
+_POINTERS = {"out", "grad", "idx", "order", "offsets", "weights", "weight", "bias", "flat"}
 
 
 class _Table(ctypes.Structure):  # ie_table
@@ -349,6 +475,18 @@ class _Table(ctypes.Structure):  # ie_table
         "rows", "dim", "out", "grad", "grad_stride", "num_bags", "nnz", "idx", "idx64", "idx_stride0",
         "idx_stride1", "order", "bag_len",
         "offsets", "offsets64", "weights", "mean", "padding_idx", "accumulate", "streaming")]
+
+
+class _Field(ctypes.Structure):  # ie_field
+    _fields_ = [("idx", ctypes.c_void_p), ("idx64", ctypes.c_int64), ("bag", ctypes.c_int64),
+                ("num_classes", ctypes.c_int64), ("offset", ctypes.c_int64)]
+
+
+class _OneHot(ctypes.Structure):  # ie_one_hot
+    _fields_ = [("fields", ctypes.POINTER(_Field))] + [
+        (name, ctypes.c_void_p if name in _POINTERS else ctypes.c_int64) for name in (
+            "n_fields", "rows", "dim", "weight", "w_row", "w_col", "bias", "out", "grad", "grad_stride", "flat",
+            "num_columns", "v_major", "has_bias")]
 
 
 _lock = threading.Lock()
@@ -444,9 +582,12 @@ def _build() -> ctypes.CDLL | None:
                 continue
             lib.ie_bag_grad.restype = ctypes.c_int64
             lib.ie_bag_grad.argtypes = [ctypes.POINTER(_Table), ctypes.c_int64, ctypes.c_int64]
+            lib.ie_one_hot_linear.restype = ctypes.c_int64
+            lib.ie_one_hot_linear.argtypes = [ctypes.POINTER(_OneHot), ctypes.c_int64, ctypes.c_int64]
             return lib
-    log.warning("inductor_embed: could not build the native CPU backward kernel (%s); the CPU "
-                "EmbeddingBag backward uses ATen ops (slower). Set CC to a C compiler, or "
+    log.warning("inductor_embed: could not build the native CPU kernels (%s); the CPU "
+                "EmbeddingBag backward uses ATen ops (slower), one_hot_linear Inductor's loops (a "
+                "slower first compile). Set CC to a C compiler, or "
                 "config.cpu_native_kernels = False to silence this.",
                 "; ".join(errors) if errors else "no C compiler found: $CC, cc, gcc, clang")
     return None
@@ -519,14 +660,71 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
                           _ptr(t.order), bag_len, _ptr(t.offsets), t.offsets is not None and t.offsets.dtype == torch.int64,
                           _ptr(t.weights), t.mean, t.padding_idx, t.accumulate, t.out.nbytes >= STREAMING_BYTES)
         work += (0 if t.accumulate else t.out.nbytes) + t.indices.numel() * dim * 4
-    # In a forked child, libgomp's pool is the parent's and may hang the first parallel
-    # region (ATen runs serially there too).
-    threads = torch.get_num_threads() if work >= THREADED_BYTES and not _state.get("forked") else 1
-    status = library.ie_bag_grad(array, len(tables), threads)
+    status = library.ie_bag_grad(array, len(tables), _threads(work))
     if status > 0:
         raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].out.shape[0]})")
     if status < 0:
         raise MemoryError("inductor_embed's CPU bag backward could not allocate its scratch memory")
+
+
+def _threads(work: int) -> int:
+    """Threads for a call moving about ``work`` bytes: torch's count past THREADED_BYTES, else
+    one; one in a forked child, where libgomp's pool is the parent's and may hang the first
+    parallel region (ATen runs serially there too)."""
+    return torch.get_num_threads() if work >= THREADED_BYTES and not _state.get("forked") else 1
+
+
+def _one_hot_call(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int], dim: int,
+                  backward: bool, **args: object) -> int | None:
+    """Run ``ie_one_hot_linear``; the field with an index out of range (nothing written), or None."""
+    library = lib()
+    assert library is not None, "one-hot kernels need the native library (check lib() first)"
+    rows = math.prod(indices[0].shape[:-1])
+    flat = [i.reshape(rows, i.shape[-1]).contiguous() for i in indices]
+    fields = (_Field * len(flat))(*[_Field(i.data_ptr(), i.dtype == torch.int64, i.shape[1], n, off)
+                                    for i, n, off in zip(flat, num_classes, offsets)])
+    call = _OneHot(fields, len(flat), rows, dim, **args)
+    work = rows * dim * 4 * (1 + sum(i.shape[1] for i in flat))
+    status = library.ie_one_hot_linear(ctypes.byref(call), backward, _threads(work))
+    if status < 0:
+        raise MemoryError("inductor_embed's CPU one-hot kernel could not allocate its scratch memory")
+    return status - 1 if status > 0 else None
+
+
+def one_hot_linear(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int], weight: Tensor,
+                   bias: Tensor | None) -> tuple[Tensor, int | None]:
+    """``one_hot_linear_ref`` for fp32: ``(out [*L, D], bad)``, ``bad`` the first field with an
+    index outside ``[0, num_classes)`` (then nothing is computed), else None.
+
+    Shapes: F index tensors ``[*L, bag_k]`` int32/int64 (field k's index i names column
+    ``offsets[k] + i``); ``weight [D, V]`` fp32, any strides; ``bias [D]`` fp32 or None.
+    Each row is the fp32 sum of its fields' sums of columns, plus the bias.
+    """
+    assert weight.dtype == torch.float32 and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+    d = weight.shape[0]
+    out = torch.empty((*indices[0].shape[:-1], d), dtype=torch.float32)
+    bad = _one_hot_call(indices, num_classes, offsets, d, False, weight=weight.data_ptr(), w_row=weight.stride(0),
+                        w_col=weight.stride(1), bias=_ptr(bias), out=out.data_ptr())
+    return out, bad
+
+
+def one_hot_linear_backward(grad: Tensor, indices: Sequence[Tensor], num_classes: Sequence[int],
+                            offsets: Sequence[int], num_columns: int, has_bias: bool,
+                            v_major: bool) -> tuple[Tensor, int | None]:
+    """``one_hot_linear_backward_ref`` for fp32: ``(flat, bad)`` as ``one_hot_linear``.
+
+    ``grad [*L, D]`` fp32; ``flat [D * V (+ D)]``: the weight's gradient, laid out as a
+    row-major ``[V, D]`` (``v_major``) or ``[D, V]``, then the bias's (grad's column sums).
+    Each column's sum adds the positions in order, from +0.0 (deterministic).
+    """
+    d = grad.shape[-1]
+    g = grad.reshape(-1, d)
+    if g.stride(-1) != 1:
+        g = g.contiguous()
+    flat = torch.empty(d * num_columns + (d if has_bias else 0), dtype=torch.float32)
+    bad = _one_hot_call(indices, num_classes, offsets, d, True, grad=g.data_ptr(), grad_stride=g.stride(0),
+                        flat=flat.data_ptr(), num_columns=num_columns, v_major=v_major, has_bias=has_bias)
+    return flat, bad
 
 
 _stable: dict[torch.dtype, int | None] = {}

@@ -8,8 +8,11 @@ Forward: F fields of indices ``[*L, bag_k]`` and a ``[D, V]`` weight -> ``[*L, D
 Backward: ``one_hot_linear_backward`` returns the weight's gradient (and the bias's)
 packed into one flat buffer; the autograd formula views it (free).
 
-Both ops are ``triton_op``s: on the CPU Inductor compiles their ATen reference bodies
-(``one_hot_linear_ref.py``: a gather, and one scatter-add); on CUDA the bodies call opaque
+Both ops are ``triton_op``s. On the CPU, fp32, their bodies call opaque ops
+(``one_hot_linear_cpu``, ``one_hot_linear_backward_cpu``) on ``_cpu_native``'s C kernels,
+so Inductor builds no C++ for them; otherwise (half types, autocast,
+``config.cpu_native_kernels = False``) Inductor compiles their ATen reference bodies
+(``one_hot_linear_ref.py``: a gather, and one scatter-add). On CUDA the bodies call opaque
 ops (``one_hot_linear_triton``, ``one_hot_linear_backward_triton``) that launch
 ``kernels/one_hot_linear.py`` (opaque for the reason ``lowering/multi_embedding.py`` gives).
 
@@ -25,6 +28,7 @@ import math
 import torch
 from torch.library import triton_op
 
+from inductor_embed.lowering import _cpu_native
 from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
@@ -93,6 +97,8 @@ def one_hot_linear(
     _check_inputs(indices, num_classes, offsets, weight, bias, dtype)
     out_dtype = weight.dtype if dtype is None else dtype
     if not use_triton(weight):
+        if _native(weight, out_dtype, bias):
+            return torch.ops.inductor_embed.one_hot_linear_cpu(indices, num_classes, offsets, weight, bias)
         # Inductor's bounds check of the gather covers [0, V) only: an index of field k
         # past n_k would silently read field k+1's column (and torch < 2.13 wraps
         # negatives). Eager F.one_hot raises on both, so check each field explicitly.
@@ -140,6 +146,9 @@ def one_hot_linear_backward(
         fp32. Under ``torch.use_deterministic_algorithms(True)`` the deterministic ATen
         reference runs instead of the atomic kernel.
     """
+    if not use_triton(grad) and _native(grad, dtype):
+        return torch.ops.inductor_embed.one_hot_linear_backward_cpu(
+            grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return one_hot_linear_backward_ref(grad, indices, offsets, num_columns, has_bias, v_major, dtype)
     return torch.ops.inductor_embed.one_hot_linear_backward_triton(
@@ -150,6 +159,56 @@ def one_hot_linear_backward(
 def _one_hot_linear_backward_fake(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype):
     d = grad.shape[-1]
     return grad.new_empty((d * num_columns + (d if has_bias else 0),), dtype=dtype)
+
+
+# --- the CPU's C kernels, as opaque ops -----------------------------------------------------------
+
+
+def _native(t: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None) -> bool:
+    """Whether the CPU op on fp32 ``t`` runs ``_cpu_native``'s kernels: fp32 throughout, and the
+    library built (``config.cpu_native_kernels``). Opaque to Inductor, they leave it no C++
+    to build (the compiled gather and scatter-add cost a first compile 0.2-0.4 s more than
+    torch.compile's) and run faster than Inductor's loops (docs/design.md)."""
+    return (t.device.type == "cpu" and t.dtype == dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32) and _cpu_native.lib() is not None)
+
+
+@torch.library.custom_op("inductor_embed::one_hot_linear_cpu", mutates_args=())
+def one_hot_linear_cpu(
+    indices: list[torch.Tensor],
+    num_classes: list[int],
+    offsets: list[int],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The CPU's fp32 forward of ``one_hot_linear`` (``[*L, D]``), by ``_cpu_native``'s kernel:
+    it checks every field's indices first and raises as the op's other paths do."""
+    out, bad = _cpu_native.one_hot_linear(indices, num_classes, offsets, weight,
+                                          None if bias is None else bias.contiguous())
+    if bad is not None:
+        raise RuntimeError(_OOB_MSG)
+    return out
+
+
+@one_hot_linear_cpu.register_fake
+def _one_hot_linear_cpu_fake(indices, num_classes, offsets, weight, bias):
+    return weight.new_empty((*indices[0].shape[:-1], weight.shape[0]))
+
+
+@twin_op("inductor_embed::one_hot_linear_backward_cpu", like="inductor_embed::one_hot_linear_backward",
+         returns="Tensor")
+def one_hot_linear_backward_cpu(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype):
+    """The CPU's fp32 backward of ``one_hot_linear`` (same contract as
+    ``one_hot_linear_backward``), by ``_cpu_native``'s kernel: each column's positions added
+    in order (deterministic)."""
+    flat, bad = _cpu_native.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias,
+                                                    v_major)
+    if bad is not None:
+        raise RuntimeError(_OOB_MSG)
+    return flat
+
+
+one_hot_linear_backward_cpu.register_fake(_one_hot_linear_backward_fake)
 
 
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------

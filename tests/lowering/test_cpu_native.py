@@ -17,6 +17,10 @@ import inductor_embed
 from inductor_embed import config
 from inductor_embed.lowering import _cpu_native
 from inductor_embed.lowering.multi_embedding_bag_ref import bag_weight_grad_aten
+from inductor_embed.lowering.one_hot_linear_ref import (
+    one_hot_linear_backward_ref,
+    one_hot_linear_ref,
+)
 from tests._util import eager_bag_backward
 
 pytestmark = pytest.mark.skipif(_cpu_native.lib() is None, reason="no C compiler on this machine")
@@ -155,7 +159,7 @@ def test_without_a_compiler_the_aten_ops_give_the_same_bits(fresh_build, monkeyp
         bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
     assert _cpu_native.lib() is None
     assert torch.equal(got, want)
-    warnings = [r for r in caplog.records if "could not build the native CPU backward kernel" in r.message]
+    warnings = [r for r in caplog.records if "could not build the native CPU kernels" in r.message]
     assert len(warnings) == 1 and "no C compiler found" in warnings[0].message
 
 
@@ -253,3 +257,97 @@ def test_a_forked_child_runs_the_kernel_on_one_thread(monkeypatch):
         child.kill()
     assert child.exitcode == 0, "the forked child hung or failed"
     assert queue.get(timeout=5) is True
+
+
+# --- one_hot_linear's CPU kernels ------------------------------------------------------------
+
+
+def _one_hot_case(layout, bias, itype, seed=0):
+    """Two fields (7 classes, bag 1; 5 classes, bag 3) over a [4, 6] lead, D=9, V=12 (+3
+    spare columns in the strided layout)."""
+    g = torch.Generator().manual_seed(seed)
+    v, d = 12, 9
+    if layout == "vmajor":
+        w = torch.randn(v, d, generator=g).t()
+    elif layout == "strided":  # a column slice of a wider weight
+        w = torch.randn(d, v + 3, generator=g)[:, 2:2 + v]
+    else:
+        w = torch.randn(d, v, generator=g)
+    b = torch.randn(d, generator=g) if bias else None
+    indices = [torch.randint(0, 7, (4, 6, 1), generator=g).to(itype), torch.randint(0, 5, (4, 6, 3), generator=g).to(itype)]
+    return indices, [7, 5], [0, 7], w, b
+
+
+@pytest.mark.parametrize("layout", ["row", "vmajor", "strided"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_one_hot_kernels_match_the_reference(layout, bias, itype, threads, monkeypatch):
+    monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0 if threads > 1 else 1 << 62)
+    indices, classes, offsets, w, b = _one_hot_case(layout, bias, itype)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, bad = _cpu_native.one_hot_linear(indices, classes, offsets, w, b)
+        grad = torch.randn(4, 6, 9)
+        v_major = layout == "vmajor"
+        flat, bad_b = _cpu_native.one_hot_linear_backward(grad, indices, classes, offsets, 12, bias, v_major)
+        again, _ = _cpu_native.one_hot_linear_backward(grad, indices, classes, offsets, 12, bias, v_major)
+    finally:
+        torch.set_num_threads(old)
+    assert bad is None and bad_b is None
+    # The forward adds as the reference does (each field's sum, then the fields, then the bias).
+    assert torch.equal(out, one_hot_linear_ref(indices, offsets, w, b))
+    want = one_hot_linear_backward_ref(grad, indices, offsets, 12, bias, v_major, torch.float32)
+    torch.testing.assert_close(flat, want, rtol=1e-6, atol=1e-6)  # another summation order than index_put's
+    assert torch.equal(flat, again)  # deterministic
+
+
+def test_one_hot_kernels_report_the_field_out_of_range():
+    indices, classes, offsets, w, _ = _one_hot_case("row", False, torch.int64)
+    indices[1][2, 3, 1] = 5  # field 1 has 5 classes: inside the weight, outside the field
+    assert _cpu_native.one_hot_linear(indices, classes, offsets, w, None)[1] == 1
+    assert _cpu_native.one_hot_linear_backward(torch.randn(4, 6, 9), indices, classes, offsets, 12, False, False)[1] == 1
+    with pytest.raises(RuntimeError, match="Class values"):
+        torch.ops.inductor_embed.one_hot_linear_backward(torch.randn(4, 6, 9), indices, classes, offsets, 12, False,
+                                                         False, torch.float32)
+
+
+class _OneHotLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(40, 8)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.nn.functional.one_hot(idx, 40).float())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_compiled_one_hot_linear_runs_the_kernels_and_builds_no_cpp(native):
+    """With the kernels, Inductor has nothing of the pattern left to generate: no C++ kernel to
+    build in either graph (its first compile's largest cost). Without them
+    (``cpu_native_kernels=False``) it compiles the ATen reference into its own loops."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model, idx = _OneHotLinear(), torch.randint(0, 40, (64,))
+    eager = _OneHotLinear()
+    eager.load_state_dict(model.state_dict())
+    eager(idx).square().sum().backward()
+    with config.patch(cpu_native_kernels=native):
+        compiled = torch.compile(model, backend="inductor_embed")
+        _, code = run_and_get_code(lambda: compiled(idx).square().sum().backward())
+    code = "\n".join(code)
+    assert ("one_hot_linear_cpu" in code and "one_hot_linear_backward_cpu" in code) == native
+    assert ("cpp_fused" not in code) == native
+    torch.testing.assert_close(model.proj.weight.grad, eager.proj.weight.grad)
+    torch.testing.assert_close(model.proj.bias.grad, eager.proj.bias.grad)
+
+
+def test_one_hot_cpu_ops_pass_opcheck():
+    from torch.library import opcheck
+
+    indices, classes, offsets, w, b = _one_hot_case("row", True, torch.int64)
+    opcheck(torch.ops.inductor_embed.one_hot_linear_cpu.default, (indices, classes, offsets, w, b))
+    opcheck(torch.ops.inductor_embed.one_hot_linear_backward_cpu.default,
+            (torch.randn(4, 6, 9), indices, classes, offsets, 12, True, False, torch.float32))
