@@ -163,6 +163,31 @@ def test_without_a_compiler_the_aten_ops_give_the_same_bits(fresh_build, monkeyp
     assert len(warnings) == 1 and "no C compiler found" in warnings[0].message
 
 
+def test_a_build_without_openmp_threads_its_own_and_gives_the_same_results(fresh_build, monkeypatch):
+    """A compiler without OpenMP: the kernels start their own threads (pthreads)."""
+    monkeypatch.setattr(_cpu_native, "_FLAGS", [f for f in _cpu_native._FLAGS if f != "-fopenmp"])
+    monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
+    assert _cpu_native.lib() is not None
+    (built,) = fresh_build.glob("bag_grad_*.so")
+    assert b"GOMP_parallel" not in built.read_bytes()  # no OpenMP region in this build
+    old = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        indices, offsets, psw, ilo = _case("offsets", 40960, 9000, True, torch.int64, seed=8)
+        grad = torch.randn(offsets.numel(), 64)
+        got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
+        oh, classes, offs, w, b = _one_hot_case("row", True, torch.int64)
+        out, _ = _cpu_native.one_hot_linear(oh, classes, offs, w, b)
+        g = torch.randn(4, 6, 9)
+        flat, _ = _cpu_native.one_hot_linear_backward(g, oh, classes, offs, 12, True, False)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got, eager_bag_backward(grad, indices, offsets, psw, 0, 7, ilo, 9000))
+    assert torch.equal(out, one_hot_linear_ref(oh, offs, w, b))
+    torch.testing.assert_close(flat, one_hot_linear_backward_ref(g, oh, offs, 12, True, False, torch.float32),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_a_failing_compiler_is_reported(fresh_build, monkeypatch, caplog):
     monkeypatch.setenv("CC", "false")  # exits 1
     monkeypatch.setattr(_cpu_native, "_compilers", lambda: ["/bin/false"])
