@@ -384,7 +384,7 @@ static int64_t one_hot_check(const ie_one_hot* a) {
 static void one_hot_fwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
   const ie_one_hot* a = (const ie_one_hot*)ctx;
   const int64_t d = a->dim;
-  float* field_sum = (float*)malloc((size_t)d * 4);
+  float* field_sum = (float*)malloc((size_t)(d > 0 ? d : 1) * 4);  /* malloc(0) may be NULL */
   if (!field_sum) { *failed = 1; return; }
   for (int64_t r = a->rows * part / parts; r < a->rows * (part + 1) / parts; r++) {
     float* o = a->out + r * d;
@@ -718,7 +718,7 @@ def one_hot_linear_backward(grad: Tensor, indices: Sequence[Tensor], num_classes
     Each column's sum adds the positions in order, from +0.0 (deterministic).
     """
     d = grad.shape[-1]
-    g = grad.reshape(-1, d)
+    g = grad.reshape(math.prod(grad.shape[:-1]), d)
     if g.stride(-1) != 1:
         g = g.contiguous()
     flat = torch.empty(d * num_columns + (d if has_bias else 0), dtype=torch.float32)
