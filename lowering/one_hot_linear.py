@@ -173,14 +173,9 @@ def _native(t: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = Non
             and (bias is None or bias.dtype == torch.float32) and _cpu_native.lib() is not None)
 
 
-@torch.library.custom_op("inductor_embed::one_hot_linear_cpu", mutates_args=())
-def one_hot_linear_cpu(
-    indices: list[torch.Tensor],
-    num_classes: list[int],
-    offsets: list[int],
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
+@twin_op("inductor_embed::one_hot_linear_cpu", like="inductor_embed::one_hot_linear", returns="Tensor",
+         drop=("dtype",))
+def one_hot_linear_cpu(indices, num_classes, offsets, weight, bias=None):
     """The CPU's fp32 forward of ``one_hot_linear`` (``[*L, D]``), by ``_cpu_native``'s kernel:
     it checks every field's indices first and raises as the op's other paths do."""
     out, bad = _cpu_native.one_hot_linear(indices, num_classes, offsets, weight,
@@ -191,7 +186,7 @@ def one_hot_linear_cpu(
 
 
 @one_hot_linear_cpu.register_fake
-def _one_hot_linear_cpu_fake(indices, num_classes, offsets, weight, bias):
+def _one_hot_linear_cpu_fake(indices, num_classes, offsets, weight, bias=None):
     return weight.new_empty((*indices[0].shape[:-1], weight.shape[0]))
 
 

@@ -24,6 +24,17 @@ def deterministic() -> Iterator[None]:
         torch.use_deterministic_algorithms(False)
 
 
+@contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` inside the block, the previous count again after it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def assert_device_assert(code: str, message: str) -> None:
     """Run ``code`` (CUDA; ``torch`` and ``inductor_embed`` imported, then a synchronize) in a
     fresh process, since a device-side assert poisons the CUDA context as eager's does, and

@@ -21,7 +21,7 @@ from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
     one_hot_linear_ref,
 )
-from tests._util import eager_bag_backward
+from tests._util import eager_bag_backward, num_threads
 
 pytestmark = pytest.mark.skipif(_cpu_native.lib() is None, reason="no C compiler on this machine")
 
@@ -82,12 +82,8 @@ def test_every_thread_count_gives_the_same_bits(threads, monkeypatch):
     indices, offsets, psw, ilo = _case("offsets", 40960, 9000, False, torch.int64, seed=1)
     grad = torch.randn(offsets.numel(), 64)
     want = eager_bag_backward(grad, indices, offsets, psw, 0, -1, ilo, 9000)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, -1, ilo, 9000)
-    finally:
-        torch.set_num_threads(old)
     assert torch.equal(got, want)
 
 
@@ -170,9 +166,7 @@ def test_a_build_without_openmp_threads_its_own_and_gives_the_same_results(fresh
     assert _cpu_native.lib() is not None
     (built,) = fresh_build.glob("bag_grad_*.so")
     assert b"GOMP_parallel" not in built.read_bytes()  # no OpenMP region in this build
-    old = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
+    with num_threads(3):
         indices, offsets, psw, ilo = _case("offsets", 40960, 9000, True, torch.int64, seed=8)
         grad = torch.randn(offsets.numel(), 64)
         got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
@@ -180,8 +174,6 @@ def test_a_build_without_openmp_threads_its_own_and_gives_the_same_results(fresh
         out, _ = _cpu_native.one_hot_linear(oh, classes, offs, w, b)
         g = torch.randn(4, 6, 9)
         flat, _ = _cpu_native.one_hot_linear_backward(g, oh, classes, offs, 12, True, False)
-    finally:
-        torch.set_num_threads(old)
     assert torch.equal(got, eager_bag_backward(grad, indices, offsets, psw, 0, 7, ilo, 9000))
     assert torch.equal(out, one_hot_linear_ref(oh, offs, w, b))
     torch.testing.assert_close(flat, one_hot_linear_backward_ref(g, oh, offs, 12, True, False, torch.float32),
@@ -263,16 +255,12 @@ def test_a_forked_child_runs_the_kernel_on_one_thread(monkeypatch):
     import multiprocessing
 
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(old, 2))
-    try:
+    with num_threads(max(torch.get_num_threads(), 2)):
         indices, offsets, _, _ = _case("offsets", 4096, 900, False, torch.int64, seed=7)
         grad = torch.randn(offsets.numel(), 16)
         out = torch.empty(900, 16)
         _cpu_native.bag_grad([_cpu_native.BagTable(out, grad, indices, offsets, None, False, -1, False, indices.sort()[1])])
         assert torch.equal(out, eager_bag_backward(grad, indices, offsets, None, 0, -1, False, 900))
-    finally:
-        torch.set_num_threads(old)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_kernel_in_a_forked_child, args=(queue,))
@@ -310,16 +298,12 @@ def _one_hot_case(layout, bias, itype, seed=0):
 def test_one_hot_kernels_match_the_reference(layout, bias, itype, threads, monkeypatch):
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0 if threads > 1 else 1 << 62)
     indices, classes, offsets, w, b = _one_hot_case(layout, bias, itype)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         out, bad = _cpu_native.one_hot_linear(indices, classes, offsets, w, b)
         grad = torch.randn(4, 6, 9)
         v_major = layout == "vmajor"
         flat, bad_b = _cpu_native.one_hot_linear_backward(grad, indices, classes, offsets, 12, bias, v_major)
         again, _ = _cpu_native.one_hot_linear_backward(grad, indices, classes, offsets, 12, bias, v_major)
-    finally:
-        torch.set_num_threads(old)
     assert bad is None and bad_b is None
     # The forward adds as the reference does (each field's sum, then the fields, then the bias).
     assert torch.equal(out, one_hot_linear_ref(indices, offsets, w, b))
