@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from inductor_embed import _compat, config
 from inductor_embed import lowering as _lowering  # noqa: F401  (registers torch.ops.inductor_embed.*)
+from inductor_embed._version import __version__
 from inductor_embed.api import disable, enable, explain, is_enabled
 from inductor_embed.backend import inductor_embed_backend
 from inductor_embed.lowering._grad_cache import cached_bytes, empty_cache
@@ -18,7 +19,6 @@ from inductor_embed.report import Report, Rewrite, Skip, TableInfo
 
 _compat.register_torch_log("inductor_embed")
 
-__version__ = "0.1.0"
 __all__ = [
     "Report",
     "Rewrite",
