@@ -33,7 +33,8 @@ from torch import Tensor
 from . import _meta
 from ._meta import check, load_index, pointer
 
-__all__ = ["LAUNCHES", "Segment", "multi_embedding_bag_fwd", "multi_embedding_bag_bwd", "block_sizes", "kernel_specs"]
+__all__ = ["LAUNCHES", "Segment", "multi_embedding_bag_fwd", "multi_embedding_bag_bwd", "block_sizes", "kernel_specs",
+           "kernel_variants"]
 
 SUM, MEAN, MAX = 0, 1, 2  # ATen's mode numbering
 # Worst-case launches of an op: forward = pool + one fused check of both error flags
@@ -269,22 +270,22 @@ def _multi_embedding_bag_bwd_kernel(
             b_g = b_g * scale[:, None]
             j = n_max * 0
             while j < n_max:
-                m_j = m_b & (j < n)
-                b_idx = load_index(i_addr, i64, i_base + j * i_cs, m_j, 0)
+                m_j = (m_b & (j < n))[:, None]
+                b_idx = load_index(i_addr, i64, (i_base + j * i_cs)[:, None], m_j, 0)
                 m_use = m_j & (b_idx >= 0) & (b_idx < v) & (b_idx != pad)
                 b_v = b_g
                 if has_psw != 0:
-                    b_v = b_v * tl.load(p_psw + p_base + j * p_cs, mask=m_use, other=0.0).to(tl.float32)[:, None]
-                m = m_use[:, None] & m_d[None, :]
+                    b_v = b_v * tl.load(p_psw + (p_base + j * p_cs)[:, None], mask=m_use, other=0.0).to(tl.float32)
+                m = m_use & m_d[None, :]
                 if sv_addr != 0:
                     # Every position of the bag is written (zeros where unused), so the
                     # values need no zero fill of their own.
                     tl.store(p_sv + (start + j)[:, None] * d + o_d[None, :], tl.where(m, b_v, 0.0),
-                             mask=m_j[:, None] & m_d[None, :])
+                             mask=m_j & m_d[None, :])
                 else:
                     # Repeated rows collide, hence atomics; fp32 whatever the dtype.
-                    o_gw = tl.multiple_of(goff + b_idx * d, VEC)
-                    tl.atomic_add(gw_ptr + o_gw[:, None] + o_d[None, :], b_v, mask=m, sem="relaxed")
+                    o_gw = tl.multiple_of(goff + b_idx * d, [VEC, 1])
+                    tl.atomic_add(gw_ptr + o_gw + o_d[None, :], b_v, mask=m, sem="relaxed")
                 j += 1
         i_d += BLOCK_D
 
@@ -318,17 +319,23 @@ class Segment:
     am_col: int = 0
 
 
-def block_sizes(dims: Sequence[int]) -> tuple[int, int, int]:
+def block_sizes(dims: Sequence[int], backward: bool = False) -> tuple[int, int, int]:
     """(BLOCK_B, BLOCK_D, num_warps) for segments of widths ``dims``.
 
     BLOCK_D = min(next_pow2(max D), 128) (wider segments loop over chunks); BLOCK_B makes
-    the tile about 2048 elements, clamped to [8, 128] bags; num_warps gives each thread
-    about 8 elements of it, clamped to [2, 8]: the
-    run-time mode branches keep more tiles live than one mode would.
+    the forward's tile about 2048 elements, clamped to [8, 128] bags; num_warps gives each
+    thread about 8 elements of it, clamped to [2, 8]: the run-time mode branches keep more
+    tiles live than one mode would. From BLOCK_D 16 up the backward keeps those warps over
+    half the bags: its atomics, weights and mode branches hold more live values per
+    element, and with the forward's tile its half-type variants reach the 255-register cap
+    at 8 warps and spill on Triton 3.6 (``python -m bench.kernel_compile --variants``
+    shows it); half the tile also takes a third off its registers on the newest Triton.
     """
     block_d = min(triton.next_power_of_2(max(max(int(d) for d in dims), 1)), MAX_BLOCK_D)
     block_b = max(MIN_BLOCK_B, min(MAX_BLOCK_B, TILE_ELEMS // block_d))
     num_warps = max(2, min(8, block_b * block_d // 8 // 32))
+    if backward and block_d >= 16:
+        block_b = max(MIN_BLOCK_B, block_b // 2)
     return block_b, block_d, num_warps
 
 
@@ -481,7 +488,7 @@ def multi_embedding_bag_bwd(
     max_b = max(s.num_bags for s in segments)
     if max_b == 0 or max(dims) == 0:
         return
-    block_b, block_d, num_warps = block_sizes(dims)
+    block_b, block_d, num_warps = block_sizes(dims, backward=True)
     if grad_flat.device.type == "cpu":
         block_b = _meta.interpreter_rows(max_b, block_d)
     vec = min(_meta.vec_width(grads[0].element_size(), [*dims, *(g.stride(0) for g in grads), *(s.col for s in segments)], grads),
@@ -496,14 +503,36 @@ def kernel_specs(segments: int) -> list[dict[str, Any]]:
     max-mode segment, D=8): the source does not depend on ``segments``, only the grid does."""
     specs = []
     for d, has_max in ((128, False), (128, True), (8, False)):
-        block_b, block_d, nw = block_sizes([d])
-        consts = {"COLS": META_COLS, "HAS_MAX": has_max, "VEC": 4 if d % 4 == 0 else 1, "BLOCK_B": block_b,
-                  "BLOCK_D": block_d}
         tag = f"D{d}" + ("_max" if has_max else "")
-        specs.append({"name": f"fwd_{tag}", "fn": _multi_embedding_bag_fwd_kernel, "num_warps": nw,
-                      "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "ty_ptr": "*fp32"},
-                      "constexprs": consts})
-        specs.append({"name": f"bwd_{tag}", "fn": _multi_embedding_bag_bwd_kernel, "num_warps": nw,
-                      "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "gw_ptr": "*fp32", "ty_ptr": "*fp32"},
-                      "constexprs": consts})
+        for which, fn, sig, backward in (
+                ("fwd", _multi_embedding_bag_fwd_kernel, {"meta_ptr": "*i64", "err_ptr": "*i32", "ty_ptr": "*fp32"}, False),
+                ("bwd", _multi_embedding_bag_bwd_kernel,
+                 {"meta_ptr": "*i64", "err_ptr": "*i32", "gw_ptr": "*fp32", "ty_ptr": "*fp32"}, True)):
+            block_b, block_d, nw = block_sizes([d], backward)
+            specs.append({"name": f"{which}_{tag}", "fn": fn, "num_warps": nw, "signature": sig,
+                          "constexprs": {"COLS": META_COLS, "HAS_MAX": has_max, "VEC": 4 if d % 4 == 0 else 1,
+                                         "BLOCK_B": block_b, "BLOCK_D": block_d}})
+    return specs
+
+
+def kernel_variants() -> list[dict[str, Any]]:
+    """Every kernel the CUDA launchers can pick, for ``bench.kernel_compile --variants``:
+    each width class (``block_sizes`` of BLOCK_D 1..128), with and without a max-mode
+    segment, each float dtype and each VEC. Weighted, mean and sparse segments are
+    run-time branches of the same kernels."""
+    specs = []
+    for block_d in _meta.pow2_range(1, MAX_BLOCK_D):
+        for has_max in (False, True):
+            tag = f"D{block_d}" + ("_max" if has_max else "")
+            for dtype, ty in _meta.TRITON_TYPES.items():
+                for which, fn, sig, grad in (
+                        ("fwd", _multi_embedding_bag_fwd_kernel,
+                         {"meta_ptr": "*i64", "err_ptr": "*i32", "ty_ptr": f"*{ty}"}, False),
+                        ("bwd", _multi_embedding_bag_bwd_kernel,
+                         {"meta_ptr": "*i64", "err_ptr": "*i32", "gw_ptr": "*fp32", "ty_ptr": f"*{ty}"}, True)):
+                    block_b, _, nw = block_sizes([block_d], backward=grad)
+                    for vec in _meta.variant_vecs(block_d, dtype.itemsize, grad_fp32=grad):
+                        specs.append({"name": f"{which}_{tag}_{ty}_v{vec}", "fn": fn, "num_warps": nw, "signature": sig,
+                                      "constexprs": {"COLS": META_COLS, "HAS_MAX": has_max, "VEC": vec,
+                                                     "BLOCK_B": block_b, "BLOCK_D": block_d}})
     return specs
