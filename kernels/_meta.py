@@ -44,8 +44,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["ERR_SLOTS", "FLOAT_DTYPES", "INDEX_DTYPES", "check", "error_flags", "index_code", "interpreter_rows",
-           "load_index", "pack", "pointer", "vec_width"]
+__all__ = ["ERR_SLOTS", "FLOAT_DTYPES", "INDEX_DTYPES", "TRITON_TYPES", "check", "error_flags", "index_code",
+           "interpreter_rows", "load_index", "pack", "pointer", "pow2_range", "variant_vecs", "vec_width"]
 
 # Two int32 flags (index out of range, malformed offsets) = one int64 slot at the end.
 ERR_SLOTS = 1
@@ -89,6 +89,30 @@ def vec_width(elem_bytes: int, values: Sequence[int], tensors: Sequence[Tensor])
     if all(int(x) % vec == 0 for x in values) and all(t.data_ptr() % 16 == 0 for t in tensors):
         return vec
     return 1
+
+
+# Triton signature names of FLOAT_DTYPES (for the offline compile's kernel variants).
+TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def pow2_range(lo: int, hi: int) -> list[int]:
+    """The powers of two in ``[lo, hi]`` (both powers of two): the block sizes a launcher's
+    rule can pick between its clamps."""
+    out, x = [], lo
+    while x <= hi:
+        out.append(x)
+        x *= 2
+    return out
+
+
+def variant_vecs(block_d: int, elem_bytes: int, grad_fp32: bool = False) -> list[int]:
+    """Every VEC ``vec_width`` can return for tables of width class ``block_d``: 1, and a
+    16-byte vector where a width of that class can be a multiple of it (capped at 4 fp32
+    lanes when the kernel also writes an fp32 gradient, as the backward launchers take
+    the smaller of both widths)."""
+    vec = 16 // elem_bytes
+    full = min(vec, 4) if grad_fp32 else vec
+    return [1, full] if block_d >= vec and full > 1 else [1]
 
 
 def pointer(t: Tensor | None) -> int:

@@ -342,3 +342,33 @@ def kernel_specs(tables: int) -> list[dict[str, Any]]:
                   "signature": {"meta_ptr": "*i64", "gw_ptr": "*fp32", "N": "i64"},
                   "constexprs": {"COLS": META_COLS, "BLOCK_N": block_n}})
     return specs
+
+
+def kernel_variants() -> list[dict[str, Any]]:
+    """Every kernel the CUDA launchers can pick, for ``bench.kernel_compile --variants``:
+    each width class (BLOCK_D 1..128, wider tables loop over 128), each BLOCK_N the
+    grid rule can shrink to, each float dtype and both VEC choices. ``block_sizes``
+    itself picks the block sizes, at a row count that lands on each BLOCK_N."""
+    specs = []
+    for block_d in _meta.pow2_range(1, MAX_BLOCK_D):
+        for block_n in _meta.pow2_range(MIN_BLOCK_N, block_sizes(block_d, 1 << 40, 1)[0]):
+            _, _, nw = block_sizes(block_d, block_n * TARGET_PROGRAMS, 1)
+            common = {"COLS": META_COLS, "BLOCK_N": block_n}
+            tag = f"N{block_n}_D{block_d}"
+            for dtype, ty in _meta.TRITON_TYPES.items():
+                size = dtype.itemsize
+                for vec in _meta.variant_vecs(block_d, size):
+                    specs.append({"name": f"fwd_{tag}_{ty}_v{vec}", "fn": _multi_embedding_fwd_kernel, "num_warps": nw,
+                                  "signature": {"meta_ptr": "*i64", "err_ptr": "*i32", "out_ptr": f"*{ty}",
+                                                "out_row_stride": "i64", "N": "i64"},
+                                  "constexprs": {**common, "VEC": vec, "BLOCK_D": block_d}})
+                for vec in _meta.variant_vecs(block_d, size, grad_fp32=True):
+                    specs.append({"name": f"bwd_{tag}_{ty}_v{vec}", "fn": _multi_embedding_bwd_kernel, "num_warps": nw,
+                                  "signature": {"meta_ptr": "*i64", "go_ptr": f"*{ty}", "go_row_stride": "i64",
+                                                "gw_ptr": "*fp32", "N": "i64"},
+                                  "constexprs": {**common, "VEC": vec, "BLOCK_D": block_d}})
+            if block_d == 1:  # the count kernel has no width: once per BLOCK_N and warps
+                specs.append({"name": f"count_N{block_n}", "fn": _multi_embedding_count_kernel, "num_warps": nw,
+                              "signature": {"meta_ptr": "*i64", "gw_ptr": "*fp32", "N": "i64"},
+                              "constexprs": common})
+    return specs

@@ -47,6 +47,7 @@ __all__ = [
     "flat_size",
     "grad_strides",
     "kernel_specs",
+    "kernel_variants",
     "one_hot_linear_bwd",
     "one_hot_linear_fwd",
 ]
@@ -181,11 +182,12 @@ def block_sizes(d: int) -> tuple[int, int, int]:
     BLOCK_N makes the tile about 2048 elements (clamped to [16, 128]). Every element
     of a tile is an independent load from a random column (the gather has no reuse
     to stage in shared memory), so the tile is sized for loads in flight, and
-    num_warps gives each thread about 16 of them (clamped to [2, 8]).
+    num_warps gives each thread about 16 of them, clamped to [4, 8]: narrow tiles on two
+    warps spill a few bytes in ptxas (``python -m bench.kernel_compile --variants``).
     """
     block_d = min(triton.next_power_of_2(max(int(d), 1)), MAX_BLOCK_D)
     block_n = max(MIN_BLOCK_N, min(MAX_BLOCK_N, TILE_ELEMS // block_d))
-    num_warps = max(2, min(8, block_n * block_d // 16 // 32))
+    num_warps = max(4, min(8, block_n * block_d // 16 // 32))
     return block_n, block_d, num_warps
 
 
@@ -335,4 +337,40 @@ def kernel_specs(fields: int) -> list[dict[str, Any]]:
                                     "gw_stride_d": "i64", "gw_stride_v": "i64", "gb_off": "i64",
                                     "N": "i64", "D": "i64", "F": "i32"},
                       "constexprs": consts})
+    return specs
+
+
+def kernel_variants() -> list[dict[str, Any]]:
+    """Every kernel the CUDA launchers can pick, for ``bench.kernel_compile --variants``:
+    each width class (BLOCK_D 1..128), with and without a bias, each weight and compute
+    dtype, and both weight layouts. A stride of 1 is a constexpr to Triton's launcher
+    (it specializes integer arguments equal to 1), so ``[D, V]`` and ``[V, D]`` weights,
+    and their gradients, compile apart."""
+    specs = []
+    for block_d in _meta.pow2_range(1, MAX_BLOCK_D):
+        block_n, _, nw = block_sizes(block_d)
+        for has_bias in (False, True):
+            consts = {"COLS": META_COLS, "HAS_BIAS": has_bias, "BLOCK_N": block_n, "BLOCK_D": block_d}
+            tag = f"D{block_d}" + ("_bias" if has_bias else "")
+            bias = {"b_stride": 1} if has_bias else {}
+            for unit in ("w_stride_v", "w_stride_d"):  # a [D, V] weight, or the transpose of [V, D]
+                other = "w_stride_d" if unit == "w_stride_v" else "w_stride_v"
+                # The output is the weight's dtype, or autocast's half type over an fp32 weight.
+                for w_ty, o_ty in (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"), ("fp32", "fp16"),
+                                   ("fp32", "bf16")):
+                    sig = {"meta_ptr": "*i64", "err_ptr": "*i32", "out_ptr": f"*{o_ty}", "w_ptr": f"*{w_ty}",
+                           other: "i64", "b_ptr": f"*{w_ty}", "N": "i64", "D": "i64", "F": "i32"}
+                    if not has_bias:
+                        sig["b_stride"] = "i64"
+                    specs.append({"name": f"fwd_{tag}_{unit}1_w{w_ty}_o{o_ty}", "fn": _one_hot_linear_fwd_kernel,
+                                  "num_warps": nw, "signature": sig, "constexprs": {**consts, unit: 1, **bias}})
+            for v_major in (False, True):
+                unit, other = ("gw_stride_d", "gw_stride_v") if grad_strides(8, 8, v_major)[0] == 1 else ("gw_stride_v", "gw_stride_d")
+                for g_ty in _meta.TRITON_TYPES.values():
+                    specs.append({"name": f"bwd_{tag}_{unit}1_g{g_ty}", "fn": _one_hot_linear_bwd_kernel,
+                                  "num_warps": nw,
+                                  "signature": {"meta_ptr": "*i64", "go_ptr": f"*{g_ty}", "go_row_stride": "i64",
+                                                "gw_ptr": "*fp32", other: "i64", "gb_off": "i64", "N": "i64",
+                                                "D": "i64", "F": "i32"},
+                                  "constexprs": {**consts, unit: 1}})
     return specs
