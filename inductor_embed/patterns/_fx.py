@@ -307,6 +307,10 @@ def sum_args(node: Any) -> dict[str, Any] | None:
     return args if isinstance(args.get("input"), fx.Node) else None
 
 
+_TRANSPOSE_OPS = (torch.ops.aten.numpy_T, torch.ops.aten.numpy_T.default, torch.ops.aten.mT,
+                  torch.ops.aten.mT.default)
+
+
 def transpose_of(node: Any) -> fx.Node | None:
     """``w`` if node is the transpose of a 2-D ``w`` (``w.t()``, ``w.T``, ``w.mT``,
     ``w.transpose(0, 1)``, ``w.permute(1, 0)`` and their torch.* spellings), else None."""
@@ -321,6 +325,9 @@ def transpose_of(node: Any) -> fx.Node | None:
         return None
     if node.op == "call_function" and node.target is getattr:
         return w if node.args[1:] in (("T",), ("mT",)) else None
+    # torch >= 2.14's Dynamo records ``w.T`` / ``w.mT`` as these ops, not as getattr.
+    if node.op == "call_function" and node.target in _TRANSPOSE_OPS and len(node.args) == 1:
+        return w
     if node.op == "call_function" and node.target not in (torch.t, torch.transpose, torch.permute):
         return None
     rest = list(node.args[1:])

@@ -488,3 +488,25 @@ def forward(self, L_idx_ : torch.Tensor, L_self_modules_lin_parameters_weight_ :
     add = one_hot_linear_default_1 + linear_2;  one_hot_linear_default_1 = linear_2 = None
     _exit_autocast = torch.amp.autocast_mode._exit_autocast(_enter_autocast);  _enter_autocast = _exit_autocast = None
     return (one_hot_linear_default, add)""")
+
+
+@pytest.mark.parametrize("spelling", ["getattr-T", "getattr-mT", "aten.numpy_T", "aten.mT", "t", "transpose"])
+def test_transpose_of_every_dynamo_spelling(spelling: str) -> None:
+    """``w.T`` reaches the pass as ``getattr(w, "T")`` (torch <= 2.13) or as
+    ``aten.numpy_T(w)`` / ``aten.mT(w)`` (torch >= 2.14's Dynamo): each is seen through, so
+    ``one_hot(i, n) @ W.T`` hands the fused op ``W`` itself, not a transposed view of it."""
+    from torch import fx
+
+    from inductor_embed.patterns import _fx
+
+    g = fx.Graph()
+    w = g.placeholder("w")
+    w.meta["val"] = torch.empty(3, 5)
+    target = {"getattr-T": (getattr, (w, "T")), "getattr-mT": (getattr, (w, "mT")),
+              "aten.numpy_T": (torch.ops.aten.numpy_T.default, (w,)), "aten.mT": (torch.ops.aten.mT, (w,)),
+              "t": (torch.t, (w,)), "transpose": (torch.transpose, (w, 0, 1))}[spelling]
+    node = g.call_function(*target)
+    node.meta["val"] = torch.empty(5, 3)
+    assert _fx.transpose_of(node) is w
+    assert _fx.transpose_of(g.call_function(torch.ops.aten.numpy_T.default, (node,))) is node
+    assert _fx.transpose_of(g.call_function(torch.ops.aten.relu.default, (w,))) is None
