@@ -6,7 +6,8 @@
 #
 # 1. versions: nvidia-smi, torch, triton (and which optional tools import)
 # 2. install this checkout (editable, offline: --no-index --no-deps --no-build-isolation,
-#    setup.sh's own fallback) when inductor_embed does not import from it
+#    setup.sh's own fallback) when inductor_embed does not import from it; if that fails,
+#    stop at once (exit 2) and say why
 # 3. the CUDA tests: tests/reliability/test_cuda.py (every pattern: fp32/bf16, int32/int64,
 #    dynamic batch, reduce-overhead, launch counts, the device assert), tests/kernels,
 #    tests/lowering, tests/reliability/test_bad_input.py
@@ -144,7 +145,15 @@ else
   # network drops packets those wait out pip's timeouts).
   step "install" 180 30 "$PY" -m pip --disable-pip-version-check install --no-index --no-build-isolation \
     --no-deps -e .
-  installed_here || say "gpu_check: warning: inductor_embed still does not import from this checkout"
+  install_rc=$?
+  # Stop here: the tests would import another copy of the package (or none), and a GPU
+  # run is too rare to spend on results that do not belong to this checkout.
+  if ((install_rc != 0)) || ! installed_here; then
+    say "gpu_check: FAILED: this checkout could not be installed (pip exit code $install_rc), so inductor_embed"
+    say "  does not import from $ROOT. An editable install needs setuptools >= 70.1, or 'wheel'"
+    say "  beside an older one ('invalid command bdist_wheel' means neither). Nothing else was run."
+    exit 2
+  fi
 fi
 
 # --- 3. the CUDA tests ------------------------------------------------------------------
