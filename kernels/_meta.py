@@ -28,16 +28,20 @@ copy is legal inside CUDA-graph capture, where it is recorded as a memcpy node t
 re-reads the pinned buffer on every replay: buffers used while capturing are therefore
 never evicted, and a table first seen during capture (activations move between warm-up
 and capture) takes a slice of pinned memory set aside outside capture, since pinned
-memory cannot be allocated while capturing. Two int32 error-flag slots ride at the end of the same copy, so they
+memory cannot be allocated while capturing (the arena is set aside by the first call
+outside a capture, so a first call inside one raises). Two int32 error-flag slots ride at the end of the same copy, so they
 arrive zeroed without a fill kernel.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
+import inspect
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import triton
@@ -45,7 +49,8 @@ import triton.language as tl
 from torch import Tensor
 
 __all__ = ["ERR_SLOTS", "FLOAT_DTYPES", "INDEX_DTYPES", "TRITON_TYPES", "check", "error_flags", "index_code",
-           "interpreter_rows", "load_index", "pack", "pointer", "pow2_range", "variant_vecs", "vec_width"]
+           "interpreter_rows", "launches_on", "load_index", "pack", "pointer", "pow2_range", "variant_vecs",
+           "vec_width"]
 
 # Two int32 flags (index out of range, malformed offsets) = one int64 slot at the end.
 ERR_SLOTS = 1
@@ -66,6 +71,59 @@ def check(cond: Any, msg: str) -> None:
     """A launcher's argument check: ``ValueError(msg)`` unless ``cond`` (before any launch)."""
     if not cond:
         raise ValueError(msg)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    """The tensors in a launcher's arguments: in sequences, dicts and dataclasses
+    (``Segment``), at any depth."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _tensors(x)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _tensors(x)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, f.name))
+
+
+def launches_on(param: str) -> Callable[[_F], _F]:
+    """Decorate a launcher so that it runs on the CUDA device of its argument ``param``
+    (a tensor, or a sequence of tensors: the first one's).
+
+    Triton launches on the *current* device and that device's current stream, and the
+    meta table's copy goes there too: an op called with tensors on cuda:1 while cuda:0
+    is current would otherwise launch on the wrong device. ATen's kernels enter a device
+    guard for the same reason. CPU tensors (the Triton interpreter) need none."""
+
+    def wrap(fn: _F) -> _F:
+        pos = list(inspect.signature(fn).parameters).index(param)
+
+        @functools.wraps(fn)
+        def launcher(*args: Any, **kwargs: Any) -> Any:
+            t = kwargs[param] if param in kwargs else args[pos]
+            if isinstance(t, (list, tuple)):
+                t = t[0] if t else None
+            if t is None:
+                return fn(*args, **kwargs)
+            # Kernels read every tensor through a raw address: one on another device
+            # would be read as garbage (or fault), not moved.
+            for x in _tensors((args, kwargs)):
+                check(x.device == t.device, f"{fn.__name__}: every tensor must be on {t.device}, got one on {x.device}")
+            if t.device.type != "cuda":
+                return fn(*args, **kwargs)
+            with torch.cuda.device(t.device):
+                return fn(*args, **kwargs)
+
+        launcher.launch_device_param = param  # type: ignore[attr-defined]
+        return launcher  # type: ignore[return-value]
+
+    return wrap
 
 
 # Elements of one program's tile under the Triton interpreter (CPU tensors).
@@ -178,9 +236,14 @@ def _host_buffer(flat: list[int], device: torch.device) -> Tensor:
         host = _cache.get(key)
         if capturing:
             if host is None:
-                host = _arenas[device.index].take(flat) if device.index in _arenas else None
-            if host is None:  # no arena yet: never ran outside a capture on this device
-                host = torch.tensor(flat, dtype=torch.int64).pin_memory()
+                if device.index not in _arenas:
+                    # Pinned memory cannot be allocated while capturing, and the arena is
+                    # set aside on the first call outside a capture.
+                    raise RuntimeError(
+                        f"inductor_embed: the first call of an inductor_embed op on {device} is inside CUDA-graph "
+                        "capture; run the model once before capturing (torch.cuda.graph asks for warm-up "
+                        "iterations on a side stream, and torch.compile(mode='reduce-overhead') makes them)")
+                host = _arenas[device.index].take(flat)
             _cache.pop(key, None)
             _graph_owned[key] = host
             return host

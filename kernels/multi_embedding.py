@@ -198,6 +198,7 @@ def _prefix(sizes: Sequence[int]) -> list[int]:
     return out
 
 
+@_meta.launches_on("out")
 def multi_embedding_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], out: Tensor) -> Tensor:
     """``out[:, C_k:C_k + D_k] = weights[k][indices[k]]`` for every table k, in one launch.
 
@@ -256,6 +257,7 @@ def grad_layout(num_rows: Sequence[int], dims: Sequence[int], freq: Sequence[boo
     return goffs, cnts, pos
 
 
+@_meta.launches_on("grad_out")
 def multi_embedding_bwd(
     grad_out: Tensor,
     indices: Sequence[Tensor],

@@ -389,6 +389,7 @@ def _row(s: Segment, w: Tensor | None, v: int, d: int, out: Tensor | None = None
             *_strides(s.indices, bag), *_strides(s.per_sample_weights, bag)]
 
 
+@_meta.launches_on("weights")
 def multi_embedding_bag_fwd(
     weights: Sequence[Tensor],
     segments: Sequence[Segment],
@@ -444,6 +445,7 @@ def multi_embedding_bag_fwd(
     return err
 
 
+@_meta.launches_on("grad_flat")
 def multi_embedding_bag_bwd(
     grads: Sequence[Tensor],
     segments: Sequence[Segment],

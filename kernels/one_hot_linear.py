@@ -208,6 +208,7 @@ def _field_meta(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: 
     return _meta.pack(rows, device)
 
 
+@_meta.launches_on("out")
 def one_hot_linear_fwd(
     indices: Sequence[Tensor],
     num_classes: Sequence[int],
@@ -267,6 +268,7 @@ def grad_strides(d: int, v: int, v_major: bool) -> tuple[int, int]:
     return (1, d) if v_major else (v, 1)
 
 
+@_meta.launches_on("grad_out")
 def one_hot_linear_bwd(
     grad_out: Tensor,
     indices: Sequence[Tensor],

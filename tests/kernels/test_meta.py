@@ -68,3 +68,17 @@ def test_capture_keeps_buffers_for_the_graph_and_uses_the_arena(fake_cuda) -> No
     fake_cuda["capturing"] = True
     with pytest.raises(RuntimeError, match="used up"):
         _meta._host_buffer(list(range(100)), dev)
+
+
+def test_first_call_inside_capture_raises_a_clear_error(fake_cuda, monkeypatch) -> None:
+    """No arena on this device yet (no call ever ran outside a capture): pinning now would
+    fail inside the CUDA driver, so the op says what to do instead."""
+
+    def no_pinning(self):
+        raise AssertionError("pin_memory() while capturing")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", no_pinning)
+    fake_cuda["capturing"] = True
+    with pytest.raises(RuntimeError, match=r"first call .* on cuda:3 is inside CUDA-graph capture; run the model once"):
+        _meta._host_buffer([1, 2, 0], torch.device("cuda", 3))
+    assert _meta._graph_owned == {} and 3 not in _meta._arenas
