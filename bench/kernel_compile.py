@@ -524,7 +524,7 @@ def _ptxas_version(capability: int) -> str:
         return f"ptxas unavailable ({type(e).__name__})"
 
 
-def header(capability: int) -> str:
+def header(capability: int, variants: bool = False) -> str:
     try:
         import torch
 
@@ -538,8 +538,11 @@ def header(capability: int) -> str:
         f"- triton {triton.__version__}, {_ptxas_version(capability)}, torch {torch_v}, "
         f"python {platform.python_version()}",
         f"- git {_git()}, {date}",
+        "- every kernel_variants() entry, each compiled once, a fresh TRITON_CACHE_DIR per worker; "
+        "pointers specialized to 16-byte alignment" if variants else
         "- a fresh TRITON_CACHE_DIR per (family, T); one warm-up compile first; "
         "pointers specialized to 16-byte alignment",
+        f"- goals: no compile error; no spills; params <= {PARAM_BYTES_GOAL} B" if variants else
         "- goals: compile <= 30 s for T <= 26, <= 60 s at T = 100, <= 120 s at T = 1,000; "
         f"no spills; params <= {PARAM_BYTES_GOAL} B",
     ])
@@ -614,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               check=False).returncode
     # Triton 3.9's note that its fp-fusion default will change: true, and noise here.
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
-    print(header(args.capability), flush=True)
+    print(header(args.capability, args.variants), flush=True)
     if args.variants:
         rows, broken = run_variants(args.family_list, args.capability, args.jobs, args.spill_allowance)
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
+import torch
 
 from bench import kernel_compile as kc
 
@@ -128,3 +129,57 @@ def test_spec_arguments_follow_the_function():
     assert attrs == {(0,): [["tt.divisibility", 16]], (3,): [["tt.divisibility", 16]]}
     with pytest.raises(ValueError, match="missing"):
         kc.ast_source_args({**spec, "signature": {"x_ptr": "*fp32", "n": "i64"}})
+
+
+def _variant_keys(module) -> set[tuple]:
+    return {(s["fn"].__name__, s["num_warps"], tuple(sorted(s["signature"].items())),
+             tuple(sorted(s["constexprs"].items()))) for s in module.kernel_variants()}
+
+
+def _vec(elem: int, values: list[int]) -> int:
+    """What ``_meta.vec_width`` returns for aligned tensors."""
+    v = 16 // elem
+    return v if all(x % v == 0 for x in values) else 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_variants_cover_every_launch(dtype: torch.dtype) -> None:
+    """``kernel_variants()`` (what CI compiles with each Triton) holds every kernel the CUDA
+    launchers pick, for widths 1..300, any row count, table count and dtype: a variant
+    that one Triton cannot compile is then caught offline."""
+    from inductor_embed.kernels import multi_embedding as me
+    from inductor_embed.kernels import multi_embedding_bag as bg
+    from inductor_embed.kernels import one_hot_linear as oh
+
+    ty = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    e = dtype.itemsize
+    me_keys, bg_keys, oh_keys = _variant_keys(me), _variant_keys(bg), _variant_keys(oh)
+    for d in [*range(1, 70), 96, 127, 128, 129, 200, 256, 300]:
+        fvec, gvec = _vec(e, [d]), min(_vec(e, [d]), _vec(4, [d]))
+        for n, t in ((1, 1), (4096, 26), (1 << 20, 1), (300, 1000)):
+            bn, bd, nw = me.block_sizes(d, n, t)
+            assert ("_multi_embedding_fwd_kernel", nw, tuple(sorted({"meta_ptr": "*i64", "err_ptr": "*i32",
+                    "out_ptr": f"*{ty}", "out_row_stride": "i64", "N": "i64"}.items())),
+                    tuple(sorted({"COLS": me.META_COLS, "BLOCK_N": bn, "VEC": fvec, "BLOCK_D": bd}.items()))) in me_keys
+            assert ("_multi_embedding_bwd_kernel", nw, tuple(sorted({"meta_ptr": "*i64", "go_ptr": f"*{ty}",
+                    "go_row_stride": "i64", "gw_ptr": "*fp32", "N": "i64"}.items())),
+                    tuple(sorted({"COLS": me.META_COLS, "BLOCK_N": bn, "VEC": gvec, "BLOCK_D": bd}.items()))) in me_keys
+        for has_max in (False, True):
+            bb, bd, nw = bg.block_sizes([d])
+            assert ("_multi_embedding_bag_fwd_kernel", nw, tuple(sorted({"meta_ptr": "*i64", "err_ptr": "*i32",
+                    "ty_ptr": f"*{ty}"}.items())), tuple(sorted({"COLS": bg.META_COLS, "HAS_MAX": has_max, "VEC": fvec,
+                    "BLOCK_B": bb, "BLOCK_D": bd}.items()))) in bg_keys
+            bb, bd, nw = bg.block_sizes([d], backward=True)
+            assert ("_multi_embedding_bag_bwd_kernel", nw, tuple(sorted({"meta_ptr": "*i64", "err_ptr": "*i32",
+                    "gw_ptr": "*fp32", "ty_ptr": f"*{ty}"}.items())), tuple(sorted({"COLS": bg.META_COLS,
+                    "HAS_MAX": has_max, "VEC": gvec, "BLOCK_B": bb, "BLOCK_D": bd}.items()))) in bg_keys
+        bn, bd, nw = oh.block_sizes(d)
+        for has_bias in (False, True):
+            consts = {"COLS": oh.META_COLS, "HAS_BIAS": has_bias, "BLOCK_N": bn, "BLOCK_D": bd}
+            got = [k for k in oh_keys if k[0] == "_one_hot_linear_bwd_kernel" and k[1] == nw
+                   and dict(k[2])["go_ptr"] == f"*{ty}" and {**consts}.items() <= dict(k[3]).items()]
+            assert {dict(k[3]).get("gw_stride_d") == 1 for k in got} == {True, False}  # both gradient layouts
+            got = [k for k in oh_keys if k[0] == "_one_hot_linear_fwd_kernel" and k[1] == nw
+                   and dict(k[2])["w_ptr"] == f"*{ty}" and dict(k[2])["out_ptr"] == f"*{ty}"
+                   and consts.items() <= dict(k[3]).items()]
+            assert {dict(k[3]).get("w_stride_v") == 1 for k in got} == {True, False}  # both weight layouts
