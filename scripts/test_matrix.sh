@@ -215,8 +215,25 @@ run_suite() {
     n="$(grep -oE '[0-9]+ skipped' <<<"$last")" && S_SKIPPED="${n%% *}"
     n="$(grep -oE '[0-9]+ errors?' <<<"$last")" && S_ERRORS="${n%% *}"
   fi
-  # The -ra short summary's FAILED/ERROR lines: node id and first line of the error.
-  grep -E '^(FAILED|ERROR) ' "$odir/suite.log" >"$odir/failures.txt" || true
+  # Each failure and error: node id and the first line of its message, from the junit XML
+  # (the -ra summary in the log cuts lines at the terminal width); the log's lines if no XML.
+  (cd "$ROOT" && "$py" - "$odir/junit.xml" <<'PYEOF' >"$odir/failures.txt" 2>/dev/null) \
+    || grep -E '^(FAILED|ERROR) ' "$odir/suite.log" >"$odir/failures.txt" || true
+import os, sys, xml.etree.ElementTree as ET
+for tc in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+    for kind in ("failure", "error"):
+        el = tc.find(kind)
+        if el is None:
+            continue
+        # classname is the module's dotted path, then the class for a method: find the file.
+        parts, name, node = tc.get("classname", "").split("."), tc.get("name", ""), None
+        for i in range(len(parts), 0, -1):
+            if os.path.isfile("/".join(parts[:i]) + ".py"):
+                node = "::".join(["/".join(parts[:i]) + ".py", *parts[i:], name])
+                break
+        msg = ((el.get("message") or el.text or "").strip().splitlines() or [""])[0][:240]
+        print(f"{'FAILED' if kind == 'failure' else 'ERROR'} {node or tc.get('classname', '') + '::' + name} - {msg}")
+PYEOF
 }
 
 # Sets C_MISSES ("0" or "family:T:reason, ...") C_NOTES C_RC. A miss is a compile error, a
@@ -316,6 +333,7 @@ for i in "${!E_TORCH[@]}"; do
       elif ((S_RC != 0)); then status+=("suite exit $S_RC")
       fi
       log "$name: suite $suite (passed / failed / skipped / errors) in $wall, exit $S_RC"
+      [[ ! -s "$odir/failures.txt" ]] || NOTES+=("$name: $(wc -l <"$odir/failures.txt") failing tests in $odir/failures.txt")
     fi
     if [[ "$MODE" != setup ]]; then
       log "$name: kernel compile sm_90, tables $TABLES -> $odir/kernel_compile.log"
