@@ -380,7 +380,9 @@ static int64_t one_hot_check(const ie_one_hot* a) {
 }
 
 /* Rows of this part: out[r] = sum over fields of (sum over the field's bag of the column),
-   plus the bias; in fp32, each field's sum made first (as the ATen reference adds them). */
+   plus the bias; in fp32, each field's sum made first (as the ATen reference adds them).
+   Every element of every row is written: a field with an empty bag (a multi-hot field of
+   no positions) sums to +0.0, as the reference's empty sum does. */
 static void one_hot_fwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
   const ie_one_hot* a = (const ie_one_hot*)ctx;
   const int64_t d = a->dim;
@@ -391,6 +393,7 @@ static void one_hot_fwd_part(const void* ctx, int64_t part, int64_t parts, int64
     for (int64_t k = 0; k < a->n_fields; k++) {
       const ie_field* f = a->fields + k;
       float* acc = k == 0 ? o : field_sum;
+      if (f->bag == 0) for (int64_t c = 0; c < d; c++) acc[c] = 0.0f;
       for (int64_t j = 0; j < f->bag; j++) {
         const float* w = a->weight + (f->offset + load(f->idx, f->idx64, r * f->bag + j)) * a->w_col;
         if (j == 0) {

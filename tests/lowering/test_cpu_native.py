@@ -360,3 +360,36 @@ def test_one_hot_cpu_ops_pass_opcheck():
     opcheck(torch.ops.inductor_embed.one_hot_linear_cpu.default, (indices, classes, offsets, w, b))
     opcheck(torch.ops.inductor_embed.one_hot_linear_backward_cpu.default,
             (torch.randn(4, 6, 9), indices, classes, offsets, 12, True, False, torch.float32))
+
+
+@pytest.mark.parametrize("bags", [(0,), (0, 0), (0, 3), (3, 0)], ids=["one-empty", "two-empty", "first-empty",
+                                                                       "second-empty"])
+def test_one_hot_kernels_write_every_row_of_empty_bags(bags):
+    """A multi-hot field with an empty bag (``one_hot(x [B, 0], n).sum(1)`` is all zeros): the
+    forward still writes every row (the other fields' columns plus the bias, as the reference),
+    never what ``torch.empty`` held (issue 26)."""
+    g = torch.Generator().manual_seed(len(bags) + sum(bags))
+    w, b = torch.randn(5, 20, generator=g), torch.randn(5, generator=g)
+    indices = [torch.randint(0, 10, (8, bag), generator=g) for bag in bags]
+    offsets = [10 * k for k in range(len(bags))]
+    for _ in range(3):  # fresh torch.empty outputs: garbage shows on one of them
+        out, bad = _cpu_native.one_hot_linear(indices, [10] * len(bags), offsets, w, b)
+        assert bad is None
+        assert torch.equal(out, one_hot_linear_ref(indices, offsets, w, b))
+        out, _ = _cpu_native.one_hot_linear(indices, [10] * len(bags), offsets, w, None)
+        assert torch.equal(out, one_hot_linear_ref(indices, offsets, w, None))
+
+
+def test_a_compiled_one_hot_of_an_empty_multi_hot_bag_gives_the_bias():
+    """Issue 26: ``lin(one_hot(x [8, 0], 50).sum(1).float())`` compiled gave rows of 1e18..1e30."""
+    torch.manual_seed(0)
+    lin = nn.Linear(50, 4)
+    x = torch.randint(0, 50, (8, 0))
+    fn = lambda x: lin(torch.nn.functional.one_hot(x, 50).sum(1).float())  # noqa: E731
+    compiled = torch.compile(fn, backend="inductor_embed")
+    for _ in range(5):
+        poison = torch.full((8, 4), 1e30)  # freed memory of the output's size, for torch.empty to reuse
+        del poison
+        got = compiled(x)
+        assert torch.equal(got, fn(x))
+    assert torch.equal(got, lin.bias.detach().expand(8, 4))
