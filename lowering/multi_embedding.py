@@ -362,9 +362,14 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     half = grad.dtype in (torch.float16, torch.bfloat16)
     for k, g in enumerate(grads):
         if g is None:
-            gk = grad.narrow(-1, columns[k], dims[k])
+            gk, ik = grad.narrow(-1, columns[k], dims[k]), indices[k]
+            if ik.dim() == 0:
+                # torch 2.11's decomposition of this op (scale_grad_by_freq) indexes its counts
+                # with the 0-d index tensor as a Python int: .item(), data-dependent under
+                # tracing, and the whole graph fell back to eager. [1] and [1, D] are the same.
+                gk, ik = gk.reshape(1, dims[k]), ik.reshape(1)
             gk = torch.ops.aten.embedding_dense_backward(
-                gk.float() if half else gk, indices[k], num_rows[k], padding_idx[k], scale_grad_by_freq[k])
+                gk.float() if half else gk, ik, num_rows[k], padding_idx[k], scale_grad_by_freq[k])
             grads[k] = gk.to(grad.dtype)
     return grads
 
