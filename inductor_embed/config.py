@@ -101,7 +101,9 @@ cpu_grad_cache_mb: int = 4096
 # kernel, paired in one process). one_hot_linear's fp32 forward and backward run as opaque
 # ops on them, so Inductor builds no C++ for the pattern (a first compile 0.2 s, against
 # 1.1-1.3 s for its own gather and scatter loops); False compiles those loops. Read when a
-# graph is compiled (one_hot_linear) and when the backward runs (bags).
+# graph is compiled (which code one_hot_linear's graph holds) and again whenever the ops run:
+# a graph compiled (or cached) with the kernels runs ATen's ops where they are off or cannot
+# be built.
 cpu_native_kernels: bool = True
 
 # --- pattern tuning ---------------------------------------------------------------

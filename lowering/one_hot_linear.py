@@ -64,6 +64,14 @@ def _check_inputs(indices, num_classes, offsets, weight, bias, dtype) -> None:
             raise RuntimeError(f"one_hot_linear: field {k} columns [{off}, {off + n}) outside the weight's {weight.shape[1]}")
 
 
+def _check_classes(indices, num_classes) -> None:
+    """Raise, as eager's F.one_hot does, where a field's index is outside ``[0, n_k)`` (run
+    eagerly: a host read)."""
+    for i, n in zip(indices, num_classes):
+        if i.numel() and not bool(((i >= 0) & (i < n)).all()):
+            raise RuntimeError(_OOB_MSG)
+
+
 def _v_major(weight: torch.Tensor) -> bool:
     """Whether the weight is stored as a row-major [V, D] (``W2.t()`` for ``x @ W2``)."""
     d, v = weight.shape
@@ -168,7 +176,10 @@ def _native(t: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = Non
     """Whether the CPU op on fp32 ``t`` runs ``_cpu_native``'s kernels: fp32 throughout, and the
     library built (``config.cpu_native_kernels``). Opaque to Inductor, they leave it no C++
     to build (the compiled gather and scatter-add cost a first compile 0.2-0.4 s more than
-    torch.compile's) and run faster than Inductor's loops (docs/design.md)."""
+    torch.compile's) and run faster than Inductor's loops (docs/design.md). Read when the
+    graph is traced, it picks code for speed only: the opaque ops check ``lib()`` again when
+    they run and take the ATen reference without it, so a graph compiled (or cached) with
+    the library runs where it is switched off or cannot be built."""
     return (t.device.type == "cpu" and t.dtype == dtype == torch.float32
             and (bias is None or bias.dtype == torch.float32) and _cpu_native.lib() is not None)
 
@@ -177,7 +188,12 @@ def _native(t: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = Non
          drop=("dtype",))
 def one_hot_linear_cpu(indices, num_classes, offsets, weight, bias=None):
     """The CPU's fp32 forward of ``one_hot_linear`` (``[*L, D]``), by ``_cpu_native``'s kernel:
-    it checks every field's indices first and raises as the op's other paths do."""
+    it checks every field's indices first and raises as the op's other paths do. Where the
+    library is not there when the op runs (switched off since the graph was compiled, or a
+    process without a C compiler that got this graph from a cache), the ATen reference."""
+    if _cpu_native.lib() is None:
+        _check_classes(indices, num_classes)
+        return one_hot_linear_ref(indices, offsets, weight, bias)
     out, bad = _cpu_native.one_hot_linear(indices, num_classes, offsets, weight,
                                           None if bias is None else bias.contiguous())
     if bad is not None:
@@ -195,7 +211,11 @@ def _one_hot_linear_cpu_fake(indices, num_classes, offsets, weight, bias=None):
 def one_hot_linear_backward_cpu(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype):
     """The CPU's fp32 backward of ``one_hot_linear`` (same contract as
     ``one_hot_linear_backward``), by ``_cpu_native``'s kernel: each column's positions added
-    in order (deterministic)."""
+    in order (deterministic). Without the library when it runs, the ATen reference (as the
+    forward)."""
+    if _cpu_native.lib() is None:
+        _check_classes(indices, num_classes)
+        return one_hot_linear_backward_ref(grad, indices, offsets, num_columns, has_bias, v_major, dtype)
     flat, bad = _cpu_native.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias,
                                                     v_major)
     if bad is not None:
