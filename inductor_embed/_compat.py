@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -68,6 +68,32 @@ def fake_mode_of(values: Sequence[Any]) -> Any:
     from torch._guards import detect_fake_mode
 
     return detect_fake_mode(list(values))
+
+
+def saved_tensors_hooks_off() -> contextlib.AbstractContextManager:
+    """A block where autograd's saved-tensor hooks (``torch.utils.checkpoint``'s non-reentrant
+    ones, ``save_on_cpu``) do not run, as AOTAutograd's tracing has it: the pass computes its
+    fused ops' fake meta values, and with them their autograd set-up's ``save_for_backward``,
+    which under a checkpoint's hooks would count as tensors the checkpointed forward saved
+    (then "A different number of tensors was saved" in the recomputation)."""
+    from torch._dynamo import utils
+
+    off = getattr(utils, "_disable_saved_tensors_hooks_during_tracing", None)
+    if off is not None:
+        return off()
+    set_tracing = getattr(torch._C._autograd, "_saved_tensors_hooks_set_tracing", None)
+    if set_tracing is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _off() -> Iterator[None]:
+        prior = set_tracing(True)
+        try:
+            yield
+        finally:
+            set_tracing(prior)
+
+    return _off()
 
 
 def register_torch_log(name: str) -> None:
@@ -214,6 +240,7 @@ __all__ = [
     "op_name",
     "op_schema",
     "register_torch_log",
+    "saved_tensors_hooks_off",
     "schema_written_args",
     "storage_key",
     "storage_use_count",

@@ -29,7 +29,14 @@ def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
     """Match every enabled pattern in ``graph``; rewrite the matches when ``apply``.
 
     With ``apply`` the decisions are logged and counted; without, they are only reported.
+    Saved-tensor hooks are off meanwhile (``_compat.saved_tensors_hooks_off``): a first call
+    compiled inside ``torch.utils.checkpoint`` must save what its recomputation saves.
     """
+    with _compat.saved_tensors_hooks_off():
+        return _run_patterns(graph, apply)
+
+
+def _run_patterns(graph: fx.Graph, apply: bool) -> Report:
     rec = Recorder(live=apply)
     # torchrec's sharded modules are table-batched already (FBGEMM's TBE): no pattern touches
     # them (they are no F.embedding / F.embedding_bag calls); the log says they were seen,

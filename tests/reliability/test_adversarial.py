@@ -60,3 +60,36 @@ def test_a_graph_compiled_with_the_native_library_runs_without_it(how, monkeypat
     torch.testing.assert_close(out, want)
     for got, ref in zip(_grads(model), _grads(eager)):
         torch.testing.assert_close(got, ref)
+
+
+class Lookups(nn.Module):
+    """Two lookups in a cat and two bags in a cat: both cat patterns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Embedding(60, 4), nn.Embedding(60, 4)
+        self.c, self.d = nn.EmbeddingBag(60, 4), nn.EmbeddingBag(60, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x[:, 0]), self.b(x[:, 1]), self.c(x), self.d(x)], 1)
+
+
+@pytest.mark.parametrize("model_cls", [OneHot, Lookups])
+def test_non_reentrant_checkpoint_around_a_first_call(model_cls):
+    """Issue 26: the compile of a first call inside ``checkpoint(..., use_reentrant=False)``
+    ran the fused ops' autograd set-up on fake tensors while the pass computed their meta
+    values, under the checkpoint's saved-tensor hooks: the forward saved more tensors than the
+    recomputation (CheckpointError). The pass now runs with those hooks off, as AOTAutograd's
+    tracing does."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    model, eager = model_cls(), model_cls()
+    eager.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, backend="inductor_embed")
+    x = torch.randint(0, 50, (8,) if model_cls is OneHot else (8, 3))
+    for _ in range(2):  # the first call compiles inside the checkpoint; the second reuses it
+        checkpoint(compiled, x, use_reentrant=False).square().sum().backward()
+        checkpoint(eager, x, use_reentrant=False).square().sum().backward()
+    for got, ref in zip(_grads(model), _grads(eager)):
+        torch.testing.assert_close(got, ref)
