@@ -711,6 +711,9 @@ def test_wide_dims_under_inference_mode():
     assert out.shape == (6, 2031) and rewrites() == 1
 
 
+@pytest.mark.xfail(torch.torch_version.TorchVersion(torch.__version__) < (2, 13), strict=True,
+                   reason="torch 2.11's Inductor emits C++ that does not compile for the lookup left to it "
+                          "(plain torch.compile fails the same way): pytorch/pytorch#179135")
 def test_column_writes_left_on_the_cpu_by_default(caplog):
     """tests/conftest.py turns column_writes_on_cpu on; by default a CPU lookup whose columns
     are written before the cat is left (the write on the fused output would copy all of it)."""

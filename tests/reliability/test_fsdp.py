@@ -17,6 +17,8 @@ a module that ``fully_shard`` wrapped, and runs that call (hooks and forward) ea
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -24,6 +26,11 @@ import torch.nn.functional as F
 
 from tests.reliability._util import LogLines, dist_env, run_ranks
 
+# torch 2.11's Dynamo (Python <= 3.11) cannot resume inside Lookups.forward's list
+# comprehension after FSDP2's graph break ("builtin iterators passed in from uncompiled to
+# compiled regions"), so that forward runs eagerly: no graph holds the cat, and the plugin
+# has nothing to rewrite or to log. torch 2.13 resumes there and leaves the cat in a graph.
+CAT_LEFT_IN_A_GRAPH = sys.version_info >= (3, 12) or torch.torch_version.TorchVersion(torch.__version__) >= (2, 13)
 STEPS = 2
 VOCABS, DIMS = (50, 30, 20), (4, 3, 5)
 OUTSIDE = "3 inputs of cat are lookups that ran outside this graph, across a graph break"
@@ -130,8 +137,11 @@ def test_fsdp2_tables_wrapped_on_their_own_are_left_and_logged(tmp_path, wraps):
     ranks = run_ranks(_ranks, wraps, out_dir=tmp_path, env=dist_env(tmp_path))
     for r, res in enumerate(ranks):
         tables, layer = res["tables"], res["layer"]
-        assert tables["rewrites"] == 0 and tables["skips"] >= 1, (r, tables["log"])
-        assert any(OUTSIDE in line for line in tables["log"]), tables["log"]
+        if CAT_LEFT_IN_A_GRAPH:
+            assert tables["rewrites"] == 0 and tables["skips"] >= 1, (r, tables["log"])
+            assert any(OUTSIDE in line for line in tables["log"]), tables["log"]
+        else:  # the whole Lookups.forward ran eagerly
+            assert tables["rewrites"] == 0 and tables["skips"] == 0, (r, tables["log"])
         _check_like_eager(r, "tables", tables)
         assert layer["rewrites"] == 1, (r, layer["log"])
         _check_like_eager(r, "layer", layer)
