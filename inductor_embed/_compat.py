@@ -70,6 +70,21 @@ def fake_mode_of(values: Sequence[Any]) -> Any:
     return detect_fake_mode(list(values))
 
 
+def aot_config_patches() -> dict[str, Any]:
+    """The ``torch._functorch.config`` fields every inductor_embed compile sets.
+
+    ``recompute_views``: the partitioner saves no view, it saves the view's base and replays
+    the view in the backward. Inductor returns a saved view of a graph input as a fresh alias
+    (``reinterpret_tensor``) with a version counter of its own, so an index view the fused
+    ops save (a one-hot field's ``x.unsqueeze(-1)``, a bag's ``x[:, :3]``) would lose
+    autograd's in-place check: ``out = m(x); x.fill_(7); out.sum().backward()`` would use the
+    new indices. Saved as the input itself, it keeps the check. Views cost nothing to replay.
+    """
+    import torch._functorch.config as functorch_config
+
+    return {"recompute_views": True} if hasattr(functorch_config, "recompute_views") else {}
+
+
 def saved_tensors_hooks_off() -> contextlib.AbstractContextManager:
     """A block where autograd's saved-tensor hooks (``torch.utils.checkpoint``'s non-reentrant
     ones, ``save_on_cpu``) do not run, as AOTAutograd's tracing has it: the pass computes its
@@ -227,6 +242,7 @@ def graph_transform_observer(graph: torch.fx.Graph, passname: str) -> contextlib
 __all__ = [
     "INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES",
     "CustomGraphPass",
+    "aot_config_patches",
     "can_count_storage_uses",
     "compile_debug_dir",
     "compile_fx",

@@ -20,13 +20,27 @@ def enable() -> None:
     """Make plain ``torch.compile(model)`` (the inductor backend) apply inductor_embed's rewrites.
 
     Installs the pass as ``torch._inductor.config.pre_grad_custom_pass``, chained after
-    any pass already there (which keeps running first). Calling it twice is harmless.
+    any pass already there (which keeps running first), and sets the
+    ``torch._functorch.config`` fields of ``_compat.aot_config_patches()`` (the partitioner
+    saves no views: saved index views keep autograd's in-place check). Calling it twice is
+    harmless.
     """
     cfg = _compat.inductor_config()
     current = cfg.pre_grad_custom_pass
     if isinstance(current, InductorEmbedPass):
         return
+    import torch._functorch.config as functorch_config
+
+    patches = _compat.aot_config_patches()
+    _previous_aot_config.clear()
+    _previous_aot_config.update({name: getattr(functorch_config, name) for name in patches})
+    for name, value in patches.items():
+        setattr(functorch_config, name, value)
     cfg.pre_grad_custom_pass = InductorEmbedPass(previous=current)
+
+
+# The torch._functorch.config values enable() replaced, which disable() puts back.
+_previous_aot_config: dict[str, Any] = {}
 
 
 def disable() -> None:
@@ -35,6 +49,11 @@ def disable() -> None:
     current = cfg.pre_grad_custom_pass
     if isinstance(current, InductorEmbedPass):
         cfg.pre_grad_custom_pass = current.previous
+        import torch._functorch.config as functorch_config
+
+        for name, value in _previous_aot_config.items():
+            setattr(functorch_config, name, value)
+        _previous_aot_config.clear()
     elif current is not None:
         log.warning("inductor_embed.disable(): the pre-grad pass is %r, not ours; left as it is", current)
 

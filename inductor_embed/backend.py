@@ -29,6 +29,8 @@ def inductor_embed_backend(
     plugin's ``uuid()`` (code + config) still enters Inductor's cache keys: the backend
     installs a key-only ``InductorEmbedPass`` as the pre-grad pass, chained after any pass
     the user installed. ``mode`` and ``options`` mean what they mean for the default backend.
+    AOTAutograd's partitioner saves no views (``_compat.aot_config_patches``: saved index
+    views keep autograd's in-place check).
     """
     run_patterns(gm.graph, apply=True)
     gm.recompile()
@@ -38,4 +40,7 @@ def inductor_embed_backend(
     if isinstance(current, InductorEmbedPass):  # enable() installed it: keep the user's pass behind it
         current = current.previous
     patches["pre_grad_custom_pass"] = InductorEmbedPass(previous=current, rewrite=False)
-    return _compat.compile_fx(gm, example_inputs, config_patches=patches)
+    import torch._functorch.config as functorch_config
+
+    with functorch_config.patch(_compat.aot_config_patches()):
+        return _compat.compile_fx(gm, example_inputs, config_patches=patches)

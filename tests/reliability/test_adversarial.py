@@ -93,3 +93,122 @@ def test_non_reentrant_checkpoint_around_a_first_call(model_cls):
         checkpoint(eager, x, use_reentrant=False).square().sum().backward()
     for got, ref in zip(_grads(model), _grads(eager)):
         torch.testing.assert_close(got, ref)
+
+
+class SlicedBags(nn.Module):
+    """Bags of column slices of one input (views eager copies: they are not contiguous)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.EmbeddingBag(60, 4), nn.EmbeddingBag(60, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x[:, :3]), self.b(x[:, 3:])], 1)
+
+
+class WholeBags(nn.Module):
+    """Bags of the input itself (eager saves a view of it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.EmbeddingBag(60, 4), nn.EmbeddingBag(60, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x), self.b(x)], 1)
+
+
+class FieldLookups(nn.Module):
+    """Lookups of an input's columns, in a cat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Embedding(60, 4), nn.Embedding(60, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(x[:, 0]), self.b(x[:, 1])], -1)
+
+
+_INPLACE = "modified by an inplace operation"
+
+
+def _after_inplace_change(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor] | str:
+    """``out = model(x); x.fill_(7); out.backward``: the gradients, or autograd's error."""
+    out = model(x)
+    x.fill_(7)
+    try:
+        out.square().sum().backward()
+    except RuntimeError as e:
+        assert _INPLACE in str(e)
+        return "raised"
+    return _grads(model.__dict__.get("_orig_mod", model))
+
+
+@pytest.mark.parametrize("model_cls,shape", [
+    (OneHot, (8,)), (lambda: OneHot(multi_hot=True), (8, 3)), (SlicedBags, (8, 6)), (WholeBags, (8, 3)),
+    (FieldLookups, (8, 2)), (Lookups, (8, 3))], ids=["one_hot", "multi_hot", "sliced_bags", "whole_bags",
+                                                    "field_lookups", "lookups_and_bags"])
+@pytest.mark.parametrize("mode", ["backend", "enable"])
+def test_indices_changed_in_place_after_the_forward(model_cls, shape, mode):
+    """Issue 26: ``out = m(x); x.fill_(7); out.sum().backward()`` must give the gradient of the
+    original indices (eager's, where eager saved a copy) or autograd's in-place error, never
+    the gradient of the new indices. Inductor returns a saved view of a graph input as a fresh
+    alias with its own version counter, so the compile keeps the partitioner from saving views
+    (``torch._functorch.config.recompute_views``): the input itself is saved, with its check."""
+    import inductor_embed
+
+    torch.manual_seed(0)
+    model, eager = model_cls(), model_cls()
+    eager.load_state_dict(model.state_dict())
+    x = torch.randint(0, 50, shape)
+    want = _after_inplace_change(eager, x.clone())
+    if mode == "backend":
+        got = _after_inplace_change(torch.compile(model, backend="inductor_embed"), x.clone())
+    else:
+        inductor_embed.enable()
+        try:
+            got = _after_inplace_change(torch.compile(model), x.clone())
+        finally:
+            inductor_embed.disable()
+    if got != "raised":  # the original indices' gradient, which is eager's where eager has one
+        assert want != "raised"
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+
+
+def test_a_direct_op_call_keeps_autograd_version_check():
+    """Called eagerly, every fused op saves its indices by ``save_for_backward``: an in-place
+    change before the backward raises, as eager's lookups do."""
+    ops = torch.ops.inductor_embed
+    w = torch.randn(10, 4, requires_grad=True)
+    lin = torch.randn(4, 10, requires_grad=True)
+    calls = {
+        "multi_embedding": lambda i: ops.multi_embedding([w, w], [i, i], [-1, -1], [False, False]),
+        "multi_embedding_sum": lambda i: ops.multi_embedding_sum([w, w], [i, i], [-1, -1], [False, False]),
+        "one_hot_linear": lambda i: ops.one_hot_linear([i.unsqueeze(-1)], [10], [0], lin),
+        "multi_embedding_bag": lambda i: ops.multi_embedding_bag(
+            [w, w], [i.view(2, 3), i.view(2, 3)], [None, None], [], [0, 0], [-1, -1], [False, False],
+            [False, False])[0],
+        "tied_embedding_bag": lambda i: ops.tied_embedding_bag(w, None, i, i.view(2, 3), None, None, 0, -1, -1,
+                                                               False)[1],
+    }
+    for name, call in calls.items():
+        i = torch.randint(0, 10, (6,))
+        out = call(i)
+        i.fill_(3)
+        with pytest.raises(RuntimeError, match=_INPLACE):
+            out.sum().backward()
+
+
+def test_enable_sets_and_disable_restores_the_partitioner_field():
+    import torch._functorch.config as functorch_config
+
+    import inductor_embed
+    from inductor_embed import _compat
+
+    before = functorch_config.recompute_views
+    inductor_embed.enable()
+    try:
+        assert all(getattr(functorch_config, k) == v for k, v in _compat.aot_config_patches().items())
+    finally:
+        inductor_embed.disable()
+    assert functorch_config.recompute_views == before
