@@ -191,7 +191,7 @@ def test_a_direct_op_call_keeps_autograd_version_check():
         "tied_embedding_bag": lambda i: ops.tied_embedding_bag(w, None, i, i.view(2, 3), None, None, 0, -1, -1,
                                                                False)[1],
     }
-    for name, call in calls.items():
+    for call in calls.values():
         i = torch.randint(0, 10, (6,))
         out = call(i)
         i.fill_(3)
