@@ -1,8 +1,9 @@
 """inductor_embed's configuration: one module, read at compile time.
 
 Every field can be overridden from the environment as ``INDUCTOR_EMBED_<FIELD>``
-(upper case; booleans accept 1/0/true/false/on/off). The overrides are read once,
-here, at import. ``patch(**fields)`` changes fields for a ``with`` block (or as a
+(upper case; booleans accept 1/0/true/false/on/off/yes/no). The overrides are read
+once, here, at import; a value the field cannot take raises a ValueError naming the
+variable. ``patch(**fields)`` changes fields for a ``with`` block (or as a
 decorator). The FX graph cache sees every field: the pass's ``uuid()`` hashes
 ``snapshot()``, so changing a field changes the cache key.
 
@@ -162,14 +163,48 @@ def cpu_bag_policy() -> str:
     return value
 
 
+# Integer fields and the least value each takes (min_tables below 2 counts as 2, and
+# one_hot_linear_min_classes below 1 as 1: any integer is meaningful there).
+_INT_MIN: dict[str, int | None] = {"cpu_grad_cache_mb": 0, "min_tables": None, "one_hot_linear_min_classes": None}
+
+
+def _check(name: str, value: Any, shown: str, raw: str | None = None) -> None:
+    """Raise a ValueError, naming ``shown`` (the field or the environment variable) and the value
+    (``raw``: the variable's text), where an integer field gets a value that is not an integer
+    or is below its least value."""
+    if name not in _INT_MIN:
+        return
+    least = _INT_MIN[name]
+    if not isinstance(value, int) or isinstance(value, bool) or (least is not None and value < least):
+        want = "an integer" if least is None else f"an integer >= {least}"
+        raise ValueError(f"{shown}={value if raw is None else raw!r}: expected {want}")
+
+
 def _parse(name: str, raw: str, default: Any) -> Any:
+    """``INDUCTOR_EMBED_<NAME>``'s text as the field's type; a ValueError naming the variable
+    where it is not one."""
+    var = f"INDUCTOR_EMBED_{name.upper()}"
     if isinstance(default, bool):
         low = raw.strip().lower()
         if low in _TRUE:
             return True
         if low in _FALSE:
             return False
-        raise ValueError(f"INDUCTOR_EMBED_{name.upper()}={raw!r}: expected one of 1/0/true/false/on/off")
+        raise ValueError(f"{var}={raw!r}: expected one of 1/0/true/false/on/off/yes/no")
+    if isinstance(default, int):
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            least = _INT_MIN.get(name)
+            raise ValueError(f"{var}={raw!r}: expected an integer"
+                             + ("" if least is None else f" >= {least}")) from None
+        _check(name, value, var, raw)
+        return value
+    if name == "bag_patterns_on_cpu":
+        low = raw.strip().lower()
+        if low not in _TRUE | _FALSE | set(_CPU_BAG_POLICIES):
+            raise ValueError(f"{var}={raw!r}: expected one of {', '.join(_CPU_BAG_POLICIES)} (or 1/0)")
+        return low
     return type(default)(raw)
 
 
@@ -189,11 +224,15 @@ def snapshot() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def patch(**changes: Any) -> Iterator[None]:
-    """Set config fields for the duration of a ``with`` block, then restore them."""
+    """Set config fields for the duration of a ``with`` block, then restore them. Unknown
+    names raise AttributeError; an integer field given a non-integer or a value below its
+    least (``cpu_grad_cache_mb`` < 0) raises ValueError."""
     module = sys.modules[__name__]
     unknown = set(changes) - set(_FIELDS)
     if unknown:
         raise AttributeError(f"inductor_embed.config has no field(s) {sorted(unknown)}; fields: {list(_FIELDS)}")
+    for name, value in changes.items():
+        _check(name, value, name)
     old = {name: getattr(module, name) for name in changes}
     for name, value in changes.items():
         setattr(module, name, value)

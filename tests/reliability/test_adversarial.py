@@ -212,3 +212,34 @@ def test_enable_sets_and_disable_restores_the_partitioner_field():
     finally:
         inductor_embed.disable()
     assert functorch_config.recompute_views == before
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("MIN_TABLES", "abc", "INDUCTOR_EMBED_MIN_TABLES='abc': expected an integer"),
+    ("CPU_GRAD_CACHE_MB", "-5", "INDUCTOR_EMBED_CPU_GRAD_CACHE_MB='-5': expected an integer >= 0"),
+    ("ONE_HOT_LINEAR_MIN_CLASSES", "1.5", "INDUCTOR_EMBED_ONE_HOT_LINEAR_MIN_CLASSES='1.5': expected an integer"),
+    ("BAG_PATTERNS_ON_CPU", "some", "INDUCTOR_EMBED_BAG_PATTERNS_ON_CPU='some': expected one of"),
+])
+def test_a_bad_environment_value_names_its_variable(name, value, message):
+    """Issue 26: ``INDUCTOR_EMBED_MIN_TABLES=abc`` raised a bare ``invalid literal for int()``,
+    and ``INDUCTOR_EMBED_CPU_GRAD_CACHE_MB=-5`` was taken. The import raises a ValueError
+    naming the variable and what it takes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, f"INDUCTOR_EMBED_{name}": value}
+    run = subprocess.run([sys.executable, "-c", "import inductor_embed"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0
+    assert "ValueError" in run.stderr and message in run.stderr, run.stderr[-2000:]
+
+
+def test_config_patch_rejects_a_bad_value():
+    with pytest.raises(ValueError, match="cpu_grad_cache_mb=-5: expected an integer >= 0"):
+        with config.patch(cpu_grad_cache_mb=-5):
+            pass
+    with pytest.raises(ValueError, match="min_tables='3': expected an integer"):
+        with config.patch(min_tables="3"):
+            pass
+    assert config.cpu_grad_cache_mb >= 0 and isinstance(config.min_tables, int)
