@@ -450,6 +450,17 @@ static void one_hot_bwd_part(const void* ctx, int64_t part, int64_t parts, int64
   }
 }
 
+/* sizeof of ie_table (0), ie_field (1), ie_one_hot (2), -1 past them: the loader checks
+   them against its own declarations (ctypes' _Table, _Field, _OneHot). */
+int64_t ie_struct_sizes(int64_t which) {
+  switch (which) {
+    case 0: return (int64_t)sizeof(ie_table);
+    case 1: return (int64_t)sizeof(ie_field);
+    case 2: return (int64_t)sizeof(ie_one_hot);
+    default: return -1;
+  }
+}
+
 /* 0: done; k + 1: field k has an index out of range (nothing written); -1: no memory. */
 int64_t ie_one_hot_linear(const ie_one_hot* a, int64_t backward, int64_t threads) {
   const int64_t bad = one_hot_check(a);
@@ -490,6 +501,11 @@ class _OneHot(ctypes.Structure):  # ie_one_hot
         (name, ctypes.c_void_p if name in _POINTERS else ctypes.c_int64) for name in (
             "n_fields", "rows", "dim", "weight", "w_row", "w_col", "bias", "out", "grad", "grad_stride", "flat",
             "num_columns", "v_major", "has_bias")]
+
+
+# The structs whose sizes ie_struct_sizes(k) returns, in its order: a library that disagrees
+# is not this source's build.
+_STRUCTS = (_Table, _Field, _OneHot)
 
 
 _lock = threading.Lock()
@@ -545,12 +561,61 @@ def _cpu_key() -> str:
         return platform.processor() + platform.machine()
 
 
+def _bind(path: str, errors: list[str]) -> ctypes.CDLL | None:
+    """Load ``path`` and declare its entry points; None (the reason in ``errors``) where it is
+    not this source's build: it does not load, lacks a symbol, or its structs' sizes are not
+    ctypes' (a foreign or stale file under the cache's name)."""
+    try:
+        library = ctypes.CDLL(path)
+        sizes = library.ie_struct_sizes
+        library.ie_bag_grad.restype = ctypes.c_int64
+        library.ie_bag_grad.argtypes = [ctypes.POINTER(_Table), ctypes.c_int64, ctypes.c_int64]
+        library.ie_one_hot_linear.restype = ctypes.c_int64
+        library.ie_one_hot_linear.argtypes = [ctypes.POINTER(_OneHot), ctypes.c_int64, ctypes.c_int64]
+    except (OSError, AttributeError) as e:  # AttributeError: an undefined symbol
+        errors.append(f"loading {path}: {e}")
+        return None
+    sizes.restype, sizes.argtypes = ctypes.c_int64, [ctypes.c_int64]
+    want = [ctypes.sizeof(s) for s in _STRUCTS]
+    got = [sizes(k) for k in range(len(want))]
+    if got != want:
+        errors.append(f"loading {path}: struct sizes {got}, ctypes' {want}")
+        return None
+    return library
+
+
+def _compile(cc: str, flags: list[str], directory: str, errors: list[str]) -> str | None:
+    """Compile the source into a new file of ``directory``; its path, or None (the compiler's
+    error in ``errors``)."""
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    src = tmp[:-3] + ".c"
+    try:
+        with open(src, "w") as f:
+            f.write(_SOURCE)
+        subprocess.run([cc, *flags, src, "-o", tmp, "-lm"], check=True, capture_output=True, text=True,
+                       timeout=120)
+        return tmp
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        errors.append(f"{cc} {' '.join(flags)}: {detail.strip()[:300]}")
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        return None
+    finally:
+        if os.path.exists(src):
+            os.remove(src)
+
+
 def _build() -> ctypes.CDLL | None:
-    """Compile (or find in the cache) and load the kernel; None, logged, where it cannot."""
+    """Find in the cache (or compile) and load the kernel; None, logged, where it cannot. A
+    cached file that is not this source's build is rebuilt and replaced. A new build is
+    loaded from its own temporary name before it takes the cache's (dlopen would hand back
+    an already-loaded library of the same name)."""
     if sys.platform == "win32":
         log.info("inductor_embed: no native CPU backward kernel on Windows; using ATen ops")
         return None
-    errors = []
+    errors: list[str] = []
     for cc in _compilers():
         # Without OpenMP (a compiler lacking it) the kernel starts its own threads; without
         # -march=native (a compiler that cannot tell) it is built for the baseline ISA.
@@ -559,35 +624,26 @@ def _build() -> ctypes.CDLL | None:
             key = hashlib.sha256("\0".join([_SOURCE, cc, *flags, _cpu_key()]).encode()).hexdigest()[:20]
             directory = _private_dir()
             path = os.path.join(directory, f"bag_grad_{key}.so")
-            if not os.path.exists(path):
-                try:
-                    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
-                    os.close(fd)
-                    src = tmp[:-3] + ".c"
-                    with open(src, "w") as f:
-                        f.write(_SOURCE)
-                    try:
-                        subprocess.run([cc, *flags, src, "-o", tmp, "-lm"], check=True, capture_output=True,
-                                       text=True, timeout=120)
-                        os.replace(tmp, path)  # atomic: another process may be building it too
-                    finally:
-                        for leftover in (src, tmp):
-                            if os.path.exists(leftover):
-                                os.remove(leftover)
-                except (OSError, subprocess.SubprocessError) as e:
-                    detail = getattr(e, "stderr", "") or str(e)
-                    errors.append(f"{cc} {' '.join(flags)}: {detail.strip()[:300]}")
-                    continue
+            if os.path.exists(path):
+                library = _bind(path, errors)
+                if library is not None:
+                    return library
+                log.info("inductor_embed: %s is not this version's native kernel library; rebuilding it", path)
             try:
-                lib = ctypes.CDLL(path)
-            except OSError as e:
-                errors.append(f"loading {path}: {e}")
+                tmp = _compile(cc, flags, directory, errors)
+            except OSError as e:  # no temporary file in the directory
+                errors.append(f"{cc} {' '.join(flags)}: {e}")
                 continue
-            lib.ie_bag_grad.restype = ctypes.c_int64
-            lib.ie_bag_grad.argtypes = [ctypes.POINTER(_Table), ctypes.c_int64, ctypes.c_int64]
-            lib.ie_one_hot_linear.restype = ctypes.c_int64
-            lib.ie_one_hot_linear.argtypes = [ctypes.POINTER(_OneHot), ctypes.c_int64, ctypes.c_int64]
-            return lib
+            if tmp is None:
+                continue
+            library = _bind(tmp, errors)
+            try:
+                if library is not None:
+                    os.replace(tmp, path)  # atomic: another process may be building it too
+                    return library
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
     log.warning("inductor_embed: could not build the native CPU kernels (%s); the CPU "
                 "EmbeddingBag backward uses ATen ops (slower), one_hot_linear Inductor's loops (a "
                 "slower first compile). Set CC to a C compiler, or "

@@ -393,3 +393,48 @@ def test_a_compiled_one_hot_of_an_empty_multi_hot_bag_gives_the_bias():
         got = compiled(x)
         assert torch.equal(got, fn(x))
     assert torch.equal(got, lin.bias.detach().expand(8, 4))
+
+
+def test_a_foreign_library_in_the_cache_is_rebuilt(tmp_path):
+    """Issue 26: a ``.so`` of the cache's name that is not this source's build (another
+    version's, a truncated or foreign file) gave ``undefined symbol: ie_bag_grad``. It is
+    rebuilt, and replaced, in fresh processes as the real case has it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "INDUCTOR_EMBED_CACHE_DIR": str(tmp_path)}
+    use = ("import torch, inductor_embed\n"
+           "from inductor_embed.lowering import _cpu_native\n"
+           "assert _cpu_native.lib() is not None\n"
+           "i = torch.randint(0, 10, (8, 3)); o = torch.empty(10, 4)\n"
+           "_cpu_native.bag_grad([_cpu_native.BagTable(o, torch.ones(8, 4), i, None, None, False, -1, False, None)])\n"
+           "assert torch.equal(o, torch.zeros(10, 4).index_add_(0, i.reshape(-1), torch.ones(24, 4)))\n")
+    run = lambda: subprocess.run([sys.executable, "-c", use], env=env, capture_output=True, text=True,  # noqa: E731
+                                 timeout=300)
+    first = run()
+    assert first.returncode == 0, first.stderr[-2000:]
+    (built,) = tmp_path.glob("bag_grad_*.so")
+    src = tmp_path / "foreign.c"
+    src.write_text("int something_else(void) { return 1; }\n")
+    cc = _cpu_native._compilers()[0]
+    subprocess.run([cc, "-shared", "-fPIC", str(src), "-o", str(built)], check=True, timeout=120)
+    src.unlink()
+    second = run()
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert b"ie_bag_grad" in built.read_bytes()  # replaced by this source's build
+    (truncated := built).write_bytes(b"\x7fELF not a library")
+    third = run()
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert b"ie_bag_grad" in truncated.read_bytes()
+    assert not list(tmp_path.glob("*.c")) and len(list(tmp_path.glob("*.so"))) == 1  # no leftovers
+
+
+def test_the_structs_have_one_layout_on_both_sides():
+    """The C structs' sizes, exported by the library, are ctypes' (a library that disagrees is
+    rebuilt: test_a_foreign_library_in_the_cache_is_rebuilt)."""
+    import ctypes
+
+    library = _cpu_native.lib()
+    assert [library.ie_struct_sizes(k) for k in range(3)] == [ctypes.sizeof(s) for s in _cpu_native._STRUCTS]
+    assert library.ie_struct_sizes(3) == -1
