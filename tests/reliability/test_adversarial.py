@@ -243,3 +243,22 @@ def test_config_patch_rejects_a_bad_value():
         with config.patch(min_tables="3"):
             pass
     assert config.cpu_grad_cache_mb >= 0 and isinstance(config.min_tables, int)
+
+
+def test_config_applies_to_the_compiles_inside_the_block():
+    """What the README says of ``config.patch``: a graph compiled before the block keeps its
+    code (the config is read when compiling, and Dynamo does not guard on it); one compiled
+    inside the block has the pattern off."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 50, (8,))
+    before = torch.compile(OneHot(), backend="inductor_embed")
+    before(x)
+    assert counters["inductor_embed"]["one_hot_linear"] == 1
+    with config.patch(one_hot_linear=False):
+        before(x)  # no recompile: still the rewritten graph
+        assert counters["inductor_embed"]["one_hot_linear"] == 1
+        inside = OneHot()
+        torch.testing.assert_close(torch.compile(inside, backend="inductor_embed")(x), inside(x))
+    assert counters["inductor_embed"]["one_hot_linear"] == 1  # the compile inside did not rewrite
