@@ -26,7 +26,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 JOBS="${JOBS:-$(nproc)}"
 TRITONS="${TRITONS:-3.6.0}"
 OLD_SPILL_ALLOWANCE="${OLD_SPILL_ALLOWANCE:-16}"
-CACHE="${INDUCTOR_EMBED_ENV_CACHE:-$HOME/.cache/inductor_embed/envs}"
+CACHE="${INDUCTOR_EMBED_ENV_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/inductor_embed/envs}"
 # The tests' conftest sets the interpreter; the compile needs real @triton.jit functions.
 unset TRITON_INTERPRET
 
