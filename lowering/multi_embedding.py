@@ -19,6 +19,7 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed import _compat
+from inductor_embed.lowering import _checks
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
@@ -33,52 +34,13 @@ from inductor_embed.lowering.multi_embedding_ref import (
     multi_embedding_ref,
 )
 
-_OOB_MSG = "inductor_embed.multi_embedding: index out of range (expected 0 <= index < num_embeddings of its table)"
-
-
-def _check_sparse(name: str, weights: list[torch.Tensor], scale_grad_by_freq: list[bool],
-                  sparse: list[bool] | None) -> None:
-    """The errors of a ``sparse`` argument: one flag per table, none with scale_grad_by_freq."""
-    if sparse is None:
-        return
-    if len(sparse) != len(weights):
-        raise RuntimeError(f"{name}: {len(weights)} tables but {len(sparse)} sparse flags")
-    for k, (sp, freq) in enumerate(zip(sparse, scale_grad_by_freq)):
-        if sp and freq:  # eager raises this in the backward; the op says it up front
-            raise RuntimeError(f"{name}: table {k}: embedding_backward: scale_grad_by_freq "
-                               "not supported with sparse gradients")
+_OOB_MSG = _checks.EMBEDDING_OOB
 
 
 def _first_positions(weights: list[torch.Tensor]) -> list[int]:
     """The first position of each table among ``weights`` (a table may be looked up more than
     once): a sparse table's gradient is made once, for all its lookups, at its first position."""
     return [next(j for j in range(len(weights)) if weights[j] is w) for w in weights]
-
-
-def _check_inputs(weights: list[torch.Tensor], indices: list[torch.Tensor], scale_grad_by_freq: list[bool] = (),
-                  sparse: list[bool] | None = None) -> None:
-    """Raise the errors eager's F.embedding would, before any output is written."""
-    if not weights or len(weights) != len(indices):
-        raise RuntimeError(f"multi_embedding: {len(weights)} tables but {len(indices)} index tensors")
-    _check_sparse("multi_embedding", weights, scale_grad_by_freq, sparse)
-    for k, (w, i) in enumerate(zip(weights, indices)):
-        if w.dim() != 2:
-            raise RuntimeError(f"multi_embedding: table {k} must be 2-D, got {w.dim()}-D")
-        if w.dtype != weights[0].dtype:
-            raise RuntimeError(f"multi_embedding: table {k} is {w.dtype}, table 0 is {weights[0].dtype}")
-        if i.dtype not in (torch.int32, torch.int64):
-            raise RuntimeError(
-                f"multi_embedding: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}"
-            )
-        if i.device != w.device:
-            raise RuntimeError(f"multi_embedding: indices {k} are on {i.device}, table {k} on {w.device}")
-        if i.dim() != indices[0].dim():
-            raise RuntimeError(f"multi_embedding: indices {k} are {i.dim()}-D, indices 0 are {indices[0].dim()}-D")
-        for a, b in zip(i.shape, indices[0].shape):
-            # torch._check: with symbolic sizes (fake impl) this is a guard, not a bool.
-            torch._check(a == b, lambda k=k, i=i: (
-                f"multi_embedding: indices {k} have shape {list(i.shape)}, "
-                f"indices 0 have shape {list(indices[0].shape)}"))
 
 
 @triton_op("inductor_embed::multi_embedding", mutates_args=())
@@ -103,7 +65,7 @@ def multi_embedding(
     Returns:
         [*L, sum(D_k)] in the tables' dtype; an index outside [0, V_k) raises.
     """
-    _check_inputs(weights, indices, scale_grad_by_freq, sparse)
+    _checks.multi_embedding(weights, indices, padding_idx, scale_grad_by_freq, sparse)
     if not use_triton(weights[0]):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             # Inductor < 2.13 lowers embedding with Python-style negative wrapping, so the
@@ -119,7 +81,7 @@ def multi_embedding(
 
 @multi_embedding.register_fake
 def _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq, sparse=None):
-    _check_inputs(weights, indices, scale_grad_by_freq, sparse)
+    _checks.multi_embedding(weights, indices, padding_idx, scale_grad_by_freq, sparse)
     total = sum(w.shape[1] for w in weights)
     return weights[0].new_empty((*indices[0].shape, total))
 
@@ -137,6 +99,7 @@ def multi_embedding_triton(weights: list[torch.Tensor], indices: list[torch.Tens
     ``err[0]`` becomes nonzero (asynchronously) if an index was out of range."""
     from inductor_embed.kernels.multi_embedding import multi_embedding_fwd
 
+    _checks.multi_embedding(weights, indices, op="multi_embedding_triton")
     lead = indices[0].shape
     total = sum(w.shape[1] for w in weights)
     out = weights[0].new_empty((indices[0].numel(), total))
@@ -178,6 +141,8 @@ def multi_embedding_backward(
     - Under ``torch.use_deterministic_algorithms(True)`` (checked when it runs) the
       deterministic ATen reference replaces the atomic kernel.
     """
+    _checks.multi_embedding_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq,
+                                     values=not use_triton(grad))
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
     from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
@@ -193,7 +158,8 @@ def multi_embedding_backward(
 
 
 @multi_embedding_backward.register_fake
-def _multi_embedding_backward_fake(grad, indices, num_rows, dims, *_):
+def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+    _checks.multi_embedding_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
     return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
 
 
@@ -204,11 +170,14 @@ def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     its own tensor (a reused buffer, ``_grad_cache``), table k read from grad's columns
     ``[columns[k], columns[k] + D_k)`` (``multi_embedding_backward_tables``: bit-equal to
     eager's ``embedding_dense_backward``, deterministic)."""
+    _checks.multi_embedding_backward(*args, op="multi_embedding_backward_cpu", values=True)
     return multi_embedding_backward_tables(*args, reuse=True)
 
 
 @multi_embedding_backward_cpu.register_fake
-def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, *_):
+def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns):
+    _checks.multi_embedding_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns,
+                                     op="multi_embedding_backward_cpu")
     return [grad.new_empty((v, d)) for v, d in zip(num_rows, dims)]
 
 
@@ -239,6 +208,8 @@ def multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, 
     is data-dependent, which Dynamo's fake tensors cannot express as an op output (without
     ``capture_dynamic_output_shape_ops``), but a sparse tensor's shape is its dense one.
     """
+    _checks.multi_embedding_backward(grad, indices, num_rows, dims, padding_idx, columns=columns,
+                                     op="multi_embedding_sparse_backward", values=not use_triton(grad))
     if not coalesce or not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         g2 = grad.reshape(-1, grad.shape[-1])
         return [coalesce_ref(i, g2.narrow(1, c, d), v, p, coalesce)
@@ -260,6 +231,8 @@ def multi_embedding_sparse_backward(grad, indices, num_rows, dims, padding_idx, 
 
 @multi_embedding_sparse_backward.register_fake
 def _multi_embedding_sparse_backward_fake(grad, indices, num_rows, dims, padding_idx, columns, coalesce=True):
+    _checks.multi_embedding_backward(grad, indices, num_rows, dims, padding_idx, columns=columns,
+                                     op="multi_embedding_sparse_backward")
     return [torch.empty((v, d), dtype=grad.dtype, device=grad.device, layout=torch.sparse_coo)
             for v, d in zip(num_rows, dims)]
 
@@ -289,6 +262,7 @@ def coalesce_rows(indices: list[torch.Tensor], values: list[torch.Tensor], num_r
     accumulation). On the CPU and under deterministic algorithms: ``coalesce_ref`` per
     table (ATen's own sort and segment sum, bit-equal to eager's coalesced gradient).
     """
+    _checks.coalesce_rows(indices, values, num_rows, padding_idx, check_values=not use_triton(values[0]))
     if not coalesce or not use_triton(values[0]) or torch.are_deterministic_algorithms_enabled():
         return [coalesce_ref(i, x, v, p, coalesce) for i, x, v, p in zip(indices, values, num_rows, padding_idx)]
     rows, local, counts = compress_indices(indices, num_rows, padding_idx)
@@ -319,6 +293,7 @@ def _triton_row_sums(g: torch.Tensor, idx: torch.Tensor, total: int) -> torch.Te
 
 @coalesce_rows.register_fake
 def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
+    _checks.coalesce_rows(indices, values, num_rows, padding_idx)
     # The number of unique rows is data-dependent; a sparse tensor's shape is its dense one.
     return [torch.empty((v, x.shape[-1]), dtype=x.dtype, device=x.device, layout=torch.sparse_coo)
             for v, x in zip(num_rows, values)]

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
+from inductor_embed.lowering import _checks
 from inductor_embed.lowering._common import (
-    FLOAT_DTYPES,
     coalesce_sparse_grads,
     column_stride_1,
     twin_op,
@@ -29,7 +29,6 @@ from inductor_embed.lowering._common import (
 )
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
-    SUM,
     multi_embedding_bag_backward_ref,
     multi_embedding_bag_backward_tables,
     multi_embedding_bag_ref,
@@ -37,34 +36,8 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     per_sample_weights_grad,
 )
 
-_OOB_MSG = "inductor_embed.multi_embedding_bag: index out of range (expected 0 <= index < num_embeddings of its table)"
-_OFFSETS_MSG = ("inductor_embed.multi_embedding_bag: malformed offsets (expected offsets[0] == 0, non-decreasing, "
-                "and offsets[-1] <= number of indices)")
-
-
-def _check_lookup(name: str, k: int, w: Tensor, i: Tensor, o: Tensor | None, p: Tensor | None, mode: int) -> None:
-    """Raise what F.embedding_bag would on a call the pattern never produces."""
-    if w.dim() != 2 or w.dtype not in FLOAT_DTYPES:
-        raise RuntimeError(f"{name}: table {k} must be 2-D fp32/fp16/bf16, got {w.dim()}-D {w.dtype}")
-    if i.dtype not in (torch.int32, torch.int64):
-        raise RuntimeError(f"{name}: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}")
-    if i.device != w.device:
-        raise RuntimeError(f"{name}: indices {k} are on {i.device}, table {k} on {w.device}")
-    if mode not in (0, 1, 2):
-        raise RuntimeError(f"{name}: mode {mode} of lookup {k} is not 0 (sum), 1 (mean) or 2 (max)")
-    if o is None:
-        if i.dim() != 2:
-            raise RuntimeError(f"{name}: indices {k} without offsets must be 2-D [B, bag], got {i.dim()}-D")
-    else:
-        if i.dim() != 1 or o.dim() != 1:
-            raise RuntimeError(f"{name}: indices {k} with offsets must be 1-D and offsets 1-D")
-        if o.dtype not in (torch.int32, torch.int64) or o.device != w.device:
-            raise RuntimeError(f"{name}: offsets {k} must be int32/int64 on {w.device}")
-    if p is not None:
-        if mode != SUM:
-            raise RuntimeError(f"{name}: per_sample_weights are only supported for mode='sum' (lookup {k})")
-        if p.shape != i.shape or p.dtype != w.dtype or p.device != w.device:
-            raise RuntimeError(f"{name}: per_sample_weights {k} must be {list(i.shape)} {w.dtype} on {w.device}")
+_OOB_MSG = _checks.BAG_OOB
+_OFFSETS_MSG = _checks.OFFSETS
 
 
 def _segments(indices, offsets, psw, modes, padding_idx, ilo, dims, shared_out: bool):
@@ -91,34 +64,9 @@ def _raise_on_flags(err: Tensor) -> None:
     torch._assert_async(err[1] == 0, _OFFSETS_MSG)
 
 
-def _check_tables(weights, indices, offsets, psw, modes, padding_idx, ilo, sparse) -> None:
-    name = "multi_embedding_bag"
-    if not weights or not (len(weights) == len(indices) == len(offsets) == len(psw) == len(modes)
-                           == len(padding_idx) == len(ilo) == len(sparse)):
-        raise RuntimeError(f"{name}: need one index, offsets, weights, mode, padding_idx, include_last_offset "
-                           f"and sparse entry per table ({len(weights)} tables)")
-    b0 = num_bags(indices[0], offsets[0], ilo[0])
-    for k, (w, i, o, p, m) in enumerate(zip(weights, indices, offsets, psw, modes)):
-        _check_lookup(name, k, w, i, o, p, m)
-        if w.dtype != weights[0].dtype:
-            raise RuntimeError(f"{name}: table {k} is {w.dtype}, table 0 is {weights[0].dtype}")
-        if sparse[k] and m == MAX:
-            raise RuntimeError(f"{name}: max mode does not support sparse weights (table {k})")
-        if sparse[k] and padding_idx[k] >= 0:
-            raise RuntimeError(f"{name}: sparse=True with a padding_idx is not supported (table {k}): eager's COO "
-                               "gradient drops padding entries, a data-dependent size")
-        b = num_bags(i, o, ilo[k])
-        # torch._check: with symbolic sizes (fake impl) this is a guard, not a bool.
-        torch._check(b == b0, lambda k=k, b=b: f"{name}: table {k} has {b} bags, table 0 has {b0}")
-
-
 def _psw_list(per_sample_weights: list[Tensor], n: int) -> list[Tensor | None]:
     """The op's per_sample_weights argument as one optional tensor per table."""
-    if not per_sample_weights:
-        return [None] * n
-    if len(per_sample_weights) != n:
-        raise RuntimeError(f"multi_embedding_bag: {len(per_sample_weights)} per_sample_weights for {n} tables")
-    return [None if p.dim() == 0 else p for p in per_sample_weights]
+    return _checks.psw_list(per_sample_weights, n)
 
 
 def _no_grads(arg: list) -> list | None:
@@ -161,8 +109,8 @@ def multi_embedding_bag(
         ``arg_max [B, sum D_k over max tables]`` int64: the row each max-mode element came
         from (-1 for an empty bag), saved for the backward. Bad indices or offsets raise.
     """
-    psw = _psw_list(per_sample_weights, len(weights))
-    _check_tables(weights, indices, offsets, psw, modes, padding_idx, include_last_offset, sparse)
+    _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset,
+                                sparse)
     if not use_triton(weights[0]):
         # One opaque call: traced, the reference's per-table index reshapes and offsets
         # would become one C++ kernel per table for Inductor to compile (26 tables: ~9 s of a
@@ -178,8 +126,8 @@ def multi_embedding_bag(
 @multi_embedding_bag.register_fake
 def _multi_embedding_bag_fake(weights, indices, offsets, per_sample_weights, modes, padding_idx,
                               include_last_offset, sparse):
-    per_sample_weights = _psw_list(per_sample_weights, len(weights))
-    _check_tables(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, sparse)
+    _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset,
+                                sparse)
     b = num_bags(indices[0], offsets[0], include_last_offset[0])
     out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
     return out, out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
@@ -216,6 +164,8 @@ def multi_embedding_bag_backward(
     ``multi_embedding_bag_backward_cpu`` instead: one tensor per table, by eager's own
     EmbeddingBag backward.)
     """
+    _checks.multi_embedding_bag_backward(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
+                                         padding_idx, include_last_offset, sparse, values=not use_triton(grad))
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
                                                 modes, padding_idx, include_last_offset, sparse)
@@ -241,6 +191,7 @@ def multi_embedding_bag_backward(
 
 @multi_embedding_bag_backward.register_fake
 def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, *rest):
+    _checks.multi_embedding_bag_backward(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, *rest)
     sparse = rest[-1]
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
     return grad.new_empty((n_dense,)), grad.new_empty((n_values,))
@@ -254,12 +205,14 @@ def multi_embedding_bag_backward_cpu(*args) -> list[Tensor]:
     ``[nnz_k * D_k]``, each its own tensor, in grad's dtype
     (``multi_embedding_bag_backward_tables``: bit-equal to eager's EmbeddingBag backward,
     deterministic). Arguments as in ``multi_embedding_bag_backward``."""
+    _checks.multi_embedding_bag_backward(*args, values=True)
     return multi_embedding_bag_backward_tables(*args, reuse=True)
 
 
 @multi_embedding_bag_backward_cpu.register_fake
 def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
                                            *rest):
+    _checks.multi_embedding_bag_backward(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, *rest)
     sparse = rest[-1]
     return [grad.new_empty((i.numel() * d,)) if s else grad.new_empty((v, d))
             for i, v, d, s in zip(indices, num_rows, dims, sparse)]
@@ -320,14 +273,18 @@ multi_embedding_bag.register_autograd(_backward, setup_context=_setup_context)
          returns="(Tensor, Tensor)", drop=("sparse",))
 def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset):
     """The CPU forward of ``multi_embedding_bag``, run eagerly: ``(out, arg_max)`` by ATen's
-    ``embedding_bag`` per table (``multi_embedding_bag_ref``), bad input raising ATen's errors."""
-    psw = _psw_list(per_sample_weights, len(weights))
+    ``embedding_bag`` per table (``multi_embedding_bag_ref``), after the op's checks: bad input
+    raises eager's errors, and decreasing offsets raise (as on the kernel path)."""
+    psw = _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                      include_last_offset, values=True)
     return multi_embedding_bag_ref(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
 
 
 @multi_embedding_bag_cpu.register_fake
 def _multi_embedding_bag_cpu_fake(weights, indices, offsets, per_sample_weights, modes, padding_idx,
                                   include_last_offset):
+    _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                include_last_offset)
     b = num_bags(indices[0], offsets[0], include_last_offset[0])
     out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
     return out, out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
@@ -342,7 +299,8 @@ def multi_embedding_bag_triton(weights, indices, offsets, per_sample_weights, mo
     """The Triton forward of ``multi_embedding_bag``: ``(out, arg_max, err int32 [2])``, one launch."""
     from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_fwd
 
-    psw = _psw_list(per_sample_weights, len(weights))
+    psw = _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                      include_last_offset)  # the kernel flags bad values
     dims = [w.shape[1] for w in weights]
     b = num_bags(indices[0], offsets[0], include_last_offset[0])
     out = weights[0].new_empty((b, sum(dims)))

@@ -42,7 +42,8 @@ def bag_forward(weight: Tensor, indices: Tensor, offsets: Tensor | None, per_sam
         if per_sample_weights is not None:
             per_sample_weights = per_sample_weights.reshape(-1)
     elif offsets.dtype != indices.dtype:
-        offsets = offsets.to(indices.dtype)
+        # As eager: both int64 (int32 indices with int64 offsets past 2**31 must not wrap).
+        indices, offsets = indices.long(), offsets.long()
     # torch.embedding_bag reads an int padding_idx of -1 as row V - 1; None is "no padding".
     out, _, bag_size, max_idx = torch.embedding_bag(weight, indices, offsets, False, mode, False, per_sample_weights,
                                                     include_last_offset, None if padding_idx < 0 else padding_idx)

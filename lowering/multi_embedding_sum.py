@@ -30,10 +30,10 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed import _compat
+from inductor_embed.lowering import _checks
 from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.multi_embedding import (
     _OOB_MSG,
-    _check_sparse,
     _cpu_backward,
     _first_positions,
     _sparse_grads,
@@ -42,27 +42,6 @@ from inductor_embed.lowering.multi_embedding_ref import (
     multi_embedding_sum_backward_ref,
     multi_embedding_sum_ref,
 )
-
-
-def _check_inputs(weights: list[torch.Tensor], indices: list[torch.Tensor]) -> torch.Size:
-    """Raise the errors eager's lookups and adds would, before any output is written;
-    return the broadcast index shape ``[*L]``."""
-    if not weights or len(weights) != len(indices):
-        raise RuntimeError(f"multi_embedding_sum: {len(weights)} tables but {len(indices)} index tensors")
-    for k, (w, i) in enumerate(zip(weights, indices)):
-        if w.dim() != 2:
-            raise RuntimeError(f"multi_embedding_sum: table {k} must be 2-D, got {w.dim()}-D")
-        if w.dtype != weights[0].dtype:
-            raise RuntimeError(f"multi_embedding_sum: table {k} is {w.dtype}, table 0 is {weights[0].dtype}")
-        torch._check(w.shape[1] == weights[0].shape[1], lambda k=k, w=w: (
-            f"multi_embedding_sum: table {k} has width {w.shape[1]}, table 0 has {weights[0].shape[1]}"))
-        if i.dtype not in (torch.int32, torch.int64):
-            raise RuntimeError(
-                f"multi_embedding_sum: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}")
-        if i.device != w.device:
-            raise RuntimeError(f"multi_embedding_sum: indices {k} are on {i.device}, table {k} on {w.device}")
-    # Raises (as eager's add would) when the index shapes do not broadcast.
-    return torch.broadcast_shapes(*(i.shape for i in indices))
 
 
 @triton_op("inductor_embed::multi_embedding_sum", mutates_args=())
@@ -87,8 +66,7 @@ def multi_embedding_sum(
     Returns:
         [*L, D] in the tables' dtype; an index outside [0, V_k) raises.
     """
-    _check_inputs(weights, indices)
-    _check_sparse("multi_embedding_sum", weights, scale_grad_by_freq, sparse)
+    _checks.multi_embedding_sum(weights, indices, padding_idx, scale_grad_by_freq, sparse)
     if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
         # Inductor < 2.13 lowers embedding with Python-style negative wrapping, so the
         # compiled reference would read row V-1 for -1 where eager raises.
@@ -99,8 +77,7 @@ def multi_embedding_sum(
 
 @multi_embedding_sum.register_fake
 def _multi_embedding_sum_fake(weights, indices, padding_idx, scale_grad_by_freq, sparse=None):
-    lead = _check_inputs(weights, indices)
-    _check_sparse("multi_embedding_sum", weights, scale_grad_by_freq, sparse)
+    lead = _checks.multi_embedding_sum(weights, indices, padding_idx, scale_grad_by_freq, sparse)
     return weights[0].new_empty((*lead, weights[0].shape[1]))
 
 
@@ -123,6 +100,8 @@ def multi_embedding_sum_backward(grad, indices, num_rows, dims, padding_idx, sca
     (expanded to [*L], N int64s). CPU and deterministic mode: the deterministic ATen
     reference (``multi_embedding_sum_backward_ref``).
     """
+    _checks.multi_embedding_sum_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq,
+                                         values=not use_triton(grad))
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return multi_embedding_sum_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
     from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
@@ -147,7 +126,8 @@ def multi_embedding_sum_backward(grad, indices, num_rows, dims, padding_idx, sca
 
 
 @multi_embedding_sum_backward.register_fake
-def _multi_embedding_sum_backward_fake(grad, indices, num_rows, dims, *_):
+def _multi_embedding_sum_backward_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq):
+    _checks.multi_embedding_sum_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
     return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
 
 

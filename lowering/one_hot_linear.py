@@ -28,8 +28,8 @@ import math
 import torch
 from torch.library import triton_op
 
-from inductor_embed.lowering import _cpu_native
-from inductor_embed.lowering._common import FLOAT_DTYPES, column_stride_1, twin_op, use_triton
+from inductor_embed.lowering import _checks, _cpu_native
+from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
 from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
     one_hot_linear_ref,
@@ -37,39 +37,7 @@ from inductor_embed.lowering.one_hot_linear_ref import (
 
 # Eager's F.one_hot says "Class values must be non-negative." / "Class values must be
 # smaller than num_classes."; this message matches the same "Class values" pattern.
-_OOB_MSG = "inductor_embed.one_hot_linear: Class values must be non-negative and smaller than num_classes"
-
-
-def _check_inputs(indices, num_classes, offsets, weight, bias, dtype) -> None:
-    """Raise on calls no rewrite produces (wrong ranks, dtypes, devices, column ranges)."""
-    if not indices or not len(indices) == len(num_classes) == len(offsets):
-        raise RuntimeError(
-            f"one_hot_linear: {len(indices)} index tensors, {len(num_classes)} num_classes, {len(offsets)} offsets"
-        )
-    if weight.dim() != 2 or weight.dtype not in FLOAT_DTYPES:
-        raise RuntimeError(f"one_hot_linear: weight must be 2-D fp32/fp16/bf16, got {weight.dim()}-D {weight.dtype}")
-    if dtype is not None and dtype not in FLOAT_DTYPES:
-        raise RuntimeError(f"one_hot_linear: dtype must be fp32/fp16/bf16, got {dtype}")
-    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype or bias.device != weight.device):
-        raise RuntimeError(f"one_hot_linear: bias must be [{weight.shape[0]}] {weight.dtype} on {weight.device}")
-    lead = indices[0].shape[:-1]
-    for k, (i, n, off) in enumerate(zip(indices, num_classes, offsets)):
-        if i.dtype not in (torch.int32, torch.int64):
-            raise RuntimeError(f"one_hot_linear: expected indices {k} to be int32 or int64 (Long or Int), got {i.dtype}")
-        if i.device != weight.device:
-            raise RuntimeError(f"one_hot_linear: indices {k} are on {i.device}, the weight on {weight.device}")
-        if i.dim() < 1 or i.shape[:-1] != lead:
-            raise RuntimeError(f"one_hot_linear: indices {k} are {list(i.shape)}, expected [{', '.join(map(str, lead))}, bag]")
-        if n < 1 or off < 0 or off + n > weight.shape[1]:
-            raise RuntimeError(f"one_hot_linear: field {k} columns [{off}, {off + n}) outside the weight's {weight.shape[1]}")
-
-
-def _check_classes(indices, num_classes) -> None:
-    """Raise, as eager's F.one_hot does, where a field's index is outside ``[0, n_k)`` (run
-    eagerly: a host read)."""
-    for i, n in zip(indices, num_classes):
-        if i.numel() and not bool(((i >= 0) & (i < n)).all()):
-            raise RuntimeError(_OOB_MSG)
+_OOB_MSG = _checks.ONE_HOT_OOB
 
 
 def _v_major(weight: torch.Tensor) -> bool:
@@ -102,7 +70,7 @@ def one_hot_linear(
     Returns:
         ``[*L, D]`` in ``dtype``, accumulated in fp32 and rounded once.
     """
-    _check_inputs(indices, num_classes, offsets, weight, bias, dtype)
+    _checks.one_hot_linear(indices, num_classes, offsets, weight, bias, dtype)
     out_dtype = weight.dtype if dtype is None else dtype
     if not use_triton(weight):
         if _native(weight, out_dtype, bias):
@@ -121,7 +89,7 @@ def one_hot_linear(
 
 @one_hot_linear.register_fake
 def _one_hot_linear_fake(indices, num_classes, offsets, weight, bias=None, dtype=None):
-    _check_inputs(indices, num_classes, offsets, weight, bias, dtype)
+    _checks.one_hot_linear(indices, num_classes, offsets, weight, bias, dtype)
     return weight.new_empty((*indices[0].shape[:-1], weight.shape[0]), dtype=dtype or weight.dtype)
 
 
@@ -154,6 +122,8 @@ def one_hot_linear_backward(
         fp32. Under ``torch.use_deterministic_algorithms(True)`` the deterministic ATen
         reference runs instead of the atomic kernel.
     """
+    _checks.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype,
+                                    values=not use_triton(grad))
     if not use_triton(grad) and _native(grad, dtype):
         return torch.ops.inductor_embed.one_hot_linear_backward_cpu(
             grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
@@ -165,6 +135,7 @@ def one_hot_linear_backward(
 
 @one_hot_linear_backward.register_fake
 def _one_hot_linear_backward_fake(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype):
+    _checks.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
     d = grad.shape[-1]
     return grad.new_empty((d * num_columns + (d if has_bias else 0),), dtype=dtype)
 
@@ -191,8 +162,8 @@ def one_hot_linear_cpu(indices, num_classes, offsets, weight, bias=None):
     it checks every field's indices first and raises as the op's other paths do. Where the
     library is not there when the op runs (switched off since the graph was compiled, or a
     process without a C compiler that got this graph from a cache), the ATen reference."""
+    _checks.one_hot_linear(indices, num_classes, offsets, weight, bias, None, values=True)
     if _cpu_native.lib() is None:
-        _check_classes(indices, num_classes)
         return one_hot_linear_ref(indices, offsets, weight, bias)
     out, bad = _cpu_native.one_hot_linear(indices, num_classes, offsets, weight,
                                           None if bias is None else bias.contiguous())
@@ -203,6 +174,7 @@ def one_hot_linear_cpu(indices, num_classes, offsets, weight, bias=None):
 
 @one_hot_linear_cpu.register_fake
 def _one_hot_linear_cpu_fake(indices, num_classes, offsets, weight, bias=None):
+    _checks.one_hot_linear(indices, num_classes, offsets, weight, bias, None)
     return weight.new_empty((*indices[0].shape[:-1], weight.shape[0]))
 
 
@@ -213,8 +185,9 @@ def one_hot_linear_backward_cpu(grad, indices, num_classes, offsets, num_columns
     ``one_hot_linear_backward``), by ``_cpu_native``'s kernel: each column's positions added
     in order (deterministic). Without the library when it runs, the ATen reference (as the
     forward)."""
+    _checks.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype,
+                                    values=True)
     if _cpu_native.lib() is None:
-        _check_classes(indices, num_classes)
         return one_hot_linear_backward_ref(grad, indices, offsets, num_columns, has_bias, v_major, dtype)
     flat, bad = _cpu_native.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias,
                                                     v_major)
@@ -242,6 +215,7 @@ def one_hot_linear_triton(
     ``err[0]`` becomes nonzero (asynchronously) if an index was out of range."""
     from inductor_embed.kernels.one_hot_linear import one_hot_linear_fwd
 
+    _checks.one_hot_linear(indices, num_classes, offsets, weight, bias, dtype)  # the kernel flags bad classes
     lead = indices[0].shape[:-1]
     rows = math.prod(lead)
     d = weight.shape[0]
@@ -264,6 +238,7 @@ def one_hot_linear_backward_triton(grad, indices, num_classes, offsets, num_colu
     one zero fill, one atomic-add launch accumulating in fp32, one cast unless fp32."""
     from inductor_embed.kernels.one_hot_linear import flat_size, one_hot_linear_bwd
 
+    _checks.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
     d = grad.shape[-1]
     rows = math.prod(grad.shape[:-1])
     g2 = column_stride_1(grad.reshape(rows, d))

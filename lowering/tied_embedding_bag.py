@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering import _cpu_native, _grad_cache
+from inductor_embed.lowering import _checks, _cpu_native, _grad_cache
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
@@ -27,8 +27,8 @@ from inductor_embed.lowering._common import (
     use_triton,
 )
 from inductor_embed.lowering.multi_embedding_bag import (
+    _OFFSETS_MSG,
     _OOB_MSG,
-    _check_lookup,
     _raise_on_flags,
     _segments,
 )
@@ -40,27 +40,6 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     per_sample_weights_grad,
 )
 from inductor_embed.lowering.multi_embedding_ref import _index_add_backward
-
-
-def _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, psw, mode, bag_padding_idx=-1,
-                sparse=None) -> None:
-    name = "tied_embedding_bag"
-    if sparse is not None:
-        if len(sparse) != 2:
-            raise RuntimeError(f"{name}: sparse must be [embedding, bag], got {len(sparse)} flags")
-        if sparse[1] and mode == MAX:
-            raise RuntimeError(f"{name}: max mode does not support sparse weights")
-        if sparse[1] and bag_padding_idx >= 0:
-            raise RuntimeError(f"{name}: sparse=True with a padding_idx is not supported for the bag: eager's COO "
-                               "gradient drops padding entries, a data-dependent size")
-    if bag_weight is not None and (bag_weight.shape != weight.shape or bag_weight.dtype != weight.dtype
-                                   or bag_weight.device != weight.device):
-        raise RuntimeError(f"{name}: bag_weight must be like weight {list(weight.shape)} {weight.dtype}")
-    _check_lookup(name, 1, weight, bag_indices, offsets, psw, mode)
-    if emb_indices.dtype not in (torch.int32, torch.int64):
-        raise RuntimeError(f"{name}: expected indices 0 to be int32 or int64 (Long or Int), got {emb_indices.dtype}")
-    if emb_indices.device != weight.device:
-        raise RuntimeError(f"{name}: indices 0 are on {emb_indices.device}, the table on {weight.device}")
 
 
 @triton_op("inductor_embed::tied_embedding_bag", mutates_args=())
@@ -99,11 +78,15 @@ def tied_embedding_bag(
     Returns:
         ``(emb_out [*L, D], bag_out [B, D], arg_max [B, D or 0] int64)``.
     """
-    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
-                sparse)
+    _checks.tied_embedding_bag(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
+                               emb_padding_idx, bag_padding_idx, include_last_offset, sparse)
     if not use_triton(weight):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             torch._assert_async((emb_indices >= 0).all(), _OOB_MSG)
+        if offsets is not None:
+            # Traced by Inductor: no host read. ATen checks offsets[0] and offsets[-1] (in
+            # int64, bag_forward promotes); decreasing ones raise as on every path of the ops.
+            torch._assert_async((offsets[1:] >= offsets[:-1]).all(), _OFFSETS_MSG)
         emb = torch.nn.functional.embedding(emb_indices, weight)
         bag, arg_max = bag_forward(weight, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
                                    include_last_offset)
@@ -118,8 +101,8 @@ def tied_embedding_bag(
 @tied_embedding_bag.register_fake
 def _tied_embedding_bag_fake(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
                              emb_padding_idx, bag_padding_idx, include_last_offset, sparse=None):
-    _check_tied(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
-                sparse)
+    _checks.tied_embedding_bag(weight, bag_weight, emb_indices, bag_indices, offsets, per_sample_weights, mode,
+                               emb_padding_idx, bag_padding_idx, include_last_offset, sparse)
     d = weight.shape[1]
     b = num_bags(bag_indices, offsets, include_last_offset)
     return (weight.new_empty((*emb_indices.shape, d)), weight.new_empty((b, d)),
@@ -161,6 +144,7 @@ def tied_embedding_bag_backward(
     (checked when it runs): the eager reference, deterministic."""
     args = (grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
             emb_padding_idx, bag_padding_idx, include_last_offset, separate)
+    _checks.tied_embedding_bag_backward(*args, values=not use_triton(grad_bag))
     if not use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
         return _tied_backward_ref(*args)
     return _tied_backward_kernels(*args)
@@ -169,6 +153,8 @@ def tied_embedding_bag_backward(
 @tied_embedding_bag_backward.register_fake
 def _tied_embedding_bag_backward_fake(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
                                       per_sample_weights, num_rows, *rest):
+    _checks.tied_embedding_bag_backward(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets,
+                                        per_sample_weights, num_rows, *rest)
     separate = rest[-1]
     return grad_bag.new_empty((2, num_rows, grad_bag.shape[1]) if separate else (num_rows, grad_bag.shape[1]))
 
@@ -321,6 +307,8 @@ def tied_embedding_bag_triton(weight, emb_indices, bag_indices, offsets, per_sam
     one launch reading the weight for both lookups."""
     from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_fwd
 
+    _checks.tied_embedding_bag(weight, None, emb_indices, bag_indices, offsets, per_sample_weights, mode,
+                               emb_padding_idx, bag_padding_idx, include_last_offset)
     d = weight.shape[1]
     segs = _tied_segments(emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx,
                           bag_padding_idx, include_last_offset)

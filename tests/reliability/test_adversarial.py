@@ -262,3 +262,61 @@ def test_config_applies_to_the_compiles_inside_the_block():
         inside = OneHot()
         torch.testing.assert_close(torch.compile(inside, backend="inductor_embed")(x), inside(x))
     assert counters["inductor_embed"]["one_hot_linear"] == 1  # the compile inside did not rewrite
+
+
+class TwoBags(nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.a, self.b = nn.EmbeddingBag(60, 4, mode=mode), nn.EmbeddingBag(60, 4, mode=mode)
+
+    def forward(self, i: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.a(i, o), self.b(i, o)], 1)
+
+
+class TiedPair(nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(60, 4)
+        self.mode = mode
+
+    def forward(self, i: torch.Tensor, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.emb(i), F.embedding_bag(i, self.emb.weight, o, mode=self.mode)
+
+
+@pytest.mark.parametrize("model_cls", [TwoBags, TiedPair])
+def test_int32_indices_with_int64_offsets_past_2_31_raise_as_eager(model_cls):
+    """Issue 26: eager promotes both to int64 and raises "offsets[-1] can not be greater than
+    input's length"; the fused op cast the offsets to int32 (2**32 + 7 became 7)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = model_cls("sum")
+    i, o = torch.randint(0, 60, (8,), dtype=torch.int32), torch.tensor([0, 3, 5, 2**32 + 7])
+    with pytest.raises(RuntimeError, match="offsets\\[-1\\] can not be greater than input's length"):
+        model(i, o)
+    compiled = torch.compile(model, backend="inductor_embed")
+    good = torch.tensor([0, 3, 5, 7])
+    torch.testing.assert_close(compiled(i, good), model(i, good))
+    assert sum(counters["inductor_embed"][p] for p in ("multi_embedding_bag", "tied_embedding_bag")) == 1
+    with pytest.raises(RuntimeError, match="offsets\\[-1\\] can not be greater than input's length"):
+        compiled(i, o)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("model_cls", [TwoBags, TiedPair])
+def test_decreasing_offsets_raise_in_every_mode(model_cls, mode):
+    """Decreasing offsets: eager's CPU kernels raise for most ("Expected i < index_size", sum
+    and mean) and accept the others (max mode; sum and mean with a padding_idx), on paths
+    whose results do not agree. The fused ops raise for all, in every mode and on every path
+    (the kernels' "malformed offsets" flag; the CPU checks), forward first (docs/reliability.md)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = model_cls(mode)
+    i = torch.randint(0, 60, (8,))
+    compiled = torch.compile(model, backend="inductor_embed", dynamic=False)
+    good = torch.tensor([0, 3, 5, 7])
+    torch.testing.assert_close(compiled(i, good), model(i, good))
+    assert sum(counters["inductor_embed"][p] for p in ("multi_embedding_bag", "tied_embedding_bag")) == 1
+    with pytest.raises(RuntimeError, match="malformed offsets|offsets"):
+        compiled(i, torch.tensor([0, 5, 3, 7]))
