@@ -70,6 +70,13 @@ def fake_mode_of(values: Sequence[Any]) -> Any:
     return detect_fake_mode(list(values))
 
 
+def functorch_config() -> Any:
+    """``torch._functorch.config`` (the module object: ``patch`` and fields work)."""
+    import torch._functorch.config as cfg
+
+    return cfg
+
+
 def aot_config_patches() -> dict[str, Any]:
     """The ``torch._functorch.config`` fields every inductor_embed compile sets.
 
@@ -80,9 +87,7 @@ def aot_config_patches() -> dict[str, Any]:
     autograd's in-place check: ``out = m(x); x.fill_(7); out.sum().backward()`` would use the
     new indices. Saved as the input itself, it keeps the check. Views cost nothing to replay.
     """
-    import torch._functorch.config as functorch_config
-
-    return {"recompute_views": True} if hasattr(functorch_config, "recompute_views") else {}
+    return {"recompute_views": True} if hasattr(functorch_config(), "recompute_views") else {}
 
 
 def saved_tensors_hooks_off() -> contextlib.AbstractContextManager:
@@ -243,6 +248,7 @@ __all__ = [
     "INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES",
     "CustomGraphPass",
     "aot_config_patches",
+    "functorch_config",
     "can_count_storage_uses",
     "compile_debug_dir",
     "compile_fx",

@@ -29,8 +29,7 @@ def enable() -> None:
     current = cfg.pre_grad_custom_pass
     if isinstance(current, InductorEmbedPass):
         return
-    import torch._functorch.config as functorch_config
-
+    functorch_config = _compat.functorch_config()
     patches = _compat.aot_config_patches()
     _previous_aot_config.clear()
     _previous_aot_config.update({name: getattr(functorch_config, name) for name in patches})
@@ -49,8 +48,7 @@ def disable() -> None:
     current = cfg.pre_grad_custom_pass
     if isinstance(current, InductorEmbedPass):
         cfg.pre_grad_custom_pass = current.previous
-        import torch._functorch.config as functorch_config
-
+        functorch_config = _compat.functorch_config()
         for name, value in _previous_aot_config.items():
             setattr(functorch_config, name, value)
         _previous_aot_config.clear()

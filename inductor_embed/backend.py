@@ -40,7 +40,5 @@ def inductor_embed_backend(
     if isinstance(current, InductorEmbedPass):  # enable() installed it: keep the user's pass behind it
         current = current.previous
     patches["pre_grad_custom_pass"] = InductorEmbedPass(previous=current, rewrite=False)
-    import torch._functorch.config as functorch_config
-
-    with functorch_config.patch(_compat.aot_config_patches()):
+    with _compat.functorch_config().patch(_compat.aot_config_patches()):
         return _compat.compile_fx(gm, example_inputs, config_patches=patches)
