@@ -34,7 +34,18 @@ def bag_forward(weight: Tensor, indices: Tensor, offsets: Tensor | None, per_sam
 
     ``arg_max`` (int64) is the row each element of a max-mode output came from, -1 for an
     empty bag (ATen's ``max_indices``); other modes return it empty ``[B, 0]``.
+
+    With ``include_last_offset``, indices past ``offsets[B]`` are in no bag (the backward's
+    reading, and the kernels'): they are cut off first, so the result is eager's on the cut
+    input. (Eager's CPU kernels count them into the last bag's mean size, and with a
+    padding_idx into its sum, and leave the sum's gradient rows of them unwritten:
+    docs/reliability.md.) Run eagerly (the CPU op's body): a host read of ``offsets[B]``.
     """
+    if include_last_offset and offsets is not None and offsets.numel() and indices.dim() == 1:
+        end = int(offsets[-1])
+        if 0 <= end < indices.shape[0]:
+            indices = indices[:end]
+            per_sample_weights = None if per_sample_weights is None else per_sample_weights[:end]
     if offsets is None:  # F.embedding_bag's own rewriting of a 2-D input
         b, bag = indices.shape
         offsets = torch.arange(0, b * bag, bag, dtype=indices.dtype, device=indices.device)

@@ -7,7 +7,7 @@ memory). With ``sparse``, a lookup's part is a coalesced sparse COO gradient, as
 ``sparse=True`` gives it after ``.coalesce()`` (``_sparse_backward``). Layered like
 ``multi_embedding_bag`` (whose argument checks, kernel segments and error flags it
 reuses): the forward is a ``triton_op`` whose CPU body Inductor compiles
-(``F.embedding`` + ``bag_forward``); on CUDA it calls ``tied_embedding_bag_triton``, which
+(``F.embedding`` + the bag op's opaque CPU body, ``multi_embedding_bag_cpu``); on CUDA it calls ``tied_embedding_bag_triton``, which
 launches ``kernels/multi_embedding_bag.py`` with the Embedding as a second segment. The backward is
 an opaque op: eager ATen on the CPU and in deterministic mode, the kernels on CUDA.
 """
@@ -27,14 +27,12 @@ from inductor_embed.lowering._common import (
     use_triton,
 )
 from inductor_embed.lowering.multi_embedding_bag import (
-    _OFFSETS_MSG,
     _OOB_MSG,
     _raise_on_flags,
     _segments,
 )
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
-    bag_forward,
     bag_weight_grad_aten,
     num_bags,
     per_sample_weights_grad,
@@ -83,13 +81,13 @@ def tied_embedding_bag(
     if not use_triton(weight):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             torch._assert_async((emb_indices >= 0).all(), _OOB_MSG)
-        if offsets is not None:
-            # Traced by Inductor: no host read. ATen checks offsets[0] and offsets[-1] (in
-            # int64, bag_forward promotes); decreasing ones raise as on every path of the ops.
-            torch._assert_async((offsets[1:] >= offsets[:-1]).all(), _OFFSETS_MSG)
         emb = torch.nn.functional.embedding(emb_indices, weight)
-        bag, arg_max = bag_forward(weight, bag_indices, offsets, per_sample_weights, mode, bag_padding_idx,
-                                   include_last_offset)
+        # The bag by the bag op's CPU body (opaque, run eagerly): its checks read offsets and
+        # indices on the host, and it cuts indices past offsets[B] (include_last_offset) as
+        # the backward reads them. ATen's embedding_bag is an extern call for Inductor anyway.
+        bag, arg_max = torch.ops.inductor_embed.multi_embedding_bag_cpu(
+            [weight], [bag_indices], [offsets], [] if per_sample_weights is None else [per_sample_weights], [mode],
+            [bag_padding_idx], [include_last_offset])
         return emb, bag, arg_max
     emb, bag, arg_max, err = torch.ops.inductor_embed.tied_embedding_bag_triton(
         weight, emb_indices, bag_indices, offsets, per_sample_weights, mode, emb_padding_idx, bag_padding_idx,

@@ -320,3 +320,49 @@ def test_decreasing_offsets_raise_in_every_mode(model_cls, mode):
     assert sum(counters["inductor_embed"][p] for p in ("multi_embedding_bag", "tied_embedding_bag")) == 1
     with pytest.raises(RuntimeError, match="malformed offsets|offsets"):
         compiled(i, torch.tensor([0, 5, 3, 7]))
+
+
+class LastOffsetBags(nn.Module):
+    def __init__(self, mode: str, padding_idx: int | None, tied: bool) -> None:
+        super().__init__()
+        self.a = nn.EmbeddingBag(20, 3, mode=mode, padding_idx=padding_idx, include_last_offset=True)
+        self.b = nn.EmbeddingBag(20, 3, mode=mode, padding_idx=padding_idx, include_last_offset=True)
+        self.emb = nn.Embedding(20, 3)
+        self.mode, self.padding_idx, self.tied = mode, padding_idx, tied
+
+    def forward(self, i: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        if self.tied:
+            bag = F.embedding_bag(i, self.emb.weight, o, mode=self.mode, padding_idx=self.padding_idx,
+                                  include_last_offset=True)
+            return torch.cat([self.emb(i[:2]).reshape(1, -1).expand(bag.shape[0], -1), bag], 1)
+        return torch.cat([self.a(i, o), self.b(i, o)], 1)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["bags", "tied"])
+@pytest.mark.parametrize("mode,padding_idx", [("sum", None), ("sum", 1), ("mean", None), ("max", None)])
+def test_indices_past_the_last_offset_are_in_no_bag(mode, padding_idx, tied):
+    """include_last_offset with offsets[B] < nnz (found by tests/reliability/test_fuzz_ops.py):
+    the fused ops read the indices past offsets[B] as in no bag, forward and backward, which
+    is eager on the input cut at offsets[B]. Eager's CPU kernels on the uncut input count
+    them into the last bag's mean size, and with a padding_idx into its sum, and leave their
+    rows of the sum's gradient unwritten; the fused forward used to be eager's and its
+    backward the cut input's."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model, eager = LastOffsetBags(mode, padding_idx, tied), LastOffsetBags(mode, padding_idx, tied)
+    eager.load_state_dict(model.state_dict())
+    i = torch.tensor([2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 15])
+    o = torch.tensor([0, 2, 4, 7, 9])  # indices 9 and 10 (13, 15) are in no bag
+    out = torch.compile(model, backend="inductor_embed")(i, o)
+    assert sum(counters["inductor_embed"][p] for p in ("multi_embedding_bag", "tied_embedding_bag")) == 1
+    want = eager(i[:9], o)
+    torch.testing.assert_close(out, want)
+    g = torch.randn(out.shape)
+    out.backward(g)
+    want.backward(g)
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        if q.grad is None:
+            assert p.grad is None or not p.grad.any(), name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, msg=lambda m, n=name: f"{n}: {m}")
