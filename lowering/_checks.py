@@ -380,13 +380,17 @@ def lookup(op: str, k: int, i: Tensor, o: Tensor | None, p: Tensor | None, mode:
             _check(a == b, op, f"per_sample_weights {k} must be {list(i.shape)}, got {list(p.shape)}")
 
 
-def bag_values(op: str, k: int, i: Tensor, o: Tensor | None, rows: object) -> None:
-    """Indices in ``[0, rows)`` and well-formed offsets, where they can be read."""
+def bag_values(op: str, k: int, i: Tensor, o: Tensor | None, rows: object, ilo: bool) -> None:
+    """Well-formed offsets and indices in ``[0, rows)``, where they can be read. With
+    ``include_last_offset`` the indices past ``offsets[B]`` are in no bag (never read, as in
+    eager): not checked."""
     if not readable(i, o):
         return
-    in_range(op, i, rows, f"{BAG_OOB} (table {k}): not in the valid range [0, {rows})", RuntimeError)
     if o is not None:
         offsets_ok(op, k, o, i.numel())
+        if ilo and o.numel():
+            i = i[:int(o[-1])]
+    in_range(op, i, rows, f"{BAG_OOB} (table {k}): not in the valid range [0, {rows})", RuntimeError)
 
 
 def psw_list(per_sample_weights: Sequence[Tensor], n: int, op: str = "multi_embedding_bag") -> list[Tensor | None]:
@@ -427,8 +431,8 @@ def multi_embedding_bag(weights: Sequence[Tensor], indices: Sequence[Tensor], of
         b = num_bags(i, o, ilo)
         _check(b == b0, op, f"table {k} has {b} bags, table 0 has {b0}")
     if values:
-        for k, (w, i, o) in enumerate(zip(weights, indices, offsets)):
-            bag_values(op, k, i, o, w.shape[0])
+        for k, (w, i, o, ilo) in enumerate(zip(weights, indices, offsets, include_last_offset)):
+            bag_values(op, k, i, o, w.shape[0], ilo)
     return psw
 
 
@@ -462,8 +466,8 @@ def multi_embedding_bag_backward(grad: Tensor, arg_max: Tensor, indices: Sequenc
         _check(b == grad.shape[0], op, f"table {k} has {b} bags, grad {grad.shape[0]} rows")
     if values:
         col = 0
-        for k, (i, o, v, d, m) in enumerate(zip(indices, offsets, num_rows, dims, modes)):
-            bag_values(op, k, i, o, v)
+        for k, (i, o, v, d, m, ilo) in enumerate(zip(indices, offsets, num_rows, dims, modes, include_last_offset)):
+            bag_values(op, k, i, o, v, ilo)
             if m == MAX:
                 if readable(arg_max):
                     in_range(op, arg_max[:, col:col + d], v, f"arg_max of table {k} outside [-1, {v})", low=-1)
@@ -494,7 +498,7 @@ def tied_embedding_bag(weight: Tensor, bag_weight: Tensor | None, emb_indices: T
     _padding(op, 1, bag_padding_idx, weight.shape[0])
     if values and readable(emb_indices):
         in_range(op, emb_indices, weight.shape[0], f"inductor_embed.{op}: index out of range in self (the Embedding)")
-        bag_values(op, 1, bag_indices, offsets, weight.shape[0])
+        bag_values(op, 1, bag_indices, offsets, weight.shape[0], include_last_offset)
 
 
 def tied_embedding_bag_backward(grad_emb: Tensor, grad_bag: Tensor, arg_max: Tensor, emb_indices: Tensor,
@@ -529,6 +533,6 @@ def tied_embedding_bag_backward(grad_emb: Tensor, grad_bag: Tensor, arg_max: Ten
     _padding(op, 1, bag_padding_idx, num_rows)
     if values and readable(emb_indices):
         in_range(op, emb_indices, num_rows, f"inductor_embed.{op}: index out of range in self (the Embedding)")
-        bag_values(op, 1, bag_indices, offsets, num_rows)
+        bag_values(op, 1, bag_indices, offsets, num_rows, include_last_offset)
         if mode == MAX and readable(arg_max):
             in_range(op, arg_max, num_rows, f"arg_max outside [-1, {num_rows})", low=-1)

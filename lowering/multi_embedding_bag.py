@@ -34,6 +34,7 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     multi_embedding_bag_ref,
     num_bags,
     per_sample_weights_grad,
+    rows_in_bags,
 )
 
 _OOB_MSG = _checks.BAG_OOB
@@ -253,9 +254,11 @@ def _backward(ctx, grad, _grad_arg_max):
     # Sparse tables: eager's gradient has one entry per index; the op's is coalesced (one
     # sort and one segment sum for all of them, ``coalesce_rows``).
     sp = [k for k in range(n) if ctx.sparse[k]]
+    # Positions in no bag (past offsets[B]) take row V, which coalesce_rows leaves out.
     coalesced = dict(zip(sp, torch.ops.inductor_embed.coalesce_rows(
-        [indices[k] for k in sp], [tables[k].view(-1, ctx.dims[k]) for k in sp],
-        [ctx.num_rows[k] for k in sp], [-1] * len(sp), coalesce_sparse_grads(grad)))) if sp else {}
+        [rows_in_bags(indices[k], offsets[k], ctx.ilo[k], ctx.num_rows[k]) for k in sp],
+        [tables[k].view(-1, ctx.dims[k]) for k in sp], [ctx.num_rows[k] for k in sp],
+        [ctx.num_rows[k] for k in sp], coalesce_sparse_grads(grad)))) if sp else {}
     grads, psw_grads = [], []
     col = 0
     for k, (i, v, d) in enumerate(zip(indices, ctx.num_rows, ctx.dims)):

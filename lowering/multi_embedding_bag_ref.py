@@ -97,6 +97,15 @@ def bag_of_positions(indices: Tensor, offsets: Tensor | None, include_last_offse
     return indices, bag
 
 
+def rows_in_bags(indices: Tensor, offsets: Tensor | None, include_last_offset: bool, fill: int) -> Tensor:
+    """The flat indices ``[nnz]`` with ``fill`` at the positions in no bag (past ``offsets[B]``,
+    include_last_offset): never read, so they may hold anything, even rows out of range."""
+    flat, bag = bag_of_positions(indices, offsets, include_last_offset)
+    if offsets is None or not include_last_offset:
+        return flat
+    return torch.where(bag < offsets.shape[0] - 1, flat, torch.full((), fill, dtype=flat.dtype, device=flat.device))
+
+
 def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None,
                     mode: int, padding_idx: int, include_last_offset: bool) -> tuple[Tensor, Tensor]:
     """``(flat indices [nnz], rows [nnz, D] fp32)``: each index's share of ``grad [B, D]``
@@ -115,6 +124,8 @@ def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_s
         rows = rows * per_sample_weights.reshape(-1).float().unsqueeze(1)
     # where, not a multiply: an inf in a padding row's gradient must not become NaN.
     rows = torch.where(keep.unsqueeze(1), rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+    if offsets is not None and include_last_offset:  # positions in no bag: row 0, whose share is 0
+        flat = torch.where(bag < offsets.shape[0] - 1, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
     return flat, rows
 
 
@@ -298,7 +309,9 @@ def per_sample_weights_grad(grad: Tensor, weight: Tensor, indices: Tensor, offse
     (0 for a padding index or one outside every bag), in the weights' dtype."""
     flat, bag = bag_of_positions(indices, offsets, include_last_offset)
     g = torch.cat([grad, grad.new_zeros((1, grad.shape[1]))])
-    dots = (g[bag].float() * weight[flat.long()].float()).sum(-1)
+    # positions in no bag (bag B: a zero row of g) read row 0, not their index (never read)
+    rows = torch.where(bag < grad.shape[0], flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+    dots = (g[bag].float() * weight[rows.long()].float()).sum(-1)
     return torch.where(flat != padding_idx, dots, torch.zeros((), dtype=dots.dtype, device=dots.device))
 
 

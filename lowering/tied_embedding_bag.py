@@ -36,6 +36,7 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     bag_weight_grad_aten,
     num_bags,
     per_sample_weights_grad,
+    rows_in_bags,
 )
 from inductor_embed.lowering.multi_embedding_ref import _index_add_backward
 
@@ -260,7 +261,7 @@ def _sparse_backward(ctx, grad_emb, grad_bag, arg_max, emb_indices, bag_indices,
         values.append(grad_emb.reshape(-1, d))
         parts.append(0)
     if bag_sp and used[1]:
-        rows.append(bag_indices.reshape(-1))
+        rows.append(rows_in_bags(bag_indices, offsets, ctx.ilo, v))  # in no bag: row V, left out
         values.append(bag_part)
         parts.append(1)
     if not ctx.separate and len(rows) == 2:  # one Parameter, both sparse: one table over both parts' rows
