@@ -63,7 +63,9 @@ def bag_forward(weight: Tensor, indices: Tensor, offsets: Tensor | None, per_sam
     # ATen reports row 0 (or the padding row) for a bag with nothing to take the max of,
     # and its backward skips such bags by their size; -1 says so in the index itself.
     empty = (bag_size[:out.shape[0]] == 0).unsqueeze(1) | (max_idx == padding_idx)
-    return out, torch.where(empty, -1, max_idx)
+    # int64 whatever the index dtype (ATen's max_indices take the indices' own, int32 for
+    # int32 indices): the op's schema and fake impl say int64.
+    return out, torch.where(empty, -1, max_idx).long()
 
 
 def multi_embedding_bag_ref(weights: Sequence[Tensor], indices: Sequence[Tensor],

@@ -410,3 +410,24 @@ def test_indices_past_the_last_offset_may_be_out_of_range(sparse, tied):
             torch.testing.assert_close(q.grad.to_dense(), r.grad.to_dense(), msg=lambda m, n=name: f"{n}: {m}")
     torch.testing.assert_close(p.grad[:6], pe.grad)
     assert not p.grad[6:].any()
+
+
+@pytest.mark.parametrize("itype", [torch.int32, torch.int64], ids=["i32", "i64"])
+def test_max_mode_rows_are_int64_for_int32_indices(itype):
+    """The bag op's saved max rows are int64 as its schema and fake impl say (found by the
+    fuzzer: ATen gave them the indices' int32, which the backward's checks then refused);
+    compiled max-mode bags of int32 indices train as eager."""
+    torch.manual_seed(0)
+    w = torch.randn(10, 3)
+    i, o = torch.randint(0, 10, (8,), dtype=itype), torch.tensor([0, 3, 5], dtype=itype)
+    _, arg_max = torch.ops.inductor_embed.multi_embedding_bag([w], [i], [o], [], [2], [-1], [False], [False])
+    assert arg_max.dtype == torch.int64
+    model, eager = TwoBags("max"), TwoBags("max")
+    eager.load_state_dict(model.state_dict())
+    out = torch.compile(model, backend="inductor_embed")(i, o)
+    want = eager(i, o)
+    torch.testing.assert_close(out, want)
+    out.square().sum().backward()
+    want.square().sum().backward()
+    for got, ref in zip(_grads(model), _grads(eager)):
+        torch.testing.assert_close(got, ref)
