@@ -64,6 +64,21 @@ def fm(batches, fields: int = 26, dim: int = 16) -> list[Case]:
                  (dim,) * fields, b, variant=v) for v in ("fm_slices", "fm_bias") for b in batches]
 
 
+# Criteo Kaggle's 26 categorical cardinalities (the DLRM reference's day counts), capped at
+# 200,000 rows as a CPU-sized model would hash them.
+CRITEO_VOCABS = tuple(min(v, 200_000) for v in (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
+    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572))
+
+
+def deepfm(batches, dim: int = 8) -> list[Case]:
+    """Issue 27's DeepFM: 26 Criteo fields of width ``dim``, each looked up once and read by
+    a stack (FM) and a flat cat with dense features (deep part); one fused op should serve
+    both (bench/workloads/multi_table.py DeepFM)."""
+    return [Case("multi_table", f"DeepFM, 26 Criteo fields D={dim} (deepfm)", CRITEO_VOCABS, (dim,) * 26, b,
+                 variant="deepfm") for b in batches]
+
+
 def sums_and_mf(batches, fields: int = 9, dim: int = 64) -> list[Case]:
     """Issue 13's sums of lookups (9 tables of one width summed, then a LayerNorm: an atom
     encoder), matrix factorisation (users 100k and items 50k x D, per-id biases, a dot
@@ -135,6 +150,7 @@ def _cpu_quick() -> Preset:
         # DLRM-style: 26 bags of 20 Zipf ids per sample
         + bags("T=26 rows=100000 D=64 L=20", 26, 100_000, (64,), (2048,))
         + fm((small, 4096))
+        + deepfm((2048,))
         + sums_and_mf((small, 4096))
         + hooks((small, 4096))
     )

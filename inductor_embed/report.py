@@ -42,11 +42,15 @@ class Rewrite:
     tables: tuple[TableInfo, ...]
     index_shape: tuple
     dtype: torch.dtype
+    # The node whose fused op this rewrite reads again instead of a new one (the same
+    # lookups feeding a second cat or stack), or "".
+    shares: str = ""
 
     def describe(self) -> str:
         shape = list(self.index_shape)
+        op = f"the {self.fused_op} of {self.shares}, read again," if self.shares else self.fused_op
         return (
-            f"{self.pattern}: {len(self.tables)} tables -> {self.fused_op} "
+            f"{self.pattern}: {len(self.tables)} tables -> {op} "
             f"(dims={dims_text([t.embedding_dim for t in self.tables])}, "
             f"dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)}, index_shape={shape}) "
             f"replacing [{', '.join(group_names(self.replaced))}]; tables: {', '.join(_tables_text(self.tables))}"
@@ -89,7 +93,7 @@ class Report:
                         dims_text([t.embedding_dim for t in r.tables]),
                         _DTYPE_NAMES.get(r.dtype, str(r.dtype)),
                         str(list(r.index_shape)),
-                        ", ".join(group_names(r.replaced)),
+                        ", ".join(group_names(r.replaced)) + (f" (reads the op of {r.shares})" if r.shares else ""),
                     ]
                     for r in self.rewrites
                 ],

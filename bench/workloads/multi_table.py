@@ -142,9 +142,31 @@ class SharedColumns(EmbeddingModel):
         return torch.cat(pieces, dim=-1)
 
 
+class DeepFM(EmbeddingModel):
+    """A DeepFM (issue 27): each field looked up once, the same lookups read twice, stacked
+    for the FM interaction and concatenated flat with dense features for the deep part:
+    [B, T] -> [B, 1]. The 13 dense features are derived from the first columns of ``x``
+    (``log1p`` of the ids), so the model takes the multi-table input as it is."""
+
+    DENSE = 13
+
+    def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype) -> None:
+        super().__init__()
+        if len(set(dims)) != 1:
+            raise ValueError(f"a DeepFM needs one width for every field, got {sorted(set(dims))}")
+        self.tables = nn.ModuleList(nn.Embedding(v, d, dtype=dtype) for v, d in zip(vocabs, dims))
+        width = sum(dims) + self.DENSE
+        self.deep = nn.Sequential(nn.Linear(width, 64, dtype=dtype), nn.ReLU(), nn.Linear(64, 1, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = [t(x[:, k]) for k, t in enumerate(self.tables)]
+        dense = x[:, :self.DENSE].to(e[0].dtype).log1p()
+        return fm_interaction(torch.stack(e, dim=1)) + self.deep(torch.cat([*e, dense], dim=1))
+
+
 # multi_table's model variants (Case.variant) besides the plain lookups + cat
 VARIANTS = {"fm_slices": False, "fm_bias": True}  # name -> per-field bias
-OTHER_VARIANTS = {"sum": SumEncoder, "mf": MatrixFactorisation, "shared": SharedColumns}
+OTHER_VARIANTS = {"sum": SumEncoder, "mf": MatrixFactorisation, "shared": SharedColumns, "deepfm": DeepFM}
 
 
 class MultiTable(Workload):
@@ -172,7 +194,7 @@ class MultiTable(Workload):
         return unpooled_bytes(case)
 
     def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
-        if isinstance(model, (SumEncoder, MatrixFactorisation, SharedColumns)):
+        if isinstance(model, (SumEncoder, MatrixFactorisation, SharedColumns, DeepFM)):
             return super().fbgemm(model, case, device)  # Unsupported: no pooled-bag form of these
         if isinstance(model, FieldsFM):
             head = FMHead(len(model.tables), copy.deepcopy(model.bias))

@@ -454,10 +454,40 @@ def _bias_key(lk: Lookup) -> tuple | None:
     return None if lk.bias is None else (lk.bias.dtype, lk.bias.out_dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Fused:
+    """A run fused at an earlier site, which a later cat or stack of the same lookups reads again."""
+
+    lookups: tuple[fx.Node, ...]  # the lookup nodes, in the fused output's column order
+    dims: tuple[int, ...]
+    site: str  # the earlier site's name
+    node: fx.Node | None  # the op's [*L, sum D] output (None when the pass only looks)
+    sparse: bool
+
+
+def _fused_before(fused: list[_Fused], lookups: list[Lookup]) -> tuple[_Fused, int] | None:
+    """An earlier fused run whose columns hold ``lookups`` side by side, and their first
+    column, or None. DeepFM-style models look each field up once and read the lookups
+    twice (a stack for the FM term, a flat cat for the deep part): the second site reads
+    the first one's output again, so the rows are gathered once and each table gets one
+    gradient. Not for lookups with column writes (the first site moved them onto its
+    output; a second reader of the written lookup is refused there already), and a
+    sparse run only whole (a view of it would break its gradient, see ``_rewrite``)."""
+    key = tuple(lk.node for lk in lookups)
+    if any(lk.column_writes for lk in lookups):
+        return None
+    for f in fused:
+        for off in range(len(f.lookups) - len(key) + 1):
+            if f.lookups[off:off + len(key)] == key and not (f.sparse and len(key) != len(f.lookups)):
+                return f, sum(f.dims[:off])
+    return None
+
+
 def run_family(fam: Family, graph: fx.Graph, rec: Recorder, apply: bool) -> None:
     """Find (and, if ``apply``, rewrite) every site of ``fam`` in ``graph``."""
     order = {n: k for k, n in enumerate(graph.nodes)}
     writes = _fx.Writes(graph)
+    fused: list[_Fused] = []  # the runs fused so far, in graph order
     for node in list(graph.nodes):
         if _fx.is_erased(node) or node.op != "call_function":
             continue  # erased by an earlier rewrite
@@ -475,14 +505,21 @@ def run_family(fam: Family, graph: fx.Graph, rec: Recorder, apply: bool) -> None
                 runs.append((start, end))
         if not runs:
             continue
-        rewrites = [_describe(fam, site, s, e) for s, e in runs]
-        if apply:
-            _rewrite(fam, graph, site, runs, order, writes)
+        # A site whose result is written in place may hold the fused buffer itself: it
+        # neither reads an earlier site's output nor lends its own to a later one.
+        unwritten = writes.writer(node) is None
+        shared = {s: got for s, e in runs if unwritten and (got := _fused_before(fused, site.items[s:e]))}
+        rewrites = [_describe(fam, site, s, e, shared[s][0].site if s in shared else "") for s, e in runs]
+        made = _rewrite(fam, graph, site, runs, order, writes, shared) if apply else {}
+        if unwritten:
+            fused += [_Fused(tuple(lk.node for lk in site.items[s:e]), tuple(lk.dim for lk in site.items[s:e]),
+                             node.name, made.get(s), any(lk.params.get("sparse") for lk in site.items[s:e]))
+                      for s, e in runs if s not in shared]
         for r in rewrites:
             rec.rewrite(r)
 
 
-def _describe(fam: Family, site: _Site, start: int, end: int) -> Rewrite:
+def _describe(fam: Family, site: _Site, start: int, end: int, shares: str = "") -> Rewrite:
     lookups = site.items[start:end]
     replaced = []
     for lk in lookups:
@@ -497,12 +534,16 @@ def _describe(fam: Family, site: _Site, start: int, end: int) -> Rewrite:
         tables=tuple(TableInfo(_fx.table_name(lk.weight), lk.num_rows, lk.dim, lk.dtype) for lk in lookups),
         index_shape=lookups[0].index_shape,
         dtype=lookups[0].dtype,
+        shares=shares,
     )
 
 
 def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, int]], order: dict[fx.Node, int],
-             writes: _fx.Writes) -> None:
+             writes: _fx.Writes, shared: dict[int, tuple[_Fused, int]]) -> dict[int, fx.Node]:
+    """Replace ``site`` by its runs' fused ops (or, for a run in ``shared``, a column slice
+    of an earlier site's op) and its other inputs; return each new op's output by run start."""
     node = site.node
+    made: dict[int, fx.Node] = {}
     # Other users may read a view of the fused output only if nothing writes the cat's
     # result (which may be that same buffer) in place.
     reroute = writes.writer(node) is None
@@ -523,8 +564,15 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
                 continue
             end = fused_at[k]
             lookups = site.items[k:end]
-            fused = fam.emit(graph, lookups, node)
-            _column_writes_on(graph, lookups, fused)
+            if k in shared:
+                earlier, column = shared[k]
+                fused = earlier.node
+                width = sum(lk.dim for lk in lookups)
+                if width != sum(earlier.dims):
+                    fused = _fx.call(graph, torch.narrow, (fused, -1, column, width), node)
+            else:
+                fused = made[k] = fam.emit(graph, lookups, node)
+                _column_writes_on(graph, lookups, fused)
             # Not with sparse gradients: the view's backward writes into the fused output's
             # gradient, and Inductor's re-inplacing then re-checks the sparse-gradient op's
             # outputs, which it cannot (it reads their storage). The users keep the lookups.
@@ -548,6 +596,7 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
     for n in dead:  # consumers first, then lookups; keep whatever still has users
         if not _fx.is_erased(n) and not n.users:
             graph.erase_node(n)
+    return made
 
 
 def _column_writes_on(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node) -> None:

@@ -28,7 +28,10 @@ Consecutive lookups of one dtype and device form a run; each run of at least
 ``config.min_tables`` lookups becomes one op, and the cat keeps its other inputs in
 order. A lookup with other users keeps them: users after the cat read a slice of
 the fused output (a view, so gradients are eager's), users before it keep the
-original lookup. ``sparse=True`` lookups are fused too: their tables get coalesced sparse
+original lookup. Lookups read by several cats or stacks (DeepFM: a stack for the FM term,
+a flat cat for the deep part) are fused once: a later site whose run is a run, or a part
+of one, fused at an earlier site reads that op's output (a column slice of it) again, so
+each row is gathered once and each table gets one gradient. ``sparse=True`` lookups are fused too: their tables get coalesced sparse
 COO gradients (sorted unique rows, summed values). Left untouched, with a logged reason:
 ``max_norm`` (renormalises the table in place), ``sparse=True`` with
 ``scale_grad_by_freq`` (eager raises in the backward), non-float tables, non-integer indices, a cat along
