@@ -199,6 +199,18 @@ def graph_input_grad_fn(node: torch.fx.Node) -> str | None:
     return grad_fn.name() if grad_fn is not None else None
 
 
+def graph_input_from_fsdp2(node: torch.fx.Node) -> bool:
+    """Whether the real tensor Dynamo passes as placeholder ``node`` is the output of an FSDP2
+    module (``fully_shard``): FSDP2 registers its pre-backward hook (a method of its
+    ``FSDPState``) on each grad-requiring output of a wrapped module's forward."""
+    hooks = getattr(graph_input_tensor(node), "_backward_hooks", None) or {}
+    for hook in hooks.values():
+        owner = getattr(hook, "__self__", None)
+        if owner is not None and ".fsdp." in type(owner).__module__:
+            return True
+    return False
+
+
 def weak_id_key_dict() -> Any:
     """A dict keyed by tensor identity that does not keep its keys alive
     (``torch.utils.weak.WeakIdKeyDictionary``: a ``WeakKeyDictionary`` would compare tensor

@@ -216,25 +216,31 @@ def _tables_text(tables) -> list[str]:
 def _table(header: list[str], rows: list[list[str]], max_width: int = MAX_WIDTH) -> str:
     """Columns separated by `` | ``; cells too wide for ``max_width`` wrap within their column."""
     natural = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    widths = _fit(natural, max_width - 3 * (len(header) - 1))
+    # A column is never narrower than its longest word: names stay whole (a table name
+    # cut in two is unreadable and unsearchable); the reason column takes up the slack.
+    words = [max(len(w) for c in (h, *(r[i] for r in rows)) for w in (c.split() or [""])) for i, h in enumerate(header)]
+    widths = _fit(natural, max_width - 3 * (len(header) - 1), words)
     out = _lines(header, widths) + ["-+-".join("-" * w for w in widths)]
     for r in rows:
         out += _lines(r, widths)
     return "\n".join(out)
 
 
-def _fit(natural: list[int], budget: int) -> list[int]:
-    """Column widths within ``budget``: the widest columns shrink to one common cap."""
+def _fit(natural: list[int], budget: int, minimum: list[int]) -> list[int]:
+    """Column widths within ``budget`` where the ``minimum`` widths allow: the widest columns
+    shrink to one common cap, none below its minimum."""
     if sum(natural) <= budget:
         return natural
+    fit = lambda cap: [max(m, min(w, cap)) for w, m in zip(natural, minimum)]  # noqa: E731
     cap = max(natural)
-    while cap > 8 and sum(min(w, cap) for w in natural) > budget:
+    while cap > 8 and sum(fit(cap)) > budget:
         cap -= 1
-    return [min(w, cap) for w in natural]
+    return fit(cap)
 
 
 def _lines(cells: list[str], widths: list[int]) -> list[str]:
-    wrapped = [textwrap.wrap(c, w, break_on_hyphens=False) or [""] for c, w in zip(cells, widths)]
+    wrapped = [textwrap.wrap(c, w, break_on_hyphens=False, break_long_words=False) or [""]
+               for c, w in zip(cells, widths)]
     height = max(map(len, wrapped))
     fmt = " | ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*(c[k] if k < len(c) else "" for c in wrapped)).rstrip() for k in range(height)]

@@ -7,8 +7,10 @@ becomes one op; the cat keeps its other inputs in order; a lookup's other users 
 cat read a slice of the fused output. A ``Family`` supplies what differs: which nodes are
 its lookups, how one is analysed, and how the fused op is emitted.
 
-Between a lookup and the cat there may be an unsqueeze (stacked tokens) and a cast that
-keeps the dtype (``res = embedding_bag(...).float()`` in torchrec): both are replaced.
+Between a lookup and the cat there may be an unsqueeze (stacked tokens) and no-op steps
+(``_fx.noop_input``: a cast that keeps the dtype, ``res = embedding_bag(...).float()`` in
+torchrec; ``.to(same device)``, ``.contiguous()``, a same-shape view or reshape, ``* 1``):
+all are replaced.
 A token cat also takes lookups whose indices end in a size-1 dim (``emb_k(x[:, k:k+1])``,
 the field slices of FM-style CTR models): each is already one ``[*L, 1, D]`` token, so the
 fused op reads the ``[*L, 1]`` indices as they are and its ``[*L, 1, n*D]`` output is
@@ -266,14 +268,20 @@ def _add_operands(node: fx.Node) -> tuple[Any, Any] | None:
 
 
 def _lookup_of(fam: Family, x: Any) -> fx.Node | None:
-    """The lookup ``x`` is, maybe under an unsqueeze and a cast that keeps the dtype, or None."""
+    """The lookup ``x`` is, maybe under an unsqueeze and no-op steps (``_fx.noop_input``), or None."""
+    x = peel_noops(x)[0]
     unsq = _fx.unsqueeze_of(x)
     if unsq is not None:
-        x = unsq[0]
-    for y in (x, _identity_cast(x)):
-        if fam.is_lookup(y):
-            return y
-    return None
+        x = peel_noops(unsq[0])[0]
+    return x if fam.is_lookup(x) else None
+
+
+def peel_noops(x: Any, between: tuple = ()) -> tuple[Any, tuple]:
+    """``(y, between + steps)``: ``x`` under its chain of no-op steps (``x = y.to(dev).contiguous()``
+    gives ``y`` and the two steps, outermost first; ``_fx.noop_input`` says which qualify)."""
+    while (y := _fx.noop_input(x)) is not None:
+        between, x = (*between, x), y
+    return x, between
 
 
 def _bias_add(fam: Family, node: fx.Node) -> tuple[fx.Node, Bias | str] | None:
@@ -298,15 +306,6 @@ def _bias_add(fam: Family, node: fx.Node) -> tuple[fx.Node, Bias | str] | None:
             return x, f"{what} adds a bias on {bv.device} to a lookup on {xv.device}; left"
         return x, Bias(b, node, int(bv.shape[-1]), bv.dtype, out.dtype)
     return None
-
-
-def _identity_cast(node: fx.Node) -> fx.Node | None:
-    """``x`` if node is a cast of ``x`` to its own dtype (``x.float()`` of an fp32 ``x``)."""
-    x = _fx.cast_input(node)
-    if x is None:
-        return None
-    a, b = _fx.tensor_meta(node), _fx.tensor_meta(x)
-    return x if a is not None and b is not None and a.dtype == b.dtype else None
 
 
 def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None:
@@ -335,21 +334,22 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
         return None
     items: list = []
     for t in tensors:
-        # From the cat input down to the lookup: [+ bias] [unsqueeze] [+ bias] [identity cast].
-        inner, between, one_token = t, (), False
+        # From the cat input down to the lookup: [no-ops] [+ bias] [no-ops] [unsqueeze] [+ bias] [no-ops].
+        inner, between, one_token = *peel_noops(t), False
         peeled = _peel_bias(fam, inner, between, rec)
         if peeled is None:
             items.append(t)
             continue
         inner, between, bias = peeled
         if token and not stack:
+            inner, between = peel_noops(inner, between)
             unsq = _fx.unsqueeze_of(inner)
             if unsq is not None and unsq[1] % rank == rank - 2:
                 inner, between = unsq[0], (*between, inner)
             elif _is_one_token(inner, rank):
                 one_token = True  # a field slice: emb(x[:, k:k+1]) is [*L, 1, D] already
             else:
-                if fam.is_lookup(inner) or fam.is_lookup(_identity_cast(inner)):
+                if fam.is_lookup(peel_noops(inner)[0]):
                     tv = _fx.tensor_meta(inner)
                     shape = list(tv.shape) if tv is not None else "?"
                     rec.skip(Skip(fam.name, inner.name, f"{node.name} concatenates along dim {dim}, not the feature "
@@ -363,9 +363,8 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
                 items.append(t)
                 continue
             inner, between, bias = peeled
-        cast_of = _identity_cast(inner)
-        if cast_of is not None and fam.is_lookup(cast_of):
-            inner, between = cast_of, (*between, inner)
+        if fam.is_lookup(peel_noops(inner)[0]):
+            inner, between = peel_noops(inner, between)
         found = fam.analyse(inner, between)
         if isinstance(found, Lookup):
             if one_token or bias is not None:
@@ -375,7 +374,7 @@ def _read_site(fam: Family, node: fx.Node, rec: Recorder, writes: _fx.Writes) ->
             rec.skip(Skip(fam.name, inner.name, found))
             items.append(t)
         elif found is None:
-            _note_elementwise_step(fam, t, rec)
+            _note_elementwise_step(fam, inner, rec)
             items.append(t)
         else:
             items.append(found)
@@ -402,7 +401,10 @@ def _is_one_token(t: fx.Node, rank: int) -> bool:
 
 
 def _note_elementwise_step(fam: Family, t: fx.Node, rec: Recorder) -> None:
-    """Log a cat input that is a lookup plus a per-lookup step we deliberately do not fuse."""
+    """Log a cat input that is a lookup plus a per-lookup step we deliberately do not fuse.
+    A cat or stack of lookups is no such step: it is a site of its own."""
+    if not isinstance(t, fx.Node) or _fx.list_and_dim(t) is not None:
+        return
     for arg in t.all_input_nodes:
         if fam.is_lookup(arg):
             what = t.target if isinstance(t.target, str) else getattr(t.target, "__name__", str(t.target))
@@ -416,19 +418,22 @@ def _note_outside_lookups(fam: Family, site: _Site, rec: Recorder) -> None:
 
     Dynamo hands a value computed across a graph break to the next graph as an input, so
     the lookups are gone from the graph the pass sees: only the cat of their outputs is
-    left. The commonest cause is FSDP2 with each table wrapped on its own
-    (``fully_shard(emb)``): its hooks are ``torch._dynamo.disable``-d, so every call of a
-    wrapped table breaks the graph and the lookup runs eagerly. The real tensors Dynamo
-    passes in tell which autograd node made them."""
+    left. The real tensors Dynamo passes in tell which autograd node made them, and whether
+    an FSDP2 module did (its hooks are ``torch._dynamo.disable``-d, so every call of a table
+    wrapped on its own, ``fully_shard(emb)``, breaks the graph and runs eagerly)."""
     outside = [t for t in site.items if isinstance(t, fx.Node) and t.op == "placeholder"
                and _compat.graph_input_grad_fn(t) in fam.eager_grad_fns]
     if len(outside) < max(config.min_tables, 2):
         return
     names = ", ".join(t.name for t in outside)
-    rec.skip(Skip(fam.name, names, (
-        f"{len(outside)} inputs of {site.node.name} are lookups that ran outside this graph, across a "
-        "graph break (FSDP2 breaks the graph at each table wrapped on its own, fully_shard(emb)): "
-        "nothing to fuse here; wrap the module that holds the tables and the cat as one unit")))
+    head = f"{len(outside)} inputs of {site.node.name} are lookups that ran outside this graph, across a graph break"
+    if any(_compat.graph_input_from_fsdp2(t) for t in outside):
+        why = ("; they are outputs of FSDP2 modules, whose calls break the graph (each table wrapped on its "
+               "own, fully_shard(emb)): wrap the module that holds the tables and the cat as one unit")
+    else:
+        why = ("; TORCH_LOGS=graph_breaks shows where the graph breaks: with the lookups and the cat in one "
+               "graph they are fused")
+    rec.skip(Skip(fam.name, names, head + why))
 
 
 def _runs(site: _Site) -> list[tuple[int, int]]:
@@ -625,6 +630,20 @@ def _bias_vector(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.No
     return pieces[0] if len(pieces) == 1 else _fx.call(graph, torch.cat, (pieces, -1), like)
 
 
+def _feeds_site(u: fx.Node) -> bool:
+    """Whether ``u`` is a cat or stack, or reaches one through steps ``_read_site`` looks
+    through (no-ops, an unsqueeze, a bias add), each read by the next alone: that site
+    fuses the lookup itself, or reads this op again (``_fused_before``)."""
+    for _ in range(8):  # the steps _read_site peels: a few at most
+        if _fx.list_and_dim(u) is not None:
+            return True
+        if len(u.users) != 1 or (_fx.noop_input(u) is None and _fx.unsqueeze_of(u) is None
+                                 and _add_operands(u) is None):
+            return False
+        u = next(iter(u.users))
+    return False
+
+
 def _reroute_other_users(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node, site: fx.Node,
                          order: dict[fx.Node, int]) -> None:
     """Users of a lookup other than this site read a slice of the fused output when they
@@ -644,7 +663,7 @@ def _reroute_other_users(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node,
         movable = [
             u for u in lk.node.users
             if u is not site and u not in lk.between and order.get(u, -1) > order[site]
-            and _fx.list_and_dim(u) is None
+            and not _feeds_site(u)
         ]
         if movable:
             piece = _fx.call(graph, torch.narrow, (fused, -1, offset, lk.dim), lk.node)

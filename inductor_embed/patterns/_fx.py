@@ -295,6 +295,61 @@ def cast_input(node: Any) -> fx.Node | None:
     return x
 
 
+# Steps that return their input's values unchanged when the result keeps its shape, dtype
+# and device (checked on the meta values): model code writes them out of habit or for
+# another device or dtype than the one this graph has (``pos_emb.to(tok_emb.device)``).
+_NOOP_METHODS = frozenset({*CAST_METHODS, "contiguous", "view", "reshape", "view_as", "reshape_as"})
+_NOOP_FUNCTIONS = frozenset({torch.reshape})
+_MUL_TARGETS = (operator.mul, torch.mul)
+
+
+def noop_input(node: Any) -> fx.Node | None:
+    """``x`` if ``node`` is a step that gives ``x``'s values as they are (same shape, dtype
+    and device): a cast to the same dtype, ``.to(x.device)``, ``.contiguous()``, a view or
+    reshape to the same shape, ``x * 1``; else None."""
+    if not isinstance(node, fx.Node) or node.kwargs.get("out") is not None:
+        return None
+    x = None
+    if node.op == "call_method" and node.target in _NOOP_METHODS and node.args:
+        x = node.args[0]
+    elif node.op == "call_function" and node.target in _NOOP_FUNCTIONS and node.args:
+        x = node.args[0]
+    elif ((node.op == "call_function" and node.target in _MUL_TARGETS) or
+          (node.op == "call_method" and node.target in ("mul", "__mul__", "__rmul__"))) and not node.kwargs:
+        if len(node.args) == 2:
+            a, b = node.args
+            x = a if _is_one(b) else b if _is_one(a) else None
+    out, inp = tensor_meta(node), tensor_meta(x)
+    if (not isinstance(x, fx.Node) or out is None or inp is None or out.shape != inp.shape
+            or out.dtype != inp.dtype or out.device != inp.device):
+        return None
+    return x
+
+
+def lookup_below(x: Any, is_lookup: Callable[[Any], bool], depth: int = 3) -> tuple[fx.Node, list[fx.Node]] | None:
+    """``(lookup, steps)`` if ``x`` is computed from a lookup by at most ``depth`` steps
+    (``steps`` from ``x`` down, the lookup not included), else None: the node in the way
+    when a pattern's candidate reads a lookup through something it does not take."""
+    if not isinstance(x, fx.Node) or x.op != "call_function" and x.op != "call_method":
+        return None
+    for inp in x.all_input_nodes:
+        if is_lookup(inp):
+            return inp, [x]
+        if depth > 1 and (got := lookup_below(inp, is_lookup, depth - 1)) is not None:
+            return got[0], [x, *got[1]]
+    return None
+
+
+def step_names(steps: Sequence[fx.Node]) -> str:
+    """Each step's op and node, the lookup's side first: "`float` (float_1), `mul` (mul)"."""
+    return ", ".join(f"`{n.target if isinstance(n.target, str) else getattr(n.target, '__name__', n.target)}` "
+                     f"({n.name})" for n in reversed(steps))
+
+
+def _is_one(v: Any) -> bool:
+    return type(v) in (int, float) and v == 1
+
+
 def sum_args(node: Any) -> dict[str, Any] | None:
     """``{input, dim, keepdim, dtype}`` of ``x.sum(...)`` / ``torch.sum(x, ...)``, else None."""
     if not isinstance(node, fx.Node):

@@ -130,9 +130,10 @@ def _roots(graph: fx.Graph, sums: set[fx.Node]) -> list[fx.Node]:
 def _hazard(lk: Lookup, root: fx.Node, writes: _fx.Writes, own: list[fx.Node]) -> str | None:
     """Why computing ``lk`` at the end of the sum (``root``) would change the result, or None
     (``_cat_site._hazard``'s checks, less the sum's own ``+=`` writes)."""
-    w = writes.writer(lk.node, ignore=own)
-    if w is not None:
-        return f"the lookup's output is written in place by {w.name}; left so the write still applies"
+    for n in (lk.node, *lk.between):
+        w = writes.writer(n, ignore=own)
+        if w is not None:
+            return f"the lookup's output is written in place by {w.name}; left so the write still applies"
     for what, value in (("indices", lk.index), ("table", lk.weight)):
         w = writes.writer(value, after=lk.node, before=root, ignore=own)
         if w is not None:
@@ -156,7 +157,8 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
         lookups, others = found
         rewrite = Rewrite(
             pattern=NAME,
-            replaced=tuple([lk.node.name for lk in lookups] + [n.name for n in reversed(nodes)]),
+            replaced=tuple(dict.fromkeys([n.name for lk in lookups for n in (lk.node, *reversed(lk.between))]
+                                         + [n.name for n in reversed(nodes)])),
             fused_op=_OP,
             tables=tuple(TableInfo(_fx.table_name(lk.weight), lk.num_rows, lk.dim, lk.dtype) for lk in lookups),
             index_shape=tuple(torch.broadcast_shapes(*(lk.index_shape for lk in lookups))),
@@ -172,10 +174,14 @@ def _analyse(root: fx.Node, terms: list[tuple[Any, fx.Node]], nodes: list[fx.Nod
     """``(the lookups to fuse, the other terms in order)`` of the sum ending at ``root``, or
     None (the reason logged when the sum has a lookup)."""
     lookups: list[Lookup] = []
+    hidden: list[tuple[fx.Node, list[fx.Node]]] = []  # lookups the sum reads through other steps
     for term, _ in terms:
         if not isinstance(term, fx.Node):
             continue
-        got = analyse_lookup(term)
+        inner, between = _cat_site.peel_noops(term)  # ``pos_emb.to(tok_emb.device)``
+        if not _fx.is_embedding(inner) and (below := _fx.lookup_below(inner, _fx.is_embedding)) is not None:
+            hidden.append((below[0], [*between, *below[1]]))
+        got = analyse_lookup(inner, between)
         if isinstance(got, Lookup):
             got = _hazard(got, root, writes, nodes) or got
         if isinstance(got, str):
@@ -184,6 +190,13 @@ def _analyse(root: fx.Node, terms: list[tuple[Any, fx.Node]], nodes: list[fx.Nod
             lookups.append(got)
     if not lookups:
         return None
+    # A sum of at least one lookup that reads more through other steps: the steps are what
+    # keeps them out. (A sum with no lookup term, ``(u * i).sum(-1) + ub.squeeze(-1)``, is
+    # no candidate: logging it would flag every model that adds up anything computed from
+    # a lookup.)
+    for lookup, steps in hidden:
+        rec.skip(Skip(NAME, lookup.name, f"{lookup.name} reaches the sum ending at {root.name} through "
+                                         f"{_fx.step_names(steps)}, not no-op steps alone: left as a term"))
     keys = [_key(lk) for lk in lookups]
     best = max(keys, key=keys.count)  # ties: the first lookup's
     fused = [lk for lk in lookups if _key(lk) == best]
@@ -202,7 +215,7 @@ def _analyse(root: fx.Node, terms: list[tuple[Any, fx.Node]], nodes: list[fx.Nod
                                    f"{best[0]} on {best[1]}: adding the lookups first would round their partial "
                                    "sum before eager's promotion; left"))
         return None
-    chosen = {lk.node for lk in fused}  # a lookup listed twice (``e + e``) is fused twice
+    chosen = {lk.consumer for lk in fused}  # a lookup listed twice (``e + e``) is fused twice
     others = []
     for term, parent in terms:
         if isinstance(term, fx.Node) and term in chosen:
@@ -233,7 +246,7 @@ def _rewrite(graph: fx.Graph, root: fx.Node, lookups: list[Lookup], others: list
             out = _fx.call_method(graph, "to", (out, dtype), root)
     root.replace_all_uses_with(out)
     order = {n: k for k, n in enumerate(graph.nodes)}
-    dead = sorted({*nodes, *(lk.node for lk in lookups)}, key=lambda n: -order[n])
+    dead = sorted({*nodes, *(n for lk in lookups for n in (lk.node, *lk.between))}, key=lambda n: -order[n])
     for n in dead:  # users first; a lookup with other users stays for them
         if not _fx.is_erased(n) and not n.users:
             graph.erase_node(n)

@@ -449,12 +449,17 @@ def _hazard(site: _Site, writes: _fx.Writes) -> str | None:
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
     """Find (and, if ``apply``, rewrite) every one_hot_linear site in ``graph``."""
     writes = None
+    told: set[fx.Node] = set()  # one-hots a rewrite or a logged skip accounts for
     for node in list(graph.nodes):
         if node.op not in ("call_function", "call_method") or _fx.is_erased(node) or _operands(node) is None:
             continue
         if writes is None:
             writes = _fx.Writes(graph)
+        logged = len(rec.report.skipped)
+        above = _one_hots_above(node)  # before a rewrite takes the chain away
         site = _read_site(node, rec, writes)
+        if site is not None or len(rec.report.skipped) > logged:
+            told |= above
         if site is None:
             continue
         rewrite = _describe(site)
@@ -462,6 +467,49 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             _rewrite(graph, site)
             writes = None  # the graph changed: positions are recomputed for the next site
         rec.rewrite(rewrite)
+    _note_other_contractions(graph, told, rec)
+
+
+# Ops that contract a one-hot with a weight in forms the pattern does not take (yet): a
+# one-hot that reaches one of them unexplained gets a logged reason, never silence.
+_CONTRACTIONS = frozenset({torch.einsum, torch.bmm, torch.baddbmm, torch.tensordot, torch.addmm, torch.addbmm,
+                           torch.inner, torch.mv, torch.dot, *_fx.LINEAR_TARGETS, *_fx.MATMUL_TARGETS})
+_CONTRACTION_METHODS = frozenset({"bmm", "baddbmm", "addmm", "addbmm", "mv", "dot", "inner", *_fx.MATMUL_METHODS})
+
+
+def _is_contraction(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in _CONTRACTIONS)
+            or (node.op == "call_method" and node.target in _CONTRACTION_METHODS))
+
+
+def _one_hots_above(node: fx.Node, depth: int = 8) -> set[fx.Node]:
+    """The one-hot nodes at most ``depth`` steps above ``node``."""
+    found, frontier = set(), [node]
+    for _ in range(depth):
+        frontier = [i for n in frontier for i in n.all_input_nodes]
+        found |= {n for n in frontier if _is_one_hot(n)}
+    return found
+
+
+def _note_other_contractions(graph: fx.Graph, told: set[fx.Node], rec: Recorder, depth: int = 8) -> None:
+    """Log each one-hot that reaches a contraction (einsum, bmm, a matmul the pattern read
+    and left silently, ...) within ``depth`` steps and that no rewrite or skip accounts for:
+    which op, through which steps."""
+    for oh in graph.nodes:
+        if not _is_one_hot(oh) or oh in told:
+            continue
+        paths, seen = [[oh]], {oh}
+        for _ in range(depth):
+            hit = next((p for p in paths if len(p) > 1 and _is_contraction(p[-1])), None)
+            if hit is not None:
+                steps = _fx.step_names(list(reversed(hit[1:])))
+                rec.skip(Skip(NAME, oh.name, f"{oh.name} reaches a contraction through {steps}: not a form "
+                                             "one_hot_linear takes (F.linear / matmul / mm / @ of a cast, summed, "
+                                             "scaled or concatenated one-hot, see docs/patterns.md); left"))
+                break
+            paths = [[*p, u] for p in paths for u in p[-1].users if u not in seen and not seen.add(u)]
+            if not paths:
+                break
 
 
 def _describe(site: _Site) -> Rewrite:

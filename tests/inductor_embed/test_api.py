@@ -184,3 +184,8 @@ def test_group_names_and_dims_text():
     assert dims_text([2, 4, 8]) == "[2, 4, 8]" and dims_text([16] * 4 + [4, 4, 4]) == "[16 x4, 4, 4, 4]"
     lines = _table(["node", "reason skipped"], [["n", "word " * 60]]).splitlines()
     assert len(lines) == 5 and max(map(len, lines)) < 120
+    # three wide columns: each shrinks, but a name never breaks inside
+    lines = _table(["tables", "dims", "nodes"], [["embeddings.{0..25}.weight, more.{0..9}.weight",
+                                                  str(list(range(40))), "embedding, embedding_{1..25}, " * 4]]).splitlines()
+    text = "\n".join(lines)
+    assert max(map(len, lines)) < 120 and "embeddings.{0..25}.weight," in text and "more.{0..9}.weight" in text, text

@@ -33,7 +33,8 @@ from tests.reliability._util import LogLines, dist_env, run_ranks
 CAT_LEFT_IN_A_GRAPH = sys.version_info >= (3, 12) or torch.torch_version.TorchVersion(torch.__version__) >= (2, 13)
 STEPS = 2
 VOCABS, DIMS = (50, 30, 20), (4, 3, 5)
-OUTSIDE = "3 inputs of cat are lookups that ran outside this graph, across a graph break"
+OUTSIDE = ("3 inputs of cat are lookups that ran outside this graph, across a graph break; they are outputs "
+           "of FSDP2 modules")
 
 
 class Lookups(nn.Module):

@@ -1,0 +1,74 @@
+"""What the pass does, with the default config, to small models written like the libraries
+people use (``library_models.py``): each model's rewrites and every skip reason, pinned.
+
+A change that makes a model lose a rewrite, or gain or change a reason, shows here; update
+the pin only when the new behaviour is the intended one. Runs ``explain`` (Dynamo and the
+pass, no Inductor compile), so the whole file takes seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import inductor_embed
+from tests.inductor_embed.library_models import MODELS
+
+_CPU_COLUMN_WRITES = ("on the CPU that write on the fused output copies the whole output (slower than "
+                      "torch.compile; config.column_writes_on_cpu=True takes it anyway); left")
+_CPU_BAGS = ("on the CPU only fp32 dense sum/mean lookups are rewritten (their faster backward); this one has "
+             "no faster CPU path than torch.compile's (config.bag_patterns_on_cpu='all' rewrites it)")
+_ENSEMBLE = ("through `column_stack` (feats), `getitem` (getitem_2), `expand` (expand), `mul` (h), `einsum` "
+             "(einsum): not a form one_hot_linear takes (F.linear / matmul / mm / @ of a cast, summed, scaled "
+             "or concatenated one-hot, see docs/patterns.md); left")
+_E4 = ("embedding", "embedding_1", "embedding_2", "embedding_3")
+
+# model -> ([(pattern, replaced nodes, shares)], [(pattern, node, reason)])
+EXPECTED = {
+    "category_embedding": ([("multi_embedding_cat", ("embedding", "embedding_1", "embedding_2", "cat"), "")], []),
+    "shared_embeddings": ([], [
+        ("multi_embedding_cat", name, f"the lookup's columns are written in place ({w}): {_CPU_COLUMN_WRITES}")
+        for name, w in (("e", "setitem"), ("e_1", "setitem_1"), ("e_2", "setitem_2"))]),
+    "deepfm": ([("multi_embedding_cat", (*_E4, "fm_input"), ""),
+                ("multi_embedding_cat", (*_E4, "cat"), "fm_input")], []),
+    "field_slices_fm": ([("multi_embedding_cat", (*_E4, "e"), "")], []),
+    "bert_embeddings": ([("multi_embedding_sum", ("embedding", "embedding_1", "embedding_2", "embeddings",
+                                                  "embeddings_1"), "")], []),
+    # pos_emb is the .to(tok_emb.device) step, a no-op here
+    "nanogpt": ([("multi_embedding_sum", ("tok_emb", "embedding_1", "pos_emb", "add"), "")], []),
+    "atom_encoder": ([("multi_embedding_sum", ("embedding", *(f"embedding_{k}" for k in range(1, 9)), "x_embedding",
+                                               *(f"x_embedding_{k}" for k in range(1, 9))), "")], []),
+    "dlrm": ([], [("multi_embedding_bag", name, _CPU_BAGS)
+                  for name in ("embedding_bag", "embedding_bag_1", "embedding_bag_2")]),
+    "two_tower": ([], [("independent_lookups", "embedding, embedding_1",
+                        "on the CPU the fused op's forward is the same ATen gathers plain torch.compile compiles, "
+                        "and paired runs did not find it faster (config.independent_lookups_on_cpu=True rewrites "
+                        "it anyway)")]),
+    "one_hot_linear": ([("one_hot_linear", ("one_hot", "one_hot_1", "cat", "float_1", "linear"), "")], []),
+    "one_hot_ensemble": ([], [("one_hot_linear", oh, f"{oh} reaches a contraction {_ENSEMBLE}")
+                              for oh in ("one_hot", "one_hot_1")]),
+}
+
+
+@pytest.fixture(autouse=True)
+def _default_config():
+    """The shipped defaults that tests/conftest.py overrides for the other tests."""
+    with inductor_embed.config.patch(bag_patterns_on_cpu="sum_mean", column_writes_on_cpu=False,
+                                     sparse_coalesce_on_cpu=False):
+        yield
+
+
+def test_every_model_is_pinned():
+    assert set(EXPECTED) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_library_model(name: str) -> None:
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model, args = MODELS[name]()
+    report = inductor_embed.explain(model, *args)
+    got = ([(r.pattern, r.replaced, r.shares) for r in report.rewrites],
+           [(s.pattern, s.node, s.reason) for s in report.skipped])
+    assert got == EXPECTED[name]
+    assert report.rewrites or report.skipped, "a model with an embedding pattern is never silent"
