@@ -128,3 +128,24 @@ def test_explain_names_the_shared_op():
     report = inductor_embed.explain(DeepFM(), _batch())
     assert [r.shares for r in report.rewrites] == ["", "s"]  # the stack, named after its variable
     assert "the inductor_embed.multi_embedding of s, read again" in report.rewrites[1].describe()
+
+
+class TwoCatsOfBags(nn.Module):
+    """Bags read by a stack and a cat: the bag family shares its op the same way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bags = nn.ModuleList(nn.EmbeddingBag(v, 4, mode="sum") for v in VOCABS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = [bag(x[:, :, k]) for k, bag in enumerate(self.bags)]  # [B, 4] each, bags of 3
+        return torch.stack(p, dim=1).square().sum((1, 2)) + torch.cat(p, dim=-1).sum(-1)
+
+
+def test_bags_read_twice():
+    torch.manual_seed(0)
+    x = _batch(12).view(4, 3, len(VOCABS))  # 4 bags of 3 ids per table
+    compare_with_eager(TwoCatsOfBags(), (x,), exact_forward=False)
+    assert rewrites("multi_embedding_bag") == 2
+    code = rewritten_code(TwoCatsOfBags(), x)
+    assert code.count("torch.ops.inductor_embed.multi_embedding_bag.default(") == 1
