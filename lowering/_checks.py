@@ -117,9 +117,9 @@ def in_range(op: str, t: Tensor, high: object, message: str, exc: type[Exception
     """Raise ``exc(message)`` where an element of ``t`` is outside ``[low, high)``."""
     if t.numel() == 0:
         return
-    lo, hi = torch.aminmax(t.reshape(-1))
-    if int(lo) < low or int(hi) >= int(high):
-        raise exc(f"{message}: got {int(lo) if int(lo) < low else int(hi)} in {op}")
+    lo, hi = (int(v) for v in torch.aminmax(t.reshape(-1)))  # one host read each
+    if lo < low or hi >= int(high):
+        raise exc(f"{message}: got {lo if lo < low else hi} in {op}")
 
 
 def offsets_ok(op: str, k: int, offsets: Tensor, nnz: int) -> None:
