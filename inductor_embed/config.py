@@ -57,8 +57,8 @@ independent_lookups: bool = True
 # Which EmbeddingBag lookups the two bag patterns (multi_embedding_bag, tied_embedding_bag)
 # take for CPU tensors: "sum_mean" (default) fp32 dense sum/mean lookups, whose fused CPU
 # backward is faster than eager's (ATen's additions in ATen's order, by a C kernel, see
-# cpu_native_kernels, into reused gradient buffers: cpu-quick 1.11x / 2.22x torch.compile for 8 / 26
-# tables, 1.27x / 3.67x for a tied pair); "all" every lookup (max mode, sparse and half
+# cpu_native_kernels, into reused gradient buffers: cpu-quick 1.33x / 2.41x torch.compile for 8 / 26
+# tables, 1.07x / 1.96x for a tied pair); "all" every lookup (max mode, sparse and half
 # tables have no faster CPU path than torch.compile's); "none" none. True / False mean "all"
 # / "none". Left lookups are logged with the reason.
 bag_patterns_on_cpu: str = "sum_mean"
