@@ -65,7 +65,6 @@ def test_every_model_is_pinned():
 @pytest.mark.parametrize("name", list(MODELS))
 def test_library_model(name: str) -> None:
     torch.manual_seed(0)
-    torch._dynamo.reset()
     model, args = MODELS[name]()
     report = inductor_embed.explain(model, *args)
     got = ([(r.pattern, r.replaced, r.shares) for r in report.rewrites],

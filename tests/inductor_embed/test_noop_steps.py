@@ -43,13 +43,6 @@ class CatSteps(nn.Module):
         return flat.square().sum(-1) + tokens.sum((1, 2))
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sum_through_to_device(dtype):
     torch.manual_seed(0)

@@ -66,13 +66,6 @@ class SubRun(nn.Module):
         return a.sum(-1) + b.square().sum(-1)
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_deepfm_one_fused_op(dtype):
     torch.manual_seed(0)
