@@ -510,9 +510,11 @@ def run_family(fam: Family, graph: fx.Graph, rec: Recorder, apply: bool) -> None
                 runs.append((start, end))
         if not runs:
             continue
-        # A site whose result is written in place may hold the fused buffer itself: it
-        # neither reads an earlier site's output nor lends its own to a later one.
-        unwritten = writes.writer(node) is None
+        # A site whose result is written in place, or is (a view of) a graph output, may
+        # hold the fused buffer itself: it neither reads an earlier site's output nor lends
+        # its own to a later one (a write would reach the other site's readers; two outputs
+        # would share memory where eager's never do).
+        unwritten = writes.writer(node) is None and not _fx.escapes(node, graph)
         shared = {s: got for s, e in runs if unwritten and (got := _fused_before(fused, site.items[s:e]))}
         rewrites = [_describe(fam, site, s, e, shared[s][0].site if s in shared else "") for s, e in runs]
         made = _rewrite(fam, graph, site, runs, order, writes, shared) if apply else {}

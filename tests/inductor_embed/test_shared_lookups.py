@@ -116,6 +116,27 @@ def test_written_site_lends_no_output():
     assert rewritten_code(WrittenStack(), x).count(_OP) == 2
 
 
+class BothReturned(nn.Module):
+    """Both sites are graph outputs: each gets its own op, so the outputs share no memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embs = nn.ModuleList(nn.Embedding(v, 4) for v in VOCABS)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = [emb(x[:, k]) for k, emb in enumerate(self.embs)]
+        return torch.stack(e, dim=1), torch.cat(e, dim=-1)
+
+
+def test_sites_that_are_outputs_share_nothing():
+    torch.manual_seed(0)
+    x = _batch()
+    stacked, flat = torch.compile(BothReturned(), backend="inductor_embed")(x)
+    assert rewrites() == 2
+    assert stacked.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr()
+    assert rewritten_code(BothReturned(), x).count(_OP) == 2
+
+
 def test_explain_names_the_shared_op():
     torch.manual_seed(0)
     report = inductor_embed.explain(DeepFM(), _batch())
