@@ -218,11 +218,15 @@ def _table(header: list[str], rows: list[list[str]], max_width: int = MAX_WIDTH)
     natural = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     # A column is never narrower than its longest word: names stay whole (a table name
     # cut in two is unreadable and unsearchable); the reason column takes up the slack.
+    # Only where the longest words fit side by side at all: else words break too, so that
+    # no line passes ``max_width``.
+    budget = max_width - 3 * (len(header) - 1)
     words = [max(len(w) for c in (h, *(r[i] for r in rows)) for w in (c.split() or [""])) for i, h in enumerate(header)]
-    widths = _fit(natural, max_width - 3 * (len(header) - 1), words)
-    out = _lines(header, widths) + ["-+-".join("-" * w for w in widths)]
+    whole = sum(words) <= budget
+    widths = _fit(natural, budget, words if whole else [1] * len(header))
+    out = _lines(header, widths, whole) + ["-+-".join("-" * w for w in widths)]
     for r in rows:
-        out += _lines(r, widths)
+        out += _lines(r, widths, whole)
     return "\n".join(out)
 
 
@@ -238,8 +242,8 @@ def _fit(natural: list[int], budget: int, minimum: list[int]) -> list[int]:
     return fit(cap)
 
 
-def _lines(cells: list[str], widths: list[int]) -> list[str]:
-    wrapped = [textwrap.wrap(c, w, break_on_hyphens=False, break_long_words=False) or [""]
+def _lines(cells: list[str], widths: list[int], whole: bool = True) -> list[str]:
+    wrapped = [textwrap.wrap(c, w, break_on_hyphens=False, break_long_words=not whole) or [""]
                for c, w in zip(cells, widths)]
     height = max(map(len, wrapped))
     fmt = " | ".join(f"{{:<{w}}}" for w in widths)

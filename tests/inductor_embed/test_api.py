@@ -189,3 +189,6 @@ def test_group_names_and_dims_text():
                                                   str(list(range(40))), "embedding, embedding_{1..25}, " * 4]]).splitlines()
     text = "\n".join(lines)
     assert max(map(len, lines)) < 120 and "embeddings.{0..25}.weight," in text and "more.{0..9}.weight" in text, text
+    # words that cannot all fit whole side by side break, and the width still holds
+    lines = _table(["a", "b"], [["x" * 90, "y" * 90]]).splitlines()
+    assert max(map(len, lines)) < 120 and "".join(ln.split(" |")[0].rstrip() for ln in lines[2:]) == "x" * 90
