@@ -174,13 +174,13 @@ def _analyse(root: fx.Node, terms: list[tuple[Any, fx.Node]], nodes: list[fx.Nod
     """``(the lookups to fuse, the other terms in order)`` of the sum ending at ``root``, or
     None (the reason logged when the sum has a lookup)."""
     lookups: list[Lookup] = []
-    hidden: list[tuple[fx.Node, list[fx.Node]]] = []  # lookups the sum reads through other steps
+    not_lookups: list[tuple[fx.Node, tuple]] = []  # terms that are no lookup, under their no-op steps
     for term, _ in terms:
         if not isinstance(term, fx.Node):
             continue
         inner, between = _cat_site.peel_noops(term)  # ``pos_emb.to(tok_emb.device)``
-        if not _fx.is_embedding(inner) and (below := _fx.lookup_below(inner, _fx.is_embedding)) is not None:
-            hidden.append((below[0], [*between, *below[1]]))
+        if not _fx.is_embedding(inner):
+            not_lookups.append((inner, between))
         got = analyse_lookup(inner, between)
         if isinstance(got, Lookup):
             got = _hazard(got, root, writes, nodes) or got
@@ -193,7 +193,9 @@ def _analyse(root: fx.Node, terms: list[tuple[Any, fx.Node]], nodes: list[fx.Nod
     # A sum of at least one lookup that reads more through other steps: the steps are what
     # keeps them out. (A sum with no lookup term, ``(u * i).sum(-1) + ub.squeeze(-1)``, is
     # no candidate: logging it would flag every model that adds up anything computed from
-    # a lookup.)
+    # a lookup; and every residual add of a model would be searched.)
+    hidden = [(below[0], [*between, *below[1]]) for inner, between in not_lookups
+              if (below := _fx.lookup_below(inner, _fx.is_embedding)) is not None]
     for lookup, steps in hidden:
         rec.skip(Skip(NAME, lookup.name, f"{lookup.name} reaches the sum ending at {root.name} through "
                                          f"{_fx.step_names(steps)}, not no-op steps alone: left as a term"))

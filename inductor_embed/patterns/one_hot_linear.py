@@ -449,6 +449,8 @@ def _hazard(site: _Site, writes: _fx.Writes) -> str | None:
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
     """Find (and, if ``apply``, rewrite) every one_hot_linear site in ``graph``."""
     writes = None
+    if not any(_is_one_hot(n) for n in graph.nodes):
+        return  # every site starts at a one-hot: nothing to read, nothing to explain
     told: set[fx.Node] = set()  # one-hots a rewrite or a logged skip accounts for
     for node in list(graph.nodes):
         if node.op not in ("call_function", "call_method") or _fx.is_erased(node) or _operands(node) is None:
@@ -483,12 +485,12 @@ def _is_contraction(node: fx.Node) -> bool:
 
 
 def _one_hots_above(node: fx.Node, depth: int = 8) -> set[fx.Node]:
-    """The one-hot nodes at most ``depth`` steps above ``node``."""
-    found, frontier = set(), [node]
+    """The one-hot nodes at most ``depth`` steps above ``node`` (each node visited once: a
+    model's residual adds would otherwise make the walk grow with every level)."""
+    seen, frontier = {node}, [node]
     for _ in range(depth):
-        frontier = [i for n in frontier for i in n.all_input_nodes]
-        found |= {n for n in frontier if _is_one_hot(n)}
-    return found
+        frontier = [i for n in frontier for i in n.all_input_nodes if i not in seen and not seen.add(i)]
+    return {n for n in seen if _is_one_hot(n)}
 
 
 def _note_other_contractions(graph: fx.Graph, told: set[fx.Node], rec: Recorder, depth: int = 8) -> None:
