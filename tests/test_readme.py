@@ -104,14 +104,14 @@ def config_pattern_switches() -> set[str]:
 
     config.py has no list of them: they are its boolean fields (``config.snapshot()``
     holds every field) other than the master switch ``enabled``, the kernel switch
-    ``triton_on_cpu`` and the CPU policies (``bag_patterns_on_cpu``, ``independent_lookups_on_cpu``,
+    ``triton_on_cpu`` and the CPU policies (``bag_patterns_on_cpu``,
     ``column_writes_on_cpu``, ``sparse_coalesce_on_cpu``, ``cpu_native_kernels``). That set must also be the pass's own
     registry: each module in
     ``inductor_embed.patterns.PATTERNS`` runs only if ``config.pattern_enabled(NAME)``,
     so its NAME is its switch. A new boolean that is not a pattern fails this check
     until it is added to the exclusions below.
     """
-    not_patterns = {"enabled", "triton_on_cpu", "bag_patterns_on_cpu", "independent_lookups_on_cpu",
+    not_patterns = {"enabled", "triton_on_cpu", "bag_patterns_on_cpu",
                     "column_writes_on_cpu", "sparse_coalesce_on_cpu", "cpu_native_kernels"}
     switches = {name for name, value in config.snapshot().items() if isinstance(value, bool)} - not_patterns
     registry = {p.NAME for p in PATTERNS}

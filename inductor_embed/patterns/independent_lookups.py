@@ -19,10 +19,7 @@ a lookup whose output is written in place, or whose indices or table are written
 anywhere in the graph (the op reads them at another place); a lookup whose output (or a
 view of it) is a graph output, since a view of the fused output would then share memory
 with the other lookups' outputs, which eager's never do; a lookup read by ``view`` (a
-column slice has another layout than the lookup's contiguous output); and, on the CPU
-unless ``config.independent_lookups_on_cpu``, every group: there the op's forward is the
-ATen reference that Inductor compiles, as plain torch.compile compiles the separate
-lookups, and paired runs did not find it faster (see config.py).
+column slice has another layout than the lookup's contiguous output).
 """
 
 from __future__ import annotations
@@ -81,11 +78,6 @@ def _split(lookups: list[Lookup], order: dict[fx.Node, int]) -> list[list[Lookup
     return groups
 
 
-def _active(device: torch.device | None) -> bool:
-    """Whether the pattern rewrites lookups on ``device`` (the CPU only when asked)."""
-    return device is None or device.type != "cpu" or config.independent_lookups_on_cpu
-
-
 def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
     """Find (and, if ``apply``, rewrite) every group of independent lookups in ``graph``."""
     order = {n: k for k, n in enumerate(graph.nodes)}
@@ -104,27 +96,18 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             # Inductor's re-inplacing re-check the sparse-gradient op's output, which it cannot.
             lk = "sparse=True: each lookup would read a view of the fused output, which the sparse backward cannot take"
         if isinstance(lk, str):
-            out = _fx.tensor_meta(node)
-            if node.name not in told and _active(out.device if out is not None else None):
+            if node.name not in told:
                 rec.skip(Skip(NAME, node.name, lk))
         elif lk is not None:
             why = _hazard(lk, graph, writes)
             found.setdefault((lk.dtype, lk.device, _shape_key(lk.index_shape)), []).append(
                 lk if why is None else (node, why))
     fewest = max(config.min_tables, 2)
-    for (dtype, device, _), candidates in found.items():
-        if len(candidates) < 2 or not _active(device):
-            # A lone lookup has nothing to fuse with (no log line for each); the CPU policy
-            # is logged once, below, where there is a group to leave.
-            lookups = [c for c in candidates if isinstance(c, Lookup)]
-            if len(lookups) >= fewest:
-                rec.skip(Skip(NAME, ", ".join(lk.node.name for lk in lookups),
-                              "on the CPU the fused op's forward is the same ATen gathers plain torch.compile "
-                              "compiles, and paired runs did not find it faster "
-                              "(config.independent_lookups_on_cpu=True rewrites it anyway)"))
-            continue
+    for (dtype, _device, _), candidates in found.items():
+        if len(candidates) < 2:
+            continue  # a lone lookup has nothing to fuse with (no log line for each)
         for c in candidates:
-            if not isinstance(c, Lookup):
+            if not isinstance(c, Lookup) and c[0].name not in told:
                 rec.skip(Skip(NAME, c[0].name, c[1]))
         lookups = [c for c in candidates if isinstance(c, Lookup)]
         for group in _split(lookups, order):

@@ -131,13 +131,12 @@ def test_issue13_variants_are_rewritten(variant):
                                               ("shared", "multi_embedding_cat")])
 def test_sum_and_mf_variants_are_rewritten(variant, pattern):
     """Issue 13's sums of lookups, independent lookups and column writes in cpu-quick: rewritten by their
-    patterns (independent_lookups only with its CPU switch on: off by default there)."""
+    patterns."""
     case = dataclasses.replace(next(c for c in PRESETS["cpu-quick"].cases if c.variant == variant), batch=16)
     wl = WORKLOADS[case.workload]
     model = wl.build(case, CPU)
     inputs = wl.inputs(case, CPU)
-    with inductor_embed.config.patch(independent_lookups_on_cpu=True):
-        report = inductor_embed.explain(model, *inputs)
+    report = inductor_embed.explain(model, *inputs)
     assert [r.pattern for r in report.rewrites] == [pattern], str(report)
     want = {"sum": (16, case.dims[0]), "mf": (16,), "shared": (16, sum(case.dims))}[variant]
     assert model(*inputs).shape == want

@@ -9,7 +9,6 @@ import expecttest
 import torch
 import torch.nn as nn
 
-import inductor_embed
 from tests.inductor_embed._util import rewritten_code
 from tests.inductor_embed.test_independent_lookups import MatrixFactorisation, _ids
 from tests.inductor_embed.test_multi_embedding_bag import (
@@ -133,8 +132,7 @@ def forward(self, L_x_ : torch.Tensor, L_a_parameters_weight_ : torch.nn.paramet
     return (multi_embedding_default,)""")
 
     def test_independent_lookups_of_matrix_factorisation(self):
-        with inductor_embed.config.patch(independent_lookups_on_cpu=True):
-            code = rewritten_code(MatrixFactorisation(), *_ids())
+        code = rewritten_code(MatrixFactorisation(), *_ids())
         self.assertExpectedInline(code, """\
 def forward(self, L_self_modules_u_parameters_weight_ : torch.nn.parameter.Parameter, L_uid_ : torch.Tensor, L_self_modules_i_parameters_weight_ : torch.nn.parameter.Parameter, L_iid_ : torch.Tensor, L_self_modules_ub_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_ib_parameters_weight_ : torch.nn.parameter.Parameter, L_self_parameters_g_ : torch.nn.parameter.Parameter):
     multi_embedding_default = torch.ops.inductor_embed.multi_embedding.default([l_self_modules_u_parameters_weight_, l_self_modules_i_parameters_weight_, l_self_modules_ub_parameters_weight_, l_self_modules_ib_parameters_weight_], [l_uid_, l_iid_, l_uid_, l_iid_], [-1, -1, -1, -1], [False, False, False, False]);  l_self_modules_u_parameters_weight_ = l_self_modules_i_parameters_weight_ = l_self_modules_ub_parameters_weight_ = l_self_modules_ib_parameters_weight_ = l_uid_ = l_iid_ = None

@@ -1,8 +1,5 @@
 """End to end: lookups with no cat (two-tower and matrix-factorisation models), compiled with
 inductor_embed vs eager (issue 13, form 5).
-
-The pattern is off on the CPU by default (config.independent_lookups_on_cpu); these tests
-turn it on to check the rewrite on the CPU, except the one that checks the default.
 """
 
 from __future__ import annotations
@@ -18,12 +15,6 @@ import inductor_embed
 from tests.inductor_embed._util import compare_with_eager, rewrites, skips
 
 NAME = "independent_lookups"
-
-
-@pytest.fixture(autouse=True)
-def _on_cpu():
-    with inductor_embed.config.patch(independent_lookups_on_cpu=True):
-        yield
 
 
 class MatrixFactorisation(nn.Module):
@@ -48,14 +39,6 @@ def test_matrix_factorisation(dtype):
     # Inductor sums the dot product in its own order: not bit-equal to eager's, in fp32 too.
     compare_with_eager(MatrixFactorisation(dtype=dtype), _ids(), dtype=dtype, exact_forward=False)
     assert rewrites(NAME) == 1 and skips(NAME) == 0
-
-
-def test_cpu_default_leaves_them_with_the_reason(caplog):
-    with inductor_embed.config.patch(independent_lookups_on_cpu=False), \
-            caplog.at_level(logging.DEBUG, logger="inductor_embed"):
-        compare_with_eager(MatrixFactorisation(), _ids(), exact_forward=False)
-    assert rewrites(NAME) == 0 and skips(NAME) == 1
-    assert "config.independent_lookups_on_cpu=True rewrites it anyway" in caplog.text
 
 
 class TwoTower(nn.Module):

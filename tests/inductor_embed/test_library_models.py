@@ -40,10 +40,7 @@ EXPECTED = {
                                                *(f"x_embedding_{k}" for k in range(1, 9))), "")], []),
     "dlrm": ([], [("multi_embedding_bag", name, _CPU_BAGS)
                   for name in ("embedding_bag", "embedding_bag_1", "embedding_bag_2")]),
-    "two_tower": ([], [("independent_lookups", "embedding, embedding_1",
-                        "on the CPU the fused op's forward is the same ATen gathers plain torch.compile compiles, "
-                        "and paired runs did not find it faster (config.independent_lookups_on_cpu=True rewrites "
-                        "it anyway)")]),
+    "two_tower": ([("independent_lookups", ("embedding", "embedding_1"), "")], []),
     "one_hot_linear": ([("one_hot_linear", ("one_hot", "one_hot_1", "cat", "float_1", "linear"), "")], []),
     "one_hot_ensemble": ([], [("one_hot_linear", oh, f"{oh} reaches a contraction {_ENSEMBLE}")
                               for oh in ("one_hot", "one_hot_1")]),

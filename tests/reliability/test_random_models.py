@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-import inductor_embed
 from tests.inductor_embed._util import rewrites
 
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "10"))
@@ -205,8 +204,7 @@ def _check(spec):
     oracle = copy.deepcopy(model).float()  # fp32 twin: the reference for half-type numbers
     compiled_model = copy.deepcopy(model)
     inputs = _inputs(spec, gen)
-    with inductor_embed.config.patch(independent_lookups_on_cpu=True):
-        outs = torch.compile(compiled_model, backend="inductor_embed")(*inputs)
+    outs = torch.compile(compiled_model, backend="inductor_embed")(*inputs)
     eager = model(*inputs)
     refs = oracle(*inputs)
     assert rewrites() == expected_rewrites(spec), (rewrites(), spec)
