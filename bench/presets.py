@@ -93,10 +93,13 @@ def sums_and_mf(batches, fields: int = 9, dim: int = 64) -> list[Case]:
 
 
 def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, bag_size: int = 8) -> list[Case]:
-    """The pattern hooks (one_hot_linear and its scaled form, tied_bags); see
+    """The pattern hooks (one_hot_linear, its scaled form and a TabM-style ensemble of 8
+    members over 8 one-hot fields of 100 classes and 4 dense features, tied_bags); see
     bench/workloads/pattern_hooks.py."""
     return ([Case("one_hot_linear", f"classes={n_classes} D={dim}{s and ' ' + s}", (n_classes,), (dim,), b,
                   variant=s) for s in ("", "scaled") for b in batches]
+            + [Case("one_hot_linear", f"ensemble k=8, 8 fields x 100 classes D={dim}", (100,) * 8, (dim,) * 8, b,
+                    variant="ensemble") for b in batches]
             + [Case("tied_bags", f"V={vocab} D={dim} L={bag_size}", (vocab,), (dim,), b, "zipf1.15",
                     bag_size=bag_size) for b in batches])
 

@@ -37,7 +37,8 @@ multi_embedding_cat: bool = True
 multi_embedding_sum: bool = True
 # F.linear / matmul / mm / @ on F.one_hot(idx, n).<float cast> (also a cat of several
 # one-hot fields, multi-hot one_hot(...).sum(dim), and a one-hot times a per-class scale r
-# broadcast over the rows) -> a gather of weight columns (times the gathered r).
+# broadcast over the rows, and an ensemble's per-member copies of one-hot features into
+# einsum / bmm / baddbmm) -> a gather of weight columns (times the gathered r).
 # The one deviation from eager: an inf/NaN weight makes NaN (0 * inf) on every row of
 # the dense matmul, but reaches only the rows that select its column in the gather;
 # set False to keep the dense form.

@@ -7,7 +7,9 @@ nothing. Both patterns exist now, so both workloads run.
 
 - ``one_hot_linear`` (seed 001): ``F.linear(F.one_hot(idx, n).to(dtype), W, b)``, which
   the pattern turns into a gather of W's columns; variant ``scaled`` (issue 13):
-  ``(F.one_hot(idx, n).float() * r) @ W``, a gather scaled by ``r[idx]``.
+  ``(F.one_hot(idx, n).float() * r) @ W``, a gather scaled by ``r[idx]``; variant ``ensemble``
+  (issue 27): a TabM-style ensemble, one-hot fields and dense features column-stacked,
+  copied to k members, scaled per member and contracted by ``einsum("bki,kio->bko")``.
 - ``tied_bags`` (seed 003): ``F.embedding`` and ``F.embedding_bag`` reading one weight
   (a token and its bag of context tokens, summed), which the pattern turns into one
   op that reads the weight once and writes one gradient.
@@ -66,6 +68,23 @@ class ScaledOneHotProjection(EmbeddingModel):
         return (F.one_hot(idx, self.n).to(self.weight.dtype) * self.scale) @ self.weight
 
 
+class OneHotEnsemble(EmbeddingModel):
+    """A TabM-style ensemble layer: one-hot fields (``classes``) and ``dense`` continuous
+    features column-stacked to ``[B, V]``, copied to ``k`` members, scaled per member by
+    ``r`` ``[k, V]`` and contracted with ``W`` ``[k, V, D]``: [B, F], [B, dense] -> [B, k, D]."""
+
+    def __init__(self, classes: tuple[int, ...], dim: int, dtype: torch.dtype, k: int = 8, dense: int = 4) -> None:
+        super().__init__()
+        self.classes, self.k = classes, k
+        v = sum(classes) + dense
+        self.r = nn.Parameter(torch.rand(k, v, dtype=dtype) + 0.5)
+        self.weight = nn.Parameter(torch.randn(k, v, dim, dtype=dtype) / v**0.5)
+
+    def forward(self, idx: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+        feats = torch.column_stack([*(F.one_hot(idx[:, j], n) for j, n in enumerate(self.classes)), cont])
+        return torch.einsum("bki,kio->bko", feats[:, None].expand(-1, self.k, -1) * self.r, self.weight)
+
+
 class OneHotLinear(PatternHook):
     name = "one_hot_linear"
     title = "Linear layer on a one-hot encoding"
@@ -76,16 +95,29 @@ class OneHotLinear(PatternHook):
                      "(bias grad)")
 
     def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
-        if case.variant not in ("", "scaled"):
-            raise ValueError(f"one_hot_linear variant {case.variant!r} is not one of ['', 'scaled']")
+        if case.variant not in ("", "scaled", "ensemble"):
+            raise ValueError(f"one_hot_linear variant {case.variant!r} is not one of ['', 'scaled', 'ensemble']")
+        if case.variant == "ensemble":
+            return OneHotEnsemble(case.vocabs, case.dims[0], dtype)
         cls = ScaledOneHotProjection if case.variant == "scaled" else OneHotProjection
         return cls(case.vocabs[0], case.dims[0], dtype)
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
-        return (table_indices(case, case.batch, device)[:, 0].contiguous(),)
+        idx = table_indices(case, case.batch, device)
+        if case.variant == "ensemble":
+            cont = torch.randn(case.batch, 4, generator=torch.Generator().manual_seed(0))
+            return idx, cont.to(device, getattr(torch, case.dtype))
+        return (idx[:, 0].contiguous(),)
+
+    def dynamic_dims(self, case: Case) -> tuple[tuple[int, int], ...]:
+        return ((0, 0), (1, 0)) if case.variant == "ensemble" else ((0, 0),)
 
     def bytes(self, case: Case) -> Bytes:
         e, n, v, d = DTYPES[case.dtype], case.batch, case.vocabs[0], case.dims[0]
+        if case.variant == "ensemble":  # F fields gather rows of k*D (k = 8); the 4 dense features' einsum
+            f, kd, vv = len(case.vocabs), 8 * d, sum(case.vocabs) + 4
+            return Bytes(fwd=n * f * INDEX_BYTES + n * f * kd * e + n * kd * e + vv * kd * e,
+                         bwd=n * f * INDEX_BYTES + n * kd * e + vv * kd * e + 2 * n * f * kd * e + vv * kd * e)
         return Bytes(fwd=n * INDEX_BYTES + 2 * n * d * e + d * e,
                      bwd=n * INDEX_BYTES + n * d * e + v * d * e + 2 * n * d * e + d * e)
 

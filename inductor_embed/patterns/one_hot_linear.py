@@ -28,6 +28,13 @@ the cast is ``.float()``, ``.half()``, ``.bfloat16()``, ``.to(dtype)``, ``.type_
   ``r`` as a ``[1, n]`` weight: its bounds check, and its backward gives r's gradient.
   Eager's product ``r[idx] * W[:, idx]`` is rounded once, as here (with a bias, eager's
   linear may round ``r*W + b`` once where this rounds the product and then the sum).
+* ensemble: the features (a one-hot, or a cat of one-hot and dense pieces) copied to k
+  members (``feats[:, None].expand(-1, k, -1)``, ``unsqueeze`` / ``expand`` in any axis
+  order), optionally scaled per member and feature (``* r``, r broadcast to ``[k, V]``), and
+  contracted with a per-member ``[k, V, O]`` weight by ``einsum`` (two 3-letter operands),
+  ``bmm``, ``baddbmm`` (beta = alpha = 1) or a 3-D ``@`` -> the op gathers rows of the scaled
+  weight laid out ``[V, k * O]`` (see "the ensemble form" below); the dense pieces keep an
+  einsum on their rows of it.
 * autocast: Dynamo records the linear as it is written and autocast casts at run time,
   so the result's meta dtype (bf16 under ``autocast("cpu", bfloat16)``) differs from the
   weight's. The op then gets ``dtype=``: it rounds each gathered weight and bias
@@ -453,20 +460,23 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
         return  # every site starts at a one-hot: nothing to read, nothing to explain
     told: set[fx.Node] = set()  # one-hots a rewrite or a logged skip accounts for
     for node in list(graph.nodes):
-        if node.op not in ("call_function", "call_method") or _fx.is_erased(node) or _operands(node) is None:
+        if node.op not in ("call_function", "call_method") or _fx.is_erased(node):
+            continue
+        members = _contraction_axes(node)
+        if members is None and _operands(node) is None:
             continue
         if writes is None:
             writes = _fx.Writes(graph)
         logged = len(rec.report.skipped)
         above = _one_hots_above(node)  # before a rewrite takes the chain away
-        site = _read_site(node, rec, writes)
+        site = _read_site(node, rec, writes) if members is None else _read_ensemble(node, members, rec, writes)
         if site is not None or len(rec.report.skipped) > logged:
             told |= above
         if site is None:
             continue
         rewrite = _describe(site)
         if apply:
-            _rewrite(graph, site)
+            (_rewrite_ensemble if isinstance(site, _Ensemble) else _rewrite)(graph, site)
             writes = None  # the graph changed: positions are recomputed for the next site
         rec.rewrite(rewrite)
     _note_other_contractions(graph, told, rec)
@@ -507,7 +517,8 @@ def _note_other_contractions(graph: fx.Graph, told: set[fx.Node], rec: Recorder,
                 steps = _fx.step_names(list(reversed(hit[1:])))
                 rec.skip(Skip(NAME, oh.name, f"{oh.name} reaches a contraction through {steps}: not a form "
                                              "one_hot_linear takes (F.linear / matmul / mm / @ of a cast, summed, "
-                                             "scaled or concatenated one-hot, see docs/patterns.md); left"))
+                                             "scaled or concatenated one-hot, or einsum / bmm / baddbmm of per-member "
+                                             "copies of one, see docs/patterns.md); left"))
                 break
             paths = [[*p, u] for p in paths for u in p[-1].users if u not in seen and not seen.add(u)]
             if not paths:
@@ -613,3 +624,283 @@ def _dense_matmul(graph: fx.Graph, site: _Site, dense: list, w: fx.Node, autocas
         x = _fx.call_method(graph, "to", (x, site.out_dtype), node)
         wd = _fx.call_method(graph, "to", (wd, site.out_dtype), node)
     return _fx.call(graph, F.linear, (x, wd), node)
+
+
+# --- the ensemble form ------------------------------------------------------------------
+# Tabular ensembles (TabM-style) put the features together once, give each of k members a
+# copy, optionally scale it per member and multiply by a per-member weight:
+#
+#     feats = torch.column_stack([F.one_hot(x0, n0), ..., cont])            # [B, V]
+#     h = feats[:, None].expand(-1, k, -1) * r                               # [B, k, V], r [k, V]
+#     y = torch.einsum("bki,kio->bko", h, W)                                 # W [k, V, O]
+#
+# (or ``feats.unsqueeze(0).expand(k, -1, -1) * r[:, None]`` into ``torch.bmm`` / ``baddbmm`` /
+# a 3-D ``@``). Member m's one-hot columns select rows of ``W'[m] = r[m, :, None] * W[m]``,
+# so ``y[b] = sum_fields W'[:, off + idx[b], :] (+ the dense columns' einsum)``: the op
+# gathers rows of W' laid out as ``[V, k * O]`` (one contiguous row per class), and the
+# result is unflattened to ``[B, k, O]``. Building W' costs k x V x O, the dense einsum it
+# replaces B x k x V x O.
+
+_MEMBER_VIEWS = ("unsqueeze", "expand", "expand_as", "broadcast_to")
+
+
+def _contraction_axes(node: fx.Node) -> tuple[fx.Node, fx.Node, Any, str, str, str] | None:
+    """``(h, W, bias, h_axes, w_axes, out_axes)`` of a per-member contraction of 3-D operands,
+    each axes string over "bkio" (rows, members, features, outputs), else None."""
+    if node.op == "call_function" and node.target is torch.einsum and isinstance(node.args[0], str):
+        ops = node.args[1:]
+        if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+            ops = ops[0]
+        eq = node.args[0].replace(" ", "")
+        if len(ops) != 2 or node.kwargs or "." in eq or eq.count("->") != 1 or eq.count(",") != 1:
+            return None
+        lhs, out = eq.split("->")
+        a, b = lhs.split(",")
+        if any(len(s) != 3 or len(set(s)) != 3 for s in (a, b, out)):
+            return None
+        role = {(True, False, True): "b", (True, True, True): "k", (True, True, False): "i", (False, True, True): "o"}
+        letters = {c: role.get((c in a, c in b, c in out)) for c in set(a + b + out)}
+        if sorted(v or "" for v in letters.values()) != ["b", "i", "k", "o"]:
+            return None
+        h, w = ops
+        return h, w, None, "".join(letters[c] for c in a), "".join(letters[c] for c in b), \
+            "".join(letters[c] for c in out)
+    bias = None
+    if node.op == "call_function" and node.target is torch.baddbmm:
+        args = _fx.bind(node, ("input", "batch1", "batch2", "beta", "alpha"), {"beta": 1, "alpha": 1})
+        if args["beta"] != 1 or args["alpha"] != 1:
+            return None
+        bias, h, w = args.get("input"), args.get("batch1"), args.get("batch2")
+    elif (node.op == "call_function" and node.target in (torch.bmm, *_fx.MATMUL_TARGETS)) or (
+            node.op == "call_method" and node.target in ("bmm", *_fx.MATMUL_METHODS)):
+        args = _fx.bind(node, ("input", "other"), {}, {"self": "input", "mat2": "other"})
+        h, w = args.get("input"), args.get("other")
+    else:
+        return None
+    if node.kwargs.get("out") is not None or any(getattr(_fx.tensor_meta(x), "ndim", 0) != 3 for x in (h, w)):
+        return None
+    return h, w, bias, "kbi", "kio", "kbo"
+
+
+def _same_size(a: Any, b: Any) -> bool:
+    # Symbolic sizes compare by their expression: no guard is added after Dynamo's.
+    return a is b or str(a) == str(b)
+
+
+def _member_view(node: fx.Node, labels: list) -> list | None:
+    """The axis labels ("b"/"i" for the features' rows and columns, None for a new axis)
+    after ``node``, a step that copies its input's values to new axes only (a cast,
+    ``unsqueeze``, ``[:, None]``, ``expand``), given its input's ``labels``; else None."""
+    inp, out = _fx.tensor_meta(node.args[0]) if node.args else None, _fx.tensor_meta(node)
+    if inp is None or out is None or node.kwargs.get("out") is not None:
+        return None
+    if _fx.cast_input(node) is not None:
+        return labels
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if node.op == "call_function" and node.target is operator.getitem:
+        idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if any(not (i is None or i is Ellipsis or i == slice(None)) for i in idx) or list(idx).count(Ellipsis) > 1:
+            return None
+        kept = len(labels) - sum(i == slice(None) for i in idx)
+        new: list = []
+        rest = list(labels)
+        for i in idx:
+            if i is None:
+                new.append(None)
+            elif i is Ellipsis:
+                new += rest[:kept]
+                rest = rest[kept:]
+            else:
+                new.append(rest.pop(0))
+        return new + rest
+    if node.op == "call_function" and node.target not in (torch.unsqueeze, torch.broadcast_to):
+        return None
+    if name == "unsqueeze" and len(node.args) == 2 and isinstance(node.args[1], int):
+        d = node.args[1] % (len(labels) + 1)
+        return labels[:d] + [None] + labels[d:]
+    if name in ("expand", "expand_as", "broadcast_to"):
+        new = [None] * (out.dim() - inp.dim()) + list(labels)
+        lead = out.dim() - inp.dim()
+        if lead < 0 or any(lab is not None and not _same_size(out.shape[lead + d], inp.shape[d])
+                           for d, lab in enumerate(labels)):
+            return None
+        return new
+    return None
+
+
+@dataclasses.dataclass
+class _Ensemble(_Site):
+    """A per-member contraction: ``items`` are the features' pieces; ``post`` the steps from
+    the features to the contraction's operand (views and casts; the scale's mul and the casts
+    after it are ``scale_chain``); ``weight`` is the ``[k, V, O]`` weight as ``w_axes`` lays it
+    out, ``bias`` baddbmm's input."""
+
+    h_axes: str = "bki"
+    w_axes: str = "kio"
+    out_axes: str = "bko"
+    members: int = 0
+    outputs: int = 0
+
+
+def _read_ensemble(node: fx.Node, parts: tuple, rec: Recorder, writes: _fx.Writes) -> _Ensemble | None:
+    h, w, bias, h_axes, w_axes, out_axes = parts
+    if not isinstance(h, fx.Node) or not isinstance(w, fx.Node):
+        return None
+    x, top = _peel_casts(h)
+    scale = mul = None
+    if (x.op == "call_function" and x.target in _MUL_TARGETS) or (x.op == "call_method" and x.target in _MUL_METHODS):
+        if len(x.args) == 2 and not x.kwargs:
+            for a, b in (x.args, x.args[::-1]):
+                if isinstance(a, fx.Node) and _features_below(a) is not None:
+                    mul, x, scale = x, a, b
+                    break
+    found = _features_below(x)
+    if found is None:
+        return None
+    feats, steps = found
+    labels: list | None = ["b", "i"]
+    for s in steps:
+        labels = _member_view(s, labels) if labels is not None else None
+    hv, wv, out = _fx.tensor_meta(h), _fx.tensor_meta(w), _fx.tensor_meta(node)
+    fv = _fx.tensor_meta(feats)
+    where = mul if mul is not None else steps[-1] if steps else feats
+    if labels is None or hv is None or wv is None or out is None or fv is None:
+        return _skip(rec, where, f"the features reach {node.name} through steps other than casts, unsqueeze, "
+                                 "[:, None] and expand (each member must read the same [B, V] features)")
+    if mul is not None:
+        labels = [None] * (hv.dim() - len(labels)) + labels
+    if len(labels) != 3 or [lab or "k" for lab in labels] != list(h_axes):
+        return _skip(rec, where, f"{node.name} contracts the features' axes as {h_axes!r}, not as rows x members "
+                                 "x features with the members a new axis")
+    if wv.dtype not in _fx.FLOAT_DTYPES or wv.device.type not in ("cpu", "cuda"):
+        return _skip(rec, node, f"a {wv.dtype} weight on {wv.device.type}: no fused kernel")
+    # Each member reads the same features: the scale is per member and feature, never per row.
+    if mul is not None:
+        rv = _fx.tensor_meta(scale)
+        if not isinstance(scale, fx.Node) or rv is None:
+            return _skip(rec, mul, f"{mul.name} scales the features by a Python number (its rounding in half types "
+                                   "is not a tensor's)")
+        if rv.dim() > 3 or rv.dtype not in _fx.FLOAT_DTYPES or rv.device != hv.device:
+            return _skip(rec, mul, f"{mul.name} scales the features by a {list(rv.shape)} {rv.dtype} tensor on "
+                                   f"{rv.device}: not a per-member scale")
+        if ((1,) * (3 - rv.dim()) + tuple(rv.shape))[h_axes.index("b")] != 1:
+            return _skip(rec, mul, f"{mul.name} scales each row differently ({list(rv.shape)}): not a per-member "
+                                   "scale")
+    k, v, o = (wv.shape[w_axes.index(a)] for a in "kio")
+    if not all(isinstance(s, int) for s in (k, v, o)):
+        return _skip(rec, node, "the per-member weight's shape is symbolic (dynamic weight shape)")
+    dtype = wv.dtype
+    if (hv.dtype, out.dtype) != (dtype, dtype) or (mul is not None and _dtype(scale) != dtype):
+        return _skip(rec, node, f"{node.name} mixes dtypes (features {hv.dtype}, weight {dtype}, result "
+                                f"{out.dtype}; autocast?): the gather would round differently")
+    if bias is not None:
+        bv = _fx.tensor_meta(bias)
+        if not isinstance(bias, fx.Node) or bv is None or bv.dtype != dtype:
+            return _skip(rec, node, f"the baddbmm input is not a {dtype} tensor")
+    parsed = _cat_pieces(feats)
+    cat = None
+    if parsed is not None:
+        cat, (pieces, dim, col_stack) = feats, parsed
+        if dim % 2 != 1:
+            return _skip(rec, cat, f"{cat.name} concatenates along dim {dim}, not the feature dim")
+        items = []
+        for p in pieces:
+            f = _field(p) if isinstance(p, fx.Node) else None
+            if isinstance(f, str):
+                return _skip(rec, p, f)
+            if f is None:
+                pv = _fx.tensor_meta(p)
+                if pv is None or not isinstance(pv.shape[-1], int):
+                    return _skip(rec, cat, f"the dense input {p} has no static width")
+                f = Dense(p, 1 if col_stack and pv.dim() == 1 else pv.shape[-1], col_stack and pv.dim() == 1)
+            items.append(f)
+    else:
+        f = _field(feats)
+        if isinstance(f, str):
+            return _skip(rec, feats, f)
+        items = [f]
+    fields = [f for f in items if isinstance(f, Field)]
+    site = _Ensemble(node, w, False, bias, items, cat, list(steps), dtype, dtype, k * o, tuple(fv.shape[:-1]),
+                     scale=scale, scale_mul=mul, scale_chain=[mul, *reversed(top)] if mul is not None else [],
+                     h_axes=h_axes, w_axes=w_axes, out_axes=out_axes, members=k, outputs=o)
+    if mul is None:
+        site.post += list(reversed(top))
+    reason = _inexact(fields, tuple(d for d in map(_dtype, [*([cat] if cat else []), *steps]) if d is not None))
+    if reason is None and mul is not None and any(f.bag_dims for f in fields):
+        reason = "a multi-hot bag is scaled (eager rounds count * r before the contraction)"
+    if reason is None and sum(it.num_classes if isinstance(it, Field) else it.width for it in items) != v:
+        reason = f"the feature widths do not add up to the weight's {v} features"
+    if reason is None and sum(f.num_classes for f in fields) < config.one_hot_linear_min_classes:
+        reason = f"fewer one-hot columns than one_hot_linear_min_classes={config.one_hot_linear_min_classes}"
+    if reason is None:
+        reason = _hazard(site, writes)
+    if reason is None and bias is not None and (w_ := writes.writer(bias, before=node)) is not None:
+        reason = f"the baddbmm input {bias.name} is written in place by {w_.name}"
+    if reason is not None:
+        return _skip(rec, fields[0].one_hot.name if len(fields) == 1 else node.name, reason)
+    return site
+
+
+def _features_below(x: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
+    """``(features, steps)`` if ``x`` is a one-hot (or a cat with one-hot pieces) after at
+    most a few casts and member views (``steps`` in graph order), else None."""
+    steps: list[fx.Node] = []
+    for _ in range(8):
+        if _reaches_one_hot(x) and (_field(x) is not None or _cat_pieces(x) is not None):
+            return x, steps[::-1]
+        if not isinstance(x, fx.Node) or not x.args or not isinstance(x.args[0], fx.Node):
+            return None
+        name = x.target if x.op == "call_method" else getattr(x.target, "__name__", None)
+        if _fx.cast_input(x) is None and name not in (*_MEMBER_VIEWS, "getitem"):
+            return None
+        steps.append(x)
+        x = x.args[0]
+    return None
+
+
+def _rewrite_ensemble(graph: fx.Graph, site: _Ensemble) -> None:
+    node, k, o = site.node, site.members, site.outputs
+    offsets = site.offsets()
+    with graph.inserting_before(node):
+        w = site.weight  # as [k, V, O]
+        if site.w_axes != "kio":
+            w = _fx.call(graph, torch.permute, (w, [site.w_axes.index(a) for a in "kio"]), node)
+        if site.scale is not None:
+            # r as the mul broadcast it over the contraction's operand, then [k|1, V|1, 1]
+            shape = tuple(_fx.tensor_meta(site.scale).shape)
+            r = _fx.call(graph, torch.reshape, (site.scale, (1,) * (3 - len(shape)) + shape), node)
+            r = _fx.call(graph, torch.permute, (r, [site.h_axes.index(a) for a in "kib"]), node)
+            w = _fx.call(graph, operator.mul, (w, r), node)
+        rows = _fx.call(graph, torch.reshape, (_fx.call(graph, torch.permute, (w, [1, 0, 2]), node),
+                                               (-1, k * o)), node)  # [V, k * O], one row per feature
+        fields = [(it, off) for it, off in zip(site.items, offsets) if isinstance(it, Field)]
+        indices = [_bag_index(graph, f, node) for f, _ in fields]
+        out = _fx.call(graph, torch.ops.inductor_embed.one_hot_linear.default,
+                       (indices, [f.num_classes for f, _ in fields], [off for _, off in fields],
+                        _fx.call(graph, torch.t, (rows,), node)), node)
+        out = _fx.call(graph, torch.unflatten, (out, -1, (k, o)), node)  # [B, k, O]
+        dense = [(it, off) for it, off in zip(site.items, offsets) if isinstance(it, Dense)]
+        if dense:
+            out = _fx.call(graph, operator.add, (out, _ensemble_dense(graph, site, dense, w)), node)
+        if site.out_axes != "bko":
+            out = _fx.call(graph, torch.permute, (out, ["bko".index(a) for a in site.out_axes]), node)
+        if site.bias is not None:
+            out = _fx.call(graph, operator.add, (site.bias, out), node)
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)
+
+
+def _ensemble_dense(graph: fx.Graph, site: _Ensemble, dense: list, w: fx.Node) -> fx.Node:
+    """``einsum("bi,kio->bko")`` of the features' dense pieces (their cat's type promotion and
+    the chain's casts replayed) with their features' rows of the (scaled) ``[k, V, O]`` weight."""
+    node = site.node
+    pieces = [_fx.call(graph, torch.unsqueeze, (d.node, -1), node) if d.unsqueeze else d.node for d, _ in dense]
+    x = pieces[0] if len(pieces) == 1 else _fx.call(graph, torch.cat, (pieces, -1), node)
+    if _dtype(x) != _dtype(site.cat):
+        x = _fx.call_method(graph, "to", (x, _dtype(site.cat)), node)
+    for c in [*site.post, *site.scale_chain]:
+        if _fx.cast_input(c) is not None:
+            x = _fx.copy_node(graph, c, {c.args[0]: x})
+    cols = [_fx.call(graph, torch.narrow, (w, 1, off, d.width), node) for d, off in dense]
+    wd = cols[0] if len(cols) == 1 else _fx.call(graph, torch.cat, (cols, 1), node)
+    return _fx.call(graph, torch.einsum, ("bi,kio->bko", x, wd), node)
