@@ -450,13 +450,101 @@ static void one_hot_bwd_part(const void* ctx, int64_t part, int64_t parts, int64
   }
 }
 
-/* sizeof of ie_table (0), ie_field (1), ie_one_hot (2), -1 past them: the loader checks
-   them against its own declarations (ctypes' _Table, _Field, _OneHot). */
+/* ---- max-mode EmbeddingBag: forward (max and its row per element) and backward ---- */
+
+/* t's bags (t.rows = V, t.dim = D, t.idx / bag_len / offsets as in ie_table; t.out, t.grad and
+   the backward-only fields unused) with the table's rows and the results:
+   forward:  out[b * out_stride + d] = max over bag b's positions (padding_idx skipped, the
+             first taken, then each later one only if greater: ATen's comparison, so a NaN
+             stays where it came first) of weight[row * w_stride + d], its row in
+             arg[b * arg_stride + d]; an empty bag gets 0 and -1;
+   backward: grad_w[arg * dim + d] += grad[b * out_stride + d] over the bags in order
+             (grad_w [V, D] contiguous, zeroed or to add to; arg -1 adds nothing). */
+typedef struct {
+  ie_table t;
+  const float* weight;
+  int64_t w_stride;
+  float* out;               /* forward: pooled [B, D]; backward: the pooled gradient (read) */
+  int64_t out_stride;
+  int64_t* arg;
+  int64_t arg_stride;
+  float* grad_w;            /* backward: [V, D] */
+} ie_max;
+
+typedef struct { const ie_max* tables; int64_t n; } ie_maxes;
+
+static void max_fwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  (void)failed;
+  const ie_maxes* job = (const ie_maxes*)ctx;
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_max* m = job->tables + k;
+    const ie_table* t = &m->t;
+    const int64_t b0 = t->num_bags * part / parts, b1 = t->num_bags * (part + 1) / parts, dim = t->dim;
+    for (int64_t b = b0; b < b1; b++) {
+      float* o = m->out + b * m->out_stride;
+      int64_t* a = m->arg + b * m->arg_stride;
+      int64_t first = 1;
+      const int64_t start = t->bag_len > 0 ? b * t->bag_len : load(t->offsets, t->offsets64, b);
+      for (int64_t p = start, end = bag_end(t, b); p < end; p++) {
+        const int64_t r = idx_of(t, b, p);
+        if (r == t->padding_idx) continue;
+        const float* w = m->weight + r * m->w_stride;
+        if (first) {
+          for (int64_t d = 0; d < dim; d++) { o[d] = w[d]; a[d] = r; }
+          first = 0;
+        } else {
+          for (int64_t d = 0; d < dim; d++) {
+            const int gt = w[d] > o[d];
+            o[d] = gt ? w[d] : o[d];
+            a[d] = gt ? r : a[d];
+          }
+        }
+      }
+      if (first) for (int64_t d = 0; d < dim; d++) { o[d] = 0.0f; a[d] = -1; }
+    }
+  }
+}
+
+/* Each part owns a range of columns of every table: no two parts add to one element, and
+   each element's additions come bag by bag, as ATen's. */
+static void max_bwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  (void)failed;
+  const ie_maxes* job = (const ie_maxes*)ctx;
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_max* m = job->tables + k;
+    const int64_t dim = m->t.dim, d0 = dim * part / parts, d1 = dim * (part + 1) / parts;
+    for (int64_t b = 0; b < m->t.num_bags; b++) {
+      const float* g = m->out + b * m->out_stride;
+      const int64_t* a = m->arg + b * m->arg_stride;
+      for (int64_t d = d0; d < d1; d++)
+        if (a[d] >= 0) m->grad_w[a[d] * dim + d] += g[d];
+    }
+  }
+}
+
+/* 0: done; k + 1: table k has an index outside [0, rows) (forward: nothing written). */
+int64_t ie_bag_max(const ie_max* tables, int64_t n, int64_t backward, int64_t threads) {
+  if (!backward) {
+    for (int64_t k = 0; k < n; k++) {
+      const ie_table* t = &tables[k].t;
+      FOR_EACH_POSITION(t, b, p) {
+        const int64_t row = idx_of(t, b, p);
+        if (row < 0 || row >= t->rows) return k + 1;
+      }
+    }
+  }
+  ie_maxes job = {tables, n};
+  return parallel(backward ? max_bwd_part : max_fwd_part, &job, threads) ? -1 : 0;
+}
+
+/* sizeof of ie_table (0), ie_field (1), ie_one_hot (2), ie_max (3), -1 past them: the loader
+   checks them against its own declarations (ctypes' _Table, _Field, _OneHot, _Max). */
 int64_t ie_struct_sizes(int64_t which) {
   switch (which) {
     case 0: return (int64_t)sizeof(ie_table);
     case 1: return (int64_t)sizeof(ie_field);
     case 2: return (int64_t)sizeof(ie_one_hot);
+    case 3: return (int64_t)sizeof(ie_max);
     default: return -1;
   }
 }
@@ -503,9 +591,15 @@ class _OneHot(ctypes.Structure):  # ie_one_hot
             "num_columns", "v_major", "has_bias")]
 
 
+class _Max(ctypes.Structure):  # ie_max
+    _fields_ = [("t", _Table), ("weight", ctypes.c_void_p), ("w_stride", ctypes.c_int64),
+                ("out", ctypes.c_void_p), ("out_stride", ctypes.c_int64), ("arg", ctypes.c_void_p),
+                ("arg_stride", ctypes.c_int64), ("grad_w", ctypes.c_void_p)]
+
+
 # The structs whose sizes ie_struct_sizes(k) returns, in its order: a library that disagrees
 # is not this source's build.
-_STRUCTS = (_Table, _Field, _OneHot)
+_STRUCTS = (_Table, _Field, _OneHot, _Max)
 
 
 _lock = threading.Lock()
@@ -572,6 +666,8 @@ def _bind(path: str, errors: list[str]) -> ctypes.CDLL | None:
         library.ie_bag_grad.argtypes = [ctypes.POINTER(_Table), ctypes.c_int64, ctypes.c_int64]
         library.ie_one_hot_linear.restype = ctypes.c_int64
         library.ie_one_hot_linear.argtypes = [ctypes.POINTER(_OneHot), ctypes.c_int64, ctypes.c_int64]
+        library.ie_bag_max.restype = ctypes.c_int64
+        library.ie_bag_max.argtypes = [ctypes.POINTER(_Max), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
     except (OSError, AttributeError) as e:  # AttributeError: an undefined symbol
         errors.append(f"loading {path}: {e}")
         return None
@@ -724,6 +820,66 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
         raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].out.shape[0]})")
     if status < 0:
         raise MemoryError("inductor_embed's CPU bag backward could not allocate its scratch memory")
+
+
+@dataclass
+class MaxTable:
+    """One max-mode lookup's forward (``ie_bag_max``): ``out [B, D]`` and ``arg [B, D]`` (int64;
+    column slices of the op's outputs, unit column stride) get each bag's element-wise max
+    of ``weight``'s rows (``[V, D]`` fp32, unit column stride) and the row it came from, as
+    ATen's max mode: the padding row skipped, an empty bag 0 and -1. ``indices``: ``[B, L]``,
+    or ``[nnz]`` with ``offsets [B]`` (every position in a bag)."""
+
+    weight: Tensor
+    indices: Tensor
+    offsets: Tensor | None
+    padding_idx: int
+    out: Tensor
+    arg: Tensor
+
+
+def _max_struct(rows: int, dim: int, indices: Tensor | None, offsets: Tensor | None, padding_idx: int,
+                weight: Tensor | None, out: Tensor, arg: Tensor, grad_w: Tensor | None) -> _Max:
+    assert out.dtype == torch.float32 and arg.dtype == torch.int64 and arg.shape == out.shape
+    assert out.stride(1) == 1 and arg.stride(1) == 1
+    bag_len = stride0 = stride1 = nnz = 0
+    if indices is not None:
+        assert indices.dtype in (torch.int32, torch.int64) and indices.dim() == (1 if offsets is not None else 2)
+        assert offsets is None or (offsets.dtype in (torch.int32, torch.int64) and offsets.is_contiguous())
+        bag_len = 0 if offsets is not None else indices.shape[1]
+        stride0, stride1 = (0, indices.stride(0)) if offsets is not None else indices.stride()
+        nnz = indices.numel()
+    bags = _Table(rows, dim, None, None, 0, out.shape[0], nnz, _ptr(indices),
+                  indices is not None and indices.dtype == torch.int64, stride0, stride1, None, bag_len, _ptr(offsets),
+                  offsets is not None and offsets.dtype == torch.int64, None, 0, padding_idx, 0, 0)
+    return _Max(bags, _ptr(weight), 0 if weight is None else weight.stride(0), out.data_ptr(), out.stride(0),
+                arg.data_ptr(), arg.stride(0), _ptr(grad_w))
+
+
+def bag_max(tables: Sequence[MaxTable]) -> None:
+    """Run the forward of max-mode ``tables`` (see MaxTable) in one call. Requires ``lib()``.
+    Raises IndexError for an index outside ``[0, V)``, as eager does."""
+    library = lib()
+    assert library is not None, "bag_max needs the native kernel (check lib() first)"
+    array = (_Max * len(tables))()
+    for k, t in enumerate(tables):
+        assert t.weight.dtype == torch.float32 and t.weight.stride(1) == 1
+        array[k] = _max_struct(*t.weight.shape, t.indices, t.offsets, t.padding_idx, t.weight, t.out, t.arg, None)
+    work = sum(t.indices.numel() * t.weight.shape[1] * 4 for t in tables)
+    status = library.ie_bag_max(array, len(tables), 0, _threads(work))
+    if status > 0:
+        raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].weight.shape[0]})")
+
+
+def bag_max_backward(grad: Tensor, arg: Tensor, out: Tensor) -> None:
+    """Add a max-mode lookup's pooled gradient ``grad [B, D]`` (fp32, unit column stride) into
+    ``out [V, D]`` (fp32, contiguous) at the rows ``arg [B, D]`` (int64, -1: none) names, bag
+    by bag (ATen's order). Requires ``lib()``."""
+    library = lib()
+    assert library is not None, "bag_max_backward needs the native kernel (check lib() first)"
+    assert out.dtype == torch.float32 and out.is_contiguous() and out.shape[1] == grad.shape[1]
+    call = _max_struct(out.shape[0], out.shape[1], None, None, -1, None, grad, arg, out)
+    library.ie_bag_max(ctypes.byref(call), 1, 1, _threads(grad.numel() * 12))
 
 
 def _threads(work: int) -> int:

@@ -167,6 +167,8 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
     ``bag_weight_grad``. Runs eagerly (an opaque op's body): include_last_offset reads
     ``offsets[B]`` on the host.
     """
+    if mode == MAX and grad.device.type == "cpu":
+        return _max_bag_grad(grad, arg_max, num_rows, out, reuse)
     if mode == MAX or grad.device.type != "cpu":
         got = bag_weight_grad(grad, arg_max, indices, offsets, per_sample_weights, mode, padding_idx,
                               include_last_offset, num_rows)
@@ -217,6 +219,26 @@ def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets
         bag, bag_size = _mean_bag_sizes(flat, offs, bag_len, padding_idx, b)
         scale = (1.0 / bag_size.double().clamp(min=1))[bag].to(g.dtype)
     return _segment_bag_grad(g, flat, offs, bag_len, scale, padding_idx, out, accumulate)
+
+
+def _max_bag_grad(grad: Tensor, arg_max: Tensor, num_rows: int, out: Tensor | None, reuse: bool) -> Tensor:
+    """Max mode's ``[V, D]`` gradient on the CPU, bit-equal to eager's: each bag's gradient
+    element goes to the row its max came from (``arg_max [B, D]``, -1 for an empty bag), added
+    bag by bag, as ATen's max backward adds them; into ``out`` if given, else into zeros (a
+    reused buffer with ``reuse``: a fresh one faults in its pages every step)."""
+    d = grad.shape[1]
+    g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
+    if out is None:
+        shape = (num_rows, d)
+        out = _grad_cache.zeros(shape, g.dtype) if reuse and grad.dtype == torch.float32 else g.new_zeros(shape)
+    if g.dtype == torch.float32 and _cpu_native.lib() is not None and g.stride(-1) == 1:
+        _cpu_native.bag_max_backward(g, arg_max if arg_max.stride(-1) == 1 else arg_max.contiguous(), out)
+        return out
+    valid = arg_max >= 0
+    # one flat position per element: index_add_ on a 1-D tensor adds in index order
+    pos = torch.where(valid, arg_max * d + torch.arange(d, device=grad.device), 0)
+    out.view(-1).index_add_(0, pos.reshape(-1), torch.where(valid, g, torch.zeros((), dtype=g.dtype)).reshape(-1))
+    return out
 
 
 def _mean_bag_sizes(flat: Tensor, offsets: Tensor | None, bag_len: int, padding_idx: int,

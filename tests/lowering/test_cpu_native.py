@@ -436,5 +436,84 @@ def test_the_structs_have_one_layout_on_both_sides():
     import ctypes
 
     library = _cpu_native.lib()
-    assert [library.ie_struct_sizes(k) for k in range(3)] == [ctypes.sizeof(s) for s in _cpu_native._STRUCTS]
-    assert library.ie_struct_sizes(3) == -1
+    n = len(_cpu_native._STRUCTS)
+    assert [library.ie_struct_sizes(k) for k in range(n)] == [ctypes.sizeof(s) for s in _cpu_native._STRUCTS]
+    assert library.ie_struct_sizes(n) == -1
+
+
+# --- max mode: the forward (max and its row) and the backward --------------------------------
+
+
+def _max_case(form, itype, padding_idx, seed=3, num_rows=300, dim=19):
+    indices, offsets, _, ilo = _case(form, 600, num_rows, False, itype, seed=seed)
+    weight = torch.randn(num_rows, dim)
+    weight[11, 3] = float("nan")  # ATen's comparison: a NaN stays where it comes first, a later one loses
+    weight[12] = weight[13]  # ties: the first row wins
+    indices = indices.clone()
+    indices.view(-1)[:4] = torch.tensor([11, 12, 13, 11], dtype=itype)
+    return weight, indices, offsets, ilo
+
+
+def _eager_max(weight, indices, offsets, padding_idx, ilo):
+    """Eager's max-mode lookup, on the positions in a bag (include_last_offset's extra ones
+    cut off, as the op reads them)."""
+    if offsets is not None and ilo:
+        indices, offsets, ilo = indices[:int(offsets[-1])], offsets[:-1], False
+    return torch.nn.functional.embedding_bag(indices, weight, offsets, mode="max",
+                                             padding_idx=None if padding_idx < 0 else padding_idx)
+
+
+@pytest.mark.parametrize("form", ["2d", "2d_strided", "offsets", "include_last_offset"])
+@pytest.mark.parametrize("padding_idx", [-1, 7])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+@pytest.mark.parametrize("native", [True, False], ids=["kernel", "aten"])
+def test_max_mode_is_eagers_bit_for_bit(form, padding_idx, itype, native):
+    """The op's CPU forward and backward (the kernels, or ATen's ops) give eager's max, rows
+    and gradient exactly: NaN, ties, padding, empty bags, strided and int32 indices."""
+    weight, indices, offsets, ilo = _max_case(form, itype, padding_idx)
+    w = weight.clone().requires_grad_()
+    want = _eager_max(w, indices, offsets, padding_idx, ilo)
+    w2 = weight.clone().requires_grad_()
+    with config.patch(cpu_native_kernels=native):
+        got, arg_max = torch.ops.inductor_embed.multi_embedding_bag(
+            [w2], [indices], [offsets], [], [2], [padding_idx], [ilo], [False])
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    grad = torch.randn_like(want)
+    want.backward(grad)
+    with config.patch(cpu_native_kernels=native):
+        got.backward(grad)
+    assert torch.equal(w2.grad, w.grad)
+    assert (arg_max == -1).any() or form.startswith("2d")  # empty bags say -1 (the offsets forms have one)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_max_mode_gives_the_same_bits_on_every_thread_count(threads, monkeypatch):
+    monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
+    weight, indices, offsets, ilo = _max_case("offsets", torch.int64, -1)
+    want = _cpu_native_off_max(weight, indices, offsets)
+    with num_threads(threads):
+        got = torch.ops.inductor_embed.multi_embedding_bag_cpu([weight], [indices], [offsets], [], [2], [-1],
+                                                                [False])
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(got, want))
+
+
+def _cpu_native_off_max(weight, indices, offsets):
+    with config.patch(cpu_native_kernels=False):
+        return torch.ops.inductor_embed.multi_embedding_bag_cpu([weight], [indices], [offsets], [], [2], [-1],
+                                                                 [False])
+
+
+def test_max_mode_with_other_tables_and_an_index_out_of_range():
+    """Max tables next to a sum table and a column-major max one (ATen's path) land in their
+    columns; an index out of range raises eager's error."""
+    weight, indices, offsets, _ = _max_case("2d", torch.int64, -1)
+    tables = [weight, torch.randn(300, 5), weight.t().contiguous().t(), weight[:, :7]]
+    args = ([indices] * 4, [None] * 4, [], [2, 0, 2, 2], [-1] * 4, [False] * 4)
+    got = torch.ops.inductor_embed.multi_embedding_bag_cpu(tables, *args)
+    with config.patch(cpu_native_kernels=False):
+        want = torch.ops.inductor_embed.multi_embedding_bag_cpu(tables, *args)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0].nan_to_num(), want[0].nan_to_num())
+    bad = indices.clone()
+    bad[3, 2] = 300
+    with pytest.raises(RuntimeError, match="out of range"):  # the op's check, as eager's RuntimeError
+        torch.ops.inductor_embed.multi_embedding_bag_cpu([weight], [bad], [None], [], [2], [-1], [False])
