@@ -37,6 +37,7 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     per_sample_weights_grad,
     rows_in_bags,
 )
+from inductor_embed.lowering.multi_embedding_ref import coalesce_ref
 
 _OOB_MSG = _checks.BAG_OOB
 _OFFSETS_MSG = _checks.OFFSETS
@@ -200,24 +201,48 @@ def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_samp
 
 
 @twin_op("inductor_embed::multi_embedding_bag_backward_cpu", like="inductor_embed::multi_embedding_bag_backward",
-         returns="Tensor[]")
-def multi_embedding_bag_backward_cpu(*args) -> list[Tensor]:
+         returns="Tensor[]", extra="bool coalesce=False, bool as_values=False")
+def multi_embedding_bag_backward_cpu(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
+                                     padding_idx, include_last_offset, sparse, coalesce: bool = False,
+                                     as_values: bool = False) -> list[Tensor]:
     """The CPU backward the autograd formula uses: per table its dense ``[V_k, D_k]``
-    gradient (fp32: a reused buffer, ``_grad_cache``), or a sparse table's COO values
-    ``[nnz_k * D_k]``, each its own tensor, in grad's dtype
+    gradient (fp32: a reused buffer, ``_grad_cache``), or a sparse table's ``[V_k, D_k]``
+    COO gradient (eager's own, one entry per position in a bag; with ``coalesce``,
+    ``.coalesce()``-d), each its own tensor, in grad's dtype
     (``multi_embedding_bag_backward_tables``: bit-equal to eager's EmbeddingBag backward,
-    deterministic). Arguments as in ``multi_embedding_bag_backward``."""
+    deterministic). Arguments as in ``multi_embedding_bag_backward``, then ``coalesce``, and
+    ``as_values``: a sparse table's COO values ``[nnz_k * D_k]`` instead (the tied op makes
+    its COO gradient of them and the Embedding's rows). The sparse gradients are made here,
+    from values no other op sees: a separate op (``coalesce_rows``) would have to copy them
+    (its outputs may not share its inputs')."""
+    args = (grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
+            include_last_offset, sparse)
     _checks.multi_embedding_bag_backward(*args, values=True)
-    return multi_embedding_bag_backward_tables(*args, reuse=True)
+    tables = multi_embedding_bag_backward_tables(*args, reuse=not as_values)
+    if as_values:
+        return tables
+    ilo = include_last_offset
+    for k in (k for k, s in enumerate(sparse) if s):
+        # Positions in no bag (past offsets[B]) take row V, which coalesce_ref leaves out.
+        cut = offsets[k] is not None and ilo[k]
+        tables[k] = coalesce_ref(rows_in_bags(indices[k], offsets[k], ilo[k], num_rows[k]),
+                                 tables[k].view(-1, dims[k]), num_rows[k], num_rows[k] if cut else -1, coalesce,
+                                 owned=True)
+    return tables
 
 
 @multi_embedding_bag_backward_cpu.register_fake
 def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
-                                           *rest):
-    _checks.multi_embedding_bag_backward(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, *rest)
-    sparse = rest[-1]
-    return [grad.new_empty((i.numel() * d,)) if s else grad.new_empty((v, d))
-            for i, v, d, s in zip(indices, num_rows, dims, sparse)]
+                                           modes, padding_idx, include_last_offset, sparse, coalesce=False,
+                                           as_values=False):
+    _checks.multi_embedding_bag_backward(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
+                                         padding_idx, include_last_offset, sparse)
+    if as_values:
+        return [grad.new_empty((i.numel() * d,)) if s else grad.new_empty((v, d))
+                for i, v, d, s in zip(indices, num_rows, dims, sparse)]
+    # A sparse gradient's nnz is data-dependent; its shape is its dense one.
+    return [grad.new_empty((v, d), layout=torch.sparse_coo) if s else grad.new_empty((v, d))
+            for v, d, s in zip(num_rows, dims, sparse)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -241,10 +266,11 @@ def _backward(ctx, grad, _grad_arg_max):
     offsets, psw, weights = saved[1 + n:1 + 2 * n], saved[1 + 2 * n:1 + 3 * n], saved[1 + 3 * n:]
     args = (grad, arg_max, indices, offsets, psw, ctx.num_rows, ctx.dims, ctx.modes, ctx.padding_idx, ctx.ilo,
             ctx.sparse)
-    if not use_triton(grad):
+    cpu = not use_triton(grad)
+    if cpu:
         # The CPU: one tensor per table (a 26 x 100,000 x 64 packed buffer cost fresh pages
-        # every step; see multi_embedding_backward_tables).
-        tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args)
+        # every step; see multi_embedding_backward_tables), sparse ones made sparse there.
+        tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args, coalesce_sparse_grads(grad))
     else:
         dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(*args)
         tables, dpos, vpos = [], 0, 0
@@ -254,7 +280,7 @@ def _backward(ctx, grad, _grad_arg_max):
             vpos, dpos = (vpos + size, dpos) if sp else (vpos, dpos + size)
     # Sparse tables: eager's gradient has one entry per index; the op's is coalesced (one
     # sort and one segment sum for all of them, ``coalesce_rows``).
-    sp = [k for k in range(n) if ctx.sparse[k]]
+    sp = [k for k in range(n) if ctx.sparse[k] and not cpu]
     # Positions in no bag (past offsets[B]) take row V, which coalesce_rows leaves out.
     coalesced = dict(zip(sp, torch.ops.inductor_embed.coalesce_rows(
         [rows_in_bags(indices[k], offsets[k], ctx.ilo[k], ctx.num_rows[k]) for k in sp],
@@ -263,7 +289,7 @@ def _backward(ctx, grad, _grad_arg_max):
     grads, psw_grads = [], []
     col = 0
     for k, (i, v, d) in enumerate(zip(indices, ctx.num_rows, ctx.dims)):
-        grads.append(coalesced[k] if ctx.sparse[k] else tables[k].view(v, d))
+        grads.append(coalesced[k] if k in coalesced else tables[k] if ctx.sparse[k] else tables[k].view(v, d))
         psw_grads.append(per_sample_weights_grad(grad[:, col:col + d], weights[k], i, offsets[k], ctx.padding_idx[k],
                                                  ctx.ilo[k]).to(psw[k].dtype).reshape(psw[k].shape) if ctx.psw_grad[k] else None)
         col += d

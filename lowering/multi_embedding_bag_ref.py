@@ -109,24 +109,43 @@ def rows_in_bags(indices: Tensor, offsets: Tensor | None, include_last_offset: b
 
 
 def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None,
-                    mode: int, padding_idx: int, include_last_offset: bool) -> tuple[Tensor, Tensor]:
+                    mode: int, padding_idx: int, include_last_offset: bool,
+                    reuse: bool = False) -> tuple[Tensor, Tensor]:
     """``(flat indices [nnz], rows [nnz, D] fp32)``: each index's share of ``grad [B, D]``
     (sum and mean modes). A padding index or an index past the last bag gets zeros.
     These rows are the values of eager's sparse gradient, and their scatter-add is the
-    dense one."""
+    dense one. ``reuse``: the rows are the caller's result (a sparse gradient's values), so an
+    fp32 CPU one is a reused buffer (``_grad_cache``: fresh pages cost more than the copy)."""
     flat, bag = bag_of_positions(indices, offsets, include_last_offset)
     g = grad.float()
-    g = torch.cat([g, g.new_zeros((1, g.shape[1]))])  # row B: positions outside every bag
-    rows = g[bag.clamp(max=g.shape[0] - 1)]
-    keep = flat != padding_idx
-    if mode == MEAN:
-        counts = torch.zeros(g.shape[0], dtype=torch.float32, device=g.device).index_add_(0, bag, keep.float())
-        rows = rows / counts.clamp(min=1)[bag].unsqueeze(1)
+    outside = offsets is not None and include_last_offset  # positions past offsets[B] may exist
+    if outside:
+        g = torch.cat([g, g.new_zeros((1, g.shape[1]))])  # row B: positions outside every bag
+        bag = bag.clamp(max=g.shape[0] - 1)
+    # One gathered copy, then in-place steps (each was a new [nnz, D] tensor: a sparse
+    # step's whole cost on the CPU).
+    shape = (flat.shape[0], g.shape[1])
+    cached = reuse and g.device.type == "cpu" and g.dtype == torch.float32
+    rows = _grad_cache.empty(shape, g.dtype) if cached else g.new_empty(shape)
+    keep = flat != padding_idx if padding_idx >= 0 else None
+    inv = None
+    if mode == MEAN:  # eager multiplies each row by 1 / its bag's size (its indices other than padding)
+        ones = keep.float() if keep is not None else torch.ones((), device=g.device).expand(flat.shape[0])
+        counts = torch.zeros(g.shape[0], dtype=torch.float32, device=g.device).index_add_(0, bag, ones)
+        inv = 1 / counts.clamp(min=1)
+    if offsets is None and indices.dim() == 2 and indices.shape[1] > 0:  # fixed bags: each grad row L times
+        b, length = indices.shape
+        src = g[:b] if inv is None else g[:b] * inv[:b].unsqueeze(1)  # the same products, B x D of them
+        rows.view(b, length, -1).copy_(src.unsqueeze(1).expand(b, length, g.shape[1]))
+    else:
+        torch.index_select(g, 0, bag, out=rows)
+        if inv is not None:
+            rows.mul_(inv[bag].unsqueeze(1))
     if per_sample_weights is not None:
-        rows = rows * per_sample_weights.reshape(-1).float().unsqueeze(1)
-    # where, not a multiply: an inf in a padding row's gradient must not become NaN.
-    rows = torch.where(keep.unsqueeze(1), rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
-    if offsets is not None and include_last_offset:  # positions in no bag: row 0, whose share is 0
+        rows.mul_(per_sample_weights.reshape(-1).float().unsqueeze(1))
+    if keep is not None:  # where, not a multiply: an inf in a padding row's gradient must not become NaN
+        rows.masked_fill_(~keep.unsqueeze(1), 0.0)
+    if outside:  # positions in no bag: row 0, whose share is 0
         flat = torch.where(bag < offsets.shape[0] - 1, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
     return flat, rows
 
@@ -364,7 +383,7 @@ def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: 
         am = arg_max[:, am_col:am_col + d] if m == MAX else arg_max
         am_col += d if m == MAX else 0
         if sp:
-            out.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1))
+            out.append(index_grad_rows(g, i, o, p, m, pad, ilo, reuse=reuse)[1].reshape(-1))
         else:
             out.append(bag_weight_grad_aten(g, am, i, o, p, m, pad, ilo, v, reuse=reuse,
                                             batch=batch if grad.dtype == torch.float32 else None))

@@ -184,7 +184,7 @@ def compress_indices(
 
 
 def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, padding_idx: int,
-                 coalesce: bool = True) -> torch.Tensor:
+                 coalesce: bool = True, owned: bool = False) -> torch.Tensor:
     """One table's sparse gradient as eager makes it, then (``coalesce``) ``.coalesce()``-d.
 
     Args:
@@ -196,6 +196,8 @@ def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, paddi
             leaves them (-1: none; it may be V, a value the caller put where entries take no
             gradient).
         coalesce: False: return eager's own gradient, one entry per (kept) index.
+        owned: ``values`` are the caller's own (made in the same op), not an op input: the
+            result may keep them (only an ``index`` shared with the op's inputs is copied).
 
     Returns:
         ``[V, D]`` sparse COO in values' dtype. Coalesced: sorted unique rows, summed values,
@@ -215,9 +217,10 @@ def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, paddi
     # An op's outputs must not share memory with its inputs (Inductor plans its buffers on
     # that): eager's form (and a coalesced one of nnz <= 1) still views them; copy.
     rows, vals = out._indices(), out._values()
-    if _shares_storage(rows, index_in) or _shares_storage(vals, values_in):
-        out = torch.sparse_coo_tensor(rows.clone(), vals.clone(), (num_rows, d), is_coalesced=out.is_coalesced(),
-                                      check_invariants=False)
+    share_rows, share_vals = _shares_storage(rows, index_in), not owned and _shares_storage(vals, values_in)
+    if share_rows or share_vals:
+        out = torch.sparse_coo_tensor(rows.clone() if share_rows else rows, vals.clone() if share_vals else vals,
+                                      (num_rows, d), is_coalesced=out.is_coalesced(), check_invariants=False)
     return out
 
 

@@ -240,7 +240,7 @@ def test_bad_input_raises(path: str, bad: str) -> None:
 def test_cpu_backward_op_matches_the_reference(sparse) -> None:
     """The CPU backward autograd uses (eager's ATen EmbeddingBag backward, one tensor per
     table) against the reference's packed buffers."""
-    from inductor_embed.lowering.multi_embedding_bag_ref import multi_embedding_bag_backward_ref
+    from inductor_embed.lowering.multi_embedding_bag_ref import multi_embedding_bag_backward_ref, rows_in_bags
 
     args, _, _ = _tables()
     out, arg_max = OP(*args)
@@ -250,9 +250,19 @@ def test_cpu_backward_op_matches_the_reference(sparse) -> None:
     tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*bwd)
     dense, values = multi_embedding_bag_backward_ref(*bwd)
     torch.testing.assert_close(torch.cat([t.reshape(-1) for t, s in zip(tables, sparse) if not s]), dense)
+    # as_values: a sparse table's per-position rows (the tied op's); else its COO gradient,
+    # whose entries are those rows at the positions in a bag.
+    as_values = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*bwd, as_values=True)
     if any(sparse):
-        torch.testing.assert_close(torch.cat([t for t, s in zip(tables, sparse) if s]), values)
-    assert len({t.untyped_storage().data_ptr() for t in tables}) == len(tables)
+        torch.testing.assert_close(torch.cat([t for t, s in zip(as_values, sparse) if s]), values)
+    for k, s in enumerate(sparse):
+        if s:
+            want = torch.zeros(bwd[5][k], bwd[6][k]).index_add_(0, rows_in_bags(bwd[2][k], bwd[3][k], bwd[9][k], 0),
+                                                                 as_values[k].view(-1, bwd[6][k]))
+            assert tables[k].is_sparse and not tables[k].is_coalesced()
+            torch.testing.assert_close(tables[k].to_dense(), want)
+    dense_tables = [t._values() if t.is_sparse else t for t in tables]
+    assert len({t.untyped_storage().data_ptr() for t in dense_tables}) == len(tables)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
