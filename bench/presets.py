@@ -44,9 +44,9 @@ def table_sweep(tables, batch: int, dims: tuple[int, ...] = (1, 2, 4, 8)) -> lis
 
 
 def bags(panel: str, tables: int, rows: int, dims: tuple[int, ...], batches, bag_size: int = 20,
-         weighted: bool = False, dist: str = "zipf1.15") -> list[Case]:
+         weighted: bool = False, dist: str = "zipf1.15", variant: str = "") -> list[Case]:
     return [Case("table_batched_bags", panel, (rows,) * tables, cycle(dims, tables), b, dist, "float32",
-                 bag_size, weighted) for b in batches]
+                 bag_size, weighted, variant=variant) for b in batches]
 
 
 def sparse(panel: str, tables: int, rows: int, dim: int, batches, dists=("uniform", "zipf1.15"),
@@ -152,6 +152,10 @@ def _cpu_quick() -> Preset:
         + bags("T=8 rows=5000 D=128 L=20", 8, 5_000, (128,), (small,))
         # DLRM-style: 26 bags of 20 Zipf ids per sample
         + bags("T=26 rows=100000 D=64 L=20", 26, 100_000, (64,), (2048,))
+        # max pooling and sparse=True tables (the DLRM reference's default), both sizes
+        + [c for v in ("max", "sparse") for c in (
+            bags(f"T=8 rows=5000 D=128 L=20 {v}", 8, 5_000, (128,), (small,), variant=v)
+            + bags(f"T=26 rows=100000 D=64 L=20 {v}", 26, 100_000, (64,), (2048,), variant=v))]
         + fm((small, 4096))
         + deepfm((2048,))
         + sums_and_mf((small, 4096))

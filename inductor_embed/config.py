@@ -58,13 +58,16 @@ tied_embedding_bag: bool = True
 independent_lookups: bool = True
 
 # Which EmbeddingBag lookups the two bag patterns (multi_embedding_bag, tied_embedding_bag)
-# take for CPU tensors: "sum_mean" (default) fp32 dense sum/mean lookups, whose fused CPU
-# backward is faster than eager's (ATen's additions in ATen's order, by a C kernel, see
-# cpu_native_kernels, into reused gradient buffers: cpu-quick 1.33x / 2.41x torch.compile for 8 / 26
-# tables, 1.07x / 1.96x for a tied pair); "all" every lookup (max mode, sparse and half
-# tables have no faster CPU path than torch.compile's); "none" none. True / False mean "all"
-# / "none". Left lookups are logged with the reason.
-bag_patterns_on_cpu: str = "sum_mean"
+# take for CPU tensors: "fp32_dense" (default) every fp32 lookup with a dense gradient, whose
+# fused CPU path is faster than eager's: sum/mean backward by a C kernel (ATen's additions in
+# ATen's order, see cpu_native_kernels) into reused gradient buffers (cpu-quick 1.33x / 2.41x
+# torch.compile for 8 / 26 tables, 1.07x / 1.96x for a tied pair), max mode by C kernels both
+# ways (ATen's is a serial loop: cpu-quick 3.9x / 2.8x torch.compile); "all" sparse=True and
+# half tables too (a sparse gradient is a copy of each index's gradient row, as eager's:
+# nothing to save, and the op's host cost made cpu-quick's sparse rows 0.75-0.80x
+# torch.compile); "none" none. True / False mean "all" / "none". Left lookups are logged with
+# the reason.
+bag_patterns_on_cpu: str = "fp32_dense"
 # Also take, for CPU tensors, lookups whose columns are written in place before the cat
 # (``o[:, :k] = shared``; multi_embedding_cat moves the write onto the fused output). Off by
 # default: on the CPU that write copies the whole fused output (cpu-quick "shared": 0.90-0.92x
@@ -140,11 +143,11 @@ _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"0", "false", "off", "no"}
 
 
-_CPU_BAG_POLICIES = ("sum_mean", "all", "none")
+_CPU_BAG_POLICIES = ("fp32_dense", "all", "none")
 
 
 def cpu_bag_policy() -> str:
-    """``bag_patterns_on_cpu`` as one of "sum_mean", "all", "none" (True / False, and the
+    """``bag_patterns_on_cpu`` as one of "fp32_dense", "all", "none" (True / False, and the
     environment's 1 / 0, mean "all" / "none")."""
     value = bag_patterns_on_cpu
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:

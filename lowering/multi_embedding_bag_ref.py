@@ -102,9 +102,9 @@ def bag_of_positions(indices: Tensor, offsets: Tensor | None, include_last_offse
 def rows_in_bags(indices: Tensor, offsets: Tensor | None, include_last_offset: bool, fill: int) -> Tensor:
     """The flat indices ``[nnz]`` with ``fill`` at the positions in no bag (past ``offsets[B]``,
     include_last_offset): never read, so they may hold anything, even rows out of range."""
-    flat, bag = bag_of_positions(indices, offsets, include_last_offset)
     if offsets is None or not include_last_offset:
-        return flat
+        return indices.reshape(-1)
+    flat, bag = bag_of_positions(indices, offsets, include_last_offset)
     return torch.where(bag < offsets.shape[0] - 1, flat, torch.full((), fill, dtype=flat.dtype, device=flat.device))
 
 
@@ -116,7 +116,9 @@ def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_s
     These rows are the values of eager's sparse gradient, and their scatter-add is the
     dense one. ``reuse``: the rows are the caller's result (a sparse gradient's values), so an
     fp32 CPU one is a reused buffer (``_grad_cache``: fresh pages cost more than the copy)."""
-    flat, bag = bag_of_positions(indices, offsets, include_last_offset)
+    # Fixed bags of L ([B, L] input) need no position-to-bag map: each grad row L times.
+    fixed = offsets is None and indices.dim() == 2 and indices.shape[1] > 0
+    flat, bag = (indices.reshape(-1), None) if fixed else bag_of_positions(indices, offsets, include_last_offset)
     g = grad.float()
     outside = offsets is not None and include_last_offset  # positions past offsets[B] may exist
     if outside:
@@ -130,10 +132,14 @@ def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_s
     keep = flat != padding_idx if padding_idx >= 0 else None
     inv = None
     if mode == MEAN:  # eager multiplies each row by 1 / its bag's size (its indices other than padding)
-        ones = keep.float() if keep is not None else torch.ones((), device=g.device).expand(flat.shape[0])
-        counts = torch.zeros(g.shape[0], dtype=torch.float32, device=g.device).index_add_(0, bag, ones)
+        if fixed:
+            b, length = indices.shape
+            counts = keep.view(b, length).sum(1).float() if keep is not None else g.new_full((b,), float(length))
+        else:
+            ones = keep.float() if keep is not None else torch.ones((), device=g.device).expand(flat.shape[0])
+            counts = torch.zeros(g.shape[0], dtype=torch.float32, device=g.device).index_add_(0, bag, ones)
         inv = 1 / counts.clamp(min=1)
-    if offsets is None and indices.dim() == 2 and indices.shape[1] > 0:  # fixed bags: each grad row L times
+    if fixed:
         b, length = indices.shape
         src = g[:b] if inv is None else g[:b] * inv[:b].unsqueeze(1)  # the same products, B x D of them
         rows.view(b, length, -1).copy_(src.unsqueeze(1).expand(b, length, g.shape[1]))

@@ -21,9 +21,9 @@ def _fresh_dynamo():
     counters.clear()
     # Inductor's on-disk caches outlive a test run: a hit skips the pre-grad pass that
     # enable() installs, and a test's counters would then depend on earlier runs.
-    # On the CPU the EmbeddingBag patterns take only fp32 dense sum/mean lookups by default;
-    # the tests check the fused op on the CPU in every mode, so they take all
-    # (test_multi_embedding_bag.py::test_cpu_default_takes_fp32_sum_mean_bags checks the default).
+    # On the CPU the EmbeddingBag patterns take only fp32 dense-gradient lookups by default;
+    # the tests check the fused op on the CPU in every form, so they take all
+    # (test_multi_embedding_bag.py::test_cpu_default_takes_fp32_dense_bags checks the default).
     from inductor_embed import config
 
     # Likewise column writes before a cat (test_column_writes_left_on_the_cpu_by_default) and

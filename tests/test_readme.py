@@ -157,7 +157,7 @@ def test_config_table_lists_every_field():
         return  # the environment overrides some field: snapshot() holds no defaults then
     defaults = {name: _code_spans(row[1])[0] for name, row in zip(readme, rows)}
     # tests/conftest.py turns these on for every test
-    with config.patch(bag_patterns_on_cpu="sum_mean", column_writes_on_cpu=False, sparse_coalesce_on_cpu=False):
+    with config.patch(bag_patterns_on_cpu="fp32_dense", column_writes_on_cpu=False, sparse_coalesce_on_cpu=False):
         want = {k: repr(v) for k, v in config.snapshot().items()}
     assert defaults == want, "a default in README's config table"
 

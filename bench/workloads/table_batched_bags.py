@@ -5,7 +5,9 @@ T=32 tables, 100,000 rows, D=128, bag size L=20, Zipf alpha 1.15. Input ``[B, T,
 int64 (fixed-size bags; plus ``[B, T, L]`` per-sample weights when ``weighted``);
 the eager model is T x ``nn.EmbeddingBag(mode="sum")`` -> ``torch.cat``; FBGEMM
 runs its dense TBE on the same tables; inductor_embed's ``multi_embedding_bag``
-pattern turns the T lookups + cat into one table-batched op.
+pattern turns the T lookups + cat into one table-batched op. Variants: ``max`` (max
+pooling) and ``sparse`` (sum pooling, ``sparse=True`` tables: COO gradients, the DLRM
+reference's default); FBGEMM's dense TBE runs neither (SUM pooling, dense gradients).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from bench.config import DTYPES, INDEX_BYTES, Bytes, Case
 from bench.workloads.base import (
     EmbeddingModel,
     FbgemmTBE,
+    Unsupported,
     Workload,
     rng_for,
     table_indices,
@@ -25,11 +28,14 @@ from bench.workloads.base import (
 
 
 class MultiEmbeddingBag(EmbeddingModel):
-    """T x ``nn.EmbeddingBag(mode="sum")`` on ``x[:, k]`` ([B, L] bags) -> cat: [B, sum(D_k)]."""
+    """T x ``nn.EmbeddingBag(mode=mode, sparse=sparse)`` on ``x[:, k]`` ([B, L] bags) -> cat:
+    [B, sum(D_k)]."""
 
-    def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype) -> None:
+    def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype, mode: str = "sum",
+                 sparse: bool = False) -> None:
         super().__init__()
-        self.bags = nn.ModuleList(nn.EmbeddingBag(v, d, mode="sum", dtype=dtype) for v, d in zip(vocabs, dims))
+        self.bags = nn.ModuleList(nn.EmbeddingBag(v, d, mode=mode, sparse=sparse, dtype=dtype)
+                                  for v, d in zip(vocabs, dims))
 
     def forward(self, x: torch.Tensor, psw: torch.Tensor | None = None) -> torch.Tensor:
         if psw is None:
@@ -48,7 +54,10 @@ class TableBatchedBags(Workload):
                      "+ 2*N*L*D_k*e (atomic RMW)")
 
     def make(self, case: Case, dtype: torch.dtype) -> EmbeddingModel:
-        return MultiEmbeddingBag(case.vocabs, case.dims, dtype)
+        if case.variant not in ("", "max", "sparse"):
+            raise ValueError(f"table_batched_bags variant {case.variant!r} is not one of ['', 'max', 'sparse']")
+        return MultiEmbeddingBag(case.vocabs, case.dims, dtype, "max" if case.variant == "max" else "sum",
+                                 case.variant == "sparse")
 
     def inputs(self, case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
         b, t, bag = case.batch, case.tables, case.bag_size
@@ -71,6 +80,9 @@ class TableBatchedBags(Workload):
         return Bytes(fwd=fwd, bwd=bwd)
 
     def fbgemm(self, model: EmbeddingModel, case: Case, device: torch.device) -> FbgemmTBE:
+        if case.variant:
+            raise Unsupported(f"FBGEMM's dense TBE is SUM pooling with dense gradients (variant {case.variant!r})")
+
         def adapt(x: torch.Tensor, psw: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
             # [B, T, L] -> table-major flat indices and one offset per bag.
             b, t, bag = x.shape

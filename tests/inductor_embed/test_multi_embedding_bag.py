@@ -142,27 +142,36 @@ def _tied_inputs() -> list[torch.Tensor]:
 
 
 class _MaxBags(nn.Module):
-    def __init__(self):
+    def __init__(self, dtype=torch.float32, sparse=False):
         super().__init__()
-        self.bags = nn.ModuleList(nn.EmbeddingBag(10, 4, mode=m) for m in ("max", "sum", "sum"))
+        self.bags = nn.ModuleList(nn.EmbeddingBag(10, 4, mode=m, dtype=dtype, sparse=sparse and k == 2)
+                                  for k, m in enumerate(("max", "sum", "sum")))
 
     def forward(self, x):
         return torch.cat([b(x[:, k]) for k, b in enumerate(self.bags)], dim=1)
 
 
-def test_cpu_default_takes_fp32_sum_mean_bags() -> None:
-    """On the CPU by default (``bag_patterns_on_cpu="sum_mean"``) fp32 dense sum/mean lookups
-    are rewritten (their CPU backward is faster than eager's); a max lookup is left, with the
-    reason logged, and the rest of its cat still fuses."""
-    with inductor_embed.config.patch(bag_patterns_on_cpu="sum_mean"):
+def test_cpu_default_takes_fp32_dense_bags() -> None:
+    """On the CPU by default (``bag_patterns_on_cpu="fp32_dense"``) every fp32 lookup with a
+    dense gradient is rewritten: sum and max ones (their C kernels are faster than eager's); a
+    ``sparse=True`` or half one is left, with the reason logged, and the rest of its cat still
+    fuses."""
+    with inductor_embed.config.patch(bag_patterns_on_cpu="fp32_dense"):
         x = torch.randint(0, 10, (5, 3, 2))
         report = inductor_embed.explain(_MaxBags(), x)
+        assert [len(r.tables) for r in report.rewrites if r.pattern == BAG] == [3]
+        report = inductor_embed.explain(_MaxBags(sparse=True), x)  # the last one sparse=True
         assert [len(r.tables) for r in report.rewrites if r.pattern == BAG] == [2]
-        assert any("only fp32 dense sum/mean" in s.reason for s in report.skipped if s.pattern == BAG)
+        assert any(s.reason.startswith("sparse=True on the CPU") for s in report.skipped if s.pattern == BAG)
         compare_with_eager(_MaxBags(), (x,))
         assert rewrites(BAG) == 1
+        report = inductor_embed.explain(_MaxBags(torch.bfloat16), x)
+        assert not report.rewrites
+        assert any("only fp32 lookups are rewritten" in s.reason and "bfloat16" in s.reason
+                   for s in report.skipped if s.pattern == BAG), str(report)
         assert [r.pattern for r in inductor_embed.explain(_Tied(), *_tied_inputs()).rewrites] == ["tied_embedding_bag"]
-        assert not inductor_embed.explain(_Tied("max"), *_tied_inputs()).rewrites
+        assert [r.pattern for r in inductor_embed.explain(_Tied("max"), *_tied_inputs()).rewrites] == \
+            ["tied_embedding_bag"]
 
 
 def test_cpu_none_leaves_bags() -> None:
@@ -177,7 +186,7 @@ def test_cpu_none_leaves_bags() -> None:
     with inductor_embed.config.patch(bag_patterns_on_cpu="none"):
         compare_with_eager(_Tied(), _tied_inputs())
     assert rewrites(BAG) == 0 and rewrites("tied_embedding_bag") == 0
-    with inductor_embed.config.patch(bag_patterns_on_cpu="some"), pytest.raises(ValueError, match="sum_mean"):
+    with inductor_embed.config.patch(bag_patterns_on_cpu="some"), pytest.raises(ValueError, match="fp32_dense"):
         inductor_embed.config.cpu_bag_policy()
 
 

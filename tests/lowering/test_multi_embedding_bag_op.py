@@ -240,7 +240,10 @@ def test_bad_input_raises(path: str, bad: str) -> None:
 def test_cpu_backward_op_matches_the_reference(sparse) -> None:
     """The CPU backward autograd uses (eager's ATen EmbeddingBag backward, one tensor per
     table) against the reference's packed buffers."""
-    from inductor_embed.lowering.multi_embedding_bag_ref import multi_embedding_bag_backward_ref, rows_in_bags
+    from inductor_embed.lowering.multi_embedding_bag_ref import (
+        multi_embedding_bag_backward_ref,
+        rows_in_bags,
+    )
 
     args, _, _ = _tables()
     out, arg_max = OP(*args)
