@@ -68,10 +68,13 @@ independent_lookups: bool = True
 # torch.compile); "none" none. True / False mean "all" / "none". Left lookups are logged with
 # the reason.
 bag_patterns_on_cpu: str = "fp32_dense"
-# Also take, for CPU tensors, lookups whose columns are written in place before the cat
-# (``o[:, :k] = shared``; multi_embedding_cat moves the write onto the fused output). Off by
-# default: on the CPU that write copies the whole fused output (cpu-quick "shared": 0.90-0.92x
-# torch.compile, higher peak memory); such lookups are left, and the log says why.
+# Also take, for CPU tensors, lookups whose columns are written in place before the cat with
+# a value the fused op cannot write itself (a Python number, another dtype, a strided slice,
+# columns written twice): multi_embedding_cat then moves the write onto the fused output,
+# which on the CPU copies the whole output (cpu-quick "shared" measured 0.90-0.92x
+# torch.compile that way). Off by default: such lookups are left, and the log says why. The
+# writes the op takes (``o[:, :k] = shared``, a tensor of the table's dtype) are taken on
+# every device (cpu-quick "shared": 1.03x / 1.36x torch.compile).
 column_writes_on_cpu: bool = False
 
 # Coalesce sparse gradients (sparse=True tables) in the backward for CPU tensors too. Off by

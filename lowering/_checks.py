@@ -187,6 +187,35 @@ def multi_embedding(weights: Sequence[Tensor], indices: Sequence[Tensor], paddin
         _padding(op, k, p, w.shape[0])
 
 
+def column_values(weights: Sequence[Tensor], indices: Sequence[Tensor], values: Sequence[Tensor] | None,
+                  ranges: Sequence[int] | None, op: str = "multi_embedding") -> None:
+    """``multi_embedding``'s column writes: ``ranges`` ``[start_0, stop_0, ...]`` (output
+    columns, ascending, apart, each inside one table's columns), one value per range in the
+    tables' dtype and device that broadcasts to ``[*L, stop - start]``."""
+    if values is None and ranges is None:
+        return
+    values, ranges = list(values or ()), list(ranges or ())
+    _check(len(ranges) == 2 * len(values), op, f"{len(values)} column values but {len(ranges)} range bounds")
+    ends, c = [], 0
+    for w in weights:
+        c += w.shape[1]
+        ends.append(c)
+    lead = list(indices[0].shape)
+    prev = 0
+    for j, v in enumerate(values):
+        s, t = ranges[2 * j], ranges[2 * j + 1]
+        table = next((k for k, e in enumerate(ends) if s < e), None)
+        _check(prev <= s < t and table is not None and t <= ends[table], op,
+               f"column range {j} [{s}, {t}) is not inside one table's columns after the previous range")
+        prev = t
+        _check(v.dtype == weights[0].dtype and v.device == weights[0].device, op,
+               f"column value {j} is {v.dtype} on {v.device}, the tables {weights[0].dtype} on {weights[0].device}")
+        try:
+            torch.broadcast_shapes(tuple(v.shape), (*lead, t - s))
+        except RuntimeError:
+            _fail(op, f"column value {j} of shape {list(v.shape)} does not broadcast to {[*lead, t - s]}")
+
+
 def multi_embedding_sum(weights: Sequence[Tensor], indices: Sequence[Tensor], padding_idx: Sequence[int],
                         scale_grad_by_freq: Sequence[bool], sparse: Sequence[bool] | None = None) -> torch.Size:
     """As ``multi_embedding``, one width, indices that broadcast; returns their shape ``[*L]``."""

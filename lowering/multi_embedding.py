@@ -66,16 +66,45 @@ def multi_embedding(
         [*L, sum(D_k)] in the tables' dtype; an index outside [0, V_k) raises.
     """
     _checks.multi_embedding(weights, indices, padding_idx, scale_grad_by_freq, sparse)
+    return _forward(weights, indices, None, None)
+
+
+@triton_op("inductor_embed::multi_embedding_columns", mutates_args=())
+def multi_embedding_columns(
+    weights: list[torch.Tensor],
+    indices: list[torch.Tensor],
+    padding_idx: list[int],
+    scale_grad_by_freq: list[bool],
+    sparse: list[bool],
+    column_values: list[torch.Tensor],
+    column_ranges: list[int],
+) -> torch.Tensor:
+    """``multi_embedding`` with columns written over after the gather (a model's
+    ``o[:, :k] = shared`` on a lookup's output, before the cat): value j, broadcast to
+    ``[*L, t - s]``, replaces output columns ``[s, t) = column_ranges[2j : 2j + 2]``
+    (ascending, apart, each inside one table's columns). Those columns give their table no
+    gradient and the value its own, as eager's write does. On the CPU each written range is
+    a piece of the reference's cat (one pass over the output, where a write after the op
+    copied the whole output); on CUDA a write into the kernel's fresh output."""
+    _checks.multi_embedding(weights, indices, padding_idx, scale_grad_by_freq, sparse)
+    _checks.column_values(weights, indices, column_values, column_ranges)
+    return _forward(weights, indices, column_values, column_ranges)
+
+
+def _forward(weights, indices, column_values, column_ranges) -> torch.Tensor:
     if not use_triton(weights[0]):
         if _compat.INDUCTOR_EMBEDDING_WRAPS_NEGATIVE_INDICES:
             # Inductor < 2.13 lowers embedding with Python-style negative wrapping, so the
             # compiled reference would read row V-1 for -1 where eager raises.
             for i in indices:
                 torch._assert_async((i >= 0).all(), _OOB_MSG)
-        return multi_embedding_ref(weights, indices)
+        return multi_embedding_ref(weights, indices, column_values, column_ranges)
     out, err = torch.ops.inductor_embed.multi_embedding_triton(weights, indices)
     # Device-side, asynchronous and CUDA-graph safe, like eager's indexing assert.
     torch._assert_async(err[0] == 0, _OOB_MSG)
+    ranges = column_ranges or []
+    for j, v in enumerate(column_values or []):  # a [*L, width] write into the kernel's fresh output
+        out[..., ranges[2 * j]:ranges[2 * j + 1]] = v
     return out
 
 
@@ -84,6 +113,13 @@ def _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq, spa
     _checks.multi_embedding(weights, indices, padding_idx, scale_grad_by_freq, sparse)
     total = sum(w.shape[1] for w in weights)
     return weights[0].new_empty((*indices[0].shape, total))
+
+
+@multi_embedding_columns.register_fake
+def _multi_embedding_columns_fake(weights, indices, padding_idx, scale_grad_by_freq, sparse, column_values,
+                                  column_ranges):
+    _checks.column_values(weights, indices, column_values, column_ranges)
+    return _multi_embedding_fake(weights, indices, padding_idx, scale_grad_by_freq, sparse)
 
 
 # --- the Triton launches, as opaque ops -------------------------------------------------------
@@ -359,12 +395,26 @@ def _setup_context(ctx, inputs, output):
     sparse = rest[0] if rest else None
     ctx.sparse = list(sparse) if sparse is not None else [False] * len(weights)
     ctx.first = _first_positions(weights)
+    values = rest[1] if len(rest) > 1 and rest[1] is not None else []
+    ctx.column_ranges = list(rest[2]) if values else []
+    ctx.column_shapes = [tuple(v.shape) for v in values]
 
 
 def _backward(ctx, grad):
     indices = list(ctx.saved_tensors)
     t = len(indices)
     columns = [sum(ctx.dims[:k]) for k in range(t)]
+    value_grads = []
+    if ctx.column_shapes:
+        # Each written value gets its columns' gradient, summed over where it was broadcast;
+        # the tables get none there (eager's write cut those columns from the lookup's graph).
+        ranges, width = ctx.column_ranges, grad.shape[-1]
+        written = torch.zeros(width, dtype=torch.bool, device=grad.device)
+        for j, shape in enumerate(ctx.column_shapes):
+            s, e = ranges[2 * j], ranges[2 * j + 1]
+            value_grads.append(grad[..., s:e].sum_to_size(shape))
+            written[s:e] = True
+        grad = torch.where(written, torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
     grads: list[torch.Tensor | None] = [None] * t
     for sparse, tables in ((True, [k for k in range(t) if ctx.sparse[k]]),
                            (False, [k for k in range(t) if not ctx.sparse[k]])):
@@ -380,9 +430,9 @@ def _backward(ctx, grad):
             got = _gpu_backward(*args, pick(ctx.scale_grad_by_freq), pick(columns))
         for k, g in zip(tables, got):
             grads[k] = g
-    # One entry per argument the call gave (``sparse`` may be left out; needs_input_grad
-    # has the call's structure, where the inputs above have the default filled in).
-    return (grads, [None] * t, None, None, None)[:len(ctx.needs_input_grad)]
+    # One entry per argument the call gave (``sparse`` and the column writes may be left out;
+    # needs_input_grad has the call's structure, where the inputs above have the defaults).
+    return (grads, [None] * t, None, None, None, value_grads or None, None)[:len(ctx.needs_input_grad)]
 
 
 def _sparse_grads(grad, indices, num_rows, dims, padding_idx, columns, first) -> list[torch.Tensor | None]:
@@ -436,3 +486,4 @@ def _gpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
 
 
 multi_embedding.register_autograd(_backward, setup_context=_setup_context)
+multi_embedding_columns.register_autograd(_backward, setup_context=_setup_context)

@@ -17,17 +17,39 @@ import torch.nn.functional as F
 from inductor_embed.lowering import _cpu_native, _grad_cache
 
 
-def multi_embedding_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]) -> torch.Tensor:
+def multi_embedding_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch.Tensor],
+                        column_values: Sequence[torch.Tensor] | None = None,
+                        column_ranges: Sequence[int] | None = None) -> torch.Tensor:
     """Gather every table and concatenate along the feature dimension.
 
     Args:
         weights: T tables, table k of shape [V_k, D_k], all one dtype.
         indices: T index tensors of one shape [*L], int32 or int64.
+        column_values, column_ranges: values written over output columns
+            ``[column_ranges[2j], column_ranges[2j + 1])`` (ascending, apart), each
+            broadcast to ``[*L, width]``: ``out[..., s:t] = v`` after the cat.
 
     Returns:
-        [*L, sum(D_k)]: ``cat([F.embedding(indices[k], weights[k]) ...], -1)``.
+        [*L, sum(D_k)]: ``cat([F.embedding(indices[k], weights[k]) ...], -1)``, with the
+        written columns' values. Each written range is its own piece of the cat, not a write
+        after it: Inductor then makes the output in one pass, with no copy of it to write into.
     """
-    return torch.cat([F.embedding(i, w) for w, i in zip(weights, indices)], dim=-1)
+    ranges = list(column_ranges or ())
+    pieces, col = [], 0
+    for w, i in zip(weights, indices):
+        e, d = F.embedding(i, w), w.shape[1]
+        pos = 0
+        for j in range(len(ranges) // 2):
+            s, t = ranges[2 * j] - col, ranges[2 * j + 1] - col
+            if 0 <= s < d:
+                if s > pos:
+                    pieces.append(e[..., pos:s])
+                pieces.append(column_values[j].expand(*e.shape[:-1], t - s))
+                pos = t
+        if pos < d:
+            pieces.append(e if pos == 0 else e[..., pos:])
+        col += d
+    return torch.cat(pieces, dim=-1)
 
 
 def multi_embedding_backward_tables(

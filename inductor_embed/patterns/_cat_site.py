@@ -159,15 +159,15 @@ def _hazard(fam: Family, lk: Lookup, site: fx.Node, writes: _fx.Writes) -> Looku
             return f"the lookup's output is written in place by {written[0].name}; left so the write still applies"
         if isinstance(found, str):
             return found
-        if lk.device.type == "cpu" and not config.column_writes_on_cpu:
-            # Measured (cpu-quick "shared", 9 tables of D=64): 0.90-0.92x torch.compile and a
-            # higher peak (50.5 vs 41.5 MiB): the writes into the fused output become
-            # slice_scatters of the whole [B, sum D] buffer, where the unfused model's touch
-            # one [B, D] lookup each.
-            return (f"the lookup's columns are written in place ({written[0].name}): on the CPU that write "
-                    "on the fused output copies the whole output (slower than torch.compile; "
-                    "config.column_writes_on_cpu=True takes it anyway); left")
         lk = dataclasses.replace(lk, column_writes=found)
+        why = column_values_problem(lk)
+        if why is not None and lk.device.type == "cpu" and not config.column_writes_on_cpu:
+            # Such writes go onto the fused output: on the CPU they become slice_scatters of
+            # the whole [B, sum D] buffer, where the unfused model's touch one [B, D] lookup
+            # each (cpu-quick "shared" measured 0.90-0.92x torch.compile that way).
+            return (f"the lookup's columns are written in place ({written[0].name}) with {why}: on the CPU "
+                    "that write on the fused output copies the whole output (slower than torch.compile; "
+                    "config.column_writes_on_cpu=True takes it anyway); left")
     for what, value in [("indices" if k == 0 else f"input {v.name}", v) for k, v in enumerate(lk.reads)] + [
             ("table", lk.weight)]:
         w = writes.writer(value, after=lk.node, before=site)
@@ -210,6 +210,34 @@ def _column_writes(lk: Lookup, written: list[fx.Node], site: fx.Node,
             if w is not None:
                 return f"the value {cw.nodes[0].name} writes is written in place by {w.name} before {site.name}; left"
     return tuple(found)
+
+
+# Set on a fused op's node that writes its lookups' column writes itself.
+COLUMNS_IN_OP = "inductor_embed_columns_in_op"
+
+
+def column_values_problem(lk: Lookup) -> str | None:
+    """Why ``lk``'s column writes cannot be values the fused op writes itself
+    (``multi_embedding_columns``: tensors of the table's dtype and device that broadcast to
+    the written columns, one write per column), or None."""
+    spans = []
+    for cw in lk.column_writes:
+        v, c = _fx.tensor_meta(cw.value), cw.columns
+        if v is None:
+            return f"a Python number or a non-tensor ({cw.nodes[0].name})"
+        if v.dtype != lk.dtype or v.device != lk.device:
+            return f"a {v.dtype} value on {v.device} ({cw.nodes[0].name}), not the table's {lk.dtype}"
+        if c.step != 1 or c.stop <= c.start:
+            return f"a strided or empty column slice ({cw.nodes[0].name})"
+        lead = (*lk.index_shape, c.stop - c.start)
+        if v.dim() > len(lead) or any(not (isinstance(a, int) and a == 1) and str(a) != str(b)
+                                      for a, b in zip(reversed(v.shape), reversed(lead))):
+            return f"a {list(v.shape)} value that does not broadcast to the columns' {list(lead)} ({cw.nodes[0].name})"
+        spans.append((c.start, c.stop))
+    spans.sort()
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        return "writes over the same columns twice"
+    return None
 
 
 def _column_write(w: fx.Node, lk: Lookup) -> ColumnWrite | None:
@@ -609,7 +637,10 @@ def _rewrite(fam: Family, graph: fx.Graph, site: _Site, runs: list[tuple[int, in
 def _column_writes_on(graph: fx.Graph, lookups: list[Lookup], fused: fx.Node) -> None:
     """Each lookup's column writes, in order, as the same setitem on the fused output's
     columns (``fused[..., off + a:off + b] = v``): autograd then gives the overwritten
-    columns no gradient and the value its own, as in eager."""
+    columns no gradient and the value its own, as in eager. Nothing where the op writes
+    them itself (``COLUMNS_IN_OP``)."""
+    if fused.meta.get(COLUMNS_IN_OP):
+        return
     offset = 0
     for lk in lookups:
         for cw in lk.column_writes:

@@ -96,12 +96,23 @@ def analyse_lookup(node: fx.Node, between: tuple = (), whole: bool = False) -> L
 
 def _emit(graph: fx.Graph, lookups: list[Lookup], like: fx.Node) -> fx.Node:
     sparse = [lk.params["sparse"] for lk in lookups]
+    args = ([lk.weight for lk in lookups], [lk.index for lk in lookups], [lk.params["padding_idx"] for lk in lookups],
+            [lk.params["scale_grad_by_freq"] for lk in lookups])
+    written = [lk for lk in lookups if lk.column_writes]
+    if written and all(_cat_site.column_values_problem(lk) is None for lk in written):
+        # The op writes the values itself: no write on its output, whose copy of the whole
+        # output the CPU's slice_scatter made.
+        spans, offset = [], 0
+        for lk in lookups:
+            spans += [(offset + cw.columns.start, offset + cw.columns.stop, cw.value) for cw in lk.column_writes]
+            offset += lk.dim
+        spans.sort(key=lambda s: s[0])
+        node = _fx.call(graph, torch.ops.inductor_embed.multi_embedding_columns.default, (
+            *args, sparse, [v for _, _, v in spans], [b for s, e, _ in spans for b in (s, e)]), like)
+        node.meta[_cat_site.COLUMNS_IN_OP] = True
+        return node
     return _fx.call(graph, torch.ops.inductor_embed.multi_embedding.default, (
-        [lk.weight for lk in lookups],
-        [lk.index for lk in lookups],
-        [lk.params["padding_idx"] for lk in lookups],
-        [lk.params["scale_grad_by_freq"] for lk in lookups],
-        *([sparse] if any(sparse) else []),  # dense-only ops keep the 4-argument form
+        *args, *([sparse] if any(sparse) else []),  # dense-only ops keep the 4-argument form
     ), like)
 
 

@@ -14,8 +14,6 @@ import torch
 import inductor_embed
 from tests.inductor_embed.library_models import MODELS
 
-_CPU_COLUMN_WRITES = ("on the CPU that write on the fused output copies the whole output (slower than "
-                      "torch.compile; config.column_writes_on_cpu=True takes it anyway); left")
 _E4 = ("embedding", "embedding_1", "embedding_2", "embedding_3")
 _CPU_SPARSE = ("sparse=True on the CPU: its gradient is a copy of each index's gradient row, as eager's, with nothing "
                "for the fused op to save (measured 0.75-0.80x torch.compile; config.bag_patterns_on_cpu='all' "
@@ -24,9 +22,8 @@ _CPU_SPARSE = ("sparse=True on the CPU: its gradient is a copy of each index's g
 # model -> ([(pattern, replaced nodes, shares)], [(pattern, node, reason)])
 EXPECTED = {
     "category_embedding": ([("multi_embedding_cat", ("embedding", "embedding_1", "embedding_2", "cat"), "")], []),
-    "shared_embeddings": ([], [
-        ("multi_embedding_cat", name, f"the lookup's columns are written in place ({w}): {_CPU_COLUMN_WRITES}")
-        for name, w in (("e", "setitem"), ("e_1", "setitem_1"), ("e_2", "setitem_2"))]),
+    "shared_embeddings": ([("multi_embedding_cat", ("e", "setitem", "e_1", "setitem_1", "e_2", "setitem_2", "cat"),
+                            "")], []),
     "deepfm": ([("multi_embedding_cat", (*_E4, "fm_input"), ""),
                 ("multi_embedding_cat", (*_E4, "cat"), "fm_input")], []),
     "field_slices_fm": ([("multi_embedding_cat", (*_E4, "e"), "")], []),

@@ -716,9 +716,10 @@ def test_wide_dims_under_inference_mode():
 @pytest.mark.xfail(torch.torch_version.TorchVersion(torch.__version__) < (2, 13), strict=True,
                    reason="torch 2.11's Inductor emits C++ that does not compile for the lookup left to it "
                           "(plain torch.compile fails the same way): pytorch/pytorch#179135")
-def test_column_writes_left_on_the_cpu_by_default(caplog):
+def test_column_writes_the_op_cannot_take_left_on_the_cpu_by_default(caplog):
     """tests/conftest.py turns column_writes_on_cpu on; by default a CPU lookup whose columns
-    are written before the cat is left (the write on the fused output would copy all of it)."""
+    are written before the cat with a value the op cannot write itself (a Python number here)
+    is left (the write on the fused output would copy all of it); a tensor value is taken."""
 
     class Shared(nn.Module):
         def __init__(self):
@@ -728,11 +729,15 @@ def test_column_writes_left_on_the_cpu_by_default(caplog):
 
         def forward(self, x):
             o = self.a(x)
-            o[:, :2] = self.s.expand(x.shape[0], -1)
-            return torch.cat([o, self.b(x), self.c(x)], -1)
+            o[:, :2] = 0.5
+            p = self.b(x)
+            p[:, 1:3] = self.s.expand(x.shape[0], -1)
+            return torch.cat([o, p, self.c(x)], -1)
 
     x = torch.randint(0, 10, (6,))
     with inductor_embed.config.patch(column_writes_on_cpu=False), caplog.at_level(logging.DEBUG, "inductor_embed"):
         compare_with_eager(Shared(), (x,))
-    assert rewrites() == 1  # b and c
-    assert "on the CPU that write on the fused output copies the whole output" in caplog.text
+        report = inductor_embed.explain(Shared(), x)
+    assert rewrites() == 1 and len(report.rewrites[0].tables) == 2  # b (its write taken by the op) and c
+    assert "written in place (setitem) with a Python number or a non-tensor (setitem): on the CPU that write " \
+           "on the fused output copies the whole output" in caplog.text, caplog.text

@@ -259,3 +259,57 @@ def test_uncoalesced_sparse_gradients_are_eagers_form(path):
         for t in (g._indices(), g._values()):
             assert t.untyped_storage().data_ptr() not in {x.untyped_storage().data_ptr() for x in (grad, *args[1])}
     opcheck(SPARSE_BWD, args, test_utils=("test_schema",))
+
+
+# --- multi_embedding_columns: columns written over after the gather -----------------------
+
+COLUMNS = torch.ops.inductor_embed.multi_embedding_columns.default
+
+
+def _written(dtype, device, requires_grad=True):
+    """Two tables (6 and 4 columns), writes at table 0's columns [1, 3) ([2] broadcast), table 1's
+    [0, 1) ([5, 1]) and [2, 4) ([5, 2]: its last columns); and eager's lookups with those writes."""
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(v, d, generator=g).to(device, dtype).requires_grad_(requires_grad)
+               for v, d in ((10, 6), (7, 4))]
+    indices = [torch.randint(0, v, (5,), generator=g).to(device) for v in (10, 7)]
+    values = [torch.randn(shape, generator=g).to(device, dtype).requires_grad_(requires_grad)
+              for shape in ((2,), (5, 1), (5, 2))]
+    return weights, indices, values, [1, 3, 6, 7, 8, 10]
+
+
+def _eager_written(weights, indices, values):
+    a, b = F.embedding(indices[0], weights[0]), F.embedding(indices[1], weights[1])
+    a[:, 1:3] = values[0]
+    b[:, 0:1] = values[1]
+    b[:, 2:4] = values[2]
+    return torch.cat([a, b], -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_column_writes_match_eager(dtype, path):
+    weights, indices, values, ranges = _written(dtype, path)
+    want = _eager_written(weights, indices, values)
+    got = COLUMNS(weights, indices, [-1, -1], [False, False], [False, False], values, ranges)
+    assert torch.equal(got, want)
+    grad = torch.randn_like(want)
+    inputs = [*weights, *values]
+    for a, b in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(want, inputs, grad)):
+        torch.testing.assert_close(a, b, **({} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}))
+
+
+def test_opcheck_column_writes():
+    weights, indices, values, ranges = _written(torch.float32, "cpu")
+    opcheck(COLUMNS, (weights, indices, [-1, -1], [False, False], [False, False], values, ranges))
+
+
+@pytest.mark.parametrize("ranges, values, match", [
+    ([1, 3, 2, 4], [(2,), (2,)], "not inside one table's columns after the previous range"),  # overlapping
+    ([5, 7], [(2,)], "not inside one table's columns"),  # across tables 0 and 1
+    ([1, 3], [(3,)], "does not broadcast"),
+    ([1, 3], [], "range bounds"),
+])
+def test_bad_column_writes_raise(ranges, values, match):
+    weights, indices, _, _ = _written(torch.float32, "cpu", requires_grad=False)
+    with pytest.raises(RuntimeError, match=match):
+        COLUMNS(weights, indices, [-1, -1], [False, False], [False, False], [torch.zeros(s) for s in values], ranges)
