@@ -81,11 +81,11 @@ def deepfm(batches, dim: int = 8) -> list[Case]:
 
 def sums_and_mf(batches, fields: int = 9, dim: int = 64) -> list[Case]:
     """Issue 13's sums of lookups (9 tables of one width summed, then a LayerNorm: an atom
-    encoder), matrix factorisation (users 100k and items 50k x D, per-id biases, a dot
+    encoder; ``sum_noop``: each lookup through ``.to(device)`` and ``.contiguous()`` first), matrix factorisation (users 100k and items 50k x D, per-id biases, a dot
     product) and shared first columns written into each lookup before the cat, on
     multi_table (bench/workloads/multi_table.py SumEncoder, MatrixFactorisation, SharedColumns)."""
-    return ([Case("multi_table", f"sum of {fields} lookups D={dim} (sum)", cycle(SEED004_VOCABS, fields),
-                  (dim,) * fields, b, variant="sum") for b in batches]
+    return ([Case("multi_table", f"sum of {fields} lookups D={dim} ({v})", cycle(SEED004_VOCABS, fields),
+                  (dim,) * fields, b, variant=v) for v in ("sum", "sum_noop") for b in batches]
             + [Case("multi_table", f"matrix factorisation D={dim} (mf)", (100_000, 50_000, 100_000, 50_000),
                     (dim, dim, 1, 1), b, variant="mf") for b in batches]
             + [Case("multi_table", f"{fields} lookups D={dim}, shared first columns (shared)",

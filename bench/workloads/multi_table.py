@@ -108,6 +108,17 @@ class SumEncoder(EmbeddingModel):
         return torch.nn.functional.layer_norm(h, h.shape[-1:])
 
 
+class NoOpSumEncoder(SumEncoder):
+    """``SumEncoder`` written as language-model code writes its sums (issue 27's no-op steps):
+    each added lookup goes through ``.to(h.device)`` and ``.contiguous()``, no-ops here."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tables[0](x[:, 0])
+        for k in range(1, len(self.tables)):
+            h = h + self.tables[k](x[:, k]).to(h.device).contiguous()
+        return torch.nn.functional.layer_norm(h, h.shape[-1:])
+
+
 class MatrixFactorisation(EmbeddingModel):
     """Users and items with per-id biases, scored by a dot product (issue 13's form 5):
     tables (users [U, D], items [I, D], user bias [U', 1], item bias [I', 1]), column k of
@@ -166,7 +177,7 @@ class DeepFM(EmbeddingModel):
 
 # multi_table's model variants (Case.variant) besides the plain lookups + cat
 VARIANTS = {"fm_slices": False, "fm_bias": True}  # name -> per-field bias
-OTHER_VARIANTS = {"sum": SumEncoder, "mf": MatrixFactorisation, "shared": SharedColumns, "deepfm": DeepFM}
+OTHER_VARIANTS = {"sum": SumEncoder, "sum_noop": NoOpSumEncoder, "mf": MatrixFactorisation, "shared": SharedColumns, "deepfm": DeepFM}
 
 
 class MultiTable(Workload):

@@ -127,7 +127,8 @@ def test_issue13_variants_are_rewritten(variant):
         torch.testing.assert_close(tbe.module(*tbe.adapt(*inputs)), out, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant, pattern", [("sum", "multi_embedding_sum"), ("mf", "independent_lookups"),
+@pytest.mark.parametrize("variant, pattern", [("sum", "multi_embedding_sum"), ("sum_noop", "multi_embedding_sum"),
+                                              ("mf", "independent_lookups"),
                                               ("shared", "multi_embedding_cat")])
 def test_sum_and_mf_variants_are_rewritten(variant, pattern):
     """Issue 13's sums of lookups, independent lookups and column writes in cpu-quick: rewritten by their
@@ -138,5 +139,6 @@ def test_sum_and_mf_variants_are_rewritten(variant, pattern):
     inputs = wl.inputs(case, CPU)
     report = inductor_embed.explain(model, *inputs)
     assert [r.pattern for r in report.rewrites] == [pattern], str(report)
-    want = {"sum": (16, case.dims[0]), "mf": (16,), "shared": (16, sum(case.dims))}[variant]
+    want = {"sum": (16, case.dims[0]), "sum_noop": (16, case.dims[0]), "mf": (16,),
+            "shared": (16, sum(case.dims))}[variant]
     assert model(*inputs).shape == want
