@@ -310,19 +310,23 @@ def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes
     took 12.7 ms each on 2 cores)."""
     psw = _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
                                       include_last_offset, values=True)
-    native = _cpu_native.lib() is not None and any(
-        m == MAX and w.dtype == torch.float32 and w.stride(1) == 1 for w, m in zip(weights, modes))
+    # [B, 0] input takes ATen's path (which raises as eager does: it has no bags to read).
+    kernel = [m == MAX and w.dtype == torch.float32 and w.stride(1) == 1 and (i.dim() == 1 or i.shape[1] > 0)
+              for w, i, m in zip(weights, indices, modes)]
+    native = _cpu_native.lib() is not None and any(kernel)
     if not native:
         return multi_embedding_bag_ref(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
     b = num_bags(indices[0], offsets[0], include_last_offset[0])
     out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
     arg_max = torch.empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
     jobs, col, am = [], 0, 0
-    for w, i, o, p, m, pad, ilo in zip(weights, indices, offsets, psw, modes, padding_idx, include_last_offset):
+    for w, i, o, p, m, pad, ilo, k in zip(weights, indices, offsets, psw, modes, padding_idx, include_last_offset,
+                                          kernel):
         d = w.shape[1]
-        if m == MAX and w.dtype == torch.float32 and w.stride(1) == 1:
+        if k:
             if o is not None and ilo:  # indices past offsets[B] are in no bag
                 i, o = i[:max(0, min(int(o[-1]), i.shape[0]))], o[:-1]
+            o = None if o is None else o.contiguous()
             jobs.append(_cpu_native.MaxTable(w, i, o, pad, out[:, col:col + d], arg_max[:, am:am + d]))
         else:
             got, got_am = bag_forward(w, i, o, p, m, pad, ilo)

@@ -142,7 +142,7 @@ def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_s
     if fixed:
         b, length = indices.shape
         src = g[:b] if inv is None else g[:b] * inv[:b].unsqueeze(1)  # the same products, B x D of them
-        rows.view(b, length, -1).copy_(src.unsqueeze(1).expand(b, length, g.shape[1]))
+        rows.view(b, length, g.shape[1]).copy_(src.unsqueeze(1).expand(b, length, g.shape[1]))
     else:
         torch.index_select(g, 0, bag, out=rows)
         if inv is not None:

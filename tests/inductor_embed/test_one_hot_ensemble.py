@@ -163,3 +163,28 @@ def test_a_member_axis_that_is_not_a_copy_is_left_and_logged() -> None:
 
     left = _left(grouped, torch.randint(0, 6, (4, 2)))
     assert [n for n, _ in left] == ["one_hot", "one_hot_1"] and all("`view` (view)" in r for _, r in left), left
+
+
+def test_a_member_axis_that_broadcasts_or_features_per_member_are_left() -> None:
+    """Review findings: a weight of one member broadcast against k copies (``@`` and einsum
+    broadcast size-1 axes) is not k members, and ``[k, B]`` indices give each member its own
+    features: both left with a reason, never rewritten to the wrong shape."""
+    v, k = 4, 3
+    w1, wk, r = torch.randn(1, v, 5), torch.randn(k, v, 5), torch.randn(k, 1, v)
+
+    def matmul_broadcast(i):
+        return F.one_hot(i, v).float().unsqueeze(0).expand(k, -1, -1) @ w1
+
+    def einsum_broadcast(i):
+        return torch.einsum("bki,kio->bko", F.one_hot(i, v).float()[:, None].expand(-1, k, -1), w1)
+
+    for fn in (matmul_broadcast, einsum_broadcast):
+        left = _left(fn, torch.randint(0, v, (6,)))
+        assert len(left) == 1 and "broadcasts its member axis (features x3, weight x1)" in left[0][1], left
+
+    def per_member(i):
+        return torch.bmm(F.one_hot(i, v).float() * r, wk)
+
+    left = _left(per_member, torch.randint(0, v, (k, 6)))
+    assert left == [("mul", "the one-hot features reaching bmm are [3, 6, 4], not [B, V] rows copied to every "
+                            "member")], left

@@ -246,3 +246,28 @@ def test_cpu_default_sparse_gradient_is_eagers(opt: str) -> None:
     assert rewrites("multi_embedding_cat") == 1
     for t, r in zip(model.tables, ref.tables):
         torch.testing.assert_close(t.weight, r.weight, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_sparse_bags_of_an_empty_batch(mode: str) -> None:
+    """Review finding: fixed ``[0, L]`` bags of sparse=True tables (conftest takes them on the
+    CPU) give eager's empty gradients, not a reshape error in the backward."""
+    import torch._dynamo
+
+    class Bags(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bags = nn.ModuleList(nn.EmbeddingBag(10, 4, mode=mode, sparse=True) for _ in range(2))
+
+        def forward(self, x):
+            return torch.cat([b(x[:, k]) for k, b in enumerate(self.bags)], 1)
+
+    torch._dynamo.reset()
+    model = Bags()
+    twin = copy.deepcopy(model)
+    x = torch.randint(0, 10, (0, 2, 3))
+    torch.compile(model, backend="inductor_embed")(x).sum().backward()
+    twin(x).sum().backward()
+    assert rewrites("multi_embedding_bag") == 1
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a.grad.to_dense(), b.grad.to_dense())

@@ -517,3 +517,17 @@ def test_max_mode_with_other_tables_and_an_index_out_of_range():
     bad[3, 2] = 300
     with pytest.raises(RuntimeError, match="out of range"):  # the op's check, as eager's RuntimeError
         torch.ops.inductor_embed.multi_embedding_bag_cpu([weight], [bad], [None], [], [2], [-1], [False])
+
+
+def test_max_mode_takes_offsets_of_any_strides_and_refuses_empty_fixed_bags():
+    """Review findings: strided offsets (eager takes them) reach the kernel contiguous; ``[B, 0]``
+    input takes ATen's path, which raises as eager does (the kernel would read no offsets)."""
+    weight = torch.randn(20, 6)
+    indices = torch.randint(0, 20, (9,))
+    offsets = torch.tensor([0, 99, 3, 99, 5, 99, 5, 99])[::2]
+    got = torch.ops.inductor_embed.multi_embedding_bag_cpu([weight], [indices], [offsets], [], [2], [-1], [False])
+    want = torch.nn.functional.embedding_bag(indices, weight, offsets.contiguous(), mode="max")
+    assert torch.equal(got[0], want)
+    with pytest.raises(RuntimeError):
+        torch.ops.inductor_embed.multi_embedding_bag_cpu([weight], [torch.empty(3, 0, dtype=torch.long)], [None], [],
+                                                          [2], [-1], [False])
