@@ -54,7 +54,7 @@ tied_embedding_bag: bool = True
 # and item embeddings and per-id biases scored by a dot product) -> one multi-table
 # gather per dtype, device and index shape; each lookup reads a column slice of it. On the
 # CPU too: the wide tables' gradients come from one backward call into reused buffers
-# (cpu-quick "mf": 1.57x / 2.99x torch.compile at batch 512 / 4096).
+# (cpu-quick "mf": 1.69x / 1.26x torch.compile at batch 512 / 4096).
 independent_lookups: bool = True
 
 # Which EmbeddingBag lookups the two bag patterns (multi_embedding_bag, tied_embedding_bag)
@@ -62,7 +62,7 @@ independent_lookups: bool = True
 # fused CPU path is faster than eager's: sum/mean backward by a C kernel (ATen's additions in
 # ATen's order, see cpu_native_kernels) into reused gradient buffers (cpu-quick 1.33x / 2.41x
 # torch.compile for 8 / 26 tables, 1.07x / 1.96x for a tied pair), max mode by C kernels both
-# ways (ATen's is a serial loop: cpu-quick 3.9x / 2.8x torch.compile); "all" sparse=True and
+# ways (ATen's is a serial loop: cpu-quick 3.75x / 2.85x torch.compile); "all" sparse=True and
 # half tables too (a sparse gradient is a copy of each index's gradient row, as eager's:
 # nothing to save, and the op's host cost made cpu-quick's sparse rows 0.75-0.80x
 # torch.compile); "none" none. True / False mean "all" / "none". Left lookups are logged with
@@ -74,7 +74,7 @@ bag_patterns_on_cpu: str = "fp32_dense"
 # which on the CPU copies the whole output (cpu-quick "shared" measured 0.90-0.92x
 # torch.compile that way). Off by default: such lookups are left, and the log says why. The
 # writes the op takes (``o[:, :k] = shared``, a tensor of the table's dtype) are taken on
-# every device (cpu-quick "shared": 1.03x / 1.36x torch.compile).
+# every device (cpu-quick "shared": 1.07x / 1.28x torch.compile).
 column_writes_on_cpu: bool = False
 
 # Coalesce sparse gradients (sparse=True tables) in the backward for CPU tensors too. Off by
