@@ -758,18 +758,17 @@ def _read_ensemble(node: fx.Node, parts: tuple, rec: Recorder, writes: _fx.Write
     if found is None:
         return None
     feats, steps = found
-    fv0 = _fx.tensor_meta(feats)
-    if fv0 is None or fv0.dim() != 2:
+    fv = _fx.tensor_meta(feats)
+    if fv is None or fv.dim() != 2:
         # each member must read the same [B, V] features (a [k, B] index would give each its own)
         return _skip(rec, mul if mul is not None else node, f"the one-hot features reaching {node.name} are "
-                     f"{'?' if fv0 is None else list(fv0.shape)}, not [B, V] rows copied to every member")
+                     f"{'?' if fv is None else list(fv.shape)}, not [B, V] rows copied to every member")
     labels: list | None = ["b", "i"]
     for s in steps:
         labels = _member_view(s, labels) if labels is not None else None
     hv, wv, out = _fx.tensor_meta(h), _fx.tensor_meta(w), _fx.tensor_meta(node)
-    fv = _fx.tensor_meta(feats)
     where = mul if mul is not None else steps[-1] if steps else feats
-    if labels is None or hv is None or wv is None or out is None or fv is None:
+    if labels is None or hv is None or wv is None or out is None:
         return _skip(rec, where, f"the features reach {node.name} through steps other than casts, unsqueeze, "
                                  "[:, None] and expand (each member must read the same [B, V] features)")
     if mul is not None:
@@ -795,7 +794,7 @@ def _read_ensemble(node: fx.Node, parts: tuple, rec: Recorder, writes: _fx.Write
     if not all(isinstance(s, int) for s in (k, v, o)):
         return _skip(rec, node, "the per-member weight's shape is symbolic (dynamic weight shape)")
     hk = hv.shape[h_axes.index("k")]
-    want = {"b": fv0.shape[0], "k": k, "o": o}
+    want = {"b": fv.shape[0], "k": k, "o": o}
     if not isinstance(hk, int) or hk != k or any(not _same_size(out.shape[d], want[a]) for d, a in enumerate(out_axes)):
         # a member axis of size 1 on one side broadcasts in the contraction: not k members
         return _skip(rec, node, f"{node.name} broadcasts its member axis (features x{hk}, weight x{k}): "
