@@ -171,12 +171,10 @@ class Fbgemm(Provider):
                    "SplitTableBatchedEmbeddingBagsCodegen with a fused optimizer for sparse_tables")
 
     def unavailable(self, workload, device):
-        version, reason = fbgemm_status()
-        if version is None:
-            return reason
-        if type(workload).fbgemm is Workload.fbgemm:
+        if type(workload).fbgemm is Workload.fbgemm:  # first: such a row has no FBGEMM peer at all
             return f"no FBGEMM equivalent wired for the {workload.name} workload"
-        return None
+        version, reason = fbgemm_status()
+        return reason if version is None else None
 
     def build(self, workload, case, model, device):
         try:

@@ -103,6 +103,80 @@ def _pair(c: CaseResult, field: str, unit: float = 1.0) -> str:
     return " / ".join(f"{v / unit:.3g}" for v in vals)
 
 
+# --- the goal: inductor_embed at least as fast as the fastest peer --------------------
+
+FBGEMM = "fbgemm_tbe"
+PEERS = (BASELINE, COMPILE, FBGEMM)
+GOAL = 0.95  # inductor_embed / fastest peer, rows of one table
+GOAL_MULTI = 1.2  # rows of several tables, where fusing them is the point
+GOAL_MIN_MS = 0.5  # rows where eager's step takes less are too small to hold to it
+
+
+def fastest_peer(c: CaseResult) -> tuple[float | None, str, str]:
+    """(inductor_embed's speedup over the fastest peer, that peer, "" or why unmeasured).
+
+    Each ratio is paired where the run paired it (eager, torch.compile); FBGEMM's is
+    inductor_embed's paired speedup over eager over FBGEMM's. A peer that has no equivalent
+    for the row (skipped for that reason) is no peer; an FBGEMM that did not run at all, or
+    does not import here, leaves the row unmeasured, not met."""
+    ie = c.get(EMBED)
+    if ie is None or ie.status not in ("ok", "mismatch"):
+        return None, "", "inductor_embed did not run"
+    ratios: dict[str, float] = {}
+    for p in PEERS:
+        r = c.get(p)
+        if r is None:
+            if p == FBGEMM:
+                return None, "", "FBGEMM not run"
+            continue
+        if r.status not in ("ok", "mismatch"):
+            if p == FBGEMM and "does not import" in (r.note or ""):
+                return None, "", "FBGEMM does not import"
+            continue
+        if p == FBGEMM:
+            a, b = speedup(c, EMBED, BASELINE), speedup(c, FBGEMM, BASELINE)
+            v = a / b if a and b else None
+        else:
+            v = speedup(c, EMBED, p)
+        if v is not None:
+            ratios[p] = v
+    if not ratios:
+        return None, "", "no peer timed"
+    peer = min(ratios, key=ratios.__getitem__)
+    return ratios[peer], peer, ""
+
+
+def goal_of(c: CaseResult) -> float | None:
+    """The ratio the row must reach, or None for a row too small to hold to it."""
+    base = median(c.get(BASELINE))
+    if base is None or base < GOAL_MIN_MS:
+        return None
+    return GOAL_MULTI if len(c.case.vocabs) > 1 else GOAL
+
+
+def goal_cell(c: CaseResult) -> str:
+    ratio, peer, why = fastest_peer(c)
+    goal = goal_of(c)
+    if ratio is None:
+        return f"unmeasured ({why})"
+    mark = "" if goal is None else (" ✓" if ratio >= goal else " ✗")
+    return f"{ratio:.2f}x {peer}{mark}"
+
+
+def goal_count(cases: Sequence[CaseResult]) -> str:
+    """"met on M of N rows held to the goal (U unmeasured)"."""
+    held = [c for c in cases if goal_of(c) is not None]
+    ratios = [fastest_peer(c) for c in held]
+    met = sum(1 for c, (r, _, _) in zip(held, ratios) if r is not None and r >= goal_of(c))
+    unmeasured = sum(1 for r, _, _ in ratios if r is None)
+    return f"met on {met} of {len(held)} rows" + (f" ({unmeasured} unmeasured)" if unmeasured else "")
+
+
+GOAL_TEXT = (f"goal: inductor_embed at least {GOAL}x the fastest of eager, torch.compile and FBGEMM TBE "
+             f"({GOAL_MULTI}x on rows of several tables), on rows where eager's step takes at least "
+             f"{GOAL_MIN_MS} ms (✓ met, ✗ missed, no mark: a smaller row)")
+
+
 # --- markdown -------------------------------------------------------------------------
 
 
@@ -118,15 +192,19 @@ def summary_tables(run: RunResult, heading: str = "###") -> str:
         header = ["case", "eager fwd+bwd ms", *(f"{p} vs eager" for p in timed)]
         if has_ratio:
             # the goals of a rewrite on any device: faster, no more memory, no slower compile
-            header += ["inductor_embed vs torch.compile", "peak MiB ie / tc", "compile s ie / tc"]
+            header += ["inductor_embed vs torch.compile", "ie vs fastest peer", "peak MiB ie / tc",
+                       "compile s ie / tc"]
         rows = []
         for c in cases:
             row = [c.case.label, f"{median(c.get(BASELINE)):.3g}" if median(c.get(BASELINE)) else "—"]
             row += [_cell(c, p) for p in timed]
             if has_ratio:
-                row += [_x(speedup(c, EMBED, COMPILE)), _pair(c, "peak_mem_bytes", 2**20), _pair(c, "compile_s")]
+                row += [_x(speedup(c, EMBED, COMPILE)), goal_cell(c), _pair(c, "peak_mem_bytes", 2**20),
+                        _pair(c, "compile_s")]
             rows.append(row)
         parts.append(f"{heading} {wl.title} ({name}; after {wl.source})\n")
+        if has_ratio:
+            parts.append(f"Fastest peer: {goal_count(cases)}.\n")
         parts.append(_table(header, rows))
         rss = _rss_table(cases, timed)
         if rss:
@@ -212,7 +290,8 @@ def markdown(run: RunResult) -> str:
             "whose output or gradients differ from the reference beyond the dtype's tolerance (the detail "
             "table says by how much). Bytes are counted per workload (formulas below) and are the same for "
             "every provider.", ""]
-    out += ["## Summary (forward + backward)", "", summary_tables(run), ""]
+    out += ["## Summary (forward + backward)", "", f"Fastest peer, all rows: {goal_count(run.cases)}; "
+            f"{GOAL_TEXT}.", "", summary_tables(run), ""]
     out += ["## Details", ""]
     for name, cases in _by_workload(run).items():
         wl = WORKLOADS[name]

@@ -88,7 +88,8 @@ typedef struct {
 
 /* One thread's buffers: per row of its slice the start of its entries, and the entries
    (position, bag) grouped by row in ATen's order. */
-typedef struct { int32_t* start; int32_t* pos; int32_t* bag; float* bag_scale; float* acc; float* grad; } ie_scratch;
+typedef struct { int32_t* start; int32_t* pos; int32_t* bag; float* bag_scale; float* acc; float* grad;
+                 uint64_t* keys; } ie_scratch;
 
 static inline int64_t load(const void* a, int64_t is64, int64_t i) {
   return is64 ? ((const int64_t*)a)[i] : ((const int32_t*)a)[i];
@@ -150,34 +151,66 @@ static void put(float* dst, const float* src, int64_t n, int64_t streaming) {
   else memset(dst + i, 0, (size_t)(n - i) * sizeof(float));
 }
 
-/* Rows [lo, hi) of out from the entries in s (row r's are [start[r - lo], start[r - lo + 1])).
-   Each row's sum starts from +0.0 and adds its entries' terms in order. Writing: the whole
-   slice zeroed in one stream, then each present row's sum over it (12% of the rows in a
-   26 x 100,000 x 64 step): measured faster than writing each gap of zeros between them. */
-static void write_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
+/* Row r of out from entries [first, last) of s (grad rows at grad): its sum starts from +0.0
+   and adds the entries' terms in order. The row was zeroed already unless it accumulates. */
+static void write_row(const ie_table* t, const ie_scratch* s, const float* grad, int64_t r, int64_t first,
+                      int64_t last) {
   const int64_t d = t->dim;
   float* acc = s->acc;
-  if (!t->accumulate) put(t->out + lo * d, NULL, (hi - lo) * d, t->streaming);
-  for (int64_t r = lo; r < hi; r++) {
-    const int64_t first = s->start[r - lo], last = s->start[r - lo + 1];
-    if (first == last || r == t->padding_idx) continue;
-    for (int64_t c = 0; c < d; c++) acc[c] = 0.0f;
-    for (int64_t j = first; j < last; j++) {
-      const float* g = s->grad + (int64_t)s->bag[j] * d;
-      if (t->weights || t->mean) {
-        /* ATen's axpy: a fused multiply-add (as BLAS's and FBGEMM's) */
-        const float w = t->mean ? s->bag_scale[s->bag[j]] : t->weights[s->pos[j]];
-        for (int64_t c = 0; c < d; c++) acc[c] = __builtin_fmaf(w, g[c], acc[c]);
-      } else {
-        for (int64_t c = 0; c < d; c++) acc[c] += g[c];
-      }
-    }
-    float* o = t->out + r * d;
-    if (t->accumulate) {
-      for (int64_t c = 0; c < d; c++) o[c] += acc[c];
+  if (first == last || r == t->padding_idx) return;
+  for (int64_t c = 0; c < d; c++) acc[c] = 0.0f;
+  for (int64_t j = first; j < last; j++) {
+    const float* g = grad + (int64_t)s->bag[j] * d;
+    if (t->weights || t->mean) {
+      /* ATen's axpy: a fused multiply-add (as BLAS's and FBGEMM's) */
+      const float w = t->mean ? s->bag_scale[s->bag[j]] : t->weights[s->pos[j]];
+      for (int64_t c = 0; c < d; c++) acc[c] = __builtin_fmaf(w, g[c], acc[c]);
     } else {
-      put(o, acc, d, t->streaming);
+      for (int64_t c = 0; c < d; c++) acc[c] += g[c];
     }
+  }
+  float* o = t->out + r * d;
+  if (t->accumulate) {
+    for (int64_t c = 0; c < d; c++) o[c] += acc[c];
+  } else {
+    put(o, acc, d, t->streaming);
+  }
+}
+
+/* Rows [lo, hi) of out from the entries in s (row r's are [start[r - lo], start[r - lo + 1])).
+   Writing: the whole slice zeroed in one stream, then each present row's sum over it (12% of
+   the rows in a 26 x 100,000 x 64 step): measured faster than writing each gap of zeros. */
+static void write_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s, const float* grad) {
+  if (!t->accumulate) put(t->out + lo * t->dim, NULL, (hi - lo) * t->dim, t->streaming);
+  for (int64_t r = lo; r < hi; r++)  /* the test here: a call for each of 100,000 empty rows showed */
+    if (s->start[r - lo] != s->start[r - lo + 1]) write_row(t, s, grad, r, s->start[r - lo], s->start[r - lo + 1]);
+}
+
+static int by_key(const void* a, const void* b) {
+  const uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Few positions for many rows (nnz * SPARSE_RATIO < rows: a lone table's lookups of a small
+   batch): the positions of rows [lo, hi) sorted by (row, position), so that no pass runs over
+   every row but the zero fill. The same entries in the same order as the counting sort. */
+#define SPARSE_RATIO 8
+static void sparse_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s, const float* grad) {
+  int64_t n = 0;
+  FOR_EACH_POSITION(t, b, p) {
+    const int64_t row = idx_of(t, b, p);
+    if (row >= lo && row < hi) s->keys[n++] = ((uint64_t)row << 32) | (uint64_t)p;
+  }
+  qsort(s->keys, (size_t)n, sizeof(uint64_t), by_key);
+  for (int64_t j = 0; j < n; j++) {
+    s->pos[j] = (int32_t)(s->keys[j] & 0xffffffffu);
+    s->bag[j] = (int32_t)bag_of(t, s->pos[j]);
+  }
+  if (!t->accumulate) put(t->out + lo * t->dim, NULL, (hi - lo) * t->dim, t->streaming);
+  for (int64_t first = 0, last; first < n; first = last) {
+    const uint64_t row = s->keys[first] >> 32;
+    for (last = first + 1; last < n && s->keys[last] >> 32 == row; last++) {}
+    write_row(t, s, grad, (int64_t)row, first, last);
   }
 }
 
@@ -187,6 +220,18 @@ static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scrat
     for (int64_t b = 0; b < t->num_bags; b++) start[b] = 0;
     FOR_EACH_POSITION(t, b, p) if (idx_of(t, b, p) != t->padding_idx) start[b]++;
     for (int64_t b = 0; b < t->num_bags; b++) s->bag_scale[b] = (float)(1.0 / (double)(start[b] > 0 ? start[b] : 1));
+  }
+  /* grad's rows of this table, packed: in place they lie a whole grad row apart (26 x 64
+     floats: a page each), and reading them scattered missed the TLB. Rows already back to
+     back are read in place (a lone table's gradient: the copy was 1/3 of its time). */
+  const float* grad = t->grad;
+  if (t->grad_stride != t->dim) {
+    for (int64_t b = 0; b < t->num_bags; b++) memcpy(s->grad + b * t->dim, t->grad + b * t->grad_stride, t->dim * 4);
+    grad = s->grad;
+  }
+  if (!t->order && t->nnz * SPARSE_RATIO < t->rows) {
+    sparse_rows(t, lo, hi, s, grad);
+    return;
   }
   for (int64_t r = 0; r <= hi - lo; r++) start[r] = 0;
   if (t->order) {  /* ATen's order: the slice's entries are one run of it */
@@ -221,10 +266,7 @@ static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scrat
     for (int64_t r = hi - lo; r > 0; r--) start[r] = start[r - 1];  /* back to each row's start */
     start[0] = 0;
   }
-  /* grad's rows of this table, packed: in place they lie a whole grad row apart (26 x 64
-     floats: a page each), and reading them scattered missed the TLB. */
-  for (int64_t b = 0; b < t->num_bags; b++) memcpy(s->grad + b * t->dim, t->grad + b * t->grad_stride, t->dim * 4);
-  write_rows(t, lo, hi, s);
+  write_rows(t, lo, hi, s, grad);
 }
 
 /* This thread's rows [*lo, *hi) of t: the rows cut into contiguous slices of about equal work
@@ -316,8 +358,9 @@ static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* fail
   }
   ie_scratch s = {(int32_t*)malloc((size_t)starts * 4), (int32_t*)malloc((size_t)nnz * 4),
                   (int32_t*)malloc((size_t)nnz * 4), (float*)malloc((size_t)bags * 4),
-                  (float*)malloc((size_t)dim * 4), (float*)malloc((size_t)grad * 4)};
-  if (s.start && s.pos && s.bag && s.bag_scale && s.acc && s.grad) {
+                  (float*)malloc((size_t)dim * 4), (float*)malloc((size_t)grad * 4),
+                  (uint64_t*)malloc((size_t)nnz * 8)};
+  if (s.start && s.pos && s.bag && s.bag_scale && s.acc && s.grad && s.keys) {
     for (int64_t k = 0; k < job->n; k++) {
       const ie_table* t = job->tables + k;
       int64_t lo, hi;
@@ -327,7 +370,7 @@ static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* fail
   } else {
     *failed = 1;
   }
-  free(s.start); free(s.pos); free(s.bag); free(s.bag_scale); free(s.acc); free(s.grad);
+  free(s.start); free(s.pos); free(s.bag); free(s.bag_scale); free(s.acc); free(s.grad); free(s.keys);
 #ifdef VEC
   _mm_sfence();  /* the non-temporal stores are visible before the join */
 #endif

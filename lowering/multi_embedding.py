@@ -341,7 +341,7 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
 #   Inductor lowers to its own C++ zero-fill + scatter-add loop, as plain torch.compile does
 #   for an unfused model (eager's per-row add costs ~1-2 us a row, far more than a narrow
 #   row's data);
-# - D >= CPU_EAGER_MIN_DIM, one-row tables, and every table under
+# - D >= CPU_EAGER_MIN_DIM, one-row tables, an op of one table (a lone lookup), and every table under
 #   torch.use_deterministic_algorithms: eager's row adds (``index_add_``, bit-equal to
 #   ``embedding_dense_backward``) in one opaque op, into reused gradient buffers (vectorised
 #   row adds, no atomics; Inductor's element-wise atomic adds were 1.3-1.6x slower than
@@ -353,15 +353,20 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
                   eager_min_dim=None) -> list[torch.Tensor]:
     """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM), table k read
     from grad's columns ``[columns[k], columns[k] + D_k)`` (default: back to back from 0;
-    ``multi_embedding_sum`` passes 0 for every table, and its own ``eager_min_dim``)."""
+    ``multi_embedding_sum`` passes 0 for every table, and its own ``eager_min_dim``, which
+    also decides for a lone table)."""
     if columns is None:
         columns = [sum(dims[:k]) for k in range(len(dims))]
-    if eager_min_dim is None:
-        eager_min_dim = CPU_EAGER_MIN_DIM
     deterministic = torch.are_deterministic_algorithms_enabled()
     # One-row tables too: Inductor's CPU codegen (torch 2.13) fails on a scatter-add into a
     # one-row buffer (tests/reliability/test_bad_input.py::test_one_row_tables_match_eager).
-    wide = [k for k, (v, d) in enumerate(zip(num_rows, dims)) if deterministic or d >= eager_min_dim or v <= 1]
+    # A lone table at any width: Inductor's gain on narrow tables is one scatter loop for all
+    # of them; alone, its scatter-add was 1.5-4x slower than the native kernel (collisions).
+    alone = len(dims) == 1 and eager_min_dim is None
+    if eager_min_dim is None:
+        eager_min_dim = CPU_EAGER_MIN_DIM
+    wide = [k for k, (v, d) in enumerate(zip(num_rows, dims))
+            if deterministic or alone or d >= eager_min_dim or v <= 1]
     grads: list[torch.Tensor | None] = [None] * len(dims)
     if wide:
         pick = lambda xs: [xs[k] for k in wide]  # noqa: E731

@@ -55,7 +55,7 @@ class SingleTable(Workload):
     name = "single_table"
     title = "Single-table lookup, backward with collisions"
     source = "seed 004, FastEmbedding study"
-    pattern = "multi_embedding_cat"
+    pattern = "independent_lookups"  # a lone lookup: taken alone on the CPU (fp32)
     bytes_formula = ("fwd = N*8 + N*D*e (rows read) + N*D*e (output); bwd = N*8 + N*D*e (grad read) "
                      "+ V*D*e (zero-fill) + 2*N*D*e (atomic RMW), e = element size")
 

@@ -99,17 +99,19 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             if node.name not in told:
                 rec.skip(Skip(NAME, node.name, lk))
         elif lk is not None:
-            why = _hazard(lk, graph, writes)
-            found.setdefault((lk.dtype, lk.device, _shape_key(lk.index_shape)), []).append(
-                lk if why is None else (node, why))
+            found.setdefault((lk.dtype, lk.device, _shape_key(lk.index_shape)), []).append(lk)
     fewest = max(config.min_tables, 2)
     for (dtype, _device, _), candidates in found.items():
         if len(candidates) < 2:
-            continue  # a lone lookup has nothing to fuse with (no log line for each)
-        for c in candidates:
-            if not isinstance(c, Lookup) and c[0].name not in told:
-                rec.skip(Skip(NAME, c[0].name, c[1]))
-        lookups = [c for c in candidates if isinstance(c, Lookup)]
+            _lone(graph, candidates[0], rec, apply, told)
+            continue
+        lookups = []
+        for lk in candidates:
+            why = _hazard(lk, graph, writes)
+            if why is None:
+                lookups.append(lk)
+            elif lk.node.name not in told:
+                rec.skip(Skip(NAME, lk.node.name, why))
         for group in _split(lookups, order):
             names = ", ".join(lk.node.name for lk in group)
             if len(group) < fewest:
@@ -123,6 +125,45 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
                                 tuple(TableInfo(_fx.table_name(lk.weight), lk.num_rows, lk.dim, lk.dtype)
                                       for lk in group),
                                 group[0].index_shape, dtype))
+
+
+def _lone_problem(lk: Lookup) -> str | None:
+    """Why a lookup with no other to fuse with is left, or None to take it alone.
+
+    Alone, only the backward changes: the op's forward is Inductor's own gather (the op
+    decomposes on the CPU), and a lone table's gradient comes from the native row-sum kernel
+    rather than Inductor's scatter-add, which is 1.5-4x slower under collisions on the CPU
+    (bench/results/cpu/cpu-quick.md, single_table). On CUDA a lone lookup stays Inductor's
+    until a GPU measurement says the fused op pays."""
+    if lk.device.type != "cpu":
+        return ("a lone lookup (no other of its dtype and index shape to fuse with) on CUDA is left to Inductor: "
+                "no GPU measurement yet says the fused op pays for one table")
+    if lk.dtype != torch.float32:
+        return (f"a lone {lk.dtype} lookup (no other of its dtype and index shape to fuse with) is left to "
+                f"Inductor: the native CPU backward that pays for one table is fp32-only")
+    if lk.params["scale_grad_by_freq"]:
+        return "a lone lookup with scale_grad_by_freq=True is left to Inductor (the native CPU backward has no scaling)"
+    return None
+
+
+def _lone(graph: fx.Graph, lk: Lookup, rec: Recorder, apply: bool, told: set[str]) -> None:
+    """Take (or log why not) a lookup that has no other of its dtype and index shape. The op
+    takes the lookup's place and all of its uses: a fresh contiguous output, as the lookup's,
+    so none of ``_hazard``'s reasons (which are about a slice of a shared output placed
+    elsewhere) applies."""
+    why = _lone_problem(lk)
+    if why is not None:
+        if lk.node.name not in told:
+            rec.skip(Skip(NAME, lk.node.name, why))
+        return
+    if apply:
+        with graph.inserting_before(lk.node):
+            fused = multi_embedding_cat.FAMILY.emit(graph, [lk], lk.node)
+        lk.node.replace_all_uses_with(fused)
+        graph.erase_node(lk.node)
+    rec.rewrite(Rewrite(NAME, (lk.node.name,), _OP,
+                        (TableInfo(_fx.table_name(lk.weight), lk.num_rows, lk.dim, lk.dtype),), lk.index_shape,
+                        lk.dtype))
 
 
 def _rewrite(graph: fx.Graph, group: list[Lookup], after: fx.Node) -> None:

@@ -156,3 +156,74 @@ def test_rewrite_log_line(caplog):
     assert ("independent_lookups: 4 tables -> inductor_embed.multi_embedding (dims=[8, 8, 1, 1], dtype=fp32, "
             "index_shape=[6]) replacing [embedding, embedding_{1..3}]; tables: u.weight[50x8 fp32], "
             "i.weight[30x8 fp32], ub.weight[50x1 fp32], ib.weight[30x1 fp32]") in caplog.text
+
+
+class Lone(nn.Module):
+    """One lookup and nothing to fuse it with (a language model's token table), used in one of
+    ``form``'s ways."""
+
+    def __init__(self, form="plain", dtype=torch.float32, **kw):
+        super().__init__()
+        self.form = form
+        self.tok = nn.Embedding(40, 8, dtype=dtype, **kw)
+
+    def forward(self, x):
+        h = self.tok(x)
+        if self.form == "returned":
+            return h
+        if self.form == "written":
+            h.mul_(2)
+        elif self.form == "view":
+            h = h.view(-1, 4, 2).flip(1).reshape(h.shape)
+        return torch.tanh(h) * 3
+
+
+@pytest.mark.parametrize("form", ["plain", "returned", "written", "view"])
+@pytest.mark.parametrize("ids", ["uniform", "same", "padding"])
+def test_a_lone_lookup_is_taken_alone(form, ids):
+    """On the CPU a lone fp32 lookup becomes a one-table op (the native backward): the same
+    values and the same gradient bits as eager's, collisions and padding included."""
+    kw = {"padding_idx": 3} if ids == "padding" else {}
+    x = {"uniform": torch.randint(0, 40, (6, 5)), "same": torch.full((6, 5), 7),
+         "padding": torch.randint(0, 6, (6, 5))}[ids]
+    model = Lone(form, **kw)
+    report = inductor_embed.explain(model, x)
+    assert [(r.pattern, len(r.tables)) for r in report.rewrites] == [(NAME, 1)]
+    compare_with_eager(model, [x], exact_forward=False)  # Inductor's tanh is not eager's to the bit
+    assert rewrites(NAME) == 1
+    torch._dynamo.reset()
+    if form == "returned":  # the gradient itself bit for bit (compare_with_eager allows fp32's tolerance)
+        ref, compiled = copy.deepcopy(model), torch.compile(copy.deepcopy(model), backend="inductor_embed")
+        g = torch.randn(6, 5, 8)
+        ref(x).backward(g)
+        out = compiled(x)
+        out.backward(g)
+        assert torch.equal(compiled.tok.weight.grad, ref.tok.weight.grad)
+
+
+@pytest.mark.parametrize("kw,reason", [
+    ({"dtype": torch.bfloat16}, "a lone torch.bfloat16 lookup (no other of its dtype and index shape to fuse with) "
+                                "is left to Inductor"),
+    ({"scale_grad_by_freq": True}, "a lone lookup with scale_grad_by_freq=True is left to Inductor"),
+])
+def test_a_lone_lookup_left_says_why(kw, reason):
+    report = inductor_embed.explain(Lone(**kw), torch.randint(0, 40, (6, 5)))
+    assert not report.rewrites
+    assert [s.node for s in report.skipped if s.pattern == NAME and reason in s.reason] == ["h"], str(report)
+
+
+def test_a_lone_lookup_on_cuda_is_left_to_inductor():
+    """No GPU here: the rule itself, on a lookup that says it is on CUDA."""
+    from inductor_embed.patterns import independent_lookups
+    from inductor_embed.patterns._cat_site import Lookup
+
+    lk = Lookup(None, (), None, None, (), 40, 8, torch.float32, torch.device("cuda"), (6,),
+                {"padding_idx": -1, "scale_grad_by_freq": False, "sparse": False})
+    assert "on CUDA is left to Inductor: no GPU measurement yet" in independent_lookups._lone_problem(lk)
+    assert independent_lookups._lone_problem(dataclasses_replace(lk, device=torch.device("cpu"))) is None
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)

@@ -47,13 +47,16 @@ def _case(form, nnz, num_rows, weighted, itype, seed):
     return flat, cuts, psw, False
 
 
-@pytest.mark.parametrize("size", ["small", "large"])  # below / above stable_sort_from
+# small / large: below / above stable_sort_from; few: far fewer positions than rows (the
+# kernel sorts the positions instead of counting every row)
+@pytest.mark.parametrize("size", ["small", "large", "few"])
 @pytest.mark.parametrize("form", ["2d", "2d_strided", "offsets", "include_last_offset"])
 @pytest.mark.parametrize("mode,weighted", [(0, False), (0, True), (1, False)], ids=["sum", "weighted", "mean"])
 @pytest.mark.parametrize("padding_idx", [-1, 7])
 @pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
 def test_bit_equal_to_eager(size, form, mode, weighted, padding_idx, itype):
-    nnz, num_rows, dim = (600, 300, 61) if size == "small" else (40960, 9000, 64)  # 2.2 MB: streamed
+    nnz, num_rows, dim = {"small": (600, 300, 61), "large": (40960, 9000, 64),  # 2.2 MB: streamed
+                          "few": (600, 9000, 61)}[size]
     indices, offsets, psw, ilo = _case(form, nnz, num_rows, weighted, itype, seed=nnz + mode + padding_idx)
     b = indices.shape[0] if offsets is None else offsets.numel() - int(ilo)
     grad = torch.randn(b, dim)
@@ -77,9 +80,10 @@ def test_large_lookups_take_the_kernels_own_stable_sort():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_every_thread_count_gives_the_same_bits(threads, monkeypatch):
+@pytest.mark.parametrize("nnz", [40960, 600])  # rows counted / positions sorted
+def test_every_thread_count_gives_the_same_bits(threads, nnz, monkeypatch):
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)  # a small call threaded too
-    indices, offsets, psw, ilo = _case("offsets", 40960, 9000, False, torch.int64, seed=1)
+    indices, offsets, psw, ilo = _case("offsets", nnz, 9000, False, torch.int64, seed=1)
     grad = torch.randn(offsets.numel(), 64)
     want = eager_bag_backward(grad, indices, offsets, psw, 0, -1, ilo, 9000)
     with num_threads(threads):

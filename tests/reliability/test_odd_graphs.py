@@ -365,10 +365,15 @@ class OneHotNoMatmul(nn.Module):
 NOTHING = {
     "mlp": (lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU()), lambda: [torch.randn(3, 4)]),
     "one-hot without a matmul": (OneHotNoMatmul, lambda: [torch.randint(0, 5, (4,)), torch.randn(4, 5)]),
-    "lookups of two widths summed": (Summed, lambda: [torch.randint(0, 8, (2, 5))]),
     "embedding bags with scale_grad_by_freq": (Bagged, lambda: [torch.randint(0, 10, (4, 3))]),
     "max_norm lookups": (Renormed, lambda: [torch.randint(0, 10, (4,))]),
-    "one lookup in the cat": (OneLookup, lambda: [torch.randint(0, 10, (4,)), torch.randn(4, 2)]),
+}
+
+# Nothing to fuse, but each lookup has no other of its index shape: on the CPU each is taken
+# alone (a one-table op: Inductor's forward, the native backward), and nothing else changes.
+ALONE = {
+    "lookups of two widths summed": (Summed, lambda: [torch.randint(0, 8, (2, 5))], 2),
+    "one lookup in the cat": (OneLookup, lambda: [torch.randint(0, 10, (4,)), torch.randn(4, 2)], 1),
 }
 
 
@@ -384,3 +389,18 @@ def test_graph_where_nothing_matches_is_unchanged(name):
         before, after = code_before_and_after(gm)
         assert after == before
     assert rewrites() == 0 and _one_hot_fused() == 0
+
+
+@pytest.mark.parametrize("name", list(ALONE))
+def test_lookups_with_nothing_to_fuse_are_taken_alone(name):
+    import inductor_embed
+
+    make_model, make_inputs, lone = ALONE[name]
+    torch.manual_seed(0)
+    report = inductor_embed.explain(make_model(), *make_inputs())
+    assert [(r.pattern, len(r.tables)) for r in report.rewrites] == [("independent_lookups", 1)] * lone
+    with inductor_embed.config.patch(independent_lookups=False):
+        graphs = dynamo_graphs(make_model(), *make_inputs())
+        for gm in graphs:
+            before, after = code_before_and_after(gm)
+            assert after == before
