@@ -15,16 +15,15 @@ The backward is where fusing pays:
   for half types. A broadcast index (``[S]`` position ids against ``[B, S]``) is expanded to
   ``[*L]`` first: the scatter over the expanded indices adds up the same rows eager's
   reduction over the broadcast dims does.
-- CPU: eager's arithmetic in the backward graph, as plain torch.compile has it: per table
-  ``aten.embedding_dense_backward`` of the whole gradient (column offset 0), reduced first
-  over the dims its indices broadcast along, which Inductor compiles into its own scatter
-  loops (``CPU_EAGER_MIN_DIM`` below says why not eager's op for wide tables).
+- CPU: per group of tables with one index shape, the gradient reduced first over the dims
+  those indices broadcast along (as eager reduces it), then ``multi_embedding``'s CPU
+  backward at column offset 0: its rule by width (``CPU_EAGER_MIN_DIM``): the native row-sum
+  kernel for tables of 64 or more columns and a lone table, Inductor's scatter loop below.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 from torch.library import triton_op
@@ -131,15 +130,6 @@ def _multi_embedding_sum_backward_fake(grad, indices, num_rows, dims, padding_id
     return grad.new_empty((sum(v * d for v, d in zip(num_rows, dims)),))
 
 
-# On the CPU every table's gradient of a sum is ``aten.embedding_dense_backward`` in the
-# backward graph (Inductor's own scatter loop, fused with what produces the gradient: a
-# LayerNorm's backward), whatever its width: the graph plain torch.compile builds for the
-# unfused model, so never slower than it. Eager's ``embedding_dense_backward`` in one opaque
-# op (``multi_embedding``'s choice for tables of D >= 64) measured 0.26x / 0.50x of
-# torch.compile on the 9-table atom encoder (D=64 / 300, N=4,096) and 0.86x on BERT
-# (D=128) in single-thread CPU time; see docs/patterns.md. Deterministic mode and one-row
-# tables still take the eager op (``_cpu_backward``).
-CPU_EAGER_MIN_DIM = sys.maxsize
 
 
 def _cpu_backward_sum(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq) -> list[torch.Tensor]:
@@ -159,7 +149,7 @@ def _cpu_backward_sum(grad, indices, num_rows, dims, padding_idx, scale_grad_by_
         g = grad if tuple(shape) == tuple(grad.shape[:-1]) else grad.sum_to_size(*shape, grad.shape[-1])
         pick = lambda xs, ks=ks: [xs[k] for k in ks]  # noqa: E731
         sub = _cpu_backward(g, pick(indices), pick(num_rows), pick(dims), pick(padding_idx),
-                            pick(scale_grad_by_freq), columns=[0] * len(ks), eager_min_dim=CPU_EAGER_MIN_DIM)
+                            pick(scale_grad_by_freq), columns=[0] * len(ks))
         for k, gk in zip(ks, sub):
             grads[k] = gk
     return grads

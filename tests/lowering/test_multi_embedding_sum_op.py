@@ -106,17 +106,19 @@ def test_bad_inputs_raise():
         OP(weights, [indices[0], torch.zeros(3, dtype=torch.int64), indices[2]], pad, freq)
 
 
-def test_cpu_backward_is_inductors_scatter_per_table():
-    """Every table's gradient is aten.embedding_dense_backward in the backward graph, wide
-    tables too (plain torch.compile's graph); a broadcast table's gradient is summed over its
-    broadcast dims first, as eager does, then scattered by S rows. Deterministic mode: the
-    eager op, one call per index shape."""
+@pytest.mark.parametrize("wide", [True, False], ids=["wide", "narrow"])
+def test_cpu_backward_takes_multi_embeddings_rule_per_index_shape(wide):
+    """Tables whose indices share a shape share one gradient and take multi_embedding's CPU
+    rule together: wide ones one native call, narrow ones aten.embedding_dense_backward each
+    in the backward graph (Inductor's scatter); a lone table (here the broadcast [S] one,
+    summed over the batch first, as eager does) the native call at any width. Deterministic
+    mode: the native call, one per index shape."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from inductor_embed.lowering.multi_embedding import CPU_EAGER_MIN_DIM
     from inductor_embed.lowering.multi_embedding_sum import _cpu_backward_sum
 
-    d = 2 * CPU_EAGER_MIN_DIM
+    d = 2 * CPU_EAGER_MIN_DIM if wide else 8
     indices = [torch.randint(0, 10, (3, 4)), torch.arange(4), torch.randint(0, 2, (3, 4))]
     grad = torch.randn(3, 4, d)
     args = ([10, 4, 2], [d] * 3, [-1] * 3, [False] * 3)
@@ -126,9 +128,9 @@ def test_cpu_backward_is_inductors_scatter_per_table():
         return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
     ops = targets()
-    assert ops.count("aten.embedding_dense_backward.default") == 3
+    assert ops.count("aten.embedding_dense_backward.default") == (0 if wide else 2)
     assert ops.count("aten.sum.dim_IntList") == 1  # the [S] table's reduction over the batch
-    assert "inductor_embed.multi_embedding_backward_cpu.default" not in ops
+    assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == (2 if wide else 1)
     with deterministic():
         ops = targets()
     assert "aten.embedding_dense_backward.default" not in ops
