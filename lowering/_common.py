@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.library import CustomOpDef
 
 from inductor_embed import _compat, config
 
@@ -35,9 +34,37 @@ def column_stride_1(t: Tensor) -> Tensor:
     return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
+# The library the twin ops are defined in (the public ops are ``torch.library.custom_op``s).
+_TWINS = torch.library.Library("inductor_embed", "FRAGMENT")
+
+
+class TwinOp:
+    """An op defined straight on the dispatcher: its function is the kernel for every device
+    (``CompositeExplicitAutograd``), with a fake for tracing and no autograd formula. A
+    ``custom_op`` adds an autograd wrapper and a TorchDynamo guard around each call, ~35 us
+    of Python a call on the 2-core machine; a twin runs inside a compiled graph's forward or
+    backward (or inside its public op's autograd formula), where neither is needed."""
+
+    def __init__(self, name: str, schema: str, fn: Callable) -> None:
+        ns, self._op = name.split("::")
+        assert ns == "inductor_embed", name
+        self._name = name
+        _TWINS.define(f"{self._op}{schema}")
+        _TWINS.impl(self._op, fn, "CompositeExplicitAutograd")
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def register_fake(self, fn: Callable) -> Callable:
+        torch.library.register_fake(self._name, fn, lib=_TWINS)
+        return fn
+
+    def __call__(self, *args):
+        return getattr(torch.ops.inductor_embed, self._op).default(*args)
+
+
 def twin_op(name: str, like: str, returns: str, extra: str = "",
-            drop: tuple[str, ...] = ()) -> Callable[[Callable], CustomOpDef]:
-    """Decorator: define a function as the custom op ``name`` (mutating nothing) whose
+            drop: tuple[str, ...] = ()) -> Callable[[Callable], TwinOp]:
+    """Decorator: define a function as the op ``name`` (a ``TwinOp``, mutating nothing) whose
     arguments are those of the op ``like`` (its schema's) less the ones named in ``drop``,
     then ``extra`` (schema syntax), and whose result is ``returns`` (schema syntax:
     ``"Tensor[]"``). A twin of an op (its CPU path, its Triton launch) so takes the
@@ -48,4 +75,4 @@ def twin_op(name: str, like: str, returns: str, extra: str = "",
     if drop:  # an argument is "<type> <name>[=default]"; types have no top-level commas
         args = ", ".join(a for a in args.split(", ") if a.split("=")[0].split()[-1] not in drop)
     args = f"{args}, {extra}" if extra else args
-    return torch.library.custom_op(name, mutates_args=(), schema=f"({args}) -> {returns}")
+    return lambda fn: TwinOp(name, f"({args}) -> {returns}", fn)

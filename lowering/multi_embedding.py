@@ -19,7 +19,7 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering import _checks
+from inductor_embed.lowering import _checks, _cpu_native
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
@@ -206,7 +206,11 @@ def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     its own tensor (a reused buffer, ``_grad_cache``), table k read from grad's columns
     ``[columns[k], columns[k] + D_k)`` (``multi_embedding_backward_tables``: bit-equal to
     eager's ``embedding_dense_backward``, deterministic)."""
-    _checks.multi_embedding_backward(*args, op="multi_embedding_backward_cpu", values=True)
+    grad, scale_grad_by_freq = args[0], args[5]
+    # The native kernel checks every index itself (nothing written if one is out of range):
+    # a host read of each index tensor's min and max here too cost ~10 us a table.
+    native = grad.dtype == torch.float32 and not any(scale_grad_by_freq) and _cpu_native.lib() is not None
+    _checks.multi_embedding_backward(*args, op="multi_embedding_backward_cpu", values=not native)
     return multi_embedding_backward_tables(*args, reuse=True)
 
 
