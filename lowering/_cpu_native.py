@@ -610,8 +610,9 @@ _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-pth
 # slower streamed).
 STREAMING_BYTES = 8 << 20
 # A call writing less than this runs on the calling thread only: cpu-quick's tied pair
-# (B=512, 2.5 MB) took 2x longer on two threads (their own, then; see ie_bag_grad).
-THREADED_BYTES = 16 << 20
+# (B=512, 2.5 MB) took 2x longer on two threads (their own, then; see ie_bag_grad). A lone
+# 100,000 x 32 table's gradient (12.8 MB) took 0.75-0.85x the time on two threads.
+THREADED_BYTES = 4 << 20
 _POINTERS = {"out", "grad", "idx", "order", "offsets", "weights", "weight", "bias", "flat"}
 
 
