@@ -79,7 +79,9 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
     t_start = time.perf_counter()
     iters = preset.iters if iters is None else iters
     warmup = preset.warmup if warmup is None else warmup
-    names = list(providers or preset.providers or PROVIDERS)
+    # Inference-only providers (freezing) join a preset that names none only where it infers.
+    names = list(providers or preset.providers
+                 or [n for n, p in PROVIDERS.items() if preset.inference or not p.inference_only])
     unknown = [n for n in names if n not in PROVIDERS]
     if unknown:
         raise SystemExit(f"unknown provider(s) {unknown}; known: {list(PROVIDERS)}")
@@ -111,7 +113,8 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
                 continue
             t0 = time.perf_counter()
             log.info("%s: %s (%d case%s)", wl.name, group[0].panel, len(group), "s" * (len(group) > 1))
-            got = run_group(wl, group, chosen, device, iters, warmup, not static, clock, memory)
+            got = run_group(wl, group, chosen, device, iters, warmup, not static, clock, memory,
+                            inference=preset.inference)
             if preset.rss and device.type == "cpu":
                 got = [_with_rss(c) for c in got]
             for c in got:
@@ -137,7 +140,7 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
         compile_caches=("on" if compile_cache else "off (force_disable_caches): compile times are cold")
         + ("" if preset.warm_up else "; no compiler warm-up, so the first compile carries Inductor's start-up"),
         peak_mem_method=memory.method, rss_method=rss.METHOD if preset.rss and device.type == "cpu" else "",
-        iters=iters, warmup=warmup, wall_s=time.perf_counter() - t_start)
+        iters=iters, warmup=warmup, wall_s=time.perf_counter() - t_start, inference=preset.inference)
     return RunResult(meta=meta, cases=tuple(results), skipped=tuple(skipped))
 
 

@@ -96,6 +96,7 @@ class Preset:
     providers: tuple[str, ...] | None = None  # None: every provider
     warm_up: bool = True  # compile a tiny model first, so no compile time carries Inductor's start-up
     rss: bool = False  # also measure each provider's peak RSS growth in its own process (bench/rss.py; CPU)
+    inference: bool = False  # time the forward alone under torch.inference_mode(), models in eval()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,15 +152,15 @@ class ProviderResult:
     compile_s: float | None = None  # first forward + backward when it compiled, None otherwise
     fwd: Stat | None = None
     bwd: Stat | None = None
-    fwd_bwd: Stat | None = None
+    fwd_bwd: Stat | None = None  # the timed step: forward + backward, or the forward alone in an inference run
     peak_mem_bytes: int | None = None  # extra memory of one fwd+bwd (method in RunMeta)
     launches: int | None = None  # device kernels in one fwd+bwd (CUDA only)
     rss_step_bytes: int | None = None  # peak RSS growth of one training step, in its own process (bench/rss.py)
     rss_first_bytes: int | None = None  # the same for the first step (compile, optimizer state)
     rewrites: int | None = None  # inductor_embed rewrites made when it compiled
     max_err: float | None = None  # max abs difference to the reference, output and grads
-    vs_eager: Ratio | None = None  # forward+backward speedup over eager, per-round ratios
-    vs_compile: Ratio | None = None  # forward+backward speedup over torch.compile, per-round ratios
+    vs_eager: Ratio | None = None  # the step's speedup over eager, per-round ratios
+    vs_compile: Ratio | None = None  # the step's speedup over torch.compile, per-round ratios
 
     @property
     def timed(self) -> bool:
@@ -203,6 +204,7 @@ class RunMeta:
     warmup: int
     wall_s: float = 0.0
     rss_method: str = ""  # how rss_step_bytes was measured, where a workload asked for it
+    inference: bool = False  # the step is the forward alone, under torch.inference_mode(), models in eval()
 
 
 @dataclasses.dataclass(frozen=True)

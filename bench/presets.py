@@ -4,6 +4,9 @@
   timing is asserted).
 - ``cpu-quick``: a few minutes on a 2-core CPU: small and medium batches, a subset
   of each study, few iterations.
+- ``cpu-infer``: CPU serving: the forward alone under ``torch.inference_mode()`` at batch
+  1 to 4,096 (DLRM bags, 26 lookups + cat, FM fields, a sum, a one-hot Linear), plain and
+  with Inductor's freezing.
 - ``cpu-sparse``: issue 14's big sparse=True tables with the optimizer step timed, and
   each provider's peak RSS growth measured in a process of its own (bench/rss.py).
 - ``gpu``: the full sweep, for one H100/H200. Run it in parts with ``--workloads``
@@ -165,6 +168,25 @@ def _cpu_quick() -> Preset:
                   iters=10, warmup=1, copy_mib=128)
 
 
+def _cpu_infer() -> Preset:
+    # What CPU serving runs: the forward alone under torch.inference_mode(), at batch 1 (one
+    # request), 64, 512 and 4,096; plain and with Inductor's freezing.
+    batches = (1, 64, 512, 4096)
+    cases = (
+        bags("DLRM: 26 bags, rows=100000 D=64 L=20", 26, 100_000, (64,), batches)
+        + multi("26 lookups + cat, V=100000 D=64", (64,) * 26, batches, vocabs=(100_000,))
+        + [Case("multi_table", "Criteo-like FM, 26 fields D=16 (fm_slices)", cycle(SEED004_VOCABS, 26), (16,) * 26,
+                b, variant="fm_slices") for b in batches]
+        + [Case("multi_table", "BERT-style sum of 9 lookups D=64 (sum)", cycle(SEED004_VOCABS, 9), (64,) * 9, b,
+                variant="sum") for b in batches]
+        + [Case("one_hot_linear", "classes=1000 D=64", (1000,), (64,), b) for b in batches]
+    )
+    return Preset("cpu-infer", "CPU inference: the forward under torch.inference_mode(), batch 1 to 4,096, "
+                  "with and without freezing", tuple(cases), iters=20, warmup=3, copy_mib=128, inference=True,
+                  providers=("eager", "torch.compile", "torch.compile+freezing", "inductor_embed",
+                             "inductor_embed+freezing", "fbgemm_tbe"))
+
+
 def _cpu_sparse() -> Preset:
     # Issue 14's case: 4 tables x 2,000,000 rows x D=64 fp32 (2 GiB; SparseAdam's moments
     # 4 GiB more), batch 4,096, uniform and Zipf; the other table optimizers on uniform.
@@ -236,4 +258,5 @@ def _gpu_check() -> list[Preset]:
     ]
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _cpu_sparse(), _gpu(), *_gpu_check())}
+PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _cpu_infer(), _cpu_sparse(), _gpu(),
+                                                   *_gpu_check())}

@@ -50,6 +50,7 @@ class Runner:
 class Provider:
     name: str = ""
     description: str = ""
+    inference_only: bool = False  # runs in inference presets only (Inductor's freezing needs no autograd)
 
     def unavailable(self, workload: Workload, device: torch.device) -> str | None:
         """Why this provider cannot run the workload here, or None."""
@@ -77,8 +78,9 @@ class Compiled(Provider):
     """``torch.compile`` with a backend and options, on a deep copy of the model."""
 
     def __init__(self, name: str, description: str, backend: str = "inductor",
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, inference_only: bool = False) -> None:
         self.name, self.description, self.backend, self.options = name, description, backend, options
+        self.inference_only = inference_only
 
     def unavailable(self, workload, device):
         missing = [k for k in (self.options or {}) if k not in _inductor_config_keys()]
@@ -106,8 +108,11 @@ class Compiled(Provider):
 
 
 class InductorEmbed(Compiled):
-    def __init__(self) -> None:
-        super().__init__("inductor_embed", 'torch.compile(model, backend="inductor_embed")', backend="inductor_embed")
+    def __init__(self, name: str = "inductor_embed", options: dict[str, Any] | None = None,
+                 inference_only: bool = False) -> None:
+        shown = f", options={options}" if options else ""
+        super().__init__(name, f'torch.compile(model, backend="inductor_embed"{shown})', backend="inductor_embed",
+                         options=options, inference_only=inference_only)
 
     def unavailable(self, workload, device):
         if not hasattr(inductor_embed.config, workload.pattern):
@@ -201,5 +206,10 @@ PROVIDERS: dict[str, Provider] = {
         InductorEmbed(),
         InductorEmbedOp(),
         Fbgemm(),
+        # Inductor's freezing (weights as constants, folded and laid out for the kernels) works
+        # under no_grad / inference_mode only: the inference presets' extra providers.
+        Compiled("torch.compile+freezing", 'torch.compile(model, options={"freezing": True})',
+                 options={"freezing": True}, inference_only=True),
+        InductorEmbed("inductor_embed+freezing", options={"freezing": True}, inference_only=True),
     )
 }

@@ -106,7 +106,8 @@ def _pair(c: CaseResult, field: str, unit: float = 1.0) -> str:
 # --- the goal: inductor_embed at least as fast as the fastest peer --------------------
 
 FBGEMM = "fbgemm_tbe"
-PEERS = (BASELINE, COMPILE, FBGEMM)
+FROZEN = "torch.compile+freezing"  # an inference run's extra peer
+PEERS = (BASELINE, COMPILE, FBGEMM, FROZEN)
 GOAL = 0.95  # inductor_embed / fastest peer, rows of one table
 GOAL_MULTI = 1.2  # rows of several tables, where fusing them is the point
 GOAL_MIN_MS = 0.5  # rows where eager's step takes less are too small to hold to it
@@ -128,13 +129,13 @@ def fastest_peer(c: CaseResult) -> tuple[float | None, str, str]:
         if r is None:
             if p == FBGEMM:
                 return None, "", "FBGEMM not run"
-            continue
+            continue  # (torch.compile+freezing runs in inference presets only)
         if r.status not in ("ok", "mismatch"):
             if p == FBGEMM and "does not import" in (r.note or ""):
                 return None, "", "FBGEMM does not import"
             continue
-        if p == FBGEMM:
-            a, b = speedup(c, EMBED, BASELINE), speedup(c, FBGEMM, BASELINE)
+        if p not in (BASELINE, COMPILE):  # through each one's paired speedup over eager
+            a, b = speedup(c, EMBED, BASELINE), speedup(c, p, BASELINE)
             v = a / b if a and b else None
         else:
             v = speedup(c, EMBED, p)
@@ -180,8 +181,14 @@ GOAL_TEXT = (f"goal: inductor_embed at least {GOAL}x the fastest of eager, torch
 # --- markdown -------------------------------------------------------------------------
 
 
+def _step_name(run: RunResult) -> str:
+    return "forward (inference)" if run.meta.inference else "forward + backward"
+
+
 def summary_tables(run: RunResult, heading: str = "###") -> str:
-    """Per workload: eager's fwd+bwd median and each provider's speedup over eager."""
+    """Per workload: eager's step median (forward + backward, or the forward of an inference
+    run) and each provider's speedup over eager."""
+    step = "fwd" if run.meta.inference else "fwd+bwd"
     parts = []
     for name, cases in _by_workload(run).items():
         wl = WORKLOADS[name]
@@ -189,7 +196,7 @@ def summary_tables(run: RunResult, heading: str = "###") -> str:
         timed = [p for p in provs if any(c.get(p) and c.get(p).timed for c in cases)]
         untimed = [p for p in provs if p not in timed]
         has_ratio = EMBED in timed and COMPILE in timed
-        header = ["case", "eager fwd+bwd ms", *(f"{p} vs eager" for p in timed)]
+        header = ["case", f"eager {step} ms", *(f"{p} vs eager" for p in timed)]
         if has_ratio:
             # the goals of a rewrite on any device: faster, no more memory, no slower compile
             header += ["inductor_embed vs torch.compile", "ie vs fastest peer", "peak MiB ie / tc",
@@ -273,6 +280,11 @@ def meta_lines(run: RunResult) -> str:
         f"- shapes: {m.shapes}; Inductor caches: {m.compile_caches}",
         f"- peak memory: {m.peak_mem_method or 'not measured on this device'}",
         *([f"- RSS: {m.rss_method}"] if m.rss_method else []),
+        *(["- step: the forward alone under `torch.inference_mode()`, models in `eval()` (the fwd+bwd "
+           "columns of the details hold the forward again, bwd none)"] if m.inference else []),
+        *([] if "does not import" not in m.fbgemm else
+          ["- **FBGEMM is not installed here: rows it has an equivalent for are counted as unmeasured, "
+           "not as met**"]),
     ])
 
 
@@ -284,13 +296,13 @@ def markdown(run: RunResult) -> str:
     out += ["Providers:", ""]
     for p in PROVIDERS.values():
         out.append(f"- `{p.name}`: {p.description}")
-    out += ["", "Speedups are forward+backward times, eager's (or torch.compile's) over the provider's: the "
+    out += ["", f"Speedups are {_step_name(run)} times, eager's (or torch.compile's) over the provider's: the "
             "median of per-round ratios (both timed in the same round, back to back), so a load spike on a "
             "shared machine hits both sides of a ratio; † marks a provider "
             "whose output or gradients differ from the reference beyond the dtype's tolerance (the detail "
             "table says by how much). Bytes are counted per workload (formulas below) and are the same for "
             "every provider.", ""]
-    out += ["## Summary (forward + backward)", "", f"Fastest peer, all rows: {goal_count(run.cases)}; "
+    out += [f"## Summary ({_step_name(run)})", "", f"Fastest peer, all rows: {goal_count(run.cases)}; "
             f"{GOAL_TEXT}.", "", summary_tables(run), ""]
     out += ["## Details", ""]
     for name, cases in _by_workload(run).items():
@@ -403,7 +415,7 @@ def plots(run: RunResult, out_dir: Path, name: str) -> list[Path]:
                               label=p) for p in provs]
         wl = WORKLOADS[wname]
         m = run.meta
-        fig.suptitle(f"{wl.title}\nforward+backward speedup over eager (higher is better)\n"
+        fig.suptitle(f"{wl.title}\n{_step_name(run)} speedup over eager (higher is better)\n"
                      f"{m.device_name}, torch {m.torch}, preset {m.preset}", fontsize=9)
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(provs), 5), fontsize=8,
                    frameon=False)

@@ -320,12 +320,21 @@ def _step(runner: Runner, inputs: Sequence[torch.Tensor], grad: torch.Tensor, op
     return out
 
 
+def _infer(runner: Runner, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One forward under ``torch.inference_mode()`` (an inference run's step)."""
+    with torch.inference_mode():
+        return runner.fn(*inputs)
+
+
 def run_group(workload: Workload, cases: Sequence[Case], providers: Sequence[Provider], device: torch.device,
-              iters: int, warmup: int, dynamic: bool, clock: Clock, memory: PeakMemory) -> list[CaseResult]:
-    """Run every provider on every case of one compile group."""
+              iters: int, warmup: int, dynamic: bool, clock: Clock, memory: PeakMemory,
+              inference: bool = False) -> list[CaseResult]:
+    """Run every provider on every case of one compile group (``inference``: the forward
+    alone under ``torch.inference_mode()``, models in eval(); else forward + backward)."""
     torch._dynamo.reset()
     case0 = cases[0]
-    model = workload.build(case0, device).train()
+    model = workload.build(case0, device)
+    model = model.eval() if inference else model.train()
     ref_model = model if case0.dtype == "float32" else copy.deepcopy(model).float()
 
     states: dict[str, _State] = {}
@@ -347,7 +356,7 @@ def run_group(workload: Workload, cases: Sequence[Case], providers: Sequence[Pro
     phases = {"first calls (compiles) + checks": 0.0, "timing": 0.0, "memory": 0.0}
     for case in cases:
         results.append(_run_case(workload, case, providers, states, fixed, model, ref_model, device,
-                                 iters, warmup, dynamic, clock, memory, phases))
+                                 iters, warmup, dynamic, clock, memory, phases, inference))
     log.info("  phases: %s", ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
     del states, model, ref_model
     torch._dynamo.reset()
@@ -359,7 +368,8 @@ def run_group(workload: Workload, cases: Sequence[Case], providers: Sequence[Pro
 
 def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], states: dict[str, _State],
               fixed: dict[str, ProviderResult], model, ref_model, device: torch.device, iters: int, warmup: int,
-              dynamic: bool, clock: Clock, memory: PeakMemory, phases: dict[str, float]) -> CaseResult:
+              dynamic: bool, clock: Clock, memory: PeakMemory, phases: dict[str, float],
+              inference: bool = False) -> CaseResult:
     t_phase = time.perf_counter()
     inputs = workload.inputs(case, device)
     if dynamic:
@@ -370,11 +380,15 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
     ref_inputs = tuple(t.float() if t.is_floating_point() else t for t in inputs)
     for p in ref_model.parameters():
         p.grad = None
-    ref_out = ref_model(*ref_inputs)
+    with torch.inference_mode(inference):
+        ref_out = ref_model(*ref_inputs)
     gen = torch.Generator().manual_seed(zlib.crc32(case.label.encode()))
     grad = torch.randn(ref_out.shape, generator=gen).to(device, getattr(torch, case.dtype))
-    ref_out.backward(grad.float())
-    want = [ref_out.detach().float()] + [w.grad.detach().float() for w in ref_model.weights()]
+    if inference:
+        want = [ref_out.float()]
+    else:
+        ref_out.backward(grad.float())
+        want = [ref_out.detach().float()] + [w.grad.detach().float() for w in ref_model.weights()]
     # A fused-optimizer provider (FBGEMM) updates its own tables in the check step; the
     # others' tables (shared for sparse_tables) are never stepped there.
     for p in ref_model.parameters():
@@ -393,7 +407,7 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
             rw0 = _counters()["inductor_embed"][workload.pattern]
             sync(device)
             t0 = time.perf_counter()
-            out = _step(r, own_inputs[name], grad)
+            out = _infer(r, own_inputs[name]) if inference else _step(r, own_inputs[name], grad)
             sync(device)
             elapsed = time.perf_counter() - t0
         except Exception as e:
@@ -404,7 +418,8 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
         compile_s[name] = elapsed if (r.compiled and compiled_now) else None
         if r.counts_rewrites and compiled_now:
             st.rewrites = (st.rewrites or 0) + _counters()["inductor_embed"][workload.pattern] - rw0
-        err, problem = compare([out, *r.grads()], want, case.dtype, missing_ok=bool(r.uncompared))
+        got = [out] if inference else [out, *r.grads()]
+        err, problem = compare(got, want, case.dtype, missing_ok=bool(r.uncompared))
         st.err = err
         st.case_status, st.case_note = ("mismatch", problem) if problem else ("ok", "")
         if r.uncompared:
@@ -426,6 +441,13 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
             g = grad
             opt = r.step or _nothing  # the optimizer step is part of the backward and of the step
             try:
+                if inference:  # the step is the forward: one sample serves as both
+                    with torch.inference_mode():
+                        t_f = t_fb = clock.measure(lambda: r.fn(*inp))  # noqa: B023
+                    if record:
+                        samples[name]["fwd"].append(t_f)
+                        samples[name]["fwd_bwd"].append(t_fb)
+                    continue
                 for p in r.params:
                     p.grad = None
                 box: list[torch.Tensor] = []
@@ -468,11 +490,13 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
     peaks: dict[str, int | None] = {}
     launches: dict[str, int | None] = {}
     try:
-        peaks = memory.measure({n: functools.partial(_step, states[n].runner, own_inputs[n], grad, optimize=True)
+        peaks = memory.measure({n: functools.partial(_infer, states[n].runner, own_inputs[n]) if inference else
+                                functools.partial(_step, states[n].runner, own_inputs[n], grad, optimize=True)
                                 for n in runnable})
         for n in runnable:
-            launches[n] = count_launches(device, functools.partial(_step, states[n].runner, own_inputs[n], grad,
-                                                                   optimize=True))
+            launches[n] = count_launches(device, functools.partial(_infer, states[n].runner, own_inputs[n])
+                                         if inference else functools.partial(_step, states[n].runner, own_inputs[n],
+                                                                            grad, optimize=True))
     except Exception as e:  # measuring memory must not lose the timings
         log.warning("  peak memory / launches not measured: %s", _first_line(e))
     for n in runnable:

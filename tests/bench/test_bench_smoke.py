@@ -133,3 +133,38 @@ def test_list(capsys):
     assert cli.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in (*PRESETS, *WORKLOADS, *PROVIDERS))
+
+
+def test_an_inference_preset_times_the_forward_alone(tmp_path, monkeypatch):
+    """An inference preset: the forward under inference_mode, models in eval(), outputs
+    checked, the freezing providers run, and the report says what the step is."""
+    from bench.config import Preset
+
+    cases = (tuple(Case("multi_table", "T=2", (50, 80), (4, 8), b) for b in (1, 16))
+             + (Case("table_batched_bags", "T=2 bags", (50, 50), (8, 8), 16, "zipf1.15", bag_size=4),))
+    names = ("eager", "torch.compile", "torch.compile+freezing", "inductor_embed", "inductor_embed+freezing",
+             "fbgemm_tbe")
+    monkeypatch.setitem(PRESETS, "infer-smoke", Preset("infer-smoke", "tiny inference", cases, iters=2, warmup=1,
+                                                       copy_mib=8, warm_up=False, inference=True, providers=names))
+    assert cli.main(["--preset", "infer-smoke", "--out", str(tmp_path), "-q"]) == 0
+    (js,) = tmp_path.glob("*/infer-smoke.json")
+    res = report.load(js)
+    assert res.meta.inference
+    for c in res.cases:
+        got = {r.provider: r for r in c.results}
+        for name in names[:5]:
+            r = got[name]
+            assert r.status == "ok", (c.case.label, name, r.note)
+            assert r.fwd and r.bwd is None and r.fwd_bwd == r.fwd
+        assert got["inductor_embed"].rewrites and got["inductor_embed+freezing"].rewrites
+        ratio, peer, why = report.fastest_peer(c)
+        assert (ratio is None) == bool(why) and (peer in report.PEERS or ratio is None)
+    text = (js.parent / "infer-smoke.md").read_text()
+    assert "## Summary (forward (inference))" in text and "eager fwd ms" in text
+    assert "Fastest peer, all rows: met on" in text
+
+
+def test_training_presets_leave_the_inference_only_providers_out():
+    assert [n for n, p in PROVIDERS.items() if p.inference_only] == ["torch.compile+freezing",
+                                                                     "inductor_embed+freezing"]
+    assert PRESETS["cpu-infer"].inference and not PRESETS["cpu-quick"].inference
