@@ -7,6 +7,8 @@
 - ``cpu-infer``: CPU serving: the forward alone under ``torch.inference_mode()`` at batch
   1 to 4,096 (DLRM bags, 26 lookups + cat, FM fields, a sum, a one-hot Linear), plain and
   with Inductor's freezing.
+- ``cpu-models``: five whole models (DLRM, DeepFM, a BERT-base block, an OGB-style GNN,
+  a two-tower retriever) at realistic sizes, training step.
 - ``cpu-sparse``: issue 14's big sparse=True tables with the optimizer step timed, and
   each provider's peak RSS growth measured in a process of its own (bench/rss.py).
 - ``gpu``: the full sweep, for one H100/H200. Run it in parts with ``--workloads``
@@ -21,6 +23,7 @@ from __future__ import annotations
 import itertools
 
 from bench.config import Case, Preset
+from bench.workloads.models import ATOM_VOCABS, BOND_VOCABS
 
 ALL_DISTS = ("uniform", "halves", "same", "hot20", "zipf1.15")
 SEED004_VOCABS = (1_000, 5_000, 10_000, 50_000)  # cycled over the tables
@@ -187,6 +190,24 @@ def _cpu_infer() -> Preset:
                              "inductor_embed+freezing", "fbgemm_tbe"))
 
 
+def model_cases() -> tuple[Case, ...]:
+    """Five model families at realistic sizes, training step (bench/workloads/models.py)."""
+    return (
+        Case("models", "DLRM, 26 Criteo bags D=16", CRITEO_VOCABS, (16,) * 26, 2048, variant="dlrm"),
+        Case("models", "DeepFM, 26 Criteo fields D=8", CRITEO_VOCABS, (8,) * 26, 2048, variant="deepfm"),
+        Case("models", "BERT-base embeddings + 1 layer, S=128", (30_522, 512, 2), (768,) * 3, 8, variant="bert"),
+        Case("models", "OGB molecule GNN, 9 atom + 3 bond tables D=300", ATOM_VOCABS + BOND_VOCABS, (300,) * 12,
+             4096, variant="gnn"),
+        Case("models", "two-tower retrieval D=64, history 20", (100_000, 50_000, 1_000), (64,) * 3, 1024,
+             variant="two_tower"),
+    )
+
+
+def _cpu_models() -> Preset:
+    return Preset("cpu-models", "five whole models' training step on a 2-core CPU", model_cases(), iters=10, warmup=2,
+                  copy_mib=128, providers=("eager", "torch.compile", "inductor_embed", "fbgemm_tbe"))
+
+
 def _cpu_sparse() -> Preset:
     # Issue 14's case: 4 tables x 2,000,000 rows x D=64 fp32 (2 GiB; SparseAdam's moments
     # 4 GiB more), batch 4,096, uniform and Zipf; the other table optimizers on uniform.
@@ -221,6 +242,7 @@ def _gpu() -> Preset:
     cases += bags("mixed D 32..256", 32, 100_000, (32, 64, 128, 256), (512,))
     cases += bags("weighted", 32, 100_000, (128,), (512,), weighted=True)
     cases += hooks(batches, n_classes=1000, dim=128, vocab=100_000, bag_size=20)
+    cases += model_cases()
     cases += sparse("4 tables x 2,000,000 rows, D=64", 4, 2_000_000, 64, (4096, 16384))
     return Preset("gpu", "the full sweep on one GPU", tuple(cases), iters=30, warmup=5, copy_mib=1024)
 
@@ -258,5 +280,5 @@ def _gpu_check() -> list[Preset]:
     ]
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _cpu_infer(), _cpu_sparse(), _gpu(),
-                                                   *_gpu_check())}
+PRESETS: dict[str, Preset] = {p.name: p for p in (_smoke(), _cpu_quick(), _cpu_infer(), _cpu_models(), _cpu_sparse(),
+                                                   _gpu(), *_gpu_check())}

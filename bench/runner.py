@@ -223,7 +223,7 @@ def count_launches(device: torch.device, step: Callable[[], None]) -> int | None
 
 
 def compare(got: Sequence[torch.Tensor | None], want: Sequence[torch.Tensor], dtype: str,
-            missing_ok: bool = False) -> tuple[float, str]:
+            missing_ok: bool = False, tolerance: tuple[float, float] | None = None) -> tuple[float, str]:
     """(max abs error, "" or what is wrong) of output + gradients against the reference.
 
     A sparse gradient is compared after ``coalesce()`` (its rows sorted and summed), so an
@@ -231,7 +231,7 @@ def compare(got: Sequence[torch.Tensor | None], want: Sequence[torch.Tensor], dt
     sparse side is made dense. ``missing_ok``: a None gradient is not compared (FBGEMM's
     fused optimizer leaves none).
     """
-    rtol, atol = TOLERANCES[dtype]
+    rtol, atol = tolerance or TOLERANCES[dtype]
     worst, problems = 0.0, []
     for k, (g, w) in enumerate(zip(got, want)):
         what = "output" if k == 0 else f"grad of parameter {k - 1}"
@@ -271,6 +271,14 @@ def _counters():
     from torch._dynamo.utils import counters
 
     return counters
+
+
+def _rewrites(pattern: str) -> int:
+    """inductor_embed's rewrites so far of ``pattern`` ("*": of every pattern)."""
+    counts = _counters()["inductor_embed"]
+    if pattern == "*":
+        return sum(v for k, v in counts.items() if not k.endswith("_skipped"))
+    return counts[pattern]
 
 
 def _graphs_compiled() -> int:
@@ -404,7 +412,7 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
         try:
             own_inputs[name] = tuple(r.adapt(*inputs)) if r.adapt else inputs
             graphs0 = _graphs_compiled()
-            rw0 = _counters()["inductor_embed"][workload.pattern]
+            rw0 = _rewrites(workload.pattern)
             sync(device)
             t0 = time.perf_counter()
             out = _infer(r, own_inputs[name]) if inference else _step(r, own_inputs[name], grad)
@@ -417,9 +425,9 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
         compiled_now = _graphs_compiled() > graphs0
         compile_s[name] = elapsed if (r.compiled and compiled_now) else None
         if r.counts_rewrites and compiled_now:
-            st.rewrites = (st.rewrites or 0) + _counters()["inductor_embed"][workload.pattern] - rw0
+            st.rewrites = (st.rewrites or 0) + _rewrites(workload.pattern) - rw0
         got = [out] if inference else [out, *r.grads()]
-        err, problem = compare(got, want, case.dtype, missing_ok=bool(r.uncompared))
+        err, problem = compare(got, want, case.dtype, missing_ok=bool(r.uncompared), tolerance=workload.tolerance)
         st.err = err
         st.case_status, st.case_note = ("mismatch", problem) if problem else ("ok", "")
         if r.uncompared:
@@ -515,8 +523,8 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
             continue
         note = st.case_note
         if r.counts_rewrites and st.rewrites == 0:
-            note = (note + "; " if note else "") + (f"no {workload.pattern} rewrite fired: "
-                                                    "the compiled code is plain Inductor's")
+            what = "" if workload.pattern == "*" else f"{workload.pattern} "
+            note = (note + "; " if note else "") + (f"no {what}rewrite fired: the compiled code is plain Inductor's")
         s = samples[p.name]
         base = samples.get("eager", {}).get("fwd_bwd", [])
         comp = samples.get("torch.compile", {}).get("fwd_bwd", [])

@@ -2,12 +2,13 @@
 
 | name | after | inductor_embed pattern |
 |---|---|---|
-| single_table | seed 004's FastEmbedding study | (none fires on one lookup; ``inductor_embed.op`` calls the op) |
+| single_table | seed 004's FastEmbedding study | independent_lookups (a lone lookup, CPU fp32); ``inductor_embed.op`` calls the op |
 | multi_table | seed 004's FastMultiEmbedding study | multi_embedding_cat |
 | table_batched_bags | FBGEMM's TBE benchmark defaults | multi_embedding_bag |
 | one_hot_linear | seed 001 | one_hot_linear |
 | tied_bags | seed 003 | tied_embedding_bag |
 | sparse_tables | issue 14 | multi_embedding_cat (sparse=True; optimizer step timed) |
+| models | DLRM, DeepFM, BERT, OGB, two-tower code | whatever fires (every rewrite counts) |
 
 The ``inductor_embed`` provider is skipped, with the reason, where ``inductor_embed.config``
 has no switch for a workload's pattern or the switch is off.
@@ -22,6 +23,7 @@ in the tables' dtype. The count is provider-independent: a provider that moves m
 from __future__ import annotations
 
 from bench.workloads.base import EmbeddingModel, FbgemmTBE, Unsupported, Workload
+from bench.workloads.models import Models
 from bench.workloads.multi_table import MultiTable
 from bench.workloads.pattern_hooks import OneHotLinear, TiedBags
 from bench.workloads.single_table import SingleTable
@@ -29,7 +31,8 @@ from bench.workloads.sparse_tables import SparseTables
 from bench.workloads.table_batched_bags import TableBatchedBags
 
 WORKLOADS: dict[str, Workload] = {
-    w.name: w for w in (SingleTable(), MultiTable(), TableBatchedBags(), OneHotLinear(), TiedBags(), SparseTables())
+    w.name: w for w in (SingleTable(), MultiTable(), TableBatchedBags(), OneHotLinear(), TiedBags(), SparseTables(),
+                        Models())
 }
 
 __all__ = ["WORKLOADS", "EmbeddingModel", "FbgemmTBE", "Unsupported", "Workload"]

@@ -40,6 +40,7 @@ class Workload:
     source: str = ""  # where the workload comes from (seed document, FBGEMM)
     pattern: str = ""  # the inductor_embed.config switch of the rewrite it exercises
     bytes_formula: str = ""  # the byte count, in words, for the report
+    tolerance: tuple[float, float] | None = None  # (rtol, atol) of the check (runner.TOLERANCES); None: the dtype's
 
     def unavailable(self) -> str | None:
         """Why the whole workload cannot run in this checkout, or None."""

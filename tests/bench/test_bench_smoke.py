@@ -168,3 +168,27 @@ def test_training_presets_leave_the_inference_only_providers_out():
     assert [n for n, p in PROVIDERS.items() if p.inference_only] == ["torch.compile+freezing",
                                                                      "inductor_embed+freezing"]
     assert PRESETS["cpu-infer"].inference and not PRESETS["cpu-quick"].inference
+
+
+@pytest.mark.parametrize("variant", ["dlrm", "deepfm", "bert", "gnn", "two_tower"])
+def test_whole_models_run_and_get_rewritten(variant):
+    """cpu-models' families, shrunk: eager forward + backward reach every table, bytes are
+    counted, and the pass rewrites something in each (whatever fires, fires)."""
+    from bench.workloads.models import MODELS
+
+    wl = WORKLOADS["models"]
+    case = next(c for c in PRESETS["cpu-models"].cases if c.variant == variant)
+    small = dataclasses.replace(case, vocabs=tuple(min(v, 64) for v in case.vocabs),
+                                dims=tuple(min(d, 32) for d in case.dims), batch=4)
+    if variant == "bert":  # a position per token; the layer's 12 heads need a width they divide
+        from bench.workloads.models import SEQ
+
+        small = dataclasses.replace(small, vocabs=(64, SEQ, 2), dims=(24,) * 3)
+    model = wl.build(small, torch.device("cpu"))
+    assert type(model) is MODELS[variant]
+    inputs = wl.inputs(small, torch.device("cpu"))
+    model(*inputs).sum().backward()
+    assert all(w.grad is not None for w in model.weights())
+    assert wl.bytes(small).fwd > 0 and wl.bytes(case).bwd > wl.bytes(small).bwd
+    torch._dynamo.reset()
+    assert inductor_embed.explain(model, *inputs).rewrites
