@@ -109,7 +109,7 @@ FBGEMM = "fbgemm_tbe"
 FROZEN = "torch.compile+freezing"  # an inference run's extra peer
 PEERS = (BASELINE, COMPILE, FBGEMM, FROZEN)
 GOAL = 0.95  # inductor_embed / fastest peer, rows of one table
-GOAL_MULTI = 1.2  # rows of several tables, where fusing them is the point
+GOAL_MULTI = 1.2  # rows of several tables, where fusing them is the point (not whole models: there, not losing)
 GOAL_MIN_MS = 0.5  # rows where eager's step takes less are too small to hold to it
 
 
@@ -152,7 +152,7 @@ def goal_of(c: CaseResult) -> float | None:
     base = median(c.get(BASELINE))
     if base is None or base < GOAL_MIN_MS:
         return None
-    return GOAL_MULTI if len(c.case.vocabs) > 1 else GOAL
+    return GOAL_MULTI if len(c.case.vocabs) > 1 and c.case.workload != "models" else GOAL
 
 
 def goal_cell(c: CaseResult) -> str:
@@ -174,7 +174,7 @@ def goal_count(cases: Sequence[CaseResult]) -> str:
 
 
 GOAL_TEXT = (f"goal: inductor_embed at least {GOAL}x the fastest of eager, torch.compile and FBGEMM TBE "
-             f"({GOAL_MULTI}x on rows of several tables), on rows where eager's step takes at least "
+             f"({GOAL_MULTI}x on rows of several tables, whole models aside), on rows where eager's step takes at least "
              f"{GOAL_MIN_MS} ms (✓ met, ✗ missed, no mark: a smaller row)")
 
 
