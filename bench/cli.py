@@ -85,6 +85,9 @@ def run(preset: Preset, device: torch.device, workloads: Sequence[str] | None = 
     unknown = [n for n in names if n not in PROVIDERS]
     if unknown:
         raise SystemExit(f"unknown provider(s) {unknown}; known: {list(PROVIDERS)}")
+    if not preset.inference and any(PROVIDERS[n].inference_only for n in names):
+        raise SystemExit(f"{[n for n in names if PROVIDERS[n].inference_only]} run in inference presets only "
+                         f"(Inductor's freezing needs autograd off); {preset.name} times training steps")
     chosen = [PROVIDERS[n] for n in names]
     cases = [c for c in preset.cases if (workloads is None or c.workload in workloads)
              and (not match or any(m in c.label for m in match))]

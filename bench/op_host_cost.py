@@ -54,6 +54,7 @@ def _calls(t: int) -> dict[str, Callable[[], object]]:
     onehot_w = torch.randn(DIM, t * ROWS, generator=g)
     offs = [k * ROWS for k in range(t)]
     no_max = torch.empty(0, 0, dtype=torch.int64)  # arg_max of bags in no max mode
+    onehot_grad = torch.randn(1, DIM, generator=g)
     return {
         "multi_embedding_backward_cpu (cat / lookups backward)": lambda: OPS.multi_embedding_backward_cpu(
             grad, idx, rows, dims, pads, no, cols),
@@ -63,7 +64,7 @@ def _calls(t: int) -> dict[str, Callable[[], object]]:
             pooled, no_max, bags, [None] * t, [None] * t, rows, dims, [0] * t, pads, no, no),
         "one_hot_linear_cpu (one-hot forward)": lambda: OPS.one_hot_linear_cpu(fields, rows, offs, onehot_w, None),
         "one_hot_linear_backward_cpu (one-hot backward)": lambda: OPS.one_hot_linear_backward_cpu(
-            torch.randn(1, DIM), fields, rows, offs, t * ROWS, False, True, torch.float32),
+            onehot_grad, fields, rows, offs, t * ROWS, False, True, torch.float32),
     }
 
 

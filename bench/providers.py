@@ -115,8 +115,9 @@ class InductorEmbed(Compiled):
                          options=options, inference_only=inference_only)
 
     def unavailable(self, workload, device):
-        if workload.pattern == "*":  # a whole model: whatever patterns it has
-            return None
+        why = super().unavailable(workload, device)
+        if why or workload.pattern == "*":  # a whole model: whatever patterns it has
+            return why
         if not hasattr(inductor_embed.config, workload.pattern):
             return (f"pattern {workload.pattern} not implemented in inductor_embed yet "
                     f"(inductor_embed.config has no {workload.pattern!r} switch)")

@@ -53,8 +53,9 @@ tied_embedding_bag: bool = True
 # F.embedding lookups that no cat takes (two-tower and matrix-factorisation models: user
 # and item embeddings and per-id biases scored by a dot product) -> one multi-table
 # gather per dtype, device and index shape; each lookup reads a column slice of it. On the
-# CPU too: the wide tables' gradients come from one backward call into reused buffers
-# (cpu-quick "mf": 1.69x / 1.26x torch.compile at batch 512 / 4096).
+# CPU too: the wide tables' gradients come from one backward call into reused buffers. A
+# lone fp32 lookup on the CPU (no other of its kind) is taken alone: only its backward
+# changes, to the native row-sum kernel (bench/results/cpu/cpu-quick.md, mf and single_table).
 independent_lookups: bool = True
 
 # Which EmbeddingBag lookups the two bag patterns (multi_embedding_bag, tied_embedding_bag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -60,6 +61,22 @@ class TwinOp:
 
     def __call__(self, *args):
         return getattr(torch.ops.inductor_embed, self._op).default(*args)
+
+
+def first_order(backward: Callable) -> Callable:
+    """An op's backward formula that refuses to be differentiated itself (``create_graph=True``
+    with a gradient that requires grad): the twins it calls have no autograd formula, and
+    the default autograd fallback would only warn and return no gradient."""
+
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        if torch.is_grad_enabled() and any(isinstance(g, Tensor) and g.requires_grad for g in grads):
+            raise RuntimeError("inductor_embed: a double backward through this op is not supported (its backward "
+                               "is not differentiable); run the model without torch.compile's inductor_embed "
+                               "backend for higher-order gradients")
+        return backward(ctx, *grads)
+
+    return run
 
 
 def twin_op(name: str, like: str, returns: str, extra: str = "",

@@ -195,6 +195,10 @@ static int by_key(const void* a, const void* b) {
    batch): the positions of rows [lo, hi) sorted by (row, position), so that no pass runs over
    every row but the zero fill. The same entries in the same order as the counting sort. */
 #define SPARSE_RATIO 8
+static int sparse_path(const ie_table* t) {  /* (a key holds the row in its upper 32 bits) */
+  return !t->order && t->nnz * SPARSE_RATIO < t->rows && t->rows < ((int64_t)1 << 31);
+}
+
 static void sparse_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s, const float* grad) {
   int64_t n = 0;
   FOR_EACH_POSITION(t, b, p) {
@@ -229,7 +233,7 @@ static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scrat
     for (int64_t b = 0; b < t->num_bags; b++) memcpy(s->grad + b * t->dim, t->grad + b * t->grad_stride, t->dim * 4);
     grad = s->grad;
   }
-  if (!t->order && t->nnz * SPARSE_RATIO < t->rows) {
+  if (sparse_path(t)) {
     sparse_rows(t, lo, hi, s, grad);
     return;
   }
@@ -345,9 +349,10 @@ typedef struct { const ie_table* tables; int64_t n; } ie_bags;
 
 static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
   const ie_bags* job = (const ie_bags*)ctx;
-  int64_t dim = 1, starts = 1, nnz = 1, bags = 1, grad = 1;
+  int64_t dim = 1, starts = 1, nnz = 1, bags = 1, grad = 1, keys = 1;
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
+    if (sparse_path(t) && t->nnz > keys) keys = t->nnz;
     const int64_t rows = t->rows + 1;  /* the most a slice can take */
     if (t->dim > dim) dim = t->dim;
     if (rows > starts) starts = rows;
@@ -359,7 +364,7 @@ static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* fail
   ie_scratch s = {(int32_t*)malloc((size_t)starts * 4), (int32_t*)malloc((size_t)nnz * 4),
                   (int32_t*)malloc((size_t)nnz * 4), (float*)malloc((size_t)bags * 4),
                   (float*)malloc((size_t)dim * 4), (float*)malloc((size_t)grad * 4),
-                  (uint64_t*)malloc((size_t)nnz * 8)};
+                  (uint64_t*)malloc((size_t)keys * 8)};
   if (s.start && s.pos && s.bag && s.bag_scale && s.acc && s.grad && s.keys) {
     for (int64_t k = 0; k < job->n; k++) {
       const ie_table* t = job->tables + k;

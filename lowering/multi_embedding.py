@@ -23,6 +23,7 @@ from inductor_embed.lowering import _checks, _cpu_native
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
+    first_order,
     twin_op,
     use_triton,
 )
@@ -357,8 +358,8 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
                   eager_min_dim=None) -> list[torch.Tensor]:
     """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM), table k read
     from grad's columns ``[columns[k], columns[k] + D_k)`` (default: back to back from 0;
-    ``multi_embedding_sum`` passes 0 for every table, and its own ``eager_min_dim``, which
-    also decides for a lone table)."""
+    ``multi_embedding_sum`` passes 0 for every table). ``eager_min_dim`` given (tests): that
+    width rule alone, no lone-table rule."""
     if columns is None:
         columns = [sum(dims[:k]) for k in range(len(dims))]
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -369,8 +370,10 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     alone = len(dims) == 1 and eager_min_dim is None
     if eager_min_dim is None:
         eager_min_dim = CPU_EAGER_MIN_DIM
-    wide = [k for k, (v, d) in enumerate(zip(num_rows, dims))
-            if deterministic or alone or d >= eager_min_dim or v <= 1]
+    # (not with scale_grad_by_freq: the native kernel does not scale, and index_add_ divides
+    # where eager multiplies by the reciprocal)
+    wide = [k for k, (v, d, s) in enumerate(zip(num_rows, dims, scale_grad_by_freq))
+            if deterministic or (alone and not s) or d >= eager_min_dim or v <= 1]
     grads: list[torch.Tensor | None] = [None] * len(dims)
     if wide:
         pick = lambda xs: [xs[k] for k in wide]  # noqa: E731
@@ -494,5 +497,5 @@ def _gpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     return grads
 
 
-multi_embedding.register_autograd(_backward, setup_context=_setup_context)
-multi_embedding_columns.register_autograd(_backward, setup_context=_setup_context)
+multi_embedding.register_autograd(first_order(_backward), setup_context=_setup_context)
+multi_embedding_columns.register_autograd(first_order(_backward), setup_context=_setup_context)

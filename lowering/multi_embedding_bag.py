@@ -24,6 +24,7 @@ from inductor_embed.lowering import _checks, _cpu_native
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
+    first_order,
     twin_op,
     use_triton,
 )
@@ -296,7 +297,7 @@ def _backward(ctx, grad, _grad_arg_max):
     return grads, [None] * n, ctx.offsets_grads, psw_grads if ctx.has_psw_arg else [], None, None, None, None
 
 
-multi_embedding_bag.register_autograd(_backward, setup_context=_setup_context)
+multi_embedding_bag.register_autograd(first_order(_backward), setup_context=_setup_context)
 
 
 @twin_op("inductor_embed::multi_embedding_bag_cpu", like="inductor_embed::multi_embedding_bag",

@@ -49,6 +49,8 @@ def multi_embedding_ref(weights: Sequence[torch.Tensor], indices: Sequence[torch
         if pos < d:
             pieces.append(e if pos == 0 else e[..., pos:])
         col += d
+    if not pieces:  # every table 0 columns wide: [*L, 0]
+        return weights[0].new_empty((*indices[0].shape, 0))
     return torch.cat(pieces, dim=-1)
 
 

@@ -30,7 +30,7 @@ from torch.library import triton_op
 
 from inductor_embed import _compat
 from inductor_embed.lowering import _checks
-from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
+from inductor_embed.lowering._common import column_stride_1, first_order, twin_op, use_triton
 from inductor_embed.lowering.multi_embedding import (
     _OOB_MSG,
     _cpu_backward,
@@ -200,4 +200,4 @@ def _backward(ctx, grad):
     return (grads, [None] * t, None, None, None)[:len(ctx.needs_input_grad)]
 
 
-multi_embedding_sum.register_autograd(_backward, setup_context=_setup_context)
+multi_embedding_sum.register_autograd(first_order(_backward), setup_context=_setup_context)

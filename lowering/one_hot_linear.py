@@ -29,7 +29,7 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed.lowering import _checks, _cpu_native
-from inductor_embed.lowering._common import column_stride_1, twin_op, use_triton
+from inductor_embed.lowering._common import column_stride_1, first_order, twin_op, use_triton
 from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
     one_hot_linear_ref,
@@ -283,4 +283,4 @@ def _backward(ctx, grad):
     return ([None] * len(indices), None, None, grad_w, grad_b, None)[: len(ctx.needs_input_grad)]
 
 
-one_hot_linear.register_autograd(_backward, setup_context=_setup_context)
+one_hot_linear.register_autograd(first_order(_backward), setup_context=_setup_context)

@@ -23,6 +23,7 @@ from inductor_embed.lowering import _checks, _cpu_native, _grad_cache
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
+    first_order,
     twin_op,
     use_triton,
 )
@@ -301,7 +302,7 @@ def _bag_grad(grad_bag, arg_max, bag_indices, offsets, psw, num_rows, mode, pad,
     return got.view(-1, d) if sparse else got.view(num_rows, d)
 
 
-tied_embedding_bag.register_autograd(_tied_backward, setup_context=_tied_setup_context)
+tied_embedding_bag.register_autograd(first_order(_tied_backward), setup_context=_tied_setup_context)
 
 
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------

@@ -7,7 +7,8 @@ the results by arithmetic, not by a cat (issue 13, form 5)::
 
 Every F.embedding the earlier patterns left (they run first: a lookup fused into a cat is
 not taken twice) that ``multi_embedding_cat.analyse_lookup`` accepts is grouped by dtype,
-device and index shape; a group of at least ``config.min_tables`` lookups becomes one
+device and index shape (a lookup with no other of its kind is taken alone on the CPU, see
+``_lone_problem``); a group of at least ``config.min_tables`` lookups becomes one
 ``multi_embedding(weights, indices)`` of shape ``[*L, sum D]``, and each lookup's users read
 ``torch.narrow(fused, -1, offset_k, D_k)``: the same values, and through the view eager's
 gradients. The op goes after every table and index the group reads and before the first
@@ -135,6 +136,8 @@ def _lone_problem(lk: Lookup) -> str | None:
     rather than Inductor's scatter-add, which is 1.5-4x slower under collisions on the CPU
     (bench/results/cpu/cpu-quick.md, single_table). On CUDA a lone lookup stays Inductor's
     until a GPU measurement says the fused op pays."""
+    if lk.dim == 0:
+        return "a lone lookup of a 0-column table is left: there is no gradient to compute"
     if lk.device.type != "cpu":
         return ("a lone lookup (no other of its dtype and index shape to fuse with) on CUDA is left to Inductor: "
                 "no GPU measurement yet says the fused op pays for one table")

@@ -192,3 +192,24 @@ def test_whole_models_run_and_get_rewritten(variant):
     assert wl.bytes(small).fwd > 0 and wl.bytes(case).bwd > wl.bytes(small).bwd
     torch._dynamo.reset()
     assert inductor_embed.explain(model, *inputs).rewrites
+
+
+def test_a_training_preset_refuses_the_freezing_providers():
+    with pytest.raises(SystemExit, match="inference presets only"):
+        cli.run(PRESETS["smoke"], torch.device("cpu"), providers=["eager", "torch.compile+freezing"])
+
+
+def test_a_failed_or_wrong_inductor_embed_row_misses_the_goal():
+    from bench.config import Bytes, CaseResult, ProviderResult, Ratio, Stat
+
+    stat = Stat(median_ms=1.0, p20_ms=1.0, p80_ms=1.0, n=3)
+    fast = Ratio(median=2.0, p20=2.0, p80=2.0, n=3)
+    case = Case("single_table", "p", (10,), (4,), 8)
+    for status in ("failed", "mismatch"):
+        c = CaseResult(case, Bytes(1, 1), (ProviderResult("eager", "ok", fwd_bwd=stat),
+                                          ProviderResult("torch.compile", "ok", fwd_bwd=stat),
+                                          ProviderResult("fbgemm_tbe", "skipped", "no FBGEMM equivalent"),
+                                          ProviderResult("inductor_embed", status, fwd_bwd=stat, vs_eager=fast,
+                                                         vs_compile=fast)))
+        assert report.fastest_peer(c)[0] == 0.0
+        assert report.goal_cell(c).endswith("✗") and report.goal_count([c]) == "met on 0 of 1 rows"

@@ -227,3 +227,17 @@ def dataclasses_replace(obj, **changes):
     import dataclasses
 
     return dataclasses.replace(obj, **changes)
+
+
+def test_a_lone_lookup_of_a_zero_column_table_is_left():
+    """Review finding: a lone [V, 0] table compiled to an op with nothing to cat."""
+    model, x = Lone(), torch.tensor([[0, 1, 2]])
+    model.tok = nn.Embedding(40, 0)
+    report = inductor_embed.explain(model, x)
+    assert not report.rewrites
+    assert any("0-column table" in s.reason for s in report.skipped if s.pattern == NAME), str(report)
+    compiled = torch.compile(copy.deepcopy(model), backend="inductor_embed")
+    assert compiled(x).shape == model(x).shape == (1, 3, 0)
+    # the op itself, all tables 0 columns wide: [*L, 0]
+    out = torch.ops.inductor_embed.multi_embedding([torch.randn(4, 0)], [torch.tensor([1, 2])], [-1], [False])
+    assert out.shape == (2, 0)

@@ -313,3 +313,15 @@ def test_bad_column_writes_raise(ranges, values, match):
     weights, indices, _, _ = _written(torch.float32, "cpu", requires_grad=False)
     with pytest.raises(RuntimeError, match=match):
         COLUMNS(weights, indices, [-1, -1], [False, False], [False, False], [torch.zeros(s) for s in values], ranges)
+
+
+def test_a_double_backward_raises_rather_than_dropping_the_gradient():
+    """Review finding: the backward's ops have no autograd formula; differentiating the
+    backward (create_graph=True) must raise, not warn and return no gradient."""
+    w = torch.randn(10, 80, requires_grad=True)
+    i = torch.tensor([1, 2, 2, 3])
+    out = torch.ops.inductor_embed.multi_embedding([w], [i], [-1], [False])
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out, w, torch.randn_like(out, requires_grad=True), create_graph=True)
+    (gw,) = torch.autograd.grad(out, w, torch.ones_like(out), create_graph=True)  # first order is fine
+    assert torch.equal(gw, torch.ops.aten.embedding_dense_backward(torch.ones(4, 80), i, 10, -1, False))
