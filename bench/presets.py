@@ -255,6 +255,8 @@ def _gpu_check() -> list[Preset]:
     ``inductor_embed.op`` for one table), fewer iterations than ``gpu``.
     """
     fused, op = ("eager", "torch.compile", "inductor_embed"), ("eager", "torch.compile", "inductor_embed.op")
+    # The collision-heavy row also against Inductor's partitioned scatter (its answer to atomic contention).
+    contended = (*op, "torch.compile+partitioned_scatter")
     kw = {"iters": 20, "warmup": 3, "copy_mib": 1024}
     return [
         # seed 004: 10 tables of D 1..8, forward + backward at B <= 4096 vs eager and
@@ -270,7 +272,7 @@ def _gpu_check() -> list[Preset]:
         # Users' worst case for a compiled backward: bf16, one row repeated.
         Preset("gpu-check-bf16", "GPU goal: bf16 backward, one row repeated 262,144 / 1,048,576 times",
                tuple(single(32_000, 64, (262_144, 1_048_576), ("same",), dtype="bfloat16",
-                            panel="worst case V=32000 D=64 bf16")), providers=op, **kw),
+                            panel="worst case V=32000 D=64 bf16")), providers=contended, **kw),
         # Launch-bound: many tables at a small batch (T=1,000 apart: its torch.compile
         # compile is the slowest thing here, so it runs last, on its own).
         Preset("gpu-check-tables", "GPU goal: T=10 and T=100 tables at B=128",

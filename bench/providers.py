@@ -5,6 +5,7 @@
 | eager | the eager model (for multi_table: the reference twin ``multi_embedding_ref``) |
 | torch.compile | ``torch.compile(model)``: plain Inductor |
 | torch.compile+combo | ``torch.compile(model, options={"combo_kernels": True})``: Inductor's horizontal fusion of independent kernels (Triton only; the CPU backend ignores it) |
+| torch.compile+partitioned_scatter | ``torch.compile(model, options={"partitioned_scatter_enabled": True}, dynamic=False)`` on CUDA: Inductor's own answer to atomic-add contention (each scatter-add split over partitions, then summed), opt-in in torch 2.11-2.13; static shapes, as the pass skips dynamic ones |
 | inductor_embed | ``torch.compile(model, backend="inductor_embed")``; skipped where the workload's pattern has no config switch or is switched off |
 | inductor_embed.op | ``torch.compile`` of the model written with ``torch.ops.inductor_embed.multi_embedding`` called directly (single_table only: the pattern needs >= 2 lookups) |
 | fbgemm_tbe | FBGEMM's ``DenseTableBatchedEmbeddingBagsCodegen`` (dense gradient, like the others) where ``fbgemm_gpu`` imports; for sparse_tables its ``SplitTableBatchedEmbeddingBagsCodegen`` with a fused exact optimizer |
@@ -107,6 +108,36 @@ class Compiled(Provider):
                              counts_rewrites=self.backend == "inductor_embed")
 
 
+def _unmarked(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The inputs as new views of themselves: the runner's ``maybe_mark_dynamic`` hints live on
+    the tensor objects, and a view has none, so ``dynamic=False`` compiles them static."""
+    return tuple(t.view_as(t) for t in inputs)
+
+
+class PartitionedScatter(Compiled):
+    """Inductor's partitioned scatter (``torch._inductor.config.partitioned_scatter_enabled``): a
+    post-grad pass that splits a contended ``index_put_(accumulate=True)`` (an embedding's
+    backward) over several copies of its output, then sums them: fewer atomic collisions
+    for more memory. A GPU peer: the pass's target is Triton's atomic adds. It skips
+    dynamic shapes, so this provider compiles once per batch size with static shapes."""
+
+    def __init__(self) -> None:
+        super().__init__("torch.compile+partitioned_scatter",
+                         'torch.compile(model, options={"partitioned_scatter_enabled": True}, dynamic=False)',
+                         options={"partitioned_scatter_enabled": True})
+
+    def unavailable(self, workload, device):
+        if device.type != "cuda":
+            return ("partitioned scatter splits Triton's atomic adds on a GPU (collision-heavy backward rows); "
+                    "it is a GPU peer, not timed on the CPU")
+        return super().unavailable(workload, device)
+
+    def build(self, workload, case, model, device):
+        m = self._model(workload, model)
+        fn = torch.compile(m, options=dict(self.options or {}), dynamic=False)
+        return _model_runner(self.name, fn, m, workload, case, adapt=_unmarked, compiled=True)
+
+
 class InductorEmbed(Compiled):
     def __init__(self, name: str = "inductor_embed", options: dict[str, Any] | None = None,
                  inference_only: bool = False) -> None:
@@ -206,6 +237,7 @@ PROVIDERS: dict[str, Provider] = {
         Compiled("torch.compile", "torch.compile(model)"),
         Compiled("torch.compile+combo", 'torch.compile(model, options={"combo_kernels": True})',
                  options={"combo_kernels": True}),
+        PartitionedScatter(),
         InductorEmbed(),
         InductorEmbedOp(),
         Fbgemm(),

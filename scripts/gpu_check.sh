@@ -185,7 +185,7 @@ bench() {
 }
 bench multi gpu-check-multi 150
 bench gather gpu-check-gather 120
-bench bf16 gpu-check-bf16 120
+bench bf16 gpu-check-bf16 150
 bench tables gpu-check-tables 150
 bench tables1000 gpu-check-tables1000 150 --providers eager,inductor_embed
 bench tables1000-compile gpu-check-tables1000 240 --providers eager,torch.compile \

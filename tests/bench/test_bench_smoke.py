@@ -213,3 +213,34 @@ def test_a_failed_or_wrong_inductor_embed_row_misses_the_goal():
                                                          vs_compile=fast)))
         assert report.fastest_peer(c)[0] == 0.0
         assert report.goal_cell(c).endswith("✗") and report.goal_count([c]) == "met on 0 of 1 rows"
+
+
+def test_partitioned_scatter_is_a_static_gpu_peer():
+    """Inductor's partitioned scatter: a GPU peer in the goal column, refused on the CPU with a
+    reason; built, it compiles with static shapes (the pass skips dynamic ones), the runner's
+    dynamic-dimension hints dropped by fresh views of the inputs."""
+    from bench.providers import PartitionedScatter
+
+    p = PROVIDERS["torch.compile+partitioned_scatter"]
+    assert isinstance(p, PartitionedScatter) and p.name in report.PEERS
+    assert "GPU peer" in p.unavailable(WORKLOADS["single_table"], torch.device("cpu"))
+    assert p.name in PRESETS["gpu-check-bf16"].providers
+
+    case = Case("single_table", "p", (50,), (8,), 16, "same")
+    wl = WORKLOADS["single_table"]
+    model = wl.make(case, torch.float32)
+    runner = p.build(wl, case, model, torch.device("cpu"))
+    shapes = []
+    seen = lambda gm, ex: (shapes.extend(type(s).__name__ for t in ex if isinstance(t, torch.Tensor)  # noqa: E731
+                                         for s in t.shape), gm)[1]
+    torch._dynamo.reset()
+    for b in (16, 24):
+        x = torch.zeros(b, dtype=torch.int64)
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        (xs,) = runner.adapt(x)
+        assert xs.data_ptr() == x.data_ptr()  # a view, not a copy
+        torch.compile(model, backend=seen, dynamic=False)(xs)
+    assert shapes and "SymInt" not in shapes
+    out = runner.fn(*runner.adapt(torch.zeros(16, dtype=torch.int64)))
+    assert out.shape[0] == 16
+    torch._dynamo.reset()
