@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from typing import Any
 # INDUCTOR_EMBED_ENABLED=0 is the environment's kill switch.
 enabled: bool = True
 
-# --- one switch per pattern (names as in ARCHITECTURE.md) -------------------------
+# --- one switch per pattern (names as in README.md) --------------------------------
 # N embedding lookups -> torch.cat/concat/concatenate/stack -> one multi-table gather
 # (also [B, 1] field slices cat along dim 1, a per-table bias added before the cat,
 # which moves after the gather as one add, and columns of a lookup written in place
@@ -55,76 +56,31 @@ tied_embedding_bag: bool = True
 # gather per dtype, device and index shape; each lookup reads a column slice of it. On the
 # CPU too: the wide tables' gradients come from one backward call into reused buffers. A
 # lone fp32 lookup on the CPU (no other of its kind) is taken alone: only its backward
-# changes, to the native row-sum kernel (bench/results/cpu/cpu-quick.md, mf and single_table).
+# changes, to the native row-sum kernel.
 independent_lookups: bool = True
-
-# Which EmbeddingBag lookups the two bag patterns (multi_embedding_bag, tied_embedding_bag)
-# take for CPU tensors: "fp32_dense" (default) every fp32 lookup with a dense gradient, whose
-# fused CPU path is faster than eager's: sum/mean backward by a C kernel (ATen's additions in
-# ATen's order, see cpu_native_kernels) into reused gradient buffers (cpu-quick 1.33x / 2.41x
-# torch.compile for 8 / 26 tables, 1.07x / 1.96x for a tied pair), max mode by C kernels both
-# ways (ATen's is a serial loop: cpu-quick 3.75x / 2.85x torch.compile); "all" sparse=True and
-# half tables too (a sparse gradient is a copy of each index's gradient row, as eager's:
-# nothing to save, and the op's host cost made cpu-quick's sparse rows 0.75-0.80x
-# torch.compile); "none" none. True / False mean "all" / "none". Left lookups are logged with
-# the reason.
-bag_patterns_on_cpu: str = "fp32_dense"
-# Also take, for CPU tensors, lookups whose columns are written in place before the cat with
-# a value the fused op cannot write itself (a Python number, another dtype, a strided slice,
-# columns written twice): multi_embedding_cat then moves the write onto the fused output,
-# which on the CPU copies the whole output (cpu-quick "shared" measured 0.90-0.92x
-# torch.compile that way). Off by default: such lookups are left, and the log says why. The
-# writes the op takes (``o[:, :k] = shared``, a tensor of the table's dtype) are taken on
-# every device (cpu-quick "shared": 1.07x / 1.28x torch.compile).
-column_writes_on_cpu: bool = False
-
-# Coalesce sparse gradients (sparse=True tables) in the backward for CPU tensors too. Off by
-# default: on the CPU the coalesce in the backward is ATen's, the same sort and sum that
-# SparseAdam and Adagrad run on eager's uncoalesced gradient, so it mostly moves that work
-# (SparseAdam 1.05x torch.compile coalesced, 1.01x not), while SGD, which never coalesces,
-# pays for it (0.91x coalesced, 1.14x not; paired runs, 4 x 2,000,000 x 64, batch 4,096).
-# Off, a CPU table's gradient is eager's own (one entry per index, padding left out). On a
-# GPU the gradients are always coalesced (one sort and one launch for all tables).
-sparse_coalesce_on_cpu: bool = False
 
 # Keep the dense CPU gradients of the fused ops' backward (buffers of 1 MiB or more) and
 # reuse them in the next step once nothing references them, up to this many MiB; 0 turns
 # it off. Freed gradients of tens of MB go back to the kernel (glibc's malloc), so each
-# step would fault them in again: 26 x 100,000 x 64 fp32 gradients cost 150-175 ms of page
-# faults a step on the 2-core machine, against ~22 ms to zero them in place. The buffers
-# stay allocated between steps (inductor_embed.empty_cache() frees the idle ones). Read
-# when the backward runs.
+# step would fault them in again, which costs several times zeroing them in place
+# (docs/design.md, "Reused gradient buffers"). The buffers stay allocated between steps
+# (inductor_embed.empty_cache() frees the idle ones). Read when the backward runs.
 cpu_grad_cache_mb: int = 4096
 
 # Build the CPU's native kernels (plain C, compiled on first use with the system's C
-# compiler in ~0.3 s and cached per user, lowering/_cpu_native.py). The EmbeddingBag
-# backward's writes every table's dense gradient in one call, bit-equal to eager's; False,
-# or no compiler (logged once), uses ATen ops: a zero fill, FBGEMM's pooling and index_put_
-# (slower: the 26-table bag step measured 1.4x torch.compile that way, 2.0-2.5x with the
-# kernel, paired in one process). one_hot_linear's fp32 forward and backward run as opaque
-# ops on them, so Inductor builds no C++ for the pattern (a first compile 0.2 s, against
-# 1.1-1.3 s for its own gather and scatter loops); False compiles those loops. Read when a
-# graph is compiled (which code one_hot_linear's graph holds) and again whenever the ops run:
-# a graph compiled (or cached) with the kernels runs ATen's ops where they are off or cannot
-# be built.
+# compiler and cached per user, lowering/_cpu_native.py): the fp32 backward of lookups and
+# bags, max-mode bags both ways and one_hot_linear's fp32 forward and backward, bit-equal
+# to eager's. False, or no compiler (logged once), uses ATen ops instead (slower), and
+# Inductor's own loops for one_hot_linear (a slower first compile). The escape hatch where
+# the build or the kernels misbehave. Read when a graph is compiled (which code
+# one_hot_linear's graph holds) and again whenever the ops run: a graph compiled (or cached)
+# with the kernels runs ATen's ops where they are off or cannot be built.
 cpu_native_kernels: bool = True
 
 # --- pattern tuning ---------------------------------------------------------------
 # Fewest lookups in one cat worth fusing. Below it the cat is left alone (logged):
 # with one lookup there is nothing to save.
 min_tables: int = 2
-# Fewest one-hot columns (summed over a site's fields) worth turning into a gather.
-# 1 = always: the gather does B x D loads where the dense form reads a B x V one-hot
-# and does B x V x D multiply-adds, so it does less work for every V >= 1, and it
-# never materialises the one-hot. Raise it if a measurement on your device shows the
-# dense GEMM winning for tiny V (no GPU measurement backs a higher default yet).
-one_hot_linear_min_classes: int = 1
-
-# --- kernels ----------------------------------------------------------------------
-# Run the Triton kernels for CPU tensors too (only meaningful with TRITON_INTERPRET=1,
-# which runs them in the Triton interpreter). Used by tests to drive the kernel path
-# through the ops; off by default because the CPU's reference path is far faster.
-triton_on_cpu: bool = False
 
 _FIELDS: tuple[str, ...] = (
     "enabled",
@@ -134,39 +90,17 @@ _FIELDS: tuple[str, ...] = (
     "multi_embedding_bag",
     "tied_embedding_bag",
     "independent_lookups",
-    "bag_patterns_on_cpu",
-    "column_writes_on_cpu",
-    "sparse_coalesce_on_cpu",
     "cpu_grad_cache_mb",
     "cpu_native_kernels",
     "min_tables",
-    "one_hot_linear_min_classes",
-    "triton_on_cpu",
 )
 _TRUE = {"1", "true", "on", "yes"}
 _FALSE = {"0", "false", "off", "no"}
 
 
-_CPU_BAG_POLICIES = ("fp32_dense", "all", "none")
-
-
-def cpu_bag_policy() -> str:
-    """``bag_patterns_on_cpu`` as one of "fp32_dense", "all", "none" (True / False, and the
-    environment's 1 / 0, mean "all" / "none")."""
-    value = bag_patterns_on_cpu
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        value = value.strip().lower() in _TRUE
-    if value is True or value is False:
-        return "all" if value else "none"
-    if value not in _CPU_BAG_POLICIES:
-        raise ValueError(f"inductor_embed.config.bag_patterns_on_cpu={value!r}: expected one of "
-                         f"{', '.join(map(repr, _CPU_BAG_POLICIES))} (or True / False)")
-    return value
-
-
-# Integer fields and the least value each takes (min_tables below 2 counts as 2, and
-# one_hot_linear_min_classes below 1 as 1: any integer is meaningful there).
-_INT_MIN: dict[str, int | None] = {"cpu_grad_cache_mb": 0, "min_tables": None, "one_hot_linear_min_classes": None}
+# Integer fields and the least value each takes (min_tables below 2 counts as 2: any
+# integer is meaningful there).
+_INT_MIN: dict[str, int | None] = {"cpu_grad_cache_mb": 0, "min_tables": None}
 
 
 def _check(name: str, value: Any, shown: str, raw: str | None = None) -> None:
@@ -201,12 +135,11 @@ def _parse(name: str, raw: str, default: Any) -> Any:
                              + ("" if least is None else f" >= {least}")) from None
         _check(name, value, var, raw)
         return value
-    if name == "bag_patterns_on_cpu":
-        low = raw.strip().lower()
-        if low not in _TRUE | _FALSE | set(_CPU_BAG_POLICIES):
-            raise ValueError(f"{var}={raw!r}: expected one of {', '.join(_CPU_BAG_POLICIES)} (or 1/0)")
-        return low
     return type(default)(raw)
+
+
+# The package's other environment variables (not config fields).
+_OTHER_VARS = {"INDUCTOR_EMBED_CACHE_DIR", "INDUCTOR_EMBED_ENV_CACHE"}
 
 
 def _read_env() -> None:
@@ -215,6 +148,12 @@ def _read_env() -> None:
         raw = os.environ.get(f"INDUCTOR_EMBED_{name.upper()}")
         if raw is not None:
             setattr(module, name, _parse(name, raw, getattr(module, name)))
+    known = {f"INDUCTOR_EMBED_{name.upper()}" for name in _FIELDS} | _OTHER_VARS
+    for var in sorted(k for k in os.environ if k.startswith("INDUCTOR_EMBED_") and k not in known):
+        # A misspelt field, or one that is no longer user configuration (the CPU rules:
+        # docs/design.md, "How the CPU path is chosen"): say so rather than ignore it.
+        warnings.warn(f"{var} is not an inductor_embed config field and is ignored; the fields are "
+                      f"{', '.join(_FIELDS)}", stacklevel=2)
 
 
 def snapshot() -> dict[str, Any]:
@@ -228,12 +167,19 @@ def patch(**changes: Any) -> Iterator[None]:
     """Set config fields for the duration of a ``with`` block, then restore them. Unknown
     names raise AttributeError; an integer field given a non-integer or a value below its
     least (``cpu_grad_cache_mb`` < 0) raises ValueError."""
-    module = sys.modules[__name__]
-    unknown = set(changes) - set(_FIELDS)
-    if unknown:
-        raise AttributeError(f"inductor_embed.config has no field(s) {sorted(unknown)}; fields: {list(_FIELDS)}")
     for name, value in changes.items():
         _check(name, value, name)
+    with patch_module(sys.modules[__name__], _FIELDS, changes):
+        yield
+
+
+@contextlib.contextmanager
+def patch_module(module: Any, fields: tuple[str, ...], changes: dict[str, Any]) -> Iterator[None]:
+    """Set ``changes`` (each one of ``fields``) on ``module`` for a ``with`` block, then restore
+    them; an unknown name raises AttributeError."""
+    unknown = set(changes) - set(fields)
+    if unknown:
+        raise AttributeError(f"{module.__name__} has no field(s) {sorted(unknown)}; fields: {list(fields)}")
     old = {name: getattr(module, name) for name in changes}
     for name, value in changes.items():
         setattr(module, name, value)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from inductor_embed import _compat, config
+from inductor_embed import _compat, _internal, config
 from inductor_embed.lowering._common import coalesce_sparse_grads
 from inductor_embed.patterns import PATTERNS
 from inductor_embed.patterns._fx import table_batched_reason, written_args
@@ -110,7 +110,7 @@ def _source_hash() -> str:
 
 def cache_key() -> str:
     """The plugin's part of the FX graph cache key: code and config."""
-    return hashlib.sha256((_source_hash() + json.dumps(config.snapshot(), sort_keys=True)).encode()).hexdigest()
+    return hashlib.sha256((_source_hash() + json.dumps([config.snapshot(), _internal.snapshot()], sort_keys=True)).encode()).hexdigest()
 
 
 class InductorEmbedPass(_compat.CustomGraphPass):

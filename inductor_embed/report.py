@@ -36,7 +36,7 @@ class TableInfo:
 class Rewrite:
     """A group of graph nodes replaced by one fused op."""
 
-    pattern: str  # the pattern's name in ARCHITECTURE.md, e.g. "multi_embedding_cat"
+    pattern: str  # the pattern's name in README.md, e.g. "multi_embedding_cat"
     replaced: tuple[str, ...]  # names of the graph nodes the fused op replaced
     fused_op: str
     tables: tuple[TableInfo, ...]

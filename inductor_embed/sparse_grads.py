@@ -1,7 +1,7 @@
 """Keeping the plugin's coalesced sparse gradients marked coalesced in ``param.grad``.
 
 Where the sparse backwards coalesce (always on a GPU; on the CPU with
-``config.sparse_coalesce_on_cpu``), each table's gradient is returned coalesced (sorted
+the CPU rule's switch ``_internal.sparse_coalesce_on_cpu``), each table's gradient is returned coalesced (sorted
 unique rows, summed values), flagged so. But when autograd stores a fresh sparse gradient in ``param.grad``
 (``AccumulateGrad``, a parameter without a gradient yet: every step after ``zero_grad()``)
 it rebuilds the tensor around the same indices and values and drops the flag. SparseAdam

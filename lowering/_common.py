@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from inductor_embed import _compat, config
+from inductor_embed import _compat, _internal
 
 # The table / weight dtypes every op accepts.
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -16,17 +16,17 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def use_triton(t: Tensor) -> bool:
     """Whether an op on ``t``'s device runs the Triton kernels: always on CUDA, on the CPU
-    only with ``config.triton_on_cpu`` (the Triton interpreter, for tests)."""
+    only with ``_internal.triton_on_cpu`` (the Triton interpreter, for tests)."""
     if t.device.type == "cuda":
         return True
-    return t.device.type == "cpu" and config.triton_on_cpu
+    return t.device.type == "cpu" and _internal.triton_on_cpu
 
 
 def coalesce_sparse_grads(t: Tensor) -> bool:
     """Whether the backward coalesces the sparse gradients of tables on ``t``'s device (read when
     the backward is traced): always where the kernels run, on the CPU only with
-    ``config.sparse_coalesce_on_cpu`` (else a CPU table's gradient is eager's own form)."""
-    return use_triton(t) or config.sparse_coalesce_on_cpu
+    ``_internal.sparse_coalesce_on_cpu`` (else a CPU table's gradient is eager's own form)."""
+    return use_triton(t) or _internal.sparse_coalesce_on_cpu
 
 
 def column_stride_1(t: Tensor) -> Tensor:

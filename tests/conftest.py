@@ -21,14 +21,15 @@ def _fresh_dynamo():
     counters.clear()
     # Inductor's on-disk caches outlive a test run: a hit skips the pre-grad pass that
     # enable() installs, and a test's counters would then depend on earlier runs.
-    # On the CPU the EmbeddingBag patterns take only fp32 dense-gradient lookups by default;
-    # the tests check the fused op on the CPU in every form, so they take all
-    # (test_multi_embedding_bag.py::test_cpu_default_takes_fp32_dense_bags checks the default).
-    from inductor_embed import config
+    # On the CPU the EmbeddingBag patterns take only fp32 dense-gradient lookups (the CPU
+    # rule, inductor_embed/_internal.py); the tests check the fused op on the CPU in every
+    # form, so they force all (test_multi_embedding_bag.py::test_cpu_default_takes_fp32_dense_bags
+    # checks the rule). Likewise column writes before a cat
+    # (test_column_writes_left_on_the_cpu_by_default) and coalesced sparse gradients
+    # (test_cpu_default_sparse_gradient_is_eagers).
+    from inductor_embed import _internal
 
-    # Likewise column writes before a cat (test_column_writes_left_on_the_cpu_by_default) and
-    # coalesced sparse gradients (test_cpu_default_sparse_gradient_is_eagers).
-    with torch._inductor.config.patch(force_disable_caches=True), config.patch(
+    with torch._inductor.config.patch(force_disable_caches=True), _internal.patch(
             bag_patterns_on_cpu="all", column_writes_on_cpu=True, sparse_coalesce_on_cpu=True):
         yield
     torch._dynamo.reset()
@@ -45,5 +46,5 @@ def path(request):
     elif torch.cuda.is_available():
         yield "cuda"
     else:
-        with inductor_embed.config.patch(triton_on_cpu=True):
+        with inductor_embed._internal.patch(triton_on_cpu=True):
             yield "cpu"

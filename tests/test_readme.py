@@ -103,16 +103,14 @@ def config_pattern_switches() -> set[str]:
     """The pattern switches of ``inductor_embed.config``.
 
     config.py has no list of them: they are its boolean fields (``config.snapshot()``
-    holds every field) other than the master switch ``enabled``, the kernel switch
-    ``triton_on_cpu`` and the CPU policies (``bag_patterns_on_cpu``,
-    ``column_writes_on_cpu``, ``sparse_coalesce_on_cpu``, ``cpu_native_kernels``). That set must also be the pass's own
+    holds every field) other than the master switch ``enabled`` and the native-kernel
+    switch ``cpu_native_kernels``. That set must also be the pass's own
     registry: each module in
     ``inductor_embed.patterns.PATTERNS`` runs only if ``config.pattern_enabled(NAME)``,
     so its NAME is its switch. A new boolean that is not a pattern fails this check
     until it is added to the exclusions below.
     """
-    not_patterns = {"enabled", "triton_on_cpu", "bag_patterns_on_cpu",
-                    "column_writes_on_cpu", "sparse_coalesce_on_cpu", "cpu_native_kernels"}
+    not_patterns = {"enabled", "cpu_native_kernels"}
     switches = {name for name, value in config.snapshot().items() if isinstance(value, bool)} - not_patterns
     registry = {p.NAME for p in PATTERNS}
     assert switches == registry, (
@@ -153,12 +151,12 @@ def test_config_table_lists_every_field():
     readme = [_code_spans(row[0])[0] for row in rows]
     assert sorted(readme) == sorted(config.snapshot()), (
         f"README's config table lists {readme}, inductor_embed/config.py has {list(config.snapshot())}")
+    # The config is what a user sets; internal choices live in inductor_embed/_internal.py.
+    assert len(readme) <= 10, f"{len(readme)} config fields: at most 10 (user-facing ones only)"
     if any(k.startswith("INDUCTOR_EMBED_") for k in os.environ):
         return  # the environment overrides some field: snapshot() holds no defaults then
     defaults = {name: _code_spans(row[1])[0] for name, row in zip(readme, rows)}
-    # tests/conftest.py turns these on for every test
-    with config.patch(bag_patterns_on_cpu="fp32_dense", column_writes_on_cpu=False, sparse_coalesce_on_cpu=False):
-        want = {k: repr(v) for k, v in config.snapshot().items()}
+    want = {k: repr(v) for k, v in config.snapshot().items()}
     assert defaults == want, "a default in README's config table"
 
 

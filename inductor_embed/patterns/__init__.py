@@ -1,5 +1,5 @@
 """The pattern passes, in the order they run. Each module has ``NAME`` (its config
-switch and counter key, as named in ARCHITECTURE.md) and ``run(graph, recorder, apply)``."""
+switch and counter key, as named in README.md) and ``run(graph, recorder, apply)``."""
 
 from inductor_embed.patterns import (
     independent_lookups,

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from inductor_embed import _compat, config
+from inductor_embed import _compat, _internal, config
 from inductor_embed.patterns import _fx
 from inductor_embed.report import Recorder, Rewrite, Skip, TableInfo
 
@@ -161,13 +161,12 @@ def _hazard(fam: Family, lk: Lookup, site: fx.Node, writes: _fx.Writes) -> Looku
             return found
         lk = dataclasses.replace(lk, column_writes=found)
         why = column_values_problem(lk)
-        if why is not None and lk.device.type == "cpu" and not config.column_writes_on_cpu:
+        if why is not None and lk.device.type == "cpu" and not _internal.column_writes_on_cpu:
             # Such writes go onto the fused output: on the CPU they become slice_scatters of
             # the whole [B, sum D] buffer, where the unfused model's touch one [B, D] lookup
-            # each (cpu-quick "shared" measured 0.90-0.92x torch.compile that way).
+            # each (measured slower than torch.compile: docs/design.md).
             return (f"the lookup's columns are written in place ({written[0].name}) with {why}: on the CPU "
-                    "that write on the fused output copies the whole output (slower than torch.compile; "
-                    "config.column_writes_on_cpu=True takes it anyway); left")
+                    "that write on the fused output copies the whole output (slower than torch.compile); left")
     for what, value in [("indices" if k == 0 else f"input {v.name}", v) for k, v in enumerate(lk.reads)] + [
             ("table", lk.weight)]:
         w = writes.writer(value, after=lk.node, before=site)

@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from inductor_embed import config
+from inductor_embed import _internal
 from inductor_embed.patterns import _cat_site, _fx
 from inductor_embed.patterns._cat_site import Lookup
 from inductor_embed.report import Recorder
@@ -55,20 +55,20 @@ def is_bag(node: object) -> bool:
 
 
 def _cpu_policy(dtype: torch.dtype, sparse: bool) -> str | None:
-    """Why a CPU lookup is left by ``config.bag_patterns_on_cpu``, or None to take it."""
-    policy = config.cpu_bag_policy()
+    """Why a CPU lookup is left by the CPU rule (``_internal.bag_patterns_on_cpu``), or None to
+    take it."""
+    policy = _internal.bag_patterns_on_cpu
     if policy == "all":
         return None
     if policy == "none":
-        return "config.bag_patterns_on_cpu='none' leaves CPU lookups ('all' rewrites them)"
+        return "bags on the CPU are forced off (_internal.bag_patterns_on_cpu='none')"
     if sparse:
         return ("sparse=True on the CPU: its gradient is a copy of each index's gradient row, as eager's, with "
-                "nothing for the fused op to save (measured 0.75-0.80x torch.compile; "
-                "config.bag_patterns_on_cpu='all' rewrites it)")
+                "nothing for the fused op to save (measured slower than torch.compile fused)")
     if dtype == torch.float32:
         return None
-    return (f"on the CPU only fp32 lookups are rewritten (their faster C kernels); a {dtype} one has no faster "
-            "CPU path than torch.compile's (config.bag_patterns_on_cpu='all' rewrites it)")
+    return (f"on the CPU only fp32 lookups are rewritten (their C kernels); a {dtype} one measured slower than "
+            "torch.compile fused")
 
 
 def analyse_bag(node: fx.Node, between: tuple = (), whole: bool = False) -> Lookup | str | None:

@@ -46,7 +46,7 @@ on the data; Dynamo in fact breaks the graph at ``F.one_hot(idx)`` itself, so th
 never sees it); a sum over the class dim or with keepdim; a bag whose counts a cast in
 the chain cannot hold exactly (a multi-hot count of 300 in bf16); a weight that is not a
 2-D fp32/fp16/bf16 CPU/CUDA tensor of static shape; fewer one-hot columns than
-``config.one_hot_linear_min_classes``; and, as the graph is not functional, a one-hot
+``_internal.one_hot_linear_min_classes``; and, as the graph is not functional, a one-hot
 chain written in place before the matmul or indices written in place after the one-hot.
 A scaled one-hot is also left (logged) when r is a Python number or 0-dim (a scalar's
 rounding in half types is not the tensor's), varies over the rows (``[B, n]``), is not a
@@ -73,7 +73,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from inductor_embed import config
+from inductor_embed import _internal
 from inductor_embed.patterns import _fx
 from inductor_embed.report import Recorder, Rewrite, Skip, TableInfo
 
@@ -397,9 +397,9 @@ def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None
     if sum(it.num_classes if isinstance(it, Field) else it.width for it in items) != v:
         return _skip(rec, node, f"the one-hot widths do not add up to the weight's {v} columns")
     classes = sum(f.num_classes for f in fields)
-    if classes < config.one_hot_linear_min_classes:
+    if classes < _internal.one_hot_linear_min_classes:
         return _skip(rec, where, f"{classes} one-hot columns < one_hot_linear_min_classes="
-                                 f"{config.one_hot_linear_min_classes}")
+                                 f"{_internal.one_hot_linear_min_classes}")
     reason = _hazard(site, writes)
     if reason is not None:
         return _skip(rec, where, reason)
@@ -840,8 +840,8 @@ def _read_ensemble(node: fx.Node, parts: tuple, rec: Recorder, writes: _fx.Write
         reason = "a multi-hot bag is scaled (eager rounds count * r before the contraction)"
     if reason is None and sum(it.num_classes if isinstance(it, Field) else it.width for it in items) != v:
         reason = f"the feature widths do not add up to the weight's {v} features"
-    if reason is None and sum(f.num_classes for f in fields) < config.one_hot_linear_min_classes:
-        reason = f"fewer one-hot columns than one_hot_linear_min_classes={config.one_hot_linear_min_classes}"
+    if reason is None and sum(f.num_classes for f in fields) < _internal.one_hot_linear_min_classes:
+        reason = f"fewer one-hot columns than one_hot_linear_min_classes={_internal.one_hot_linear_min_classes}"
     if reason is None:
         reason = _hazard(site, writes)
     if reason is None and bias is not None and (w_ := writes.writer(bias, before=node)) is not None:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch._dynamo.utils import counters
 
-from inductor_embed import config
+from inductor_embed import _internal
 from inductor_embed.graph_pass import run_patterns
 
 TOL = {
@@ -23,7 +23,7 @@ TOL = {
 def assert_same_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, name: str,
                      flagged: bool = False) -> None:
     """A fused model's gradient vs eager's. Sparse ones: on the CPU by default
-    (``config.sparse_coalesce_on_cpu`` off) eager's own form, one entry per index (where two
+    (``_internal.sparse_coalesce_on_cpu`` off) eager's own form, one entry per index (where two
     lookups add up, their entries may come in another order), then compared coalesced;
     otherwise coalesced (sorted unique rows) and, with ``flagged``, flagged so in param.grad
     (autograd's accumulation drops the flag; the plugin's post-accumulate hook sets it again,
@@ -32,7 +32,7 @@ def assert_same_grad(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, 
     if not want.is_sparse:
         torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{name}: {m}")
         return
-    if not config.sparse_coalesce_on_cpu and got.device.type == "cpu" and not config.triton_on_cpu:
+    if not _internal.sparse_coalesce_on_cpu and got.device.type == "cpu" and not _internal.triton_on_cpu:
         assert not got.is_coalesced() and got._nnz() == want._nnz(), f"{name}: not eager's form"
         got = got.coalesce()
     want = want.coalesce()

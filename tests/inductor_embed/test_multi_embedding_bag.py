@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import inductor_embed
-from inductor_embed import config
+from inductor_embed import _internal
 from tests._util import deterministic
 from tests.inductor_embed._util import TOL, assert_same_grad, compare_with_eager, rewrites, skips
 
@@ -156,7 +156,7 @@ def test_cpu_default_takes_fp32_dense_bags() -> None:
     dense gradient is rewritten: sum and max ones (their C kernels are faster than eager's); a
     ``sparse=True`` or half one is left, with the reason logged, and the rest of its cat still
     fuses."""
-    with inductor_embed.config.patch(bag_patterns_on_cpu="fp32_dense"):
+    with inductor_embed._internal.patch(bag_patterns_on_cpu="fp32_dense"):
         x = torch.randint(0, 10, (5, 3, 2))
         report = inductor_embed.explain(_MaxBags(), x)
         assert [len(r.tables) for r in report.rewrites if r.pattern == BAG] == [3]
@@ -175,20 +175,20 @@ def test_cpu_default_takes_fp32_dense_bags() -> None:
 
 
 def test_cpu_none_leaves_bags() -> None:
-    """``bag_patterns_on_cpu="none"`` (or False) leaves every CPU lookup, with the reason logged."""
-    for value in ("none", False):
-        with inductor_embed.config.patch(bag_patterns_on_cpu=value):
+    """``bag_patterns_on_cpu="none"`` leaves every CPU lookup, with the reason logged."""
+    for value in ("none",):
+        with inductor_embed._internal.patch(bag_patterns_on_cpu=value):
             report = inductor_embed.explain(Bags(), *_bag_inputs())
             assert not [r for r in report.rewrites if r.pattern == BAG]
             assert any("bag_patterns_on_cpu='none'" in s.reason for s in report.skipped if s.pattern == BAG)
             report = inductor_embed.explain(_Tied(), *_tied_inputs())
             # the bag left, its tied token lookup is a lone lookup: taken alone
             assert [r.pattern for r in report.rewrites] == ["independent_lookups"]
-    with inductor_embed.config.patch(bag_patterns_on_cpu="none"):
+    with inductor_embed._internal.patch(bag_patterns_on_cpu="none"):
         compare_with_eager(_Tied(), _tied_inputs())
     assert rewrites(BAG) == 0 and rewrites("tied_embedding_bag") == 0
-    with inductor_embed.config.patch(bag_patterns_on_cpu="some"), pytest.raises(ValueError, match="fp32_dense"):
-        inductor_embed.config.cpu_bag_policy()
+    with pytest.raises(ValueError, match="fp32_dense"), inductor_embed._internal.patch(bag_patterns_on_cpu="some"):
+        pass
 
 
 def test_switch_off_keeps_eager_graph() -> None:
@@ -364,9 +364,9 @@ def test_tied_sparse_is_fused(two: bool, sparse: tuple[bool, bool], dtype: torch
 
 @pytest.mark.parametrize("two", [False, True], ids=["one-parameter", "two-parameters"])
 def test_tied_sparse_in_eager_form_on_the_cpu(two: bool) -> None:
-    """The CPU default (config.sparse_coalesce_on_cpu off): both sparse parts in eager's own
+    """The CPU default (_internal.sparse_coalesce_on_cpu off): both sparse parts in eager's own
     form; one Parameter gets one COO tensor with both lookups' entries."""
-    with config.patch(sparse_coalesce_on_cpu=False):
+    with _internal.patch(sparse_coalesce_on_cpu=False):
         test_tied_sparse_is_fused(two, (True, True), torch.float32)
 
 

@@ -717,7 +717,7 @@ def test_wide_dims_under_inference_mode():
                    reason="torch 2.11's Inductor emits C++ that does not compile for the lookup left to it "
                           "(plain torch.compile fails the same way): pytorch/pytorch#179135")
 def test_column_writes_the_op_cannot_take_left_on_the_cpu_by_default(caplog):
-    """tests/conftest.py turns column_writes_on_cpu on; by default a CPU lookup whose columns
+    """tests/conftest.py forces _internal.column_writes_on_cpu on; by the CPU rule a CPU lookup whose columns
     are written before the cat with a value the op cannot write itself (a Python number here)
     is left (the write on the fused output would copy all of it); a tensor value is taken."""
 
@@ -735,7 +735,7 @@ def test_column_writes_the_op_cannot_take_left_on_the_cpu_by_default(caplog):
             return torch.cat([o, p, self.c(x)], -1)
 
     x = torch.randint(0, 10, (6,))
-    with inductor_embed.config.patch(column_writes_on_cpu=False), caplog.at_level(logging.DEBUG, "inductor_embed"):
+    with inductor_embed._internal.patch(column_writes_on_cpu=False), caplog.at_level(logging.DEBUG, "inductor_embed"):
         compare_with_eager(Shared(), (x,))
         report = inductor_embed.explain(Shared(), x)
     assert rewrites() == 1 and len(report.rewrites[0].tables) == 2  # b (its write taken by the op) and c

@@ -393,7 +393,7 @@ def test_config_switches_and_min_classes():
     for patch in ({"one_hot_linear": False}, {"enabled": False}):
         with inductor_embed.config.patch(**patch):
             assert not inductor_embed.explain(model, idx).rewrites, patch
-    with inductor_embed.config.patch(one_hot_linear_min_classes=8):
+    with inductor_embed._internal.patch(one_hot_linear_min_classes=8):
         report = inductor_embed.explain(model, idx)
     assert not report.rewrites and "one_hot_linear_min_classes=8" in report.skipped[0].reason
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from inductor_embed import config
+from inductor_embed import _internal
 from tests.inductor_embed._util import TOL, assert_same_grad, rewrites, skips
 
 
@@ -133,7 +133,7 @@ def test_sparse_table_looked_up_twice_gets_one_gradient(coalesce: bool) -> None:
     a, b = torch.randint(0, 30, (12,)), torch.randint(0, 10, (12,))
     a[0] = b[1] = 1
     fused = copy.deepcopy(model)
-    with config.patch(sparse_coalesce_on_cpu=coalesce):
+    with _internal.patch(sparse_coalesce_on_cpu=coalesce):
         out_c = torch.compile(fused, backend="inductor_embed")(a, b)
     out_e = model(a, b)
     assert rewrites() == 1
@@ -142,7 +142,7 @@ def test_sparse_table_looked_up_twice_gets_one_gradient(coalesce: bool) -> None:
     out_e.backward(grad)
     out_c.backward(grad)
     assert fused.ids.weight.grad.is_coalesced() == coalesce
-    with config.patch(sparse_coalesce_on_cpu=coalesce):
+    with _internal.patch(sparse_coalesce_on_cpu=coalesce):
         for (name, p), q in zip(model.named_parameters(), fused.parameters()):
             assert_same_grad(q.grad, p.grad, torch.float32, name, flagged=True)
 
@@ -220,13 +220,13 @@ def test_eager_gradient_is_not_flagged_by_the_hook() -> None:
 
 @pytest.mark.parametrize("opt", ["SGD", "SparseAdam"])
 def test_cpu_default_sparse_gradient_is_eagers(opt: str) -> None:
-    """On the CPU the backward does not coalesce by default (config.sparse_coalesce_on_cpu):
+    """On the CPU the backward does not coalesce by default (_internal.sparse_coalesce_on_cpu):
     each sparse table's gradient is eager's own, entry for entry (one per index, padding
     entries left out, batch order), still fused; the optimizer steps equal eager's."""
     torch.manual_seed(0)
     model, x = SparseTables(dense_table=False), _inputs()
     ref = copy.deepcopy(model)
-    with config.patch(sparse_coalesce_on_cpu=False):
+    with _internal.patch(sparse_coalesce_on_cpu=False):
         compiled = torch.compile(model, backend="inductor_embed")
         opts = [getattr(torch.optim, opt)([p for n, p in m.named_parameters() if "tables" in n], lr=0.1)
                 for m in (model, ref)]

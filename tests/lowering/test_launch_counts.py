@@ -25,7 +25,7 @@ _VIEWS = {"aten::reshape", "aten::_reshape_alias", "aten::view", "aten::slice", 
 def _ops(fn) -> collections.Counter[str]:
     """The ATen ops ``fn`` runs that do work (allocations, fills, copies, casts), nested ones
     included: the profiler records what runs inside the opaque ops."""
-    with inductor_embed.config.patch(triton_on_cpu=True), torch.profiler.profile(
+    with inductor_embed._internal.patch(triton_on_cpu=True), torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fn()
     return collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::") and e.name not in _VIEWS)
@@ -69,7 +69,7 @@ def _one_hot_case(t: int):
 
 @pytest.mark.parametrize("case", [_cat_case, _bag_case, _one_hot_case], ids=["cat", "bag", "one_hot"])
 def test_aten_ops_per_call_do_not_grow_with_tables(case) -> None:
-    with inductor_embed.config.patch(triton_on_cpu=True):
+    with inductor_embed._internal.patch(triton_on_cpu=True):
         few_fwd, few_bwd = case(3)
         many_fwd, many_bwd = case(30)
     assert _ops(few_fwd) == _ops(many_fwd)
@@ -87,7 +87,7 @@ def test_strided_fixed_bags_match_eager() -> None:
     ws = [torch.randn(9, 4, generator=g).to(DEV) for _ in range(t)]
     x = torch.randint(0, 9, (5, t, 3), generator=g).to(DEV)
     psw = torch.randn(5, t, 3, generator=g).to(DEV)
-    with inductor_embed.config.patch(triton_on_cpu=True):
+    with inductor_embed._internal.patch(triton_on_cpu=True):
         out, _, err = OPS.multi_embedding_bag_triton(ws, [x[:, k] for k in range(t)], [None] * t,
                                                      [psw[:, k] for k in range(t)], [0] * t, [-1] * t, [False] * t)
     want = torch.cat([F.embedding_bag(x[:, k].contiguous(), w, mode="sum", per_sample_weights=psw[:, k].contiguous())

@@ -42,7 +42,7 @@ def test_matches_eager_forward_and_backward(path: str) -> None:
     args, eager, leaves = _tables()
     grad = torch.randn_like(eager)
     want = torch.autograd.grad(eager, leaves, grad)
-    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+    with inductor_embed._internal.patch(triton_on_cpu=path == "triton"):
         out, _ = OP(*args)
         got = torch.autograd.grad(out, leaves, grad)
     torch.testing.assert_close(out, eager)
@@ -55,7 +55,7 @@ def test_sparse_table_gets_eagers_coalesced_coo_gradient(path: str) -> None:
     args, eager, leaves = _tables(sparse=(True, False, False))
     grad = torch.randn_like(eager)
     (want,) = torch.autograd.grad(eager, leaves[:1], grad)
-    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+    with inductor_embed._internal.patch(triton_on_cpu=path == "triton"):
         out, _ = OP(*args)
         (got,) = torch.autograd.grad(out, leaves[:1], grad)
     # Eager's has one entry per index; the op's is coalesced: sorted unique rows, summed.
@@ -69,7 +69,7 @@ def test_sparse_table_gets_eagers_coalesced_coo_gradient(path: str) -> None:
 def test_opcheck(path: str) -> None:
     """On both paths: the ATen reference (on the CPU), and the kernels (on CUDA, or in the
     Triton interpreter on the CPU: they run inside opaque ops, on real tensors)."""
-    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+    with inductor_embed._internal.patch(triton_on_cpu=path == "triton"):
         _opcheck_all()
 
 
@@ -107,7 +107,7 @@ def test_tied_matches_eager(path: str, separate: bool) -> None:
     e_ref, b_ref = F.embedding(ei, w, padding_idx=2), F.embedding_bag(bi, w2, bo, mode="max")
     ge, gb = torch.randn_like(e_ref), torch.randn_like(b_ref)
     want = torch.autograd.grad([e_ref, b_ref], leaves, [ge, gb])
-    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+    with inductor_embed._internal.patch(triton_on_cpu=path == "triton"):
         e, b, _ = TIED(w, w2 if separate else None, ei, bi, bo, None, 2, 2, -1, False)
         got = torch.autograd.grad([e, b], leaves, [ge, gb])
     assert torch.equal(e, e_ref)
@@ -145,7 +145,7 @@ def test_tied_sparse_matches_eager(path: str, separate: bool, sparse, dtype, emb
     b_ref = F.embedding_bag(bi, w2, bo, mode="mean", include_last_offset=True, sparse=sparse[1])
     ge, gb = torch.randn_like(e_ref), torch.randn_like(b_ref)
     want = torch.autograd.grad([e_ref, b_ref], leaves, [ge, gb])
-    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+    with inductor_embed._internal.patch(triton_on_cpu=path == "triton"):
         e, b, _ = TIED(w, w2 if separate else None, ei, bi, bo, None, 1, emb_pad, -1, True, list(sparse))
         got = torch.autograd.grad([e, b], leaves, [ge, gb])
     tol = {} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
@@ -177,7 +177,7 @@ def test_tied_sparse_output_without_gradient(path: str, separate: bool, sparse, 
     k = 1 if unused == "emb" else 0
     g = torch.randn_like([e_ref, b_ref][k])
     want = torch.autograd.grad([e_ref, b_ref][k], leaves, g, allow_unused=True)
-    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+    with inductor_embed._internal.patch(triton_on_cpu=path == "triton"):
         outs = TIED(w, w2 if separate else None, ei, bi, bo, None, 1, 2, -1, True, list(sparse))
         got = torch.autograd.grad(outs[k], leaves, g, allow_unused=True)
     for j, (a, c) in enumerate(zip(got, want)):
@@ -199,7 +199,7 @@ def test_tied_sparse_opcheck(path: str) -> None:
     sparse bag."""
     w, w2, ei, bi, bo = _tied_sparse_case(True, 2, torch.float32)
     psw = torch.randn(bi.shape, requires_grad=True)
-    with inductor_embed.config.patch(triton_on_cpu=path == "triton"):
+    with inductor_embed._internal.patch(triton_on_cpu=path == "triton"):
         for args in ((w, None, ei, bi, bo, psw, 0, 2, -1, False, [True, True]),
                      (w, w2, ei, bi, bo, psw, 0, 2, -1, False, [True, False])):
             opcheck(TIED, args)
@@ -232,7 +232,7 @@ def test_bad_input_raises(path: str, bad: str) -> None:
         o = torch.tensor([0, 4, 2])
     else:
         o = torch.tensor([0, 7])
-    with inductor_embed.config.patch(triton_on_cpu=path == "triton"), pytest.raises(RuntimeError):
+    with inductor_embed._internal.patch(triton_on_cpu=path == "triton"), pytest.raises(RuntimeError):
         OP([w], [i], [o], [], [0], [-1], [False], [False])
 
 

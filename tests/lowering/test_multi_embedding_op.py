@@ -238,7 +238,7 @@ def test_coalesce_rows_sums_each_row_once(path, dtype):
 
 
 def test_uncoalesced_sparse_gradients_are_eagers_form(path):
-    """coalesce=False (the CPU default, config.sparse_coalesce_on_cpu): eager's own sparse
+    """coalesce=False (the CPU default, _internal.sparse_coalesce_on_cpu): eager's own sparse
     gradient, entry for entry (padding entries left out, index order), on either path."""
     weights, indices, pad, _, _ = _sparse_case(device=path)
     grad = torch.randn(6, 5, 16, device=path)

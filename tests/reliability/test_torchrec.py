@@ -118,11 +118,11 @@ def _train(rank: int, compiled: bool) -> dict:
 def _ranks(rank: int) -> dict:
     from torch._dynamo.utils import counters
 
-    from inductor_embed import config
+    from inductor_embed import _internal
 
     eager = _train(rank, compiled=False)
     # The bag patterns on, as on CUDA: they still must leave torchrec's sharded module alone.
-    with config.patch(bag_patterns_on_cpu=True), LogLines() as lines:
+    with _internal.patch(bag_patterns_on_cpu="all"), LogLines() as lines:
         compiled = _train(rank, compiled=True)
     return {"eager": eager, "compiled": compiled, "log": list(lines),
             "counters": dict(counters["inductor_embed"]), "graphs": counters["stats"]["unique_graphs"]}
@@ -153,15 +153,15 @@ def test_unsharded_ebc_on_the_cpu_default_is_left_and_matches_eager(caplog):
     rewritten by multi_embedding_bag; with ``bag_patterns_on_cpu="none"`` it is left to
     Inductor, and the log says why."""
     _torchrec()
-    from inductor_embed import config
+    from inductor_embed import _internal
     from tests.inductor_embed._util import compare_with_eager, rewrites
 
     model = _model(torch.device("cpu"))
     kjt, _ = _batch(0, 0)
-    with config.patch(bag_patterns_on_cpu="none"), caplog.at_level(logging.DEBUG, logger="inductor_embed"):
+    with _internal.patch(bag_patterns_on_cpu="none"), caplog.at_level(logging.DEBUG, logger="inductor_embed"):
         compare_with_eager(model, (kjt,))
     assert rewrites("multi_embedding_bag") == 0
-    assert "config.bag_patterns_on_cpu='none' leaves CPU lookups" in caplog.text
+    assert "bags on the CPU are forced off (_internal.bag_patterns_on_cpu='none')" in caplog.text
 
 
 def test_fbgemm_lookup_ops_in_a_graph_are_logged_and_left():
