@@ -417,34 +417,67 @@ def _backward(ctx, grad):
     t = len(indices)
     columns = [sum(ctx.dims[:k]) for k in range(t)]
     value_grads = []
+    # (gradient, its tables, each one's first column in it)
+    groups = [(grad, list(range(t)), dict(enumerate(columns)))]
     if ctx.column_shapes:
         # Each written value gets its columns' gradient, summed over where it was broadcast;
         # the tables get none there (eager's write cut those columns from the lookup's graph).
-        ranges, width = ctx.column_ranges, grad.shape[-1]
-        written = torch.zeros(width, dtype=torch.bool, device=grad.device)
-        for j, shape in enumerate(ctx.column_shapes):
-            s, e = ranges[2 * j], ranges[2 * j + 1]
+        ranges = ctx.column_ranges
+        spans = [(ranges[2 * j], ranges[2 * j + 1]) for j in range(len(ctx.column_shapes))]
+        for (s, e), shape in zip(spans, ctx.column_shapes):
             value_grads.append(grad[..., s:e].sum_to_size(shape))
-            written[s:e] = True
-        grad = torch.where(written, torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+        groups = _without_written(grad, spans, columns, ctx.dims, ctx.sparse, ctx.first)
     grads: list[torch.Tensor | None] = [None] * t
-    for sparse, tables in ((True, [k for k in range(t) if ctx.sparse[k]]),
-                           (False, [k for k in range(t) if not ctx.sparse[k]])):
-        if not tables:
-            continue
-        pick = lambda xs, tables=tables: [xs[k] for k in tables]  # noqa: E731
-        args = (grad, pick(indices), pick(ctx.num_rows), pick(ctx.dims), pick(ctx.padding_idx))
-        if sparse:
-            got = _sparse_grads(*args, pick(columns), [ctx.first[k] for k in tables])
-        elif not use_triton(grad):
-            got = _cpu_backward(*args, pick(ctx.scale_grad_by_freq), pick(columns))
-        else:
-            got = _gpu_backward(*args, pick(ctx.scale_grad_by_freq), pick(columns))
-        for k, g in zip(tables, got):
-            grads[k] = g
+    for g, members, col in groups:
+        for sparse, tables in ((True, [k for k in members if ctx.sparse[k]]),
+                               (False, [k for k in members if not ctx.sparse[k]])):
+            if not tables:
+                continue
+            pick = lambda xs, tables=tables: [xs[k] for k in tables]  # noqa: E731
+            args = (g, pick(indices), pick(ctx.num_rows), pick(ctx.dims), pick(ctx.padding_idx))
+            cols = [col[k] for k in tables]
+            if sparse:
+                got = _sparse_grads(*args, cols, [ctx.first[k] for k in tables])
+            elif not use_triton(g):
+                got = _cpu_backward(*args, pick(ctx.scale_grad_by_freq), cols)
+            else:
+                got = _gpu_backward(*args, pick(ctx.scale_grad_by_freq), cols)
+            for k, gk in zip(tables, got):
+                grads[k] = gk
     # One entry per argument the call gave (``sparse`` and the column writes may be left out;
     # needs_input_grad has the call's structure, where the inputs above have the defaults).
     return (grads, [None] * t, None, None, None, value_grads or None, None)[:len(ctx.needs_input_grad)]
+
+
+def _without_written(grad, spans, columns, dims, sparse, first) -> list[tuple[torch.Tensor, list[int], dict]]:
+    """The backward's gradient groups with the written columns ``spans`` (``[s, e)`` each)
+    zeroed: the tables they do not touch read ``grad`` itself; the ones they do, a
+    ``[*L, sum D_k]`` copy of their own columns with the written ones zeroed (a ``[*L, C]``
+    copy of the whole gradient was the step's peak memory). Where a touched table is sparse
+    or shares its weight with another lookup, one masked copy of the whole gradient (its
+    gradient must come from one call)."""
+    def touched(k: int) -> list[tuple[int, int]]:
+        c, d = columns[k], dims[k]
+        return [(max(s, c) - c, min(e, c + d) - c) for s, e in spans if s < c + d and e > c]
+
+    hit = [k for k in range(len(dims)) if touched(k)]
+    if not hit:
+        return [(grad, list(range(len(dims))), dict(enumerate(columns)))]
+    zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+    if any(sparse[k] for k in hit) or any(first.count(first[k]) > 1 for k in hit):
+        written = torch.zeros(grad.shape[-1], dtype=torch.bool, device=grad.device)
+        for s, e in spans:
+            written[s:e] = True
+        return [(torch.where(written, zero, grad), list(range(len(dims))), dict(enumerate(columns)))]
+    parts, col, at = [], {}, 0
+    for k in hit:
+        written = torch.zeros(dims[k], dtype=torch.bool, device=grad.device)
+        for a, b in touched(k):
+            written[a:b] = True
+        parts.append(torch.where(written, zero, grad.narrow(-1, columns[k], dims[k])))
+        col[k], at = at, at + dims[k]
+    rest = [k for k in range(len(dims)) if k not in col]
+    return [(grad, rest, {k: columns[k] for k in rest}), (torch.cat(parts, -1), hit, col)]
 
 
 def _sparse_grads(grad, indices, num_rows, dims, padding_idx, columns, first) -> list[torch.Tensor | None]:

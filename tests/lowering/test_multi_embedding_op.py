@@ -325,3 +325,35 @@ def test_a_double_backward_raises_rather_than_dropping_the_gradient():
         torch.autograd.grad(out, w, torch.randn_like(out, requires_grad=True), create_graph=True)
     (gw,) = torch.autograd.grad(out, w, torch.ones_like(out), create_graph=True)  # first order is fine
     assert torch.equal(gw, torch.ops.aten.embedding_dense_backward(torch.ones(4, 80), i, 10, -1, False))
+
+
+def test_written_columns_mask_only_the_tables_they_touch(path):
+    """The backward zeroes the written columns in a copy of the touched tables' columns only
+    (a copy of the whole gradient was the step's peak memory); the others read the incoming
+    gradient itself. Three tables, a write inside the middle one: equal to eager."""
+    from inductor_embed.lowering.multi_embedding import _without_written
+
+    grad = torch.randn(5, 18)
+    groups = _without_written(grad, [(8, 10)], [0, 6, 10], [6, 4, 8], [False] * 3, [0, 1, 2])
+    (g0, rest, col0), (g1, hit, col1) = groups
+    assert g0 is grad and rest == [0, 2] and col0 == {0: 0, 2: 10}
+    assert hit == [1] and col1 == {1: 0} and g1.shape == (5, 4)
+    assert torch.equal(g1[:, :2], grad[:, 6:8]) and not g1[:, 2:].any()
+    # A touched sparse table (or a weight read twice) takes one masked copy of everything.
+    ((g, members, _),) = _without_written(grad, [(8, 10)], [0, 6, 10], [6, 4, 8], [False, True, False], [0, 1, 2])
+    assert members == [0, 1, 2] and g.shape == grad.shape and not g[:, 8:10].any()
+    assert len(_without_written(grad, [], [0, 6, 10], [6, 4, 8], [False] * 3, [0, 1, 2])) == 1
+
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.randn(v, d, generator=g).to(path).requires_grad_() for v, d in ((9, 6), (7, 4), (5, 8))]
+    indices = [torch.randint(0, v, (5,), generator=g).to(path) for v in (9, 7, 5)]
+    value = torch.randn(5, 2, generator=g).to(path).requires_grad_()
+    got = COLUMNS(weights, indices, [-1] * 3, [False] * 3, [False] * 3, [value], [8, 10])
+    looked = [F.embedding(i, w) for i, w in zip(indices, weights)]
+    looked[1][:, 2:4] = value
+    want = torch.cat(looked, -1)
+    assert torch.equal(got, want)
+    out_grad = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, [*weights, value], out_grad),
+                    torch.autograd.grad(want, [*weights, value], out_grad)):
+        torch.testing.assert_close(a, b)
