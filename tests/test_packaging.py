@@ -235,6 +235,8 @@ import inductor_embed.kernels, inductor_embed.lowering, inductor_embed.patterns
 facts["files"] = [m.__file__ for m in (inductor_embed, inductor_embed.patterns, inductor_embed.lowering,
                                        inductor_embed.kernels)]
 facts["version"] = inductor_embed.__version__
+from inductor_embed.lowering import _cpu_native
+facts["native_kernels"] = [_cpu_native.lib() is not None, _cpu_native.SOURCE_PATH]
 facts["metadata_version"] = md.version("inductor-embed")
 facts["entry_points"] = [[ep.name, ep.value, str(ep.dist.locate_file(""))]
                          for ep in md.entry_points(group="torch_dynamo_backends") if ep.name == "inductor_embed"]
@@ -299,6 +301,10 @@ def test_installed_wheel_works_without_the_checkout(built, artifact):
         result = facts[how]
         assert result["rewrites"] >= 1, f"{how}: the multi_embedding_cat rewrite did not fire: {result}"
         assert result["forward_equal"] and result["grads_equal"], f"{how}: differs from eager: {result}"
+
+    # The CPU kernels build from the C source the wheel ships.
+    built_ok, source = facts["native_kernels"]
+    assert built_ok and purelib.resolve() in Path(source).resolve().parents, facts["native_kernels"]
 
     version = _checkout_version()
     assert facts["version"] == facts["metadata_version"] == version

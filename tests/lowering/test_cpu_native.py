@@ -142,7 +142,7 @@ def fresh_build(tmp_path, monkeypatch):
 
 def test_the_kernel_is_built_once_then_loaded_from_the_cache(fresh_build, monkeypatch):
     assert _cpu_native.lib() is not None
-    built = list(fresh_build.glob("bag_grad_*.so"))
+    built = list(fresh_build.glob("cpu_kernels_*.so"))
     assert len(built) == 1 and not list(fresh_build.glob("*.c"))  # no leftovers
     monkeypatch.setattr(_cpu_native, "_state", {})
     monkeypatch.setattr(_cpu_native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
@@ -168,7 +168,7 @@ def test_a_build_without_openmp_threads_its_own_and_gives_the_same_results(fresh
     monkeypatch.setattr(_cpu_native, "_FLAGS", [f for f in _cpu_native._FLAGS if f != "-fopenmp"])
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
     assert _cpu_native.lib() is not None
-    (built,) = fresh_build.glob("bag_grad_*.so")
+    (built,) = fresh_build.glob("cpu_kernels_*.so")
     assert b"GOMP_parallel" not in built.read_bytes()  # no OpenMP region in this build
     with num_threads(3):
         indices, offsets, psw, ilo = _case("offsets", 40960, 9000, True, torch.int64, seed=8)
@@ -418,7 +418,7 @@ def test_a_foreign_library_in_the_cache_is_rebuilt(tmp_path):
                                  timeout=300)
     first = run()
     assert first.returncode == 0, first.stderr[-2000:]
-    (built,) = tmp_path.glob("bag_grad_*.so")
+    (built,) = tmp_path.glob("cpu_kernels_*.so")
     src = tmp_path / "foreign.c"
     src.write_text("int something_else(void) { return 1; }\n")
     cc = _cpu_native._compilers()[0]

@@ -1,0 +1,552 @@
+/* inductor_embed's CPU kernels (plain C, no torch headers): the EmbeddingBag and lookup
+   backward, max-mode bags both ways, one_hot_linear's fp32 forward and backward.
+   lowering/_cpu_native.py compiles this file on first use (its text is part of the cache
+   key), loads it with ctypes, and describes every struct below field for field; a struct
+   changed here must change there too (ie_struct_sizes checks the sizes at load). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+typedef struct {
+  int64_t rows, dim;        /* out [rows, dim] fp32, contiguous */
+  float* out;
+  const float* grad;        /* row b of grad at grad + b * grad_stride, dim contiguous floats */
+  int64_t grad_stride, num_bags, nnz;
+  const void* idx;          /* int64 (idx64) or int32: position p = b * bag_len + l of bag b at */
+  int64_t idx64;            /*   idx[b * idx_stride0 + l * idx_stride1]; with offsets at idx[p * idx_stride1] */
+  int64_t idx_stride0, idx_stride1;
+  const int64_t* order;     /* [nnz] positions in ATen's sort order, or NULL: a stable sort */
+  int64_t bag_len;          /* > 0: bags of bag_len positions; 0: by offsets */
+  const void* offsets;      /* [num_bags] bag starts, int64 (offsets64) or int32 */
+  int64_t offsets64;
+  const float* weights;     /* [nnz] each position's factor, or NULL */
+  int64_t mean;             /* also divide by the bag's size (its positions other than padding) */
+  int64_t padding_idx;      /* a row whose positions add nothing, or -1 */
+  int64_t accumulate;       /* 0: write every row; 1: add each sum to its row, leave the rest */
+  int64_t streaming;        /* write with non-temporal stores */
+} ie_table;
+
+/* One thread's buffers: per row of its slice the start of its entries, and the entries
+   (position, bag) grouped by row in ATen's order. */
+typedef struct { int32_t* start; int32_t* pos; int32_t* bag; float* bag_scale; float* acc; float* grad;
+                 uint64_t* keys; } ie_scratch;
+
+static inline int64_t load(const void* a, int64_t is64, int64_t i) {
+  return is64 ? ((const int64_t*)a)[i] : ((const int32_t*)a)[i];
+}
+
+/* The end of bag b's positions: the next bag's start (nnz after the last bag). */
+static inline int64_t bag_end(const ie_table* t, int64_t b) {
+  if (b + 1 >= t->num_bags) return t->nnz;
+  const int64_t e = t->bag_len > 0 ? (b + 1) * t->bag_len : load(t->offsets, t->offsets64, b + 1);
+  return e < t->nnz ? e : t->nnz;
+}
+
+static inline int64_t idx_of(const ie_table* t, int64_t b, int64_t p) {
+  if (t->bag_len > 0) return load(t->idx, t->idx64, b * t->idx_stride0 + (p - b * t->bag_len) * t->idx_stride1);
+  return load(t->idx, t->idx64, p * t->idx_stride1);
+}
+
+/* The bag of position p: the number of bag ends <= p (the ends are offsets[1:], then nnz). */
+static inline int64_t bag_of(const ie_table* t, int64_t p) {
+  if (t->bag_len > 0) return p / t->bag_len;
+  int64_t a = 0, b = t->num_bags - 1;
+  while (a < b) {
+    int64_t m = a + (b - a) / 2;
+    if (load(t->offsets, t->offsets64, m + 1) <= p) a = m + 1; else b = m;
+  }
+  return a;
+}
+
+/* Every position p once, in order, with its bag b: the first bag whose end is past p (bag
+   0 takes the positions before the first start, the last bag those past its start). */
+#define FOR_EACH_POSITION(t, b, p)                          \
+  for (int64_t b = 0, p = 0; b < (t)->num_bags; b++)        \
+    for (const int64_t end_ = bag_end(t, b); p < end_; p++)
+
+/* dst[0:n] = src[0:n] (src NULL: zeros), streaming: by the widest non-temporal stores. */
+#if defined(__AVX512F__)
+#define VEC 16
+#define STREAM(d, s) _mm512_stream_ps((d), (s) ? _mm512_loadu_ps(s) : _mm512_setzero_ps())
+#elif defined(__AVX__)
+#define VEC 8
+#define STREAM(d, s) _mm256_stream_ps((d), (s) ? _mm256_loadu_ps(s) : _mm256_setzero_ps())
+#elif defined(__SSE2__)
+#define VEC 4
+#define STREAM(d, s) _mm_stream_ps((d), (s) ? _mm_loadu_ps(s) : _mm_setzero_ps())
+#endif
+static void put(float* dst, const float* src, int64_t n, int64_t streaming) {
+  int64_t i = 0;
+#ifdef VEC
+  if (streaming) {
+    for (; i < n && ((uintptr_t)(dst + i) & (VEC * 4 - 1)); i++) dst[i] = src ? src[i] : 0.0f;
+    if (src) {
+      for (; i + VEC <= n; i += VEC) STREAM(dst + i, src + i);
+    } else {
+      for (; i + VEC <= n; i += VEC) STREAM(dst + i, (const float*)0);
+    }
+  }
+#endif
+  if (src) memcpy(dst + i, src + i, (size_t)(n - i) * sizeof(float));
+  else memset(dst + i, 0, (size_t)(n - i) * sizeof(float));
+}
+
+/* Row r of out from entries [first, last) of s (grad rows at grad): its sum starts from +0.0
+   and adds the entries' terms in order. The row was zeroed already unless it accumulates. */
+static void write_row(const ie_table* t, const ie_scratch* s, const float* grad, int64_t r, int64_t first,
+                      int64_t last) {
+  const int64_t d = t->dim;
+  float* acc = s->acc;
+  if (first == last || r == t->padding_idx) return;
+  for (int64_t c = 0; c < d; c++) acc[c] = 0.0f;
+  for (int64_t j = first; j < last; j++) {
+    const float* g = grad + (int64_t)s->bag[j] * d;
+    if (t->weights || t->mean) {
+      /* ATen's axpy: a fused multiply-add (as BLAS's and FBGEMM's) */
+      const float w = t->mean ? s->bag_scale[s->bag[j]] : t->weights[s->pos[j]];
+      for (int64_t c = 0; c < d; c++) acc[c] = __builtin_fmaf(w, g[c], acc[c]);
+    } else {
+      for (int64_t c = 0; c < d; c++) acc[c] += g[c];
+    }
+  }
+  float* o = t->out + r * d;
+  if (t->accumulate) {
+    for (int64_t c = 0; c < d; c++) o[c] += acc[c];
+  } else {
+    put(o, acc, d, t->streaming);
+  }
+}
+
+/* Rows [lo, hi) of out from the entries in s (row r's are [start[r - lo], start[r - lo + 1])).
+   Writing: the whole slice zeroed in one stream, then each present row's sum over it (12% of
+   the rows in a 26 x 100,000 x 64 step): measured faster than writing each gap of zeros. */
+static void write_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s, const float* grad) {
+  if (!t->accumulate) put(t->out + lo * t->dim, NULL, (hi - lo) * t->dim, t->streaming);
+  for (int64_t r = lo; r < hi; r++)  /* the test here: a call for each of 100,000 empty rows showed */
+    if (s->start[r - lo] != s->start[r - lo + 1]) write_row(t, s, grad, r, s->start[r - lo], s->start[r - lo + 1]);
+}
+
+static int by_key(const void* a, const void* b) {
+  const uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Few positions for many rows (nnz * SPARSE_RATIO < rows: a lone table's lookups of a small
+   batch): the positions of rows [lo, hi) sorted by (row, position), so that no pass runs over
+   every row but the zero fill. The same entries in the same order as the counting sort. */
+#define SPARSE_RATIO 8
+static int sparse_path(const ie_table* t) {  /* (a key holds the row in its upper 32 bits) */
+  return !t->order && t->nnz * SPARSE_RATIO < t->rows && t->rows < ((int64_t)1 << 31);
+}
+
+static void sparse_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s, const float* grad) {
+  int64_t n = 0;
+  FOR_EACH_POSITION(t, b, p) {
+    const int64_t row = idx_of(t, b, p);
+    if (row >= lo && row < hi) s->keys[n++] = ((uint64_t)row << 32) | (uint64_t)p;
+  }
+  qsort(s->keys, (size_t)n, sizeof(uint64_t), by_key);
+  for (int64_t j = 0; j < n; j++) {
+    s->pos[j] = (int32_t)(s->keys[j] & 0xffffffffu);
+    s->bag[j] = (int32_t)bag_of(t, s->pos[j]);
+  }
+  if (!t->accumulate) put(t->out + lo * t->dim, NULL, (hi - lo) * t->dim, t->streaming);
+  for (int64_t first = 0, last; first < n; first = last) {
+    const uint64_t row = s->keys[first] >> 32;
+    for (last = first + 1; last < n && s->keys[last] >> 32 == row; last++) {}
+    write_row(t, s, grad, (int64_t)row, first, last);
+  }
+}
+
+static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
+  int32_t* start = s->start;  /* hi - lo + 1 entries (num_bags for the bag sizes first) */
+  if (t->mean) {  /* ATen: 1.0 / bag_size in double, rounded to float once */
+    for (int64_t b = 0; b < t->num_bags; b++) start[b] = 0;
+    FOR_EACH_POSITION(t, b, p) if (idx_of(t, b, p) != t->padding_idx) start[b]++;
+    for (int64_t b = 0; b < t->num_bags; b++) s->bag_scale[b] = (float)(1.0 / (double)(start[b] > 0 ? start[b] : 1));
+  }
+  /* grad's rows of this table, packed: in place they lie a whole grad row apart (26 x 64
+     floats: a page each), and reading them scattered missed the TLB. Rows already back to
+     back are read in place (a lone table's gradient: the copy was 1/3 of its time). */
+  const float* grad = t->grad;
+  if (t->grad_stride != t->dim) {
+    for (int64_t b = 0; b < t->num_bags; b++) memcpy(s->grad + b * t->dim, t->grad + b * t->grad_stride, t->dim * 4);
+    grad = s->grad;
+  }
+  if (sparse_path(t)) {
+    sparse_rows(t, lo, hi, s, grad);
+    return;
+  }
+  for (int64_t r = 0; r <= hi - lo; r++) start[r] = 0;
+  if (t->order) {  /* ATen's order: the slice's entries are one run of it */
+    int64_t a = 0, e = t->nnz;
+    while (a < e) {
+      int64_t m = a + (e - a) / 2, p = t->order[m];
+      if (idx_of(t, bag_of(t, p), p) < lo) a = m + 1; else e = m;
+    }
+    int64_t n = 0;
+    for (int64_t j = a; j < t->nnz; j++, n++) {
+      const int64_t p = t->order[j], b = bag_of(t, p), row = idx_of(t, b, p);
+      if (row >= hi) break;
+      start[row - lo + 1]++;
+      s->pos[n] = (int32_t)p;
+      s->bag[n] = (int32_t)b;
+    }
+    for (int64_t r = 0; r < hi - lo; r++) start[r + 1] += start[r];
+  } else {  /* a stable counting sort of the positions whose rows are in [lo, hi) */
+    FOR_EACH_POSITION(t, b, p) {
+      const int64_t row = idx_of(t, b, p);
+      if (row >= lo && row < hi) start[row - lo + 1]++;
+    }
+    for (int64_t r = 0; r < hi - lo; r++) start[r + 1] += start[r];
+    FOR_EACH_POSITION(t, b, p) {
+      const int64_t row = idx_of(t, b, p);
+      if (row >= lo && row < hi) {
+        const int32_t k = start[row - lo]++;
+        s->pos[k] = (int32_t)p;
+        s->bag[k] = (int32_t)b;
+      }
+    }
+    for (int64_t r = hi - lo; r > 0; r--) start[r] = start[r - 1];  /* back to each row's start */
+    start[0] = 0;
+  }
+  write_rows(t, lo, hi, s, grad);
+}
+
+/* This thread's rows [*lo, *hi) of t: the rows cut into contiguous slices of about equal work
+   (a row to zero costs 1, a position to add 2: Zipf indices put most positions in the first
+   rows, so equal row counts left one thread most of the work). Every thread computes the
+   same cuts, at the edges of up to 1,024 blocks of rows. */
+static void slice_of(const ie_table* t, int64_t part, int64_t parts, int64_t* lo, int64_t* hi) {
+  if (parts == 1 || t->rows == 0) { *lo = 0; *hi = t->rows; return; }
+  int shift = 0;
+  while (((t->rows + ((int64_t)1 << shift) - 1) >> shift) > 1024) shift++;
+  const int64_t blocks = (t->rows + ((int64_t)1 << shift) - 1) >> shift;
+  int64_t cost[1024];
+  for (int64_t i = 0; i < blocks; i++) cost[i] = (int64_t)1 << shift;
+  cost[blocks - 1] = t->rows - ((blocks - 1) << shift);
+  FOR_EACH_POSITION(t, b, p) cost[idx_of(t, b, p) >> shift] += 2;  /* indices checked already */
+  int64_t total = 0;
+  for (int64_t i = 0; i < blocks; i++) total += cost[i];
+  int64_t cut[2] = {blocks, blocks}, sum = 0;
+  const int64_t want[2] = {total * part / parts, total * (part + 1) / parts};
+  for (int64_t i = 0; i <= blocks; i++) {  /* the first block edge with at least want[k] before it */
+    for (int k = 0; k < 2; k++) if (cut[k] == blocks && sum >= want[k]) cut[k] = i;
+    if (i < blocks) sum += cost[i];
+  }
+  if (part == 0) cut[0] = 0;
+  if (part == parts - 1) cut[1] = blocks;
+  *lo = cut[0] << shift < t->rows ? cut[0] << shift : t->rows;
+  *hi = cut[1] << shift < t->rows ? cut[1] << shift : t->rows;
+}
+
+/* A body runs one part of a parallel call; it sets *failed when it cannot (no memory). */
+typedef void (*ie_body)(const void* ctx, int64_t part, int64_t parts, int64_t* failed);
+typedef struct { ie_body body; const void* ctx; int64_t part, parts, failed; } ie_task;
+
+static void* run_task(void* arg) {
+  ie_task* t = (ie_task*)arg;
+  t->body(t->ctx, t->part, t->parts, &t->failed);
+  return NULL;
+}
+
+/* body(ctx, part, parts) for every part, on `threads` threads; nonzero if one failed. */
+static int64_t parallel(ie_body body, const void* ctx, int64_t threads) {
+  if (threads < 1) threads = 1;
+  if (threads > 64) threads = 64;
+  int64_t failed = 0;
+  if (threads == 1) {  /* no OpenMP call at all: also what a forked child must do */
+    body(ctx, 0, 1, &failed);
+    return failed;
+  }
+#ifdef _OPENMP
+  /* torch's own OpenMP pool (the process has libgomp.so.1 loaded already: the same library),
+     whose workers may still be spinning after the last ATen op: they take the parts, rather
+     than new threads competing with them for the cores. */
+  #pragma omp parallel num_threads(threads) reduction(|:failed)
+  {
+    int64_t f = 0;
+    body(ctx, omp_get_thread_num(), omp_get_num_threads(), &f);
+    failed |= f;
+  }
+#else
+  ie_task tasks[64];
+  pthread_t ids[64];
+  int started[64] = {0};
+  for (int64_t i = 0; i < threads; i++) { ie_task t = {body, ctx, i, threads, 0}; tasks[i] = t; }
+  for (int64_t i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, run_task, &tasks[i]) == 0;
+  for (int64_t i = 1; i < threads; i++) if (!started[i]) run_task(&tasks[i]);
+  run_task(&tasks[0]);
+  for (int64_t i = 0; i < threads; i++) {
+    if (i > 0 && started[i]) pthread_join(ids[i], NULL);
+    failed |= tasks[i].failed;
+  }
+#endif
+  return failed;
+}
+
+typedef struct { const ie_table* tables; int64_t n; } ie_bags;
+
+static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  const ie_bags* job = (const ie_bags*)ctx;
+  int64_t dim = 1, starts = 1, nnz = 1, bags = 1, grad = 1, keys = 1;
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_table* t = job->tables + k;
+    if (sparse_path(t) && t->nnz > keys) keys = t->nnz;
+    const int64_t rows = t->rows + 1;  /* the most a slice can take */
+    if (t->dim > dim) dim = t->dim;
+    if (rows > starts) starts = rows;
+    if (t->num_bags > starts) starts = t->num_bags;
+    if (t->num_bags > bags) bags = t->num_bags;
+    if (t->nnz > nnz) nnz = t->nnz;
+    if (t->num_bags * t->dim > grad) grad = t->num_bags * t->dim;
+  }
+  ie_scratch s = {(int32_t*)malloc((size_t)starts * 4), (int32_t*)malloc((size_t)nnz * 4),
+                  (int32_t*)malloc((size_t)nnz * 4), (float*)malloc((size_t)bags * 4),
+                  (float*)malloc((size_t)dim * 4), (float*)malloc((size_t)grad * 4),
+                  (uint64_t*)malloc((size_t)keys * 8)};
+  if (s.start && s.pos && s.bag && s.bag_scale && s.acc && s.grad && s.keys) {
+    for (int64_t k = 0; k < job->n; k++) {
+      const ie_table* t = job->tables + k;
+      int64_t lo, hi;
+      slice_of(t, part, parts, &lo, &hi);
+      table_rows(t, lo, hi, &s);
+    }
+  } else {
+    *failed = 1;
+  }
+  free(s.start); free(s.pos); free(s.bag); free(s.bag_scale); free(s.acc); free(s.grad); free(s.keys);
+#ifdef VEC
+  _mm_sfence();  /* the non-temporal stores are visible before the join */
+#endif
+}
+
+/* 0: done; k + 1: table k has an index outside [0, rows) (nothing written); -1: no memory. */
+int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
+  for (int64_t k = 0; k < n; k++) {
+    const ie_table* t = tables + k;
+    FOR_EACH_POSITION(t, b, p) {
+      const int64_t row = idx_of(t, b, p);
+      if (row < 0 || row >= t->rows) return k + 1;
+    }
+  }
+  ie_bags job = {tables, n};
+  return parallel(bag_part, &job, threads) ? -1 : 0;
+}
+
+/* ---- one_hot_linear: a Linear on one-hot fields as a gather of the weight's columns ---- */
+
+typedef struct {
+  const void* idx;          /* [rows, bag] contiguous, int64 (idx64) or int32 */
+  int64_t idx64, bag, num_classes, offset;  /* field k's index i names weight column offset + i */
+} ie_field;
+
+typedef struct {
+  const ie_field* fields;
+  int64_t n_fields, rows, dim;
+  const float* weight;      /* [dim, V]: column v of row c at weight[c * w_row + v * w_col] */
+  int64_t w_row, w_col;
+  const float* bias;        /* [dim] or NULL */
+  float* out;               /* forward: [rows, dim] */
+  const float* grad;        /* backward: [rows, dim], row r at grad + r * grad_stride */
+  int64_t grad_stride;
+  float* flat;              /* backward: [dim * V (+ dim)]: the weight's gradient, [V, dim] (v_major)
+                               or [dim, V] row-major, then the bias's */
+  int64_t num_columns, v_major, has_bias;
+} ie_one_hot;
+
+/* 0, or k + 1 where field k has an index outside [0, num_classes). */
+static int64_t one_hot_check(const ie_one_hot* a) {
+  for (int64_t k = 0; k < a->n_fields; k++) {
+    const ie_field* f = a->fields + k;
+    for (int64_t q = 0; q < a->rows * f->bag; q++) {
+      const int64_t i = load(f->idx, f->idx64, q);
+      if (i < 0 || i >= f->num_classes) return k + 1;
+    }
+  }
+  return 0;
+}
+
+/* Rows of this part: out[r] = sum over fields of (sum over the field's bag of the column),
+   plus the bias; in fp32, each field's sum made first (as the ATen reference adds them).
+   Every element of every row is written: a field with an empty bag (a multi-hot field of
+   no positions) sums to +0.0, as the reference's empty sum does. */
+static void one_hot_fwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  const ie_one_hot* a = (const ie_one_hot*)ctx;
+  const int64_t d = a->dim;
+  float* field_sum = (float*)malloc((size_t)(d > 0 ? d : 1) * 4);  /* malloc(0) may be NULL */
+  if (!field_sum) { *failed = 1; return; }
+  for (int64_t r = a->rows * part / parts; r < a->rows * (part + 1) / parts; r++) {
+    float* o = a->out + r * d;
+    for (int64_t k = 0; k < a->n_fields; k++) {
+      const ie_field* f = a->fields + k;
+      float* acc = k == 0 ? o : field_sum;
+      if (f->bag == 0) for (int64_t c = 0; c < d; c++) acc[c] = 0.0f;
+      for (int64_t j = 0; j < f->bag; j++) {
+        const float* w = a->weight + (f->offset + load(f->idx, f->idx64, r * f->bag + j)) * a->w_col;
+        if (j == 0) {
+          if (a->w_row == 1) memcpy(acc, w, (size_t)d * 4);
+          else for (int64_t c = 0; c < d; c++) acc[c] = w[c * a->w_row];
+        } else if (a->w_row == 1) {
+          for (int64_t c = 0; c < d; c++) acc[c] += w[c];
+        } else {
+          for (int64_t c = 0; c < d; c++) acc[c] += w[c * a->w_row];
+        }
+      }
+      if (k > 0) for (int64_t c = 0; c < d; c++) o[c] += field_sum[c];
+    }
+    if (a->bias) for (int64_t c = 0; c < d; c++) o[c] += a->bias[c];
+  }
+  free(field_sum);
+}
+
+/* Columns [lo, hi) of the weight's gradient (each part its own, so no two threads add to
+   one element): zeroed, then every position's grad row added to its column, in position
+   order; and the bias's elements [dim * part / parts, ...): grad's column sums. */
+static void one_hot_bwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  const ie_one_hot* a = (const ie_one_hot*)ctx;
+  const int64_t d = a->dim, v = a->num_columns;
+  const int64_t lo = v * part / parts, hi = v * (part + 1) / parts;
+  (void)failed;
+  if (a->v_major) {
+    memset(a->flat + lo * d, 0, (size_t)((hi - lo) * d) * 4);
+  } else {
+    for (int64_t c = 0; c < d; c++) memset(a->flat + c * v + lo, 0, (size_t)(hi - lo) * 4);
+  }
+  for (int64_t r = 0; r < a->rows; r++) {
+    const float* g = a->grad + r * a->grad_stride;
+    for (int64_t k = 0; k < a->n_fields; k++) {
+      const ie_field* f = a->fields + k;
+      for (int64_t j = 0; j < f->bag; j++) {
+        const int64_t col = f->offset + load(f->idx, f->idx64, r * f->bag + j);
+        if (col < lo || col >= hi) continue;
+        if (a->v_major) {
+          float* dst = a->flat + col * d;
+          for (int64_t c = 0; c < d; c++) dst[c] += g[c];
+        } else {
+          for (int64_t c = 0; c < d; c++) a->flat[c * v + col] += g[c];
+        }
+      }
+    }
+  }
+  if (a->has_bias) {
+    float* bias = a->flat + d * v;
+    const int64_t c0 = d * part / parts, c1 = d * (part + 1) / parts;
+    for (int64_t c = c0; c < c1; c++) bias[c] = 0.0f;
+    for (int64_t r = 0; r < a->rows; r++)
+      for (int64_t c = c0; c < c1; c++) bias[c] += a->grad[r * a->grad_stride + c];
+  }
+}
+
+/* ---- max-mode EmbeddingBag: forward (max and its row per element) and backward ---- */
+
+/* t's bags (t.rows = V, t.dim = D, t.idx / bag_len / offsets as in ie_table; t.out, t.grad and
+   the backward-only fields unused) with the table's rows and the results:
+   forward:  out[b * out_stride + d] = max over bag b's positions (padding_idx skipped, the
+             first taken, then each later one only if greater: ATen's comparison, so a NaN
+             stays where it came first) of weight[row * w_stride + d], its row in
+             arg[b * arg_stride + d]; an empty bag gets 0 and -1;
+   backward: grad_w[arg * dim + d] += grad[b * out_stride + d] over the bags in order
+             (grad_w [V, D] contiguous, zeroed or to add to; arg -1 adds nothing). */
+typedef struct {
+  ie_table t;
+  const float* weight;
+  int64_t w_stride;
+  float* out;               /* forward: pooled [B, D]; backward: the pooled gradient (read) */
+  int64_t out_stride;
+  int64_t* arg;
+  int64_t arg_stride;
+  float* grad_w;            /* backward: [V, D] */
+} ie_max;
+
+typedef struct { const ie_max* tables; int64_t n; } ie_maxes;
+
+static void max_fwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  (void)failed;
+  const ie_maxes* job = (const ie_maxes*)ctx;
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_max* m = job->tables + k;
+    const ie_table* t = &m->t;
+    const int64_t b0 = t->num_bags * part / parts, b1 = t->num_bags * (part + 1) / parts, dim = t->dim;
+    for (int64_t b = b0; b < b1; b++) {
+      float* o = m->out + b * m->out_stride;
+      int64_t* a = m->arg + b * m->arg_stride;
+      int64_t first = 1;
+      const int64_t start = t->bag_len > 0 ? b * t->bag_len : load(t->offsets, t->offsets64, b);
+      for (int64_t p = start, end = bag_end(t, b); p < end; p++) {
+        const int64_t r = idx_of(t, b, p);
+        if (r == t->padding_idx) continue;
+        const float* w = m->weight + r * m->w_stride;
+        if (first) {
+          for (int64_t d = 0; d < dim; d++) { o[d] = w[d]; a[d] = r; }
+          first = 0;
+        } else {
+          for (int64_t d = 0; d < dim; d++) {
+            const int gt = w[d] > o[d];
+            o[d] = gt ? w[d] : o[d];
+            a[d] = gt ? r : a[d];
+          }
+        }
+      }
+      if (first) for (int64_t d = 0; d < dim; d++) { o[d] = 0.0f; a[d] = -1; }
+    }
+  }
+}
+
+/* Each part owns a range of columns of every table: no two parts add to one element, and
+   each element's additions come bag by bag, as ATen's. */
+static void max_bwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  (void)failed;
+  const ie_maxes* job = (const ie_maxes*)ctx;
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_max* m = job->tables + k;
+    const int64_t dim = m->t.dim, d0 = dim * part / parts, d1 = dim * (part + 1) / parts;
+    for (int64_t b = 0; b < m->t.num_bags; b++) {
+      const float* g = m->out + b * m->out_stride;
+      const int64_t* a = m->arg + b * m->arg_stride;
+      for (int64_t d = d0; d < d1; d++)
+        if (a[d] >= 0) m->grad_w[a[d] * dim + d] += g[d];
+    }
+  }
+}
+
+/* 0: done; k + 1: table k has an index outside [0, rows) (forward: nothing written). */
+int64_t ie_bag_max(const ie_max* tables, int64_t n, int64_t backward, int64_t threads) {
+  if (!backward) {
+    for (int64_t k = 0; k < n; k++) {
+      const ie_table* t = &tables[k].t;
+      FOR_EACH_POSITION(t, b, p) {
+        const int64_t row = idx_of(t, b, p);
+        if (row < 0 || row >= t->rows) return k + 1;
+      }
+    }
+  }
+  ie_maxes job = {tables, n};
+  return parallel(backward ? max_bwd_part : max_fwd_part, &job, threads) ? -1 : 0;
+}
+
+/* sizeof of ie_table (0), ie_field (1), ie_one_hot (2), ie_max (3), -1 past them: the loader
+   checks them against its own declarations (ctypes' _Table, _Field, _OneHot, _Max). */
+int64_t ie_struct_sizes(int64_t which) {
+  switch (which) {
+    case 0: return (int64_t)sizeof(ie_table);
+    case 1: return (int64_t)sizeof(ie_field);
+    case 2: return (int64_t)sizeof(ie_one_hot);
+    case 3: return (int64_t)sizeof(ie_max);
+    default: return -1;
+  }
+}
+
+/* 0: done; k + 1: field k has an index out of range (nothing written); -1: no memory. */
+int64_t ie_one_hot_linear(const ie_one_hot* a, int64_t backward, int64_t threads) {
+  const int64_t bad = one_hot_check(a);
+  if (bad) return bad;
+  return parallel(backward ? one_hot_bwd_part : one_hot_fwd_part, a, threads) ? -1 : 0;
+}
