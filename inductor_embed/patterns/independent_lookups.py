@@ -1,7 +1,7 @@
 """independent_lookups: embedding lookups that no cat takes  ==>  one multi-table gather.
 
 Two-tower and matrix-factorisation models look their tables up independently and combine
-the results by arithmetic, not by a cat (issue 13, form 5)::
+the results by arithmetic, not by a cat::
 
     (self.u(uid) * self.i(iid)).sum(-1) + self.ub(uid).squeeze(-1) + self.ib(iid).squeeze(-1) + self.g
 
@@ -111,10 +111,17 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             why = _hazard(lk, graph, writes)
             if why is None:
                 lookups.append(lk)
+            elif _lone_problem(lk) is None:
+                # Out of the group (its output cannot be a slice of a shared one), but alone the
+                # op takes its place with a fresh output of its own: none of the hazards apply.
+                _lone(graph, lk, rec, apply, told)
             elif lk.node.name not in told:
                 rec.skip(Skip(NAME, lk.node.name, why))
         for group in _split(lookups, order):
             names = ", ".join(lk.node.name for lk in group)
+            if len(group) == 1 and _lone_problem(group[0]) is None:
+                _lone(graph, group[0], rec, apply, told)  # no place shared with another: alone
+                continue
             if len(group) < fewest:
                 rec.skip(Skip(NAME, names, f"only {len(group)} fusable lookup(s) of this dtype and index shape with one "
                                            f"place for a fused op (the others are left, or a user of one comes "

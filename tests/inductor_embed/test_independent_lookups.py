@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import inductor_embed
-from tests.inductor_embed._util import compare_with_eager, rewrites, skips
+from tests.inductor_embed._util import TOL, compare_with_eager, rewrites, skips
 
 NAME = "independent_lookups"
 
@@ -85,12 +85,12 @@ def test_lookups_in_a_cat_are_not_taken_twice():
 
 
 class Left(nn.Module):
-    """Two independent lookups and, in one of ``form``'s ways, a reason to leave one."""
+    """Two independent lookups and, in one of ``form``'s ways, a reason to keep one out of a group."""
 
-    def __init__(self, form):
+    def __init__(self, form, dtype=torch.float32):
         super().__init__()
         self.form = form
-        self.u, self.i = nn.Embedding(50, 4), nn.Embedding(30, 4)
+        self.u, self.i = nn.Embedding(50, 4, dtype=dtype), nn.Embedding(30, 4, dtype=dtype)
 
     def forward(self, uid, iid):
         f, u = self.form, self.u(uid)
@@ -116,20 +116,38 @@ LEFT = {
 }
 
 
+def _run_left(model, inputs, form, dtype=torch.float32):
+    """Compile and compare with eager (the forward alone where eager's backward cannot run)."""
+    # Eager's backward rejects indices written after autograd saved them; "returned" has two outputs.
+    if form in ("indices written", "returned"):
+        ref = copy.deepcopy(model)
+        with torch.no_grad():
+            out_c = torch.compile(model, backend="inductor_embed")(*[t.clone() for t in inputs])
+            torch.testing.assert_close(out_c, ref(*[t.clone() for t in inputs]), **TOL[dtype])
+    else:
+        compare_with_eager(model, inputs, exact_forward=False, dtype=dtype)
+
+
 @pytest.mark.parametrize("form", list(LEFT))
 def test_left_with_a_reason(form, caplog):
-    model, inputs = Left(form), _ids()
+    """bf16 (no lone rewrite on the CPU): a lookup kept out of the group is left, with its reason."""
+    model, inputs = Left(form, torch.bfloat16), _ids()
     with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
-        # Eager's backward rejects indices written after autograd saved them; "returned" has two outputs.
-        if form in ("indices written", "returned"):
-            ref = copy.deepcopy(model)
-            with torch.no_grad():
-                out_c = torch.compile(model, backend="inductor_embed")(*[t.clone() for t in inputs])
-                torch.testing.assert_close(out_c, ref(*[t.clone() for t in inputs]))
-        else:
-            compare_with_eager(model, inputs, exact_forward=False)
+        _run_left(model, inputs, form, torch.bfloat16)
     assert rewrites(NAME) == 0 and skips(NAME) >= 1
     assert LEFT[form] in caplog.text
+
+
+@pytest.mark.parametrize("form", list(LEFT))
+def test_kept_out_of_a_group_is_taken_alone(form):
+    """fp32 on the CPU: the lookup a hazard keeps out of the group, and the other (left without
+    a group), are each taken alone: a one-table op in its place, equal to eager."""
+    model, inputs = Left(form), _ids()
+    report = inductor_embed.explain(Left(form), *_ids())
+    assert [(r.pattern, len(r.tables)) for r in report.rewrites] == [(NAME, 1), (NAME, 1)]
+    torch._dynamo.reset()
+    _run_left(model, inputs, form)
+    assert rewrites(NAME) == 2
 
 
 def test_new_batch_sizes_do_not_recompile_once_dynamic():
