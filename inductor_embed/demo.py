@@ -7,7 +7,7 @@
 What it does, in order:
 
 1. builds the model: 26 ``nn.Embedding`` tables of mixed vocabulary sizes and
-   widths (1, 2, 4, 8, 16, 32, as in seed 004), indices given as one ``[B, T]``
+   widths (1, 2, 4, 8, 16, 32), indices given as one ``[B, T]``
    int64 tensor and looked up as ``x[:, i]``, concatenated with a dense feature
    tensor by ``torch.cat(dim=1)``, then a small MLP;
 2. prints ``inductor_embed.explain(model, *inputs)``: the rewrites it will make;
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import inductor_embed
 from inductor_embed import _compat
 
-# Widths of the tables, cycled (seed 004's small widths plus some 16/32).
+# Widths of the tables, cycled: the narrow widths of CTR features.
 DIMS = (1, 2, 4, 8, 16, 32)
 # Vocabulary sizes, cycled: a mix of tiny, medium and large categorical features.
 VOCABS = (3, 24, 150, 1_000, 10_000, 60_000, 7, 500, 2_500, 100_000, 40, 25_000, 300)

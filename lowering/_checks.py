@@ -1,5 +1,5 @@
 """One argument checker per op family, which every op of the family runs first: the public op,
-its fake impl, its CPU body and its Triton launch, and its backward's (issue 26).
+its fake impl, its CPU body and its Triton launch, and its backward's.
 
 A checker raises eager's kinds of errors (``RuntimeError``, ``IndexError`` for an index out of
 range) naming the op and the problem, before any native or Triton code touches memory:

@@ -1,5 +1,5 @@
 """``torch.ops.inductor_embed.tied_embedding_bag``: an ``F.embedding`` and an
-``F.embedding_bag`` reading one weight (seed 003) as one op.
+``F.embedding_bag`` reading one weight as one op.
 
 One launch reads the weight for both lookups, one backward writes one gradient (the sum of
 both contributions, or the two parts when the bag reads a second tensor over the same

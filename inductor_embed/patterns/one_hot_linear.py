@@ -1,7 +1,7 @@
 """one_hot_linear: a Linear / matmul on one-hot inputs  ==>  a gather of weight columns.
 
-``F.linear(F.one_hot(idx, n).float(), W, b)[r] == W[:, idx[r]] + b`` (seed 001: an
-nn.Linear without bias on one-hot inputs is an nn.Embedding of ``W.t()``). The dense
+``F.linear(F.one_hot(idx, n).float(), W, b)[r] == W[:, idx[r]] + b`` (an nn.Linear
+without bias on one-hot inputs is an nn.Embedding of ``W.t()``). The dense
 form reads a ``[*L, n]`` one-hot and does ``L x n x D`` multiply-adds; the fused op
 ``torch.ops.inductor_embed.one_hot_linear`` reads ``L x D`` weight elements.
 

@@ -1,8 +1,8 @@
-"""tied_embedding_bag: an Embedding and an EmbeddingBag reading one weight  ==>  one op (seed 003).
+"""tied_embedding_bag: an Embedding and an EmbeddingBag reading one weight  ==>  one op.
 
 ``e = F.embedding(idx, W)`` and ``b = F.embedding_bag(seq, W2, offsets, ...)`` where W2 is W
 (one Parameter assigned to both modules) or a second Parameter over W's memory
-(``nn.EmbeddingBag.from_pretrained(emb.weight, freeze=False)``, seed 003) become
+(``nn.EmbeddingBag.from_pretrained(emb.weight, freeze=False)``) become
 ``tied_embedding_bag(W, W2 or None, idx, seq, ...)``: one launch reads the memory once for
 both lookups, and one backward launch writes the gradient: W's one gradient (the sum of both
 contributions, as eager accumulates it), or, for two Parameters, each its own part, as eager
