@@ -233,6 +233,20 @@ def multi_embedding_sum(weights: Sequence[Tensor], indices: Sequence[Tensor], pa
                            f"broadcast: {e}") from None
 
 
+def zeroed_columns(zeroed: Sequence[int], dims: Sequence[object],
+                   op: str = "multi_embedding_backward_cpu") -> None:
+    """``zeroed``: triples ``(k, lo, hi)``, a column range ``0 <= lo <= hi <= D_k`` of table k."""
+    if len(zeroed) % 3:
+        _fail(op, f"zeroed holds (table, lo, hi) triples, got {len(zeroed)} values")
+    for j in range(0, len(zeroed), 3):
+        k, lo, hi = zeroed[j:j + 3]
+        if not 0 <= k < len(dims):
+            _fail(op, f"zeroed names table {k} of {len(dims)}")
+        _check(0 <= lo, op, f"zeroed columns [{lo}, {hi}) of table {k} are not inside its {dims[k]} columns")
+        _check(lo <= hi, op, f"zeroed columns [{lo}, {hi}) of table {k} are not inside its {dims[k]} columns")
+        _check(hi <= dims[k], op, f"zeroed columns [{lo}, {hi}) of table {k} are not inside its {dims[k]} columns")
+
+
 def multi_embedding_backward(grad: Tensor, indices: Sequence[Tensor], num_rows: Sequence[int],
                              dims: Sequence[int], padding_idx: Sequence[int],
                              scale_grad_by_freq: Sequence[bool] | None = None, columns: Sequence[int] | None = None,

@@ -201,24 +201,43 @@ def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, s
 
 
 @twin_op("inductor_embed::multi_embedding_backward_cpu", like="inductor_embed::multi_embedding_backward",
-         returns="Tensor[]", extra="SymInt[] columns")
+         returns="Tensor[]", extra="SymInt[] columns, int[] zeroed=[]")
 def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     """The eager CPU backward of some of the tables: each one's ``[V_k, D_k]`` gradient as
     its own tensor (a reused buffer, ``_grad_cache``), table k read from grad's columns
     ``[columns[k], columns[k] + D_k)`` (``multi_embedding_backward_tables``: bit-equal to
-    eager's ``embedding_dense_backward``, deterministic)."""
+    eager's ``embedding_dense_backward``, deterministic). ``zeroed``: triples ``(k, lo, hi)``,
+    table k's gradient columns ``[lo, hi)`` are zero (columns its lookup's output had written
+    over, so no gradient reached them): zeroed in the result, in place, or in a copy of grad
+    where that copy is smaller than the rows the zeroing would touch."""
     grad, scale_grad_by_freq = args[0], args[5]
+    zeroed = args[7] if len(args) > 7 else []
     # The native kernel checks every index itself (nothing written if one is out of range):
     # a host read of each index tensor's min and max here too cost ~10 us a table.
     native = grad.dtype == torch.float32 and not any(scale_grad_by_freq) and _cpu_native.lib() is not None
-    _checks.multi_embedding_backward(*args, op="multi_embedding_backward_cpu", values=not native)
-    return multi_embedding_backward_tables(*args, reuse=True)
+    _checks.multi_embedding_backward(*args[:7], op="multi_embedding_backward_cpu", values=not native)
+    _checks.zeroed_columns(zeroed, args[3])
+    triples = [zeroed[j:j + 3] for j in range(0, len(zeroed), 3)]
+    # Zeroing the columns in the result touches every row of the table (a cache line each at
+    # least); masking a copy of grad costs its N x C. Whichever moves less.
+    touched = sum(args[2][k] * max(64, 4 * (hi - lo)) for k, lo, hi in triples)
+    if triples and grad.numel() * grad.element_size() <= touched:
+        grad, columns = grad.clone(), args[6]
+        for k, lo, hi in triples:
+            grad[..., columns[k] + lo:columns[k] + hi] = 0
+        triples = []
+    tables = multi_embedding_backward_tables(grad, *args[1:7], reuse=True)
+    for k, lo, hi in triples:
+        tables[k][:, lo:hi] = 0
+    return tables
 
 
 @multi_embedding_backward_cpu.register_fake
-def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns):
+def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns,
+                                       zeroed=()):
     _checks.multi_embedding_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns,
                                      op="multi_embedding_backward_cpu")
+    _checks.zeroed_columns(zeroed, dims)
     return [grad.new_empty((v, d)) for v, d in zip(num_rows, dims)]
 
 
@@ -355,11 +374,12 @@ CPU_EAGER_MIN_DIM = 64
 
 
 def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns=None,
-                  eager_min_dim=None) -> list[torch.Tensor]:
+                  eager_min_dim=None, zeroed=None) -> list[torch.Tensor]:
     """Per-table ``[V_k, D_k]`` gradients on the CPU (see CPU_EAGER_MIN_DIM), table k read
     from grad's columns ``[columns[k], columns[k] + D_k)`` (default: back to back from 0;
     ``multi_embedding_sum`` passes 0 for every table). ``eager_min_dim`` given (tests): that
-    width rule alone, no lone-table rule."""
+    width rule alone, no lone-table rule. ``zeroed[k]``: table k's ``(lo, hi)`` column ranges
+    that take no gradient (written over in the forward)."""
     if columns is None:
         columns = [sum(dims[:k]) for k in range(len(dims))]
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -375,17 +395,24 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     wide = [k for k, (v, d, s) in enumerate(zip(num_rows, dims, scale_grad_by_freq))
             if deterministic or (alone and not s) or d >= eager_min_dim or v <= 1]
     grads: list[torch.Tensor | None] = [None] * len(dims)
+    zeroed = zeroed or [[] for _ in dims]
     if wide:
         pick = lambda xs: [xs[k] for k in wide]  # noqa: E731
+        triples = [x for j, k in enumerate(wide) for lo, hi in zeroed[k] for x in (j, lo, hi)]
         eager = torch.ops.inductor_embed.multi_embedding_backward_cpu(
             grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(scale_grad_by_freq),
-            pick(columns))
+            pick(columns), triples)
         for k, g in zip(wide, eager):
             grads[k] = g
     half = grad.dtype in (torch.float16, torch.bfloat16)
     for k, g in enumerate(grads):
         if g is None:
             gk, ik = grad.narrow(-1, columns[k], dims[k]), indices[k]
+            if zeroed[k]:  # a copy of this table's columns only, the written ones zero
+                written = torch.zeros(dims[k], dtype=torch.bool, device=grad.device)
+                for lo, hi in zeroed[k]:
+                    written[lo:hi] = True
+                gk = torch.where(written, torch.zeros((), dtype=gk.dtype, device=gk.device), gk)
             if ik.dim() == 0:
                 # torch 2.11's decomposition of this op (scale_grad_by_freq) indexes its counts
                 # with the 0-d index tensor as a Python int: .item(), data-dependent under
@@ -417,8 +444,7 @@ def _backward(ctx, grad):
     t = len(indices)
     columns = [sum(ctx.dims[:k]) for k in range(t)]
     value_grads = []
-    # (gradient, its tables, each one's first column in it)
-    groups = [(grad, list(range(t)), dict(enumerate(columns)))]
+    zeroed: list[list[tuple[int, int]]] = [[] for _ in range(t)]
     if ctx.column_shapes:
         # Each written value gets its columns' gradient, summed over where it was broadcast;
         # the tables get none there (eager's write cut those columns from the lookup's graph).
@@ -426,58 +452,35 @@ def _backward(ctx, grad):
         spans = [(ranges[2 * j], ranges[2 * j + 1]) for j in range(len(ctx.column_shapes))]
         for (s, e), shape in zip(spans, ctx.column_shapes):
             value_grads.append(grad[..., s:e].sum_to_size(shape))
-        groups = _without_written(grad, spans, columns, ctx.dims, ctx.sparse, ctx.first)
+        zeroed = [[(max(s, c) - c, min(e, c + d) - c) for s, e in spans if s < c + d and e > c]
+                  for c, d in zip(columns, ctx.dims)]
+        if use_triton(grad) or any(z and ctx.sparse[k] for k, z in enumerate(zeroed)):
+            # The kernels (and sparse gradients) read a gradient with the written columns zero.
+            written = torch.zeros(grad.shape[-1], dtype=torch.bool, device=grad.device)
+            for s, e in spans:
+                written[s:e] = True
+            grad = torch.where(written, torch.zeros((), dtype=grad.dtype, device=grad.device), grad)
+            zeroed = [[] for _ in range(t)]
+        # Else the CPU backward zeroes those columns of each table's gradient itself: masking
+        # grad was a copy of all of it, the step's peak memory.
     grads: list[torch.Tensor | None] = [None] * t
-    for g, members, col in groups:
-        for sparse, tables in ((True, [k for k in members if ctx.sparse[k]]),
-                               (False, [k for k in members if not ctx.sparse[k]])):
-            if not tables:
-                continue
-            pick = lambda xs, tables=tables: [xs[k] for k in tables]  # noqa: E731
-            args = (g, pick(indices), pick(ctx.num_rows), pick(ctx.dims), pick(ctx.padding_idx))
-            cols = [col[k] for k in tables]
-            if sparse:
-                got = _sparse_grads(*args, cols, [ctx.first[k] for k in tables])
-            elif not use_triton(g):
-                got = _cpu_backward(*args, pick(ctx.scale_grad_by_freq), cols)
-            else:
-                got = _gpu_backward(*args, pick(ctx.scale_grad_by_freq), cols)
-            for k, gk in zip(tables, got):
-                grads[k] = gk
+    for sparse, tables in ((True, [k for k in range(t) if ctx.sparse[k]]),
+                           (False, [k for k in range(t) if not ctx.sparse[k]])):
+        if not tables:
+            continue
+        pick = lambda xs, tables=tables: [xs[k] for k in tables]  # noqa: E731
+        args = (grad, pick(indices), pick(ctx.num_rows), pick(ctx.dims), pick(ctx.padding_idx))
+        if sparse:
+            got = _sparse_grads(*args, pick(columns), [ctx.first[k] for k in tables])
+        elif not use_triton(grad):
+            got = _cpu_backward(*args, pick(ctx.scale_grad_by_freq), pick(columns), zeroed=pick(zeroed))
+        else:
+            got = _gpu_backward(*args, pick(ctx.scale_grad_by_freq), pick(columns))
+        for k, g in zip(tables, got):
+            grads[k] = g
     # One entry per argument the call gave (``sparse`` and the column writes may be left out;
     # needs_input_grad has the call's structure, where the inputs above have the defaults).
     return (grads, [None] * t, None, None, None, value_grads or None, None)[:len(ctx.needs_input_grad)]
-
-
-def _without_written(grad, spans, columns, dims, sparse, first) -> list[tuple[torch.Tensor, list[int], dict]]:
-    """The backward's gradient groups with the written columns ``spans`` (``[s, e)`` each)
-    zeroed: the tables they do not touch read ``grad`` itself; the ones they do, a
-    ``[*L, sum D_k]`` copy of their own columns with the written ones zeroed (a ``[*L, C]``
-    copy of the whole gradient was the step's peak memory). Where a touched table is sparse
-    or shares its weight with another lookup, one masked copy of the whole gradient (its
-    gradient must come from one call)."""
-    def touched(k: int) -> list[tuple[int, int]]:
-        c, d = columns[k], dims[k]
-        return [(max(s, c) - c, min(e, c + d) - c) for s, e in spans if s < c + d and e > c]
-
-    hit = [k for k in range(len(dims)) if touched(k)]
-    if not hit:
-        return [(grad, list(range(len(dims))), dict(enumerate(columns)))]
-    zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-    if any(sparse[k] for k in hit) or any(first.count(first[k]) > 1 for k in hit):
-        written = torch.zeros(grad.shape[-1], dtype=torch.bool, device=grad.device)
-        for s, e in spans:
-            written[s:e] = True
-        return [(torch.where(written, zero, grad), list(range(len(dims))), dict(enumerate(columns)))]
-    parts, col, at = [], {}, 0
-    for k in hit:
-        written = torch.zeros(dims[k], dtype=torch.bool, device=grad.device)
-        for a, b in touched(k):
-            written[a:b] = True
-        parts.append(torch.where(written, zero, grad.narrow(-1, columns[k], dims[k])))
-        col[k], at = at, at + dims[k]
-    rest = [k for k in range(len(dims)) if k not in col]
-    return [(grad, rest, {k: columns[k] for k in rest}), (torch.cat(parts, -1), hit, col)]
 
 
 def _sparse_grads(grad, indices, num_rows, dims, padding_idx, columns, first) -> list[torch.Tensor | None]:

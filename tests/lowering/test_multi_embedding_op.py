@@ -327,33 +327,44 @@ def test_a_double_backward_raises_rather_than_dropping_the_gradient():
     assert torch.equal(gw, torch.ops.aten.embedding_dense_backward(torch.ones(4, 80), i, 10, -1, False))
 
 
-def test_written_columns_mask_only_the_tables_they_touch(path):
-    """The backward zeroes the written columns in a copy of the touched tables' columns only
-    (a copy of the whole gradient was the step's peak memory); the others read the incoming
-    gradient itself. Three tables, a write inside the middle one: equal to eager."""
-    from inductor_embed.lowering.multi_embedding import _without_written
-
-    grad = torch.randn(5, 18)
-    groups = _without_written(grad, [(8, 10)], [0, 6, 10], [6, 4, 8], [False] * 3, [0, 1, 2])
-    (g0, rest, col0), (g1, hit, col1) = groups
-    assert g0 is grad and rest == [0, 2] and col0 == {0: 0, 2: 10}
-    assert hit == [1] and col1 == {1: 0} and g1.shape == (5, 4)
-    assert torch.equal(g1[:, :2], grad[:, 6:8]) and not g1[:, 2:].any()
-    # A touched sparse table (or a weight read twice) takes one masked copy of everything.
-    ((g, members, _),) = _without_written(grad, [(8, 10)], [0, 6, 10], [6, 4, 8], [False, True, False], [0, 1, 2])
-    assert members == [0, 1, 2] and g.shape == grad.shape and not g[:, 8:10].any()
-    assert len(_without_written(grad, [], [0, 6, 10], [6, 4, 8], [False] * 3, [0, 1, 2])) == 1
-
+def test_written_columns_get_no_gradient_without_a_copy_of_grad(path):
+    """The CPU backward zeroes the written-over columns of each table's gradient itself
+    (``zeroed``; masking grad was a copy of all of it, the step's peak memory); the kernels
+    read a masked grad. Three tables (a narrow one, Inductor's path on the CPU, and a 64-wide
+    one, the op's), writes in two of them: equal to eager."""
     g = torch.Generator().manual_seed(1)
-    weights = [torch.randn(v, d, generator=g).to(path).requires_grad_() for v, d in ((9, 6), (7, 4), (5, 8))]
-    indices = [torch.randint(0, v, (5,), generator=g).to(path) for v in (9, 7, 5)]
-    value = torch.randn(5, 2, generator=g).to(path).requires_grad_()
-    got = COLUMNS(weights, indices, [-1] * 3, [False] * 3, [False] * 3, [value], [8, 10])
+    shapes = ((9, 6), (7, 64), (5, 8))
+    weights = [torch.randn(v, d, generator=g).to(path).requires_grad_() for v, d in shapes]
+    indices = [torch.randint(0, v, (5,), generator=g).to(path) for v, _ in shapes]
+    values = [torch.randn(5, 2, generator=g).to(path).requires_grad_(),
+              torch.randn(3, generator=g).to(path).requires_grad_()]
+    got = COLUMNS(weights, indices, [-1] * 3, [False] * 3, [False] * 3, values, [1, 3, 10, 13])
     looked = [F.embedding(i, w) for i, w in zip(indices, weights)]
-    looked[1][:, 2:4] = value
+    looked[0][:, 1:3] = values[0]
+    looked[1][:, 4:7] = values[1]
     want = torch.cat(looked, -1)
     assert torch.equal(got, want)
     out_grad = torch.randn_like(want)
-    for a, b in zip(torch.autograd.grad(got, [*weights, value], out_grad),
-                    torch.autograd.grad(want, [*weights, value], out_grad)):
+    for a, b in zip(torch.autograd.grad(got, [*weights, *values], out_grad),
+                    torch.autograd.grad(want, [*weights, *values], out_grad)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("n", [6, 2])  # zeroed in the result (6 rows of grad), in a copy of grad (2)
+def test_the_cpu_backward_zeroes_the_columns_it_is_told(n):
+    op = torch.ops.inductor_embed.multi_embedding_backward_cpu
+    grad = torch.randn(n, 70)
+    idx = [torch.randint(0, 9, (n,)), torch.randint(0, 4, (n,))]
+    args = (grad, idx, [9, 4], [64, 6], [-1, -1], [False, False], [0, 64])
+    plain = op(*args)
+    masked = grad.clone()
+    masked[:, 10:20] = 0
+    masked[:, 64:65] = 0
+    want = op(masked, *args[1:])
+    before = grad.clone()
+    got = op(*args, [0, 10, 20, 1, 0, 1])
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and not torch.equal(got[0], plain[0])
+    assert torch.equal(grad, before)  # the op's input is not written
+    for bad, match in (([0, 1], "triples"), ([2, 0, 1], "names table 2"), ([1, 3, 7], "not inside")):
+        with pytest.raises(RuntimeError, match=match):
+            op(*args, bad)
