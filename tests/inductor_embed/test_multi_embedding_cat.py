@@ -88,6 +88,9 @@ def test_seed000_dynamic_embedding_concatenator():
 
 
 def test_seed000_inefficient_model():
+    # Seeded: fc.bias's gradient sums 50 random rows, and where that sum cancels to ~0 the
+    # reduction orders of eager and Inductor differ by more than the fp32 tolerance.
+    torch.manual_seed(0)
     model = InefficientModel([100, 200, 150], [32, 64, 48], 256)
     out = compare_with_eager(model, _seed000_inputs(), exact_forward=False)
     assert out.shape == (10, 5, 256)
@@ -713,13 +716,13 @@ def test_wide_dims_under_inference_mode():
     assert out.shape == (6, 2031) and rewrites() == 1
 
 
-@pytest.mark.xfail(torch.torch_version.TorchVersion(torch.__version__) < (2, 13), strict=True,
-                   reason="torch 2.11's Inductor emits C++ that does not compile for the lookup left to it "
-                          "(plain torch.compile fails the same way): pytorch/pytorch#179135")
 def test_column_writes_the_op_cannot_take_left_on_the_cpu_by_default(caplog):
     """tests/conftest.py forces _internal.column_writes_on_cpu on; by the CPU rule a CPU lookup whose columns
     are written before the cat with a value the op cannot write itself (a Python number here)
-    is left (the write on the fused output would copy all of it); a tensor value is taken."""
+    is left out of the cat (the write on the fused output would copy all of it), and taken
+    alone by independent_lookups (its own output, written in place as eager's; left to
+    Inductor, torch 2.11 emitted C++ that did not compile: pytorch/pytorch#179135); a tensor
+    value is taken."""
 
     class Shared(nn.Module):
         def __init__(self):
@@ -739,5 +742,6 @@ def test_column_writes_the_op_cannot_take_left_on_the_cpu_by_default(caplog):
         compare_with_eager(Shared(), (x,))
         report = inductor_embed.explain(Shared(), x)
     assert rewrites() == 1 and len(report.rewrites[0].tables) == 2  # b (its write taken by the op) and c
+    assert [(r.pattern, r.replaced) for r in report.rewrites[1:]] == [("independent_lookups", ("o",))]
     assert "written in place (setitem) with a Python number or a non-tensor (setitem): on the CPU that write " \
            "on the fused output copies the whole output" in caplog.text, caplog.text
