@@ -79,9 +79,10 @@ class Compiled(Provider):
     """``torch.compile`` with a backend and options, on a deep copy of the model."""
 
     def __init__(self, name: str, description: str, backend: str = "inductor",
-                 options: dict[str, Any] | None = None, inference_only: bool = False) -> None:
+                 options: dict[str, Any] | None = None, inference_only: bool = False, static: bool = False) -> None:
         self.name, self.description, self.backend, self.options = name, description, backend, options
         self.inference_only = inference_only
+        self.static = static  # compile with static shapes, whatever dimensions the runner marks dynamic
 
     def unavailable(self, workload, device):
         missing = [k for k in (self.options or {}) if k not in _inductor_config_keys()]
@@ -104,8 +105,11 @@ class Compiled(Provider):
         kw: dict[str, Any] = {"backend": self.backend}
         if self.options:
             kw["options"] = dict(self.options)
+        if self.static:
+            kw["dynamic"] = False
         return _model_runner(self.name, torch.compile(m, **kw), m, workload, case, compiled=True,
-                             counts_rewrites=self.backend == "inductor_embed")
+                             counts_rewrites=self.backend == "inductor_embed",
+                             adapt=_unmarked if self.static else None)
 
 
 def _unmarked(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -124,18 +128,13 @@ class PartitionedScatter(Compiled):
     def __init__(self) -> None:
         super().__init__("torch.compile+partitioned_scatter",
                          'torch.compile(model, options={"partitioned_scatter_enabled": True}, dynamic=False)',
-                         options={"partitioned_scatter_enabled": True})
+                         options={"partitioned_scatter_enabled": True}, static=True)
 
     def unavailable(self, workload, device):
         if device.type != "cuda":
             return ("partitioned scatter splits Triton's atomic adds on a GPU (collision-heavy backward rows); "
                     "it is a GPU peer, not timed on the CPU")
         return super().unavailable(workload, device)
-
-    def build(self, workload, case, model, device):
-        m = self._model(workload, model)
-        fn = torch.compile(m, options=dict(self.options or {}), dynamic=False)
-        return _model_runner(self.name, fn, m, workload, case, adapt=_unmarked, compiled=True)
 
 
 class InductorEmbed(Compiled):

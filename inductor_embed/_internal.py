@@ -1,6 +1,6 @@
 """The internal choices: how the pass and the ops decide what to take on the CPU, and the
 switches that force the other way. Not user configuration (``config`` is); the tests force
-these to drive every code path on the CPU, and a benchmark can to time the branch not
+these to drive every code path on the CPU, and a benchmark can, to time the branch not
 taken. docs/design.md ("How the CPU path is chosen") gives each rule's measurement.
 
     from inductor_embed import _internal
