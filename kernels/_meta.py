@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["ERR_SLOTS", "FLOAT_DTYPES", "INDEX_DTYPES", "TRITON_TYPES", "check", "error_flags", "index_code",
+__all__ = ["ERR_SLOTS", "FLOAT_DTYPES", "INDEX_DTYPES", "TRITON_TYPES", "MetaFields", "check", "error_flags", "index_code",
            "interpreter_rows", "launches_on", "load_index", "pack", "pointer", "pow2_range", "variant_vecs",
            "vec_width"]
 
@@ -65,6 +65,40 @@ _lock = threading.Lock()
 _cache: collections.OrderedDict[tuple, Tensor] = collections.OrderedDict()
 # Pinned buffers a captured CUDA graph reads on every replay: never freed or reused.
 _graph_owned: dict[tuple, Tensor] = {}
+
+
+class MetaFields:
+    """The fields of one kernel family's meta rows, declared once, in column order.
+
+    ``FIELDS = MetaFields("W_PTR W_STRIDE ...")``; then ``W_PTR, W_STRIDE, ... = FIELDS``
+    gives the kernels each field's column as a ``tl.constexpr`` (``tl.load(meta + W_PTR)``),
+    ``FIELDS.check(globals())`` verifies at import that those names are the declared columns,
+    and ``FIELDS.row(W_PTR=..., ...)`` builds a table's row by field name. So the launcher's
+    rows and the kernels' reads cannot drift apart.
+    """
+
+    def __init__(self, names: str) -> None:
+        self.names = tuple(names.split())
+        self.cols = len(self.names)
+
+    def __iter__(self) -> Iterator[tl.constexpr]:
+        return (tl.constexpr(i) for i in range(self.cols))
+
+    def check(self, namespace: dict[str, Any]) -> None:
+        """Every declared field is bound in ``namespace`` to its own column."""
+        wrong = [n for i, n in enumerate(self.names) if getattr(namespace.get(n), "value", None) != i]
+        if wrong:
+            raise AssertionError(f"meta fields bound to the wrong columns: {wrong}")
+
+    def row(self, **values: int) -> list[int]:
+        """One row: a value for every field, by name (a missing or unknown field raises)."""
+        try:
+            row = [values[n] for n in self.names]
+        except KeyError as e:
+            raise TypeError(f"meta row: no value for field {e.args[0]}") from None
+        if len(values) != self.cols:
+            raise TypeError(f"meta row: unknown fields {sorted(set(values) - set(self.names))}")
+        return row
 
 
 def check(cond: Any, msg: str) -> None:

@@ -30,8 +30,10 @@ __all__ = ["LAUNCHES", "META_COLS", "block_sizes", "multi_embedding_fwd", "multi
 
 # Meta row of table k: where its weight and indices are, its shape and where it goes
 # (constexprs, so the kernels name the fields they read).
-(W_PTR, W_STRIDE, V, D, COL, I_PTR, I_STRIDE, I64, GOFF, PAD, CNT) = (tl.constexpr(i) for i in range(11))
-META_COLS = 11
+FIELDS = _meta.MetaFields("W_PTR W_STRIDE V D COL I_PTR I_STRIDE I64 GOFF PAD CNT")
+(W_PTR, W_STRIDE, V, D, COL, I_PTR, I_STRIDE, I64, GOFF, PAD, CNT) = FIELDS
+FIELDS.check(globals())
+META_COLS = FIELDS.cols
 # Worst-case launches of the op: forward = gather + the index assert; backward = zero
 # fill + counts (scale_grad_by_freq) + atomic adds + one cast for half-type tables.
 LAUNCHES = (2, 4)
@@ -227,7 +229,8 @@ def multi_embedding_fwd(weights: Sequence[Tensor], indices: Sequence[Tensor], ou
     check(out.dtype == weights[0].dtype, "out must have the tables' dtype")
     _check_indices(indices, n)
     cols = _prefix(dims)
-    rows = [(pointer(w), w.stride(0), w.shape[0], d, c, pointer(i), i.stride(0), _meta.index_code(i), 0, -1, -1)
+    rows = [FIELDS.row(W_PTR=pointer(w), W_STRIDE=w.stride(0), V=w.shape[0], D=d, COL=c, I_PTR=pointer(i),
+                       I_STRIDE=i.stride(0), I64=_meta.index_code(i), GOFF=0, PAD=-1, CNT=-1)
             for w, i, d, c in zip(weights, indices, dims, cols)]
     meta = _meta.pack(rows, out.device)
     err = _meta.error_flags(meta)
@@ -305,7 +308,8 @@ def multi_embedding_bwd(
     _check_indices(indices, n)
     if n == 0 or sum(dims) == 0:
         return
-    rows = [(0, 0, v, d, c, pointer(i), i.stride(0), _meta.index_code(i), g, p, f)
+    rows = [FIELDS.row(W_PTR=0, W_STRIDE=0, V=v, D=d, COL=c, I_PTR=pointer(i), I_STRIDE=i.stride(0),
+                       I64=_meta.index_code(i), GOFF=g, PAD=p, CNT=f)
             for i, v, d, c, g, p, f in zip(indices, num_rows, dims, cols, goffs, padding_idx, cnts)]
     meta = _meta.pack(rows, grad_out.device)
     block_n, block_d, num_warps = block_sizes(max(dims), n, T)

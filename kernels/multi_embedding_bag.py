@@ -49,10 +49,13 @@ MIN_BLOCK_B, MAX_BLOCK_B = 8, 128
 # Meta row of one segment (constexprs, so the kernels name the fields they read). FPAD is
 # the row left out of the forward's bags, BPAD the one left out of the gradient; I_RS/I_CS
 # and PSW_RS/PSW_CS the row and element strides of the indices and per-sample weights.
+FIELDS = _meta.MetaFields("""W_PTR W_STRIDE V D I_PTR I64 OFF_PTR OFF64 N_OFF NNZ L PSW_PTR FPAD BPAD O_PTR
+    O_STRIDE COL AM_PTR AM_STRIDE AM_COL B MODE HAS_OFF HAS_PSW GOFF SV_PTR GO_PTR GO_STRIDE I_RS I_CS PSW_RS PSW_CS""")
 (W_PTR, W_STRIDE, V, D, I_PTR, I64, OFF_PTR, OFF64, N_OFF, NNZ, L, PSW_PTR, FPAD, BPAD, O_PTR, O_STRIDE,
  COL, AM_PTR, AM_STRIDE, AM_COL, B, MODE, HAS_OFF, HAS_PSW, GOFF, SV_PTR, GO_PTR, GO_STRIDE,
- I_RS, I_CS, PSW_RS, PSW_CS) = (tl.constexpr(i) for i in range(32))
-META_COLS = 32
+ I_RS, I_CS, PSW_RS, PSW_CS) = FIELDS
+FIELDS.check(globals())
+META_COLS = FIELDS.cols
 
 
 @triton.jit
@@ -375,18 +378,22 @@ def _strides(t: Tensor | None, bag: int) -> tuple[int, int]:
 
 def _row(s: Segment, w: Tensor | None, v: int, d: int, out: Tensor | None = None, am: Tensor | None = None,
          goff: int = 0, sv: Tensor | None = None, go: Tensor | None = None) -> list[int]:
-    """Segment s's meta row (see the META fields); absent tensors are address 0, never read."""
+    """Segment s's meta row (``FIELDS``); absent tensors are address 0, never read."""
     bag = _bag_size(s)
-    return [pointer(w), 0 if w is None else w.stride(0), v, d,
-            pointer(s.indices), _meta.index_code(s.indices),
-            pointer(s.offsets), _meta.index_code(s.offsets), 0 if s.offsets is None else s.offsets.shape[0],
-            s.indices.numel(), bag, pointer(s.per_sample_weights),
-            s.padding_idx if s.forward_padding else -1, s.padding_idx,
-            pointer(out), 0 if out is None else out.stride(0), s.col,
-            pointer(am), 0 if am is None else am.stride(0), s.am_col,
-            s.num_bags, s.mode, int(s.offsets is not None), int(s.per_sample_weights is not None),
-            goff, pointer(sv), pointer(go), 0 if go is None else go.stride(0),
-            *_strides(s.indices, bag), *_strides(s.per_sample_weights, bag)]
+    i_rs, i_cs = _strides(s.indices, bag)
+    psw_rs, psw_cs = _strides(s.per_sample_weights, bag)
+    return FIELDS.row(
+        W_PTR=pointer(w), W_STRIDE=0 if w is None else w.stride(0), V=v, D=d,
+        I_PTR=pointer(s.indices), I64=_meta.index_code(s.indices),
+        OFF_PTR=pointer(s.offsets), OFF64=_meta.index_code(s.offsets),
+        N_OFF=0 if s.offsets is None else s.offsets.shape[0], NNZ=s.indices.numel(), L=bag,
+        PSW_PTR=pointer(s.per_sample_weights),
+        FPAD=s.padding_idx if s.forward_padding else -1, BPAD=s.padding_idx,
+        O_PTR=pointer(out), O_STRIDE=0 if out is None else out.stride(0), COL=s.col,
+        AM_PTR=pointer(am), AM_STRIDE=0 if am is None else am.stride(0), AM_COL=s.am_col,
+        B=s.num_bags, MODE=s.mode, HAS_OFF=int(s.offsets is not None), HAS_PSW=int(s.per_sample_weights is not None),
+        GOFF=goff, SV_PTR=pointer(sv), GO_PTR=pointer(go), GO_STRIDE=0 if go is None else go.stride(0),
+        I_RS=i_rs, I_CS=i_cs, PSW_RS=psw_rs, PSW_CS=psw_cs)
 
 
 @_meta.launches_on("weights")

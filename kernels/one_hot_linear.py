@@ -54,8 +54,10 @@ __all__ = [
 
 # Meta row of field k: its indices [N, bag] (address, strides, dtype), bag size, class
 # count and first weight column.
-I_PTR, I_ROW_STRIDE, I_BAG_STRIDE, I64, BAG, NCLS, OFF = (tl.constexpr(i) for i in range(7))
-META_COLS = 7
+FIELDS = _meta.MetaFields("I_PTR I_ROW_STRIDE I_BAG_STRIDE I64 BAG NCLS OFF")
+I_PTR, I_ROW_STRIDE, I_BAG_STRIDE, I64, BAG, NCLS, OFF = FIELDS
+FIELDS.check(globals())
+META_COLS = FIELDS.cols
 # Worst-case launches of the op: forward = gather + the index assert; backward = zero
 # fill + atomic adds + one cast for a half-type weight.
 LAUNCHES = (2, 3)
@@ -203,7 +205,8 @@ def _check_fields(indices: Sequence[Tensor], num_classes: Sequence[int], offsets
 
 def _field_meta(indices: Sequence[Tensor], num_classes: Sequence[int], offsets: Sequence[int],
                 device: torch.device) -> Tensor:
-    rows = [(pointer(i), i.stride(0), i.stride(1), _meta.index_code(i), i.shape[1], c, o)
+    rows = [FIELDS.row(I_PTR=pointer(i), I_ROW_STRIDE=i.stride(0), I_BAG_STRIDE=i.stride(1),
+                       I64=_meta.index_code(i), BAG=i.shape[1], NCLS=c, OFF=o)
             for i, c, o in zip(indices, num_classes, offsets)]
     return _meta.pack(rows, device)
 

@@ -3,14 +3,14 @@ call, below) and one_hot_linear's fp32 forward and backward (``one_hot_linear``:
 gather, a scatter-add with each thread owning a range of columns; opaque ops in the graph,
 so Inductor builds no C++ for that pattern).
 
-Why: the ATen-op backward (``_segment_bag_grad``) zero-fills each ``[V, D]`` gradient,
-makes every distinct row's sum (FBGEMM's pooling kernel) and scatters the sums with
-``index_put_``: separate passes over memory no cache holds (26 x 100,000 x 64 fp32 is
-666 MB), and ``zero_()`` reads each line before writing it. This kernel zeroes each
-thread's slice of rows in one stream of non-temporal stores (for gradients of 8 MiB or
-more; half the time of ``zero_()`` on the 2-core machine), then writes each present row's
-sum, made in a small buffer. A 26 x 100,000 x 64 bag step (paired, in one process): 2.0-
-2.5x ``torch.compile`` with it, 1.44x with the ATen ops.
+Why: the ATen-op backward (``bag_backward_cpu._bag_grad_by_segment_sums``) zero-fills each
+``[V, D]`` gradient, makes every distinct row's sum (FBGEMM's pooling kernel) and scatters
+the sums with ``index_put_``: separate passes over memory no cache holds (a DLRM's tables'
+gradients are hundreds of MB), and ``zero_()`` reads each line before writing it. This
+kernel zeroes each thread's slice of rows in one stream of non-temporal stores (for
+gradients of 8 MiB or more), then writes each present row's sum, made in a small buffer.
+Measured against the ATen ops and ``torch.compile``: docs/design.md, "Why the CPU path is
+what it is".
 
 Same additions as ATen, same order: a row's sum starts from +0.0 and adds ``w_p *
 grad[bag_p]`` (a fused multiply-add, as FBGEMM and BLAS's axpy; a plain add with no

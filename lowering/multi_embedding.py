@@ -27,11 +27,11 @@ from inductor_embed.lowering._common import (
     twin_op,
     use_triton,
 )
+from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
 from inductor_embed.lowering.multi_embedding_ref import (
     coalesce_ref,
     compress_indices,
     multi_embedding_backward_ref,
-    multi_embedding_backward_tables,
     multi_embedding_ref,
 )
 
@@ -173,15 +173,19 @@ def multi_embedding_backward(
     An opaque op (an extern call under Inductor) on every path:
     - GPU: one zero fill, one atomic-add launch accumulating in fp32 (after a counting
       launch with scale_grad_by_freq), and one cast for half types.
-    - CPU: eager ATen, deterministic (``multi_embedding_backward_ref``). The
-      autograd formula does not use this path on the CPU (see ``_cpu_backward``).
+    - CPU: ``embedding_grads_cpu``, bit-equal to eager, deterministic. The autograd
+      formula does not use this path on the CPU (see ``_cpu_backward``).
     - Under ``torch.use_deterministic_algorithms(True)`` (checked when it runs) the
-      deterministic ATen reference replaces the atomic kernel.
+      deterministic ATen reference (``multi_embedding_backward_ref``) replaces the atomic
+      kernel.
     """
     _checks.multi_embedding_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq,
                                      values=not use_triton(grad))
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
-        return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+        if grad.device.type != "cpu":
+            return multi_embedding_backward_ref(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+        tables = embedding_grads_cpu(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq)
+        return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))
     from inductor_embed.kernels.multi_embedding import grad_layout, multi_embedding_bwd
 
     n = indices[0].numel()
@@ -205,7 +209,7 @@ def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, s
 def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     """The eager CPU backward of some of the tables: each one's ``[V_k, D_k]`` gradient as
     its own tensor (a reused buffer, ``_grad_cache``), table k read from grad's columns
-    ``[columns[k], columns[k] + D_k)`` (``multi_embedding_backward_tables``: bit-equal to
+    ``[columns[k], columns[k] + D_k)`` (``embedding_grads_cpu``: bit-equal to
     eager's ``embedding_dense_backward``, deterministic). ``zeroed``: triples ``(k, lo, hi)``,
     table k's gradient columns ``[lo, hi)`` are zero (columns its lookup's output had written
     over, so no gradient reached them): zeroed in the result, in place, or in a copy of grad
@@ -226,7 +230,7 @@ def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
         for k, lo, hi in triples:
             grad[..., columns[k] + lo:columns[k] + hi] = 0
         triples = []
-    tables = multi_embedding_backward_tables(grad, *args[1:7], reuse=True)
+    tables = embedding_grads_cpu(grad, *args[1:7], reuse=True)
     for k, lo, hi in triples:
         tables[k][:, lo:hi] = 0
     return tables

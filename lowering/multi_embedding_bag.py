@@ -28,11 +28,11 @@ from inductor_embed.lowering._common import (
     twin_op,
     use_triton,
 )
+from inductor_embed.lowering.bag_backward_cpu import bag_grads_cpu
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
     bag_forward,
     multi_embedding_bag_backward_ref,
-    multi_embedding_bag_backward_tables,
     multi_embedding_bag_ref,
     num_bags,
     per_sample_weights_grad,
@@ -163,16 +163,21 @@ def multi_embedding_bag_backward(
 
     An opaque op (an extern call under Inductor). GPU: one zero fill of the dense
     gradients (the kernel writes every row of the sparse values), one launch, one cast per
-    output for half types. Deterministic mode (checked when it runs), and the CPU: the
-    eager reference, deterministic. (On the CPU the autograd formula calls
-    ``multi_embedding_bag_backward_cpu`` instead: one tensor per table, by eager's own
-    EmbeddingBag backward.)
+    output for half types. The CPU: ``bag_grads_cpu`` (bit-equal to eager's, deterministic;
+    the autograd formula calls ``multi_embedding_bag_backward_cpu`` instead: one tensor per
+    table). Deterministic mode on the GPU (checked when it runs): the ATen reference
+    (``multi_embedding_bag_backward_ref``).
     """
-    _checks.multi_embedding_bag_backward(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
-                                         padding_idx, include_last_offset, sparse, values=not use_triton(grad))
+    args = (grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
+            include_last_offset, sparse)
+    _checks.multi_embedding_bag_backward(*args, values=not use_triton(grad))
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
-        return multi_embedding_bag_backward_ref(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
-                                                modes, padding_idx, include_last_offset, sparse)
+        if grad.device.type != "cpu":
+            return multi_embedding_bag_backward_ref(*args)
+        tables = bag_grads_cpu(*args)
+        empty = grad.new_zeros((0,))
+        dense = [t.reshape(-1) for t, sp in zip(tables, sparse) if not sp]
+        return torch.cat(dense or [empty]), torch.cat([t for t, sp in zip(tables, sparse) if sp] or [empty])
     from inductor_embed.kernels.multi_embedding_bag import multi_embedding_bag_bwd
 
     n_dense, n_values = _backward_sizes(num_rows, dims, indices, sparse)
@@ -210,7 +215,7 @@ def multi_embedding_bag_backward_cpu(grad, arg_max, indices, offsets, per_sample
     gradient (fp32: a reused buffer, ``_grad_cache``), or a sparse table's ``[V_k, D_k]``
     COO gradient (eager's own, one entry per position in a bag; with ``coalesce``,
     ``.coalesce()``-d), each its own tensor, in grad's dtype
-    (``multi_embedding_bag_backward_tables``: bit-equal to eager's EmbeddingBag backward,
+    (``bag_grads_cpu``: bit-equal to eager's EmbeddingBag backward,
     deterministic). Arguments as in ``multi_embedding_bag_backward``, then ``coalesce``, and
     ``as_values``: a sparse table's COO values ``[nnz_k * D_k]`` instead (the tied op makes
     its COO gradient of them and the Embedding's rows). The sparse gradients are made here,
@@ -219,7 +224,7 @@ def multi_embedding_bag_backward_cpu(grad, arg_max, indices, offsets, per_sample
     args = (grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
             include_last_offset, sparse)
     _checks.multi_embedding_bag_backward(*args, values=True)
-    tables = multi_embedding_bag_backward_tables(*args, reuse=not as_values)
+    tables = bag_grads_cpu(*args, reuse=not as_values)
     if as_values:
         return tables
     ilo = include_last_offset
@@ -270,7 +275,7 @@ def _backward(ctx, grad, _grad_arg_max):
     cpu = not use_triton(grad)
     if cpu:
         # The CPU: one tensor per table (a 26 x 100,000 x 64 packed buffer cost fresh pages
-        # every step; see multi_embedding_backward_tables), sparse ones made sparse there.
+        # every step; see embedding_grads_cpu), sparse ones made sparse there.
         tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args, coalesce_sparse_grads(grad))
     else:
         dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(*args)

@@ -1,8 +1,9 @@
 """Pure-torch reference twins of the pooled-gather (EmbeddingBag) kernels.
 
-The CPU implementation of ``multi_embedding_bag`` / ``tied_embedding_bag`` and their
-backwards, the oracle of the kernel tests, and the deterministic backward on CUDA
-(under ``torch.use_deterministic_algorithms(True)``). ATen ops only.
+ATen ops only: the oracle of the kernel and op tests, the forward's CPU implementation
+(``torch.embedding_bag`` per table), and the backward under deterministic algorithms on
+CUDA (``torch.use_deterministic_algorithms(True)``). The CPU's fast backward, bit-equal to
+eager's, is ``bag_backward_cpu``.
 
 Shapes: a lookup's indices are ``[nnz]`` with ``offsets`` (``[B]``, or ``[B + 1]`` with
 ``include_last_offset``), or ``[B, L]`` without (fixed bags of L). ``mode`` is ATen's
@@ -15,8 +16,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-
-from inductor_embed.lowering import _cpu_native, _grad_cache
 
 SUM, MEAN, MAX = 0, 1, 2
 
@@ -110,12 +109,12 @@ def rows_in_bags(indices: Tensor, offsets: Tensor | None, include_last_offset: b
 
 def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_sample_weights: Tensor | None,
                     mode: int, padding_idx: int, include_last_offset: bool,
-                    reuse: bool = False) -> tuple[Tensor, Tensor]:
+                    out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(flat indices [nnz], rows [nnz, D] fp32)``: each index's share of ``grad [B, D]``
     (sum and mean modes). A padding index or an index past the last bag gets zeros.
     These rows are the values of eager's sparse gradient, and their scatter-add is the
-    dense one. ``reuse``: the rows are the caller's result (a sparse gradient's values), so an
-    fp32 CPU one is a reused buffer (``_grad_cache``: fresh pages cost more than the copy)."""
+    dense one. ``out``: an fp32 ``[nnz, D]`` tensor to write the rows into (a caller's reused
+    buffer), else a new one."""
     # Fixed bags of L ([B, L] input) need no position-to-bag map: each grad row L times.
     fixed = offsets is None and indices.dim() == 2 and indices.shape[1] > 0
     flat, bag = (indices.reshape(-1), None) if fixed else bag_of_positions(indices, offsets, include_last_offset)
@@ -127,8 +126,7 @@ def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_s
     # One gathered copy, then in-place steps (each was a new [nnz, D] tensor: a sparse
     # step's whole cost on the CPU).
     shape = (flat.shape[0], g.shape[1])
-    cached = reuse and g.device.type == "cpu" and g.dtype == torch.float32
-    rows = _grad_cache.empty(shape, g.dtype) if cached else g.new_empty(shape)
+    rows = g.new_empty(shape) if out is None else out
     keep = flat != padding_idx if padding_idx >= 0 else None
     inv = None
     if mode == MEAN:  # eager multiplies each row by 1 / its bag's size (its indices other than padding)
@@ -156,7 +154,7 @@ def index_grad_rows(grad: Tensor, indices: Tensor, offsets: Tensor | None, per_s
     return flat, rows
 
 
-def bag_weight_grad(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Tensor | None,
+def bag_weight_grad_ref(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Tensor | None,
                     per_sample_weights: Tensor | None, mode: int, padding_idx: int, include_last_offset: bool,
                     num_rows: int) -> Tensor:
     """The dense fp32 ``[V, D]`` gradient of one pooled lookup (deterministic: index_put_
@@ -173,185 +171,6 @@ def bag_weight_grad(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Ten
     return out.index_put_((flat.long(),), rows, accumulate=True)
 
 
-def bag_weight_grad_aten(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets: Tensor | None,
-                         per_sample_weights: Tensor | None, mode: int, padding_idx: int, include_last_offset: bool,
-                         num_rows: int, out: Tensor | None = None, reuse: bool = False,
-                         batch: list[_cpu_native.BagTable] | None = None) -> Tensor:
-    """``bag_weight_grad`` bit-equal to ATen's own EmbeddingBag backward, as eager runs it on
-    the CPU: ``[V, D]`` fp32 for half types, else grad's dtype (the same additions in the
-    same order, faster: ``_cpu_native``'s kernel, else ``_segment_bag_grad``). ``out``: a
-    ``[V, D]`` tensor of that dtype to add the gradient into (returned); else with
-    ``reuse`` (the caller returns the gradient: not a temporary) an fp32 one is a reused
-    buffer (``_grad_cache``). ``batch``: where the native kernel may leave its work for the
-    caller to run with other tables' (``_cpu_native.bag_grad(batch)``; the returned tensor
-    is written then); None runs it here.
-
-    ATen's ``_embedding_bag_dense_backward`` sorts the indices and adds each one's scaled
-    grad row (per-sample weight; 1 / bag size in mean mode, the bag's indices other than
-    padding, as eager's forward counts them). Max mode, and every other device, take
-    ``bag_weight_grad``. Runs eagerly (an opaque op's body): include_last_offset reads
-    ``offsets[B]`` on the host.
-    """
-    if mode == MAX and grad.device.type == "cpu":
-        return _max_bag_grad(grad, arg_max, num_rows, out, reuse)
-    if mode == MAX or grad.device.type != "cpu":
-        got = bag_weight_grad(grad, arg_max, indices, offsets, per_sample_weights, mode, padding_idx,
-                              include_last_offset, num_rows)
-        return got if out is None else out.add_(got)
-    b = grad.shape[0]
-    # lookup: the indices as the kernel reads them, any strides ([B, L], or [nnz] cut to
-    # the bags); flat: the same, 1-D, made (copied where strided) only where needed.
-    lookup, offs = indices, offsets
-    if offs is not None and include_last_offset:  # indices past offsets[B] are in no bag
-        lookup = lookup[:int(offs[b])] if b > 0 else lookup[:0]
-        offs = offs[:b]
-    nnz = lookup.numel()
-    g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
-    if nnz == 0 or b == 0:
-        return g.new_zeros((num_rows, g.shape[1])) if out is None else out
-    scale = None
-    if per_sample_weights is not None:
-        scale = per_sample_weights.reshape(-1)[:nnz].to(g.dtype)
-    bag_len = indices.shape[-1] if offs is None else 0
-    if g.dtype != torch.float32:  # fp64: FBGEMM's kernel is fp32; ATen's generic one rounds otherwise
-        got = _aten_bag_grad(g, lookup.reshape(-1).long(), None if offs is None else offs.long(), bag_len, scale,
-                             mode, padding_idx, num_rows)
-        return got if out is None else out.add_(got)
-    accumulate = out is not None
-    native = _cpu_native.lib() is not None and nnz < 1 << 31 and b < 1 << 31
-    if out is None:  # the native kernel writes every row; the ATen ops write only the sums
-        shape = (num_rows, g.shape[1])
-        if reuse and grad.dtype == torch.float32:
-            out = _grad_cache.empty(shape, g.dtype) if native else _grad_cache.zeros(shape, g.dtype)
-        else:
-            out = torch.empty(shape, dtype=g.dtype) if native else torch.zeros(shape, dtype=g.dtype)
-    if native:
-        # ATen's sort order: from stable_sort_from on, a stable sort's (the kernel's own,
-        # no [nnz] temporaries here); below it std::sort's, so ATen's sort is run here.
-        stable = _cpu_native.stable_sort_from(lookup.dtype)
-        order = None if stable is not None and nnz >= stable else lookup.reshape(-1).sort()[1]
-        table = _cpu_native.BagTable(out, g if g.stride(-1) == 1 else g.contiguous(), lookup,
-                                     None if offs is None else offs.contiguous(),
-                                     None if scale is None else scale.contiguous(), mode == MEAN, padding_idx,
-                                     accumulate, order)
-        if batch is None or order is not None:
-            _cpu_native.bag_grad([table])
-        else:
-            batch.append(table)
-        return out
-    flat, offs = lookup.reshape(-1).long(), None if offs is None else offs.long()
-    if mode == MEAN:  # ATen divides by the bag's size in double, then rounds to grad's dtype
-        bag, bag_size = _mean_bag_sizes(flat, offs, bag_len, padding_idx, b)
-        scale = (1.0 / bag_size.double().clamp(min=1))[bag].to(g.dtype)
-    return _segment_bag_grad(g, flat, offs, bag_len, scale, padding_idx, out, accumulate)
-
-
-def _max_bag_grad(grad: Tensor, arg_max: Tensor, num_rows: int, out: Tensor | None, reuse: bool) -> Tensor:
-    """Max mode's ``[V, D]`` gradient on the CPU, bit-equal to eager's: each bag's gradient
-    element goes to the row its max came from (``arg_max [B, D]``, -1 for an empty bag), added
-    bag by bag, as ATen's max backward adds them; into ``out`` if given, else into zeros (a
-    reused buffer with ``reuse``: a fresh one faults in its pages every step)."""
-    d = grad.shape[1]
-    g = grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad
-    if out is None:
-        shape = (num_rows, d)
-        out = _grad_cache.zeros(shape, g.dtype) if reuse and grad.dtype == torch.float32 else g.new_zeros(shape)
-    if g.dtype == torch.float32 and _cpu_native.lib() is not None and g.stride(-1) == 1:
-        _cpu_native.bag_max_backward(g, arg_max if arg_max.stride(-1) == 1 else arg_max.contiguous(), out)
-        return out
-    valid = arg_max >= 0
-    # one flat position per element: index_add_ on a 1-D tensor adds in index order
-    pos = torch.where(valid, arg_max * d + torch.arange(d, device=grad.device), 0)
-    out.view(-1).index_add_(0, pos.reshape(-1), torch.where(valid, g, torch.zeros((), dtype=g.dtype)).reshape(-1))
-    return out
-
-
-def _mean_bag_sizes(flat: Tensor, offsets: Tensor | None, bag_len: int, padding_idx: int,
-                    num_bags: int) -> tuple[Tensor, Tensor]:
-    """``(bag [nnz], size [B])``: each position's bag, and each bag's size as eager's forward
-    counts it for mean mode (its indices other than padding). Arguments as in
-    ``_segment_bag_grad``."""
-    if offsets is None:
-        bag = torch.arange(flat.shape[0], device=flat.device) // max(bag_len, 1)
-    else:
-        bag = bag_of_positions(flat, offsets, False)[1]
-    return bag, torch.bincount(bag if padding_idx < 0 else bag[flat != padding_idx], minlength=num_bags)
-
-
-def _aten_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: int, psw: Tensor | None, mode: int,
-                   padding_idx: int, num_rows: int) -> Tensor:
-    """ATen's ``_embedding_bag_backward`` itself (arguments as in ``_segment_bag_grad``).
-    It takes eager's forward by-products: ``offset2bag`` is left empty, which ATen rebuilds
-    from the offsets (as after eager's fast-path forward); mean mode's ``bag_size`` is
-    counted here as eager's forward counts it."""
-    offs = offsets if offsets is not None else torch.arange(0, flat.shape[0], max(bag_len, 1))
-    empty = flat.new_empty((0,))
-    bag_size = empty
-    if mode == MEAN:
-        bag_size = _mean_bag_sizes(flat, offsets, bag_len, padding_idx, grad.shape[0])[1]
-    return torch.ops.aten._embedding_bag_backward(
-        grad.contiguous(), flat.contiguous(), offs.contiguous(), empty, bag_size, empty, num_rows, False, mode, False,
-        None if psw is None else psw.contiguous(), padding_idx)
-
-
-def _segment_bag_grad(grad: Tensor, flat: Tensor, offsets: Tensor | None, bag_len: int, scale: Tensor | None,
-                      padding_idx: int, out: Tensor, accumulate: bool) -> Tensor:
-    """``_embedding_bag_backward`` of sum / mean mode on the CPU by ATen ops (where the
-    native kernel is off or cannot be built), bit-equal, written into ``out`` (zeros), or
-    with ``accumulate`` added into it.
-
-    ATen sorts the indices and, for each distinct index, adds ``scale_p * grad[bag_p]`` over
-    its positions p in sorted order (an axpy; the padding index is skipped). That is an
-    EmbeddingBag forward with ``grad`` as the table: one bag per distinct index, holding the
-    bags of its positions, weighted by their scales. So ``F.embedding_bag`` (FBGEMM's
-    vectorised, parallel kernel) makes every distinct row's sum with no ``[nnz, D]``
-    intermediate, and ``index_put_`` writes them into the zeroed buffer: measured 2.2x
-    faster than ATen's backward for 100,000 x 64, B=2,048, L=20 (1.4 vs 3.1 ms), before the
-    fresh pages ATen's new gradient faults in.
-
-    Args:
-        grad: ``[B, D]`` fp32; flat ``[nnz]`` int64 (every position in a bag); offsets
-            ``[B]`` int64 bag starts, or None with ``bag_len`` the fixed bag size of 2-D input;
-        scale: ``[nnz]`` each position's factor (per-sample weight, 1/bag size), or None.
-        out: ``[num_rows, D]`` fp32, contiguous.
-    Returns:
-        ``out``.
-    """
-    sorted_idx, perm = flat.sort()
-    if scale is not None:
-        scale = scale[perm]
-    if offsets is None:
-        bag = perm.div_(bag_len, rounding_mode="floor")
-    else:
-        bag = bag_of_positions(flat, offsets, False)[1][perm]
-    del perm
-    rows, counts = torch.unique_consecutive(sorted_idx, return_counts=True)
-    del sorted_idx
-    rows = rows.clone()  # unique_consecutive's outputs keep an [nnz] allocation each
-    starts = counts.cumsum(0).sub_(counts)
-    del counts
-    # Distinct rows a chunk at a time (a chunk ends where a row's positions end). ATen's
-    # backward holds four [nnz] index arrays (its sort's two, offset2bag, a resize); this one
-    # holds one (bag) and two [U] ones (rows, starts), so [rows, D] sums of the rest keep
-    # its temporaries, and the step's peak memory, within ATen's.
-    nnz, d = flat.shape[0], grad.shape[1]
-    step = max(1, (3 * nnz - 2 * rows.shape[0]) * 8 // (d * grad.element_size()))
-    bounds = starts[::step].tolist() + [nnz]
-    g = grad.contiguous()
-    for c, (first, end) in enumerate(zip(bounds, bounds[1:])):
-        chunk = slice(c * step, (c + 1) * step)
-        sums = torch.nn.functional.embedding_bag(bag[first:end], g, starts[chunk] - first, mode="sum",
-                                                 per_sample_weights=None if scale is None else scale[first:end])
-        if padding_idx >= 0:  # ATen skips the padding row's positions: its row stays zero
-            sums[rows[chunk] == padding_idx] = 0
-        # A row's sum lands once: written into zeros, or added (x + s, as adding a gradient
-        # is). index_put_ (rows are distinct): index_copy_ and index_add_ took 8-25x longer.
-        r = rows[chunk]
-        out.index_put_((r,), out.index_select(0, r).add_(sums) if accumulate else sums)
-        del sums  # before the next chunk's
-    return out
-
-
 def per_sample_weights_grad(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor | None,
                             padding_idx: int, include_last_offset: bool) -> Tensor:
     """``d out / d per_sample_weights`` of a sum-mode lookup: ``[nnz]``, ``<grad[bag_j], W[idx_j]>``
@@ -364,24 +183,17 @@ def per_sample_weights_grad(grad: Tensor, weight: Tensor, indices: Tensor, offse
     return torch.where(flat != padding_idx, dots, torch.zeros((), dtype=dots.dtype, device=dots.device))
 
 
-def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
-                                        offsets: Sequence[Tensor | None],
-                                        per_sample_weights: Sequence[Tensor | None], num_rows: Sequence[int],
-                                        dims: Sequence[int], modes: Sequence[int], padding_idx: Sequence[int],
-                                        include_last_offset: Sequence[bool], sparse: Sequence[bool],
-                                        reuse: bool = False) -> list[Tensor]:
-    """The CPU backward (and, packed, ``multi_embedding_bag_backward_ref``): per table, in
-    grad's dtype, its dense ``[V_k, D_k]`` gradient (``bag_weight_grad_aten``: eager's own
-    algorithm on the CPU; half types accumulate in fp32 and are rounded once), or for a
-    sparse table the values ``[nnz_k * D_k]`` of its COO gradient. Each dense gradient is
-    its own allocation, not a slice of one buffer for all tables (see
-    ``multi_embedding_backward_tables``)."""
-    out = []
+def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
+                                     offsets: Sequence[Tensor | None], per_sample_weights: Sequence[Tensor | None],
+                                     num_rows: Sequence[int], dims: Sequence[int], modes: Sequence[int],
+                                     padding_idx: Sequence[int], include_last_offset: Sequence[bool],
+                                     sparse: Sequence[bool]) -> tuple[Tensor, Tensor]:
+    """``(dense [sum V_k * D_k of dense tables], values [sum nnz_k * D_k of sparse tables])`` in
+    grad's dtype: per table, its dense gradient (``bag_weight_grad_ref``), row-major, back to
+    back, or the per-index rows of a sparse table's COO gradient (``index_grad_rows``; its
+    indices are that table's flat indices, as eager's). Sums run in fp32, rounded once."""
+    dense, values = [], []
     col = am_col = 0
-    # The native kernel's tables run together, after the loop: between the ATen ops of one
-    # table and the next, torch's OpenMP workers spin on the cores the kernel's threads
-    # need (measured: 26 tables one at a time took 74-79 ms, the same work batched 44-52).
-    batch: list[_cpu_native.BagTable] = []
     for i, o, p, v, d, m, pad, ilo, sp in zip(indices, offsets, per_sample_weights, num_rows, dims, modes,
                                              padding_idx, include_last_offset, sparse):
         g = grad[:, col:col + d]
@@ -389,27 +201,8 @@ def multi_embedding_bag_backward_tables(grad: Tensor, arg_max: Tensor, indices: 
         am = arg_max[:, am_col:am_col + d] if m == MAX else arg_max
         am_col += d if m == MAX else 0
         if sp:
-            out.append(index_grad_rows(g, i, o, p, m, pad, ilo, reuse=reuse)[1].reshape(-1))
+            values.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1))
         else:
-            out.append(bag_weight_grad_aten(g, am, i, o, p, m, pad, ilo, v, reuse=reuse,
-                                            batch=batch if grad.dtype == torch.float32 else None))
-    if batch:
-        _cpu_native.bag_grad(batch)
-    return [t.to(grad.dtype) for t in out]
-
-
-def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
-                                     offsets: Sequence[Tensor | None], per_sample_weights: Sequence[Tensor | None],
-                                     num_rows: Sequence[int], dims: Sequence[int], modes: Sequence[int],
-                                     padding_idx: Sequence[int], include_last_offset: Sequence[bool],
-                                     sparse: Sequence[bool]) -> tuple[Tensor, Tensor]:
-    """``(dense [sum V_k * D_k of dense tables], values [sum nnz_k * D_k of sparse tables])`` in
-    grad's dtype: ``multi_embedding_bag_backward_tables`` packed, the dense gradients
-    row-major back to back, and the per-index rows of each sparse table's COO gradient
-    (indices = that table's flat indices, as eager's)."""
-    tables = multi_embedding_bag_backward_tables(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
-                                                 modes, padding_idx, include_last_offset, sparse)
-    empty = grad.new_zeros((0,))
-    dense = [t.reshape(-1) for t, sp in zip(tables, sparse) if not sp]
-    values = [t for t, sp in zip(tables, sparse) if sp]
-    return torch.cat(dense or [empty]), torch.cat(values or [empty])
+            dense.append(bag_weight_grad_ref(g, am, i, o, p, m, pad, ilo, v).reshape(-1))
+    empty = grad.new_zeros((0,), dtype=torch.float32)
+    return torch.cat(dense or [empty]).to(grad.dtype), torch.cat(values or [empty]).to(grad.dtype)

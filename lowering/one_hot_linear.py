@@ -146,8 +146,8 @@ def _one_hot_linear_backward_fake(grad, indices, num_classes, offsets, num_colum
 def _native(t: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None) -> bool:
     """Whether the CPU op on fp32 ``t`` runs ``_cpu_native``'s kernels: fp32 throughout, and the
     library built (``config.cpu_native_kernels``). Opaque to Inductor, they leave it no C++
-    to build (the compiled gather and scatter-add cost a first compile 0.2-0.4 s more than
-    torch.compile's) and run faster than Inductor's loops (docs/design.md). Read when the
+    to build (a slower first compile) and run faster than Inductor's loops (both measured in
+    docs/design.md, "Why the CPU path is what it is"). Read when the
     graph is traced, it picks code for speed only: the opaque ops check ``lib()`` again when
     they run and take the ATen reference without it, so a graph compiled (or cached) with
     the library runs where it is switched off or cannot be built."""

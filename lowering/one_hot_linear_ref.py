@@ -1,7 +1,7 @@
 """Pure-torch reference twins of the one-hot column gather kernels.
 
 These are the CPU implementation of ``torch.ops.inductor_embed.one_hot_linear`` and its
-backward where ``_cpu_native``'s kernels do not run (half types, autocast, no compiler),
+backward where the native C kernels do not run (half types, autocast, no compiler),
 the oracle of the kernel tests, and the baseline of the benchmark. They use
 ATen ops only, so that Inductor, which traces through the ``triton_op`` body, compiles
 them into its own loops on the CPU. They assume every index is in range: the op

@@ -27,6 +27,8 @@ from inductor_embed.lowering._common import (
     twin_op,
     use_triton,
 )
+from inductor_embed.lowering.bag_backward_cpu import bag_weight_grad_cpu
+from inductor_embed.lowering.embedding_backward_cpu import index_add_backward
 from inductor_embed.lowering.multi_embedding_bag import (
     _OOB_MSG,
     _raise_on_flags,
@@ -35,12 +37,11 @@ from inductor_embed.lowering.multi_embedding_bag import (
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
     bag_forward,
-    bag_weight_grad_aten,
+    bag_weight_grad_ref,
     num_bags,
     per_sample_weights_grad,
     rows_in_bags,
 )
-from inductor_embed.lowering.multi_embedding_ref import _index_add_backward
 
 
 @triton_op("inductor_embed::tied_embedding_bag", mutates_args=())
@@ -149,13 +150,14 @@ def tied_embedding_bag_backward(
     with ``separate`` ``[2, V, D]``, the Embedding's part then the bag's.
 
     An opaque op (an extern call under Inductor). GPU: one zero fill, one atomic-add
-    launch over both lookups, one cast for half types. CPU, and deterministic mode
-    (checked when it runs): the eager reference, deterministic."""
+    launch over both lookups, one cast for half types. CPU: ``_tied_backward_cpu``, bit-equal
+    to eager, deterministic. Deterministic mode on the GPU (checked when it runs): the ATen
+    reference ``_tied_backward_ref``."""
     args = (grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, per_sample_weights, num_rows, mode,
             emb_padding_idx, bag_padding_idx, include_last_offset, separate)
     _checks.tied_embedding_bag_backward(*args, values=not use_triton(grad_bag))
     if not use_triton(grad_bag) or torch.are_deterministic_algorithms_enabled():
-        return _tied_backward_ref(*args)
+        return _tied_backward_cpu(*args) if grad_bag.device.type == "cpu" else _tied_backward_ref(*args)
     return _tied_backward_kernels(*args)
 
 
@@ -170,11 +172,23 @@ def _tied_embedding_bag_backward_fake(grad_emb, grad_bag, arg_max, emb_indices, 
 
 def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, num_rows, mode,
                        emb_pad, bag_pad, ilo, separate) -> Tensor:
+    """The op's result by ATen ops only: ``embedding_dense_backward`` and
+    ``bag_weight_grad_ref``, summed in fp32 (half types) and rounded once."""
+    g = grad_emb.reshape(-1, grad_bag.shape[1])
+    g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+    emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
+    bag = bag_weight_grad_ref(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows).to(g.dtype)
+    return (torch.stack([emb, bag]) if separate else emb + bag).to(grad_bag.dtype)
+
+
+def _tied_backward_cpu(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, offsets, psw, num_rows, mode,
+                       emb_pad, bag_pad, ilo, separate) -> Tensor:
+    """The op's result on the CPU, bit-equal to eager's two backwards and their sum."""
     d = grad_bag.shape[1]
     g = grad_emb.reshape(-1, d)
     if g.dtype in (torch.float16, torch.bfloat16):
         g = g.float()
-    if g.device.type == "cpu" and not separate and grad_bag.dtype == torch.float32:
+    if not separate and grad_bag.dtype == torch.float32:
         # The one gradient, in a reused buffer (_grad_cache): the embedding's (the C kernel
         # with bags of one position, else index_add_: both bit-equal to
         # embedding_dense_backward), then the bag's added in place, as eager's AccumulateGrad
@@ -185,14 +199,14 @@ def _tied_backward_ref(grad_emb, grad_bag, arg_max, emb_indices, bag_indices, of
                                                        emb_indices.reshape(-1, 1), None, None, False, emb_pad,
                                                        False, None)])
         else:
-            emb = _index_add_backward(g.contiguous(), emb_indices.reshape(-1), num_rows, emb_pad, False,
-                                      _grad_cache.zeros((num_rows, d), g.dtype))
-        return bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows,
-                                    out=emb)
+            emb = index_add_backward(g.contiguous(), emb_indices.reshape(-1), num_rows, emb_pad, False,
+                                     _grad_cache.zeros((num_rows, d), g.dtype))
+        return bag_weight_grad_cpu(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows,
+                                   out=emb)
     emb = torch.ops.aten.embedding_dense_backward(g, emb_indices.reshape(-1), num_rows, emb_pad, False)
-    # eager's own EmbeddingBag backward on the CPU (bag_weight_grad elsewhere); a temporary
-    bag = bag_weight_grad_aten(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows,
-                               out=torch.zeros_like(emb))
+    # eager's own EmbeddingBag backward; a temporary
+    bag = bag_weight_grad_cpu(grad_bag, arg_max, bag_indices, offsets, psw, mode, bag_pad, ilo, num_rows,
+                              out=torch.zeros_like(emb))
     if separate:
         return torch.stack([emb, bag]).to(grad_bag.dtype)
     return emb.add_(bag).to(grad_bag.dtype)

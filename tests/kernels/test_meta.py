@@ -82,3 +82,27 @@ def test_first_call_inside_capture_raises_a_clear_error(fake_cuda, monkeypatch) 
     with pytest.raises(RuntimeError, match=r"first call .* on cuda:3 is inside CUDA-graph capture; run the model once"):
         _meta._host_buffer([1, 2, 0], torch.device("cuda", 3))
     assert _meta._graph_owned == {} and 3 not in _meta._arenas
+
+
+def test_meta_fields_build_rows_by_name_and_check_the_kernels_names() -> None:
+    fields = _meta.MetaFields("A B C")
+    a, b, c = fields
+    assert fields.cols == 3 and (a.value, b.value, c.value) == (0, 1, 2)
+    assert fields.row(C=3, A=1, B=2) == [1, 2, 3]
+    with pytest.raises(TypeError, match="no value for field B"):
+        fields.row(A=1, C=3)
+    with pytest.raises(TypeError, match=r"unknown fields \['E'\]"):
+        fields.row(A=1, B=2, C=3, E=4)
+    fields.check({"A": a, "B": b, "C": c})
+    with pytest.raises(AssertionError, match=r"\['A', 'B'\]"):
+        fields.check({"A": b, "B": a, "C": c})
+
+
+@pytest.mark.parametrize("module", ["multi_embedding", "multi_embedding_bag", "one_hot_linear"])
+def test_each_kernel_family_declares_its_meta_fields_once(module: str) -> None:
+    """The kernels' field names are the declared columns, and a row has one value each."""
+    import importlib
+
+    mod = importlib.import_module(f"inductor_embed.kernels.{module}")
+    mod.FIELDS.check(vars(mod))
+    assert mod.META_COLS == mod.FIELDS.cols == len(set(mod.FIELDS.names))

@@ -16,7 +16,7 @@ import torch.nn as nn
 import inductor_embed
 from inductor_embed import config
 from inductor_embed.lowering import _cpu_native
-from inductor_embed.lowering.multi_embedding_bag_ref import bag_weight_grad_aten
+from inductor_embed.lowering.bag_backward_cpu import bag_weight_grad_cpu
 from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
     one_hot_linear_ref,
@@ -61,11 +61,11 @@ def test_bit_equal_to_eager(size, form, mode, weighted, padding_idx, itype):
     b = indices.shape[0] if offsets is None else offsets.numel() - int(ilo)
     grad = torch.randn(b, dim)
     want = eager_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, num_rows)
-    got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, num_rows)
+    got = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, num_rows)
     assert torch.equal(got, want)
     # Added into a gradient (the tied op's): x + s, as AccumulateGrad adds a second one.
     base = torch.randn(num_rows, dim)
-    added = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, num_rows,
+    added = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, num_rows,
                                  out=base.clone())
     assert torch.equal(added, base + want)
 
@@ -87,7 +87,7 @@ def test_every_thread_count_gives_the_same_bits(threads, nnz, monkeypatch):
     grad = torch.randn(offsets.numel(), 64)
     want = eager_bag_backward(grad, indices, offsets, psw, 0, -1, ilo, 9000)
     with num_threads(threads):
-        got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, -1, ilo, 9000)
+        got = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, 0, -1, ilo, 9000)
     assert torch.equal(got, want)
 
 
@@ -99,7 +99,7 @@ def test_an_index_out_of_range_raises_and_writes_nothing(size):
     base = torch.randn(300, 8)
     out = base.clone()
     with pytest.raises(IndexError, match="out of range"):
-        bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, None, 0, -1, False, 300, out=out)
+        bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, None, 0, -1, False, 300, out=out)
     assert torch.equal(out, base)
 
 
@@ -155,8 +155,8 @@ def test_without_a_compiler_the_aten_ops_give_the_same_bits(fresh_build, monkeyp
     grad = torch.randn(offsets.numel(), 64)
     want = eager_bag_backward(grad, indices, offsets, psw, 0, 7, ilo, 9000)
     with caplog.at_level(logging.WARNING, logger="inductor_embed"):
-        got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
-        bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
+        got = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
+        bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
     assert _cpu_native.lib() is None
     assert torch.equal(got, want)
     warnings = [r for r in caplog.records if "could not build the native CPU kernels" in r.message]
@@ -173,7 +173,7 @@ def test_a_build_without_openmp_threads_its_own_and_gives_the_same_results(fresh
     with num_threads(3):
         indices, offsets, psw, ilo = _case("offsets", 40960, 9000, True, torch.int64, seed=8)
         grad = torch.randn(offsets.numel(), 64)
-        got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
+        got = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, 0, 7, ilo, 9000)
         oh, classes, offs, w, b = _one_hot_case("row", True, torch.int64)
         out, _ = _cpu_native.one_hot_linear(oh, classes, offs, w, b)
         g = torch.randn(4, 6, 9)
@@ -197,7 +197,7 @@ def test_the_switch_turns_the_kernel_off():
         assert _cpu_native.lib() is None
         indices, offsets, psw, ilo = _case("2d_strided", 40960, 9000, False, torch.int64, seed=5)
         grad = torch.randn(indices.shape[0], 64)
-        got = bag_weight_grad_aten(grad, torch.empty(0), indices, offsets, psw, 1, -1, ilo, 9000)
+        got = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, 1, -1, ilo, 9000)
     assert torch.equal(got, eager_bag_backward(grad, indices, offsets, psw, 1, -1, ilo, 9000))
     assert _cpu_native.lib() is not None
     inductor_embed.empty_cache()
@@ -210,7 +210,7 @@ def test_the_switch_turns_the_kernel_off():
 def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, monkeypatch):
     """multi_embedding's wide-table CPU backward: the kernel with bags of one position, in
     position order (embedding_dense_backward's) at every size."""
-    from inductor_embed.lowering.multi_embedding_ref import multi_embedding_backward_tables
+    from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
 
     calls = []
     run = _cpu_native.bag_grad
@@ -228,7 +228,7 @@ def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, m
         indices = [ids[:, 0].contiguous(), ids[:, 1].contiguous()]
     shape = (*indices[0].shape, sum(dims))
     grad = torch.randn(shape).exp() if form != "expanded_grad" else torch.tensor(1.5).expand(shape)
-    got = multi_embedding_backward_tables(grad, indices, [num_rows] * 2, dims, [padding_idx] * 2, [False] * 2,
+    got = embedding_grads_cpu(grad, indices, [num_rows] * 2, dims, [padding_idx] * 2, [False] * 2,
                                           reuse=True)
     cols = [0, dims[0]]
     for k in range(2):
