@@ -3,8 +3,9 @@
 Names are the keys of ``bench.config.DISTRIBUTIONS``:
 
 - ``uniform``: every row equally likely.
-- ``halves``: seed 004's collision study: half the batch on one row, a quarter on a
-  second, and so on (row k has probability 0.5^(k+1)); the rows are scattered.
+- ``halves``: the collision study of RTB House's pytorch-fast-embedding: half the batch
+  on one row, a quarter on a second, and so on (row k has probability 0.5^(k+1)); the
+  rows are scattered.
 - ``same``: every index is one row (the worst case for an atomic-add backward).
 - ``hot20``: 80% uniform, 20% on one hot row.
 - ``zipf<alpha>``: Zipf over the vocabulary, P(rank r) ~ r^-alpha, ranks scattered

@@ -20,7 +20,7 @@ without ``kernel_specs`` is skipped with a note; a missing ``LAUNCHES`` is repor
 null. The signature mimics Triton's runtime specialization: pointers get
 ``tt.divisibility=16``, integers none.
 
-Goals (the issue's): compile <= 30 s for T <= 26, <= 60 s at T = 100, <= 120 s at
+Goals: compile <= 30 s for T <= 26, <= 60 s at T = 100, <= 120 s at
 T = 1,000; no spills; <= 4,096 parameter bytes. Misses are marked in the table; the exit
 code is 0 anyway (1 only when a family cannot be imported or its ``kernel_specs``
 raises).
@@ -74,7 +74,7 @@ PARAM_BYTES_GOAL = 4096
 
 
 def compile_goal_s(tables: int) -> float:
-    """The issue's compile-time budget for one family at ``tables`` tables."""
+    """The compile-time budget for one family at ``tables`` tables."""
     return 30.0 if tables <= 26 else 60.0 if tables <= 100 else 120.0
 
 

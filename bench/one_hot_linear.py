@@ -1,7 +1,7 @@
-"""Standalone benchmark of the one_hot_linear pattern (issue 3): a Linear on a one-hot.
+"""Standalone benchmark of the one_hot_linear pattern: a Linear on a one-hot.
 
     python -m bench.one_hot_linear                 # quick sizes (the default on a CPU)
-    python -m bench.one_hot_linear --sizes issue   # the issue's grid: V 16..1e6, D 8..1024, B 1..65536
+    python -m bench.one_hot_linear --sizes issue   # the full grid: V 16..1e6, D 8..1024, B 1..65536
     python -m bench.one_hot_linear --json out.json --iters 50
 
 The model is ``nn.Linear(V, D)(F.one_hot(idx, V).float())``, idx uniform in [0, V).
@@ -67,10 +67,10 @@ class Result:
 
 
 SIZES = {
-    # A few points across the issue's ranges that a shared 2-core CPU finishes in minutes.
+    # A few points across the full grid's ranges that a shared 2-core CPU finishes in minutes.
     "quick": [Case(16, 64, 4096), Case(1024, 64, 4096), Case(16384, 256, 1024),
               Case(65536, 64, 256), Case(1_000_000, 64, 32), Case(1024, 1024, 1)],
-    # The issue's grid.
+    # The full grid, meant for a GPU.
     "issue": [Case(v, d, b) for v in (16, 1024, 65536, 1_000_000) for d in (8, 64, 1024) for b in (1, 1024, 65536)],
 }
 

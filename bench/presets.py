@@ -9,7 +9,7 @@
   with Inductor's freezing.
 - ``cpu-models``: five whole models (DLRM, DeepFM, a BERT-base block, an OGB-style GNN,
   a two-tower retriever) at realistic sizes, training step.
-- ``cpu-sparse``: issue 14's big sparse=True tables with the optimizer step timed, and
+- ``cpu-sparse``: big sparse=True tables with the optimizer step timed, and
   each provider's peak RSS growth measured in a process of its own (bench/rss.py).
 - ``gpu``: the full sweep, for one H100/H200. Run it in parts with ``--workloads``
   where a command may only take 10 minutes.
@@ -26,7 +26,8 @@ from bench.config import Case, Preset
 from bench.workloads.models import ATOM_VOCABS, BOND_VOCABS
 
 ALL_DISTS = ("uniform", "halves", "same", "hot20", "zipf1.15")
-SEED004_VOCABS = (1_000, 5_000, 10_000, 50_000)  # cycled over the tables
+# The multi-table vocabularies of RTB House's pytorch-fast-embedding, cycled over the tables
+MULTI_TABLE_VOCABS = (1_000, 5_000, 10_000, 50_000)
 
 
 def cycle(values: tuple[int, ...], n: int) -> tuple[int, ...]:
@@ -40,12 +41,12 @@ def single(vocab: int, dim: int, batches, dists, dtype: str = "float32", panel: 
 
 
 def multi(panel: str, dims: tuple[int, ...], batches, dtype: str = "float32",
-          vocabs: tuple[int, ...] = SEED004_VOCABS, dist: str = "uniform") -> list[Case]:
+          vocabs: tuple[int, ...] = MULTI_TABLE_VOCABS, dist: str = "uniform") -> list[Case]:
     return [Case("multi_table", panel, cycle(vocabs, len(dims)), dims, b, dist, dtype) for b in batches]
 
 
 def table_sweep(tables, batch: int, dims: tuple[int, ...] = (1, 2, 4, 8)) -> list[Case]:
-    return [Case("multi_table", f"tables at B={batch}, D={'/'.join(map(str, dims))}", cycle(SEED004_VOCABS, t),
+    return [Case("multi_table", f"tables at B={batch}, D={'/'.join(map(str, dims))}", cycle(MULTI_TABLE_VOCABS, t),
                  cycle(dims, t), batch, "uniform", x_axis="tables") for t in tables]
 
 
@@ -57,16 +58,16 @@ def bags(panel: str, tables: int, rows: int, dims: tuple[int, ...], batches, bag
 
 def sparse(panel: str, tables: int, rows: int, dim: int, batches, dists=("uniform", "zipf1.15"),
            variant: str = "adam") -> list[Case]:
-    """sparse_tables (issue 14): ``tables`` x ``rows`` x ``dim`` fp32 sparse=True tables + an
+    """sparse_tables: ``tables`` x ``rows`` x ``dim`` fp32 sparse=True tables + an
     MLP, optimizer step timed; ``variant`` is the tables' optimizer (adam, adagrad, sgd)."""
     return [Case("sparse_tables", panel, (rows,) * tables, (dim,) * tables, b, d, variant=variant)
             for d in dists for b in batches]
 
 
 def fm(batches, fields: int = 26, dim: int = 16) -> list[Case]:
-    """Issue 13's Criteo-like FM model on multi_table: 26 field slices, then a per-field bias
+    """A Criteo-like FM model on multi_table: 26 field slices, then a per-field bias
     before the cat (bench/workloads/multi_table.py FieldsFM)."""
-    return [Case("multi_table", f"Criteo-like FM, {fields} fields D={dim} ({v})", cycle(SEED004_VOCABS, fields),
+    return [Case("multi_table", f"Criteo-like FM, {fields} fields D={dim} ({v})", cycle(MULTI_TABLE_VOCABS, fields),
                  (dim,) * fields, b, variant=v) for v in ("fm_slices", "fm_bias") for b in batches]
 
 
@@ -78,7 +79,7 @@ CRITEO_VOCABS = tuple(min(v, 200_000) for v in (
 
 
 def deepfm(batches, dim: int = 8) -> list[Case]:
-    """Issue 27's DeepFM: 26 Criteo fields of width ``dim``, each looked up once and read by
+    """A DeepFM: 26 Criteo fields of width ``dim``, each looked up once and read by
     a stack (FM) and a flat cat with dense features (deep part); one fused op should serve
     both (bench/workloads/multi_table.py DeepFM)."""
     return [Case("multi_table", f"DeepFM, 26 Criteo fields D={dim} (deepfm)", CRITEO_VOCABS, (dim,) * 26, b,
@@ -86,16 +87,16 @@ def deepfm(batches, dim: int = 8) -> list[Case]:
 
 
 def sums_and_mf(batches, fields: int = 9, dim: int = 64) -> list[Case]:
-    """Issue 13's sums of lookups (9 tables of one width summed, then a LayerNorm: an atom
+    """Sums of lookups (9 tables of one width summed, then a LayerNorm: an atom
     encoder; ``sum_noop``: each lookup through ``.to(device)`` and ``.contiguous()`` first), matrix factorisation (users 100k and items 50k x D, per-id biases, a dot
     product) and shared first columns written into each lookup before the cat, on
     multi_table (bench/workloads/multi_table.py SumEncoder, MatrixFactorisation, SharedColumns)."""
-    return ([Case("multi_table", f"sum of {fields} lookups D={dim} ({v})", cycle(SEED004_VOCABS, fields),
+    return ([Case("multi_table", f"sum of {fields} lookups D={dim} ({v})", cycle(MULTI_TABLE_VOCABS, fields),
                   (dim,) * fields, b, variant=v) for v in ("sum", "sum_noop") for b in batches]
             + [Case("multi_table", f"matrix factorisation D={dim} (mf)", (100_000, 50_000, 100_000, 50_000),
                     (dim, dim, 1, 1), b, variant="mf") for b in batches]
             + [Case("multi_table", f"{fields} lookups D={dim}, shared first columns (shared)",
-                    cycle(SEED004_VOCABS, fields), (dim,) * fields, b, variant="shared") for b in batches])
+                    cycle(MULTI_TABLE_VOCABS, fields), (dim,) * fields, b, variant="shared") for b in batches])
 
 
 def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, bag_size: int = 8) -> list[Case]:
@@ -110,7 +111,7 @@ def hooks(batches, n_classes: int = 1000, dim: int = 64, vocab: int = 10_000, ba
                     bag_size=bag_size) for b in batches])
 
 
-# seed 004's multi-table configurations
+# pytorch-fast-embedding's multi-table configurations (its FastMultiEmbedding study)
 DIMS_1_8 = (1, 2, 4, 8, 1, 2, 4, 8, 1, 2)
 DIMS_4_32 = (4, 8, 16, 32, 4, 8, 16, 32, 4, 8)
 DIMS_64_256 = (64, 128, 256, 64, 128, 256, 64, 128, 256, 64)
@@ -135,9 +136,9 @@ def _smoke() -> Preset:
 
 
 def _cpu_quick() -> Preset:
-    # Seed 004's tables as they are; the cost on a CPU is the dense gradient's zero-fill
-    # (V x D per table per step), so big configurations get one batch size each. Left to
-    # the gpu preset: the table-count sweep (100 tables cost ~30 s of compile per
+    # pytorch-fast-embedding's tables as they are; the cost on a CPU is the dense gradient's
+    # zero-fill (V x D per table per step), so big configurations get one batch size each.
+    # Left to the gpu preset: the table-count sweep (100 tables cost ~30 s of compile per
     # provider on 2 cores), per-sample weights and mixed dims in bags.
     small, large = 512, 16384
     cases = (
@@ -178,9 +179,9 @@ def _cpu_infer() -> Preset:
     cases = (
         bags("DLRM: 26 bags, rows=100000 D=64 L=20", 26, 100_000, (64,), batches)
         + multi("26 lookups + cat, V=100000 D=64", (64,) * 26, batches, vocabs=(100_000,))
-        + [Case("multi_table", "Criteo-like FM, 26 fields D=16 (fm_slices)", cycle(SEED004_VOCABS, 26), (16,) * 26,
+        + [Case("multi_table", "Criteo-like FM, 26 fields D=16 (fm_slices)", cycle(MULTI_TABLE_VOCABS, 26), (16,) * 26,
                 b, variant="fm_slices") for b in batches]
-        + [Case("multi_table", "BERT-style sum of 9 lookups D=64 (sum)", cycle(SEED004_VOCABS, 9), (64,) * 9, b,
+        + [Case("multi_table", "BERT-style sum of 9 lookups D=64 (sum)", cycle(MULTI_TABLE_VOCABS, 9), (64,) * 9, b,
                 variant="sum") for b in batches]
         + [Case("one_hot_linear", "classes=1000 D=64", (1000,), (64,), b) for b in batches]
     )
@@ -209,13 +210,13 @@ def _cpu_models() -> Preset:
 
 
 def _cpu_sparse() -> Preset:
-    # Issue 14's case: 4 tables x 2,000,000 rows x D=64 fp32 (2 GiB; SparseAdam's moments
-    # 4 GiB more), batch 4,096, uniform and Zipf; the other table optimizers on uniform.
+    # Big sparse=True tables: 4 tables x 2,000,000 rows x D=64 fp32 (2 GiB; SparseAdam's
+    # moments 4 GiB more), batch 4,096, uniform and Zipf; the other table optimizers on uniform.
     # Each case is its own group (a fresh model), and each provider's RSS is measured in
     # a process of its own: ~10 minutes on 2 cores, ~8 GiB of memory at a time.
     key = ("4 tables x 2,000,000 rows, D=64", 4, 2_000_000, 64, (4096,))
     cases = sparse(*key) + sparse(*key, ("uniform",), variant="adagrad") + sparse(*key, ("uniform",), variant="sgd")
-    return Preset("cpu-sparse", "issue 14: big sparse=True tables + optimizer step, step time and peak RSS growth",
+    return Preset("cpu-sparse", "big sparse=True tables + optimizer step, step time and peak RSS growth",
                   tuple(cases), iters=10, warmup=2, copy_mib=128, rss=True,
                   providers=("eager", "torch.compile", "inductor_embed", "fbgemm_tbe"))
 
@@ -259,9 +260,10 @@ def _gpu_check() -> list[Preset]:
     contended = (*op, "torch.compile+partitioned_scatter")
     kw = {"iters": 20, "warmup": 3, "copy_mib": 1024}
     return [
-        # seed 004: 10 tables of D 1..8, forward + backward at B <= 4096 vs eager and
-        # torch.compile; and a wide (D 64..256) multi-table forward gather.
-        Preset("gpu-check-multi", "GPU goal: seed 004's 10 tables D 1..8 at B <= 4096; 10 tables D 64..256",
+        # pytorch-fast-embedding's 10 tables of D 1..8, forward + backward at B <= 4096 vs
+        # eager and torch.compile; and a wide (D 64..256) multi-table forward gather.
+        Preset("gpu-check-multi", "GPU goal: pytorch-fast-embedding's 10 tables D 1..8 at B <= 4096; "
+               "10 tables D 64..256",
                tuple(multi("10 tables, D 1..8", DIMS_1_8, (128, 512, 2048, 4096))
                      + multi("10 tables, D 64..256", DIMS_64_256, (4096, 16384))),
                providers=fused, **kw),

@@ -6,8 +6,8 @@ table (forward, backward and forward+backward medians with p20-p80, GB/s from th
 workload's byte count, the share of the copy bandwidth measured in the same run, peak
 memory, compile time, the correctness check). The plots show forward+backward speedup
 over eager against the batch size (or the table count), one panel per configuration,
-like seed 004's plots. Without matplotlib the plots are skipped with a log line;
-``python -m bench --report <name>.json`` redraws them later.
+like the plots of RTB House's pytorch-fast-embedding. Without matplotlib the plots are
+skipped with a log line; ``python -m bench --report <name>.json`` redraws them later.
 """
 
 from __future__ import annotations

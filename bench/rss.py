@@ -1,4 +1,4 @@
-"""Peak RSS growth of a training step, each provider in a fresh process (issue 14).
+"""Peak RSS growth of a training step, each provider in a fresh process.
 
 The profiler's peak (``PeakMemory``) counts the bytes torch allocates; what a user of
 big tables runs out of is resident memory, which also holds what the allocator keeps,

@@ -15,8 +15,8 @@
 # 4. the benchmark cases behind the GPU goals, one bench/presets.py `gpu-check-*` preset per
 #    goal, each under its own time cap (a run killed by its cap writes nothing, so the
 #    cases are split where one slow compile could otherwise cost the others):
-#      multi        seed 004's 10 tables D 1..8 fwd+bwd at B <= 4096 vs eager / torch.compile,
-#                   and 10 tables D 64..256
+#      multi        the 10 tables D 1..8 of RTB House's pytorch-fast-embedding, fwd+bwd at
+#                   B <= 4096 vs eager / torch.compile, and 10 tables D 64..256
 #      gather       one-table forward gather at D=128: forward GB/s as a share of the copy bandwidth
 #      bf16         bf16 backward, one row repeated 262,144 / 1,048,576 times
 #      tables       T=10 and T=100 at B=128

@@ -36,7 +36,7 @@ from inductor_embed import config
 from inductor_embed.patterns import PATTERNS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-MAX_LINES = 300  # issue 15: the README is for users; design notes live in docs/
+MAX_LINES = 300  # the README is for users; design notes live in docs/
 
 # torch's log prefix: level letter, date, time, pid, path:line] and an optional [compile id].
 _LOG_PREFIX = re.compile(r"^[DIVWEC]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] (\[[^\]]*\] )?")

@@ -2,13 +2,16 @@
 
 | name | after | inductor_embed pattern |
 |---|---|---|
-| single_table | seed 004's FastEmbedding study | independent_lookups (a lone lookup, CPU fp32); ``inductor_embed.op`` calls the op |
-| multi_table | seed 004's FastMultiEmbedding study | multi_embedding_cat |
+| single_table | pytorch-fast-embedding's FastEmbedding study | independent_lookups (a lone lookup, CPU fp32); ``inductor_embed.op`` calls the op |
+| multi_table | pytorch-fast-embedding's FastMultiEmbedding study | multi_embedding_cat |
 | table_batched_bags | FBGEMM's TBE benchmark defaults | multi_embedding_bag |
-| one_hot_linear | seed 001 | one_hot_linear |
-| tied_bags | seed 003 | tied_embedding_bag |
-| sparse_tables | issue 14 | multi_embedding_cat (sparse=True; optimizer step timed) |
+| one_hot_linear | the embedding-vs-Linear equivalence | one_hot_linear |
+| tied_bags | a tied Embedding / EmbeddingBag | tied_embedding_bag |
+| sparse_tables | sparse=True recommender training | multi_embedding_cat (sparse=True; optimizer step timed) |
 | models | DLRM, DeepFM, BERT, OGB, two-tower code | whatever fires (every rewrite counts) |
+
+pytorch-fast-embedding is RTB House's public GitHub repository of fast embedding modules
+and their benchmarks.
 
 The ``inductor_embed`` provider is skipped, with the reason, where ``inductor_embed.config``
 has no switch for a workload's pattern or the switch is off.

@@ -1,4 +1,5 @@
-"""Many small tables looked up and concatenated, after seed 004's FastMultiEmbedding study.
+"""Many small tables looked up and concatenated, after the FastMultiEmbedding study of RTB
+House's pytorch-fast-embedding.
 
 Input ``[B, T]`` int64, column k indexing table k; output ``[B, sum(D_k)]``. The eager
 forward is the reference twin ``inductor_embed.lowering.multi_embedding_ref.multi_embedding_ref``
@@ -6,7 +7,7 @@ forward is the reference twin ``inductor_embed.lowering.multi_embedding_ref.mult
 ``multi_embedding_cat`` pattern fuses into one gather and one multi-table backward.
 At small batch and many tables the cost is launches, not bytes.
 
-Variants (``Case.variant``, issue 13): ``fm_slices`` and ``fm_bias``, a Criteo-like FM
+Variants (``Case.variant``): ``fm_slices`` and ``fm_bias``, a Criteo-like FM
 model written as CTR libraries write it (``FieldsFM``), which the pattern's field-slice and
 bias-hoisting forms rewrite; ``sum``, the lookups of one width added up then a LayerNorm
 (``SumEncoder``, an atom/feature encoder: ``multi_embedding_sum``); ``mf``, matrix
@@ -53,7 +54,7 @@ def fm_interaction(e: torch.Tensor) -> torch.Tensor:
 
 
 class FieldsFM(EmbeddingModel):
-    """A Criteo-like FM model (issue 13): F fields of width D -> [B, F, D] -> FM: [B, 1].
+    """A Criteo-like FM model: F fields of width D -> [B, F, D] -> FM: [B, 1].
 
     ``bias=False`` ("fm_slices"): ``torch.cat([emb_k(x[:, k:k+1]) ...], dim=1)``, the [B, 1]
     field slices of FM-style CTR libraries. ``bias=True`` ("fm_bias"): a per-field bias
@@ -93,7 +94,7 @@ class FMHead(nn.Module):
 
 class SumEncoder(EmbeddingModel):
     """``h = emb_0(x[:, 0]) + emb_1(x[:, 1]) + ...`` then a LayerNorm without parameters
-    (graph atom/bond and tabular feature encoders; issue 13's form 1): [B, T] -> [B, D]."""
+    (graph atom/bond and tabular feature encoders): [B, T] -> [B, D]."""
 
     def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype) -> None:
         super().__init__()
@@ -109,7 +110,7 @@ class SumEncoder(EmbeddingModel):
 
 
 class NoOpSumEncoder(SumEncoder):
-    """``SumEncoder`` written as language-model code writes its sums (issue 27's no-op steps):
+    """``SumEncoder`` written as language-model code writes its sums (with no-op steps):
     each added lookup goes through ``.to(h.device)`` and ``.contiguous()``, no-ops here."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,7 @@ class NoOpSumEncoder(SumEncoder):
 
 
 class MatrixFactorisation(EmbeddingModel):
-    """Users and items with per-id biases, scored by a dot product (issue 13's form 5):
+    """Users and items with per-id biases, scored by a dot product (independent lookups):
     tables (users [U, D], items [I, D], user bias [U', 1], item bias [I', 1]), column k of
     ``x`` indexing table k; output [B]."""
 
@@ -136,7 +137,7 @@ class MatrixFactorisation(EmbeddingModel):
 
 
 class SharedColumns(EmbeddingModel):
-    """Shared-embedding schemes (issue 13's form 4): ``o = emb_k(x[:, k]); o[:, :S] =
+    """Shared-embedding schemes: ``o = emb_k(x[:, k]); o[:, :S] =
     shared_k.expand(B, -1)`` for every table, then the cat: [B, T] -> [B, sum D]; S = D/4."""
 
     def __init__(self, vocabs: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype) -> None:
@@ -154,7 +155,7 @@ class SharedColumns(EmbeddingModel):
 
 
 class DeepFM(EmbeddingModel):
-    """A DeepFM (issue 27): each field looked up once, the same lookups read twice, stacked
+    """A DeepFM: each field looked up once, the same lookups read twice, stacked
     for the FM interaction and concatenated flat with dense features for the deep part:
     [B, T] -> [B, 1]. The 13 dense features are derived from the first columns of ``x``
     (``log1p`` of the ids), so the model takes the multi-table input as it is."""
@@ -183,7 +184,7 @@ OTHER_VARIANTS = {"sum": SumEncoder, "sum_noop": NoOpSumEncoder, "mf": MatrixFac
 class MultiTable(Workload):
     name = "multi_table"
     title = "Multi-table lookup + cat"
-    source = "seed 004, FastMultiEmbedding study"
+    source = "pytorch-fast-embedding's FastMultiEmbedding study"
     pattern = "multi_embedding_cat"
     bytes_formula = ("sum over tables of: fwd = N*8 + N*D_k*e (rows read) + N*D_k*e (output); "
                      "bwd = N*8 + N*D_k*e (grad read) + V_k*D_k*e (zero-fill) + 2*N*D_k*e (atomic RMW)")

@@ -5,14 +5,15 @@ A hook runs only when ``inductor_embed.config`` has its pattern's switch; in a c
 without the pattern the whole workload is reported as skipped, with the reason, and costs
 nothing. Both patterns exist now, so both workloads run.
 
-- ``one_hot_linear`` (seed 001): ``F.linear(F.one_hot(idx, n).to(dtype), W, b)``, which
-  the pattern turns into a gather of W's columns; variant ``scaled`` (issue 13):
-  ``(F.one_hot(idx, n).float() * r) @ W``, a gather scaled by ``r[idx]``; variant ``ensemble``
-  (issue 27): a TabM-style ensemble, one-hot fields and dense features column-stacked,
-  copied to k members, scaled per member and contracted by ``einsum("bki,kio->bko")``.
-- ``tied_bags`` (seed 003): ``F.embedding`` and ``F.embedding_bag`` reading one weight
-  (a token and its bag of context tokens, summed), which the pattern turns into one
-  op that reads the weight once and writes one gradient.
+- ``one_hot_linear`` (a Linear on a one-hot is an embedding lookup):
+  ``F.linear(F.one_hot(idx, n).to(dtype), W, b)``, which the pattern turns into a gather
+  of W's columns; variant ``scaled``: ``(F.one_hot(idx, n).float() * r) @ W``, a gather
+  scaled by ``r[idx]``; variant ``ensemble``: a TabM-style ensemble, one-hot fields and
+  dense features column-stacked, copied to k members, scaled per member and contracted by
+  ``einsum("bki,kio->bko")``.
+- ``tied_bags`` (a tied Embedding / EmbeddingBag): ``F.embedding`` and ``F.embedding_bag``
+  reading one weight (a token and its bag of context tokens, summed), which the pattern
+  turns into one op that reads the weight once and writes one gradient.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class OneHotProjection(EmbeddingModel):
 
 class ScaledOneHotProjection(EmbeddingModel):
     """``(F.one_hot(idx, n).float() * r) @ W`` with a per-class scale ``r`` [n] broadcast
-    over the batch and ``W`` [n, D] (issue 13's ensemble / feature-scaling layers): [B] -> [B, D]."""
+    over the batch and ``W`` [n, D] (ensemble / feature-scaling layers): [B] -> [B, D]."""
 
     def __init__(self, n: int, dim: int, dtype: torch.dtype) -> None:
         super().__init__()
@@ -88,7 +89,7 @@ class OneHotEnsemble(EmbeddingModel):
 class OneHotLinear(PatternHook):
     name = "one_hot_linear"
     title = "Linear layer on a one-hot encoding"
-    source = "seed 001"
+    source = "the embedding-vs-Linear equivalence"
     pattern = "one_hot_linear"
     bytes_formula = ("as a gather of weight columns: fwd = N*8 + N*D*e (columns read) + N*D*e (output) + D*e "
                      "(bias); bwd = N*8 + N*D*e (grad read) + V*D*e (zero-fill) + 2*N*D*e (atomic RMW) + D*e "
@@ -137,7 +138,7 @@ class TiedEmbeddingBag(EmbeddingModel):
 class TiedBags(PatternHook):
     name = "tied_bags"
     title = "A token and its context bag reading one tied table"
-    source = "seed 003"
+    source = "a tied Embedding / EmbeddingBag"
     pattern = "tied_embedding_bag"
     bytes_formula = ("fwd = N*(1+L)*8 + N*(1+L)*D*e (rows read) + N*D*e (output); bwd = N*(1+L)*8 + N*D*e "
                      "(grad read) + V*D*e (zero-fill) + 2*N*(1+L)*D*e (atomic RMW)")

@@ -1,4 +1,5 @@
-"""Single-table lookups with collisions, after seed 004's FastEmbedding study.
+"""Single-table lookups with collisions, after the FastEmbedding study of RTB House's
+pytorch-fast-embedding.
 
 One ``nn.Embedding(V, D)`` looked up with a ``[B]`` index vector; the index
 distribution decides how many lookups collide on one gradient row, which is what
@@ -54,7 +55,7 @@ class SingleEmbeddingOp(EmbeddingModel):
 class SingleTable(Workload):
     name = "single_table"
     title = "Single-table lookup, backward with collisions"
-    source = "seed 004, FastEmbedding study"
+    source = "pytorch-fast-embedding's FastEmbedding study"
     pattern = "independent_lookups"  # a lone lookup: taken alone on the CPU (fp32)
     bytes_formula = ("fwd = N*8 + N*D*e (rows read) + N*D*e (output); bwd = N*8 + N*D*e (grad read) "
                      "+ V*D*e (zero-fill) + 2*N*D*e (atomic RMW), e = element size")

@@ -1,4 +1,4 @@
-"""Big tables with sparse gradients, optimizer step included (issue 14).
+"""Big tables with sparse gradients, optimizer step included.
 
 T x ``nn.Embedding(V, D, sparse=True)`` looked up with ``x[:, k]`` ([B, T] int64) ->
 ``torch.cat`` -> a small MLP (``Linear(sum D_k, 64) -> ReLU -> Linear(64, 1)``): [B, 1].
@@ -62,7 +62,7 @@ class SparseTablesMLP(EmbeddingModel):
 class SparseTables(Workload):
     name = "sparse_tables"
     title = "Big tables, sparse gradients, optimizer step included"
-    source = "issue 14"
+    source = "sparse=True recommender training"
     pattern = "multi_embedding_cat"
     bytes_formula = ("sum over tables of: fwd = N*8 + N*D_k*e (rows read) + N*D_k*e (output); bwd + step = "
                      "N*8 + N*D_k*e (grad read) + N*D_k*e (sparse grad values) + 6*N*D_k*e (optimizer: read "

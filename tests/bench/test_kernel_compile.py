@@ -1,4 +1,4 @@
-"""The kernels' compile cost stays within the issue's goals, measured without a GPU:
+"""The kernels' compile cost stays within its goals, measured without a GPU:
 ``bench.kernel_compile`` builds every kernel family (every module that exposes
 ``kernel_specs``) for sm_90 with Triton's own compiler, at T=1 and T=26 tables, and the
 rows must show compile times within budget, no spills, <= 4 KB of kernel parameters,

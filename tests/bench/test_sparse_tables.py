@@ -1,5 +1,5 @@
-"""Issue 14's sparse_tables workload (optimizer step timed, FBGEMM's fused TBE beside it,
-RSS per provider in its own process) and issue 13's model variants, at tiny sizes.
+"""The sparse_tables workload (optimizer step timed, FBGEMM's fused TBE beside it, RSS per
+provider in its own process) and multi_table's and one_hot_linear's model variants, at tiny sizes.
 
 FBGEMM's tests run wherever ``fbgemm_gpu`` imports (CI installs fbgemm-gpu-cpu==1.8.0
 next to torch 2.13 on x86_64) and skip only where it does not."""
@@ -110,8 +110,8 @@ def test_step_includes_the_optimizer():
 
 
 @pytest.mark.parametrize("variant", ["fm_slices", "fm_bias", "scaled"])
-def test_issue13_variants_are_rewritten(variant):
-    """The cpu-quick cases of issue 13's forms are ones the patterns rewrite (else the
+def test_fm_and_scaled_variants_are_rewritten(variant):
+    """The cpu-quick cases of the FM and scaled one-hot forms are ones the patterns rewrite (else the
     bench would time plain Inductor twice), and FBGEMM's TBE runs the FM models too."""
     case = next(c for c in PRESETS["cpu-quick"].cases if c.variant == variant)
     case = dataclasses.replace(case, batch=16)
@@ -131,8 +131,8 @@ def test_issue13_variants_are_rewritten(variant):
                                               ("mf", "independent_lookups"),
                                               ("shared", "multi_embedding_cat")])
 def test_sum_and_mf_variants_are_rewritten(variant, pattern):
-    """Issue 13's sums of lookups, independent lookups and column writes in cpu-quick: rewritten by their
-    patterns."""
+    """The sums of lookups, independent lookups and column writes in cpu-quick: rewritten by
+    their patterns."""
     case = dataclasses.replace(next(c for c in PRESETS["cpu-quick"].cases if c.variant == variant), batch=16)
     wl = WORKLOADS[case.workload]
     model = wl.build(case, CPU)

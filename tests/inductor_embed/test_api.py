@@ -16,7 +16,7 @@ from inductor_embed.graph_pass import InductorEmbedPass
 from tests.inductor_embed._util import compare_with_eager, rewrites
 from tests.inductor_embed.test_multi_embedding_cat import FastMultiEmbeddingEquivalent, _batch
 
-_SEED004 = textwrap.dedent("""
+_THREE_TABLES_SCRIPT = textwrap.dedent("""
     import torch, torch.nn as nn
     tables = nn.ModuleList([nn.Embedding(100, 2), nn.Embedding(200, 4), nn.Embedding(300, 8)])
     def emb(batch):
@@ -42,17 +42,17 @@ def test_entry_point_is_registered():
 def test_backend_string_works_without_import_and_torch_logs_prints_the_rewrite():
     # A fresh process that never imports inductor_embed: the entry point finds it, and
     # TORCH_LOGS (parsed at torch import, before the plugin is loaded) names it.
-    res = _python(_SEED004, TORCH_LOGS="inductor_embed")
+    res = _python(_THREE_TABLES_SCRIPT, TORCH_LOGS="inductor_embed")
     assert res.returncode == 0, res.stderr
     assert "REWRITES 1" in res.stdout
     assert "multi_embedding_cat: 3 tables -> inductor_embed.multi_embedding" in res.stderr
 
 
 def test_env_var_turns_every_rewrite_off_and_plus_logs_show_skips():
-    res = _python(_SEED004, INDUCTOR_EMBED_ENABLED="0")
+    res = _python(_THREE_TABLES_SCRIPT, INDUCTOR_EMBED_ENABLED="0")
     assert res.returncode == 0, res.stderr
     assert "REWRITES 0" in res.stdout
-    code = _SEED004.replace("nn.Embedding(100, 2)", "nn.Embedding(100, 2, max_norm=1.0)")
+    code = _THREE_TABLES_SCRIPT.replace("nn.Embedding(100, 2)", "nn.Embedding(100, 2, max_norm=1.0)")
     res = _python(code, TORCH_LOGS="+inductor_embed")
     assert res.returncode == 0, res.stderr
     assert "skipped embedding: max_norm" in res.stderr

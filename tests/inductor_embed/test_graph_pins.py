@@ -36,7 +36,7 @@ class TestGraphPins(expecttest.TestCase):
     def setUp(self):
         torch._dynamo.reset()
 
-    def test_seed004_cat_of_column_slices(self):
+    def test_cat_of_column_slices(self):
         code = rewritten_code(FastMultiEmbeddingEquivalent(), _batch(4, (100, 200, 300)))
         self.assertExpectedInline(code, """\
 def forward(self, L_batch_ : torch.Tensor, L_self_modules_embbeddings_modules_0_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embbeddings_modules_1_parameters_weight_ : torch.nn.parameter.Parameter, L_self_modules_embbeddings_modules_2_parameters_weight_ : torch.nn.parameter.Parameter):
@@ -46,7 +46,7 @@ def forward(self, L_batch_ : torch.Tensor, L_self_modules_embbeddings_modules_0_
     multi_embedding_default = torch.ops.inductor_embed.multi_embedding.default([l_self_modules_embbeddings_modules_0_parameters_weight_, l_self_modules_embbeddings_modules_1_parameters_weight_, l_self_modules_embbeddings_modules_2_parameters_weight_], [getitem, getitem_1, getitem_2], [-1, -1, -1], [False, False, False]);  l_self_modules_embbeddings_modules_0_parameters_weight_ = l_self_modules_embbeddings_modules_1_parameters_weight_ = l_self_modules_embbeddings_modules_2_parameters_weight_ = getitem = getitem_1 = getitem_2 = None
     return (multi_embedding_default,)""")
 
-    def test_seed000_list_of_index_tensors(self):
+    def test_list_of_index_tensors(self):
         model = DynamicEmbeddingConcatenator([100, 200, 150], [32, 64, 48])
         code = rewritten_code(model, [torch.randint(0, v, (10, 5)) for v in (100, 200, 150)])
         self.assertExpectedInline(code, """\
@@ -173,7 +173,7 @@ def forward(self, L_self_modules_emb_parameters_weight_ : torch.nn.parameter.Par
     cat = torch.cat([sum_1, amax, getitem_1], 1);  sum_1 = amax = getitem_1 = None
     return (cat,)""")
 
-    def test_seed003_tied_embedding_bag(self):
+    def test_tied_embedding_bag(self):
         model = SharedEmbeddingLayer(100, 32)
         code = rewritten_code(model, torch.randint(0, 100, (5,)), torch.randint(0, 100, (12,)), torch.tensor([0, 4, 8]))
         self.assertExpectedInline(code, """\

@@ -1,5 +1,5 @@
 """End to end: lookups with no cat (two-tower and matrix-factorisation models), compiled with
-inductor_embed vs eager (issue 13, form 5).
+inductor_embed vs eager.
 """
 
 from __future__ import annotations

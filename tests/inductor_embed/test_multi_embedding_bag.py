@@ -1,6 +1,8 @@
 """End to end: the multi_embedding_bag and tied_embedding_bag patterns on unmodified models
-(DLRM's embedding layer as dlrm_s_pytorch.py writes it, seed 003's three examples,
-torchrec's EmbeddingBagCollection), compiled with backend="inductor_embed"."""
+(DLRM's embedding layer as dlrm_s_pytorch.py writes it, the three tied Embedding /
+EmbeddingBag examples of the Q&A "How do I tie embeddings between torch.nn.Embedding and
+torch.nn.EmbeddingBag?", torchrec's EmbeddingBagCollection), compiled with
+backend="inductor_embed"."""
 
 from __future__ import annotations
 
@@ -221,7 +223,7 @@ def test_deterministic_mode_matches_eager() -> None:
     assert rewrites(BAG) == 1
 
 
-# --- seed 003: tied Embedding / EmbeddingBag ------------------------------------------------
+# --- tied Embedding / EmbeddingBag ----------------------------------------------------------
 
 
 class Direct(nn.Module):
@@ -265,7 +267,7 @@ class OneParameter(nn.Module):
         return torch.cat([self.emb(indices).sum(1), self.bag(sequences, offsets)], 1)
 
 
-def _seed_inputs():
+def _example_inputs():
     indices = torch.randint(0, 100, (5,))
     sequences = torch.randint(0, 100, (3, 4))
     return indices, sequences, torch.tensor([0, 4, 8])
@@ -273,9 +275,9 @@ def _seed_inputs():
 
 @pytest.mark.parametrize("make", [lambda: Direct(), lambda: Direct(True), lambda: SharedEmbeddingLayer(100, 32)],
                          ids=["example1", "example2", "example3"])
-def test_seed_003_examples(make) -> None:
+def test_tied_embedding_bag_examples(make) -> None:
     model = make()
-    indices, sequences, offsets = _seed_inputs()
+    indices, sequences, offsets = _example_inputs()
     # As written, the examples pass a 2-D `sequences` with offsets: eager raises, and so
     # does the compiled model (Dynamo raises while tracing; nothing is rewritten).
     with pytest.raises(ValueError, match="offsets has to be None"):

@@ -21,10 +21,11 @@ from tests.inductor_embed._util import TOL, compare_with_eager, rewrites, skips
 torch.manual_seed(0)
 
 
-# --- the seed models, as the seeds write them ---------------------------------------
+# --- published models, as their authors write them ----------------------------------
 
 class DynamicEmbeddingConcatenator(nn.Module):
-    """Seed 000, example 2."""
+    """Example 2 of the Q&A "How can PyTorch efficiently concatenate embedding layers during
+    inference?"."""
 
     def __init__(self, vocab_sizes, embedding_dims):
         super().__init__()
@@ -39,7 +40,7 @@ class DynamicEmbeddingConcatenator(nn.Module):
 
 
 class InefficientModel(nn.Module):
-    """Seed 000, example 3."""
+    """Example 3 of the same Q&A."""
 
     def __init__(self, vocab_sizes, embedding_dims, hidden_dim):
         super().__init__()
@@ -58,7 +59,8 @@ class InefficientModel(nn.Module):
 
 
 class FastMultiEmbeddingEquivalent(nn.Module):
-    """Seed 004: what ``FastMultiEmbedding([100, 200, 300], [2, 4, 8])`` is equivalent to."""
+    """What RTB House's pytorch-fast-embedding says ``FastMultiEmbedding([100, 200, 300], [2, 4, 8])``
+    is equivalent to."""
 
     def __init__(self):
         super().__init__()
@@ -72,7 +74,7 @@ class FastMultiEmbeddingEquivalent(nn.Module):
         ], 1)
 
 
-def _seed000_inputs():
+def _concatenator_inputs():
     return [[torch.randint(0, v, (10, 5)) for v in (100, 200, 150)]]
 
 
@@ -80,31 +82,31 @@ def _batch(n, vocabs):
     return torch.stack([torch.randint(0, v, (n,)) for v in vocabs], dim=1)
 
 
-def test_seed000_dynamic_embedding_concatenator():
+def test_dynamic_embedding_concatenator():
     model = DynamicEmbeddingConcatenator([100, 200, 150], [32, 64, 48])
-    out = compare_with_eager(model, _seed000_inputs())
+    out = compare_with_eager(model, _concatenator_inputs())
     assert out.shape == (10, 5, 144)
     assert rewrites() == 1
 
 
-def test_seed000_inefficient_model():
+def test_inefficient_model():
     # Seeded: fc.bias's gradient sums 50 random rows, and where that sum cancels to ~0 the
     # reduction orders of eager and Inductor differ by more than the fp32 tolerance.
     torch.manual_seed(0)
     model = InefficientModel([100, 200, 150], [32, 64, 48], 256)
-    out = compare_with_eager(model, _seed000_inputs(), exact_forward=False)
+    out = compare_with_eager(model, _concatenator_inputs(), exact_forward=False)
     assert out.shape == (10, 5, 256)
     assert rewrites() == 1
 
 
-def test_seed004_fast_multi_embedding_equivalent():
+def test_fast_multi_embedding_equivalent():
     model = FastMultiEmbeddingEquivalent()
     out = compare_with_eager(model, [_batch(33, (100, 200, 300))])
     assert out.shape == (33, 14)
     assert rewrites() == 1
 
 
-def test_seed004_ten_tables_dims_1_to_8():
+def test_ten_tables_dims_1_to_8():
     dims = [1, 2, 4, 8, 1, 2, 4, 8, 1, 2]
     vocabs = [1000, 5000, 10000, 50000] * 3
 
@@ -370,7 +372,7 @@ def test_adds_that_are_not_a_bias_are_left_with_a_reason():
     assert len(reasons) == 5
 
 
-# --- columns of a lookup written in place before the cat (issue 13, form 4) -------------------
+# --- columns of a lookup written in place before the cat --------------------------------------
 
 class SharedColumns(nn.Module):
     """Shared-embedding schemes: the first columns of each field's lookup are one shared

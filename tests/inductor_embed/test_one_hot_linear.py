@@ -24,22 +24,22 @@ NAME = "one_hot_linear"
 torch.manual_seed(0)
 
 
-# --- seed 001, as the seed writes it --------------------------------------------------
+# --- the article "Embedding vs Linear layer in PyTorch", as it writes it --------------
 
-def _seed001(V=4, dims=5):
-    """The seed's two layers, the Linear's weight tied to the Embedding's (transposed)."""
+def _embedding_and_linear(V=4, dims=5):
+    """The article's two layers, the Linear's weight tied to the Embedding's (transposed)."""
     embedding = torch.nn.Embedding(V, dims)
     linear = torch.nn.Linear(V, dims, bias=False)
     linear.weight = torch.nn.Parameter(embedding.weight.T)
     return embedding, linear
 
 
-class Seed001(nn.Module):
-    """``linear(one_hot(idx).float())``: the seed's Linear, with the one-hot width given."""
+class LinearOnOneHot(nn.Module):
+    """``linear(one_hot(idx).float())``: the article's Linear, with the one-hot width given."""
 
     def __init__(self, num_classes=4):
         super().__init__()
-        self.embedding, self.linear = _seed001()
+        self.embedding, self.linear = _embedding_and_linear()
         self.num_classes = num_classes
 
     def forward(self, idx):
@@ -47,19 +47,19 @@ class Seed001(nn.Module):
         return self.linear(onehot_idx.float())
 
 
-def test_seed001_linear_on_one_hot_is_rewritten_and_is_the_embedding():
-    model = Seed001()
+def test_linear_on_one_hot_is_rewritten_and_is_the_embedding():
+    model = LinearOnOneHot()
     idx = torch.tensor([2, 3, 1])
     out = compare_with_eager(model, [idx])
     assert rewrites(NAME) == 1
     torch.testing.assert_close(out, model.embedding(idx), rtol=0, atol=0)
 
 
-def test_seed001_literal_one_hot_without_num_classes_breaks_the_graph():
-    """The seed's ``one_hot(idx)`` has num_classes=-1: Dynamo breaks the graph at the
+def test_literal_one_hot_without_num_classes_breaks_the_graph():
+    """The article's ``one_hot(idx)`` has num_classes=-1: Dynamo breaks the graph at the
     data-dependent one-hot, so the linear sees a graph input and nothing is rewritten."""
 
-    class Literal(Seed001):
+    class Literal(LinearOnOneHot):
         def forward(self, idx):
             return self.linear(torch.nn.functional.one_hot(idx).float())
 
@@ -427,8 +427,8 @@ class TestGraphPins(expecttest.TestCase):
     def setUp(self):
         torch._dynamo.reset()
 
-    def test_seed001(self):
-        code = rewritten_code(Seed001(), torch.tensor([2, 3, 1]))
+    def test_linear_on_one_hot(self):
+        code = rewritten_code(LinearOnOneHot(), torch.tensor([2, 3, 1]))
         self.assertExpectedInline(code, """\
 def forward(self, L_idx_ : torch.Tensor, L_self_modules_linear_parameters_weight_ : torch.nn.parameter.Parameter):
     unsqueeze = torch.unsqueeze(l_idx_, -1);  l_idx_ = None

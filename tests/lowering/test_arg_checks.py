@@ -1,5 +1,5 @@
 """Every op, and every twin of it (its CPU and Triton bodies), checks its arguments before any
-native or Triton code touches memory (issue 26): direct calls with inconsistent arguments
+native or Triton code touches memory: direct calls with inconsistent arguments
 raise eager's kinds of errors (RuntimeError, IndexError, ValueError), never crash the
 process or read part of a buffer. The calls run in a child process (``tests/_isolated.py``),
 so a regression fails its case instead of killing pytest."""
@@ -24,7 +24,7 @@ def _cases() -> list[tuple[str, str, tuple]]:
     bags = _i(10, 8, 3)
     return [
         # one_hot_linear
-        ("oh_bwd_index_rows_past_grad", "one_hot_linear_backward",  # the segfault of issue 26
+        ("oh_bwd_index_rows_past_grad", "one_hot_linear_backward",  # once a segfault
          (torch.randn(4, 64), [torch.zeros((4_000_000, 1), dtype=torch.long)], [10], [0], 10, False, False, f32)),
         ("oh_bwd_cpu_index_rows_past_grad", "one_hot_linear_backward_cpu",
          (torch.randn(4, 64), [_i(10, 400, 1)], [10], [0], 10, False, False, f32)),

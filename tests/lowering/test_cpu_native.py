@@ -371,7 +371,7 @@ def test_one_hot_cpu_ops_pass_opcheck():
 def test_one_hot_kernels_write_every_row_of_empty_bags(bags):
     """A multi-hot field with an empty bag (``one_hot(x [B, 0], n).sum(1)`` is all zeros): the
     forward still writes every row (the other fields' columns plus the bias, as the reference),
-    never what ``torch.empty`` held (issue 26)."""
+    never what ``torch.empty`` held."""
     g = torch.Generator().manual_seed(len(bags) + sum(bags))
     w, b = torch.randn(5, 20, generator=g), torch.randn(5, generator=g)
     indices = [torch.randint(0, 10, (8, bag), generator=g) for bag in bags]

@@ -1,4 +1,4 @@
-"""Adversarial cases of the compiled CPU paths (issue 26): a compiled graph run where the
+"""Adversarial cases of the compiled CPU paths: a compiled graph run where the
 native library is gone, indices changed in place after the forward, non-reentrant
 checkpointing around a first call, and malformed offsets. Each compares with eager (or
 plain ``torch.compile``) and must raise where eager raises, never give another result."""
@@ -76,7 +76,7 @@ class Lookups(nn.Module):
 
 @pytest.mark.parametrize("model_cls", [OneHot, Lookups])
 def test_non_reentrant_checkpoint_around_a_first_call(model_cls):
-    """Issue 26: the compile of a first call inside ``checkpoint(..., use_reentrant=False)``
+    """The compile of a first call inside ``checkpoint(..., use_reentrant=False)``
     ran the fused ops' autograd set-up on fake tensors while the pass computed their meta
     values, under the checkpoint's saved-tensor hooks: the forward saved more tensors than the
     recomputation (CheckpointError). The pass now runs with those hooks off, as AOTAutograd's
@@ -149,7 +149,7 @@ def _after_inplace_change(model: nn.Module, x: torch.Tensor) -> list[torch.Tenso
                                                     "field_lookups", "lookups_and_bags"])
 @pytest.mark.parametrize("mode", ["backend", "enable"])
 def test_indices_changed_in_place_after_the_forward(model_cls, shape, mode):
-    """Issue 26: ``out = m(x); x.fill_(7); out.sum().backward()`` must give the gradient of the
+    """``out = m(x); x.fill_(7); out.sum().backward()`` must give the gradient of the
     original indices (eager's, where eager saved a copy) or autograd's in-place error, never
     the gradient of the new indices. Inductor returns a saved view of a graph input as a fresh
     alias with its own version counter, so the compile keeps the partitioner from saving views
@@ -219,7 +219,7 @@ def test_enable_sets_and_disable_restores_the_partitioner_field():
     ("CPU_GRAD_CACHE_MB", "-5", "INDUCTOR_EMBED_CPU_GRAD_CACHE_MB='-5': expected an integer >= 0"),
 ])
 def test_a_bad_environment_value_names_its_variable(name, value, message):
-    """Issue 26: ``INDUCTOR_EMBED_MIN_TABLES=abc`` raised a bare ``invalid literal for int()``,
+    """``INDUCTOR_EMBED_MIN_TABLES=abc`` raised a bare ``invalid literal for int()``,
     and ``INDUCTOR_EMBED_CPU_GRAD_CACHE_MB=-5`` was taken. The import raises a ValueError
     naming the variable and what it takes."""
     import os
@@ -298,7 +298,7 @@ class TiedPair(nn.Module):
 
 @pytest.mark.parametrize("model_cls", [TwoBags, TiedPair])
 def test_int32_indices_with_int64_offsets_past_2_31_raise_as_eager(model_cls):
-    """Issue 26: eager promotes both to int64 and raises "offsets[-1] can not be greater than
+    """Eager promotes both to int64 and raises "offsets[-1] can not be greater than
     input's length"; the fused op cast the offsets to int32 (2**32 + 7 became 7)."""
     from torch._dynamo.utils import counters
 

@@ -55,7 +55,7 @@ class Bags(nn.Module):
 
 
 class Tied(nn.Module):
-    """seed 003: an Embedding and an EmbeddingBag sharing one weight."""
+    """A tied Embedding / EmbeddingBag: both modules share one weight."""
 
     def __init__(self, dtype=torch.float32) -> None:
         super().__init__()

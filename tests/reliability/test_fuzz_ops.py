@@ -1,4 +1,5 @@
-"""A fuzzer (hypothesis) for the inputs that broke the CPU paths in issue 26, compiled with
+"""A fuzzer (hypothesis) for the kinds of input that broke the CPU paths in the adversarial
+pass (tests/reliability/test_adversarial.py), compiled with
 ``backend="inductor_embed"`` against eager: forward, every gradient, and errors against errors.
 
 - **EmbeddingBag models**: 2-3 ``nn.EmbeddingBag`` lookups in a cat, each in a random mode
