@@ -5,8 +5,8 @@
 #
 # - torch: kept if importable; else `pip install torch==2.13.0` (the CPU build here).
 #   Never an unpinned torch, which would pull several GB of CUDA packages.
-# - this package (editable, from this checkout) and the test tools (pytest, expecttest,
-#   hypothesis, ruff): `pip install -e ".[test]"` when something is missing. torch and
+# - this package (editable, from this checkout) and the test tools (pytest, pytest-xdist,
+#   expecttest, hypothesis, ruff): `pip install -e ".[test]"` when something is missing. torch and
 #   triton already installed satisfy the pyproject's torch>=2.11 / triton>=3.6, so pip
 #   keeps them. Where that fails (a GPU machine with torch 2.11 + triton 3.6 and no
 #   network), it falls back to `pip install --no-build-isolation --no-deps -e .`.
@@ -42,7 +42,7 @@ try:
         missing.append("package")
 except Exception:
     missing.append("package")
-if any(importlib.util.find_spec(m) is None for m in ("pytest", "expecttest", "hypothesis", "ruff", "numpy", "matplotlib")):
+if any(importlib.util.find_spec(m) is None for m in ("pytest", "xdist", "expecttest", "hypothesis", "ruff", "numpy", "matplotlib")):
     missing.append("tools")
 print(" ".join(missing))
 PYEOF
@@ -68,7 +68,7 @@ if [[ -n "$todo" ]]; then
     echo "setup: failed: still missing: $todo" >&2
     exit 1
   fi
-  [[ -z "$todo" ]] || echo "setup: warning: some test tools (pytest, expecttest, hypothesis, ruff, numpy, matplotlib) are missing" >&2
+  [[ -z "$todo" ]] || echo "setup: warning: some test tools (pytest, pytest-xdist, expecttest, hypothesis, ruff, numpy, matplotlib) are missing" >&2
 fi
 
 # torchrec + FBGEMM's CPU build, for the torchrec tests (an unsharded EmbeddingBagCollection,

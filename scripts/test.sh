@@ -21,5 +21,15 @@ else
   echo "test: warning: ruff is not installed (offline machine?); lint skipped" >&2
 fi
 
-echo "test: python -m pytest -q $*"
-exec "$PY" -m pytest -q "$@"
+# Two pytest-xdist workers (TEST_WORKERS) where it is installed: the suite is bound by
+# Inductor's compiles, whose Python and C++ build steps leave a core idle half the time, so
+# two workers on 2 cores take about half the serial time. Without it (the GPU machine has no
+# network), serially. `-n 0` in the arguments runs serially too.
+WORKERS=()
+if "$PY" -c "import xdist" >/dev/null 2>&1; then
+  WORKERS=(-n "${TEST_WORKERS:-2}" --dist worksteal)
+else
+  echo "test: pytest-xdist is not installed; the tests run serially" >&2
+fi
+echo "test: python -m pytest -q ${WORKERS[*]} $*"
+exec "$PY" -m pytest -q "${WORKERS[@]}" "$@"

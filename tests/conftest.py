@@ -19,8 +19,11 @@ def _fresh_dynamo():
 
     torch._dynamo.reset()
     counters.clear()
-    # Inductor's on-disk caches outlive a test run: a hit skips the pre-grad pass that
-    # enable() installs, and a test's counters would then depend on earlier runs.
+    # Inductor's FX graph and AOTAutograd caches outlive a test run: a hit skips the pre-grad
+    # pass that enable() installs, and a test's counters would then depend on earlier runs.
+    # Its C++ kernel cache stays on: a hit only skips the C compiler's build of an identical
+    # kernel source (force_disable_caches would give every compile a fresh directory, and
+    # the suite spent most of its time in gcc rebuilding the same small kernels).
     # On the CPU the EmbeddingBag patterns take only fp32 dense-gradient lookups (the CPU
     # rule, inductor_embed/_internal.py); the tests check the fused op on the CPU in every
     # form, so they force all (test_multi_embedding_bag.py::test_cpu_default_takes_fp32_dense_bags
@@ -29,7 +32,9 @@ def _fresh_dynamo():
     # (test_cpu_default_sparse_gradient_is_eagers).
     from inductor_embed import _internal
 
-    with torch._inductor.config.patch(force_disable_caches=True), _internal.patch(
+    no_graph_caches = {"fx_graph_cache": False, "fx_graph_remote_cache": False, "autotune_local_cache": False}
+    with torch._inductor.config.patch(no_graph_caches), torch._functorch.config.patch(
+            enable_autograd_cache=False), _internal.patch(
             bag_patterns_on_cpu="all", column_writes_on_cpu=True, sparse_coalesce_on_cpu=True):
         yield
     torch._dynamo.reset()
