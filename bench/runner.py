@@ -378,13 +378,42 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
               fixed: dict[str, ProviderResult], model, ref_model, device: torch.device, iters: int, warmup: int,
               dynamic: bool, clock: Clock, memory: PeakMemory, phases: dict[str, float],
               inference: bool = False) -> CaseResult:
+    """One case for every provider: the eager reference, each provider's first call (its
+    compile) checked against it, paired timing rounds, then peak memory and launches."""
     t_phase = time.perf_counter()
     inputs = workload.inputs(case, device)
     if dynamic:
         for pos, dim in workload.dynamic_dims(case):
             torch._dynamo.maybe_mark_dynamic(inputs[pos], dim)
+    want, grad = _reference(ref_model, inputs, case, device, inference)
+    compile_s, own_inputs = _first_calls(workload, case, states, inputs, grad, want, device, inference)
+    phases["first calls (compiles) + checks"] += time.perf_counter() - t_phase
 
-    # The reference: eager, in fp32 for half-type tables (ref_model is then an fp32 copy).
+    t_phase = time.perf_counter()
+    active = [n for n in states if states[n].status != "failed" and n in own_inputs]
+    samples = _time_rounds(case, states, active, own_inputs, grad, clock, iters, warmup, inference)
+    phases["timing"] += time.perf_counter() - t_phase
+
+    t_phase = time.perf_counter()
+    runnable = [n for n in active if states[n].status != "failed"]
+    peaks, launches = _peaks_and_launches(states, runnable, own_inputs, grad, device, memory, inference)
+    results = []
+    for p in providers:
+        if p.name in fixed:
+            results.append(fixed[p.name])
+        elif states[p.name].status == "failed" or p.name not in own_inputs:
+            results.append(ProviderResult(p.name, "failed", states[p.name].note, rewrites=states[p.name].rewrites))
+        else:
+            results.append(_provider_result(workload, p.name, states[p.name], samples, compile_s, peaks, launches))
+    phases["memory"] += time.perf_counter() - t_phase
+    return CaseResult(case=case, bytes=workload.bytes(case), results=tuple(results))
+
+
+def _reference(ref_model, inputs: tuple[torch.Tensor, ...], case: Case, device: torch.device,
+               inference: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(want, grad)``: eager's output (and every weight's gradient, training) in fp32, and
+    the output gradient every provider's backward is fed (seeded by the case's label).
+    Half-type tables are checked against an fp32 copy of the model (``ref_model``)."""
     ref_inputs = tuple(t.float() if t.is_floating_point() else t for t in inputs)
     for p in ref_model.parameters():
         p.grad = None
@@ -401,8 +430,16 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
     # others' tables (shared for sparse_tables) are never stepped there.
     for p in ref_model.parameters():
         p.grad = None
-    del ref_out
+    return want, grad
 
+
+def _first_calls(workload: Workload, case: Case, states: dict[str, _State], inputs: tuple[torch.Tensor, ...],
+                 grad: torch.Tensor, want: list[torch.Tensor], device: torch.device,
+                 inference: bool) -> tuple[dict[str, float | None], dict[str, tuple[torch.Tensor, ...]]]:
+    """Each provider's first call on the case, timed as its compile where it compiled, and
+    checked against ``want``. Returns ``(compile_s, own_inputs)``: the compile seconds (None:
+    nothing compiled) and the inputs as each provider takes them; a provider that raises is
+    marked failed."""
     compile_s: dict[str, float | None] = {}
     own_inputs: dict[str, tuple[torch.Tensor, ...]] = {}
     for name, st in states.items():
@@ -434,10 +471,15 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
             st.case_note = "; ".join(n for n in (st.case_note, r.uncompared) if n)
         for p in r.params:
             p.grad = None
+    return compile_s, own_inputs
 
-    phases["first calls (compiles) + checks"] += time.perf_counter() - t_phase
-    t_phase = time.perf_counter()
-    active = [n for n in states if states[n].status != "failed" and n in own_inputs]
+
+def _time_rounds(case: Case, states: dict[str, _State], active: list[str],
+                 own_inputs: dict[str, tuple[torch.Tensor, ...]], grad: torch.Tensor, clock: Clock, iters: int,
+                 warmup: int, inference: bool) -> dict[str, dict[str, list[float]]]:
+    """``warmup`` untimed then ``iters`` timed rounds, each running every active provider once
+    (in a rotated order, so no provider always follows the same one); per provider and
+    measure (``MEASURES``) the samples. A provider that raises is marked failed."""
     samples = {n: {m: [] for m in MEASURES} for n in active}
 
     def one_round(names: Sequence[str], record: bool) -> None:
@@ -487,56 +529,57 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
             one_round(active[k:] + active[:k], record=True)
     finally:
         gc.enable()
+    return samples
 
-    phases["timing"] += time.perf_counter() - t_phase
-    t_phase = time.perf_counter()
-    # Peak memory: one more step each (all gradients freed first), then CUDA launches.
-    runnable = [n for n in active if states[n].status != "failed"]
-    for n in runnable:
-        for q in states[n].runner.params:
-            q.grad = None
+
+def _peaks_and_launches(states: dict[str, _State], runnable: list[str],
+                        own_inputs: dict[str, tuple[torch.Tensor, ...]], grad: torch.Tensor, device: torch.device,
+                        memory: PeakMemory, inference: bool) -> tuple[dict[str, int | None], dict[str, int | None]]:
+    """Peak memory of one more step each (all gradients freed first), then CUDA launches.
+    A failure here is logged and leaves both empty: it must not lose the timings."""
+    def step(n: str):
+        runner = states[n].runner
+        if inference:
+            return functools.partial(_infer, runner, own_inputs[n])
+        return functools.partial(_step, runner, own_inputs[n], grad, optimize=True)
+
+    def free_grads() -> None:
+        for n in runnable:
+            for q in states[n].runner.params:
+                q.grad = None
+
+    free_grads()
     peaks: dict[str, int | None] = {}
     launches: dict[str, int | None] = {}
     try:
-        peaks = memory.measure({n: functools.partial(_infer, states[n].runner, own_inputs[n]) if inference else
-                                functools.partial(_step, states[n].runner, own_inputs[n], grad, optimize=True)
-                                for n in runnable})
+        peaks = memory.measure({n: step(n) for n in runnable})
         for n in runnable:
-            launches[n] = count_launches(device, functools.partial(_infer, states[n].runner, own_inputs[n])
-                                         if inference else functools.partial(_step, states[n].runner, own_inputs[n],
-                                                                            grad, optimize=True))
-    except Exception as e:  # measuring memory must not lose the timings
+            launches[n] = count_launches(device, step(n))
+    except Exception as e:
         log.warning("  peak memory / launches not measured: %s", _first_line(e))
-    for n in runnable:
-        for q in states[n].runner.params:
-            q.grad = None
+    free_grads()
+    return peaks, launches
 
-    results = []
-    for p in providers:
-        if p.name in fixed:
-            results.append(fixed[p.name])
-            continue
-        st = states[p.name]
-        r = st.runner
-        if st.status == "failed" or p.name not in own_inputs:
-            results.append(ProviderResult(p.name, "failed", st.note, rewrites=st.rewrites))
-            continue
-        note = st.case_note
-        if r.counts_rewrites and st.rewrites == 0:
-            what = "" if workload.pattern == "*" else f"{workload.pattern} "
-            note = (note + "; " if note else "") + (f"no {what}rewrite fired: the compiled code is plain Inductor's")
-        s = samples[p.name]
-        base = samples.get("eager", {}).get("fwd_bwd", [])
-        comp = samples.get("torch.compile", {}).get("fwd_bwd", [])
-        results.append(ProviderResult(
-            provider=p.name, status=st.case_status, note=note, compile_s=compile_s.get(p.name),
-            fwd=stat(s["fwd"]) if s["fwd"] else None, bwd=stat(s["bwd"]) if s["bwd"] else None,
-            fwd_bwd=stat(s["fwd_bwd"]) if s["fwd_bwd"] else None, peak_mem_bytes=peaks.get(p.name),
-            launches=launches.get(p.name), rewrites=st.rewrites, max_err=st.err,
-            vs_eager=paired_ratio(base, s["fwd_bwd"]) if base else None,
-            vs_compile=paired_ratio(comp, s["fwd_bwd"]) if comp else None))
-    phases["memory"] += time.perf_counter() - t_phase
-    return CaseResult(case=case, bytes=workload.bytes(case), results=tuple(results))
+
+def _provider_result(workload: Workload, name: str, st: _State, samples: dict[str, dict[str, list[float]]],
+                     compile_s: dict[str, float | None], peaks: dict[str, int | None],
+                     launches: dict[str, int | None]) -> ProviderResult:
+    """One provider's row of the case: its statistics, and its step's ratios to eager's and
+    torch.compile's (the median of the paired per-round ratios)."""
+    note = st.case_note
+    if st.runner.counts_rewrites and st.rewrites == 0:
+        what = "" if workload.pattern == "*" else f"{workload.pattern} "
+        note = (note + "; " if note else "") + (f"no {what}rewrite fired: the compiled code is plain Inductor's")
+    s = samples[name]
+    base = samples.get("eager", {}).get("fwd_bwd", [])
+    comp = samples.get("torch.compile", {}).get("fwd_bwd", [])
+    return ProviderResult(
+        provider=name, status=st.case_status, note=note, compile_s=compile_s.get(name),
+        fwd=stat(s["fwd"]) if s["fwd"] else None, bwd=stat(s["bwd"]) if s["bwd"] else None,
+        fwd_bwd=stat(s["fwd_bwd"]) if s["fwd_bwd"] else None, peak_mem_bytes=peaks.get(name),
+        launches=launches.get(name), rewrites=st.rewrites, max_err=st.err,
+        vs_eager=paired_ratio(base, s["fwd_bwd"]) if base else None,
+        vs_compile=paired_ratio(comp, s["fwd_bwd"]) if comp else None)
 
 
 def group_cases(cases: Sequence[Case], static: bool) -> list[list[Case]]:

@@ -161,6 +161,38 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
     )
 
 
+def _time_table(providers: dict[str, tuple[Callable[..., torch.Tensor], nn.Module]],
+                params: dict[str, list[nn.Parameter]], inputs: tuple[torch.Tensor, ...], cfg: DemoConfig,
+                device: torch.device) -> str:
+    """The step-time table: each provider's median training step (ms), its p20 - p80 spread,
+    and its speed-up over eager and torch.compile."""
+    for _ in range(cfg.warmup):
+        for name, (fn, _) in providers.items():
+            train_step(fn, params[name], *inputs)
+    times: dict[str, list[float]] = {name: [] for name in providers}
+    for _ in range(cfg.iters):
+        # One iteration of each provider in turn, so that drift on a shared machine
+        # hits all three alike.
+        for name, (fn, _) in providers.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            train_step(fn, params[name], *inputs)
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    rows = []
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) >= 2 else [ts[0]] * 4
+        rows.append([
+            name,
+            f"{med[name]:.3f}",
+            f"{q[0]:.3f} - {q[-1]:.3f}",
+            f"{med['eager'] / med[name]:.2f}x",
+            f"{med['torch.compile'] / med[name]:.2f}x",
+        ])
+    return _fmt_table(["provider", "median ms", "p20 - p80 ms", "vs eager", "vs torch.compile"], rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; 0 if the compiled results match eager, 1 otherwise."""
     cfg = parse_args(argv)
@@ -227,31 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"\n== forward + backward, median of {cfg.iters} iterations after {cfg.warmup} warm-up "
           f"(interleaved, compile time excluded) ==")
-    for _ in range(cfg.warmup):
-        for name, (fn, _) in providers.items():
-            train_step(fn, params[name], *inputs)
-    times: dict[str, list[float]] = {name: [] for name in providers}
-    for _ in range(cfg.iters):
-        # One iteration of each provider in turn, so that drift on a shared machine
-        # hits all three alike.
-        for name, (fn, _) in providers.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            train_step(fn, params[name], *inputs)
-            _sync(device)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    rows = []
-    for name, ts in times.items():
-        q = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) >= 2 else [ts[0]] * 4
-        rows.append([
-            name,
-            f"{med[name]:.3f}",
-            f"{q[0]:.3f} - {q[-1]:.3f}",
-            f"{med['eager'] / med[name]:.2f}x",
-            f"{med['torch.compile'] / med[name]:.2f}x",
-        ])
-    print(_fmt_table(["provider", "median ms", "p20 - p80 ms", "vs eager", "vs torch.compile"], rows))
+    print(_time_table(providers, params, inputs, cfg, device))
     return 0
 
 

@@ -312,9 +312,51 @@ def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None
         # of to replay (it takes no dense pieces)
         scale_chain = [*reversed(pre), scale_mul, *reversed(post)]
         post = []
+    out = _fx.tensor_meta(node)
+    read = _read_features(x, inner, post, rec)
+    if read is None:
+        return None
+    items, cat, post, lead, chain_dtypes = read
+    fields = [f for f in items if isinstance(f, Field)]
+    where = fields[0].one_hot.name if len(fields) == 1 else node.name
+    reason = _inexact(fields, chain_dtypes)
+    if reason is not None:
+        return _skip(rec, where, reason)
+    if node.kwargs.get("out") is not None:
+        return _skip(rec, node, f"{node.name} writes into out=")
+    if out is None:
+        return _skip(rec, node, "no fake tensor metadata on the result")
+    read_w = _read_weight(node, right, is_linear, bias, fields, out.dtype, rec)
+    if read_w is None:
+        return None
+    weight, transpose, d, v, wv = read_w
+    site = _Site(node, weight, transpose, bias, items, cat, post, out.dtype, wv.dtype, d, lead)
+    if scale is not None:
+        reason = _scale_site_reason(site, scale)
+        if reason is not None:
+            return _skip(rec, scale_mul, reason)
+        site.scale, site.scale_mul, site.scale_chain = scale, scale_mul, scale_chain
+        site.per_class = _fx.tensor_meta(scale).shape[-1] != 1
+    if sum(it.num_classes if isinstance(it, Field) else it.width for it in items) != v:
+        return _skip(rec, node, f"the one-hot widths do not add up to the weight's {v} columns")
+    classes = sum(f.num_classes for f in fields)
+    if classes < _internal.one_hot_linear_min_classes:
+        return _skip(rec, where, f"{classes} one-hot columns < one_hot_linear_min_classes="
+                                 f"{_internal.one_hot_linear_min_classes}")
+    reason = _hazard(site, writes)
+    if reason is not None:
+        return _skip(rec, where, reason)
+    return site
+
+
+def _read_features(x: fx.Node, inner: fx.Node, post: list[fx.Node],
+                   rec: Recorder) -> tuple[list, fx.Node | None, list[fx.Node], tuple, tuple] | None:
+    """The matmul's input read as fields: ``(items, cat, post, lead, chain_dtypes)``, items the
+    ``Field`` / ``Dense`` pieces (one field without a cat), ``inner`` what ``x`` is below its
+    casts ``post``, ``lead`` the leading shape, ``chain_dtypes`` the dtypes the cat and casts
+    round to. None (a skip recorded where it is a candidate) where it is not one."""
     cat = None
     parsed = _cat_pieces(inner)
-    out = _fx.tensor_meta(node)
     if parsed is not None:
         cat, (pieces, dim, col_stack) = inner, parsed
         items = []
@@ -351,18 +393,17 @@ def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None
             return _skip(rec, x, f)
         items, post, chain_dtypes = [f], [], ()
         lead = tuple(_fx.tensor_meta(x).shape[:-1]) if _fx.tensor_meta(x) is not None else ()
-    fields = [f for f in items if isinstance(f, Field)]
-    where = fields[0].one_hot.name if len(fields) == 1 else node.name
-    reason = _inexact(fields, chain_dtypes)
-    if reason is not None:
-        return _skip(rec, where, reason)
-    if node.kwargs.get("out") is not None:
-        return _skip(rec, node, f"{node.name} writes into out=")
+    return items, cat, post, lead, chain_dtypes
 
-    # The weight, as the op reads it: [D, V].
+
+def _read_weight(node: fx.Node, right: fx.Node, is_linear: bool, bias: Any, fields: list[Field],
+                 out_dtype: torch.dtype, rec: Recorder) -> tuple[fx.Node, bool, int, int, Any] | None:
+    """The weight as the op reads it, ``[D, V]``: ``(weight, transpose, D, V, its metadata)``,
+    or None with the skip recorded (a dtype, device or shape the op does not take, indices on
+    another device, a bias that is not ``[D]`` of the weight's dtype)."""
     rv = _fx.tensor_meta(right)
-    if rv is None or out is None:
-        return _skip(rec, node, "no fake tensor metadata on the weight or the result")
+    if rv is None:
+        return _skip(rec, node, "no fake tensor metadata on the weight")
     if rv.dim() != 2:
         return _skip(rec, node, f"the weight operand is {rv.dim()}-D, expected 2-D")
     if is_linear:
@@ -374,8 +415,8 @@ def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None
     d, v = (wv.shape[1], wv.shape[0]) if transpose else (wv.shape[0], wv.shape[1])
     if wv.dtype not in _fx.FLOAT_DTYPES:
         return _skip(rec, node, f"weight dtype {wv.dtype} is not fp32/fp16/bf16")
-    if out.dtype not in _fx.FLOAT_DTYPES:
-        return _skip(rec, node, f"result dtype {out.dtype} is not fp32/fp16/bf16")
+    if out_dtype not in _fx.FLOAT_DTYPES:
+        return _skip(rec, node, f"result dtype {out_dtype} is not fp32/fp16/bf16")
     if wv.device.type not in ("cpu", "cuda"):
         return _skip(rec, node, f"device {wv.device.type} has no fused kernel")
     if not isinstance(d, int) or not isinstance(v, int):
@@ -387,23 +428,7 @@ def _read_site(node: fx.Node, rec: Recorder, writes: _fx.Writes) -> _Site | None
         bv = _fx.tensor_meta(bias)
         if not isinstance(bias, fx.Node) or bv is None or tuple(bv.shape) != (d,) or bv.dtype != wv.dtype:
             return _skip(rec, node, f"the bias is not a [{d}] {wv.dtype} tensor")
-    site = _Site(node, weight, transpose, bias, items, cat, post, out.dtype, wv.dtype, d, lead)
-    if scale is not None:
-        reason = _scale_site_reason(site, scale)
-        if reason is not None:
-            return _skip(rec, scale_mul, reason)
-        site.scale, site.scale_mul, site.scale_chain = scale, scale_mul, scale_chain
-        site.per_class = _fx.tensor_meta(scale).shape[-1] != 1
-    if sum(it.num_classes if isinstance(it, Field) else it.width for it in items) != v:
-        return _skip(rec, node, f"the one-hot widths do not add up to the weight's {v} columns")
-    classes = sum(f.num_classes for f in fields)
-    if classes < _internal.one_hot_linear_min_classes:
-        return _skip(rec, where, f"{classes} one-hot columns < one_hot_linear_min_classes="
-                                 f"{_internal.one_hot_linear_min_classes}")
-    reason = _hazard(site, writes)
-    if reason is not None:
-        return _skip(rec, where, reason)
-    return site
+    return weight, transpose, d, v, wv
 
 
 def _scale_site_reason(site: _Site, r: fx.Node) -> str | None:
@@ -778,18 +803,9 @@ def _read_ensemble(node: fx.Node, parts: tuple, rec: Recorder, writes: _fx.Write
                                  "x features with the members a new axis")
     if wv.dtype not in _fx.FLOAT_DTYPES or wv.device.type not in ("cpu", "cuda"):
         return _skip(rec, node, f"a {wv.dtype} weight on {wv.device.type}: no fused kernel")
-    # Each member reads the same features: the scale is per member and feature, never per row.
-    if mul is not None:
-        rv = _fx.tensor_meta(scale)
-        if not isinstance(scale, fx.Node) or rv is None:
-            return _skip(rec, mul, f"{mul.name} scales the features by a Python number (its rounding in half types "
-                                   "is not a tensor's)")
-        if rv.dim() > 3 or rv.dtype not in _fx.FLOAT_DTYPES or rv.device != hv.device:
-            return _skip(rec, mul, f"{mul.name} scales the features by a {list(rv.shape)} {rv.dtype} tensor on "
-                                   f"{rv.device}: not a per-member scale")
-        if ((1,) * (3 - rv.dim()) + tuple(rv.shape))[h_axes.index("b")] != 1:
-            return _skip(rec, mul, f"{mul.name} scales each row differently ({list(rv.shape)}): not a per-member "
-                                   "scale")
+    reason = None if mul is None else _member_scale_reason(mul, scale, hv, h_axes)
+    if reason is not None:
+        return _skip(rec, mul, reason)
     k, v, o = (wv.shape[w_axes.index(a)] for a in "kio")
     if not all(isinstance(s, int) for s in (k, v, o)):
         return _skip(rec, node, "the per-member weight's shape is symbolic (dynamic weight shape)")
@@ -807,6 +823,39 @@ def _read_ensemble(node: fx.Node, parts: tuple, rec: Recorder, writes: _fx.Write
         bv = _fx.tensor_meta(bias)
         if not isinstance(bias, fx.Node) or bv is None or bv.dtype != dtype:
             return _skip(rec, node, f"the baddbmm input is not a {dtype} tensor")
+    read = _ensemble_items(feats, rec)
+    if read is None:
+        return None
+    items, cat = read
+    fields = [f for f in items if isinstance(f, Field)]
+    site = _Ensemble(node, w, False, bias, items, cat, list(steps), dtype, dtype, k * o, tuple(fv.shape[:-1]),
+                     scale=scale, scale_mul=mul, scale_chain=[mul, *reversed(top)] if mul is not None else [],
+                     h_axes=h_axes, w_axes=w_axes, out_axes=out_axes, members=k, outputs=o)
+    if mul is None:
+        site.post += list(reversed(top))
+    reason = _ensemble_reason(site, fields, steps, v, writes)
+    if reason is not None:
+        return _skip(rec, fields[0].one_hot.name if len(fields) == 1 else node.name, reason)
+    return site
+
+
+def _member_scale_reason(mul: fx.Node, scale: Any, hv: Any, h_axes: str) -> str | None:
+    """Why ``mul``'s ``scale`` of an ensemble's features is not per member and feature, or
+    None. Each member reads the same features, so the scale may not vary along the rows."""
+    rv = _fx.tensor_meta(scale)
+    if not isinstance(scale, fx.Node) or rv is None:
+        return f"{mul.name} scales the features by a Python number (its rounding in half types is not a tensor's)"
+    if rv.dim() > 3 or rv.dtype not in _fx.FLOAT_DTYPES or rv.device != hv.device:
+        return (f"{mul.name} scales the features by a {list(rv.shape)} {rv.dtype} tensor on {rv.device}: not a "
+                "per-member scale")
+    if ((1,) * (3 - rv.dim()) + tuple(rv.shape))[h_axes.index("b")] != 1:
+        return f"{mul.name} scales each row differently ({list(rv.shape)}): not a per-member scale"
+    return None
+
+
+def _ensemble_items(feats: fx.Node, rec: Recorder) -> tuple[list, fx.Node | None] | None:
+    """An ensemble's features read as ``(items, cat)``: its ``Field`` / ``Dense`` pieces and the
+    cat that joins them (None for one one-hot), or None with the skip recorded."""
     parsed = _cat_pieces(feats)
     cat = None
     if parsed is not None:
@@ -829,26 +878,26 @@ def _read_ensemble(node: fx.Node, parts: tuple, rec: Recorder, writes: _fx.Write
         if isinstance(f, str):
             return _skip(rec, feats, f)
         items = [f]
-    fields = [f for f in items if isinstance(f, Field)]
-    site = _Ensemble(node, w, False, bias, items, cat, list(steps), dtype, dtype, k * o, tuple(fv.shape[:-1]),
-                     scale=scale, scale_mul=mul, scale_chain=[mul, *reversed(top)] if mul is not None else [],
-                     h_axes=h_axes, w_axes=w_axes, out_axes=out_axes, members=k, outputs=o)
-    if mul is None:
-        site.post += list(reversed(top))
-    reason = _inexact(fields, tuple(d for d in map(_dtype, [*([cat] if cat else []), *steps]) if d is not None))
-    if reason is None and mul is not None and any(f.bag_dims for f in fields):
+    return items, cat
+
+
+def _ensemble_reason(site: _Ensemble, fields: list[Field], steps: list[fx.Node], v: int,
+                     writes: _fx.Writes) -> str | None:
+    """Why an ensemble site read whole cannot be the op, or None: rounding the op would not
+    match, widths that do not add up to the weight's ``v`` features, too few classes, or a
+    write in the way."""
+    reason = _inexact(fields, tuple(d for d in map(_dtype, [*([site.cat] if site.cat else []), *steps]) if d is not None))
+    if reason is None and site.scale_mul is not None and any(f.bag_dims for f in fields):
         reason = "a multi-hot bag is scaled (eager rounds count * r before the contraction)"
-    if reason is None and sum(it.num_classes if isinstance(it, Field) else it.width for it in items) != v:
+    if reason is None and sum(it.num_classes if isinstance(it, Field) else it.width for it in site.items) != v:
         reason = f"the feature widths do not add up to the weight's {v} features"
     if reason is None and sum(f.num_classes for f in fields) < _internal.one_hot_linear_min_classes:
         reason = f"fewer one-hot columns than one_hot_linear_min_classes={_internal.one_hot_linear_min_classes}"
     if reason is None:
         reason = _hazard(site, writes)
-    if reason is None and bias is not None and (w_ := writes.writer(bias, before=node)) is not None:
-        reason = f"the baddbmm input {bias.name} is written in place by {w_.name}"
-    if reason is not None:
-        return _skip(rec, fields[0].one_hot.name if len(fields) == 1 else node.name, reason)
-    return site
+    if reason is None and site.bias is not None and (w_ := writes.writer(site.bias, before=site.node)) is not None:
+        reason = f"the baddbmm input {site.bias.name} is written in place by {w_.name}"
+    return reason
 
 
 def _features_below(x: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
