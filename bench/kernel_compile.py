@@ -38,6 +38,10 @@ The Triton interpreter (``TRITON_INTERPRET=1``, which the tests' conftest sets o
 machine) replaces ``@triton.jit`` functions by ones that cannot be compiled: under it the
 tool re-runs itself in a subprocess without that variable (``run_subprocess`` does the
 same for callers such as tests/bench).
+
+One module, though long: the variant list, the workers and the report share one record
+type and one set of goals, and a reader checks a number in the table against the code
+that made it in one place.
 """
 
 from __future__ import annotations

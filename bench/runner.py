@@ -19,6 +19,9 @@ group, unless ``static`` asks for a compile per case):
 Timers: CUDA events around the call, after a 256 MiB L2 flush and a synchronize (so
 the host's launch cost counts, as it does for a small step); on the CPU,
 ``time.perf_counter`` around the call. Python's GC is off while timing.
+
+One module, though long: it is the whole account of how a benchmark number is obtained
+(the check, the rounds, the ratios, the memory peak), read top to bottom.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ segment) pair runs in parallel, as FBGEMM's table-batched kernels assign a warp 
 loops on loaded bounds.
 
 Reference twins: ``lowering/multi_embedding_bag_ref.py``.
+
+One module, though long: one kernel source per op family (docs/design.md), the forward,
+backward and their launchers sharing the meta fields and the segment type.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ multi_embedding_bag_backward(_cpu)                  ``multi_embedding_bag_backwa
 tied_embedding_bag, _triton                         ``tied_embedding_bag``
 tied_embedding_bag_backward                         ``tied_embedding_bag_backward``
 =================================================  ======================================
+
+One module, though long: every op's checks in one place, so that an op's fake, CPU and
+Triton bodies (and the ops sharing a family) raise the same errors from the same code.
 """
 
 from __future__ import annotations

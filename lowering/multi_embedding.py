@@ -11,6 +11,10 @@ opaque ``multi_embedding_triton``, which launches the Triton kernel (see
 ``kernels/_meta.py`` for why the launch is opaque: the kernel reads every table through a
 device table of pointers). The GPU backward is one opaque op; the CPU one is chosen per
 table by width (``CPU_EAGER_MIN_DIM``).
+
+One module, though long: the family's registered ops (forward, column writes, backwards,
+sparse gradients) and their autograd formula are registered together, as torch.library
+wants an op's fake and autograd registrations beside its definition.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ that reads it. The write moves onto the fused output's column range, right after
 (and before a hoisted bias add, as in eager): the same setitem of the same value, so the
 overwritten columns get no gradient and the value gets eager's. Any other write to a
 lookup's output is left, logged.
+
+One module, though long: the patterns that read a cat of lookups share this one reading of
+the site (pieces, column writes, hazards); split, each part would need the others' types.
 """
 
 from __future__ import annotations

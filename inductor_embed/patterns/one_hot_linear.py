@@ -60,6 +60,10 @@ with the pass's dead-code elimination.
 The one deviation from eager: with inf/NaN in W the dense matmul spreads NaN to every
 row (``0 * inf``), the gather only to rows that select the bad column. The README says
 so; ``config.one_hot_linear = False`` keeps the dense form.
+
+One module, though long: every form above (plain, cat, multi-hot, scaled, ensemble) reads
+its fields with the same helpers and is rewritten into the same op, so the forms' readers
+and rewrites are kept beside each other, in the order the forms are listed.
 """
 
 from __future__ import annotations
