@@ -21,6 +21,7 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     bag_of_positions,
     bag_weight_grad_ref,
     index_grad_rows,
+    table_columns,
 )
 
 
@@ -215,17 +216,13 @@ def bag_grads_cpu(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor], offs
     its own allocation, not a slice of one buffer for all tables (see
     ``embedding_backward_cpu.embedding_grads_cpu``)."""
     out = []
-    col = am_col = 0
     # The native kernel's tables run together, after the loop: between the ATen ops of one
     # table and the next, torch's OpenMP workers spin on the cores the kernel's threads
     # need (measured in docs/design.md, "Bag backwards").
     batch: list[_cpu_native.BagTable] = []
-    for i, o, p, v, d, m, pad, ilo, sp in zip(indices, offsets, per_sample_weights, num_rows, dims, modes,
-                                             padding_idx, include_last_offset, sparse):
-        g = grad[:, col:col + d]
-        col += d
-        am = arg_max[:, am_col:am_col + d] if m == MAX else arg_max
-        am_col += d if m == MAX else 0
+    for (g, am), i, o, p, v, d, m, pad, ilo, sp in zip(table_columns(grad, arg_max, dims, modes), indices,
+                                                        offsets, per_sample_weights, num_rows, dims, modes,
+                                                        padding_idx, include_last_offset, sparse):
         if sp:
             # the rows are the result (a sparse gradient's values): an fp32 one is a reused
             # buffer (fresh pages cost more than the copy)

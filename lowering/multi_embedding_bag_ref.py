@@ -183,6 +183,18 @@ def per_sample_weights_grad(grad: Tensor, weight: Tensor, indices: Tensor, offse
     return torch.where(flat != padding_idx, dots, torch.zeros((), dtype=dots.dtype, device=dots.device))
 
 
+def table_columns(grad: Tensor, arg_max: Tensor, dims: Sequence[int],
+                  modes: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+    """Per table, ``(grad [B, D_k], arg_max)``: its columns of the packed gradient, and of the
+    packed arg max for a max-mode table (the others get ``arg_max`` whole, never read)."""
+    out, col, am_col = [], 0, 0
+    for d, m in zip(dims, modes):
+        out.append((grad[:, col:col + d], arg_max[:, am_col:am_col + d] if m == MAX else arg_max))
+        col += d
+        am_col += d if m == MAX else 0
+    return out
+
+
 def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor],
                                      offsets: Sequence[Tensor | None], per_sample_weights: Sequence[Tensor | None],
                                      num_rows: Sequence[int], dims: Sequence[int], modes: Sequence[int],
@@ -193,13 +205,9 @@ def multi_embedding_bag_backward_ref(grad: Tensor, arg_max: Tensor, indices: Seq
     back, or the per-index rows of a sparse table's COO gradient (``index_grad_rows``; its
     indices are that table's flat indices, as eager's). Sums run in fp32, rounded once."""
     dense, values = [], []
-    col = am_col = 0
-    for i, o, p, v, d, m, pad, ilo, sp in zip(indices, offsets, per_sample_weights, num_rows, dims, modes,
-                                             padding_idx, include_last_offset, sparse):
-        g = grad[:, col:col + d]
-        col += d
-        am = arg_max[:, am_col:am_col + d] if m == MAX else arg_max
-        am_col += d if m == MAX else 0
+    for (g, am), i, o, p, v, m, pad, ilo, sp in zip(table_columns(grad, arg_max, dims, modes), indices, offsets,
+                                                     per_sample_weights, num_rows, modes, padding_idx,
+                                                     include_last_offset, sparse):
         if sp:
             values.append(index_grad_rows(g, i, o, p, m, pad, ilo)[1].reshape(-1))
         else:

@@ -9,7 +9,6 @@ the baseline of the benchmarks. The CPU's fast backward is ``embedding_backward_
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -185,35 +184,21 @@ def multi_embedding_sum_ref(weights: Sequence[torch.Tensor], indices: Sequence[t
     return out
 
 
-def multi_embedding_sum_backward_tables(
-    grad: torch.Tensor,
-    indices: Sequence[torch.Tensor],
-    num_rows: Sequence[int],
-    dims: Sequence[int],
-    padding_idx: Sequence[int],
-    scale_grad_by_freq: Sequence[bool],
-) -> list[torch.Tensor]:
-    """Every table's gradient of the sum, ``[V_k, D]`` each in grad's dtype, as eager computes
-    it: the gradient of a term is grad reduced over the dims its indices broadcast along
-    (``sum_to_size``), then scattered by ``embedding_dense_backward`` (fed fp32 for half
-    types, rounded once).
+def multi_embedding_sum_backward_ref(grad: torch.Tensor, indices: Sequence[torch.Tensor], num_rows: Sequence[int],
+                                     dims: Sequence[int], padding_idx: Sequence[int],
+                                     scale_grad_by_freq: Sequence[bool]) -> torch.Tensor:
+    """Every table's gradient of the sum, back to back in one flat ``[sum(V_k * D)]`` buffer
+    (the layout of ``multi_embedding_backward_ref``), as eager computes it: the gradient of a
+    term is grad reduced over the dims its indices broadcast along (``sum_to_size``), then
+    scattered by ``embedding_dense_backward`` (fed fp32 for half types, rounded once).
 
     Args:
         grad: ``[*L, D]``, the gradient of the sum.
         indices: T index tensors broadcastable to ``[*L]``.
         The rest as in ``multi_embedding_backward_ref``.
     """
-    out = []
     half = grad.dtype in (torch.float16, torch.bfloat16)
-    for i, v, d, p, s in zip(indices, num_rows, dims, padding_idx, scale_grad_by_freq):
-        g = grad.float() if half else grad
-        g = g.sum_to_size(*i.shape, d)
-        out.append(torch.ops.aten.embedding_dense_backward(g, i, v, p, s).to(grad.dtype))
-    return out
-
-
-def multi_embedding_sum_backward_ref(grad: torch.Tensor, *args: Any) -> torch.Tensor:
-    """``multi_embedding_sum_backward_tables`` back to back in one flat ``[sum(V_k * D)]``
-    buffer (the layout of ``multi_embedding_backward_ref``)."""
-    tables = multi_embedding_sum_backward_tables(grad, *args)
+    g = grad.float() if half else grad
+    tables = [torch.ops.aten.embedding_dense_backward(g.sum_to_size(*i.shape, d), i, v, p, s).to(grad.dtype)
+              for i, v, d, p, s in zip(indices, num_rows, dims, padding_idx, scale_grad_by_freq)]
     return torch.cat([t.reshape(-1) for t in tables]) if tables else grad.new_empty((0,))
