@@ -227,6 +227,17 @@ def test_readme_has_runnable_blocks_and_the_parser_finds_them():
     assert [(b.info, b.line, b.output) for b in got] == [("python", 3, "1\n"), ("python no-run", 9, None)]
 
 
+def test_shown_log_lines_name_no_machine_and_the_logging_line():
+    """A log line shown in the README names the file as ``.../inductor_embed/<file>.py`` (no
+    absolute path of some machine) and the line of the logging call that prints it."""
+    shown = re.findall(r"^[DIVWEC]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ (\S+):(\d+)\]", TEXT, re.MULTILINE)
+    assert shown, "README.md shows no log line"
+    for path, line in shown:
+        assert path.startswith(".../inductor_embed/"), f"README.md shows the log path {path!r}"
+        source = (README.parent / path.removeprefix(".../")).read_text().splitlines()
+        assert "log." in source[int(line) - 1], f"README.md: {path}:{line} is not a logging call"
+
+
 def test_design_doc_lists_every_registered_op():
     """docs/design.md's "Every registered op" table names each op in the ``inductor_embed``
     namespace once, and the files and tests it names exist."""
