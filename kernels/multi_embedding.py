@@ -47,8 +47,8 @@ TARGET_PROGRAMS = 4 * 132
 
 
 # The kernels read their meta row through at most one jit helper call per program: the
-# Triton interpreter (CPU tests) re-patches triton.language on every nested jit call (about
-# 0.4 ms each), and one call per meta field made a 26-table launch several times slower.
+# Triton interpreter (CPU tests) re-patches triton.language on every nested jit call
+# (docs/design.md), and one call per meta field made a 26-table launch several times slower.
 
 
 @triton.jit

@@ -376,8 +376,8 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
 # - D >= CPU_EAGER_MIN_DIM, one-row tables, an op of one table (a lone lookup), and every table under
 #   torch.use_deterministic_algorithms: eager's row adds (``index_add_``, bit-equal to
 #   ``embedding_dense_backward``) in one opaque op, into reused gradient buffers (vectorised
-#   row adds, no atomics; Inductor's element-wise atomic adds were 1.3-1.6x slower than
-#   eager's at D >= 64, and are not deterministic).
+#   row adds, no atomics; Inductor's element-wise atomic adds were slower than eager's at
+#   D >= 64 (docs/design.md), and are not deterministic).
 CPU_EAGER_MIN_DIM = 64
 
 
@@ -394,7 +394,7 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     # One-row tables too: Inductor's CPU codegen (torch 2.13) fails on a scatter-add into a
     # one-row buffer (tests/reliability/test_bad_input.py::test_one_row_tables_match_eager).
     # A lone table at any width: Inductor's gain on narrow tables is one scatter loop for all
-    # of them; alone, its scatter-add was 1.5-4x slower than the native kernel (collisions).
+    # of them; alone, its scatter-add was slower than the native kernel (collisions: docs/design.md).
     alone = len(dims) == 1 and eager_min_dim is None
     if eager_min_dim is None:
         eager_min_dim = CPU_EAGER_MIN_DIM

@@ -117,8 +117,8 @@ def multi_embedding_bag(
                                 sparse)
     if not use_triton(weights[0]):
         # One opaque call: traced, the reference's per-table index reshapes and offsets
-        # would become one C++ kernel per table for Inductor to compile (26 tables: ~9 s of a
-        # cold compile on 2 cores), for the same work ATen's embedding_bag does.
+        # would become one C++ kernel per table for Inductor to compile (seconds of a cold
+        # compile: docs/design.md), for the same work ATen's embedding_bag does.
         return torch.ops.inductor_embed.multi_embedding_bag_cpu(
             weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
     out, arg_max, err = torch.ops.inductor_embed.multi_embedding_bag_triton(
@@ -312,8 +312,8 @@ def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes
     ``embedding_bag`` per table (``multi_embedding_bag_ref``), after the op's checks: bad input
     raises eager's errors, and decreasing offsets raise (as on the kernel path). fp32 max-mode
     tables go to ``_cpu_native``'s kernel instead (all in one call), whose results are ATen's:
-    ATen's max mode is a serial loop of one element at a time (26 bags of 20 from 100,000 x 64
-    took 12.7 ms each on 2 cores)."""
+    ATen's max mode is a serial loop of one element at a time (measured in docs/patterns.md,
+    max-mode bags)."""
     psw = _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
                                       include_last_offset, values=True)
     # [B, 0] input takes ATen's path (which raises as eager does: it has no bags to read).

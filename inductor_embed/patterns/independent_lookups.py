@@ -140,8 +140,8 @@ def _lone_problem(lk: Lookup) -> str | None:
 
     Alone, only the backward changes: the op's forward is Inductor's own gather (the op
     decomposes on the CPU), and a lone table's gradient comes from the native row-sum kernel
-    rather than Inductor's scatter-add, which is 1.5-4x slower under collisions on the CPU
-    (bench/results/cpu/cpu-quick.md, single_table). On CUDA a lone lookup stays Inductor's
+    rather than Inductor's scatter-add, which is slower under collisions on the CPU
+    (docs/design.md, "Why the CPU path is what it is"). On CUDA a lone lookup stays Inductor's
     until a GPU measurement says the fused op pays."""
     if lk.dim == 0:
         return "a lone lookup of a 0-column table is left: there is no gradient to compute"
