@@ -2,10 +2,9 @@
 
 Design (why not one kernel argument per table, and why not one weights buffer)
 -----------------------------------------------------------------------------
-A Triton kernel takes a fixed list of arguments. The old kernels were generated per
-table count with 8-22 arguments per table, so their source, compile time and parameter
-bytes grew with T (2 minutes to compile at T=100, a ptxas failure past 4 KB of
-parameters at T=1,024). FBGEMM's TBE avoids that by owning one weights buffer for all
+A Triton kernel takes a fixed list of arguments. Generated per table count, with
+arguments per table, a kernel's source, compile time and parameter bytes grow with T
+(measured in docs/design.md, "Why not one kernel argument per table"). FBGEMM's TBE avoids that by owning one weights buffer for all
 tables plus small per-table offset tensors; we cannot: the tables are the user's own
 Parameters, and copying them into one buffer every step would cost their whole size.
 
