@@ -101,9 +101,16 @@ class _Max(ctypes.Structure):  # ie_max
                 ("arg_stride", ctypes.c_int64), ("grad_w", ctypes.c_void_p)]
 
 
+class _BagCheck(ctypes.Structure):  # ie_bag_check
+    _fields_ = [("rows", ctypes.c_int64), ("idx", ctypes.c_void_p)] + [
+        (name, ctypes.c_int64) for name in ("idx64", "n_idx", "bag_len", "idx_stride0", "idx_stride1")] + [
+        ("offsets", ctypes.c_void_p), ("offsets64", ctypes.c_int64), ("n_offsets", ctypes.c_int64),
+        ("last_is_end", ctypes.c_int64)]
+
+
 # The structs whose sizes ie_struct_sizes(k) returns, in its order: a library that disagrees
 # is not this source's build.
-_STRUCTS = (_Table, _Field, _OneHot, _Max)
+_STRUCTS = (_Table, _Field, _OneHot, _Max, _BagCheck)
 
 
 _lock = threading.Lock()
@@ -172,6 +179,8 @@ def _bind(path: str, errors: list[str]) -> ctypes.CDLL | None:
         library.ie_one_hot_linear.argtypes = [ctypes.POINTER(_OneHot), ctypes.c_int64, ctypes.c_int64]
         library.ie_bag_max.restype = ctypes.c_int64
         library.ie_bag_max.argtypes = [ctypes.POINTER(_Max), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+        library.ie_check_bags.restype = ctypes.c_int64
+        library.ie_check_bags.argtypes = [ctypes.POINTER(_BagCheck), ctypes.c_int64]
     except (OSError, AttributeError) as e:  # AttributeError: an undefined symbol
         errors.append(f"loading {path}: {e}")
         return None
@@ -384,6 +393,31 @@ def bag_max_backward(grad: Tensor, arg: Tensor, out: Tensor) -> None:
     assert out.dtype == torch.float32 and out.is_contiguous() and out.shape[1] == grad.shape[1]
     call = _max_struct(out.shape[0], out.shape[1], None, None, -1, None, grad, arg, out)
     library.ie_bag_max(ctypes.byref(call), 1, 1, _threads(grad.numel() * 12))
+
+
+def first_bad_bag(rows: Sequence[int], indices: Sequence[Tensor], offsets: Sequence[Tensor | None],
+                  include_last_offset: Sequence[bool]) -> int | None:
+    """The first table whose bag inputs are bad, else None, in one call for every table: its
+    offsets (``[B]``, or ``[B + 1]`` with ``include_last_offset``) do not start at 0, decrease
+    or pass its index count, or one of its indices in a bag (``[nnz]`` with offsets, ``[B, L]``
+    without; any strides; int32 or int64) is outside ``[0, rows)``. The checks of
+    ``_checks.bag_values``, without a host read per table. Requires ``lib()``, CPU tensors."""
+    library = lib()
+    assert library is not None, "first_bad_bag needs the native kernel (check lib() first)"
+    calls = (_BagCheck * len(indices))()
+    keep = []  # contiguous copies of strided offsets, alive through the call
+    for c, v, i, o, ilo in zip(calls, rows, indices, offsets, include_last_offset):
+        c.rows, c.idx, c.idx64 = v, _ptr(i), int(i.dtype == torch.int64)
+        c.n_idx = 0 if i.numel() == 0 else i.shape[0]  # [B, 0]: no index to read
+        c.bag_len = i.shape[1] if i.dim() == 2 else 0
+        c.idx_stride0 = i.stride(0)
+        c.idx_stride1 = i.stride(1) if i.dim() == 2 else 1
+        if o is not None:
+            o = o if o.is_contiguous() else o.contiguous()
+            keep.append(o)
+            c.offsets, c.offsets64, c.n_offsets, c.last_is_end = _ptr(o), int(o.dtype == torch.int64), o.numel(), ilo
+    bad = library.ie_check_bags(calls, len(indices))
+    return None if bad == 0 else bad - 1
 
 
 def _threads(work: int) -> int:

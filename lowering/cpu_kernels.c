@@ -532,14 +532,74 @@ int64_t ie_bag_max(const ie_max* tables, int64_t n, int64_t backward, int64_t th
   return parallel(backward ? max_bwd_part : max_fwd_part, &job, threads) ? -1 : 0;
 }
 
-/* sizeof of ie_table (0), ie_field (1), ie_one_hot (2), ie_max (3), -1 past them: the loader
-   checks them against its own declarations (ctypes' _Table, _Field, _OneHot, _Max). */
+/* ---- the bag ops' input checks: every table's in one call ---- */
+
+typedef struct {
+  int64_t rows;             /* every index in a bag lies in [0, rows) */
+  const void* idx;          /* int64 (idx64) or int32: [n_idx] (bag_len 0) or [n_idx, bag_len], */
+  int64_t idx64, n_idx, bag_len, idx_stride0, idx_stride1;  /* element (i, l) at i * s0 + l * s1 */
+  const void* offsets;      /* [n_offsets] bag starts, int64 (offsets64) or int32, or NULL */
+  int64_t offsets64, n_offsets;
+  int64_t last_is_end;      /* include_last_offset: positions from the last offset on are in no bag */
+} ie_bag_check;
+
+/* Whether x[0], x[s], ..., x[(n - 1) s] all lie in [0, rows): one unsigned compare each (a
+   negative index wraps past rows), OR-ed without a branch so that the loop vectorises. */
+static int all_below(const void* x, int64_t is64, int64_t n, int64_t s, int64_t rows) {
+  uint64_t bad = 0;
+  const uint64_t r = (uint64_t)rows;
+  if (is64) {
+    const int64_t* a = (const int64_t*)x;
+    if (s == 1) for (int64_t i = 0; i < n; i++) bad |= (uint64_t)a[i] >= r;
+    else for (int64_t i = 0; i < n; i++) bad |= (uint64_t)a[i * s] >= r;
+  } else {
+    const int32_t* a = (const int32_t*)x;
+    if (s == 1) for (int64_t i = 0; i < n; i++) bad |= (uint64_t)(int64_t)a[i] >= r;
+    else for (int64_t i = 0; i < n; i++) bad |= (uint64_t)(int64_t)a[i * s] >= r;
+  }
+  return !bad;
+}
+
+/* 0: every table's offsets start at 0, never decrease and end at most at its index count,
+   and every index in a bag lies in [0, rows); k + 1: table k's do not (the caller's own
+   checks of that table then raise the error that says how). */
+int64_t ie_check_bags(const ie_bag_check* tables, int64_t n) {
+  for (int64_t k = 0; k < n; k++) {
+    const ie_bag_check* t = tables + k;
+    const int64_t es = t->idx64 ? 8 : 4;
+    if (t->bag_len > 0) {  /* fixed bags: [n_idx, bag_len], no offsets */
+      for (int64_t i = 0; i < t->n_idx; i++)
+        if (!all_below((const char*)t->idx + i * t->idx_stride0 * es, t->idx64, t->bag_len, t->idx_stride1, t->rows))
+          return k + 1;
+      continue;
+    }
+    int64_t end = t->n_idx;
+    if (t->offsets && t->n_offsets > 0) {
+      int64_t prev = load(t->offsets, t->offsets64, 0);
+      if (prev != 0) return k + 1;
+      for (int64_t j = 1; j < t->n_offsets; j++) {
+        const int64_t o = load(t->offsets, t->offsets64, j);
+        if (o < prev) return k + 1;
+        prev = o;
+      }
+      if (prev > t->n_idx) return k + 1;
+      if (t->last_is_end) end = prev;
+    }
+    if (!all_below(t->idx, t->idx64, end, t->idx_stride0, t->rows)) return k + 1;
+  }
+  return 0;
+}
+
+/* sizeof of ie_table (0), ie_field (1), ie_one_hot (2), ie_max (3), ie_bag_check (4), -1 past
+   them: the loader checks them against its own declarations (ctypes' _Table, _Field,
+   _OneHot, _Max, _BagCheck). */
 int64_t ie_struct_sizes(int64_t which) {
   switch (which) {
     case 0: return (int64_t)sizeof(ie_table);
     case 1: return (int64_t)sizeof(ie_field);
     case 2: return (int64_t)sizeof(ie_one_hot);
     case 3: return (int64_t)sizeof(ie_max);
+    case 4: return (int64_t)sizeof(ie_bag_check);
     default: return -1;
   }
 }

@@ -535,3 +535,61 @@ def test_max_mode_takes_offsets_of_any_strides_and_refuses_empty_fixed_bags():
     with pytest.raises(RuntimeError):
         torch.ops.inductor_embed.multi_embedding_bag_cpu([weight], [torch.empty(3, 0, dtype=torch.long)], [None], [],
                                                           [2], [-1], [False])
+
+
+def _python_first_bad(rows, indices, offsets, ilo):
+    from inductor_embed.lowering import _checks
+
+    for k, (v, i, o, last) in enumerate(zip(rows, indices, offsets, ilo)):
+        try:
+            _checks.bag_values("test", k, i, o, v, last)
+        except (RuntimeError, IndexError):
+            return k
+    return None
+
+
+@pytest.mark.parametrize("itype", [torch.int32, torch.int64])
+def test_the_native_bag_check_finds_the_tables_the_python_checks_reject(itype) -> None:
+    """``first_bad_bag`` (one call for every table) names the first table whose offsets or
+    indices ``_checks.bag_values`` rejects: offsets not from 0, decreasing or past the end,
+    an index below 0 or at V, in 1-D bags with offsets (include_last_offset: indices past the
+    last offset are in no bag, not checked), fixed [B, L] bags, strided columns of [B, T, L]."""
+    g = torch.Generator().manual_seed(int(itype == torch.int64))
+    v = 50
+
+    def table(kind: str, bad: str):
+        if kind == "fixed":
+            i = torch.randint(0, v, (6, 4), generator=g, dtype=itype)
+            o, last = None, False
+        elif kind == "strided":
+            i = torch.randint(0, v, (6, 3, 4), generator=g, dtype=itype)[:, 1]
+            o, last = None, False
+        else:
+            i = torch.randint(0, v, (20,), generator=g, dtype=itype)
+            o, last = torch.tensor([0, 3, 3, 9, 15], dtype=itype), kind == "last"
+        first = (0,) * i.dim()
+        if bad == "high":
+            i[first] = v
+        elif bad == "low":
+            i[first] = -1
+        elif bad == "past_last" and o is not None:
+            i[18] = v  # in no bag with include_last_offset: fine there, bad in the last bag otherwise
+        elif bad == "first" and o is not None:
+            o[0] = 1
+        elif bad == "decrease" and o is not None:
+            o[2] = 2
+        elif bad == "end" and o is not None:
+            o[-1] = 21
+        return v, i, o, last
+
+    kinds = ("offsets", "last", "fixed", "strided")
+    bads = ("none", "high", "low", "past_last", "first", "decrease", "end")
+    for kind in kinds:
+        for bad in bads:
+            for where in range(3):
+                tables = [table(kinds[(j + 1) % 4], "none") if j != where else table(kind, bad) for j in range(3)]
+                rows, indices, offsets, ilo = (list(x) for x in zip(*tables))
+                want = _python_first_bad(rows, indices, offsets, ilo)
+                assert _cpu_native.first_bad_bag(rows, indices, offsets, ilo) == want, (kind, bad, where)
+    empty = [torch.empty(3, 0, dtype=itype), torch.empty(0, dtype=itype)]
+    assert _cpu_native.first_bad_bag([v, v], empty, [None, torch.zeros(1, dtype=itype)], [False, False]) is None
