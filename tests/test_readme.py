@@ -251,6 +251,6 @@ def test_design_doc_lists_every_registered_op():
     assert sorted(listed) == registered, "docs/design.md's op table and the registry differ"
     for r in rows:
         files = [README.parent / "lowering" / f for f in _code_spans(r[1])]
-        files += [README.parent / "tests" / f for f in _code_spans(r[4])]
+        files += [README.parent / f for f in _code_spans(r[4])]
         missing = [str(f) for f in files if not f.exists()]
         assert not missing, f"docs/design.md: {r[0]} names missing files {missing}"
