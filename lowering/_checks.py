@@ -448,7 +448,7 @@ def bags_values(op: str, rows: Sequence[object], indices: Sequence[Tensor], offs
     built, one call checks every table first (a host read per table cost about 10 us of a
     small batch's step); a table it finds bad is then checked here, to raise its error."""
     first = 0
-    if _cpu_native.lib() is not None and all(readable(i, o) for i, o in zip(indices, offsets)):
+    if _cpu_native.lib() is not None and readable(*indices, *offsets):
         bad = _cpu_native.first_bad_bag([int(v) for v in rows], indices, offsets, include_last_offset)
         if bad is None:
             return

@@ -404,19 +404,22 @@ def first_bad_bag(rows: Sequence[int], indices: Sequence[Tensor], offsets: Seque
     ``_checks.bag_values``, without a host read per table. Requires ``lib()``, CPU tensors."""
     library = lib()
     assert library is not None, "first_bad_bag needs the native kernel (check lib() first)"
-    calls = (_BagCheck * len(indices))()
+    # The structs as one flat int64 array (every _BagCheck field is 8 bytes): setting ctypes
+    # fields one by one cost more than the checks themselves at a small batch.
+    fields: list[int] = []
     keep = []  # contiguous copies of strided offsets, alive through the call
-    for c, v, i, o, ilo in zip(calls, rows, indices, offsets, include_last_offset):
-        c.rows, c.idx, c.idx64 = v, _ptr(i), int(i.dtype == torch.int64)
-        c.n_idx = 0 if i.numel() == 0 else i.shape[0]  # [B, 0]: no index to read
-        c.bag_len = i.shape[1] if i.dim() == 2 else 0
-        c.idx_stride0 = i.stride(0)
-        c.idx_stride1 = i.stride(1) if i.dim() == 2 else 1
-        if o is not None:
+    for v, i, o, ilo in zip(rows, indices, offsets, include_last_offset):
+        two_d = i.dim() == 2
+        fields += (v, i.data_ptr(), i.dtype == torch.int64, 0 if i.numel() == 0 else i.shape[0],  # [B, 0]: none
+                   i.shape[1] if two_d else 0, i.stride(0), i.stride(1) if two_d else 1)
+        if o is None:
+            fields += (0, 0, 0, 0)
+        else:
             o = o if o.is_contiguous() else o.contiguous()
             keep.append(o)
-            c.offsets, c.offsets64, c.n_offsets, c.last_is_end = _ptr(o), int(o.dtype == torch.int64), o.numel(), ilo
-    bad = library.ie_check_bags(calls, len(indices))
+            fields += (o.data_ptr(), o.dtype == torch.int64, o.numel(), ilo)
+    array = (ctypes.c_int64 * len(fields))(*fields)
+    bad = library.ie_check_bags(ctypes.cast(array, ctypes.POINTER(_BagCheck)), len(indices))
     return None if bad == 0 else bad - 1
 
 
