@@ -311,9 +311,9 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
     outside ``[0, V)``, as eager does."""
     library = lib()
     assert library is not None, "bag_grad needs the native kernel (check lib() first)"
-    array = (_Table * len(tables))()
+    fields: list[int] = []  # the _Table structs as one flat int64 array (see first_bad_bag)
     work = 0
-    for k, t in enumerate(tables):
+    for t in tables:
         assert t.out.dtype == t.grad.dtype == torch.float32 and t.out.is_contiguous() and t.grad.stride(-1) == 1
         assert t.indices.dtype in (torch.int32, torch.int64) and t.indices.dim() == (1 if t.offsets is not None else 2)
         assert t.offsets is None or (t.offsets.dtype in (torch.int32, torch.int64) and t.offsets.is_contiguous())
@@ -323,12 +323,14 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
         rows, dim = t.out.shape
         bag_len = 0 if t.offsets is not None else t.indices.shape[1]
         stride0, stride1 = (0, t.indices.stride(0)) if t.offsets is not None else t.indices.stride()
-        array[k] = _Table(rows, dim, t.out.data_ptr(), t.grad.data_ptr(), t.grad.stride(0), t.grad.shape[0],
-                          t.indices.numel(), t.indices.data_ptr(), t.indices.dtype == torch.int64, stride0, stride1,
-                          _ptr(t.order), bag_len, _ptr(t.offsets), t.offsets is not None and t.offsets.dtype == torch.int64,
-                          _ptr(t.weights), t.mean, t.padding_idx, t.accumulate, t.out.nbytes >= STREAMING_BYTES)
+        fields += (rows, dim, t.out.data_ptr(), t.grad.data_ptr(), t.grad.stride(0), t.grad.shape[0],
+                   t.indices.numel(), t.indices.data_ptr(), t.indices.dtype == torch.int64, stride0, stride1,
+                   _ptr(t.order) or 0, bag_len, _ptr(t.offsets) or 0,
+                   t.offsets is not None and t.offsets.dtype == torch.int64, _ptr(t.weights) or 0, t.mean,
+                   t.padding_idx, t.accumulate, t.out.nbytes >= STREAMING_BYTES)
         work += (0 if t.accumulate else t.out.nbytes) + t.indices.numel() * dim * 4
-    status = library.ie_bag_grad(array, len(tables), _threads(work))
+    array = (ctypes.c_int64 * len(fields))(*fields)
+    status = library.ie_bag_grad(ctypes.cast(array, ctypes.POINTER(_Table)), len(tables), _threads(work))
     if status > 0:
         raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].out.shape[0]})")
     if status < 0:

@@ -86,7 +86,7 @@ def bag_weight_grad_cpu(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets:
                                      None if offs is None else offs.contiguous(),
                                      None if scale is None else scale.contiguous(), mode == MEAN, padding_idx,
                                      accumulate, order)
-        if batch is None or order is not None:
+        if batch is None:
             _cpu_native.bag_grad([table])
         else:
             batch.append(table)

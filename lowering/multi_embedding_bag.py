@@ -349,11 +349,19 @@ def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes
 
 def _sum_bags(weights, indices, offsets, psw, modes, padding_idx, include_last_offset) -> tuple[Tensor, Tensor]:
     """``multi_embedding_bag_ref`` of sum and mean tables: ATen's ``embedding_bag`` per table,
-    called directly in its common form (1-D indices with offsets of their dtype, no
-    include_last_offset; ``bag_forward`` otherwise), then one cat. ``bag_forward``'s general
+    called directly in its common forms (1-D indices with offsets of their dtype and no
+    include_last_offset; fixed ``[B, L]`` bags flattened, one offsets tensor shared by the
+    tables of one shape; ``bag_forward`` otherwise), then one cat. ``bag_forward``'s general
     handling cost a few microseconds a table, most of a small batch's step."""
     outs = []
+    fixed: dict[tuple, Tensor] = {}  # (B, L, dtype): the offsets of fixed bags
     for w, i, o, p, m, pad, ilo in zip(weights, indices, offsets, psw, modes, padding_idx, include_last_offset):
+        if o is None and i.dim() == 2 and i.shape[1] > 0:  # as F.embedding_bag rewrites [B, L]
+            b, length = i.shape
+            o = fixed.get((b, length, i.dtype))
+            if o is None:
+                o = fixed[(b, length, i.dtype)] = torch.arange(0, b * length, length, dtype=i.dtype)
+            i, p = i.reshape(-1), None if p is None else p.reshape(-1)
         if o is None or ilo or o.dtype != i.dtype:
             outs.append(bag_forward(w, i, o, p, m, pad, ilo)[0])
         else:
