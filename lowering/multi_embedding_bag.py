@@ -119,8 +119,10 @@ def multi_embedding_bag(
         # One opaque call: traced, the reference's per-table index reshapes and offsets
         # would become one C++ kernel per table for Inductor to compile (seconds of a cold
         # compile: docs/design.md), for the same work ATen's embedding_bag does.
+        # checked: the arguments' structure was checked just above (on fake tensors when
+        # compiled, where Dynamo's guards then hold it), so the CPU body checks values only.
         return torch.ops.inductor_embed.multi_embedding_bag_cpu(
-            weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
+            weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, checked=True)
     out, arg_max, err = torch.ops.inductor_embed.multi_embedding_bag_triton(
         weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
     _raise_on_flags(err)
@@ -306,16 +308,23 @@ multi_embedding_bag.register_autograd(first_order(_backward), setup_context=_set
 
 
 @twin_op("inductor_embed::multi_embedding_bag_cpu", like="inductor_embed::multi_embedding_bag",
-         returns="(Tensor, Tensor)", drop=("sparse",))
-def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset):
+         returns="(Tensor, Tensor)", drop=("sparse",), extra="bool checked=False")
+def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset,
+                            checked: bool = False):
     """The CPU forward of ``multi_embedding_bag``, run eagerly: ``(out, arg_max)`` by ATen's
     ``embedding_bag`` per table (``multi_embedding_bag_ref``), after the op's checks: bad input
     raises eager's errors, and decreasing offsets raise (as on the kernel path). fp32 max-mode
     tables go to ``_cpu_native``'s kernel instead (all in one call), whose results are ATen's:
     ATen's max mode is a serial loop of one element at a time (measured in docs/patterns.md,
-    max-mode bags)."""
-    psw = _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
-                                      include_last_offset, values=True)
+    max-mode bags). ``checked``: the caller (the public op's body) has just checked the
+    arguments' structure, so only their values (offsets, indices) are checked here."""
+    if checked:  # the public op checked the structure (``_checks.multi_embedding_bag``) already
+        psw = _checks.psw_list(per_sample_weights, len(weights))
+        _checks.bags_values("multi_embedding_bag", [w.shape[0] for w in weights], indices, offsets,
+                            include_last_offset)
+    else:
+        psw = _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
+                                          include_last_offset, values=True)
     # [B, 0] input takes ATen's path (which raises as eager does: it has no bags to read).
     kernel = [m == MAX and w.dtype == torch.float32 and w.stride(1) == 1 and (i.dim() == 1 or i.shape[1] > 0)
               for w, i, m in zip(weights, indices, modes)]
@@ -372,7 +381,7 @@ def _sum_bags(weights, indices, offsets, psw, modes, padding_idx, include_last_o
 
 @multi_embedding_bag_cpu.register_fake
 def _multi_embedding_bag_cpu_fake(weights, indices, offsets, per_sample_weights, modes, padding_idx,
-                                  include_last_offset):
+                                  include_last_offset, checked=False):
     _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
                                 include_last_offset)
     b = num_bags(indices[0], offsets[0], include_last_offset[0])

@@ -300,3 +300,21 @@ def test_cpu_bag_backward_matches_the_reference(dtype) -> None:
         assert got.dtype == torch.float32
         case = f"{mode=} {ilo=} {fixed=} {pad=} {psw_on=} {itype}"
         torch.testing.assert_close(got, want, msg=lambda m, case=case: f"{case}: {m}")
+
+
+def test_the_cpu_body_checks_the_structure_once_and_the_values_always(monkeypatch) -> None:
+    """The public op checks its arguments' structure, then its CPU body (``checked=True``)
+    checks only the values: one structural check a call, and a bad offset still raises."""
+    from inductor_embed.lowering import _checks
+
+    args, _, _ = _tables()
+    calls = []
+    real = _checks.multi_embedding_bag
+    monkeypatch.setattr(_checks, "multi_embedding_bag", lambda *a, **k: calls.append(k) or real(*a, **k))
+    OP(*args)
+    assert calls == [{}]  # the public op's own check; the CPU body's would pass values=True
+    offsets = [None if o is None else o.clone() for o in args[2]]
+    k = next(j for j, o in enumerate(offsets) if o is not None and o.numel() > 2)
+    offsets[k][2] = offsets[k][1] - 1  # decreasing
+    with pytest.raises(RuntimeError, match="decrease"):
+        OP(args[0], args[1], offsets, *args[3:])
