@@ -209,7 +209,7 @@ def _multi_embedding_backward_fake(grad, indices, num_rows, dims, padding_idx, s
 
 
 @twin_op("inductor_embed::multi_embedding_backward_cpu", like="inductor_embed::multi_embedding_backward",
-         returns="Tensor[]", extra="SymInt[] columns, int[] zeroed=[]")
+         returns="Tensor[]", extra="SymInt[] columns, int[] zeroed=[], bool checked=False")
 def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     """The eager CPU backward of some of the tables: each one's ``[V_k, D_k]`` gradient as
     its own tensor (a reused buffer, ``_grad_cache``), table k read from grad's columns
@@ -217,14 +217,18 @@ def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     eager's ``embedding_dense_backward``, deterministic). ``zeroed``: triples ``(k, lo, hi)``,
     table k's gradient columns ``[lo, hi)`` are zero (columns its lookup's output had written
     over, so no gradient reached them): zeroed in the result, in place, or in a copy of grad
-    where that copy is smaller than the rows the zeroing would touch."""
+    where that copy is smaller than the rows the zeroing would touch. ``checked``: called by the
+    autograd formula, whose arguments autograd keeps consistent with the forward's, checked
+    there (the native kernel still checks every index): no checks here."""
     grad, scale_grad_by_freq = args[0], args[5]
     zeroed = args[7] if len(args) > 7 else []
+    checked = len(args) > 8 and args[8]
     # The native kernel checks every index itself (nothing written if one is out of range):
     # a host read of each index tensor's min and max here too cost ~10 us a table.
     native = grad.dtype == torch.float32 and not any(scale_grad_by_freq) and _cpu_native.lib() is not None
-    _checks.multi_embedding_backward(*args[:7], op="multi_embedding_backward_cpu", values=not native)
-    _checks.zeroed_columns(zeroed, args[3])
+    if not checked:
+        _checks.multi_embedding_backward(*args[:7], op="multi_embedding_backward_cpu", values=not native)
+        _checks.zeroed_columns(zeroed, args[3])
     triples = [zeroed[j:j + 3] for j in range(0, len(zeroed), 3)]
     # Zeroing the columns in the result touches every row of the table (a cache line each at
     # least); masking a copy of grad costs its N x C. Whichever moves less.
@@ -242,7 +246,7 @@ def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
 
 @multi_embedding_backward_cpu.register_fake
 def _multi_embedding_backward_cpu_fake(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns,
-                                       zeroed=()):
+                                       zeroed=(), checked=False):
     _checks.multi_embedding_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns,
                                      op="multi_embedding_backward_cpu")
     _checks.zeroed_columns(zeroed, dims)
@@ -409,7 +413,7 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
         triples = [x for j, k in enumerate(wide) for lo, hi in zeroed[k] for x in (j, lo, hi)]
         eager = torch.ops.inductor_embed.multi_embedding_backward_cpu(
             grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(scale_grad_by_freq),
-            pick(columns), triples)
+            pick(columns), triples, checked=True)
         for k, g in zip(wide, eager):
             grads[k] = g
     half = grad.dtype in (torch.float16, torch.bfloat16)

@@ -209,10 +209,10 @@ def _multi_embedding_bag_backward_fake(grad, arg_max, indices, offsets, per_samp
 
 
 @twin_op("inductor_embed::multi_embedding_bag_backward_cpu", like="inductor_embed::multi_embedding_bag_backward",
-         returns="Tensor[]", extra="bool coalesce=False, bool as_values=False")
+         returns="Tensor[]", extra="bool coalesce=False, bool as_values=False, bool checked=False")
 def multi_embedding_bag_backward_cpu(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
                                      padding_idx, include_last_offset, sparse, coalesce: bool = False,
-                                     as_values: bool = False) -> list[Tensor]:
+                                     as_values: bool = False, checked: bool = False) -> list[Tensor]:
     """The CPU backward the autograd formula uses: per table its dense ``[V_k, D_k]``
     gradient (fp32: a reused buffer, ``_grad_cache``), or a sparse table's ``[V_k, D_k]``
     COO gradient (eager's own, one entry per position in a bag; with ``coalesce``,
@@ -222,10 +222,13 @@ def multi_embedding_bag_backward_cpu(grad, arg_max, indices, offsets, per_sample
     ``as_values``: a sparse table's COO values ``[nnz_k * D_k]`` instead (the tied op makes
     its COO gradient of them and the Embedding's rows). The sparse gradients are made here,
     from values no other op sees: a separate op (``coalesce_rows``) would have to copy them
-    (its outputs may not share its inputs')."""
+    (its outputs may not share its inputs'). ``checked``: called by an autograd formula, whose
+    arguments autograd keeps consistent with the forward's, checked there (the native kernel
+    still checks every index): no checks here."""
     args = (grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
             include_last_offset, sparse)
-    _checks.multi_embedding_bag_backward(*args, values=True)
+    if not checked:
+        _checks.multi_embedding_bag_backward(*args, values=True)
     tables = bag_grads_cpu(*args, reuse=not as_values)
     if as_values:
         return tables
@@ -242,7 +245,7 @@ def multi_embedding_bag_backward_cpu(grad, arg_max, indices, offsets, per_sample
 @multi_embedding_bag_backward_cpu.register_fake
 def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims,
                                            modes, padding_idx, include_last_offset, sparse, coalesce=False,
-                                           as_values=False):
+                                           as_values=False, checked=False):
     _checks.multi_embedding_bag_backward(grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes,
                                          padding_idx, include_last_offset, sparse)
     if as_values:
@@ -278,7 +281,8 @@ def _backward(ctx, grad, _grad_arg_max):
     if cpu:
         # The CPU: one tensor per table (a 26 x 100,000 x 64 packed buffer cost fresh pages
         # every step; see embedding_grads_cpu), sparse ones made sparse there.
-        tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args, coalesce_sparse_grads(grad))
+        tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args, coalesce_sparse_grads(grad),
+                                                                           checked=True)
     else:
         dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(*args)
         tables, dpos, vpos = [], 0, 0

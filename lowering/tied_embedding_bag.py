@@ -309,7 +309,7 @@ def _bag_grad(grad_bag, arg_max, bag_indices, offsets, psw, num_rows, mode, pad,
     d = grad_bag.shape[1]
     args = (grad_bag, arg_max, [bag_indices], [offsets], [psw], [num_rows], [d], [mode], [pad], [ilo], [sparse])
     if not use_triton(grad_bag):
-        got = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args, as_values=True)[0]
+        got = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args, as_values=True, checked=True)[0]
     else:
         dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(*args)
         got = values if sparse else dense
