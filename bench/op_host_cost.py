@@ -4,7 +4,10 @@ At batch 1 the data work is nil, so a call's time is what it costs on the host: 
 dispatcher, the argument checks, building the native kernel's tables, allocating the
 outputs. A compiled graph calls these ops once a step (forward or backward), for all tables
 at once, so the cost per call is what a small-batch step (CPU serving) pays on top of the
-work. Goal: under 20 us a call at 26 tables.
+work. Goal: under 20 us a call at 26 tables. Each op is called as a compiled graph calls it:
+the bag forward by the public op's body and the backwards by their autograd formulas, with
+``checked=True`` (their arguments' structure checked by the caller, on fake tensors when
+compiled).
 
     python -m bench.op_host_cost [--out bench/results/cpu]
 
@@ -57,11 +60,11 @@ def _calls(t: int) -> dict[str, Callable[[], object]]:
     onehot_grad = torch.randn(1, DIM, generator=g)
     return {
         "multi_embedding_backward_cpu (cat / lookups backward)": lambda: OPS.multi_embedding_backward_cpu(
-            grad, idx, rows, dims, pads, no, cols),
+            grad, idx, rows, dims, pads, no, cols, [], checked=True),
         "multi_embedding_bag_cpu (bags forward)": lambda: OPS.multi_embedding_bag_cpu(
-            weights, bags, [None] * t, [], [0] * t, pads, no),
+            weights, bags, [None] * t, [], [0] * t, pads, no, checked=True),
         "multi_embedding_bag_backward_cpu (bags backward)": lambda: OPS.multi_embedding_bag_backward_cpu(
-            pooled, no_max, bags, [None] * t, [None] * t, rows, dims, [0] * t, pads, no, no),
+            pooled, no_max, bags, [None] * t, [None] * t, rows, dims, [0] * t, pads, no, no, checked=True),
         "one_hot_linear_cpu (one-hot forward)": lambda: OPS.one_hot_linear_cpu(fields, rows, offs, onehot_w, None),
         "one_hot_linear_backward_cpu (one-hot backward)": lambda: OPS.one_hot_linear_backward_cpu(
             onehot_grad, fields, rows, offs, t * ROWS, False, True, torch.float32),
@@ -84,7 +87,8 @@ def markdown(rows: list[tuple[str, float, float]]) -> str:
              f"- {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
              f"git {sha[:12]}{' (dirty)' if dirty else ''}",
              f"- batch 1, tables of {ROWS} x {DIM} fp32; median of 9 rounds of 400 calls "
-             "(`python -m bench.op_host_cost`); goal: under 20 us a call at 26 tables", "",
+             "(`python -m bench.op_host_cost`); goal: under 20 us a call at 26 tables",
+             "- each op called as a compiled graph calls it (`checked=True` where the op takes it)", "",
              "| op | 1 table | 26 tables | 26 tables, per table |", "|---|---|---|---|"]
     for name, a, b in rows:
         per = "—" if b != b else f"{b / 26:.1f}"
