@@ -161,13 +161,17 @@ def one_hot_linear_cpu(indices, num_classes, offsets, weight, bias=None):
     """The CPU's fp32 forward of ``one_hot_linear`` (``[*L, D]``), by ``_cpu_native``'s kernel:
     it checks every field's indices first and raises as the op's other paths do. Where the
     library is not there when the op runs (switched off since the graph was compiled, or a
-    process without a C compiler that got this graph from a cache), the ATen reference."""
-    _checks.one_hot_linear(indices, num_classes, offsets, weight, bias, None, values=True)
-    if _cpu_native.lib() is None:
+    process without a C compiler that got this graph from a cache), the ATen reference. The
+    kernel checks the index values itself (a host read per field cost more than the gather at
+    a small batch); where it finds a bad one, the checks here raise the detailed error."""
+    native = _cpu_native.lib() is not None
+    _checks.one_hot_linear(indices, num_classes, offsets, weight, bias, None, values=not native)
+    if not native:
         return one_hot_linear_ref(indices, offsets, weight, bias)
     out, bad = _cpu_native.one_hot_linear(indices, num_classes, offsets, weight,
                                           None if bias is None else bias.contiguous())
     if bad is not None:
+        _checks.one_hot_linear(indices, num_classes, offsets, weight, bias, None, values=True)
         raise RuntimeError(_OOB_MSG)
     return out
 
@@ -184,14 +188,16 @@ def one_hot_linear_backward_cpu(grad, indices, num_classes, offsets, num_columns
     """The CPU's fp32 backward of ``one_hot_linear`` (same contract as
     ``one_hot_linear_backward``), by ``_cpu_native``'s kernel: each column's positions added
     in order (deterministic). Without the library when it runs, the ATen reference (as the
-    forward)."""
-    _checks.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype,
-                                    values=True)
-    if _cpu_native.lib() is None:
+    forward; the kernel checks the index values itself, as the forward's)."""
+    native = _cpu_native.lib() is not None
+    args = (grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
+    _checks.one_hot_linear_backward(*args, values=not native)
+    if not native:
         return one_hot_linear_backward_ref(grad, indices, offsets, num_columns, has_bias, v_major, dtype)
     flat, bad = _cpu_native.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias,
                                                     v_major)
     if bad is not None:
+        _checks.one_hot_linear_backward(*args, values=True)
         raise RuntimeError(_OOB_MSG)
     return flat
 

@@ -324,6 +324,12 @@ def test_one_hot_kernels_report_the_field_out_of_range():
     with pytest.raises(RuntimeError, match="Class values"):
         torch.ops.inductor_embed.one_hot_linear_backward(torch.randn(4, 6, 9), indices, classes, offsets, 12, False,
                                                          False, torch.float32)
+    # the CPU ops leave the value checks to the kernels, then raise the detailed error
+    with pytest.raises(RuntimeError, match="Class values .*: got 5 in one_hot_linear"):
+        torch.ops.inductor_embed.one_hot_linear_cpu(indices, classes, offsets, w, None)
+    with pytest.raises(RuntimeError, match="Class values .*: got 5 in one_hot_linear"):
+        torch.ops.inductor_embed.one_hot_linear_backward_cpu(torch.randn(4, 6, 9), indices, classes, offsets, 12,
+                                                             False, False, torch.float32)
 
 
 class _OneHotLinear(nn.Module):
