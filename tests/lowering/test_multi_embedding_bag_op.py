@@ -318,3 +318,26 @@ def test_the_cpu_body_checks_the_structure_once_and_the_values_always(monkeypatc
     offsets[k][2] = offsets[k][1] - 1  # decreasing
     with pytest.raises(RuntimeError, match="decrease"):
         OP(args[0], args[1], offsets, *args[3:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("separate", [False, True])
+def test_tied_backward_reference_matches_the_cpu_backward(dtype, mode: int, separate: bool) -> None:
+    """``_tied_backward_ref`` (ATen ops only: what deterministic mode runs on CUDA) gives the
+    CPU backward's gradient (eager's, bit-equal) up to the order of additions."""
+    from inductor_embed.lowering.multi_embedding_bag_ref import bag_forward
+    from inductor_embed.lowering.tied_embedding_bag import _tied_backward_cpu, _tied_backward_ref
+
+    g = torch.Generator().manual_seed(mode)
+    v, d = 20, 6
+    w = torch.randn(v, d, generator=g).to(dtype)
+    ei, bi = torch.randint(0, v, (3, 4), generator=g), torch.randint(0, v, (12,), generator=g)
+    bo = torch.tensor([0, 4, 4, 9])
+    psw = torch.rand(12, generator=g).to(dtype) if mode == 0 else None
+    _, am = bag_forward(w, bi, bo, psw, mode, -1, False)
+    grad_emb, grad_bag = torch.randn(3, 4, d, generator=g).to(dtype), torch.randn(4, d, generator=g).to(dtype)
+    args = (grad_emb, grad_bag, am, ei, bi, bo, psw, v, mode, 2, -1, False, separate)
+    want, got = _tied_backward_cpu(*args), _tied_backward_ref(*args)
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape
+    torch.testing.assert_close(got, want)
