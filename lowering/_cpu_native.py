@@ -301,6 +301,15 @@ class BagTable:
     order: Tensor | None
 
 
+def _structs(struct: type[ctypes.Structure], fields: list[int]) -> ctypes._Pointer:
+    """``fields``, ``struct`` after ``struct`` (every field of ``struct`` 8 bytes), as a pointer
+    to an array of them: one ctypes array made from Python ints, where setting a ctypes object's
+    fields one by one cost more than the checks or the kernel at a small batch. The pointer
+    keeps the array alive."""
+    assert ctypes.sizeof(struct) == 8 * len(struct._fields_) and len(fields) % len(struct._fields_) == 0
+    return ctypes.cast((ctypes.c_int64 * len(fields))(*fields), ctypes.POINTER(struct))
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -311,7 +320,7 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
     outside ``[0, V)``, as eager does."""
     library = lib()
     assert library is not None, "bag_grad needs the native kernel (check lib() first)"
-    fields: list[int] = []  # the _Table structs as one flat int64 array (see first_bad_bag)
+    fields: list[int] = []  # the _Table structs, flat (see _structs)
     work = 0
     for t in tables:
         assert t.out.dtype == t.grad.dtype == torch.float32 and t.out.is_contiguous() and t.grad.stride(-1) == 1
@@ -329,8 +338,7 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
                    t.offsets is not None and t.offsets.dtype == torch.int64, _ptr(t.weights) or 0, t.mean,
                    t.padding_idx, t.accumulate, t.out.nbytes >= STREAMING_BYTES)
         work += (0 if t.accumulate else t.out.nbytes) + t.indices.numel() * dim * 4
-    array = (ctypes.c_int64 * len(fields))(*fields)
-    status = library.ie_bag_grad(ctypes.cast(array, ctypes.POINTER(_Table)), len(tables), _threads(work))
+    status = library.ie_bag_grad(_structs(_Table, fields), len(tables), _threads(work))
     if status > 0:
         raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].out.shape[0]})")
     if status < 0:
@@ -406,9 +414,7 @@ def first_bad_bag(rows: Sequence[int], indices: Sequence[Tensor], offsets: Seque
     ``_checks.bag_values``, without a host read per table. Requires ``lib()``, CPU tensors."""
     library = lib()
     assert library is not None, "first_bad_bag needs the native kernel (check lib() first)"
-    # The structs as one flat int64 array (every _BagCheck field is 8 bytes): setting ctypes
-    # fields one by one cost more than the checks themselves at a small batch.
-    fields: list[int] = []
+    fields: list[int] = []  # the _BagCheck structs, flat (see _structs)
     keep = []  # contiguous copies of strided offsets, alive through the call
     for v, i, o, ilo in zip(rows, indices, offsets, include_last_offset):
         two_d = i.dim() == 2
@@ -420,8 +426,7 @@ def first_bad_bag(rows: Sequence[int], indices: Sequence[Tensor], offsets: Seque
             o = o if o.is_contiguous() else o.contiguous()
             keep.append(o)
             fields += (o.data_ptr(), o.dtype == torch.int64, o.numel(), ilo)
-    array = (ctypes.c_int64 * len(fields))(*fields)
-    bad = library.ie_check_bags(ctypes.cast(array, ctypes.POINTER(_BagCheck)), len(indices))
+    bad = library.ie_check_bags(_structs(_BagCheck, fields), len(indices))
     return None if bad == 0 else bad - 1
 
 
