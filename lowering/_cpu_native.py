@@ -35,6 +35,7 @@ failed build is logged once.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import getpass
 import hashlib
@@ -95,10 +96,11 @@ class _OneHot(ctypes.Structure):  # ie_one_hot
             "num_columns", "v_major", "has_bias")]
 
 
-class _Max(ctypes.Structure):  # ie_max
+class _Pool(ctypes.Structure):  # ie_pool
     _fields_ = [("t", _Table), ("weight", ctypes.c_void_p), ("w_stride", ctypes.c_int64),
                 ("out", ctypes.c_void_p), ("out_stride", ctypes.c_int64), ("arg", ctypes.c_void_p),
-                ("arg_stride", ctypes.c_int64), ("grad_w", ctypes.c_void_p)]
+                ("arg_stride", ctypes.c_int64), ("grad_w", ctypes.c_void_p), ("fma", ctypes.c_int64),
+                ("n_offsets", ctypes.c_int64), ("last_is_end", ctypes.c_int64)]
 
 
 class _BagCheck(ctypes.Structure):  # ie_bag_check
@@ -110,7 +112,7 @@ class _BagCheck(ctypes.Structure):  # ie_bag_check
 
 # The structs whose sizes ie_struct_sizes(k) returns, in its order: a library that disagrees
 # is not this source's build.
-_STRUCTS = (_Table, _Field, _OneHot, _Max, _BagCheck)
+_STRUCTS = (_Table, _Field, _OneHot, _Pool, _BagCheck)
 
 
 _lock = threading.Lock()
@@ -177,8 +179,10 @@ def _bind(path: str, errors: list[str]) -> ctypes.CDLL | None:
         library.ie_bag_grad.argtypes = [ctypes.POINTER(_Table), ctypes.c_int64, ctypes.c_int64]
         library.ie_one_hot_linear.restype = ctypes.c_int64
         library.ie_one_hot_linear.argtypes = [ctypes.POINTER(_OneHot), ctypes.c_int64, ctypes.c_int64]
-        library.ie_bag_max.restype = ctypes.c_int64
-        library.ie_bag_max.argtypes = [ctypes.POINTER(_Max), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+        library.ie_bag_forward.restype = ctypes.c_int64
+        library.ie_bag_forward.argtypes = [ctypes.POINTER(_Pool), ctypes.c_int64, ctypes.c_int64]
+        library.ie_bag_max_backward.restype = ctypes.c_int64
+        library.ie_bag_max_backward.argtypes = [ctypes.POINTER(_Pool), ctypes.c_int64, ctypes.c_int64]
         library.ie_check_bags.restype = ctypes.c_int64
         library.ie_check_bags.argtypes = [ctypes.POINTER(_BagCheck), ctypes.c_int64]
     except (OSError, AttributeError) as e:  # AttributeError: an undefined symbol
@@ -302,12 +306,16 @@ class BagTable:
 
 
 def _structs(struct: type[ctypes.Structure], fields: list[int]) -> ctypes._Pointer:
-    """``fields``, ``struct`` after ``struct`` (every field of ``struct`` 8 bytes), as a pointer
-    to an array of them: one ctypes array made from Python ints, where setting a ctypes object's
-    fields one by one cost more than the checks or the kernel at a small batch. The pointer
-    keeps the array alive."""
-    assert ctypes.sizeof(struct) == 8 * len(struct._fields_) and len(fields) % len(struct._fields_) == 0
-    return ctypes.cast((ctypes.c_int64 * len(fields))(*fields), ctypes.POINTER(struct))
+    """``fields``, ``struct`` after ``struct`` (every field of ``struct`` 8 bytes, nested
+    structs' too), as a pointer to an array of them: one ``array.array`` of int64 made from
+    Python ints (a ctypes array of them took 0.1 us an int, setting a ctypes object's fields one
+    by one more: either cost more than the checks or the kernel at a small batch). The
+    pointer keeps the array alive."""
+    assert ctypes.sizeof(struct) % 8 == 0 and len(fields) * 8 % ctypes.sizeof(struct) == 0
+    buffer = array.array("q", fields)
+    pointer = ctypes.cast(buffer.buffer_info()[0], ctypes.POINTER(struct))
+    pointer._keep = buffer  # type: ignore[attr-defined]
+    return pointer
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -346,52 +354,92 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
 
 
 @dataclass
-class MaxTable:
-    """One max-mode lookup's forward (``ie_bag_max``): ``out [B, D]`` and ``arg [B, D]`` (int64;
-    column slices of the op's outputs, unit column stride) get each bag's element-wise max
-    of ``weight``'s rows (``[V, D]`` fp32, unit column stride) and the row it came from, as
-    ATen's max mode: the padding row skipped, an empty bag 0 and -1. ``indices``: ``[B, L]``,
-    or ``[nnz]`` with ``offsets [B]`` (every position in a bag)."""
+class PoolTable:
+    """One lookup's pooled forward (``ie_bag_forward``), as ATen's ``embedding_bag``: ``out [B,
+    D]`` (a column slice of the op's output, unit column stride) gets each bag's pooling of
+    ``weight``'s rows (``[V, D]`` fp32, unit column stride; the padding row skipped): max
+    mode (``arg`` given: ``[B, D]`` int64, the row each element came from; an empty bag 0
+    and -1), else the sum (``mean``: divided by the bag's size, at least 1), each row times
+    its ``weights`` entry if given (``[nnz]`` fp32 contiguous, by position). ``fma``: a weighted
+    term is added by a fused multiply-add (see ``aten_fma``). ``indices``: ``[B, L]``, or
+    ``[nnz]`` with ``offsets`` (``[B]``, or ``[B + 1]`` with ``include_last_offset``)."""
 
     weight: Tensor
     indices: Tensor
     offsets: Tensor | None
+    include_last_offset: bool
     padding_idx: int
     out: Tensor
-    arg: Tensor
+    arg: Tensor | None = None
+    weights: Tensor | None = None
+    mean: bool = False
+    fma: bool = False
 
 
-def _max_struct(rows: int, dim: int, indices: Tensor | None, offsets: Tensor | None, padding_idx: int,
-                weight: Tensor | None, out: Tensor, arg: Tensor, grad_w: Tensor | None) -> _Max:
-    assert out.dtype == torch.float32 and arg.dtype == torch.int64 and arg.shape == out.shape
-    assert out.stride(1) == 1 and arg.stride(1) == 1
-    bag_len = stride0 = stride1 = nnz = 0
-    if indices is not None:
-        assert indices.dtype in (torch.int32, torch.int64) and indices.dim() == (1 if offsets is not None else 2)
-        assert offsets is None or (offsets.dtype in (torch.int32, torch.int64) and offsets.is_contiguous())
-        bag_len = 0 if offsets is not None else indices.shape[1]
-        stride0, stride1 = (0, indices.stride(0)) if offsets is not None else indices.stride()
-        nnz = indices.numel()
-    bags = _Table(rows, dim, None, None, 0, out.shape[0], nnz, _ptr(indices),
-                  indices is not None and indices.dtype == torch.int64, stride0, stride1, None, bag_len, _ptr(offsets),
-                  offsets is not None and offsets.dtype == torch.int64, None, 0, padding_idx, 0, 0)
-    return _Max(bags, _ptr(weight), 0 if weight is None else weight.stride(0), out.data_ptr(), out.stride(0),
-                arg.data_ptr(), arg.stride(0), _ptr(grad_w))
+def _pool_fields(t: PoolTable) -> tuple[int, ...]:
+    """``t`` as the ints of one ``_Pool`` (see ``_structs``; a few tensor calls each, as a small
+    batch's step makes this for every table)."""
+    i, o, out = t.indices, t.offsets, t.out
+    two_d = o is None
+    strides = i.stride()
+    b, d = out.shape
+    return (t.weight.shape[0], d, 0, 0, 0, b, i.numel(), i.data_ptr(), i.dtype == torch.int64,
+            strides[0] if two_d else 0, strides[-1], 0, i.shape[1] if two_d else 0,
+            0 if two_d else o.data_ptr(), not two_d and o.dtype == torch.int64,
+            0 if t.weights is None else t.weights.data_ptr(), t.mean, t.padding_idx, 0, 0,
+            t.weight.data_ptr(), t.weight.stride(0), out.data_ptr(), out.stride(0),
+            0 if t.arg is None else t.arg.data_ptr(), 0 if t.arg is None else t.arg.stride(0), 0, t.fma,
+            0 if two_d else o.shape[0], not two_d and t.include_last_offset)
 
 
-def bag_max(tables: Sequence[MaxTable]) -> None:
-    """Run the forward of max-mode ``tables`` (see MaxTable) in one call. Requires ``lib()``.
-    Raises IndexError for an index outside ``[0, V)``, as eager does."""
+def bag_forward(tables: Sequence[PoolTable]) -> int | None:
+    """Run the forward of ``tables`` (see PoolTable) in one call, after checking every table's
+    inputs as ``first_bad_bag`` does. Returns the first bad table (nothing written), else
+    None. Requires ``lib()``; the tensors are the caller's shapes and dtypes (asserted
+    cheaply: offsets contiguous, weights contiguous)."""
     library = lib()
-    assert library is not None, "bag_max needs the native kernel (check lib() first)"
-    array = (_Max * len(tables))()
-    for k, t in enumerate(tables):
-        assert t.weight.dtype == torch.float32 and t.weight.stride(1) == 1
-        array[k] = _max_struct(*t.weight.shape, t.indices, t.offsets, t.padding_idx, t.weight, t.out, t.arg, None)
-    work = sum(t.indices.numel() * t.weight.shape[1] * 4 for t in tables)
-    status = library.ie_bag_max(array, len(tables), 0, _threads(work))
-    if status > 0:
-        raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].weight.shape[0]})")
+    assert library is not None, "bag_forward needs the native kernel (check lib() first)"
+    fields: list[int] = []
+    work = 0
+    for t in tables:
+        assert t.weight.dtype == t.out.dtype == torch.float32 and t.weight.stride(1) == 1 and t.out.stride(1) == 1
+        assert t.offsets is None or t.offsets.is_contiguous()
+        fields += _pool_fields(t)
+        work += t.indices.numel() * t.out.shape[1] * 4
+    status = library.ie_bag_forward(_structs(_Pool, fields), len(tables), _threads(work))
+    if status < 0:
+        raise MemoryError("inductor_embed's CPU bag forward could not allocate its scratch memory")
+    return None if status == 0 else status - 1
+
+
+_fma: dict[bool, bool | None] = {}
+
+
+def weighted_fma(padding: bool) -> bool | None:
+    """How this build's ATen adds a weighted bag's terms (per_sample_weights, fp32, contiguous
+    rows), with a padding row (``padding``) or without: by a fused multiply-add (True: FBGEMM's
+    kernel, ATen's path without a padding row where the build has FBGEMM) or a product then a
+    sum (False: ATen's own loop); None where the native forward matches neither (then ATen
+    runs such tables). Probed once per kind, on 64 bags of random rows and weights, where the
+    two roundings differ in many elements."""
+    if padding not in _fma:
+        gen = torch.Generator().manual_seed(0)
+        weight = torch.randn(50, 24, generator=gen)
+        indices = torch.randint(0, 50, (64 * 9,), generator=gen)
+        offsets = torch.arange(0, 64 * 9, 9)
+        weights = torch.rand(64 * 9, generator=gen)
+        pad = 7 if padding else -1
+        with torch.no_grad():
+            want = torch.embedding_bag(weight, indices, offsets, False, 0, False, weights, False,
+                                       pad if padding else None)[0]
+        _fma[padding] = None
+        for fma in (True, False):
+            out = torch.empty_like(want)
+            bag_forward([PoolTable(weight, indices, offsets, False, pad, out, weights=weights, fma=fma)])
+            if torch.equal(out, want):
+                _fma[padding] = fma
+                break
+    return _fma[padding]
 
 
 def bag_max_backward(grad: Tensor, arg: Tensor, out: Tensor) -> None:
@@ -401,8 +449,11 @@ def bag_max_backward(grad: Tensor, arg: Tensor, out: Tensor) -> None:
     library = lib()
     assert library is not None, "bag_max_backward needs the native kernel (check lib() first)"
     assert out.dtype == torch.float32 and out.is_contiguous() and out.shape[1] == grad.shape[1]
-    call = _max_struct(out.shape[0], out.shape[1], None, None, -1, None, grad, arg, out)
-    library.ie_bag_max(ctypes.byref(call), 1, 1, _threads(grad.numel() * 12))
+    assert grad.stride(1) == 1 and arg.stride(1) == 1 and arg.dtype == torch.int64 and arg.shape == grad.shape
+    bags = _Table(out.shape[0], out.shape[1], None, None, 0, grad.shape[0], 0, None, 0, 0, 0, None, 0, None, 0, None,
+                  0, -1, 0, 0)
+    call = _Pool(bags, None, 0, grad.data_ptr(), grad.stride(0), arg.data_ptr(), arg.stride(0), out.data_ptr(), 0, 0, 0)
+    library.ie_bag_max_backward(ctypes.byref(call), 1, _threads(grad.numel() * 12))
 
 
 def first_bad_bag(rows: Sequence[int], indices: Sequence[Tensor], offsets: Sequence[Tensor | None],

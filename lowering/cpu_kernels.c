@@ -445,93 +445,6 @@ static void one_hot_bwd_part(const void* ctx, int64_t part, int64_t parts, int64
   }
 }
 
-/* ---- max-mode EmbeddingBag: forward (max and its row per element) and backward ---- */
-
-/* t's bags (t.rows = V, t.dim = D, t.idx / bag_len / offsets as in ie_table; t.out, t.grad and
-   the backward-only fields unused) with the table's rows and the results:
-   forward:  out[b * out_stride + d] = max over bag b's positions (padding_idx skipped, the
-             first taken, then each later one only if greater: ATen's comparison, so a NaN
-             stays where it came first) of weight[row * w_stride + d], its row in
-             arg[b * arg_stride + d]; an empty bag gets 0 and -1;
-   backward: grad_w[arg * dim + d] += grad[b * out_stride + d] over the bags in order
-             (grad_w [V, D] contiguous, zeroed or to add to; arg -1 adds nothing). */
-typedef struct {
-  ie_table t;
-  const float* weight;
-  int64_t w_stride;
-  float* out;               /* forward: pooled [B, D]; backward: the pooled gradient (read) */
-  int64_t out_stride;
-  int64_t* arg;
-  int64_t arg_stride;
-  float* grad_w;            /* backward: [V, D] */
-} ie_max;
-
-typedef struct { const ie_max* tables; int64_t n; } ie_maxes;
-
-static void max_fwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
-  (void)failed;
-  const ie_maxes* job = (const ie_maxes*)ctx;
-  for (int64_t k = 0; k < job->n; k++) {
-    const ie_max* m = job->tables + k;
-    const ie_table* t = &m->t;
-    const int64_t b0 = t->num_bags * part / parts, b1 = t->num_bags * (part + 1) / parts, dim = t->dim;
-    for (int64_t b = b0; b < b1; b++) {
-      float* o = m->out + b * m->out_stride;
-      int64_t* a = m->arg + b * m->arg_stride;
-      int64_t first = 1;
-      const int64_t start = t->bag_len > 0 ? b * t->bag_len : load(t->offsets, t->offsets64, b);
-      for (int64_t p = start, end = bag_end(t, b); p < end; p++) {
-        const int64_t r = idx_of(t, b, p);
-        if (r == t->padding_idx) continue;
-        const float* w = m->weight + r * m->w_stride;
-        if (first) {
-          for (int64_t d = 0; d < dim; d++) { o[d] = w[d]; a[d] = r; }
-          first = 0;
-        } else {
-          for (int64_t d = 0; d < dim; d++) {
-            const int gt = w[d] > o[d];
-            o[d] = gt ? w[d] : o[d];
-            a[d] = gt ? r : a[d];
-          }
-        }
-      }
-      if (first) for (int64_t d = 0; d < dim; d++) { o[d] = 0.0f; a[d] = -1; }
-    }
-  }
-}
-
-/* Each part owns a range of columns of every table: no two parts add to one element, and
-   each element's additions come bag by bag, as ATen's. */
-static void max_bwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
-  (void)failed;
-  const ie_maxes* job = (const ie_maxes*)ctx;
-  for (int64_t k = 0; k < job->n; k++) {
-    const ie_max* m = job->tables + k;
-    const int64_t dim = m->t.dim, d0 = dim * part / parts, d1 = dim * (part + 1) / parts;
-    for (int64_t b = 0; b < m->t.num_bags; b++) {
-      const float* g = m->out + b * m->out_stride;
-      const int64_t* a = m->arg + b * m->arg_stride;
-      for (int64_t d = d0; d < d1; d++)
-        if (a[d] >= 0) m->grad_w[a[d] * dim + d] += g[d];
-    }
-  }
-}
-
-/* 0: done; k + 1: table k has an index outside [0, rows) (forward: nothing written). */
-int64_t ie_bag_max(const ie_max* tables, int64_t n, int64_t backward, int64_t threads) {
-  if (!backward) {
-    for (int64_t k = 0; k < n; k++) {
-      const ie_table* t = &tables[k].t;
-      FOR_EACH_POSITION(t, b, p) {
-        const int64_t row = idx_of(t, b, p);
-        if (row < 0 || row >= t->rows) return k + 1;
-      }
-    }
-  }
-  ie_maxes job = {tables, n};
-  return parallel(backward ? max_bwd_part : max_fwd_part, &job, threads) ? -1 : 0;
-}
-
 /* ---- the bag ops' input checks: every table's in one call ---- */
 
 typedef struct {
@@ -560,37 +473,327 @@ static int all_below(const void* x, int64_t is64, int64_t n, int64_t s, int64_t 
   return !bad;
 }
 
+/* The number of positions in a bag of a table with offsets ([n_offsets]: from 0, never
+   decreasing, at most n_idx; with last_is_end the last ends the last bag), or -1 where the
+   offsets are not so. */
+static int64_t bag_positions(int64_t n_idx, const void* offsets, int64_t offsets64, int64_t n_offsets,
+                             int64_t last_is_end) {
+  if (!offsets || n_offsets == 0) return n_idx;
+  int64_t prev = load(offsets, offsets64, 0);
+  if (prev != 0) return -1;
+  for (int64_t j = 1; j < n_offsets; j++) {
+    const int64_t o = load(offsets, offsets64, j);
+    if (o < prev) return -1;
+    prev = o;
+  }
+  if (prev > n_idx) return -1;
+  return last_is_end ? prev : n_idx;
+}
+
+/* Whether one table's bag inputs are bad: offsets ([n_offsets], or NULL: fixed bags of bag_len)
+   not starting at 0, decreasing or ending past the index count, or an index in a bag outside
+   [0, rows). Indices: [n_idx] (bag_len 0), element i at i * s0, or [n_idx, bag_len], element
+   (i, l) at i * s0 + l * s1. */
+static int bad_bags(int64_t rows, const void* idx, int64_t idx64, int64_t n_idx, int64_t bag_len, int64_t s0,
+                    int64_t s1, const void* offsets, int64_t offsets64, int64_t n_offsets, int64_t last_is_end) {
+  const int64_t es = idx64 ? 8 : 4;
+  if (bag_len > 0) {  /* fixed bags: [n_idx, bag_len], no offsets */
+    for (int64_t i = 0; i < n_idx; i++)
+      if (!all_below((const char*)idx + i * s0 * es, idx64, bag_len, s1, rows)) return 1;
+    return 0;
+  }
+  const int64_t end = bag_positions(n_idx, offsets, offsets64, n_offsets, last_is_end);
+  return end < 0 || !all_below(idx, idx64, end, s0, rows);
+}
+
 /* 0: every table's offsets start at 0, never decrease and end at most at its index count,
    and every index in a bag lies in [0, rows); k + 1: table k's do not (the caller's own
    checks of that table then raise the error that says how). */
 int64_t ie_check_bags(const ie_bag_check* tables, int64_t n) {
   for (int64_t k = 0; k < n; k++) {
     const ie_bag_check* t = tables + k;
-    const int64_t es = t->idx64 ? 8 : 4;
-    if (t->bag_len > 0) {  /* fixed bags: [n_idx, bag_len], no offsets */
-      for (int64_t i = 0; i < t->n_idx; i++)
-        if (!all_below((const char*)t->idx + i * t->idx_stride0 * es, t->idx64, t->bag_len, t->idx_stride1, t->rows))
-          return k + 1;
-      continue;
-    }
-    int64_t end = t->n_idx;
-    if (t->offsets && t->n_offsets > 0) {
-      int64_t prev = load(t->offsets, t->offsets64, 0);
-      if (prev != 0) return k + 1;
-      for (int64_t j = 1; j < t->n_offsets; j++) {
-        const int64_t o = load(t->offsets, t->offsets64, j);
-        if (o < prev) return k + 1;
-        prev = o;
-      }
-      if (prev > t->n_idx) return k + 1;
-      if (t->last_is_end) end = prev;
-    }
-    if (!all_below(t->idx, t->idx64, end, t->idx_stride0, t->rows)) return k + 1;
+    if (bad_bags(t->rows, t->idx, t->idx64, t->n_idx, t->bag_len, t->idx_stride0, t->idx_stride1, t->offsets,
+                 t->offsets64, t->n_offsets, t->last_is_end))
+      return k + 1;
   }
   return 0;
 }
 
-/* sizeof of ie_table (0), ie_field (1), ie_one_hot (2), ie_max (3), ie_bag_check (4), -1 past
+/* ---- the bag forward (sum, mean, max: every table in one call) and max mode's backward ---- */
+
+/* t's bags (t.rows = V, t.dim = D, t.idx / bag_len / offsets / nnz as in ie_table, t.weights
+   the per-sample weights, t.mean, t.padding_idx; t.out, t.grad and the other backward-only
+   fields unused) with the table's rows and the results:
+   forward, arg NULL (sum / mean): out[b * out_stride + d] = the sum over bag b's positions
+             p (padding_idx's skipped) of weight[row_p * w_stride + d], each times t.weights[p]
+             if given, starting from +0.0, in position order; mean divides it by the number of
+             those positions (at least 1). ATen's arithmetic: a weighted term is added by a
+             fused multiply-add where `fma` (FBGEMM's kernel: weights without a padding row),
+             else multiplied then added (ATen's axpy);
+   forward, arg given (max): out[...] = max over bag b's positions (padding_idx skipped, the
+             first taken, then each later one only if greater: ATen's comparison, so a NaN
+             stays where it came first) of weight[row * w_stride + d], its row in
+             arg[b * arg_stride + d]; an empty bag gets 0 and -1;
+   backward (max): grad_w[arg * dim + d] += grad[b * out_stride + d] over the bags in order
+             (grad_w [V, D] contiguous, zeroed or to add to; arg -1 adds nothing).
+   n_offsets, last_is_end: the forward's checks (as ie_bag_check's); with last_is_end the
+   offsets have num_bags + 1 entries and the last ends the last bag. */
+typedef struct {
+  ie_table t;
+  const float* weight;
+  int64_t w_stride;
+  float* out;               /* forward: pooled [B, D]; backward: the pooled gradient (read) */
+  int64_t out_stride;
+  int64_t* arg;             /* max mode's rows, or NULL (sum / mean) */
+  int64_t arg_stride;
+  float* grad_w;            /* backward: [V, D] */
+  int64_t fma, n_offsets, last_is_end;
+} ie_pool;
+
+typedef struct { const ie_pool* tables; int64_t n; int64_t* bad; } ie_pools;  /* bad[k]: table k has an index out of range */
+
+/* Rows this many positions ahead are prefetched (FBGEMM's distance): the rows of a big
+   table are random reads that no hardware prefetcher predicts. */
+#define PREFETCH 16
+
+/* Sum and mean bags run a chunk of bags at a time: their indices first copied into a
+   contiguous int64 run (as ATen's reshape of a [B, L] column slice; reading them in place,
+   a bag's 20 indices a page apart, and the generic index arithmetic took 3x ATen's time),
+   then each block of columns summed over it. */
+#define CHUNK 4096
+
+/* Columns [c0, c0 + W) of one bag, its positions ix[s:e] (weights ws[s:e] or NULL), into
+   o[c0:c0 + W], in W accumulators the compiler keeps in registers (a constant count: adding
+   into the output row in memory made each position wait for the last one's store). The
+   block of the row PREFETCH positions ahead (up to n) is prefetched, a line at a time by a
+   loop of constant count (a loop over the row's width spilled its registers). */
+#define PREFETCH 16
+/* 16 floats, loaded from any address (GCC / Clang vector extension: one AVX-512 register, two
+   AVX ones, four SSE / NEON ones). Arrays of them stay in registers where float arrays
+   were kept in memory, with a flag per element saying whether it was set. */
+typedef float ie_v16 __attribute__((vector_size(64), aligned(4), may_alias));
+#define SUM_LOOP(V, ADD)                                                                        \
+  for (int64_t p = s; p < e; p++) {                                                             \
+    if (p + PREFETCH < n) {                                                                     \
+      const float* ahead = weight + ix[p + PREFETCH] * stride + c0;                             \
+      for (int j = 0; j < V; j++) __builtin_prefetch(ahead + 16 * j, 0, 3);                     \
+    }                                                                                           \
+    const int64_t r = ix[p];                                                                    \
+    if (r == pad) continue;                                                                     \
+    count++;                                                                                    \
+    const ie_v16* w = (const ie_v16*)(weight + r * stride + c0);                                \
+    ADD;                                                                                        \
+  }
+#define SUM_COLUMNS(V)                                                                          \
+  static void sum_columns_##V(const ie_pool* m, const int64_t* ix, const float* ws, int64_t s,  \
+                              int64_t e, int64_t n, int64_t c0, float* o) {                     \
+    const float* weight = m->weight;                                                            \
+    const int64_t stride = m->w_stride, pad = m->t.padding_idx;                                 \
+    ie_v16 acc[V];                                                                              \
+    for (int j = 0; j < V; j++) acc[j] = (ie_v16){0};                                           \
+    int64_t count = 0;                                                                          \
+    if (!ws) {                                                                                  \
+      SUM_LOOP(V, for (int j = 0; j < V; j++) acc[j] += w[j])                                   \
+    } else if (m->fma) {                                                                        \
+      SUM_LOOP(V, for (int j = 0; j < V; j++) for (int d = 0; d < 16; d++)                     \
+                     acc[j][d] = __builtin_fmaf(ws[p], w[j][d], acc[j][d]))                     \
+    } else {                                                                                    \
+      SUM_LOOP(V, for (int j = 0; j < V; j++) acc[j] += ws[p] * w[j])                           \
+    }                                                                                           \
+    ie_v16* out = (ie_v16*)(o + c0);                                                            \
+    if (m->t.mean) {                                                                            \
+      const float k = (float)(count > 0 ? count : 1);                                           \
+      for (int j = 0; j < V; j++) out[j] = acc[j] / k;                                          \
+    } else {                                                                                    \
+      for (int j = 0; j < V; j++) out[j] = acc[j];                                              \
+    }                                                                                           \
+  }
+SUM_COLUMNS(4)
+SUM_COLUMNS(2)
+SUM_COLUMNS(1)
+
+/* The last dim % 16 columns, one at a time (the same additions, in the same order). */
+static void sum_columns_tail(const ie_pool* m, const int64_t* ix, const float* ws, int64_t s, int64_t e,
+                             int64_t c0, float* o) {
+  const int64_t dim = m->t.dim;
+  for (int64_t c = c0; c < dim; c++) {
+    float acc = 0.0f;
+    int64_t count = 0;
+    for (int64_t p = s; p < e; p++) {
+      const int64_t r = ix[p];
+      if (r == m->t.padding_idx) continue;
+      count++;
+      const float w = m->weight[r * m->w_stride + c];
+      acc = !ws ? acc + w : m->fma ? __builtin_fmaf(ws[p], w, acc) : acc + ws[p] * w;
+    }
+    o[c] = m->t.mean ? acc / (float)(count > 0 ? count : 1) : acc;
+  }
+}
+
+/* One bag's sum (or mean) of every column: blocks of 64 columns, then one of 32 and one of
+   16 where they fit, then the rest one column at a time. */
+static void sum_bag(const ie_pool* m, const int64_t* ix, const float* ws, int64_t s, int64_t e, int64_t n,
+                    float* o) {
+  const int64_t dim = m->t.dim;
+  int64_t c = 0;
+  for (; c + 64 <= dim; c += 64) sum_columns_4(m, ix, ws, s, e, n, c, o);
+  if (c + 32 <= dim) { sum_columns_2(m, ix, ws, s, e, n, c, o); c += 32; }
+  if (c + 16 <= dim) { sum_columns_1(m, ix, ws, s, e, n, c, o); c += 16; }
+  if (c < dim) sum_columns_tail(m, ix, ws, s, e, c, o);
+}
+
+static inline int64_t bag_start(const ie_table* t, int64_t b) {
+  return t->bag_len > 0 ? b * t->bag_len : load(t->offsets, t->offsets64, b);
+}
+
+/* Bags [b0, b1) of a sum / mean table, a chunk of at most CHUNK positions at a time (a bag
+   longer than that is a chunk of its own, its indices copied in turn). ix: CHUNK + 1 int64s. */
+static void sum_bags(const ie_pool* m, int64_t b0, int64_t b1, int64_t* ix, int64_t* big, int64_t* bad) {
+  const ie_table* t = &m->t;
+  const uint64_t rows = (uint64_t)t->rows;
+  int64_t b = b0;
+  while (b < b1) {
+    const int64_t first = bag_start(t, b);
+    int64_t c = b, end = bag_end(t, b);
+    while (c + 1 < b1 && bag_end(t, c + 1) - first <= CHUNK) end = bag_end(t, ++c);
+    const int64_t n = end - first;
+    int64_t* run = n <= CHUNK ? ix : big;  /* (big: a bag of more than CHUNK positions) */
+    if (run == NULL) return;
+    /* every index checked as it is copied, before any row is read (one unsigned compare: a
+       negative index wraps past rows) */
+    uint64_t out_of_range = 0;
+    if (t->bag_len > 0) {  /* the chunk's bags are whole: bag_len positions each */
+      for (int64_t bb = b, q = 0; bb <= c; bb++)
+        for (int64_t l = 0; l < t->bag_len; l++, q++) {
+          run[q] = load(t->idx, t->idx64, bb * t->idx_stride0 + l * t->idx_stride1);
+          out_of_range |= (uint64_t)run[q] >= rows;
+        }
+    } else {  /* bags lie back to back (offsets checked: from 0, never decreasing) */
+      for (int64_t p = first; p < end; p++) {
+        run[p - first] = load(t->idx, t->idx64, p * t->idx_stride1);
+        out_of_range |= (uint64_t)run[p - first] >= rows;
+      }
+    }
+    if (out_of_range) {  /* the op raises; this part stops */
+      __atomic_store_n(bad, 1, __ATOMIC_RELAXED);
+      return;
+    }
+    const float* ws = t->weights ? t->weights + first : NULL;
+    for (; b <= c; b++)
+      sum_bag(m, run, ws, bag_start(t, b) - first, bag_end(t, b) - first, n, m->out + b * m->out_stride);
+  }
+}
+
+static void max_bag(const ie_pool* m, int64_t b) {
+  const ie_table* t = &m->t;
+  const int64_t dim = t->dim;
+  float* o = m->out + b * m->out_stride;
+  int64_t* a = m->arg + b * m->arg_stride;
+  int64_t first = 1;
+  const int64_t start = t->bag_len > 0 ? b * t->bag_len : load(t->offsets, t->offsets64, b);
+  for (int64_t p = start, end = bag_end(t, b); p < end; p++) {
+    const int64_t r = idx_of(t, b, p);
+    if (r == t->padding_idx) continue;
+    const float* w = m->weight + r * m->w_stride;
+    if (first) {
+      for (int64_t d = 0; d < dim; d++) { o[d] = w[d]; a[d] = r; }
+      first = 0;
+    } else {
+      for (int64_t d = 0; d < dim; d++) {
+        const int gt = w[d] > o[d];
+        o[d] = gt ? w[d] : o[d];
+        a[d] = gt ? r : a[d];
+      }
+    }
+  }
+  if (first) for (int64_t d = 0; d < dim; d++) { o[d] = 0.0f; a[d] = -1; }
+}
+
+/* Each part takes a range of every table's bags. */
+static void fwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  const ie_pools* job = (const ie_pools*)ctx;
+  int64_t* ix = (int64_t*)malloc((CHUNK + 1) * sizeof(int64_t));
+  if (!ix) { *failed = 1; return; }
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_pool* m = job->tables + k;
+    const ie_table* t = &m->t;
+    const int64_t b0 = t->num_bags * part / parts, b1 = t->num_bags * (part + 1) / parts;
+    if (m->arg) {
+      for (int64_t b = b0; b < b1; b++) max_bag(m, b);
+      continue;
+    }
+    int64_t longest = 0;  /* a bag longer than CHUNK needs a run of its own */
+    for (int64_t b = b0; b < b1; b++) {
+      const int64_t len = bag_end(t, b) - bag_start(t, b);
+      if (len > longest) longest = len;
+    }
+    int64_t* big = longest > CHUNK ? (int64_t*)malloc((size_t)longest * sizeof(int64_t)) : NULL;
+    if (longest > CHUNK && !big) { *failed = 1; break; }
+    sum_bags(m, b0, b1, ix, big, job->bad + k);
+    free(big);
+  }
+  free(ix);
+}
+
+/* Each part owns a range of columns of every table: no two parts add to one element, and
+   each element's additions come bag by bag, as ATen's. */
+static void max_bwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  (void)failed;
+  const ie_pools* job = (const ie_pools*)ctx;
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_pool* m = job->tables + k;
+    const int64_t dim = m->t.dim, d0 = dim * part / parts, d1 = dim * (part + 1) / parts;
+    for (int64_t b = 0; b < m->t.num_bags; b++) {
+      const float* g = m->out + b * m->out_stride;
+      const int64_t* a = m->arg + b * m->arg_stride;
+      for (int64_t d = d0; d < d1; d++)
+        if (a[d] >= 0) m->grad_w[a[d] * dim + d] += g[d];
+    }
+  }
+}
+
+/* 0: done; k + 1: table k's inputs are bad (ie_check_bags' checks; nothing written); -1: no
+   memory. */
+int64_t ie_bag_forward(const ie_pool* tables, int64_t n, int64_t threads) {
+  ie_pool* own = (ie_pool*)malloc((size_t)(n > 0 ? n : 1) * sizeof(ie_pool));
+  int64_t* bad = (int64_t*)calloc((size_t)(n > 0 ? n : 1), sizeof(int64_t));
+  int64_t status = 0;
+  for (int64_t k = 0; own && bad && k < n && !status; k++) {
+    const ie_table* t = &tables[k].t;
+    own[k] = tables[k];
+    if (t->bag_len == 0) {  /* the offsets first: they say which positions are read */
+      const int64_t end = bag_positions(t->nnz, t->offsets, t->offsets64, tables[k].n_offsets,
+                                        tables[k].last_is_end);
+      if (end < 0) status = k + 1;
+      own[k].t.nnz = end;  /* the positions in a bag */
+    }
+    /* a max table's indices now (the sum's are checked as they are copied) */
+    const int64_t n_idx = t->bag_len > 0 ? t->num_bags : own[k].t.nnz;
+    const int64_t s0 = t->bag_len > 0 ? t->idx_stride0 : t->idx_stride1;  /* ie_table's 1-D stride is its second */
+    if (!status && tables[k].arg && bad_bags(t->rows, t->idx, t->idx64, n_idx, t->bag_len, s0, t->idx_stride1,
+                                             NULL, 0, 0, 0))
+      status = k + 1;
+  }
+  if (!own || !bad) {
+    status = -1;
+  } else if (!status) {
+    ie_pools job = {own, n, bad};
+    status = parallel(fwd_part, &job, threads) ? -1 : 0;
+    for (int64_t k = 0; k < n && !status; k++)
+      if (bad[k]) status = k + 1;
+  }
+  free(own);
+  free(bad);
+  return status;
+}
+
+/* Max mode's backward of every table (see ie_pool); 0. */
+int64_t ie_bag_max_backward(const ie_pool* tables, int64_t n, int64_t threads) {
+  ie_pools job = {tables, n, NULL};
+  return parallel(max_bwd_part, &job, threads) ? -1 : 0;
+}
+
+/* sizeof of ie_table (0), ie_field (1), ie_one_hot (2), ie_pool (3), ie_bag_check (4), -1 past
    them: the loader checks them against its own declarations (ctypes' _Table, _Field,
    _OneHot, _Max, _BagCheck). */
 int64_t ie_struct_sizes(int64_t which) {
@@ -598,7 +801,7 @@ int64_t ie_struct_sizes(int64_t which) {
     case 0: return (int64_t)sizeof(ie_table);
     case 1: return (int64_t)sizeof(ie_field);
     case 2: return (int64_t)sizeof(ie_one_hot);
-    case 3: return (int64_t)sizeof(ie_max);
+    case 3: return (int64_t)sizeof(ie_pool);
     case 4: return (int64_t)sizeof(ie_bag_check);
     default: return -1;
   }

@@ -31,6 +31,7 @@ from inductor_embed.lowering._common import (
 from inductor_embed.lowering.bag_backward_cpu import bag_grads_cpu
 from inductor_embed.lowering.multi_embedding_bag_ref import (
     MAX,
+    MEAN,
     bag_forward,
     multi_embedding_bag_backward_ref,
     multi_embedding_bag_ref,
@@ -315,49 +316,84 @@ multi_embedding_bag.register_autograd(first_order(_backward), setup_context=_set
          returns="(Tensor, Tensor)", drop=("sparse",), extra="bool checked=False")
 def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset,
                             checked: bool = False):
-    """The CPU forward of ``multi_embedding_bag``, run eagerly: ``(out, arg_max)`` by ATen's
-    ``embedding_bag`` per table (``multi_embedding_bag_ref``), after the op's checks: bad input
-    raises eager's errors, and decreasing offsets raise (as on the kernel path). fp32 max-mode
-    tables go to ``_cpu_native``'s kernel instead (all in one call), whose results are ATen's:
-    ATen's max mode is a serial loop of one element at a time (measured in docs/patterns.md,
-    max-mode bags). ``checked``: the caller (the public op's body) has just checked the
-    arguments' structure, so only their values (offsets, indices) are checked here."""
+    """The CPU forward of ``multi_embedding_bag``, run eagerly: ``(out, arg_max)``, after the
+    op's checks: bad input raises eager's errors, and decreasing offsets raise (as on the
+    kernel path). fp32 tables go to ``_cpu_native``'s forward, all in one call that also
+    checks every table's offsets and indices (its results are ATen's, bit for bit: see
+    ``_native_tables``); the rest take ATen's ``embedding_bag`` per table
+    (``_sum_bags`` / ``multi_embedding_bag_ref``). Why native: one call for every table where
+    ATen makes one per table (a small batch's step was mostly their host cost), and ATen's
+    max mode is a serial loop of one element at a time (docs/patterns.md, max-mode bags).
+    ``checked``: the caller (the public op's body) has just checked the arguments'
+    structure, so only their values (offsets, indices) are checked here."""
     if checked:  # the public op checked the structure (``_checks.multi_embedding_bag``) already
         psw = _checks.psw_list(per_sample_weights, len(weights))
-        _checks.bags_values("multi_embedding_bag", [w.shape[0] for w in weights], indices, offsets,
-                            include_last_offset)
     else:
         psw = _checks.multi_embedding_bag(weights, indices, offsets, per_sample_weights, modes, padding_idx,
-                                          include_last_offset, values=True)
-    # [B, 0] input takes ATen's path (which raises as eager does: it has no bags to read).
-    kernel = [m == MAX and w.dtype == torch.float32 and w.stride(1) == 1 and (i.dim() == 1 or i.shape[1] > 0)
-              for w, i, m in zip(weights, indices, modes)]
-    native = _cpu_native.lib() is not None and any(kernel)
-    if not native and MAX not in modes:
-        return _sum_bags(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
-    if not native:
+                                          include_last_offset)
+    native = _native_tables(weights, indices, psw, padding_idx)
+    if all(f is None for f in native):
+        _checks.bags_values("multi_embedding_bag", [w.shape[0] for w in weights], indices, offsets,
+                            include_last_offset)
+        if MAX not in modes:
+            return _sum_bags(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
         return multi_embedding_bag_ref(weights, indices, offsets, psw, modes, padding_idx, include_last_offset)
     b = num_bags(indices[0], offsets[0], include_last_offset[0])
     out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
     arg_max = torch.empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
-    jobs, col, am = [], 0, 0
-    for w, i, o, p, m, pad, ilo, k in zip(weights, indices, offsets, psw, modes, padding_idx, include_last_offset,
-                                          kernel):
+    jobs, keep, col, am = [], [], 0, 0
+    for k, (w, i, o, p, m, pad, ilo, fma) in enumerate(zip(weights, indices, offsets, psw, modes, padding_idx,
+                                                            include_last_offset, native)):
         d = w.shape[1]
-        if k:
-            if o is not None and ilo:  # indices past offsets[B] are in no bag
-                i, o = i[:max(0, min(int(o[-1]), i.shape[0]))], o[:-1]
-            o = None if o is None else o.contiguous()
-            jobs.append(_cpu_native.MaxTable(w, i, o, pad, out[:, col:col + d], arg_max[:, am:am + d]))
+        if fma is not None:
+            if o is not None and not o.is_contiguous():
+                o = o.contiguous()
+            if p is not None:  # by position: [B, L] bags' weights flattened
+                p = p.reshape(-1).contiguous()
+            jobs.append(_cpu_native.PoolTable(w, i, o, ilo, pad, out[:, col:col + d],
+                                              arg_max[:, am:am + d] if m == MAX else None, p, m == MEAN, fma))
         else:
-            got, got_am = bag_forward(w, i, o, p, m, pad, ilo)
-            out[:, col:col + d] = got
-            if m == MAX:
-                arg_max[:, am:am + d] = got_am
+            keep.append(k)
         col += d
         am += d if m == MAX else 0
-    _cpu_native.bag_max(jobs)
+    bad = _cpu_native.bag_forward(jobs)
+    rows = [w.shape[0] for w in weights]
+    if bad is not None:  # raises that table's error (the same checks, in Python)
+        k = [k for k, f in enumerate(native) if f is not None][bad]
+        _checks.bag_values("multi_embedding_bag", k, indices[k], offsets[k], rows[k], include_last_offset[k])
+        raise AssertionError(f"the native check and _checks.bag_values disagree on table {k}")
+    if keep:
+        _checks.bags_values("multi_embedding_bag", [rows[k] for k in keep], [indices[k] for k in keep],
+                            [offsets[k] for k in keep], [include_last_offset[k] for k in keep])
+        col = am = 0
+        for k, (w, m) in enumerate(zip(weights, modes)):
+            if k in keep:
+                got, got_am = bag_forward(w, indices[k], offsets[k], psw[k], m, padding_idx[k],
+                                          include_last_offset[k])
+                out[:, col:col + w.shape[1]] = got
+                if m == MAX:
+                    arg_max[:, am:am + w.shape[1]] = got_am
+            col += w.shape[1]
+            am += w.shape[1] if m == MAX else 0
     return out, arg_max
+
+
+def _native_tables(weights, indices, psw, padding_idx) -> list[bool | None]:
+    """Per table, None where ATen's ``embedding_bag`` runs it, else whether the native forward
+    adds its weighted terms by a fused multiply-add: fp32 rows of unit column stride, not
+    ``[B, 0]`` input (ATen raises for it, as eager does), and, for a weighted table, fp32
+    weights, contiguous rows and ATen's arithmetic for its kind known
+    (``_cpu_native.weighted_fma``, probed once)."""
+    if _cpu_native.lib() is None:
+        return [None] * len(weights)
+    out: list[bool | None] = []
+    for w, i, p, pad in zip(weights, indices, psw, padding_idx):
+        # Unweighted rows may be strided: ATen's two paths make the same additions for them.
+        ok = (w.dtype == torch.float32 and w.stride(1) == 1 and (i.dim() == 1 or i.shape[1] > 0)
+              and (p is None or (p.dtype == torch.float32 and w.is_contiguous())))
+        fma = _cpu_native.weighted_fma(pad >= 0) if ok and p is not None else False
+        out.append(fma if ok else None)
+    return out
 
 
 def _sum_bags(weights, indices, offsets, psw, modes, padding_idx, include_last_offset) -> tuple[Tensor, Tensor]:

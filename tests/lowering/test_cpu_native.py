@@ -599,3 +599,86 @@ def test_the_native_bag_check_finds_the_tables_the_python_checks_reject(itype) -
                 assert _cpu_native.first_bad_bag(rows, indices, offsets, ilo) == want, (kind, bad, where)
     empty = [torch.empty(3, 0, dtype=itype), torch.empty(0, dtype=itype)]
     assert _cpu_native.first_bad_bag([v, v], empty, [None, torch.zeros(1, dtype=itype)], [False, False]) is None
+
+
+# --- the forward of every mode (one native call for every fp32 table) ------------------------
+
+
+def _eager_bags(weight, indices, offsets, psw, mode, padding_idx, ilo):
+    """Eager's lookup on the positions in a bag (include_last_offset's extra ones cut off, as
+    the op reads them)."""
+    if offsets is not None and ilo:
+        end = int(offsets[-1])
+        indices, offsets, ilo = indices[:end], offsets[:-1], False
+        psw = None if psw is None else psw[:end]
+    return torch.nn.functional.embedding_bag(indices, weight, offsets, mode=("sum", "mean", "max")[mode],
+                                             per_sample_weights=psw,
+                                             padding_idx=None if padding_idx < 0 else padding_idx)
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("form", ["2d", "2d_strided", "offsets", "include_last_offset"])
+@pytest.mark.parametrize("mode,weighted", [(0, False), (0, True), (1, False)], ids=["sum", "weighted", "mean"])
+@pytest.mark.parametrize("padding_idx", [-1, 7])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_the_forward_is_eagers_bit_for_bit(size, form, mode, weighted, padding_idx, itype, monkeypatch):
+    """Sum, weighted sum and mean bags through the native forward equal eager's bits: its
+    order of additions, its fused multiply-add where FBGEMM's kernel runs (weights, no padding
+    row) and its product-then-sum elsewhere, its division for the mean, empty bags, padding,
+    strided and int32 indices, include_last_offset's positions in no bag; large: two threads."""
+    nnz, num_rows, dim = {"small": (600, 300, 61), "large": (40960, 9000, 64)}[size]
+    indices, offsets, psw, ilo = _case(form, nnz, num_rows, weighted, itype, seed=nnz + mode + padding_idx)
+    weight = torch.randn(num_rows, dim)
+    weight[3, 5] = float("inf")  # an inf row: eager's sums carry it (and NaN where it meets -inf)
+    weight[4, 5] = -float("inf")
+    indices = indices.clone()
+    indices.view(-1)[1:3] = torch.tensor([3, 4], dtype=itype)
+    want = _eager_bags(weight, indices, offsets, psw, mode, padding_idx, ilo)
+    assert _cpu_native.weighted_fma(padding_idx >= 0) is not None  # probed (a call of its own) before the spy
+    calls = []
+    run = _cpu_native.bag_forward
+    monkeypatch.setattr(_cpu_native, "bag_forward", lambda tables: calls.append(len(tables)) or run(tables))
+    with num_threads(2):
+        got, arg_max = torch.ops.inductor_embed.multi_embedding_bag_cpu(
+            [weight], [indices], [offsets], [] if psw is None else [psw], [mode], [padding_idx], [ilo])
+    assert calls == [1]  # the native forward ran it
+    assert arg_max.shape == (want.shape[0], 0)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_forward_gives_the_same_bits_on_every_thread_count(threads, monkeypatch):
+    monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
+    indices, offsets, psw, _ = _case("offsets", 4000, 500, True, torch.int64, seed=5)
+    weights = [torch.randn(500, 17), torch.randn(500, 64), torch.randn(500, 3)]
+    args = ([indices] * 3, [offsets] * 3, [psw, psw.new_empty(()), psw.new_empty(())], [0, 1, 2], [-1] * 3,
+            [False] * 3)
+    with config.patch(cpu_native_kernels=False):
+        want = torch.ops.inductor_embed.multi_embedding_bag_cpu(weights, *args)
+    with num_threads(threads):
+        got = torch.ops.inductor_embed.multi_embedding_bag_cpu(weights, *args)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_the_forward_mixes_native_and_aten_tables_in_their_columns():
+    """Column-major and strided weighted tables (ATen's) between native ones land in their
+    columns; every table's bad input raises eager's error."""
+    indices, offsets, psw, _ = _case("2d_strided", 600, 300, True, torch.int64, seed=2)
+    base = torch.randn(300, 40)
+    tables = [torch.randn(300, 8), torch.randn(300, 5), base.t().contiguous().t(),
+              base[:, :7], base[:, 7:19]]
+    empty = psw.new_empty(())
+    args = ([indices] * 5, [None] * 5, [empty, empty, empty, psw, empty], [1, 0, 0, 0, 2], [-1] * 5, [False] * 5)
+    got = torch.ops.inductor_embed.multi_embedding_bag_cpu(tables, *args)
+    want = torch.cat([_eager_bags(w, indices, None, p if p.dim() else None, m, -1, False)
+                      for w, p, m in zip(tables, args[2], args[3])], dim=1)
+    assert torch.equal(got[0], want)
+    for k in range(5):
+        bad = [indices] * 5
+        bad[k] = indices.clone()
+        bad[k][3, 2] = 300
+        with pytest.raises(RuntimeError, match="out of range"):
+            torch.ops.inductor_embed.multi_embedding_bag_cpu(tables, bad, *args[1:])
+    with pytest.raises(RuntimeError, match="offsets"):  # decreasing offsets: the op's error
+        torch.ops.inductor_embed.multi_embedding_bag_cpu([tables[0]], [indices.reshape(-1)],
+                                                          [torch.tensor([0, 5, 3])], [], [0], [-1], [False])
