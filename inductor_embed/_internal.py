@@ -18,13 +18,12 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-# Which EmbeddingBag lookups the two bag patterns take for CPU tensors. The rule
-# ("fp32_dense"): every fp32 lookup with a dense gradient, whose fused CPU path writes less
-# (its C kernels); sparse=True lookups are left (their gradient is a copy of each index's
-# row, in eager as in the op: nothing to save, and the op's host cost lost), and fp16 / bf16
-# ones (no faster CPU path: their backward accumulates in fp32 through ATen ops). "all"
-# takes those too, "none" none.
-bag_patterns_on_cpu: str = "fp32_dense"
+# Which EmbeddingBag lookups the two bag patterns take for CPU tensors. The rule ("fp32"):
+# every fp32 lookup, dense or sparse=True gradient, whose fused CPU path is native (one C
+# call pools every table; the backward writes dense gradients, or sparse ones' values, in
+# one more); fp16 / bf16 ones are left (no faster CPU path: they take ATen's ops both ways).
+# "all" takes those too, "none" none.
+bag_patterns_on_cpu: str = "fp32"
 # Take, for CPU tensors, lookups whose columns are written in place before the cat with a
 # value the fused op cannot write itself (a Python number, another dtype, a strided slice,
 # columns written twice). The rule (False): left, as the write would go onto the fused
@@ -43,7 +42,7 @@ triton_on_cpu: bool = False
 
 _CHOICES: tuple[str, ...] = ("bag_patterns_on_cpu", "column_writes_on_cpu", "sparse_coalesce_on_cpu",
                              "one_hot_linear_min_classes", "triton_on_cpu")
-_BAG_RULES = ("fp32_dense", "all", "none")
+_BAG_RULES = ("fp32", "all", "none")
 
 
 def _check(name: str, value: Any) -> None:

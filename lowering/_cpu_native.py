@@ -183,6 +183,8 @@ def _bind(path: str, errors: list[str]) -> ctypes.CDLL | None:
         library.ie_bag_forward.argtypes = [ctypes.POINTER(_Pool), ctypes.c_int64, ctypes.c_int64]
         library.ie_bag_max_backward.restype = ctypes.c_int64
         library.ie_bag_max_backward.argtypes = [ctypes.POINTER(_Pool), ctypes.c_int64, ctypes.c_int64]
+        library.ie_bag_rows.restype = ctypes.c_int64
+        library.ie_bag_rows.argtypes = [ctypes.POINTER(_Table), ctypes.c_int64, ctypes.c_int64]
         library.ie_check_bags.restype = ctypes.c_int64
         library.ie_check_bags.argtypes = [ctypes.POINTER(_BagCheck), ctypes.c_int64]
     except (OSError, AttributeError) as e:  # AttributeError: an undefined symbol
@@ -351,6 +353,50 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
         raise IndexError(f"index out of range in self: an index outside [0, {tables[status - 1].out.shape[0]})")
     if status < 0:
         raise MemoryError("inductor_embed's CPU bag backward could not allocate its scratch memory")
+
+
+@dataclass
+class RowsTable:
+    """One ``sparse=True`` lookup's COO values (``ie_bag_rows``): ``out [nnz, D]`` fp32
+    contiguous gets, for each position p of ``indices`` (``[B, L]``: p = b * L + l; or
+    ``[nnz]`` with ``offsets``, ``[B]`` or ``[B + 1]`` with ``include_last_offset``), its bag's
+    row of ``grad [B, D]`` (fp32, unit column stride), times 1 / the bag's size (``mean``) or
+    ``weights[p]`` (``[nnz]`` fp32 contiguous), as ATen's sparse backward makes them (a
+    product each, rounded once); a position in no bag gets zeros. No padding row (the caller's
+    ATen ops take those: their positions are dropped, not zeroed)."""
+
+    out: Tensor
+    grad: Tensor
+    indices: Tensor
+    offsets: Tensor | None
+    include_last_offset: bool
+    weights: Tensor | None
+    mean: bool
+
+
+def bag_rows(tables: Sequence[RowsTable]) -> None:
+    """Run ``tables`` (see RowsTable) in one call, every table's bags split across threads;
+    rows of 8 MiB or more (``STREAMING_BYTES``) are written by non-temporal stores. The
+    offsets must be well formed (the forward checked them). Requires ``lib()``."""
+    library = lib()
+    assert library is not None, "bag_rows needs the native kernel (check lib() first)"
+    fields: list[int] = []
+    work = 0
+    for t in tables:
+        assert t.out.dtype == t.grad.dtype == torch.float32 and t.out.is_contiguous() and t.grad.stride(-1) == 1
+        assert t.offsets is None or t.offsets.is_contiguous()
+        assert t.weights is None or (t.weights.dtype == torch.float32 and t.weights.is_contiguous())
+        i, o = t.indices, t.offsets
+        total, dim = t.out.shape
+        b = t.grad.shape[0]
+        nnz = total if o is None or not t.include_last_offset or o.shape[0] == 0 else min(int(o[-1]), total)
+        fields += (total, dim, t.out.data_ptr(), t.grad.data_ptr(), t.grad.stride(0), b, nnz, 0, 0, 0, 0, 0,
+                   i.shape[1] if o is None else 0, 0 if o is None else o.data_ptr(),
+                   o is not None and o.dtype == torch.int64, _ptr(t.weights) or 0, t.mean, -1, 0,
+                   t.out.nbytes >= STREAMING_BYTES)
+        work += t.out.nbytes
+    if library.ie_bag_rows(_structs(_Table, fields), len(tables), _threads(work)) < 0:
+        raise MemoryError("inductor_embed's CPU sparse bag backward could not allocate its scratch memory")
 
 
 @dataclass

@@ -220,6 +220,10 @@ def bag_grads_cpu(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor], offs
     # table and the next, torch's OpenMP workers spin on the cores the kernel's threads
     # need (measured in docs/design.md, "Bag backwards").
     batch: list[_cpu_native.BagTable] = []
+    # sparse tables' values, all in one native call: fp32 without a padding row (whose
+    # positions eager drops, where the ATen ops zero them for the caller to drop)
+    values: list[_cpu_native.RowsTable] = []
+    native = grad.dtype == torch.float32 and _cpu_native.lib() is not None
     for (g, am), i, o, p, v, d, m, pad, ilo, sp in zip(table_columns(grad, arg_max, dims, modes), indices,
                                                         offsets, per_sample_weights, num_rows, dims, modes,
                                                         padding_idx, include_last_offset, sparse):
@@ -227,10 +231,18 @@ def bag_grads_cpu(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor], offs
             # the rows are the result (a sparse gradient's values): an fp32 one is a reused
             # buffer (fresh pages cost more than the copy)
             rows = _grad_cache.empty((i.numel(), d), torch.float32) if reuse else None
-            out.append(index_grad_rows(g, i, o, p, m, pad, ilo, out=rows)[1].reshape(-1))
+            if native and pad < 0 and g.stride(-1) == 1:
+                rows = torch.empty((i.numel(), d), dtype=torch.float32) if rows is None else rows
+                values.append(_cpu_native.RowsTable(rows, g, i, None if o is None else o.contiguous(), ilo,
+                                                    None if p is None else p.reshape(-1).contiguous(), m == MEAN))
+                out.append(rows.reshape(-1))
+            else:
+                out.append(index_grad_rows(g, i, o, p, m, pad, ilo, out=rows)[1].reshape(-1))
         else:
             out.append(bag_weight_grad_cpu(g, am, i, o, p, m, pad, ilo, v, reuse=reuse,
                                             batch=batch if grad.dtype == torch.float32 else None))
     if batch:
         _cpu_native.bag_grad(batch)
+    if values:
+        _cpu_native.bag_rows(values)
     return [t.to(grad.dtype) for t in out]

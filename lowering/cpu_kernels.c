@@ -341,6 +341,49 @@ int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
   return parallel(bag_part, &job, threads) ? -1 : 0;
 }
 
+/* ---- sparse=True bags' backward: each position's gradient row (its COO values) ---- */
+
+/* Table t's values: out [rows, dim] (rows: every position, those past nnz in no bag), row p
+   of a position in bag b = grad[b] (row b at grad + b * grad_stride), times 1 / the bag's
+   size (mean, the float reciprocal as ATen's) or times weights[p]; zeros for the positions in
+   no bag. Each part writes a range of every table's bags (streamed where t.streaming). */
+static void rows_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  (void)failed;
+  const ie_bags* job = (const ie_bags*)ctx;
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_table* t = job->tables + k;
+    const int64_t dim = t->dim, b0 = t->num_bags * part / parts, b1 = t->num_bags * (part + 1) / parts;
+    float* row = (float*)malloc((size_t)(dim > 0 ? dim : 1) * sizeof(float));
+    if (!row) { *failed = 1; return; }
+    for (int64_t b = b0; b < b1; b++) {
+      const float* g = t->grad + b * t->grad_stride;
+      const int64_t start = t->bag_len > 0 ? b * t->bag_len : load(t->offsets, t->offsets64, b), end = bag_end(t, b);
+      const float inv = 1.0f / (float)(end - start > 0 ? end - start : 1);
+      for (int64_t p = start; p < end; p++) {
+        if (t->mean || t->weights) {
+          const float f = t->mean ? inv : t->weights[p];
+          for (int64_t d = 0; d < dim; d++) row[d] = g[d] * f;
+          put(t->out + p * dim, row, dim, t->streaming);
+        } else {
+          put(t->out + p * dim, g, dim, t->streaming);
+        }
+      }
+    }
+    free(row);
+    if (part == parts - 1 && t->rows > t->nnz)  /* include_last_offset's positions in no bag */
+      put(t->out + t->nnz * dim, NULL, (t->rows - t->nnz) * dim, t->streaming);
+  }
+#ifdef VEC
+  _mm_sfence();
+#endif
+}
+
+/* Every table's values (see rows_part; offsets checked by the forward); 0, or -1: no memory. */
+int64_t ie_bag_rows(const ie_table* tables, int64_t n, int64_t threads) {
+  ie_bags job = {tables, n};
+  return parallel(rows_part, &job, threads) ? -1 : 0;
+}
+
 /* ---- one_hot_linear: a Linear on one-hot fields as a gather of the weight's columns ---- */
 
 typedef struct {

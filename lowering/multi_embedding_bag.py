@@ -237,9 +237,10 @@ def multi_embedding_bag_backward_cpu(grad, arg_max, indices, offsets, per_sample
     for k in (k for k, s in enumerate(sparse) if s):
         # Positions in no bag (past offsets[B]) take row V, which coalesce_ref leaves out.
         cut = offsets[k] is not None and ilo[k]
-        tables[k] = coalesce_ref(rows_in_bags(indices[k], offsets[k], ilo[k], num_rows[k]),
-                                 tables[k].view(-1, dims[k]), num_rows[k], num_rows[k] if cut else -1, coalesce,
-                                 owned=True)
+        rows = rows_in_bags(indices[k], offsets[k], ilo[k], num_rows[k])
+        tables[k] = coalesce_ref(rows, tables[k].view(-1, dims[k]), num_rows[k], num_rows[k] if cut else -1, coalesce,
+                                 owned=True, index_owned=rows.untyped_storage().data_ptr()
+                                 != indices[k].untyped_storage().data_ptr())  # (a copy: strided or cut)
     return tables
 
 

@@ -119,7 +119,7 @@ def compress_indices(
 
 
 def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, padding_idx: int,
-                 coalesce: bool = True, owned: bool = False) -> torch.Tensor:
+                 coalesce: bool = True, owned: bool = False, index_owned: bool = False) -> torch.Tensor:
     """One table's sparse gradient as eager makes it, then (``coalesce``) ``.coalesce()``-d.
 
     Args:
@@ -132,7 +132,8 @@ def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, paddi
             gradient).
         coalesce: False: return eager's own gradient, one entry per (kept) index.
         owned: ``values`` are the caller's own (made in the same op), not an op input: the
-            result may keep them (only an ``index`` shared with the op's inputs is copied).
+            result may keep them.
+        index_owned: the same of ``index`` (else an index the result shares is copied).
 
     Returns:
         ``[V, D]`` sparse COO in values' dtype. Coalesced: sorted unique rows, summed values,
@@ -152,7 +153,8 @@ def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, paddi
     # An op's outputs must not share memory with its inputs (Inductor plans its buffers on
     # that): eager's form (and a coalesced one of nnz <= 1) still views them; copy.
     rows, vals = out._indices(), out._values()
-    share_rows, share_vals = _shares_storage(rows, index_in), not owned and _shares_storage(vals, values_in)
+    share_rows = not index_owned and _shares_storage(rows, index_in)
+    share_vals = not owned and _shares_storage(vals, values_in)
     if share_rows or share_vals:
         out = torch.sparse_coo_tensor(rows.clone() if share_rows else rows, vals.clone() if share_vals else vals,
                                       (num_rows, d), is_coalesced=out.is_coalesced(), check_invariants=False)

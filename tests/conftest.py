@@ -24,9 +24,9 @@ def _fresh_dynamo():
     # Its C++ kernel cache stays on: a hit only skips the C compiler's build of an identical
     # kernel source (force_disable_caches would give every compile a fresh directory, and
     # the suite spent most of its time in gcc rebuilding the same small kernels).
-    # On the CPU the EmbeddingBag patterns take only fp32 dense-gradient lookups (the CPU
-    # rule, inductor_embed/_internal.py); the tests check the fused op on the CPU in every
-    # form, so they force all (test_multi_embedding_bag.py::test_cpu_default_takes_fp32_dense_bags
+    # On the CPU the EmbeddingBag patterns take only fp32 lookups (the CPU rule,
+    # inductor_embed/_internal.py); the tests check the fused op on the CPU in every form,
+    # so they force all (test_multi_embedding_bag.py::test_cpu_default_takes_fp32_bags
     # checks the rule). Likewise column writes before a cat
     # (test_column_writes_left_on_the_cpu_by_default) and coalesced sparse gradients
     # (test_cpu_default_sparse_gradient_is_eagers).

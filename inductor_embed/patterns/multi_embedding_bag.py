@@ -62,9 +62,6 @@ def _cpu_policy(dtype: torch.dtype, sparse: bool) -> str | None:
         return None
     if policy == "none":
         return "bags on the CPU are forced off (_internal.bag_patterns_on_cpu='none')"
-    if sparse:
-        return ("sparse=True on the CPU: its gradient is a copy of each index's gradient row, as eager's, with "
-                "nothing for the fused op to save (measured slower than torch.compile fused)")
     if dtype == torch.float32:
         return None
     return (f"on the CPU only fp32 lookups are rewritten (their C kernels); a {dtype} one measured slower than "

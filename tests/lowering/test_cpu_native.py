@@ -682,3 +682,42 @@ def test_the_forward_mixes_native_and_aten_tables_in_their_columns():
     with pytest.raises(RuntimeError, match="offsets"):  # decreasing offsets: the op's error
         torch.ops.inductor_embed.multi_embedding_bag_cpu([tables[0]], [indices.reshape(-1)],
                                                           [torch.tensor([0, 5, 3])], [], [0], [-1], [False])
+
+
+# --- sparse=True bags' COO values (one native call for every table) ------------------------
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("form", ["2d", "2d_strided", "offsets", "include_last_offset"])
+@pytest.mark.parametrize("mode,weighted", [(0, False), (0, True), (1, False)], ids=["sum", "weighted", "mean"])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_sparse_values_are_eagers_bit_for_bit(size, form, mode, weighted, itype, monkeypatch):
+    """A sparse=True bag's gradient from the CPU backward (the native rows: each position's
+    share of its bag's gradient row) is eager's COO tensor, entry for entry (not coalesced:
+    the CPU default); large: 2.6 MB of values, streamed, on two threads."""
+    nnz, num_rows, dim = {"small": (600, 300, 61), "large": (10240, 9000, 64)}[size]
+    if size == "large":
+        monkeypatch.setattr(_cpu_native, "STREAMING_BYTES", 1 << 20)
+    indices, offsets, psw, ilo = _case(form, nnz, num_rows, weighted, itype, seed=nnz + mode)
+    weight = torch.randn(num_rows, dim)
+    w = weight.clone().requires_grad_()
+    cut_i, cut_o, cut_p = indices, offsets, psw
+    if ilo:  # eager on the positions in a bag (the op's reading of include_last_offset)
+        end = int(offsets[-1])
+        cut_i, cut_o, cut_p = indices[:end], offsets[:-1], None if psw is None else psw[:end]
+    want = torch.nn.functional.embedding_bag(cut_i, w, cut_o, mode=("sum", "mean")[mode], per_sample_weights=cut_p,
+                                             sparse=True)
+    grad = torch.randn_like(want)
+    want.backward(grad)
+    calls = []
+    run = _cpu_native.bag_rows
+    monkeypatch.setattr(_cpu_native, "bag_rows", lambda tables: calls.append(len(tables)) or run(tables))
+    arg_max = torch.empty((grad.shape[0], 0), dtype=torch.int64)
+    with num_threads(2):
+        (g,) = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(
+            grad, arg_max, [indices], [offsets], [psw], [num_rows], [dim], [mode], [-1], [ilo],
+            [True])  # eager's form: one entry per position, not coalesced
+    e = w.grad
+    assert calls == [1] and not g.is_coalesced()
+    kept = g._indices()[0] < num_rows  # the op's positions in no bag: dropped (eager has none)
+    assert torch.equal(g._indices()[:, kept], e._indices()) and torch.equal(g._values()[kept], e._values())
