@@ -458,34 +458,36 @@ def bag_forward(tables: Sequence[PoolTable]) -> int | None:
     return None if status == 0 else status - 1
 
 
-_fma: dict[bool, bool | None] = {}
+_fma: dict[tuple[bool, bool], bool | None] = {}
 
 
-def weighted_fma(padding: bool) -> bool | None:
+def weighted_fma(padding: bool, strided: bool = False) -> bool | None:
     """How this build's ATen adds a weighted bag's terms (per_sample_weights, fp32, contiguous
-    rows), with a padding row (``padding``) or without: by a fused multiply-add (True: FBGEMM's
-    kernel, ATen's path without a padding row where the build has FBGEMM) or a product then a
-    sum (False: ATen's own loop); None where the native forward matches neither (then ATen
-    runs such tables). Probed once per kind, on 64 bags of random rows and weights, where the
-    two roundings differ in many elements."""
-    if padding not in _fma:
+    rows), with a padding row (``padding``) or without, the weights of unit stride or not
+    (``strided``): by a fused multiply-add (True: FBGEMM's kernel, ATen's path without a padding
+    row and with unit-stride weights where the build has FBGEMM) or a product then a sum
+    (False: ATen's own loop); None where the native forward matches neither (then ATen runs
+    such tables). Probed once per kind, on 64 bags of random rows and weights, where the two
+    roundings differ in many elements."""
+    kind = (padding, strided)
+    if kind not in _fma:
         gen = torch.Generator().manual_seed(0)
         weight = torch.randn(50, 24, generator=gen)
         indices = torch.randint(0, 50, (64 * 9,), generator=gen)
         offsets = torch.arange(0, 64 * 9, 9)
-        weights = torch.rand(64 * 9, generator=gen)
+        weights = torch.rand(64 * 9 * 2, generator=gen)[::2] if strided else torch.rand(64 * 9, generator=gen)
         pad = 7 if padding else -1
         with torch.no_grad():
             want = torch.embedding_bag(weight, indices, offsets, False, 0, False, weights, False,
                                        pad if padding else None)[0]
-        _fma[padding] = None
+        _fma[kind] = None
         for fma in (True, False):
             out = torch.empty_like(want)
-            bag_forward([PoolTable(weight, indices, offsets, False, pad, out, weights=weights, fma=fma)])
+            bag_forward([PoolTable(weight, indices, offsets, False, pad, out, weights=weights.contiguous(), fma=fma)])
             if torch.equal(out, want):
-                _fma[padding] = fma
+                _fma[kind] = fma
                 break
-    return _fma[padding]
+    return _fma[kind]
 
 
 def bag_max_backward(grad: Tensor, arg: Tensor, out: Tensor) -> None:

@@ -384,7 +384,8 @@ def _native_tables(weights, indices, psw, padding_idx) -> list[bool | None]:
     adds its weighted terms by a fused multiply-add: fp32 rows of unit column stride, not
     ``[B, 0]`` input (ATen raises for it, as eager does), and, for a weighted table, fp32
     weights, contiguous rows and ATen's arithmetic for its kind known
-    (``_cpu_native.weighted_fma``, probed once)."""
+    (``_cpu_native.weighted_fma``, probed once per kind: ATen's fused path needs no padding row
+    and weights of unit stride as ``F.embedding_bag`` hands them over, flattened)."""
     if _cpu_native.lib() is None:
         return [None] * len(weights)
     out: list[bool | None] = []
@@ -392,7 +393,7 @@ def _native_tables(weights, indices, psw, padding_idx) -> list[bool | None]:
         # Unweighted rows may be strided: ATen's two paths make the same additions for them.
         ok = (w.dtype == torch.float32 and w.stride(1) == 1 and (i.dim() == 1 or i.shape[1] > 0)
               and (p is None or (p.dtype == torch.float32 and w.is_contiguous())))
-        fma = _cpu_native.weighted_fma(pad >= 0) if ok and p is not None else False
+        fma = _cpu_native.weighted_fma(pad >= 0, p.reshape(-1).stride(0) != 1) if ok and p is not None else False
         out.append(fma if ok else None)
     return out
 

@@ -721,3 +721,23 @@ def test_sparse_values_are_eagers_bit_for_bit(size, form, mode, weighted, itype,
     assert calls == [1] and not g.is_coalesced()
     kept = g._indices()[0] < num_rows  # the op's positions in no bag: dropped (eager has none)
     assert torch.equal(g._indices()[:, kept], e._indices()) and torch.equal(g._values()[kept], e._values())
+
+
+@pytest.mark.parametrize("psw_form", ["contiguous", "every_other", "column", "expanded", "2d_column"])
+def test_weighted_bags_take_atens_arithmetic_for_the_weights_stride(psw_form):
+    """Review finding: ATen adds weighted terms by FBGEMM's fused multiply-add only for weights
+    of unit stride (as ``F.embedding_bag`` hands them over, flattened); strided or expanded ones
+    take its product-then-sum loop. The native forward follows the same rule, bit for bit."""
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(50, 24, generator=gen)
+    n = 64 * 9
+    indices = torch.randint(0, 50, (n,), generator=gen)
+    offsets = torch.arange(0, n, 9)
+    base = torch.rand(n * 2, generator=gen)
+    psw = {"contiguous": base[:n], "every_other": base[::2], "column": base.view(n, 2)[:, 1],
+           "expanded": base[:1].expand(n), "2d_column": base.view(64, 9, 2)[:, :, 0]}[psw_form]
+    fixed = psw.dim() == 2
+    i, o = (indices.view(64, 9), None) if fixed else (indices, offsets)
+    want = torch.nn.functional.embedding_bag(i, weight, o, mode="sum", per_sample_weights=psw)
+    got, _ = torch.ops.inductor_embed.multi_embedding_bag_cpu([weight], [i], [o], [psw], [0], [-1], [False])
+    assert torch.equal(got, want)
