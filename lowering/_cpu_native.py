@@ -376,12 +376,15 @@ class RowsTable:
 
 def bag_rows(tables: Sequence[RowsTable]) -> None:
     """Run ``tables`` (see RowsTable) in one call, every table's bags split across threads;
-    rows of 8 MiB or more (``STREAMING_BYTES``) are written by non-temporal stores. The
+    values of 8 MiB or more in all (``STREAMING_BYTES``) are written by non-temporal stores. The
     offsets must be well formed (the forward checked them). Requires ``lib()``."""
     library = lib()
     assert library is not None, "bag_rows needs the native kernel (check lib() first)"
     fields: list[int] = []
-    work = 0
+    work = sum(t.out.nbytes for t in tables)
+    # streamed where all the tables' values together pass STREAMING_BYTES (8 x 5 MB of them
+    # outgrow the cache as one 40 MB table does)
+    streaming = work >= STREAMING_BYTES
     for t in tables:
         assert t.out.dtype == t.grad.dtype == torch.float32 and t.out.is_contiguous() and t.grad.stride(-1) == 1
         assert t.offsets is None or t.offsets.is_contiguous()
@@ -392,9 +395,7 @@ def bag_rows(tables: Sequence[RowsTable]) -> None:
         nnz = total if o is None or not t.include_last_offset or o.shape[0] == 0 else min(int(o[-1]), total)
         fields += (total, dim, t.out.data_ptr(), t.grad.data_ptr(), t.grad.stride(0), b, nnz, 0, 0, 0, 0, 0,
                    i.shape[1] if o is None else 0, 0 if o is None else o.data_ptr(),
-                   o is not None and o.dtype == torch.int64, _ptr(t.weights) or 0, t.mean, -1, 0,
-                   t.out.nbytes >= STREAMING_BYTES)
-        work += t.out.nbytes
+                   o is not None and o.dtype == torch.int64, _ptr(t.weights) or 0, t.mean, -1, 0, streaming)
     if library.ie_bag_rows(_structs(_Table, fields), len(tables), _threads(work)) < 0:
         raise MemoryError("inductor_embed's CPU sparse bag backward could not allocate its scratch memory")
 

@@ -360,12 +360,16 @@ static void rows_part(const void* ctx, int64_t part, int64_t parts, int64_t* fai
       const int64_t start = t->bag_len > 0 ? b * t->bag_len : load(t->offsets, t->offsets64, b), end = bag_end(t, b);
       const float inv = 1.0f / (float)(end - start > 0 ? end - start : 1);
       for (int64_t p = start; p < end; p++) {
-        if (t->mean || t->weights) {
-          const float f = t->mean ? inv : t->weights[p];
-          for (int64_t d = 0; d < dim; d++) row[d] = g[d] * f;
-          put(t->out + p * dim, row, dim, t->streaming);
+        float* restrict dst = t->out + p * dim;
+        const int scaled = t->mean || t->weights;
+        const float f = t->mean ? inv : t->weights ? t->weights[p] : 1.0f;
+        if (t->streaming) {
+          if (scaled) for (int64_t d = 0; d < dim; d++) row[d] = g[d] * f;
+          put(dst, scaled ? row : g, dim, 1);
+        } else if (scaled) {  /* in the loop, not put's memcpy: a call per row cost more than the row */
+          for (int64_t d = 0; d < dim; d++) dst[d] = g[d] * f;
         } else {
-          put(t->out + p * dim, g, dim, t->streaming);
+          for (int64_t d = 0; d < dim; d++) dst[d] = g[d];
         }
       }
     }
