@@ -408,7 +408,7 @@ class PoolTable:
     mode (``arg`` given: ``[B, D]`` int64, the row each element came from; an empty bag 0
     and -1), else the sum (``mean``: divided by the bag's size, at least 1), each row times
     its ``weights`` entry if given (``[nnz]`` fp32 contiguous, by position). ``fma``: a weighted
-    term is added by a fused multiply-add (see ``aten_fma``). ``indices``: ``[B, L]``, or
+    term is added by a fused multiply-add (see ``weighted_fma``). ``indices``: ``[B, L]``, or
     ``[nnz]`` with ``offsets`` (``[B]``, or ``[B + 1]`` with ``include_last_offset``)."""
 
     weight: Tensor
@@ -441,9 +441,10 @@ def _pool_fields(t: PoolTable) -> tuple[int, ...]:
 
 def bag_forward(tables: Sequence[PoolTable]) -> int | None:
     """Run the forward of ``tables`` (see PoolTable) in one call, after checking every table's
-    inputs as ``first_bad_bag`` does. Returns the first bad table (nothing written), else
-    None. Requires ``lib()``; the tensors are the caller's shapes and dtypes (asserted
-    cheaply: offsets contiguous, weights contiguous)."""
+    inputs as ``first_bad_bag`` does (a sum table's indices as they are copied, the rest
+    before any row is read). Returns the first bad table (then the outputs hold no result:
+    the caller raises), else None. Requires ``lib()``; the tensors are the caller's shapes
+    and dtypes (asserted cheaply: fp32, unit column strides, contiguous offsets)."""
     library = lib()
     assert library is not None, "bag_forward needs the native kernel (check lib() first)"
     fields: list[int] = []

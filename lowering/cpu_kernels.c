@@ -604,9 +604,10 @@ typedef struct { const ie_pool* tables; int64_t n; int64_t* bad; } ie_pools;  /*
 #define PREFETCH 16
 
 /* Sum and mean bags run a chunk of bags at a time: their indices first copied into a
-   contiguous int64 run (as ATen's reshape of a [B, L] column slice; reading them in place,
-   a bag's 20 indices a page apart, and the generic index arithmetic took 3x ATen's time),
-   then each block of columns summed over it. */
+   contiguous int64 run (as ATen's reshape of a [B, L] column slice gives its kernel), so that
+   the summing loop reads one index a position, whatever the input's strides and dtype, and
+   its prefetch looks PREFETCH positions ahead across bags; then each block of columns is
+   summed over the run. */
 #define CHUNK 4096
 
 /* Columns [c0, c0 + W) of one bag, its positions ix[s:e] (weights ws[s:e] or NULL), into
@@ -614,7 +615,6 @@ typedef struct { const ie_pool* tables; int64_t n; int64_t* bad; } ie_pools;  /*
    into the output row in memory made each position wait for the last one's store). The
    block of the row PREFETCH positions ahead (up to n) is prefetched, a line at a time by a
    loop of constant count (a loop over the row's width spilled its registers). */
-#define PREFETCH 16
 /* 16 floats, loaded from any address (GCC / Clang vector extension: one AVX-512 register, two
    AVX ones, four SSE / NEON ones). Arrays of them stay in registers where float arrays
    were kept in memory, with a flag per element saying whether it was set. */
@@ -799,8 +799,9 @@ static void max_bwd_part(const void* ctx, int64_t part, int64_t parts, int64_t* 
   }
 }
 
-/* 0: done; k + 1: table k's inputs are bad (ie_check_bags' checks; nothing written); -1: no
-   memory. */
+/* 0: done; k + 1: table k's inputs are bad (ie_check_bags' checks: offsets and max tables'
+   indices before anything is written, sum tables' indices as each chunk is copied, so the
+   outputs hold no result then); -1: no memory. */
 int64_t ie_bag_forward(const ie_pool* tables, int64_t n, int64_t threads) {
   ie_pool* own = (ie_pool*)malloc((size_t)(n > 0 ? n : 1) * sizeof(ie_pool));
   int64_t* bad = (int64_t*)calloc((size_t)(n > 0 ? n : 1), sizeof(int64_t));
