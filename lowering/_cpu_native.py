@@ -402,14 +402,16 @@ def bag_rows(tables: Sequence[RowsTable]) -> None:
 
 @dataclass
 class PoolTable:
-    """One lookup's pooled forward (``ie_bag_forward``), as ATen's ``embedding_bag``: ``out [B,
-    D]`` (a column slice of the op's output, unit column stride) gets each bag's pooling of
-    ``weight``'s rows (``[V, D]`` fp32, unit column stride; the padding row skipped): max
-    mode (``arg`` given: ``[B, D]`` int64, the row each element came from; an empty bag 0
-    and -1), else the sum (``mean``: divided by the bag's size, at least 1), each row times
-    its ``weights`` entry if given (``[nnz]`` fp32 contiguous, by position). ``fma``: a weighted
-    term is added by a fused multiply-add (see ``weighted_fma``). ``indices``: ``[B, L]``, or
-    ``[nnz]`` with ``offsets`` (``[B]``, or ``[B + 1]`` with ``include_last_offset``)."""
+    """One lookup's pooled forward (``ie_bag_forward``), as ATen's ``embedding_bag``: columns
+    ``[col, col + D)`` of ``out [B, C]`` (the op's output, unit column stride) get each bag's
+    pooling of ``weight``'s rows (``[V, D]`` fp32, unit column stride; the padding row
+    skipped): max mode (``arg`` given: ``[B, C']`` int64, its columns from ``arg_col`` the row
+    each element came from; an empty bag 0 and -1), else the sum (``mean``: divided by the
+    bag's size, at least 1), each row times its ``weights`` entry if given (``[nnz]`` fp32
+    contiguous, by position). ``fma``: a weighted term is added by a fused multiply-add (see
+    ``weighted_fma``). ``indices``: ``[B, L]``, or ``[nnz]`` with ``offsets`` (``[B]``, or
+    ``[B + 1]`` with ``include_last_offset``). Whole outputs and a column, not column views:
+    a view per table cost more than the rest of its fields at a small batch."""
 
     weight: Tensor
     indices: Tensor
@@ -421,21 +423,23 @@ class PoolTable:
     weights: Tensor | None = None
     mean: bool = False
     fma: bool = False
+    col: int = 0
+    arg_col: int = 0
 
 
 def _pool_fields(t: PoolTable) -> tuple[int, ...]:
     """``t`` as the ints of one ``_Pool`` (see ``_structs``; a few tensor calls each, as a small
     batch's step makes this for every table)."""
-    i, o, out = t.indices, t.offsets, t.out
+    i, o, out, w, arg = t.indices, t.offsets, t.out, t.weight, t.arg
     two_d = o is None
     strides = i.stride()
-    b, d = out.shape
-    return (t.weight.shape[0], d, 0, 0, 0, b, i.numel(), i.data_ptr(), i.dtype == torch.int64,
+    v, d = w.shape
+    return (v, d, 0, 0, 0, out.shape[0], i.numel(), i.data_ptr(), i.dtype == torch.int64,
             strides[0] if two_d else 0, strides[-1], 0, i.shape[1] if two_d else 0,
             0 if two_d else o.data_ptr(), not two_d and o.dtype == torch.int64,
             0 if t.weights is None else t.weights.data_ptr(), t.mean, t.padding_idx, 0, 0,
-            t.weight.data_ptr(), t.weight.stride(0), out.data_ptr(), out.stride(0),
-            0 if t.arg is None else t.arg.data_ptr(), 0 if t.arg is None else t.arg.stride(0), 0, t.fma,
+            w.data_ptr(), w.stride(0), out.data_ptr() + 4 * t.col, out.stride(0),
+            0 if arg is None else arg.data_ptr() + 8 * t.arg_col, 0 if arg is None else arg.stride(0), 0, t.fma,
             0 if two_d else o.shape[0], not two_d and t.include_last_offset)
 
 
@@ -452,8 +456,10 @@ def bag_forward(tables: Sequence[PoolTable]) -> int | None:
     for t in tables:
         assert t.weight.dtype == t.out.dtype == torch.float32 and t.weight.stride(1) == 1 and t.out.stride(1) == 1
         assert t.offsets is None or t.offsets.is_contiguous()
+        assert t.col + t.weight.shape[1] <= t.out.shape[1]
+        assert t.arg is None or (t.arg.stride(1) == 1 and t.arg_col + t.weight.shape[1] <= t.arg.shape[1])
         fields += _pool_fields(t)
-        work += t.indices.numel() * t.out.shape[1] * 4
+        work += t.indices.numel() * t.weight.shape[1] * 4
     status = library.ie_bag_forward(_structs(_Pool, fields), len(tables), _threads(work))
     if status < 0:
         raise MemoryError("inductor_embed's CPU bag forward could not allocate its scratch memory")

@@ -351,8 +351,8 @@ def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes
                 o = o.contiguous()
             if p is not None:  # by position: [B, L] bags' weights flattened
                 p = p.reshape(-1).contiguous()
-            jobs.append(_cpu_native.PoolTable(w, i, o, ilo, pad, out[:, col:col + d],
-                                              arg_max[:, am:am + d] if m == MAX else None, p, m == MEAN, fma))
+            jobs.append(_cpu_native.PoolTable(w, i, o, ilo, pad, out, arg_max if m == MAX else None, p, m == MEAN,
+                                              fma, col, am))
         else:
             keep.append(k)
         col += d
