@@ -353,15 +353,18 @@ static void rows_part(const void* ctx, int64_t part, int64_t parts, int64_t* fai
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
     const int64_t dim = t->dim, b0 = t->num_bags * part / parts, b1 = t->num_bags * (part + 1) / parts;
-    float* row = (float*)malloc((size_t)(dim > 0 ? dim : 1) * sizeof(float));
-    if (!row) { *failed = 1; return; }
+    const int scaled = t->mean || t->weights != NULL;
+    float* row = NULL;  /* a scaled row to stream */
+    if (scaled && t->streaming && !(row = (float*)malloc((size_t)(dim > 0 ? dim : 1) * sizeof(float)))) {
+      *failed = 1;
+      return;
+    }
     for (int64_t b = b0; b < b1; b++) {
       const float* g = t->grad + b * t->grad_stride;
       const int64_t start = t->bag_len > 0 ? b * t->bag_len : load(t->offsets, t->offsets64, b), end = bag_end(t, b);
       const float inv = 1.0f / (float)(end - start > 0 ? end - start : 1);
       for (int64_t p = start; p < end; p++) {
         float* restrict dst = t->out + p * dim;
-        const int scaled = t->mean || t->weights;
         const float f = t->mean ? inv : t->weights ? t->weights[p] : 1.0f;
         if (t->streaming) {
           if (scaled) for (int64_t d = 0; d < dim; d++) row[d] = g[d] * f;

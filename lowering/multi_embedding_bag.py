@@ -39,7 +39,7 @@ from inductor_embed.lowering.multi_embedding_bag_ref import (
     per_sample_weights_grad,
     rows_in_bags,
 )
-from inductor_embed.lowering.multi_embedding_ref import coalesce_ref
+from inductor_embed.lowering.multi_embedding_ref import coalesce_ref, shares_storage
 
 _OOB_MSG = _checks.BAG_OOB
 _OFFSETS_MSG = _checks.OFFSETS
@@ -237,10 +237,9 @@ def multi_embedding_bag_backward_cpu(grad, arg_max, indices, offsets, per_sample
     for k in (k for k, s in enumerate(sparse) if s):
         # Positions in no bag (past offsets[B]) take row V, which coalesce_ref leaves out.
         cut = offsets[k] is not None and ilo[k]
-        rows = rows_in_bags(indices[k], offsets[k], ilo[k], num_rows[k])
+        rows = rows_in_bags(indices[k], offsets[k], ilo[k], num_rows[k])  # a copy unless a view of the input
         tables[k] = coalesce_ref(rows, tables[k].view(-1, dims[k]), num_rows[k], num_rows[k] if cut else -1, coalesce,
-                                 owned=True, index_owned=rows.untyped_storage().data_ptr()
-                                 != indices[k].untyped_storage().data_ptr())  # (a copy: strided or cut)
+                                 owned=True, index_owned=not shares_storage(rows, indices[k]))
     return tables
 
 
@@ -342,7 +341,7 @@ def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes
     b = num_bags(indices[0], offsets[0], include_last_offset[0])
     out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
     arg_max = torch.empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
-    jobs, keep, col, am = [], [], 0, 0
+    jobs, keep, col, am = [], [], 0, 0  # keep: ATen's tables, (k, col, am)
     for k, (w, i, o, p, m, pad, ilo, fma) in enumerate(zip(weights, indices, offsets, psw, modes, padding_idx,
                                                             include_last_offset, native)):
         d = w.shape[1]
@@ -354,28 +353,26 @@ def multi_embedding_bag_cpu(weights, indices, offsets, per_sample_weights, modes
             jobs.append(_cpu_native.PoolTable(w, i, o, ilo, pad, out, arg_max if m == MAX else None, p, m == MEAN,
                                               fma, col, am))
         else:
-            keep.append(k)
+            keep.append((k, col, am))
         col += d
         am += d if m == MAX else 0
     bad = _cpu_native.bag_forward(jobs)
-    rows = [w.shape[0] for w in weights]
     if bad is not None:  # raises that table's error (the same checks, in Python)
         k = [k for k, f in enumerate(native) if f is not None][bad]
-        _checks.bag_values("multi_embedding_bag", k, indices[k], offsets[k], rows[k], include_last_offset[k])
+        _checks.bag_values("multi_embedding_bag", k, indices[k], offsets[k], weights[k].shape[0],
+                           include_last_offset[k])
         raise AssertionError(f"the native check and _checks.bag_values disagree on table {k}")
     if keep:
-        _checks.bags_values("multi_embedding_bag", [rows[k] for k in keep], [indices[k] for k in keep],
-                            [offsets[k] for k in keep], [include_last_offset[k] for k in keep])
-        col = am = 0
-        for k, (w, m) in enumerate(zip(weights, modes)):
-            if k in keep:
-                got, got_am = bag_forward(w, indices[k], offsets[k], psw[k], m, padding_idx[k],
-                                          include_last_offset[k])
-                out[:, col:col + w.shape[1]] = got
-                if m == MAX:
-                    arg_max[:, am:am + w.shape[1]] = got_am
-            col += w.shape[1]
-            am += w.shape[1] if m == MAX else 0
+        ks = [k for k, _, _ in keep]
+        _checks.bags_values("multi_embedding_bag", [weights[k].shape[0] for k in ks], [indices[k] for k in ks],
+                            [offsets[k] for k in ks], [include_last_offset[k] for k in ks])
+    for k, col, am in keep:
+        d = weights[k].shape[1]
+        got, got_am = bag_forward(weights[k], indices[k], offsets[k], psw[k], modes[k], padding_idx[k],
+                                  include_last_offset[k])
+        out[:, col:col + d] = got
+        if modes[k] == MAX:
+            arg_max[:, am:am + d] = got_am
     return out, arg_max
 
 

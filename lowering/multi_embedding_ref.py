@@ -153,15 +153,16 @@ def coalesce_ref(index: torch.Tensor, values: torch.Tensor, num_rows: int, paddi
     # An op's outputs must not share memory with its inputs (Inductor plans its buffers on
     # that): eager's form (and a coalesced one of nnz <= 1) still views them; copy.
     rows, vals = out._indices(), out._values()
-    share_rows = not index_owned and _shares_storage(rows, index_in)
-    share_vals = not owned and _shares_storage(vals, values_in)
+    share_rows = not index_owned and shares_storage(rows, index_in)
+    share_vals = not owned and shares_storage(vals, values_in)
     if share_rows or share_vals:
         out = torch.sparse_coo_tensor(rows.clone() if share_rows else rows, vals.clone() if share_vals else vals,
                                       (num_rows, d), is_coalesced=out.is_coalesced(), check_invariants=False)
     return out
 
 
-def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+def shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` lie on one storage (a view of the other, or both of a third)."""
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
