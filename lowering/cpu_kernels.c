@@ -31,6 +31,8 @@ typedef struct {
   int64_t padding_idx;      /* a row whose positions add nothing, or -1 */
   int64_t accumulate;       /* 0: write every row; 1: add each sum to its row, leave the rest */
   int64_t streaming;        /* write with non-temporal stores */
+  int64_t scatter;          /* (no order, no accumulate) add each position's term into its row
+                               in position order, no sort (scatter_rows) */
 } ie_table;
 
 /* One thread's buffers: per row of its slice the start of its entries, and the entries
@@ -142,6 +144,8 @@ static int by_key(const void* a, const void* b) {
    batch): the positions of rows [lo, hi) sorted by (row, position), so that no pass runs over
    every row but the zero fill. The same entries in the same order as the counting sort. */
 #define SPARSE_RATIO 8
+/* scatter_rows prefetches the output row this many positions ahead */
+#define PREFETCH_ROWS 16
 static int sparse_path(const ie_table* t) {  /* (a key holds the row in its upper 32 bits) */
   return !t->order && t->nnz * SPARSE_RATIO < t->rows && t->rows < ((int64_t)1 << 31);
 }
@@ -165,12 +169,61 @@ static void sparse_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scra
   }
 }
 
+/* out[o] += g[0:D], D a constant for the widths of narrow tables (unrolled, no loop). */
+#define ADD_D(D) case D: for (int c = 0; c < D; c++) o[c] += g[c]; return;
+static inline void add_row(float* o, const float* g, int64_t d) {
+  switch (d) {
+    ADD_D(1) ADD_D(2) ADD_D(3) ADD_D(4) ADD_D(5) ADD_D(6) ADD_D(7) ADD_D(8) ADD_D(16) ADD_D(32) ADD_D(64)
+    default: for (int64_t c = 0; c < d; c++) o[c] += g[c];
+  }
+}
+
+/* Rows [lo, hi) of out with no sort (t->scatter): the slice zeroed, then each position's
+   term (grad's row of its bag, read in place, times its factor) added into its row, in
+   position order. A row's sum thus starts from +0.0 and adds its terms in position order:
+   the counting sort's additions, bit for bit. Cheaper where the gradient stays in the cache
+   (no per-row pass, no packed copy of grad, grad's rows read in order); the caller chooses. */
+static void scatter_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
+  const int64_t d = t->dim, pad = t->padding_idx, span = hi - lo;
+  float* out = t->out;
+  put(out + lo * d, NULL, span * d, t->streaming);
+  if (t->bag_len == 1 && !t->weights && !t->mean) {  /* lookups: position p is bag p */
+    const int64_t st = t->idx_stride0, gs = t->grad_stride, n = t->num_bags;
+    for (int64_t p = 0; p < n; p++) {
+      if (p + PREFETCH_ROWS < n) {
+        const int64_t ahead = load(t->idx, t->idx64, (p + PREFETCH_ROWS) * st);
+        if ((uint64_t)(ahead - lo) < (uint64_t)span) __builtin_prefetch(out + ahead * d, 1, 3);
+      }
+      const int64_t r = load(t->idx, t->idx64, p * st);
+      if ((uint64_t)(r - lo) >= (uint64_t)span || r == pad) continue;
+      add_row(out + r * d, t->grad + p * gs, d);
+    }
+    return;
+  }
+  FOR_EACH_POSITION(t, b, p) {
+    const int64_t r = idx_of(t, b, p);
+    if ((uint64_t)(r - lo) >= (uint64_t)span || r == pad) continue;
+    const float* g = t->grad + b * t->grad_stride;
+    float* o = out + r * d;
+    if (t->weights || t->mean) {  /* as write_row: a fused multiply-add */
+      const float w = t->mean ? s->bag_scale[b] : t->weights[p];
+      for (int64_t c = 0; c < d; c++) o[c] = __builtin_fmaf(w, g[c], o[c]);
+    } else {
+      add_row(o, g, d);
+    }
+  }
+}
+
 static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
   int32_t* start = s->start;  /* hi - lo + 1 entries (num_bags for the bag sizes first) */
   if (t->mean) {  /* ATen: 1.0 / bag_size in double, rounded to float once */
     for (int64_t b = 0; b < t->num_bags; b++) start[b] = 0;
     FOR_EACH_POSITION(t, b, p) if (idx_of(t, b, p) != t->padding_idx) start[b]++;
     for (int64_t b = 0; b < t->num_bags; b++) s->bag_scale[b] = (float)(1.0 / (double)(start[b] > 0 ? start[b] : 1));
+  }
+  if (t->scatter) {
+    scatter_rows(t, lo, hi, s);
+    return;
   }
   /* grad's rows of this table, packed: in place they lie a whole grad row apart (26 x 64
      floats: a page each), and reading them scattered missed the TLB. Rows already back to
@@ -294,12 +347,67 @@ static int64_t parallel(ie_body body, const void* ctx, int64_t threads) {
 
 typedef struct { const ie_table* tables; int64_t n; } ie_bags;
 
+/* Lookup tables (one position a bag, no factor) of one part, blocks of BLOCK positions at
+   a time across them all: a block's rows of grad are read from the cache by every table
+   (table by table, each pass over grad read it from memory again). A row's terms are still
+   added in position order. */
+#define BLOCK 256
+static void scatter_lookups(const ie_table* const* ts, int64_t n) {
+  int64_t most = 0;
+  for (int64_t k = 0; k < n; k++) {
+    put(ts[k]->out, NULL, ts[k]->rows * ts[k]->dim, ts[k]->streaming);
+    if (ts[k]->num_bags > most) most = ts[k]->num_bags;
+  }
+  for (int64_t p0 = 0; p0 < most; p0 += BLOCK) {
+    for (int64_t k = 0; k < n; k++) {
+      const ie_table* t = ts[k];
+      const int64_t d = t->dim, pad = t->padding_idx, st = t->idx_stride0, gs = t->grad_stride;
+      const uint64_t rows = (uint64_t)t->rows;
+      const int64_t p1 = p0 + BLOCK < t->num_bags ? p0 + BLOCK : t->num_bags;
+      float* out = t->out;
+      for (int64_t p = p0; p < p1; p++) {
+        if (p + PREFETCH_ROWS < p1) {
+          const int64_t ahead = load(t->idx, t->idx64, (p + PREFETCH_ROWS) * st);
+          if ((uint64_t)ahead < rows) __builtin_prefetch(out + ahead * d, 1, 3);
+        }
+        const int64_t r = load(t->idx, t->idx64, p * st);
+        if ((uint64_t)r >= rows || r == pad) continue;
+        add_row(out + r * d, t->grad + p * gs, d);
+      }
+    }
+  }
+}
+
+static int is_lookup(const ie_table* t) { return t->bag_len == 1 && !t->weights && !t->mean; }
+
+/* This part's share of the scatter tables, whole: each table to the part with the least work
+   so far (rows zeroed and positions added, by columns), the same assignment in every part. */
+static void scatter_part(const ie_bags* job, int64_t part, int64_t parts, ie_scratch* s) {
+  int64_t load_of[64] = {0}, mine = 0;
+  const ie_table** lookups = (const ie_table**)s->keys;  /* n pointers fit: keys has >= n entries */
+  for (int64_t k = 0; k < job->n; k++) {
+    const ie_table* t = job->tables + k;
+    if (!t->scatter) continue;
+    int64_t least = 0;
+    for (int64_t q = 1; q < parts; q++) if (load_of[q] < load_of[least]) least = q;
+    load_of[least] += (t->rows + 2 * t->nnz) * t->dim + t->nnz;
+    if (least != part) continue;
+    if (is_lookup(t)) {
+      lookups[mine++] = t;
+    } else {
+      table_rows(t, 0, t->rows, s);
+    }
+  }
+  scatter_lookups(lookups, mine);
+}
+
 static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
   const ie_bags* job = (const ie_bags*)ctx;
   int64_t dim = 1, starts = 1, nnz = 1, bags = 1, grad = 1, keys = 1;
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
     if (sparse_path(t) && t->nnz > keys) keys = t->nnz;
+    if (job->n > keys) keys = job->n;  /* scatter_part's list of tables */
     const int64_t rows = t->rows + 1;  /* the most a slice can take */
     if (t->dim > dim) dim = t->dim;
     if (rows > starts) starts = rows;
@@ -313,8 +421,15 @@ static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* fail
                   (float*)malloc((size_t)dim * 4), (float*)malloc((size_t)grad * 4),
                   (uint64_t*)malloc((size_t)keys * 8)};
   if (s.start && s.pos && s.bag && s.bag_scale && s.acc && s.grad && s.keys) {
+    /* Scatter tables, when there are at least as many as parts, go whole to one part each
+       (scatter_part); the rest are cut into row slices. */
+    int64_t scattered = 0;
+    for (int64_t k = 0; k < job->n; k++) scattered += job->tables[k].scatter;
+    const int whole = scattered >= parts;
+    if (whole) scatter_part(job, part, parts, &s);
     for (int64_t k = 0; k < job->n; k++) {
       const ie_table* t = job->tables + k;
+      if (whole && t->scatter) continue;
       int64_t lo, hi;
       slice_of(t, part, parts, &lo, &hi);
       table_rows(t, lo, hi, &s);

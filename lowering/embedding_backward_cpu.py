@@ -36,7 +36,9 @@ def embedding_grads_cpu(
 
     Run eagerly inside an opaque op, bit-equal to eager's ``embedding_dense_backward``
     (row adds in index order, deterministic): for fp32, one call of ``_cpu_native``'s kernel
-    for every table (bags of one position; it writes every row, so no zero fill), else
+    for every table (bags of one position; a gradient that stays in the cache by adding each
+    position's row into its zeroed buffer, a bigger one by a counting sort, each row written
+    once: ``_cpu_native._scatters``), else
     ``index_add_`` into a zeroed buffer; ``embedding_dense_backward`` itself for half types
     (fed fp32) and with ``scale_grad_by_freq`` (it multiplies by 1 / count, where
     ``index_add_`` would divide). Each table gets its own buffer, not one flat buffer for
@@ -54,13 +56,21 @@ def embedding_grads_cpu(
     if columns is None:
         columns = [sum(dims[:k]) for k in range(len(dims))]
     n = grad.numel() // grad.shape[-1] if grad.shape[-1] else 0
-    half = grad.dtype in (torch.float16, torch.bfloat16)
-    order = sorted(range(len(dims)), key=lambda k: -n * dims[k])
-    remaining = sum(v * d for v, d in zip(num_rows, dims))
-    out: list[torch.Tensor | None] = [None] * len(dims)
     native = grad.device.type == "cpu" and grad.dtype == torch.float32 and 0 < n < 1 << 31 and (
         _cpu_native.lib() is not None)
-    batch: list[_cpu_native.BagTable] = []
+    if native and not any(scale_grad_by_freq):  # every table in one native call
+        return _native_grads(grad.reshape(n, grad.shape[-1]), indices, num_rows, dims, padding_idx, columns, reuse)
+    out: list[torch.Tensor | None] = [None] * len(dims)
+    mine = [k for k in range(len(dims)) if native and not scale_grad_by_freq[k]]
+    if mine:
+        got = _native_grads(grad.reshape(n, grad.shape[-1]), [indices[k] for k in mine], [num_rows[k] for k in mine],
+                            [dims[k] for k in mine], [padding_idx[k] for k in mine], [columns[k] for k in mine], reuse)
+        for k, g in zip(mine, got):
+            out[k] = g
+    half = grad.dtype in (torch.float16, torch.bfloat16)
+    rest = [k for k in range(len(dims)) if out[k] is None]
+    order = sorted(rest, key=lambda k: -n * dims[k])
+    remaining = sum(num_rows[k] * dims[k] for k in rest)
     for k in order:
         i, v, d, p, s, c = indices[k], num_rows[k], dims[k], padding_idx[k], scale_grad_by_freq[k], columns[k]
         remaining -= v * d
@@ -70,24 +80,31 @@ def embedding_grads_cpu(
             out[k] = torch.ops.aten.embedding_dense_backward(g.float(), i, v, p, s).to(grad.dtype)
         elif g.device.type != "cpu" or (s and copy):  # CUDA: deterministic mode
             out[k] = torch.ops.aten.embedding_dense_backward(g, i, v, p, s)
-        elif native and not s:
-            # The bag kernel with one position a bag: embedding_dense_backward adds each
-            # index's row in position order, as the kernel's stable counting sort orders them
-            # (order=None whatever the count). It writes every row: no zero fill first, and
-            # grad's columns are read in place (packed per thread inside the kernel).
-            rows = g.reshape(n, d)
-            out[k] = _grad_cache.empty((v, d), g.dtype) if reuse else torch.empty((v, d), dtype=g.dtype)
-            batch.append(_cpu_native.BagTable(out[k], rows if rows.stride(-1) == 1 else rows.contiguous(),
-                                              i.reshape(-1, 1), None, None, False, p, False, None))
         else:
             # index_add_ adds row by row in index order, as embedding_dense_backward does
             # (bit-equal), into a reused buffer (_grad_cache); contiguous rows take its fast path.
             rows = g.reshape(n, d)
             out[k] = index_add_backward(rows.contiguous() if copy else rows, i.reshape(-1), v, p, s,
                                          _grad_cache.zeros((v, d), g.dtype) if reuse else None)
-    if batch:  # every table in one call (see bag_backward_cpu.bag_grads_cpu)
-        _cpu_native.bag_grad(batch)
     return out
+
+
+def _native_grads(grad: torch.Tensor, indices: Sequence[torch.Tensor], num_rows: Sequence[int],
+                  dims: Sequence[int], padding_idx: Sequence[int], columns: Sequence[int],
+                  reuse: bool) -> list[torch.Tensor]:
+    """``embedding_grads_cpu``'s fp32 path without scale_grad_by_freq, ``grad [N, C]``: one
+    ``_cpu_native.lookup_grad`` call for every table, each gradient a new (or, with ``reuse``,
+    a cached) buffer the kernel writes whole. Per table only its buffer and its index's
+    flattening are tensor calls (the host cost of a small batch's step)."""
+    if grad.stride(-1) != 1 and grad.shape[-1] > 1:
+        grad = grad.contiguous()
+    outs = []
+    for v, d in zip(num_rows, dims):
+        big = reuse and v * d * 4 >= _grad_cache.MIN_BYTES
+        outs.append(_grad_cache.empty((v, d), torch.float32) if big else torch.empty((v, d)))
+    flat = [i if i.dim() == 1 else i.reshape(-1) for i in indices]
+    _cpu_native.lookup_grad(grad, outs, flat, columns, padding_idx)
+    return outs
 
 
 def index_add_backward(g: torch.Tensor, idx: torch.Tensor, num_rows: int, padding_idx: int,

@@ -17,8 +17,9 @@ The backward is where fusing pays:
   reduction over the broadcast dims does.
 - CPU: per group of tables with one index shape, the gradient reduced first over the dims
   those indices broadcast along (as eager reduces it), then ``multi_embedding``'s CPU
-  backward at column offset 0: its rule by width (``CPU_EAGER_MIN_DIM``): the native row-sum
-  kernel for tables of 64 or more columns and a lone table, Inductor's scatter loop below.
+  backward at column offset 0 (``_cpu_backward``'s rule: fp32 tables the native kernel at
+  any width, other tables of 64 or more columns and a lone table ATen's row adds in the same
+  opaque op, narrower ones Inductor's scatter loop).
 """
 
 from __future__ import annotations

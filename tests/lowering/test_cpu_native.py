@@ -47,6 +47,17 @@ def _case(form, nnz, num_rows, weighted, itype, seed):
     return flat, cuts, psw, False
 
 
+@pytest.fixture(params=["rule", "sort", "scatter"])
+def rows_path(request, monkeypatch):
+    """How the kernel makes a table's rows where it may choose (no ATen order to follow,
+    nothing to accumulate onto): the rule (``_scatters``), else forced to the counting sort or
+    to the scatter (``scatter_rows``) for every such table."""
+    if request.param != "rule":
+        forced = request.param == "scatter"
+        monkeypatch.setattr(_cpu_native, "_scatters", lambda streaming: forced)
+    return request.param
+
+
 # small / large: below / above stable_sort_from; few: far fewer positions than rows (the
 # kernel sorts the positions instead of counting every row)
 @pytest.mark.parametrize("size", ["small", "large", "few"])
@@ -54,7 +65,7 @@ def _case(form, nnz, num_rows, weighted, itype, seed):
 @pytest.mark.parametrize("mode,weighted", [(0, False), (0, True), (1, False)], ids=["sum", "weighted", "mean"])
 @pytest.mark.parametrize("padding_idx", [-1, 7])
 @pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
-def test_bit_equal_to_eager(size, form, mode, weighted, padding_idx, itype):
+def test_bit_equal_to_eager(size, form, mode, weighted, padding_idx, itype, rows_path):
     nnz, num_rows, dim = {"small": (600, 300, 61), "large": (40960, 9000, 64),  # 2.2 MB: streamed
                           "few": (600, 9000, 61)}[size]
     indices, offsets, psw, ilo = _case(form, nnz, num_rows, weighted, itype, seed=nnz + mode + padding_idx)
@@ -81,7 +92,7 @@ def test_large_lookups_take_the_kernels_own_stable_sort():
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("nnz", [40960, 600])  # rows counted / positions sorted
-def test_every_thread_count_gives_the_same_bits(threads, nnz, monkeypatch):
+def test_every_thread_count_gives_the_same_bits(threads, nnz, monkeypatch, rows_path):
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)  # a small call threaded too
     indices, offsets, psw, ilo = _case("offsets", nnz, 9000, False, torch.int64, seed=1)
     grad = torch.randn(offsets.numel(), 64)
@@ -207,14 +218,14 @@ def test_the_switch_turns_the_kernel_off():
 @pytest.mark.parametrize("form", ["1d", "strided", "2d", "expanded_grad"])
 @pytest.mark.parametrize("padding_idx", [-1, 7])
 @pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
-def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, monkeypatch):
+def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, monkeypatch, rows_path):
     """multi_embedding's wide-table CPU backward: the kernel with bags of one position, in
     position order (embedding_dense_backward's) at every size."""
     from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
 
     calls = []
-    run = _cpu_native.bag_grad
-    monkeypatch.setattr(_cpu_native, "bag_grad", lambda tables: (calls.append(len(tables)), run(tables)))
+    run = _cpu_native.lookup_grad
+    monkeypatch.setattr(_cpu_native, "lookup_grad", lambda g, outs, *a: (calls.append(len(outs)), run(g, outs, *a)))
 
     rng = np.random.default_rng(n)
     num_rows, dims = 5000, [64, 70]  # 1.3 MB each: cached; 70: rows not a vector multiple
@@ -236,6 +247,41 @@ def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, m
                                                        padding_idx, False)
         assert torch.equal(got[k], want), k
     assert calls == [2]  # both tables, one call
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_narrow_lookups_of_many_tables_are_eagers_bit_for_bit(threads, itype, monkeypatch, rows_path):
+    """Lookups of many narrow tables (multi_embedding's fp32 CPU backward at every width):
+    widths the kernel unrolls (1-8, 16, 32, 64) and others (3, 5, 33), strided indices and a
+    padding row, one table big enough to stream (the counting sort) among the scattered ones,
+    tables spread whole over the threads (3 threads: 9 scattered tables) or cut into row
+    slices (a call of two tables on 3 threads)."""
+    from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
+
+    monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
+    calls = []
+    run = _cpu_native.lookup_grad
+    monkeypatch.setattr(_cpu_native, "lookup_grad", lambda g, outs, *a: (calls.append(len(outs)), run(g, outs, *a)))
+    rng = np.random.default_rng(3)
+    dims = [1, 2, 3, 4, 5, 7, 8, 16, 33, 64]
+    rows = [10, 300, 1000, 5, 2000, 700, 64, 4000, 900, 33000]  # the last 8.4 MB: streamed
+    n = 3000
+    ids = torch.from_numpy(np.stack([(rng.zipf(1.3, n) - 1) % v for v in rows], 1)).to(itype)
+    ids[:5, 2] = 7
+    pads = [-1, -1, 7, -1, 3, -1, -1, 0, -1, -1]
+    grad = torch.randn(n, sum(dims))
+    with num_threads(threads):
+        for pick in (range(len(dims)), (2, 9)):
+            pick = list(pick)
+            sub = torch.cat([grad[:, sum(dims[:k]):sum(dims[:k + 1])] for k in pick], 1)
+            got = embedding_grads_cpu(sub, [ids[:, k] for k in pick], [rows[k] for k in pick],
+                                      [dims[k] for k in pick], [pads[k] for k in pick], [False] * len(pick))
+            for j, k in enumerate(pick):
+                want = torch.ops.aten.embedding_dense_backward(
+                    grad[:, sum(dims[:k]):sum(dims[:k + 1])], ids[:, k], rows[k], pads[k], False)
+                assert torch.equal(got[j], want), (threads, k)
+    assert calls == [len(dims), 2]
 
 
 def _kernel_in_a_forked_child(queue) -> None:

@@ -106,43 +106,47 @@ def test_bad_inputs_raise():
         OP(weights, [indices[0], torch.zeros(3, dtype=torch.int64), indices[2]], pad, freq)
 
 
-@pytest.mark.parametrize("wide", [True, False], ids=["wide", "narrow"])
-def test_cpu_backward_takes_multi_embeddings_rule_per_index_shape(wide):
+@pytest.mark.parametrize("case", ["wide", "narrow", "narrow_bf16"])
+def test_cpu_backward_takes_multi_embeddings_rule_per_index_shape(case):
     """Tables whose indices share a shape share one gradient and take multi_embedding's CPU
-    rule together: wide ones one native call, narrow ones aten.embedding_dense_backward each
-    in the backward graph (Inductor's scatter); a lone table (here the broadcast [S] one,
-    summed over the batch first, as eager does) the native call at any width. Deterministic
-    mode: the native call, one per index shape."""
+    rule together: fp32 tables (any width) and wide ones one native call, other narrow ones
+    (bf16) aten.embedding_dense_backward each in the backward graph (Inductor's scatter); a
+    lone table (here the broadcast [S] one, summed over the batch first, as eager does) the
+    native call at any width. Deterministic mode: the native call, one per index shape."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    from inductor_embed.lowering import _cpu_native
     from inductor_embed.lowering.multi_embedding import CPU_EAGER_MIN_DIM
     from inductor_embed.lowering.multi_embedding_sum import _cpu_backward_sum
 
-    d = 2 * CPU_EAGER_MIN_DIM if wide else 8
+    dtype = torch.bfloat16 if case == "narrow_bf16" else torch.float32
+    d = 2 * CPU_EAGER_MIN_DIM if case == "wide" else 8
     indices = [torch.randint(0, 10, (3, 4)), torch.arange(4), torch.randint(0, 2, (3, 4))]
-    grad = torch.randn(3, 4, d)
+    grad = torch.randn(3, 4, d).to(dtype)
     args = ([10, 4, 2], [d] * 3, [-1] * 3, [False] * 3)
 
     def targets():
         gm = make_fx(lambda g, i: _cpu_backward_sum(g, i, *args))(grad, indices)
         return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
+    op_for_all = case == "wide" or (dtype == torch.float32 and _cpu_native.lib() is not None)
     ops = targets()
-    assert ops.count("aten.embedding_dense_backward.default") == (0 if wide else 2)
+    assert ops.count("aten.embedding_dense_backward.default") == (0 if op_for_all else 2)
     assert ops.count("aten.sum.dim_IntList") == 1  # the [S] table's reduction over the batch
-    assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == (2 if wide else 1)
+    assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == (2 if op_for_all else 1)
     with deterministic():
         ops = targets()
     assert "aten.embedding_dense_backward.default" not in ops
     assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == 2  # one per index shape
-    ref = multi_embedding_sum_backward_ref(grad, indices, *args)
+    ref = multi_embedding_sum_backward_ref(grad.float(), indices, *args)
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     for mode in (False, True):
         torch.use_deterministic_algorithms(mode)
         try:
             got = _cpu_backward_sum(grad, indices, *args)
         finally:
             torch.use_deterministic_algorithms(False)
-        torch.testing.assert_close(torch.cat([g.reshape(-1) for g in got]), ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(torch.cat([g.float().reshape(-1) for g in got]), ref, **tol)
 
 
 def test_sparse_tables_get_eagers_coalesced_gradient(path):
