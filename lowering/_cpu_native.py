@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import dataclasses
 import getpass
 import hashlib
 import logging
@@ -81,7 +82,7 @@ class _Table(ctypes.Structure):  # ie_table
     _fields_ = [(name, ctypes.c_void_p if name in _POINTERS else ctypes.c_int64) for name in (
         "rows", "dim", "out", "grad", "grad_stride", "num_bags", "nnz", "idx", "idx64", "idx_stride0",
         "idx_stride1", "order", "bag_len",
-        "offsets", "offsets64", "weights", "mean", "padding_idx", "accumulate", "streaming", "scatter")]
+        "offsets", "offsets64", "weights", "mean", "padding_idx", "accumulate", "streaming", "scatter", "aten_sort")]
 
 
 class _Field(ctypes.Structure):  # ie_field
@@ -187,6 +188,9 @@ def _bind(path: str, errors: list[str]) -> ctypes.CDLL | None:
         library.ie_bag_rows.argtypes = [ctypes.POINTER(_Table), ctypes.c_int64, ctypes.c_int64]
         library.ie_check_bags.restype = ctypes.c_int64
         library.ie_check_bags.argtypes = [ctypes.POINTER(_BagCheck), ctypes.c_int64]
+        library.ie_aten_order.restype = ctypes.c_int64
+        library.ie_aten_order.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                          ctypes.c_int64]
     except (OSError, AttributeError) as e:  # AttributeError: an undefined symbol
         errors.append(f"loading {path}: {e}")
         return None
@@ -306,22 +310,25 @@ class BagTable:
     accumulate: bool
     order: Tensor | None
     scatter: bool | None = None  # how the rows are made where either way may be (default: _scatters)
+    aten_sort: bool = False  # (order None) the kernel makes ATen's order itself (see aten_sort_matches)
 
 
-def _scatters(streaming: bool) -> bool:
+def _scatters() -> bool:
     """Whether a table's rows are made by ``scatter_rows`` (each position's term added into
     its zeroed row, in position order, no sort) rather than the counting sort (each row
     written once), where the table allows either (no given order, nothing to accumulate
-    onto): where its gradient is not streamed, so that it stays in the cache for the adds.
-    Measured on 10 lookup tables of D=1..8 (3.5 MB of gradients, 2 threads): 0.23 ms against
-    the sort's 1.8 ms a call at B=4,096; tests force either way."""
-    return not streaming
+    onto): always, as measured on 2 threads, the kernel alone: 10 lookup tables of D=1..8
+    (3.5 MB of gradients) 0.23 against 1.8 ms a call at B=4,096; one 100,000 x 32 table
+    (12.8 MB, streamed) 0.33 against 0.53 ms at B=16,384; 26 of 100,000 x 64 (666 MB) 10
+    against 20 ms at B=4,096; 26 such bags of 20 (B=2,048, Zipf) 25 against 28 ms. Tests
+    force either way."""
+    return True
 
 
-def _table_scatters(t: BagTable, streaming: bool) -> bool:
-    if t.order is not None or t.accumulate:
+def _table_scatters(t: BagTable) -> bool:
+    if t.order is not None or t.accumulate or t.aten_sort:
         return False
-    return _scatters(streaming) if t.scatter is None else t.scatter
+    return _scatters() if t.scatter is None else t.scatter
 
 
 def _structs(struct: type[ctypes.Structure], fields: list[int]) -> ctypes._Pointer:
@@ -365,19 +372,29 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
                    t.indices.numel(), t.indices.data_ptr(), t.indices.dtype == torch.int64, stride0, stride1,
                    _ptr(t.order) or 0, bag_len, _ptr(t.offsets) or 0,
                    t.offsets is not None and t.offsets.dtype == torch.int64, _ptr(t.weights) or 0, t.mean,
-                   t.padding_idx, t.accumulate, streaming, _table_scatters(t, streaming))
+                   t.padding_idx, t.accumulate, streaming, _table_scatters(t),
+                   t.aten_sort and t.order is None)
         work += (0 if t.accumulate else t.out.nbytes) + t.indices.numel() * dim * 4
-    _run_bag_grad(fields, [t.out.shape[0] for t in tables], work)
+    bailed = _run_bag_grad(fields, [t.out.shape[0] for t in tables], work)
+    if bailed is not None:  # std::sort turned to its heap sort there: ATen's own order for it
+        t = tables[bailed]
+        flat = t.indices if t.offsets is not None else t.indices.reshape(-1)
+        bag_grad([*tables[:bailed], dataclasses.replace(t, order=flat.sort()[1], aten_sort=False),
+                  *tables[bailed + 1:]])
 
 
-def _run_bag_grad(fields: list[int], rows: Sequence[int], work: int) -> None:
+def _run_bag_grad(fields: list[int], rows: Sequence[int], work: int) -> int | None:
     """``ie_bag_grad`` on the ``_Table`` structs ``fields`` (flat, ``len(rows)`` of them; see
-    ``_structs``); IndexError naming the table's row count for an index out of range."""
+    ``_structs``); IndexError naming the table's row count for an index out of range. The
+    table whose ATen order the kernel could not make (nothing written then), else None."""
     status = lib().ie_bag_grad(_structs(_Table, fields), len(rows), _threads(work))  # type: ignore[union-attr]
+    if status <= -2:
+        return -2 - status
     if status > 0:
         raise IndexError(f"index out of range in self: an index outside [0, {rows[status - 1]})")
     if status < 0:
         raise MemoryError("inductor_embed's CPU bag backward could not allocate its scratch memory")
+    return None
 
 
 def lookup_grad(grad: Tensor, outs: Sequence[Tensor], indices: Sequence[Tensor], columns: Sequence[int],
@@ -402,7 +419,7 @@ def lookup_grad(grad: Tensor, outs: Sequence[Tensor], indices: Sequence[Tensor],
         # (rows, dim, out, grad, grad_stride, num_bags, nnz, idx, idx64, idx_stride0, idx_stride1, order,
         #  bag_len, offsets, offsets64, weights, mean, padding_idx, accumulate, streaming, scatter)
         fields += (rows, dim, out.data_ptr(), g0 + 4 * col, gs, n, n, i.data_ptr(), i.dtype == torch.int64,
-                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, streaming, _scatters(streaming))
+                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, streaming, _scatters(), 0)
         work += nbytes + n * dim * 4
     _run_bag_grad(fields, [o.shape[0] for o in outs], work)
 
@@ -447,7 +464,7 @@ def bag_rows(tables: Sequence[RowsTable]) -> None:
         nnz = total if o is None or not t.include_last_offset or o.shape[0] == 0 else min(int(o[-1]), total)
         fields += (total, dim, t.out.data_ptr(), t.grad.data_ptr(), t.grad.stride(0), b, nnz, 0, 0, 0, 0, 0,
                    i.shape[1] if o is None else 0, 0 if o is None else o.data_ptr(),
-                   o is not None and o.dtype == torch.int64, _ptr(t.weights) or 0, t.mean, -1, 0, streaming, 0)
+                   o is not None and o.dtype == torch.int64, _ptr(t.weights) or 0, t.mean, -1, 0, streaming, 0, 0)
     if library.ie_bag_rows(_structs(_Table, fields), len(tables), _threads(work)) < 0:
         raise MemoryError("inductor_embed's CPU sparse bag backward could not allocate its scratch memory")
 
@@ -489,7 +506,7 @@ def _pool_fields(t: PoolTable) -> tuple[int, ...]:
     return (v, d, 0, 0, 0, out.shape[0], i.numel(), i.data_ptr(), i.dtype == torch.int64,
             strides[0] if two_d else 0, strides[-1], 0, i.shape[1] if two_d else 0,
             0 if two_d else o.data_ptr(), not two_d and o.dtype == torch.int64,
-            0 if t.weights is None else t.weights.data_ptr(), t.mean, t.padding_idx, 0, 0, 0,
+            0 if t.weights is None else t.weights.data_ptr(), t.mean, t.padding_idx, 0, 0, 0, 0,
             w.data_ptr(), w.stride(0), out.data_ptr() + 4 * t.col, out.stride(0),
             0 if arg is None else arg.data_ptr() + 8 * t.arg_col, 0 if arg is None else arg.stride(0), 0, t.fma,
             0 if two_d else o.shape[0], not two_d and t.include_last_offset)
@@ -559,7 +576,7 @@ def bag_max_backward(grad: Tensor, arg: Tensor, out: Tensor) -> None:
     assert out.dtype == torch.float32 and out.is_contiguous() and out.shape[1] == grad.shape[1]
     assert grad.stride(1) == 1 and arg.stride(1) == 1 and arg.dtype == torch.int64 and arg.shape == grad.shape
     bags = _Table(out.shape[0], out.shape[1], None, None, 0, grad.shape[0], 0, None, 0, 0, 0, None, 0, None, 0, None,
-                  0, -1, 0, 0, 0)
+                  0, -1, 0, 0, 0, 0)
     call = _Pool(bags, None, 0, grad.data_ptr(), grad.stride(0), arg.data_ptr(), arg.stride(0), out.data_ptr(), 0, 0, 0)
     library.ie_bag_max_backward(ctypes.byref(call), 1, _threads(grad.numel() * 12))
 
@@ -650,6 +667,42 @@ def one_hot_linear_backward(grad: Tensor, indices: Sequence[Tensor], num_classes
 
 
 _stable: dict[torch.dtype, int | None] = {}
+_aten_sort: dict[torch.dtype, bool] = {}
+
+
+def aten_order(indices: Tensor) -> Tensor | None:
+    """The kernel's replica of ATen's (std::sort's) order of ``indices`` (``[n]`` int32/int64,
+    contiguous, ``n < 2**31``, values in ``[0, 2**31)``): ``[n]`` int64 positions, or None
+    where std::sort would have turned to its heap sort (not replicated). Requires ``lib()``."""
+    order = torch.empty(indices.numel(), dtype=torch.int64)
+    got = lib().ie_aten_order(indices.data_ptr(), indices.dtype == torch.int64,  # type: ignore[union-attr]
+                              indices.numel(), order.data_ptr(), -1)
+    if got < 0:
+        raise MemoryError("inductor_embed's CPU sort could not allocate its scratch memory")
+    return None if got else order
+
+
+def aten_sort_matches(dtype: torch.dtype) -> bool:
+    """Whether the kernel's replica of std::sort (``aten_order``) gives this build's ATen
+    ``sort()`` order of 1-D ``dtype`` indices below its radix sort's length (libstdc++'s
+    introsort; another C++ library's sort would differ): then the bag backward makes ATen's
+    order in its own threads instead of a ``sort()`` per table here. Probed once per dtype on
+    lengths from 2 to 20,000, keys from all equal to all distinct, sorted and reversed runs."""
+    if dtype not in _aten_sort:
+        gen = torch.Generator().manual_seed(0)
+        ok = lib() is not None
+        cases = [torch.randint(0, hi, (n,), generator=gen) for n in (2, 3, 16, 17, 40, 333, 4096)
+                 for hi in (1, 3, 50, 10 ** 6)]
+        cases += [torch.randint(0, 100, (20000,), generator=gen), torch.arange(5000) // 3,
+                  (torch.arange(5000) // 7).flip(0), torch.arange(2000) % 9]
+        for keys in cases if ok else []:
+            keys = keys.to(dtype)
+            order = aten_order(keys)
+            if order is not None and not torch.equal(order, keys.sort()[1]):
+                ok = False
+                break
+        _aten_sort[dtype] = ok
+    return _aten_sort[dtype]
 
 
 def stable_sort_from(dtype: torch.dtype) -> int | None:

@@ -79,13 +79,18 @@ def bag_weight_grad_cpu(grad: Tensor, arg_max: Tensor, indices: Tensor, offsets:
             out = torch.empty(shape, dtype=g.dtype) if native else torch.zeros(shape, dtype=g.dtype)
     if native:
         # ATen's sort order: from stable_sort_from on, a stable sort's (the kernel's own,
-        # no [nnz] temporaries here); below it std::sort's, so ATen's sort is run here.
+        # no [nnz] temporaries here); below it std::sort's: made by the kernel's replica in its
+        # threads where the probe says it is this build's (aten_sort_matches), else ATen's
+        # sort is run here.
         stable = _cpu_native.stable_sort_from(lookup.dtype)
-        order = None if stable is not None and nnz >= stable else lookup.reshape(-1).sort()[1]
+        order, own_sort = None, False
+        if stable is None or nnz < stable:
+            own_sort = num_rows < 1 << 31 and _cpu_native.aten_sort_matches(lookup.dtype)
+            order = None if own_sort else lookup.reshape(-1).sort()[1]
         table = _cpu_native.BagTable(out, g if g.stride(-1) == 1 else g.contiguous(), lookup,
                                      None if offs is None else offs.contiguous(),
                                      None if scale is None else scale.contiguous(), mode == MEAN, padding_idx,
-                                     accumulate, order)
+                                     accumulate, order, aten_sort=own_sort)
         if batch is None:
             _cpu_native.bag_grad([table])
         else:

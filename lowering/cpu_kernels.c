@@ -33,6 +33,8 @@ typedef struct {
   int64_t streaming;        /* write with non-temporal stores */
   int64_t scatter;          /* (no order, no accumulate) add each position's term into its row
                                in position order, no sort (scatter_rows) */
+  int64_t aten_sort;        /* (no order given) follow ATen's sort of the indices, made here by
+                               std::sort's algorithm (aten_order) */
 } ie_table;
 
 /* One thread's buffers: per row of its slice the start of its entries, and the entries
@@ -100,22 +102,60 @@ static void put(float* dst, const float* src, int64_t n, int64_t streaming) {
   else memset(dst + i, 0, (size_t)(n - i) * sizeof(float));
 }
 
+/* 16 floats, loaded from any address (GCC / Clang vector extension: one AVX-512 register, two
+   AVX ones, four SSE / NEON ones). Arrays of them stay in registers where float arrays
+   were kept in memory, with a flag per element saying whether it was set. */
+typedef float ie_v16 __attribute__((vector_size(64), aligned(4), may_alias));
+
+/* Columns [c0, c0 + 16 V) of a row's sum over entries [first, last) of s into acc, in V
+   registers: each entry's grad row block loaded once and added (or fused-multiply-added
+   with its factor), in entry order. */
+#define ROW_COLUMNS(V)                                                                           \
+  static void row_columns_##V(const ie_table* t, const ie_scratch* s, const float* grad,         \
+                              int64_t first, int64_t last, int64_t c0, float* acc) {             \
+    const int64_t d = t->dim;                                                                    \
+    ie_v16 a[V];                                                                                 \
+    for (int v = 0; v < V; v++) a[v] = (ie_v16){0};                                              \
+    if (t->weights || t->mean) {                                                                 \
+      for (int64_t j = first; j < last; j++) {                                                   \
+        const ie_v16* g = (const ie_v16*)(grad + (int64_t)s->bag[j] * d + c0);                   \
+        const float w = t->mean ? s->bag_scale[s->bag[j]] : t->weights[s->pos[j]];               \
+        for (int v = 0; v < V; v++)                                                              \
+          for (int e = 0; e < 16; e++) a[v][e] = __builtin_fmaf(w, g[v][e], a[v][e]);            \
+      }                                                                                          \
+    } else {                                                                                     \
+      for (int64_t j = first; j < last; j++) {                                                   \
+        const ie_v16* g = (const ie_v16*)(grad + (int64_t)s->bag[j] * d + c0);                   \
+        for (int v = 0; v < V; v++) a[v] += g[v];                                                \
+      }                                                                                          \
+    }                                                                                            \
+    for (int v = 0; v < V; v++) ((ie_v16*)(acc + c0))[v] = a[v];                                 \
+  }
+ROW_COLUMNS(4)
+ROW_COLUMNS(2)
+ROW_COLUMNS(1)
+
 /* Row r of out from entries [first, last) of s (grad rows at grad): its sum starts from +0.0
-   and adds the entries' terms in order. The row was zeroed already unless it accumulates. */
+   and adds the entries' terms in order (blocks of 64, 32 and 16 columns in registers, the
+   rest one column at a time). The row was zeroed already unless it accumulates. */
 static void write_row(const ie_table* t, const ie_scratch* s, const float* grad, int64_t r, int64_t first,
                       int64_t last) {
   const int64_t d = t->dim;
   float* acc = s->acc;
   if (first == last || r == t->padding_idx) return;
-  for (int64_t c = 0; c < d; c++) acc[c] = 0.0f;
-  for (int64_t j = first; j < last; j++) {
+  int64_t c0 = 0;
+  for (; c0 + 64 <= d; c0 += 64) row_columns_4(t, s, grad, first, last, c0, acc);
+  if (c0 + 32 <= d) { row_columns_2(t, s, grad, first, last, c0, acc); c0 += 32; }
+  if (c0 + 16 <= d) { row_columns_1(t, s, grad, first, last, c0, acc); c0 += 16; }
+  for (int64_t c = c0; c < d; c++) acc[c] = 0.0f;
+  for (int64_t j = first; j < last && c0 < d; j++) {
     const float* g = grad + (int64_t)s->bag[j] * d;
     if (t->weights || t->mean) {
       /* ATen's axpy: a fused multiply-add (as BLAS's and FBGEMM's) */
       const float w = t->mean ? s->bag_scale[s->bag[j]] : t->weights[s->pos[j]];
-      for (int64_t c = 0; c < d; c++) acc[c] = __builtin_fmaf(w, g[c], acc[c]);
+      for (int64_t c = c0; c < d; c++) acc[c] = __builtin_fmaf(w, g[c], acc[c]);
     } else {
-      for (int64_t c = 0; c < d; c++) acc[c] += g[c];
+      for (int64_t c = c0; c < d; c++) acc[c] += g[c];
     }
   }
   float* o = t->out + r * d;
@@ -380,19 +420,24 @@ static void scatter_lookups(const ie_table* const* ts, int64_t n) {
 
 static int is_lookup(const ie_table* t) { return t->bag_len == 1 && !t->weights && !t->mean; }
 
-/* This part's share of the scatter tables, whole: each table to the part with the least work
-   so far (rows zeroed and positions added, by columns), the same assignment in every part. */
-static void scatter_part(const ie_bags* job, int64_t part, int64_t parts, ie_scratch* s) {
+/* Whole tables: scattered ones, and those in an order the kernel made (aten_sort). */
+static int whole_table(const ie_table* t) { return t->scatter || t->aten_sort; }
+
+/* This part's share of the whole tables: each table to the part with the least work so far
+   (rows zeroed and positions added, by columns), the same assignment in every part. A table
+   in an order is made by one part in one pass over its order (no slice of it to look up, no
+   packed copy of grad in every part). */
+static void whole_part(const ie_bags* job, int64_t part, int64_t parts, ie_scratch* s) {
   int64_t load_of[64] = {0}, mine = 0;
   const ie_table** lookups = (const ie_table**)s->keys;  /* n pointers fit: keys has >= n entries */
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
-    if (!t->scatter) continue;
+    if (!whole_table(t)) continue;
     int64_t least = 0;
     for (int64_t q = 1; q < parts; q++) if (load_of[q] < load_of[least]) least = q;
     load_of[least] += (t->rows + 2 * t->nnz) * t->dim + t->nnz;
     if (least != part) continue;
-    if (is_lookup(t)) {
+    if (t->scatter && is_lookup(t)) {
       lookups[mine++] = t;
     } else {
       table_rows(t, 0, t->rows, s);
@@ -407,7 +452,7 @@ static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* fail
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
     if (sparse_path(t) && t->nnz > keys) keys = t->nnz;
-    if (job->n > keys) keys = job->n;  /* scatter_part's list of tables */
+    if (job->n > keys) keys = job->n;  /* whole_part's list of tables */
     const int64_t rows = t->rows + 1;  /* the most a slice can take */
     if (t->dim > dim) dim = t->dim;
     if (rows > starts) starts = rows;
@@ -421,15 +466,15 @@ static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* fail
                   (float*)malloc((size_t)dim * 4), (float*)malloc((size_t)grad * 4),
                   (uint64_t*)malloc((size_t)keys * 8)};
   if (s.start && s.pos && s.bag && s.bag_scale && s.acc && s.grad && s.keys) {
-    /* Scatter tables, when there are at least as many as parts, go whole to one part each
-       (scatter_part); the rest are cut into row slices. */
-    int64_t scattered = 0;
-    for (int64_t k = 0; k < job->n; k++) scattered += job->tables[k].scatter;
-    const int whole = scattered >= parts;
-    if (whole) scatter_part(job, part, parts, &s);
+    /* Whole tables (whole_table), when there are at least as many as parts, go whole to one
+       part each (whole_part); the rest are cut into row slices. */
+    int64_t wholes = 0;
+    for (int64_t k = 0; k < job->n; k++) wholes += whole_table(job->tables + k);
+    const int whole = wholes >= parts;
+    if (whole) whole_part(job, part, parts, &s);
     for (int64_t k = 0; k < job->n; k++) {
       const ie_table* t = job->tables + k;
-      if (whole && t->scatter) continue;
+      if (whole && whole_table(t)) continue;
       int64_t lo, hi;
       slice_of(t, part, parts, &lo, &hi);
       table_rows(t, lo, hi, &s);
@@ -443,17 +488,186 @@ static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* fail
 #endif
 }
 
-/* 0: done; k + 1: table k has an index outside [0, rows) (nothing written); -1: no memory. */
+/* ---- ATen's order of a table's positions: libstdc++'s std::sort, step for step ----
+
+   Below the length of its radix sort (stable_sort_from), ATen's CPU sort() is std::sort of
+   (key, position) pairs compared by key alone: an introsort whose order of equal keys
+   follows from its steps, and ATen's bag backward adds each row's terms in that order.
+   These are GCC's (libstdc++ 4.9 to 14) steps, on one uint64 a pair (key << 32 | position,
+   compared by the upper half): median-of-three pivot moved to the front, Hoare's unguarded
+   partition, recursion on the right part, 16-element runs left to one final insertion sort.
+   Past its depth limit std::sort turns to a heap sort, not replicated here: aten_order
+   returns 1 and the caller takes ATen's own sort (a probe at load checks the rest,
+   _cpu_native.aten_sort_matches). Run in the kernel's threads, a table each, where ATen's
+   took ~0.4 ms a 10,240-position table on one. */
+static int64_t sort_depth_scale = 2;  /* std::sort's: 2 * floor(log2(n)); 0 in tests: bail */
+static inline int lt_key(uint64_t x, uint64_t y) { return (x >> 32) < (y >> 32); }
+static inline void swap_kp(uint64_t* a, uint64_t* b) { const uint64_t t = *a; *a = *b; *b = t; }
+
+static void unguarded_linear_insert(uint64_t* last) {
+  const uint64_t val = *last;
+  uint64_t* next = last - 1;
+  while (lt_key(val, *next)) { *last = *next; last = next; --next; }
+  *last = val;
+}
+
+static void insertion_sort(uint64_t* first, uint64_t* last) {
+  if (first == last) return;
+  for (uint64_t* i = first + 1; i != last; ++i) {
+    if (lt_key(*i, *first)) {
+      const uint64_t val = *i;
+      memmove(first + 1, first, (size_t)(i - first) * sizeof(uint64_t));
+      *first = val;
+    } else {
+      unguarded_linear_insert(i);
+    }
+  }
+}
+
+static void move_median_to_first(uint64_t* result, uint64_t* a, uint64_t* b, uint64_t* c) {
+  if (lt_key(*a, *b)) {
+    if (lt_key(*b, *c)) swap_kp(result, b);
+    else if (lt_key(*a, *c)) swap_kp(result, c);
+    else swap_kp(result, a);
+  } else if (lt_key(*a, *c)) {
+    swap_kp(result, a);
+  } else if (lt_key(*b, *c)) {
+    swap_kp(result, c);
+  } else {
+    swap_kp(result, b);
+  }
+}
+
+static uint64_t* unguarded_partition(uint64_t* first, uint64_t* last, const uint64_t* pivot) {
+  for (;;) {
+    while (lt_key(*first, *pivot)) ++first;
+    --last;
+    while (lt_key(*pivot, *last)) --last;
+    if (!(first < last)) return first;
+    swap_kp(first, last);
+    ++first;
+  }
+}
+
+static int introsort_loop(uint64_t* first, uint64_t* last, int64_t depth) {
+  while (last - first > 16) {
+    if (depth == 0) return 1;  /* std::sort's heap sort from here */
+    --depth;
+    uint64_t* mid = first + (last - first) / 2;
+    move_median_to_first(first, first + 1, mid, last - 1);
+    uint64_t* cut = unguarded_partition(first + 1, last, first);
+    if (introsort_loop(cut, last, depth)) return 1;
+    last = cut;
+  }
+  return 0;
+}
+
+/* a[0:n] sorted as std::sort sorts it; 1 where it would have turned to its heap sort. */
+static int aten_order(uint64_t* a, int64_t n) {
+  if (n <= 1) return 0;
+  int64_t lg = 0;
+  while (((int64_t)1 << (lg + 1)) <= n) lg++;
+  if (introsort_loop(a, a + n, lg * sort_depth_scale)) return 1;
+  if (n > 16) {
+    insertion_sort(a, a + 16);
+    for (uint64_t* i = a + 16; i != a + n; ++i) unguarded_linear_insert(i);
+  } else {
+    insertion_sort(a, a + n);
+  }
+  return 0;
+}
+
+/* The key of position p (the index there). */
+static inline int64_t key_of(const ie_table* t, int64_t p) {
+  return t->bag_len > 0 ? idx_of(t, p / t->bag_len, p) : load(t->idx, t->idx64, p * t->idx_stride1);
+}
+
+typedef struct { ie_table* tables; int64_t n; int64_t* bailed; } ie_sorts;
+
+/* The aten_sort tables' orders, each table whole to one part (by positions: least first). */
+static void sort_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
+  const ie_sorts* job = (const ie_sorts*)ctx;
+  int64_t load_of[64] = {0};
+  uint64_t* a = NULL;
+  int64_t size = 0;
+  for (int64_t k = 0; k < job->n; k++) {
+    ie_table* t = job->tables + k;
+    if (!t->aten_sort) continue;
+    int64_t least = 0;
+    for (int64_t q = 1; q < parts; q++) if (load_of[q] < load_of[least]) least = q;
+    load_of[least] += t->nnz + 1;
+    if (least != part) continue;
+    if (t->nnz > size) {
+      free(a);
+      size = t->nnz;
+      a = (uint64_t*)malloc((size_t)size * sizeof(uint64_t));
+      if (!a) { *failed = 1; return; }
+    }
+    for (int64_t p = 0; p < t->nnz; p++) a[p] = ((uint64_t)key_of(t, p) << 32) | (uint64_t)p;
+    if (aten_order(a, t->nnz)) {
+      job->bailed[k] = 1;
+      continue;
+    }
+    int64_t* order = (int64_t*)t->order;
+    for (int64_t p = 0; p < t->nnz; p++) order[p] = (int64_t)(a[p] & 0xffffffffu);
+  }
+  free(a);
+}
+
+/* 0: done; k + 1: table k has an index outside [0, rows) (nothing written); -1: no memory;
+   -2 - k: table k's aten_sort turned to std::sort's heap sort (nothing written: the caller
+   gives its order). */
 int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
+  int64_t sorts = 0;
   for (int64_t k = 0; k < n; k++) {
     const ie_table* t = tables + k;
     FOR_EACH_POSITION(t, b, p) {
       const int64_t row = idx_of(t, b, p);
       if (row < 0 || row >= t->rows) return k + 1;
     }
+    sorts += t->aten_sort && !t->order && t->nnz > 1;
   }
-  ie_bags job = {tables, n};
-  return parallel(bag_part, &job, threads) ? -1 : 0;
+  if (!sorts) {
+    ie_bags job = {tables, n};
+    return parallel(bag_part, &job, threads) ? -1 : 0;
+  }
+  /* the sorted tables' orders first (a copy of the structs names them), then the rows */
+  ie_table* own = (ie_table*)malloc((size_t)n * sizeof(ie_table));
+  int64_t* bailed = (int64_t*)calloc((size_t)n, sizeof(int64_t));
+  int64_t status = own && bailed ? 0 : -1;
+  for (int64_t k = 0; k < n && !status; k++) {
+    own[k] = tables[k];
+    own[k].aten_sort = tables[k].aten_sort && !tables[k].order && tables[k].nnz > 1;
+    if (own[k].aten_sort && !(own[k].order = (int64_t*)malloc((size_t)own[k].nnz * sizeof(int64_t)))) status = -1;
+  }
+  if (!status) {
+    ie_sorts sort_job = {own, n, bailed};
+    status = parallel(sort_part, &sort_job, threads) ? -1 : 0;
+    for (int64_t k = 0; k < n && !status; k++) if (bailed[k]) status = -2 - k;
+  }
+  if (!status) {
+    ie_bags job = {own, n};
+    status = parallel(bag_part, &job, threads) ? -1 : 0;
+  }
+  for (int64_t k = 0; own && k < n; k++) if (own[k].aten_sort) free((void*)own[k].order);
+  free(own);
+  free(bailed);
+  return status;
+}
+
+/* ATen's sort order of idx[0:n] (int64 or int32, contiguous) into order[0:n]: 0, or 1 where
+   std::sort would have turned to its heap sort (order unset), -1: no memory (the load's probe
+   and the tests compare it with torch's sort). scale: the depth limit's factor (2: std::sort's;
+   tests pass 0 to make the kernel bail), kept for later calls; < 0 leaves it. */
+int64_t ie_aten_order(const void* idx, int64_t idx64, int64_t n, int64_t* order, int64_t scale) {
+  if (scale >= 0) sort_depth_scale = scale;
+  uint64_t* a = (uint64_t*)malloc((size_t)(n > 0 ? n : 1) * sizeof(uint64_t));
+  if (!a) return -1;
+  for (int64_t p = 0; p < n; p++) a[p] = ((uint64_t)load(idx, idx64, p) << 32) | (uint64_t)p;
+  const int bail = aten_order(a, n);
+  if (!bail) for (int64_t p = 0; p < n; p++) order[p] = (int64_t)(a[p] & 0xffffffffu);
+  free(a);
+  return bail;
 }
 
 /* ---- sparse=True bags' backward: each position's gradient row (its COO values) ---- */
@@ -733,10 +947,6 @@ typedef struct { const ie_pool* tables; int64_t n; int64_t* bad; } ie_pools;  /*
    into the output row in memory made each position wait for the last one's store). The
    block of the row PREFETCH positions ahead (up to n) is prefetched, a line at a time by a
    loop of constant count (a loop over the row's width spilled its registers). */
-/* 16 floats, loaded from any address (GCC / Clang vector extension: one AVX-512 register, two
-   AVX ones, four SSE / NEON ones). Arrays of them stay in registers where float arrays
-   were kept in memory, with a flag per element saying whether it was set. */
-typedef float ie_v16 __attribute__((vector_size(64), aligned(4), may_alias));
 #define SUM_LOOP(V, ADD)                                                                        \
   for (int64_t p = s; p < e; p++) {                                                             \
     if (p + PREFETCH < n) {                                                                     \

@@ -36,9 +36,8 @@ def embedding_grads_cpu(
 
     Run eagerly inside an opaque op, bit-equal to eager's ``embedding_dense_backward``
     (row adds in index order, deterministic): for fp32, one call of ``_cpu_native``'s kernel
-    for every table (bags of one position; a gradient that stays in the cache by adding each
-    position's row into its zeroed buffer, a bigger one by a counting sort, each row written
-    once: ``_cpu_native._scatters``), else
+    for every table (bags of one position: each position's row added into its zeroed
+    buffer, in position order, ``_cpu_native._scatters``), else
     ``index_add_`` into a zeroed buffer; ``embedding_dense_backward`` itself for half types
     (fed fp32) and with ``scale_grad_by_freq`` (it multiplies by 1 / count, where
     ``index_add_`` would divide). Each table gets its own buffer, not one flat buffer for

@@ -54,7 +54,7 @@ def rows_path(request, monkeypatch):
     to the scatter (``scatter_rows``) for every such table."""
     if request.param != "rule":
         forced = request.param == "scatter"
-        monkeypatch.setattr(_cpu_native, "_scatters", lambda streaming: forced)
+        monkeypatch.setattr(_cpu_native, "_scatters", lambda: forced)
     return request.param
 
 
@@ -79,6 +79,44 @@ def test_bit_equal_to_eager(size, form, mode, weighted, padding_idx, itype, rows
     added = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, num_rows,
                                  out=base.clone())
     assert torch.equal(added, base + want)
+
+
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_the_kernels_sort_is_atens(itype):
+    """The kernel's replica of std::sort gives ATen's sort() order, equal keys included, at
+    every length below the radix sort's (and the probe says so)."""
+    assert _cpu_native.aten_sort_matches(itype)
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 2, 15, 16, 17, 18, 100, 1000, 10240, 32767):
+        for keys in (rng.zipf(1.15, n) % 5000, rng.integers(0, 3, n), rng.integers(0, 1 << 30, n), np.arange(n)[::-1].copy()):
+            t = torch.from_numpy(keys).to(itype)
+            order = _cpu_native.aten_order(t)
+            assert order is not None and torch.equal(order, t.sort()[1]), n
+
+
+@pytest.fixture
+def sort_bails():
+    """Every sort of more than 16 positions turns to std::sort's heap sort at once (a depth
+    limit of 0): the kernel gives up and the caller takes ATen's order."""
+    lib = _cpu_native.lib()
+    lib.ie_aten_order(None, 1, 0, None, 0)
+    try:
+        yield
+    finally:
+        lib.ie_aten_order(None, 1, 0, None, 2)
+
+
+@pytest.mark.parametrize("form", ["2d", "offsets"])
+def test_a_sort_past_its_depth_limit_takes_atens_order(form, sort_bails):
+    assert _cpu_native.aten_order(torch.arange(40)) is None
+    tables = []
+    for seed in range(3):
+        indices, offsets, psw, ilo = _case(form, 600, 300, seed == 1, torch.int64, seed=seed)
+        b = indices.shape[0] if offsets is None else offsets.numel()
+        tables.append((torch.randn(b, 24), indices, offsets, psw))
+    for grad, indices, offsets, psw in tables:
+        got = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, 0, -1, False, 300)
+        assert torch.equal(got, eager_bag_backward(grad, indices, offsets, psw, 0, -1, False, 300))
 
 
 def test_large_lookups_take_the_kernels_own_stable_sort():
