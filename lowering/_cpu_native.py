@@ -356,25 +356,25 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
     assert library is not None, "bag_grad needs the native kernel (check lib() first)"
     fields: list[int] = []  # the _Table structs, flat (see _structs)
     work = 0
+    ints = (torch.int32, torch.int64)
     for t in tables:
-        assert t.out.dtype == t.grad.dtype == torch.float32 and t.out.is_contiguous()
-        assert t.grad.stride(-1) == 1 or t.grad.shape[-1] <= 1
-        assert t.indices.dtype in (torch.int32, torch.int64) and t.indices.dim() == (1 if t.offsets is not None else 2)
-        assert t.offsets is None or (t.offsets.dtype in (torch.int32, torch.int64) and t.offsets.is_contiguous())
-        assert t.weights is None or (t.weights.dtype == torch.float32 and t.weights.is_contiguous())
-        assert t.order is None or (t.order.dtype == torch.int64 and t.order.is_contiguous())
-        assert t.indices.numel() < 1 << 31 and t.grad.shape[0] < 1 << 31
-        rows, dim = t.out.shape
-        bag_len = 0 if t.offsets is not None else t.indices.shape[1]
-        stride0, stride1 = (0, t.indices.stride(0)) if t.offsets is not None else t.indices.stride()
-        streaming = t.out.nbytes >= STREAMING_BYTES
-        fields += (rows, dim, t.out.data_ptr(), t.grad.data_ptr(), t.grad.stride(0), t.grad.shape[0],
-                   t.indices.numel(), t.indices.data_ptr(), t.indices.dtype == torch.int64, stride0, stride1,
-                   _ptr(t.order) or 0, bag_len, _ptr(t.offsets) or 0,
-                   t.offsets is not None and t.offsets.dtype == torch.int64, _ptr(t.weights) or 0, t.mean,
-                   t.padding_idx, t.accumulate, streaming, _table_scatters(t),
-                   t.aten_sort and t.order is None)
-        work += (0 if t.accumulate else t.out.nbytes) + t.indices.numel() * dim * 4
+        out, grad, idx, offs, w, order = t.out, t.grad, t.indices, t.offsets, t.weights, t.order
+        rows, dim = out.shape
+        nnz, istr, gstr = idx.numel(), idx.stride(), grad.stride()
+        # (each tensor call costs ~0.2 us, and a small batch's step makes this for every table)
+        assert out.dtype == grad.dtype == torch.float32 and out.is_contiguous() and (gstr[-1] == 1 or dim <= 1)
+        assert idx.dtype in ints and len(istr) == (1 if offs is not None else 2) and max(nnz, grad.shape[0]) < 1 << 31
+        assert offs is None or (offs.dtype in ints and offs.is_contiguous())
+        assert w is None or (w.dtype == torch.float32 and w.is_contiguous())
+        assert order is None or (order.dtype == torch.int64 and order.is_contiguous())
+        nbytes = rows * dim * 4
+        fields += (rows, dim, out.data_ptr(), grad.data_ptr(), gstr[0], grad.shape[0], nnz, idx.data_ptr(),
+                   idx.dtype == torch.int64, 0 if offs is not None else istr[0], istr[-1],
+                   0 if order is None else order.data_ptr(), 0 if offs is not None else idx.shape[1],
+                   0 if offs is None else offs.data_ptr(), offs is not None and offs.dtype == torch.int64,
+                   0 if w is None else w.data_ptr(), t.mean, t.padding_idx, t.accumulate, nbytes >= STREAMING_BYTES,
+                   _table_scatters(t), t.aten_sort and order is None)
+        work += (0 if t.accumulate else nbytes) + nnz * dim * 4
     bailed = _run_bag_grad(fields, [t.out.shape[0] for t in tables], work)
     if bailed is not None:  # std::sort turned to its heap sort there: ATen's own order for it
         t = tables[bailed]

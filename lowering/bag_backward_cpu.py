@@ -250,4 +250,4 @@ def bag_grads_cpu(grad: Tensor, arg_max: Tensor, indices: Sequence[Tensor], offs
         _cpu_native.bag_grad(batch)
     if values:
         _cpu_native.bag_rows(values)
-    return [t.to(grad.dtype) for t in out]
+    return out if grad.dtype == torch.float32 else [t.to(grad.dtype) for t in out]
