@@ -631,8 +631,9 @@ int64_t ie_bag_grad(const ie_table* tables, int64_t n, int64_t threads) {
     ie_bags job = {tables, n};
     return parallel(bag_part, &job, threads) ? -1 : 0;
   }
-  /* the sorted tables' orders first (a copy of the structs names them), then the rows */
-  ie_table* own = (ie_table*)malloc((size_t)n * sizeof(ie_table));
+  /* the sorted tables' orders first (a copy of the structs names them), then the rows;
+     zeroed, so that a copy never made (no memory) has no order to free */
+  ie_table* own = (ie_table*)calloc((size_t)n, sizeof(ie_table));
   int64_t* bailed = (int64_t*)calloc((size_t)n, sizeof(int64_t));
   int64_t status = own && bailed ? 0 : -1;
   for (int64_t k = 0; k < n && !status; k++) {
