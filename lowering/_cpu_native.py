@@ -412,16 +412,17 @@ def lookup_grad(grad: Tensor, outs: Sequence[Tensor], indices: Sequence[Tensor],
     n, g0, gs = grad.shape[0], grad.data_ptr(), grad.stride(0)
     fields: list[int] = []
     work = 0
+    scatter, int64, counts = _scatters(), torch.int64, []
     for out, i, col, pad in zip(outs, indices, columns, padding_idx):
         rows, dim = out.shape
         nbytes = rows * dim * 4
-        streaming = nbytes >= STREAMING_BYTES
+        counts.append(rows)
         # (rows, dim, out, grad, grad_stride, num_bags, nnz, idx, idx64, idx_stride0, idx_stride1, order,
-        #  bag_len, offsets, offsets64, weights, mean, padding_idx, accumulate, streaming, scatter)
-        fields += (rows, dim, out.data_ptr(), g0 + 4 * col, gs, n, n, i.data_ptr(), i.dtype == torch.int64,
-                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, streaming, _scatters(), 0)
+        #  bag_len, offsets, offsets64, weights, mean, padding_idx, accumulate, streaming, scatter, aten_sort)
+        fields += (rows, dim, out.data_ptr(), g0 + 4 * col, gs, n, n, i.data_ptr(), i.dtype == int64,
+                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, nbytes >= STREAMING_BYTES, scatter, 0)
         work += nbytes + n * dim * 4
-    _run_bag_grad(fields, [o.shape[0] for o in outs], work)
+    _run_bag_grad(fields, counts, work)
 
 
 @dataclass
