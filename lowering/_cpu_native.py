@@ -7,8 +7,9 @@ Why: the ATen-op backward (``bag_backward_cpu._bag_grad_by_segment_sums``) zero-
 ``[V, D]`` gradient, makes every distinct row's sum (FBGEMM's pooling kernel) and scatters
 the sums with ``index_put_``: separate passes over memory no cache holds (a DLRM's tables'
 gradients are hundreds of MB), and ``zero_()`` reads each line before writing it. This
-kernel zeroes each thread's slice of rows in one stream of non-temporal stores (for
-gradients of 8 MiB or more), then writes each present row's sum, made in a small buffer.
+kernel zeroes each table (by non-temporal stores from 8 MiB), then adds each position's term
+into its row in position order where that is ATen's order (``scatter_rows``), or writes each
+present row's sum, made in registers, in the order ATen's sort gives.
 Measured against the ATen ops and ``torch.compile``: docs/design.md, "Why the CPU path is
 what it is".
 
@@ -16,8 +17,9 @@ Same additions as ATen, same order: a row's sum starts from +0.0 and adds ``w_p 
 grad[bag_p]`` (a fused multiply-add, as FBGEMM and BLAS's axpy; a plain add with no
 weight) over the row's positions in the order of ATen's own ``sort`` of the indices. That
 sort is FBGEMM's stable radix sort from 32,768 indices (``stable_sort_from`` checks this
-build's), where the kernel sorts by its own stable counting sort; below, the caller passes
-``indices.sort()``'s order. So it is bit-equal to eager's EmbeddingBag backward.
+build's): position order; below, ``std::sort``, whose steps the kernel replays itself
+(``aten_order``, checked against this build's by ``aten_sort_matches``; else the caller
+passes ``indices.sort()``'s order). So it is bit-equal to eager's EmbeddingBag backward.
 
 How it is built: ``cpu_kernels.c`` beside this module, plain C (no torch headers),
 compiled on first use with the system's C compiler (``$CC``, else ``cc`` / ``gcc`` /
@@ -326,6 +328,7 @@ def _scatters() -> bool:
 
 
 def _table_scatters(t: BagTable) -> bool:
+    """Whether ``t`` is scattered: where nothing else fixes its order (see ``_scatters``)."""
     if t.order is not None or t.accumulate or t.aten_sort:
         return False
     return _scatters() if t.scatter is None else t.scatter
@@ -675,6 +678,7 @@ def aten_order(indices: Tensor) -> Tensor | None:
     """The kernel's replica of ATen's (std::sort's) order of ``indices`` (``[n]`` int32/int64,
     contiguous, ``n < 2**31``, values in ``[0, 2**31)``): ``[n]`` int64 positions, or None
     where std::sort would have turned to its heap sort (not replicated). Requires ``lib()``."""
+    assert indices.dtype in (torch.int32, torch.int64) and indices.dim() == 1 and indices.is_contiguous()
     order = torch.empty(indices.numel(), dtype=torch.int64)
     got = lib().ie_aten_order(indices.data_ptr(), indices.dtype == torch.int64,  # type: ignore[union-attr]
                               indices.numel(), order.data_ptr(), -1)

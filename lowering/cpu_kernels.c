@@ -209,7 +209,7 @@ static void sparse_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scra
   }
 }
 
-/* out[o] += g[0:D], D a constant for the widths of narrow tables (unrolled, no loop). */
+/* o[0:d] += g[0:d], d a constant for the widths of narrow tables (unrolled, no loop). */
 #define ADD_D(D) case D: for (int c = 0; c < D; c++) o[c] += g[c]; return;
 static inline void add_row(float* o, const float* g, int64_t d) {
   switch (d) {
@@ -221,8 +221,8 @@ static inline void add_row(float* o, const float* g, int64_t d) {
 /* Rows [lo, hi) of out with no sort (t->scatter): the slice zeroed, then each position's
    term (grad's row of its bag, read in place, times its factor) added into its row, in
    position order. A row's sum thus starts from +0.0 and adds its terms in position order:
-   the counting sort's additions, bit for bit. Cheaper where the gradient stays in the cache
-   (no per-row pass, no packed copy of grad, grad's rows read in order); the caller chooses. */
+   the counting sort's additions, bit for bit, with no per-row pass, no packed copy of grad and
+   grad's rows read in order: faster at every size measured (_cpu_native._scatters). */
 static void scatter_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
   const int64_t d = t->dim, pad = t->padding_idx, span = hi - lo;
   float* out = t->out;

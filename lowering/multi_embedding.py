@@ -376,10 +376,10 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
 # - fp32 tables without scale_grad_by_freq, where the native kernels build: one opaque op
 #   (``multi_embedding_backward_cpu``) for all of them, the native kernel's one call (each
 #   position's row added into its table's zeroed buffer, whole tables to a thread, all its
-#   tables' positions in blocks). Bit-equal to eager and deterministic; at every width faster
-#   than Inductor's zero-fill +
-#   element-wise atomic scatter-add (10 tables D=1..8: 0.2 ms against 0.65 ms a backward at
-#   B=4,096, 0.6 ms against 2.2 ms at 16,384);
+#   tables' positions in blocks). Bit-equal to eager and deterministic; from a few thousand
+#   positions on faster than Inductor's zero-fill + element-wise atomic scatter-add, at every
+#   width (10 tables D=1..8: 0.2 ms against 0.65 ms a backward at B=4,096, 0.6 ms against 2.2
+#   ms at 16,384; at B=512 ~40 us slower, the opaque op's host cost: bench/results/cpu);
 # - other tables of D >= CPU_EAGER_MIN_DIM, one-row tables, an op of one table (a lone
 #   lookup), and every table under torch.use_deterministic_algorithms: the same opaque op by
 #   ATen's ops (``embedding_dense_backward`` / ``index_add_``, bit-equal, deterministic);
