@@ -221,10 +221,9 @@ static inline void add_row(float* o, const float* g, int64_t d) {
 static int is_lookup(const ie_table* t) { return t->bag_len == 1 && !t->weights && !t->mean; }
 
 /* Positions [p0, p1) of a lookup table added into their rows, those of rows [lo, hi) only
-   (scatter_lookups' and scatter_rows' inner loop),
-   one loop per index type and, for the narrow widths, per width: the index's type and the
-   row's width known to the compiler (a branch on either per position cost as much as a
-   narrow row's add). */
+   (scatter_lookups' and scatter_rows' inner loop), one loop per index type and, for the
+   narrow widths, per width: the index's type and the row's width known to the compiler (a
+   branch on either per position cost as much as a narrow row's add). */
 #define SCATTER_LOOP(T, W)                                                                      \
   do {                                                                                          \
     const T* ix = (const T*)t->idx;                                                             \
