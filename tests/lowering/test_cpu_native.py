@@ -66,7 +66,7 @@ def rows_path(request, monkeypatch):
 @pytest.mark.parametrize("padding_idx", [-1, 7])
 @pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
 def test_bit_equal_to_eager(size, form, mode, weighted, padding_idx, itype, rows_path):
-    nnz, num_rows, dim = {"small": (600, 300, 61), "large": (40960, 9000, 64),  # 2.2 MB: streamed
+    nnz, num_rows, dim = {"small": (600, 300, 61), "large": (40960, 9000, 64),  # 2.3 MB
                           "few": (600, 9000, 61)}[size]
     indices, offsets, psw, ilo = _case(form, nnz, num_rows, weighted, itype, seed=nnz + mode + padding_idx)
     b = indices.shape[0] if offsets is None else offsets.numel() - int(ilo)
@@ -257,8 +257,8 @@ def test_the_switch_turns_the_kernel_off():
 @pytest.mark.parametrize("padding_idx", [-1, 7])
 @pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
 def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, monkeypatch, rows_path):
-    """multi_embedding's wide-table CPU backward: the kernel with bags of one position, in
-    position order (embedding_dense_backward's) at every size."""
+    """multi_embedding's fp32 CPU backward: the kernel with bags of one position, in position
+    order (embedding_dense_backward's) at every size."""
     from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
 
     calls = []
@@ -292,9 +292,9 @@ def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, m
 def test_narrow_lookups_of_many_tables_are_eagers_bit_for_bit(threads, itype, monkeypatch, rows_path):
     """Lookups of many narrow tables (multi_embedding's fp32 CPU backward at every width):
     widths the kernel unrolls (1-8, 16, 32, 64) and others (3, 5, 33), strided indices and a
-    padding row, one table big enough to stream (the counting sort) among the scattered ones,
-    tables spread whole over the threads (3 threads: 9 scattered tables) or cut into row
-    slices (a call of two tables on 3 threads)."""
+    padding row, one table big enough to be written by non-temporal stores among them, the
+    tables spread whole over the threads (10 tables) or cut into row slices (a call of two
+    tables on 3 threads), each scattered or counting-sorted (rows_path)."""
     from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
 
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
