@@ -311,7 +311,6 @@ class BagTable:
     padding_idx: int
     accumulate: bool
     order: Tensor | None
-    scatter: bool | None = None  # how the rows are made where either way may be (default: _scatters)
     aten_sort: bool = False  # (order None) the kernel makes ATen's order itself (see aten_sort_matches)
 
 
@@ -329,9 +328,7 @@ def _scatters() -> bool:
 
 def _table_scatters(t: BagTable) -> bool:
     """Whether ``t`` is scattered: where nothing else fixes its order (see ``_scatters``)."""
-    if t.order is not None or t.accumulate or t.aten_sort:
-        return False
-    return _scatters() if t.scatter is None else t.scatter
+    return t.order is None and not t.accumulate and not t.aten_sort and _scatters()
 
 
 def _structs(struct: type[ctypes.Structure], fields: list[int]) -> ctypes._Pointer:

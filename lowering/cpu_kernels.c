@@ -443,23 +443,28 @@ static void scatter_lookups(const ie_table* const* ts, int64_t n) {
 }
 
 
+/* Whether this part takes a whole table of this cost: each table to the part with the least
+   work so far (load_of: per part), the same assignment in every part. */
+static int takes(int64_t* load_of, int64_t part, int64_t parts, int64_t cost) {
+  int64_t least = 0;
+  for (int64_t q = 1; q < parts; q++) if (load_of[q] < load_of[least]) least = q;
+  load_of[least] += cost;
+  return least == part;
+}
+
 /* Whole tables: scattered ones, and those in an order the kernel made (aten_sort). */
 static int whole_table(const ie_table* t) { return t->scatter || t->aten_sort; }
 
-/* This part's share of the whole tables: each table to the part with the least work so far
-   (rows zeroed and positions added, by columns), the same assignment in every part. A table
-   in an order is made by one part in one pass over its order (no slice of it to look up, no
-   packed copy of grad in every part). */
+/* This part's share of the whole tables (takes: by rows zeroed and positions added, by
+   columns). A table in an order is made by one part in one pass over its order (no slice of
+   it to look up, no packed copy of grad in every part). */
 static void whole_part(const ie_bags* job, int64_t part, int64_t parts, ie_scratch* s) {
   int64_t load_of[64] = {0}, mine = 0;
   const ie_table** lookups = (const ie_table**)s->keys;  /* n pointers fit: keys has >= n entries */
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
     if (!whole_table(t)) continue;
-    int64_t least = 0;
-    for (int64_t q = 1; q < parts; q++) if (load_of[q] < load_of[least]) least = q;
-    load_of[least] += (t->rows + 2 * t->nnz) * t->dim + t->nnz;
-    if (least != part) continue;
+    if (!takes(load_of, part, parts, (t->rows + 2 * t->nnz) * t->dim + t->nnz)) continue;
     if (t->scatter && is_lookup(t)) {
       lookups[mine++] = t;
     } else {
@@ -607,7 +612,7 @@ static inline int64_t key_of(const ie_table* t, int64_t p) {
 
 typedef struct { ie_table* tables; int64_t n; int64_t* bailed; } ie_sorts;
 
-/* The aten_sort tables' orders, each table whole to one part (by positions: least first). */
+/* The aten_sort tables' orders, each table whole to one part (takes: by positions). */
 static void sort_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
   const ie_sorts* job = (const ie_sorts*)ctx;
   int64_t load_of[64] = {0};
@@ -616,10 +621,7 @@ static void sort_part(const void* ctx, int64_t part, int64_t parts, int64_t* fai
   for (int64_t k = 0; k < job->n; k++) {
     ie_table* t = job->tables + k;
     if (!t->aten_sort) continue;
-    int64_t least = 0;
-    for (int64_t q = 1; q < parts; q++) if (load_of[q] < load_of[least]) least = q;
-    load_of[least] += t->nnz + 1;
-    if (least != part) continue;
+    if (!takes(load_of, part, parts, t->nnz + 1)) continue;
     if (t->nnz > size) {
       free(a);
       size = t->nnz;
