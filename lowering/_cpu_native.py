@@ -84,7 +84,8 @@ class _Table(ctypes.Structure):  # ie_table
     _fields_ = [(name, ctypes.c_void_p if name in _POINTERS else ctypes.c_int64) for name in (
         "rows", "dim", "out", "grad", "grad_stride", "num_bags", "nnz", "idx", "idx64", "idx_stride0",
         "idx_stride1", "order", "bag_len",
-        "offsets", "offsets64", "weights", "mean", "padding_idx", "accumulate", "streaming", "scatter", "aten_sort")]
+        "offsets", "offsets64", "weights", "mean", "padding_idx", "accumulate", "streaming", "scatter", "aten_sort",
+        "bf16")]
 
 
 class _Field(ctypes.Structure):  # ie_field
@@ -373,7 +374,7 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
                    0 if order is None else order.data_ptr(), 0 if offs is not None else idx.shape[1],
                    0 if offs is None else offs.data_ptr(), offs is not None and offs.dtype == torch.int64,
                    0 if w is None else w.data_ptr(), t.mean, t.padding_idx, t.accumulate, nbytes >= STREAMING_BYTES,
-                   _table_scatters(t), t.aten_sort and order is None)
+                   _table_scatters(t), t.aten_sort and order is None, 0)
         work += (0 if t.accumulate else nbytes) + nnz * dim * 4
     bailed = _run_bag_grad(fields, [t.out.shape[0] for t in tables], work)
     if bailed is not None:  # std::sort turned to its heap sort there: ATen's own order for it
@@ -400,28 +401,34 @@ def _run_bag_grad(fields: list[int], rows: Sequence[int], work: int) -> int | No
 def lookup_grad(grad: Tensor, outs: Sequence[Tensor], indices: Sequence[Tensor], columns: Sequence[int],
                 padding_idx: Sequence[int]) -> None:
     """Every table's ``embedding_dense_backward`` in one ``ie_bag_grad`` call (bags of one
-    position, position order: bit-equal to eager's), with no per-table tensor made: the
-    lookups' backward at a small batch is mostly this host work (a BagTable and its checks
-    per table cost ~8 us).
+    position, position order: bit-equal to eager's for fp32), with no per-table tensor made:
+    the lookups' backward at a small batch is mostly this host work (a BagTable and its
+    checks per table cost ~8 us).
 
-    Shapes: ``grad [N, C]`` fp32, unit column stride; ``outs[k] [V_k, D_k]`` fp32
-    contiguous, every element written; ``indices[k] [N]`` int32/int64, any stride; table k
-    reads grad's columns ``[columns[k], columns[k] + D_k)``. Requires ``lib()``. Raises
-    IndexError for an index outside ``[0, V_k)``, as eager does."""
-    assert grad.dtype == torch.float32 and (grad.stride(1) == 1 or grad.shape[1] <= 1)
-    n, g0, gs = grad.shape[0], grad.data_ptr(), grad.stride(0)
+    Shapes: ``grad [N, C]`` fp32 or bf16, unit column stride; ``outs[k] [V_k, D_k]`` of
+    grad's dtype, contiguous, every element written; ``indices[k] [N]`` int32/int64, any
+    stride; table k reads grad's columns ``[columns[k], columns[k] + D_k)``. A bf16 row is
+    summed in fp32 in position order and rounded once: ``embedding_dense_backward(grad.float())
+    .to(torch.bfloat16)``, bit for bit (torch.compile's decomposition; eager adds in bf16,
+    rounding at every add). Requires ``lib()``. Raises IndexError for an index outside
+    ``[0, V_k)``, as eager does."""
+    bf16 = grad.dtype == torch.bfloat16
+    assert (bf16 or grad.dtype == torch.float32) and (grad.stride(1) == 1 or grad.shape[1] <= 1)
+    n, g0, gs, size = grad.shape[0], grad.data_ptr(), grad.stride(0), grad.element_size()
     fields: list[int] = []
     work = 0
-    scatter, int64, counts = _scatters(), torch.int64, []
+    # (a bf16 table is always scattered: the counting sort's rows are fp32 only)
+    scatter, int64, counts = _scatters() or bf16, torch.int64, []
     for out, i, col, pad in zip(outs, indices, columns, padding_idx):
         rows, dim = out.shape
-        nbytes = rows * dim * 4
+        nbytes = rows * dim * size
         counts.append(rows)
         # (rows, dim, out, grad, grad_stride, num_bags, nnz, idx, idx64, idx_stride0, idx_stride1, order,
-        #  bag_len, offsets, offsets64, weights, mean, padding_idx, accumulate, streaming, scatter, aten_sort)
-        fields += (rows, dim, out.data_ptr(), g0 + 4 * col, gs, n, n, i.data_ptr(), i.dtype == int64,
-                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, nbytes >= STREAMING_BYTES, scatter, 0)
-        work += nbytes + n * dim * 4
+        #  bag_len, offsets, offsets64, weights, mean, padding_idx, accumulate, streaming, scatter, aten_sort, bf16)
+        fields += (rows, dim, out.data_ptr(), g0 + size * col, gs, n, n, i.data_ptr(), i.dtype == int64,
+                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, nbytes >= STREAMING_BYTES, scatter, 0,
+                   bf16)
+        work += nbytes + n * dim * size
     _run_bag_grad(fields, counts, work)
 
 
@@ -465,7 +472,7 @@ def bag_rows(tables: Sequence[RowsTable]) -> None:
         nnz = total if o is None or not t.include_last_offset or o.shape[0] == 0 else min(int(o[-1]), total)
         fields += (total, dim, t.out.data_ptr(), t.grad.data_ptr(), t.grad.stride(0), b, nnz, 0, 0, 0, 0, 0,
                    i.shape[1] if o is None else 0, 0 if o is None else o.data_ptr(),
-                   o is not None and o.dtype == torch.int64, _ptr(t.weights) or 0, t.mean, -1, 0, streaming, 0, 0)
+                   o is not None and o.dtype == torch.int64, _ptr(t.weights) or 0, t.mean, -1, 0, streaming, 0, 0, 0)
     if library.ie_bag_rows(_structs(_Table, fields), len(tables), _threads(work)) < 0:
         raise MemoryError("inductor_embed's CPU sparse bag backward could not allocate its scratch memory")
 
@@ -507,7 +514,7 @@ def _pool_fields(t: PoolTable) -> tuple[int, ...]:
     return (v, d, 0, 0, 0, out.shape[0], i.numel(), i.data_ptr(), i.dtype == torch.int64,
             strides[0] if two_d else 0, strides[-1], 0, i.shape[1] if two_d else 0,
             0 if two_d else o.data_ptr(), not two_d and o.dtype == torch.int64,
-            0 if t.weights is None else t.weights.data_ptr(), t.mean, t.padding_idx, 0, 0, 0, 0,
+            0 if t.weights is None else t.weights.data_ptr(), t.mean, t.padding_idx, 0, 0, 0, 0, 0,
             w.data_ptr(), w.stride(0), out.data_ptr() + 4 * t.col, out.stride(0),
             0 if arg is None else arg.data_ptr() + 8 * t.arg_col, 0 if arg is None else arg.stride(0), 0, t.fma,
             0 if two_d else o.shape[0], not two_d and t.include_last_offset)
@@ -577,7 +584,7 @@ def bag_max_backward(grad: Tensor, arg: Tensor, out: Tensor) -> None:
     assert out.dtype == torch.float32 and out.is_contiguous() and out.shape[1] == grad.shape[1]
     assert grad.stride(1) == 1 and arg.stride(1) == 1 and arg.dtype == torch.int64 and arg.shape == grad.shape
     bags = _Table(out.shape[0], out.shape[1], None, None, 0, grad.shape[0], 0, None, 0, 0, 0, None, 0, None, 0, None,
-                  0, -1, 0, 0, 0, 0)
+                  0, -1, 0, 0, 0, 0, 0)
     call = _Pool(bags, None, 0, grad.data_ptr(), grad.stride(0), arg.data_ptr(), arg.stride(0), out.data_ptr(), 0, 0, 0)
     library.ie_bag_max_backward(ctypes.byref(call), 1, _threads(grad.numel() * 12))
 

@@ -35,12 +35,30 @@ typedef struct {
                                in position order, no sort (scatter_rows) */
   int64_t aten_sort;        /* (no order given) follow ATen's sort of the indices, made here by
                                std::sort's algorithm (aten_order) */
+  int64_t bf16;             /* (a scattered lookup table) grad and out are bfloat16: each row
+                               summed in fp32 from +0.0 in position order, then rounded to
+                               nearest even once (scatter_rows) */
 } ie_table;
 
 /* One thread's buffers: per row of its slice the start of its entries, and the entries
    (position, bag) grouped by row in ATen's order. */
 typedef struct { int32_t* start; int32_t* pos; int32_t* bag; float* bag_scale; float* acc; float* grad;
                  uint64_t* keys; } ie_scratch;
+
+/* bfloat16 <-> fp32: the upper half of the float's bits; c10::BFloat16's rounding to nearest
+   even (a NaN: 0x7fc0). */
+static inline float bf16_float(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static inline uint16_t float_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return f != f ? (uint16_t)0x7fc0 : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#define AS_FLOAT(x) (x)
 
 static inline int64_t load(const void* a, int64_t is64, int64_t i) {
   return is64 ? ((const int64_t*)a)[i] : ((const int32_t*)a)[i];
@@ -220,45 +238,51 @@ static inline void add_row(float* o, const float* g, int64_t d) {
 
 static int is_lookup(const ie_table* t) { return t->bag_len == 1 && !t->weights && !t->mean; }
 
-/* Positions [p0, p1) of a lookup table added into their rows, those of rows [lo, hi) only
-   (scatter_lookups' and scatter_rows' inner loop), one loop per index type and, for the
-   narrow widths, per width: the index's type and the row's width known to the compiler (a
-   branch on either per position cost as much as a narrow row's add). */
-#define SCATTER_LOOP(T, W)                                                                      \
+/* Positions [p0, p1) of a lookup table added into their rows, those of rows [lo, hi) only,
+   row r at out + (r - lo) * d (scatter_lookups' and scatter_rows' inner loop), one loop per
+   index type, grad type (G, read as a float by CVT) and, for the narrow widths, per width:
+   the index's type and the row's width known to the compiler (a branch on either per
+   position cost as much as a narrow row's add). */
+#define SCATTER_LOOP(T, G, CVT, W)                                                              \
   do {                                                                                          \
     const T* ix = (const T*)t->idx;                                                             \
+    const G* grad = (const G*)t->grad;                                                          \
     for (int64_t p = p0; p < p1; p++) {                                                         \
       if (p + PREFETCH_ROWS < p1) {                                                             \
-        const int64_t ahead = ix[(p + PREFETCH_ROWS) * st];                                     \
-        if ((uint64_t)(ahead - lo) < span) __builtin_prefetch(out + ahead * (W), 1, 3);         \
+        const uint64_t ahead = (uint64_t)(ix[(p + PREFETCH_ROWS) * st] - lo);                   \
+        if (ahead < span) __builtin_prefetch(out + ahead * (W), 1, 3);                          \
       }                                                                                         \
       const int64_t r = ix[p * st];                                                             \
       if ((uint64_t)(r - lo) >= span || r == pad) continue;                                     \
-      float* o = out + r * (W);                                                                 \
-      const float* g = grad + p * gs;                                                           \
-      for (int64_t c = 0; c < (W); c++) o[c] += g[c];                                           \
+      float* o = out + (r - lo) * (W);                                                          \
+      const G* g = grad + p * gs;                                                               \
+      for (int64_t c = 0; c < (W); c++) o[c] += CVT(g[c]);                                      \
     }                                                                                           \
   } while (0)
-#define SCATTER_WIDTHS(T)                                                                       \
+#define SCATTER_WIDTHS(T, G, CVT)                                                               \
   switch (d) {                                                                                  \
-    case 1: SCATTER_LOOP(T, 1); break;                                                          \
-    case 2: SCATTER_LOOP(T, 2); break;                                                          \
-    case 4: SCATTER_LOOP(T, 4); break;                                                          \
-    case 8: SCATTER_LOOP(T, 8); break;                                                          \
-    case 16: SCATTER_LOOP(T, 16); break;                                                        \
-    case 32: SCATTER_LOOP(T, 32); break;                                                        \
-    case 64: SCATTER_LOOP(T, 64); break;                                                        \
-    default: SCATTER_LOOP(T, d);                                                                \
+    case 1: SCATTER_LOOP(T, G, CVT, 1); break;                                                  \
+    case 2: SCATTER_LOOP(T, G, CVT, 2); break;                                                  \
+    case 4: SCATTER_LOOP(T, G, CVT, 4); break;                                                  \
+    case 8: SCATTER_LOOP(T, G, CVT, 8); break;                                                  \
+    case 16: SCATTER_LOOP(T, G, CVT, 16); break;                                                \
+    case 32: SCATTER_LOOP(T, G, CVT, 32); break;                                                \
+    case 64: SCATTER_LOOP(T, G, CVT, 64); break;                                                \
+    default: SCATTER_LOOP(T, G, CVT, d);                                                        \
   }
-static void scatter_block(const ie_table* t, int64_t p0, int64_t p1, int64_t lo, int64_t hi) {
+static void scatter_block(const ie_table* t, float* out, int64_t p0, int64_t p1, int64_t lo, int64_t hi) {
   const int64_t d = t->dim, pad = t->padding_idx, st = t->idx_stride0, gs = t->grad_stride;
   const uint64_t span = (uint64_t)(hi - lo);
-  float* out = t->out;
-  const float* grad = t->grad;
-  if (t->idx64) {
-    SCATTER_WIDTHS(int64_t)
+  if (t->bf16) {
+    if (t->idx64) {
+      SCATTER_WIDTHS(int64_t, uint16_t, bf16_float)
+    } else {
+      SCATTER_WIDTHS(int32_t, uint16_t, bf16_float)
+    }
+  } else if (t->idx64) {
+    SCATTER_WIDTHS(int64_t, float, AS_FLOAT)
   } else {
-    SCATTER_WIDTHS(int32_t)
+    SCATTER_WIDTHS(int32_t, float, AS_FLOAT)
   }
 }
 
@@ -266,14 +290,26 @@ static void scatter_block(const ie_table* t, int64_t p0, int64_t p1, int64_t lo,
    term (grad's row of its bag, read in place, times its factor) added into its row, in
    position order. A row's sum thus starts from +0.0 and adds its terms in position order:
    the counting sort's additions, bit for bit, with no per-row pass, no packed copy of grad and
-   grad's rows read in order: faster at every size measured (_cpu_native._scatters). */
-static void scatter_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
+   grad's rows read in order: faster at every size measured (_cpu_native._scatters).
+   A bfloat16 table (a lookup's) is summed into an fp32 buffer of the slice's rows, then
+   rounded into out: torch.compile's sums (its decomposition adds in fp32) and the fp32
+   path's order. Nonzero: no memory for that buffer. */
+static int scatter_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
   const int64_t d = t->dim, pad = t->padding_idx, span = hi - lo;
   float* out = t->out;
+  if (t->bf16) {
+    float* acc = (float*)calloc((size_t)(span * d > 0 ? span * d : 1), sizeof(float));
+    if (!acc) return 1;
+    scatter_block(t, acc, 0, t->num_bags, lo, hi);
+    uint16_t* o = (uint16_t*)(void*)t->out + lo * d;
+    for (int64_t i = 0; i < span * d; i++) o[i] = float_bf16(acc[i]);
+    free(acc);
+    return 0;
+  }
   put(out + lo * d, NULL, span * d, t->streaming);
   if (is_lookup(t)) {  /* position p is bag p */
-    scatter_block(t, 0, t->num_bags, lo, hi);
-    return;
+    scatter_block(t, out + lo * d, 0, t->num_bags, lo, hi);
+    return 0;
   }
   FOR_EACH_POSITION(t, b, p) {
     const int64_t r = idx_of(t, b, p);
@@ -287,19 +323,18 @@ static void scatter_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scr
       add_row(o, g, d);
     }
   }
+  return 0;
 }
 
-static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
+/* Rows [lo, hi) of t's gradient; nonzero: no memory (scatter_rows). */
+static int table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
   int32_t* start = s->start;  /* hi - lo + 1 entries (num_bags for the bag sizes first) */
   if (t->mean) {  /* ATen: 1.0 / bag_size in double, rounded to float once */
     for (int64_t b = 0; b < t->num_bags; b++) start[b] = 0;
     FOR_EACH_POSITION(t, b, p) if (idx_of(t, b, p) != t->padding_idx) start[b]++;
     for (int64_t b = 0; b < t->num_bags; b++) s->bag_scale[b] = (float)(1.0 / (double)(start[b] > 0 ? start[b] : 1));
   }
-  if (t->scatter) {
-    scatter_rows(t, lo, hi, s);
-    return;
-  }
+  if (t->scatter) return scatter_rows(t, lo, hi, s);
   /* grad's rows of this table, packed: in place they lie a whole grad row apart (26 x 64
      floats: a page each), and reading them scattered missed the TLB. Rows already back to
      back are read in place (a lone table's gradient: the copy was 1/3 of its time). */
@@ -310,7 +345,7 @@ static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scrat
   }
   if (sparse_path(t)) {
     sparse_rows(t, lo, hi, s, grad);
-    return;
+    return 0;
   }
   for (int64_t r = 0; r <= hi - lo; r++) start[r] = 0;
   if (t->order) {  /* ATen's order: the slice's entries are one run of it */
@@ -346,6 +381,7 @@ static void table_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scrat
     start[0] = 0;
   }
   write_rows(t, lo, hi, s, grad);
+  return 0;
 }
 
 /* This thread's rows [*lo, *hi) of t: the rows cut into contiguous slices of about equal work
@@ -437,7 +473,7 @@ static void scatter_lookups(const ie_table* const* ts, int64_t n) {
     for (int64_t k = 0; k < n; k++) {
       const ie_table* t = ts[k];
       const int64_t p1 = p0 + BLOCK < t->num_bags ? p0 + BLOCK : t->num_bags;
-      if (p0 < p1) scatter_block(t, p0, p1, 0, t->rows);
+      if (p0 < p1) scatter_block(t, t->out, p0, p1, 0, t->rows);
     }
   }
 }
@@ -457,21 +493,24 @@ static int whole_table(const ie_table* t) { return t->scatter || t->aten_sort; }
 
 /* This part's share of the whole tables (takes: by rows zeroed and positions added, by
    columns). A table in an order is made by one part in one pass over its order (no slice of
-   it to look up, no packed copy of grad in every part). */
-static void whole_part(const ie_bags* job, int64_t part, int64_t parts, ie_scratch* s) {
+   it to look up, no packed copy of grad in every part). A bfloat16 table is made alone, so
+   that a part holds one table's fp32 sums at a time. Nonzero: no memory. */
+static int whole_part(const ie_bags* job, int64_t part, int64_t parts, ie_scratch* s) {
   int64_t load_of[64] = {0}, mine = 0;
+  int failed = 0;
   const ie_table** lookups = (const ie_table**)s->keys;  /* n pointers fit: keys has >= n entries */
   for (int64_t k = 0; k < job->n; k++) {
     const ie_table* t = job->tables + k;
     if (!whole_table(t)) continue;
     if (!takes(load_of, part, parts, (t->rows + 2 * t->nnz) * t->dim + t->nnz)) continue;
-    if (t->scatter && is_lookup(t)) {
+    if (t->scatter && is_lookup(t) && !t->bf16) {
       lookups[mine++] = t;
     } else {
-      table_rows(t, 0, t->rows, s);
+      failed |= table_rows(t, 0, t->rows, s);
     }
   }
   scatter_lookups(lookups, mine);
+  return failed;
 }
 
 static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* failed) {
@@ -499,14 +538,15 @@ static void bag_part(const void* ctx, int64_t part, int64_t parts, int64_t* fail
     int64_t wholes = 0;
     for (int64_t k = 0; k < job->n; k++) wholes += whole_table(job->tables + k);
     const int whole = wholes >= parts;
-    if (whole) whole_part(job, part, parts, &s);
+    int failed_here = whole ? whole_part(job, part, parts, &s) : 0;
     for (int64_t k = 0; k < job->n; k++) {
       const ie_table* t = job->tables + k;
       if (whole && whole_table(t)) continue;
       int64_t lo, hi;
       slice_of(t, part, parts, &lo, &hi);
-      table_rows(t, lo, hi, &s);
+      failed_here |= table_rows(t, lo, hi, &s);
     }
+    if (failed_here) *failed = 1;
   } else {
     *failed = 1;
   }

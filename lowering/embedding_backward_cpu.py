@@ -13,6 +13,9 @@ import torch
 
 from inductor_embed.lowering import _cpu_native, _grad_cache
 
+# The gradients' dtypes the native kernel makes (_cpu_native.lookup_grad).
+NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+
 
 def embedding_grads_cpu(
     grad: torch.Tensor,
@@ -38,10 +41,12 @@ def embedding_grads_cpu(
     (row adds in index order, deterministic): for fp32, one call of ``_cpu_native``'s kernel
     for every table (bags of one position: each position's row added into its zeroed
     buffer, in position order, ``_cpu_native._scatters``), else
-    ``index_add_`` into a zeroed buffer; ``embedding_dense_backward`` itself for half types
-    (fed fp32) and with ``scale_grad_by_freq`` (it multiplies by 1 / count, where
-    ``index_add_`` would divide). Each table gets its own buffer, not one flat buffer for
-    all tables.
+    ``index_add_`` into a zeroed buffer; ``embedding_dense_backward`` itself with
+    ``scale_grad_by_freq`` (it multiplies by 1 / count, where ``index_add_`` would divide).
+    Half types are summed in fp32 and rounded once, as torch.compile's decomposition does
+    (eager rounds at every add): bf16 by the same kernel, fp16 (and bf16 without the kernel)
+    by ``embedding_dense_backward`` fed fp32. Each table gets its own buffer, not one flat
+    buffer for all tables.
 
     Peak memory: the kernel reads grad's columns in place (its per-thread packed copy is
     outside torch's allocator). Without it, the row adds read a contiguous ``[N, D_k]``
@@ -55,7 +60,7 @@ def embedding_grads_cpu(
     if columns is None:
         columns = [sum(dims[:k]) for k in range(len(dims))]
     n = grad.numel() // grad.shape[-1] if grad.shape[-1] else 0
-    native = grad.device.type == "cpu" and grad.dtype == torch.float32 and 0 < n < 1 << 31 and (
+    native = grad.device.type == "cpu" and grad.dtype in NATIVE_DTYPES and 0 < n < 1 << 31 and (
         _cpu_native.lib() is not None)
     if native and not any(scale_grad_by_freq):  # every table in one native call
         return _native_grads(grad.reshape(n, grad.shape[-1]), indices, num_rows, dims, padding_idx, columns, reuse)
@@ -91,16 +96,17 @@ def embedding_grads_cpu(
 def _native_grads(grad: torch.Tensor, indices: Sequence[torch.Tensor], num_rows: Sequence[int],
                   dims: Sequence[int], padding_idx: Sequence[int], columns: Sequence[int],
                   reuse: bool) -> list[torch.Tensor]:
-    """``embedding_grads_cpu``'s fp32 path without scale_grad_by_freq, ``grad [N, C]``: one
+    """``embedding_grads_cpu``'s native path (fp32, bf16) without scale_grad_by_freq, ``grad [N, C]``: one
     ``_cpu_native.lookup_grad`` call for every table, each gradient a new (or, with ``reuse``,
     a cached) buffer the kernel writes whole. Per table only its buffer and its index's
     flattening are tensor calls (the host cost of a small batch's step)."""
     if grad.stride(-1) != 1 and grad.shape[-1] > 1:
         grad = grad.contiguous()
     outs = []
+    dtype, size = grad.dtype, grad.element_size()
     for v, d in zip(num_rows, dims):
-        big = reuse and v * d * 4 >= _grad_cache.MIN_BYTES
-        outs.append(_grad_cache.empty((v, d), torch.float32) if big else torch.empty((v, d)))
+        big = reuse and v * d * size >= _grad_cache.MIN_BYTES
+        outs.append(_grad_cache.empty((v, d), dtype) if big else torch.empty((v, d), dtype=dtype))
     flat = [i if i.dim() == 1 else i.reshape(-1) for i in indices]
     _cpu_native.lookup_grad(grad, outs, flat, columns, padding_idx)
     return outs

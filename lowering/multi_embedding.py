@@ -23,7 +23,7 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering import _checks, _cpu_native
+from inductor_embed.lowering import _checks, _cpu_native, embedding_backward_cpu
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
@@ -225,7 +225,8 @@ def multi_embedding_backward_cpu(*args) -> list[torch.Tensor]:
     checked = len(args) > 8 and args[8]
     # The native kernel checks every index itself (nothing written if one is out of range):
     # a host read of each index tensor's min and max here too cost ~10 us a table.
-    native = grad.dtype == torch.float32 and not any(scale_grad_by_freq) and _cpu_native.lib() is not None
+    native = (grad.dtype in embedding_backward_cpu.NATIVE_DTYPES and not any(scale_grad_by_freq)
+              and _cpu_native.lib() is not None)
     if not checked:
         _checks.multi_embedding_backward(*args[:7], op="multi_embedding_backward_cpu", values=not native)
         _checks.zeroed_columns(zeroed, args[3])
@@ -373,17 +374,18 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
 
 # On the CPU each table's gradient is made where it is cheapest, chosen when the backward is
 # traced (paired runs on 2 cores, see bench/results/cpu/README.md):
-# - fp32 tables without scale_grad_by_freq, where the native kernels build: one opaque op
-#   (``multi_embedding_backward_cpu``) for all of them, the native kernel's one call (each
-#   position's row added into its table's zeroed buffer, whole tables to a thread, all its
-#   tables' positions in blocks). Bit-equal to eager and deterministic; from a few thousand
+# - fp32 and bf16 tables without scale_grad_by_freq, where the native kernels build: one
+#   opaque op (``multi_embedding_backward_cpu``) for all of them, the native kernel's one call
+#   (each position's row added into its table's zeroed buffer, whole tables to a thread, all
+#   its tables' positions in blocks; bf16 rows summed in fp32 and rounded once, as
+#   torch.compile's decomposition). Bit-equal to eager (fp32) and deterministic; from a few thousand
 #   positions on faster than Inductor's zero-fill + element-wise atomic scatter-add, at every
 #   width (10 tables D=1..8: 0.2 ms against 0.65 ms a backward at B=4,096, 0.6 ms against 2.2
 #   ms at 16,384; at B=512 ~40 us slower, the opaque op's host cost: bench/results/cpu);
 # - other tables of D >= CPU_EAGER_MIN_DIM, one-row tables, an op of one table (a lone
 #   lookup), and every table under torch.use_deterministic_algorithms: the same opaque op by
 #   ATen's ops (``embedding_dense_backward`` / ``index_add_``, bit-equal, deterministic);
-# - the rest (half types and scale_grad_by_freq, narrow): ``aten.embedding_dense_backward``
+# - the rest (fp16 and scale_grad_by_freq, narrow): ``aten.embedding_dense_backward``
 #   in the backward graph, which Inductor lowers to its own C++ zero-fill + scatter-add loop,
 #   as plain torch.compile does for an unfused model (eager's per-row add costs ~1-2 us a
 #   row, far more than a narrow row's data).
@@ -407,7 +409,7 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     alone = len(dims) == 1 and eager_min_dim is None
     # (not with scale_grad_by_freq: the native kernel does not scale, and index_add_ divides
     # where eager multiplies by the reciprocal)
-    native = (eager_min_dim is None and grad.dtype == torch.float32 and grad.device.type == "cpu"
+    native = (eager_min_dim is None and grad.dtype in embedding_backward_cpu.NATIVE_DTYPES and grad.device.type == "cpu"
               and _cpu_native.lib() is not None)
     if eager_min_dim is None:
         eager_min_dim = CPU_EAGER_MIN_DIM

@@ -148,9 +148,9 @@ def _lone_problem(lk: Lookup) -> str | None:
     if lk.device.type != "cpu":
         return ("a lone lookup (no other of its dtype and index shape to fuse with) on CUDA is left to Inductor: "
                 "no GPU measurement yet says the fused op pays for one table")
-    if lk.dtype != torch.float32:
+    if lk.dtype not in (torch.float32, torch.bfloat16):  # lowering's embedding_backward_cpu.NATIVE_DTYPES
         return (f"a lone {lk.dtype} lookup (no other of its dtype and index shape to fuse with) is left to "
-                f"Inductor: the native CPU backward that pays for one table is fp32-only")
+                f"Inductor: the native CPU backward that pays for one table is fp32 and bf16 only")
     if lk.params["scale_grad_by_freq"]:
         return "a lone lookup with scale_grad_by_freq=True is left to Inductor (the native CPU backward has no scaling)"
     return None

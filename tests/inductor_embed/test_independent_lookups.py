@@ -36,7 +36,10 @@ def _ids(n=6, users=50, items=30):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_matrix_factorisation(dtype):
-    # Inductor sums the dot product in its own order: not bit-equal to eager's, in fp32 too.
+    # Inductor sums the dot product in its own order: not bit-equal to eager's, in fp32 too
+    # (in bf16 it rounds once where eager rounds each product: 1 of ~1,000 unseeded runs
+    # strayed past bf16's tolerance, so the inputs are fixed).
+    torch.manual_seed(0)
     compare_with_eager(MatrixFactorisation(dtype=dtype), _ids(), dtype=dtype, exact_forward=False)
     assert rewrites(NAME) == 1 and skips(NAME) == 0
 
@@ -130,10 +133,10 @@ def _run_left(model, inputs, form, dtype=torch.float32):
 
 @pytest.mark.parametrize("form", list(LEFT))
 def test_left_with_a_reason(form, caplog):
-    """bf16 (no lone rewrite on the CPU): a lookup kept out of the group is left, with its reason."""
-    model, inputs = Left(form, torch.bfloat16), _ids()
+    """fp16 (no lone rewrite on the CPU): a lookup kept out of the group is left, with its reason."""
+    model, inputs = Left(form, torch.float16), _ids()
     with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
-        _run_left(model, inputs, form, torch.bfloat16)
+        _run_left(model, inputs, form, torch.float16)
     assert rewrites(NAME) == 0 and skips(NAME) >= 1
     assert LEFT[form] in caplog.text
 
@@ -219,9 +222,32 @@ def test_a_lone_lookup_is_taken_alone(form, ids):
         assert torch.equal(compiled.tok.weight.grad, ref.tok.weight.grad)
 
 
+@pytest.mark.parametrize("ids", ["uniform", "same", "padding"])
+def test_a_lone_bf16_lookup_is_taken_alone(ids):
+    """A lone bf16 lookup too (a language model's table in bf16): the native backward sums
+    each row in fp32 and rounds once, torch.compile's gradient bit for bit (eager rounds at
+    every add, and its sum of the repeated row strays from both)."""
+    kw = {"padding_idx": 3} if ids == "padding" else {}
+    x = {"uniform": torch.randint(0, 40, (6, 5)), "same": torch.full((6, 5), 7),
+         "padding": torch.randint(0, 6, (6, 5))}[ids]
+    model = Lone("returned", torch.bfloat16, **kw)
+    report = inductor_embed.explain(model, x)
+    assert [(r.pattern, len(r.tables)) for r in report.rewrites] == [(NAME, 1)]
+    assert torch.equal(torch.compile(copy.deepcopy(model), backend="inductor_embed")(x), model(x))
+    torch._dynamo.reset()
+    g = torch.randn(6, 5, 8).bfloat16()
+    grads = []
+    for backend in ("inductor", "inductor_embed"):
+        compiled = torch.compile(copy.deepcopy(model), backend=backend)
+        compiled(x).backward(g)
+        grads.append(compiled.tok.weight.grad)
+        torch._dynamo.reset()
+    assert torch.equal(grads[1], grads[0])
+
+
 @pytest.mark.parametrize("kw,reason", [
-    ({"dtype": torch.bfloat16}, "a lone torch.bfloat16 lookup (no other of its dtype and index shape to fuse with) "
-                                "is left to Inductor"),
+    ({"dtype": torch.float16}, "a lone torch.float16 lookup (no other of its dtype and index shape to fuse with) "
+                               "is left to Inductor"),
     ({"scale_grad_by_freq": True}, "a lone lookup with scale_grad_by_freq=True is left to Inductor"),
 ])
 def test_a_lone_lookup_left_says_why(kw, reason):

@@ -81,8 +81,10 @@ def test_steps_that_change_values_are_left():
     torch.manual_seed(0)
     x = torch.randint(0, 100, (4, 8))
     report = inductor_embed.explain(RealSteps(), x)
-    # No sum is fused; the fp32 token lookup, left alone, is taken alone (its backward).
-    assert [(r.pattern, r.replaced) for r in report.rewrites] == [("independent_lookups", ("embedding_1",))]
+    # No sum is fused; each lookup, left alone (no other of its dtype and index shape), is
+    # taken alone (its backward).
+    assert sorted((r.pattern, r.replaced) for r in report.rewrites) == [
+        ("independent_lookups", (name,)) for name in ("embedding_1", "embedding_2", "pos")]
     reasons = " ".join(s.reason for s in report.skipped)
     assert "embedding_2 reaches the sum ending at add_1 through `float` (float_1), not no-op steps" in reasons
     assert "pos reaches the sum ending at add_1 through `float` (float_2), `mul` (mul)," in reasons

@@ -289,12 +289,15 @@ def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, m
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
-def test_narrow_lookups_of_many_tables_are_eagers_bit_for_bit(threads, itype, monkeypatch, rows_path):
-    """Lookups of many narrow tables (multi_embedding's fp32 CPU backward at every width):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_narrow_lookups_of_many_tables_are_eagers_bit_for_bit(threads, itype, dtype, monkeypatch, rows_path):
+    """Lookups of many narrow tables (multi_embedding's CPU backward at every width):
     widths the kernel unrolls (1-8, 16, 32, 64) and others (3, 5, 33), strided indices and a
     padding row, one table big enough to be written by non-temporal stores among them, the
     tables spread whole over the threads (10 tables) or cut into row slices (a call of two
-    tables on 3 threads), each scattered or counting-sorted (rows_path)."""
+    tables on 3 threads), each scattered or counting-sorted (rows_path; bf16 always
+    scattered). fp32: eager's gradient bit for bit; bf16: torch.compile's (summed in fp32,
+    rounded once), bit for bit."""
     from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
 
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
@@ -308,7 +311,7 @@ def test_narrow_lookups_of_many_tables_are_eagers_bit_for_bit(threads, itype, mo
     ids = torch.from_numpy(np.stack([(rng.zipf(1.3, n) - 1) % v for v in rows], 1)).to(itype)
     ids[:5, 2] = 7
     pads = [-1, -1, 7, -1, 3, -1, -1, 0, -1, -1]
-    grad = torch.randn(n, sum(dims))
+    grad = torch.randn(n, sum(dims)).to(dtype)
     with num_threads(threads):
         for pick in (range(len(dims)), (2, 9)):
             pick = list(pick)
@@ -317,8 +320,8 @@ def test_narrow_lookups_of_many_tables_are_eagers_bit_for_bit(threads, itype, mo
                                       [dims[k] for k in pick], [pads[k] for k in pick], [False] * len(pick))
             for j, k in enumerate(pick):
                 want = torch.ops.aten.embedding_dense_backward(
-                    grad[:, sum(dims[:k]):sum(dims[:k + 1])], ids[:, k], rows[k], pads[k], False)
-                assert torch.equal(got[j], want), (threads, k)
+                    grad[:, sum(dims[:k]):sum(dims[:k + 1])].float(), ids[:, k], rows[k], pads[k], False)
+                assert got[j].dtype == dtype and torch.equal(got[j], want.to(dtype)), (threads, k)
     assert calls == [len(dims), 2]
 
 

@@ -106,11 +106,11 @@ def test_bad_inputs_raise():
         OP(weights, [indices[0], torch.zeros(3, dtype=torch.int64), indices[2]], pad, freq)
 
 
-@pytest.mark.parametrize("case", ["wide", "narrow", "narrow_bf16"])
+@pytest.mark.parametrize("case", ["wide", "narrow", "narrow_bf16", "narrow_fp16"])
 def test_cpu_backward_takes_multi_embeddings_rule_per_index_shape(case):
     """Tables whose indices share a shape share one gradient and take multi_embedding's CPU
-    rule together: fp32 tables (any width) and wide ones one native call, other narrow ones
-    (bf16) aten.embedding_dense_backward each in the backward graph (Inductor's scatter); a
+    rule together: fp32 and bf16 tables (any width) and wide ones one native call, other narrow
+    ones (fp16) aten.embedding_dense_backward each in the backward graph (Inductor's scatter); a
     lone table (here the broadcast [S] one, summed over the batch first, as eager does) the
     native call at any width. Deterministic mode: the native call, one per index shape."""
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -119,7 +119,7 @@ def test_cpu_backward_takes_multi_embeddings_rule_per_index_shape(case):
     from inductor_embed.lowering.multi_embedding import CPU_EAGER_MIN_DIM
     from inductor_embed.lowering.multi_embedding_sum import _cpu_backward_sum
 
-    dtype = torch.bfloat16 if case == "narrow_bf16" else torch.float32
+    dtype = {"narrow_bf16": torch.bfloat16, "narrow_fp16": torch.float16}.get(case, torch.float32)
     d = 2 * CPU_EAGER_MIN_DIM if case == "wide" else 8
     indices = [torch.randint(0, 10, (3, 4)), torch.arange(4), torch.randint(0, 2, (3, 4))]
     grad = torch.randn(3, 4, d).to(dtype)
@@ -129,7 +129,7 @@ def test_cpu_backward_takes_multi_embeddings_rule_per_index_shape(case):
         gm = make_fx(lambda g, i: _cpu_backward_sum(g, i, *args))(grad, indices)
         return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
-    op_for_all = case == "wide" or (dtype == torch.float32 and _cpu_native.lib() is not None)
+    op_for_all = case == "wide" or (dtype != torch.float16 and _cpu_native.lib() is not None)
     ops = targets()
     assert ops.count("aten.embedding_dense_backward.default") == (0 if op_for_all else 2)
     assert ops.count("aten.sum.dim_IntList") == 1  # the [S] table's reduction over the batch
