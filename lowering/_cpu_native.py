@@ -7,9 +7,10 @@ Why: the ATen-op backward (``bag_backward_cpu._bag_grad_by_segment_sums``) zero-
 ``[V, D]`` gradient, makes every distinct row's sum (FBGEMM's pooling kernel) and scatters
 the sums with ``index_put_``: separate passes over memory no cache holds (a DLRM's tables'
 gradients are hundreds of MB), and ``zero_()`` reads each line before writing it. This
-kernel zeroes each table (by non-temporal stores from 8 MiB), then adds each position's term
-into its row in position order where that is ATen's order (``scatter_rows``), or writes each
-present row's sum, made in registers, in the order ATen's sort gives.
+kernel zeroes each table (by non-temporal stores where the call writes 8 MiB or more), then
+adds each position's term into its row in position order where that is ATen's order
+(``scatter_rows``), or writes each present row's sum, made in registers, in the order
+ATen's sort gives.
 Measured against the ATen ops and ``torch.compile``: docs/design.md, "Why the CPU path is
 what it is".
 
@@ -68,10 +69,13 @@ SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kern
 # plain; the scaled path asks for its fused multiply-add by name (fmaf). -fopenmp links
 # libgomp.so.1, which resolves to the copy torch has loaded already (one thread pool).
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-pthread", "-fopenmp"]
-# Gradients at least this large are written with non-temporal stores: a quarter of the
-# 2-core machine's 32 MiB L3, where a written line would be evicted before it is read.
-# Smaller ones stay in the cache for the optimizer (cpu-quick's 2.5 MB gradients ran 1.2x
-# slower streamed).
+# A call whose gradients (every table's, together) are at least this large writes them with
+# non-temporal stores: a quarter of the 2-core machine's 32 MiB L3, where a written line
+# would be evicted before it is read. Smaller ones stay in the cache for the optimizer
+# (cpu-quick's 2.5 MB gradients ran 1.2x slower streamed). The tables together, not each:
+# 26 FM fields' gradients (25 MB, 3.2 MB at most a table) outgrow the cache as one 25 MB
+# table does (a step from a cold cache, paired: 0.89x the time streamed, 0.94x with an SGD
+# step reading them; 10 narrow tables, 3.7 MB, 1.02-1.04x: left in the cache).
 STREAMING_BYTES = 8 << 20
 # A call writing less than this runs on the calling thread only: cpu-quick's tied pair
 # (B=512, 2.5 MB) took 2x longer on two threads (their own, then; see ie_bag_grad). A lone
@@ -86,6 +90,19 @@ class _Table(ctypes.Structure):  # ie_table
         "idx_stride1", "order", "bag_len",
         "offsets", "offsets64", "weights", "mean", "padding_idx", "accumulate", "streaming", "scatter", "aten_sort",
         "bf16")]
+
+
+# Where the streaming flag sits in a flat list of _Table fields (see _structs): entry
+# _STREAMING + k * _TABLE_INTS of table k.
+_TABLE_INTS = len(_Table._fields_)
+_STREAMING = [name for name, _ in _Table._fields_].index("streaming")
+
+
+def _stream(fields: list[int], written: int) -> None:
+    """Set every table's streaming flag in ``fields`` (flat _Table structs) where the call
+    writes at least STREAMING_BYTES of gradients in all (see there)."""
+    if written >= STREAMING_BYTES:
+        fields[_STREAMING::_TABLE_INTS] = [1] * (len(fields) // _TABLE_INTS)
 
 
 class _Field(ctypes.Structure):  # ie_field
@@ -356,7 +373,7 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
     library = lib()
     assert library is not None, "bag_grad needs the native kernel (check lib() first)"
     fields: list[int] = []  # the _Table structs, flat (see _structs)
-    work = 0
+    work = written = 0
     ints = (torch.int32, torch.int64)
     for t in tables:
         out, grad, idx, offs, w, order = t.out, t.grad, t.indices, t.offsets, t.weights, t.order
@@ -373,9 +390,12 @@ def bag_grad(tables: Sequence[BagTable]) -> None:
                    idx.dtype == torch.int64, 0 if offs is not None else istr[0], istr[-1],
                    0 if order is None else order.data_ptr(), 0 if offs is not None else idx.shape[1],
                    0 if offs is None else offs.data_ptr(), offs is not None and offs.dtype == torch.int64,
-                   0 if w is None else w.data_ptr(), t.mean, t.padding_idx, t.accumulate, nbytes >= STREAMING_BYTES,
+                   0 if w is None else w.data_ptr(), t.mean, t.padding_idx, t.accumulate, 0,
                    _table_scatters(t), t.aten_sort and order is None, 0)
-        work += (0 if t.accumulate else nbytes) + nnz * dim * 4
+        written += 0 if t.accumulate else nbytes
+        work += nnz * dim * 4
+    work += written
+    _stream(fields, written)
     bailed = _run_bag_grad(fields, [t.out.shape[0] for t in tables], work)
     if bailed is not None:  # std::sort turned to its heap sort there: ATen's own order for it
         t = tables[bailed]
@@ -416,7 +436,7 @@ def lookup_grad(grad: Tensor, outs: Sequence[Tensor], indices: Sequence[Tensor],
     assert (bf16 or grad.dtype == torch.float32) and (grad.stride(1) == 1 or grad.shape[1] <= 1)
     n, g0, gs, size = grad.shape[0], grad.data_ptr(), grad.stride(0), grad.element_size()
     fields: list[int] = []
-    work = 0
+    work = written = 0
     # (a bf16 table is always scattered: the counting sort's rows are fp32 only)
     scatter, int64, counts = _scatters() or bf16, torch.int64, []
     for out, i, col, pad in zip(outs, indices, columns, padding_idx):
@@ -426,10 +446,11 @@ def lookup_grad(grad: Tensor, outs: Sequence[Tensor], indices: Sequence[Tensor],
         # (rows, dim, out, grad, grad_stride, num_bags, nnz, idx, idx64, idx_stride0, idx_stride1, order,
         #  bag_len, offsets, offsets64, weights, mean, padding_idx, accumulate, streaming, scatter, aten_sort, bf16)
         fields += (rows, dim, out.data_ptr(), g0 + size * col, gs, n, n, i.data_ptr(), i.dtype == int64,
-                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, nbytes >= STREAMING_BYTES, scatter, 0,
-                   bf16)
-        work += nbytes + n * dim * size
-    _run_bag_grad(fields, counts, work)
+                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, 0, scatter, 0, bf16)
+        written += nbytes
+        work += n * dim * size
+    _stream(fields, written)
+    _run_bag_grad(fields, counts, work + written)
 
 
 @dataclass

@@ -325,6 +325,42 @@ def test_narrow_lookups_of_many_tables_are_eagers_bit_for_bit(threads, itype, dt
     assert calls == [len(dims), 2]
 
 
+@pytest.mark.parametrize("call", ["lookups", "bags"])
+def test_a_call_streams_where_its_tables_together_outgrow_the_cache(call, monkeypatch):
+    """Non-temporal stores are chosen per call, by every table's gradient bytes together
+    (STREAMING_BYTES): two tables of 0.6 MiB each stream where the line is 1 MiB and not
+    where it is 2 MiB; the gradients are eager's either way."""
+    from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
+
+    flags = []
+    run = _cpu_native._run_bag_grad
+    monkeypatch.setattr(_cpu_native, "_run_bag_grad", lambda fields, rows, work: (
+        flags.append(fields[_cpu_native._STREAMING::_cpu_native._TABLE_INTS]), run(fields, rows, work))[1])
+    g = torch.Generator().manual_seed(4)
+    num_rows, dim, n = 5000, 32, 700  # 0.61 MiB a table
+    ids = [torch.randint(0, num_rows, (n,), generator=g) for _ in range(2)]
+    grad = torch.randn(n, 2 * dim, generator=g)
+    for line, streamed in ((1 << 20, 1), (2 << 20, 0)):
+        monkeypatch.setattr(_cpu_native, "STREAMING_BYTES", line)
+        flags.clear()
+        if call == "lookups":
+            got = embedding_grads_cpu(grad, ids, [num_rows] * 2, [dim] * 2, [-1] * 2, [False] * 2)
+            want = [torch.ops.aten.embedding_dense_backward(grad[:, k * dim:(k + 1) * dim], ids[k], num_rows, -1,
+                                                            False) for k in range(2)]
+        else:
+            outs = [torch.empty(num_rows, dim) for _ in range(2)]
+            bags = [i.reshape(-1, 7) for i in ids]
+            _cpu_native.bag_grad([_cpu_native.BagTable(o, grad[:, k * dim:(k + 1) * dim][:100], b, None, None, False,
+                                                       -1, False, None, aten_sort=True)  # (ATen's std::sort order)
+                                  for k, (o, b) in enumerate(zip(outs, bags))])
+            got = outs
+            want = [eager_bag_backward(grad[:, k * dim:(k + 1) * dim][:100], b, None, None, 0, -1, False, num_rows)
+                    for k, b in enumerate(bags)]
+        assert flags == [[streamed, streamed]], (line, flags)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y)
+
+
 def _kernel_in_a_forked_child(queue) -> None:
     # ATen's own parallel ops hang here (libgomp's pool is the parent's, its threads gone):
     # the inputs are made on one thread, as DataLoader's workers do. Then the thread count
