@@ -739,7 +739,7 @@ def _eager_bags(weight, indices, offsets, psw, mode, padding_idx, ilo):
                                              padding_idx=None if padding_idx < 0 else padding_idx)
 
 
-@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("size", ["small", "wide", "large"])
 @pytest.mark.parametrize("form", ["2d", "2d_strided", "offsets", "include_last_offset"])
 @pytest.mark.parametrize("mode,weighted", [(0, False), (0, True), (1, False)], ids=["sum", "weighted", "mean"])
 @pytest.mark.parametrize("padding_idx", [-1, 7])
@@ -748,8 +748,9 @@ def test_the_forward_is_eagers_bit_for_bit(size, form, mode, weighted, padding_i
     """Sum, weighted sum and mean bags through the native forward equal eager's bits: its
     order of additions, its fused multiply-add where FBGEMM's kernel runs (weights, no padding
     row) and its product-then-sum elsewhere, its division for the mean, empty bags, padding,
-    strided and int32 indices, include_last_offset's positions in no bag; large: two threads."""
-    nnz, num_rows, dim = {"small": (600, 300, 61), "large": (40960, 9000, 64)}[size]
+    strided and int32 indices, include_last_offset's positions in no bag; every column
+    block (small: 32 + 16 + 13 columns; wide: 128 + 64 + 13); large: two threads."""
+    nnz, num_rows, dim = {"small": (600, 300, 61), "wide": (600, 300, 205), "large": (40960, 9000, 64)}[size]
     indices, offsets, psw, ilo = _case(form, nnz, num_rows, weighted, itype, seed=nnz + mode + padding_idx)
     weight = torch.randn(num_rows, dim)
     weight[3, 5] = float("inf")  # an inf row: eager's sums carry it (and NaN where it meets -inf)
