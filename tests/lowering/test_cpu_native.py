@@ -7,6 +7,7 @@ count, the errors eager raises, and the ATen-op path where it cannot be built.""
 from __future__ import annotations
 
 import logging
+import platform
 
 import numpy as np
 import pytest
@@ -231,6 +232,38 @@ def test_a_build_without_openmp_threads_its_own_and_gives_the_same_results(fresh
     assert torch.equal(out, one_hot_linear_ref(oh, offs, w, b))
     torch.testing.assert_close(flat, one_hot_linear_backward_ref(g, oh, offs, 12, True, False, torch.float32),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction sets")
+@pytest.mark.parametrize("isa", ["-march=haswell", "-march=x86-64"], ids=["avx2_fma", "sse2"])
+def test_builds_for_older_instruction_sets_give_the_same_bits(isa, fresh_build, monkeypatch):
+    """The kernels built for a CPU without AVX-512 (AVX2 + FMA: fma16's two-register path,
+    as on AMD Zen 2 / 3) or without FMA at all (the baseline build: its scalar fmaf): a
+    weighted and a mean bag's forward and backward, and a bf16 lookup's backward, bit for
+    bit as on this machine's own build."""
+    monkeypatch.setattr(_cpu_native, "_FLAGS", [isa if f == "-march=native" else f for f in _cpu_native._FLAGS])
+    monkeypatch.setattr(_cpu_native, "_fma", {})  # this build's own probe
+    monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
+    assert _cpu_native.lib() is not None
+    from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
+
+    with num_threads(2):
+        for padding_idx in (-1, 7):  # FBGEMM's fused multiply-add, then ATen's product and sum
+            assert _cpu_native.weighted_fma(padding_idx >= 0) is not None  # the kernel, not ATen, runs the bags
+            for mode, weighted in ((0, True), (1, False)):
+                indices, offsets, psw, ilo = _case("offsets", 600, 300, weighted, torch.int64, seed=9 + mode)
+                weight = torch.randn(300, 205)
+                want = _eager_bags(weight, indices, offsets, psw, mode, padding_idx, ilo)
+                got, _ = torch.ops.inductor_embed.multi_embedding_bag_cpu(
+                    [weight], [indices], [offsets], [] if psw is None else [psw], [mode], [padding_idx], [ilo])
+                assert torch.equal(got, want), (padding_idx, mode)
+                grad = torch.randn_like(want)
+                got = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, 300)
+                assert torch.equal(got, eager_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, 300))
+        ids = torch.randint(0, 50, (3000,), generator=torch.Generator().manual_seed(1))
+        g = torch.randn(3000, 40).bfloat16()
+        (got,) = embedding_grads_cpu(g, [ids], [50], [40], [-1], [False])
+    assert torch.equal(got, torch.ops.aten.embedding_dense_backward(g.float(), ids, 50, -1, False).bfloat16())
 
 
 def test_a_failing_compiler_is_reported(fresh_build, monkeypatch, caplog):
