@@ -48,8 +48,8 @@ def embedding_grads_cpu(
     by ``embedding_dense_backward`` fed fp32. Each table gets its own buffer, not one flat
     buffer for all tables.
 
-    Peak memory: the kernel reads grad's columns in place (its per-thread packed copy is
-    outside torch's allocator). Without it, the row adds read a contiguous ``[N, D_k]``
+    Peak memory: the kernel reads grad's columns in place (its per-thread packed copy, and a
+    bf16 table's fp32 sums, one table a thread at a time, are outside torch's allocator). Without it, the row adds read a contiguous ``[N, D_k]``
     copy of grad's column slice (``embedding_dense_backward`` copies it too). Tables are
     taken largest slice first, and a slice is copied only while the gradients still to be
     allocated are at least as large; otherwise (always for the last table) the table is
