@@ -418,6 +418,10 @@ def _run_bag_grad(fields: list[int], rows: Sequence[int], work: int) -> int | No
     return None
 
 
+# ie_table.half: the kernel's code of each half type it sums in fp32 (fp32 itself: 0).
+_HALF = {torch.bfloat16: 1, torch.float16: 2}
+
+
 def lookup_grad(grad: Tensor, outs: Sequence[Tensor], indices: Sequence[Tensor], columns: Sequence[int],
                 padding_idx: Sequence[int]) -> None:
     """Every table's ``embedding_dense_backward`` in one ``ie_bag_grad`` call (bags of one
@@ -425,28 +429,29 @@ def lookup_grad(grad: Tensor, outs: Sequence[Tensor], indices: Sequence[Tensor],
     the lookups' backward at a small batch is mostly this host work (a BagTable and its
     checks per table cost ~8 us).
 
-    Shapes: ``grad [N, C]`` fp32 or bf16, unit column stride; ``outs[k] [V_k, D_k]`` of
+    Shapes: ``grad [N, C]`` fp32, bf16 or fp16, unit column stride; ``outs[k] [V_k, D_k]`` of
     grad's dtype, contiguous, every element written; ``indices[k] [N]`` int32/int64, any
-    stride; table k reads grad's columns ``[columns[k], columns[k] + D_k)``. A bf16 row is
-    summed in fp32 in position order and rounded once: ``embedding_dense_backward(grad.float())
-    .to(torch.bfloat16)``, bit for bit (torch.compile's decomposition; eager adds in bf16,
-    rounding at every add). Requires ``lib()``. Raises IndexError for an index outside
-    ``[0, V_k)``, as eager does."""
-    bf16 = grad.dtype == torch.bfloat16
-    assert (bf16 or grad.dtype == torch.float32) and (grad.stride(1) == 1 or grad.shape[1] <= 1)
+    stride; table k reads grad's columns ``[columns[k], columns[k] + D_k)``. A half-type row
+    is summed in fp32 in position order and rounded once (to nearest even):
+    ``embedding_dense_backward(grad.float()).to(grad.dtype)``, bit for bit up to a NaN's
+    payload (torch.compile's decomposition; eager adds in the half type, rounding at every
+    add). Requires ``lib()``. Raises IndexError for an index outside ``[0, V_k)``, as eager
+    does."""
+    half = _HALF.get(grad.dtype, 0)
+    assert (half or grad.dtype == torch.float32) and (grad.stride(1) == 1 or grad.shape[1] <= 1)
     n, g0, gs, size = grad.shape[0], grad.data_ptr(), grad.stride(0), grad.element_size()
     fields: list[int] = []
     work = written = 0
-    # (a bf16 table is always scattered: the counting sort's rows are fp32 only)
-    scatter, int64, counts = _scatters() or bf16, torch.int64, []
+    # (a half-type table is always scattered: the counting sort's rows are fp32 only)
+    scatter, int64, counts = _scatters() or half > 0, torch.int64, []
     for out, i, col, pad in zip(outs, indices, columns, padding_idx):
         rows, dim = out.shape
         nbytes = rows * dim * size
         counts.append(rows)
         # (rows, dim, out, grad, grad_stride, num_bags, nnz, idx, idx64, idx_stride0, idx_stride1, order,
-        #  bag_len, offsets, offsets64, weights, mean, padding_idx, accumulate, streaming, scatter, aten_sort, bf16)
+        #  bag_len, offsets, offsets64, weights, mean, padding_idx, accumulate, streaming, scatter, aten_sort, half)
         fields += (rows, dim, out.data_ptr(), g0 + size * col, gs, n, n, i.data_ptr(), i.dtype == int64,
-                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, 0, scatter, 0, bf16)
+                   i.stride(0) if n > 1 else 1, 0, 0, 1, 0, 0, 0, 0, pad, 0, 0, scatter, 0, half)
         written += nbytes
         work += n * dim * size
     _stream(fields, written)

@@ -35,9 +35,9 @@ typedef struct {
                                in position order, no sort (scatter_rows) */
   int64_t aten_sort;        /* (no order given) follow ATen's sort of the indices, made here by
                                std::sort's algorithm (aten_order) */
-  int64_t bf16;             /* (a scattered lookup table) grad and out are bfloat16: each row
-                               summed in fp32 from +0.0 in position order, then rounded to
-                               nearest even once (scatter_rows) */
+  int64_t half;             /* (a scattered lookup table) grad and out are bfloat16 (1) or float16
+                               (2), else fp32 (0): each row summed in fp32 from +0.0 in position
+                               order, then rounded to nearest even once (scatter_rows) */
 } ie_table;
 
 /* One thread's buffers: per row of its slice the start of its entries, and the entries
@@ -59,6 +59,49 @@ static inline uint16_t float_bf16(float f) {
   return f != f ? (uint16_t)0x7fc0 : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 #define AS_FLOAT(x) (x)
+/* float16 <-> fp32 as x86's F16C instructions convert (ATen's vectorised casts use them):
+   round to nearest even, overflow to infinity, subnormals kept; a NaN keeps its sign and top
+   payload bits and becomes quiet. Without F16C, the same in integer arithmetic. */
+#if defined(__F16C__)
+static inline float fp16_float(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t float_fp16(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#else
+static inline float fp16_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  uint32_t u;
+  if (e == 0x1f) {
+    u = sign | 0x7f800000u | (m ? 0x400000u | (m << 13) : 0u);
+  } else if (e) {
+    u = sign | ((e + 112u) << 23) | (m << 13);
+  } else {  /* zero or subnormal: m * 2^-24, exact in fp32 */
+    const float f = (float)m * 0x1p-24f;
+    memcpy(&u, &f, 4);
+    u |= sign;
+  }
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static inline uint16_t float_fp16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  /* NaN */
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  /* rounds to 65536 or more: inf */
+  if (a < 0x38800000u) {  /* below 2^-14: a subnormal (or zero) of the half, m * 2^-24 */
+    if (a < 0x33000000u) return sign;  /* at most 2^-25: rounds to zero (a tie, to even 0) */
+    const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;  /* a = m * 2^(e - 150) */
+    const uint32_t shift = 126u - e;  /* half's units of 2^-24: m >> (126 - e), 14..24 */
+    const uint32_t q = m >> shift, rest = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+    return (uint16_t)(sign | (q + (rest > halfway || (rest == halfway && (q & 1u)))));
+  }
+  /* normal: rebias the exponent and round the 13 dropped bits to nearest even (a carry into
+     the exponent is the right result, up to infinity) */
+  const uint32_t r = a - 0x38000000u;
+  return (uint16_t)(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+}
+#endif
 
 static inline int64_t load(const void* a, int64_t is64, int64_t i) {
   return is64 ? ((const int64_t*)a)[i] : ((const int32_t*)a)[i];
@@ -297,11 +340,17 @@ static int is_lookup(const ie_table* t) { return t->bag_len == 1 && !t->weights 
 static void scatter_block(const ie_table* t, float* out, int64_t p0, int64_t p1, int64_t lo, int64_t hi) {
   const int64_t d = t->dim, pad = t->padding_idx, st = t->idx_stride0, gs = t->grad_stride;
   const uint64_t span = (uint64_t)(hi - lo);
-  if (t->bf16) {
+  if (t->half == 1) {
     if (t->idx64) {
       SCATTER_WIDTHS(int64_t, uint16_t, bf16_float)
     } else {
       SCATTER_WIDTHS(int32_t, uint16_t, bf16_float)
+    }
+  } else if (t->half == 2) {
+    if (t->idx64) {
+      SCATTER_WIDTHS(int64_t, uint16_t, fp16_float)
+    } else {
+      SCATTER_WIDTHS(int32_t, uint16_t, fp16_float)
     }
   } else if (t->idx64) {
     SCATTER_WIDTHS(int64_t, float, AS_FLOAT)
@@ -321,12 +370,13 @@ static void scatter_block(const ie_table* t, float* out, int64_t p0, int64_t p1,
 static int scatter_rows(const ie_table* t, int64_t lo, int64_t hi, const ie_scratch* s) {
   const int64_t d = t->dim, pad = t->padding_idx, span = hi - lo;
   float* out = t->out;
-  if (t->bf16) {
+  if (t->half) {
     float* acc = (float*)calloc((size_t)(span * d > 0 ? span * d : 1), sizeof(float));
     if (!acc) return 1;
     scatter_block(t, acc, 0, t->num_bags, lo, hi);
     uint16_t* o = (uint16_t*)(void*)t->out + lo * d;
-    for (int64_t i = 0; i < span * d; i++) o[i] = float_bf16(acc[i]);
+    if (t->half == 1) for (int64_t i = 0; i < span * d; i++) o[i] = float_bf16(acc[i]);
+    else for (int64_t i = 0; i < span * d; i++) o[i] = float_fp16(acc[i]);
     free(acc);
     return 0;
   }
@@ -527,7 +577,7 @@ static int whole_part(const ie_bags* job, int64_t part, int64_t parts, ie_scratc
     const ie_table* t = job->tables + k;
     if (!whole_table(t)) continue;
     if (!takes(load_of, part, parts, (t->rows + 2 * t->nnz) * t->dim + t->nnz)) continue;
-    if (t->scatter && is_lookup(t) && !t->bf16) {
+    if (t->scatter && is_lookup(t) && !t->half) {
       lookups[mine++] = t;
     } else {
       failed |= table_rows(t, 0, t->rows, s);

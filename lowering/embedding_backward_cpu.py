@@ -14,7 +14,7 @@ import torch
 from inductor_embed.lowering import _cpu_native, _grad_cache
 
 # The gradients' dtypes the native kernel makes (_cpu_native.lookup_grad).
-NATIVE_DTYPES = (torch.float32, torch.bfloat16)
+NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def embedding_grads_cpu(
@@ -44,12 +44,12 @@ def embedding_grads_cpu(
     ``index_add_`` into a zeroed buffer; ``embedding_dense_backward`` itself with
     ``scale_grad_by_freq`` (it multiplies by 1 / count, where ``index_add_`` would divide).
     Half types are summed in fp32 and rounded once, as torch.compile's decomposition does
-    (eager rounds at every add): bf16 by the same kernel, fp16 (and bf16 without the kernel)
+    (eager rounds at every add): by the same kernel, or without it
     by ``embedding_dense_backward`` fed fp32. Each table gets its own buffer, not one flat
     buffer for all tables.
 
     Peak memory: the kernel reads grad's columns in place (its per-thread packed copy, and a
-    bf16 table's fp32 sums, one table a thread at a time, are outside torch's allocator). Without it, the row adds read a contiguous ``[N, D_k]``
+    half-type table's fp32 sums, one table a thread at a time, are outside torch's allocator). Without it, the row adds read a contiguous ``[N, D_k]``
     copy of grad's column slice (``embedding_dense_backward`` copies it too). Tables are
     taken largest slice first, and a slice is copied only while the gradients still to be
     allocated are at least as large; otherwise (always for the last table) the table is
@@ -96,7 +96,7 @@ def embedding_grads_cpu(
 def _native_grads(grad: torch.Tensor, indices: Sequence[torch.Tensor], num_rows: Sequence[int],
                   dims: Sequence[int], padding_idx: Sequence[int], columns: Sequence[int],
                   reuse: bool) -> list[torch.Tensor]:
-    """``embedding_grads_cpu``'s native path (fp32, bf16) without scale_grad_by_freq, ``grad [N, C]``: one
+    """``embedding_grads_cpu``'s native path (fp32, bf16, fp16) without scale_grad_by_freq, ``grad [N, C]``: one
     ``_cpu_native.lookup_grad`` call for every table, each gradient a new (or, with ``reuse``,
     a cached) buffer the kernel writes whole. Per table only its buffer and its index's
     flattening are tensor calls (the host cost of a small batch's step)."""

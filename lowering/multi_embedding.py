@@ -374,10 +374,10 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
 
 # On the CPU each table's gradient is made where it is cheapest, chosen when the backward is
 # traced (paired runs on 2 cores, see bench/results/cpu/README.md):
-# - fp32 and bf16 tables without scale_grad_by_freq, where the native kernels build: one
+# - tables of any float dtype without scale_grad_by_freq, where the native kernels build: one
 #   opaque op (``multi_embedding_backward_cpu``) for all of them, the native kernel's one call
 #   (each position's row added into its table's zeroed buffer, whole tables to a thread, all
-#   its tables' positions in blocks; bf16 rows summed in fp32 and rounded once, as
+#   its tables' positions in blocks; bf16 / fp16 rows summed in fp32 and rounded once, as
 #   torch.compile's decomposition). Bit-equal to eager (fp32) and deterministic; from a few thousand
 #   positions on faster than Inductor's zero-fill + element-wise atomic scatter-add, at every
 #   width (10 tables D=1..8: 0.2 ms against 0.65 ms a backward at B=4,096, 0.6 ms against 2.2
@@ -385,7 +385,7 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
 # - other tables of D >= CPU_EAGER_MIN_DIM, one-row tables, an op of one table (a lone
 #   lookup), and every table under torch.use_deterministic_algorithms: the same opaque op by
 #   ATen's ops (``embedding_dense_backward`` / ``index_add_``, bit-equal, deterministic);
-# - the rest (fp16 and scale_grad_by_freq, narrow): ``aten.embedding_dense_backward``
+# - the rest (scale_grad_by_freq, narrow): ``aten.embedding_dense_backward``
 #   in the backward graph, which Inductor lowers to its own C++ zero-fill + scatter-add loop,
 #   as plain torch.compile does for an unfused model (eager's per-row add costs ~1-2 us a
 #   row, far more than a narrow row's data).

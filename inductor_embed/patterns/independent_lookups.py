@@ -29,7 +29,6 @@ import torch
 import torch.fx as fx
 
 from inductor_embed import config
-from inductor_embed.lowering.embedding_backward_cpu import NATIVE_DTYPES
 from inductor_embed.patterns import _fx, multi_embedding_cat
 from inductor_embed.patterns._cat_site import Lookup
 from inductor_embed.report import Recorder, Rewrite, Skip, TableInfo
@@ -149,9 +148,6 @@ def _lone_problem(lk: Lookup) -> str | None:
     if lk.device.type != "cpu":
         return ("a lone lookup (no other of its dtype and index shape to fuse with) on CUDA is left to Inductor: "
                 "no GPU measurement yet says the fused op pays for one table")
-    if lk.dtype not in NATIVE_DTYPES:
-        return (f"a lone {lk.dtype} lookup (no other of its dtype and index shape to fuse with) is left to "
-                f"Inductor: the native CPU backward that pays for one table is fp32 and bf16 only")
     if lk.params["scale_grad_by_freq"]:
         return "a lone lookup with scale_grad_by_freq=True is left to Inductor (the native CPU backward has no scaling)"
     return None

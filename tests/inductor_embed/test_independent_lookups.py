@@ -90,10 +90,10 @@ def test_lookups_in_a_cat_are_not_taken_twice():
 class Left(nn.Module):
     """Two independent lookups and, in one of ``form``'s ways, a reason to keep one out of a group."""
 
-    def __init__(self, form, dtype=torch.float32):
+    def __init__(self, form, dtype=torch.float32, **kw):
         super().__init__()
         self.form = form
-        self.u, self.i = nn.Embedding(50, 4, dtype=dtype), nn.Embedding(30, 4, dtype=dtype)
+        self.u, self.i = nn.Embedding(50, 4, dtype=dtype, **kw), nn.Embedding(30, 4, dtype=dtype, **kw)
 
     def forward(self, uid, iid):
         f, u = self.form, self.u(uid)
@@ -133,10 +133,11 @@ def _run_left(model, inputs, form, dtype=torch.float32):
 
 @pytest.mark.parametrize("form", list(LEFT))
 def test_left_with_a_reason(form, caplog):
-    """fp16 (no lone rewrite on the CPU): a lookup kept out of the group is left, with its reason."""
-    model, inputs = Left(form, torch.float16), _ids()
+    """scale_grad_by_freq (no lone rewrite on the CPU): a lookup kept out of the group is
+    left, with its reason."""
+    model, inputs = Left(form, scale_grad_by_freq=True), _ids()
     with caplog.at_level(logging.DEBUG, logger="inductor_embed"):
-        _run_left(model, inputs, form, torch.float16)
+        _run_left(model, inputs, form)
     assert rewrites(NAME) == 0 and skips(NAME) >= 1
     assert LEFT[form] in caplog.text
 
@@ -222,20 +223,21 @@ def test_a_lone_lookup_is_taken_alone(form, ids):
         assert torch.equal(compiled.tok.weight.grad, ref.tok.weight.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("ids", ["uniform", "same", "padding"])
-def test_a_lone_bf16_lookup_is_taken_alone(ids):
-    """A lone bf16 lookup too (a language model's table in bf16): the native backward sums
-    each row in fp32 and rounds once, torch.compile's gradient bit for bit (eager rounds at
-    every add, and its sum of the repeated row strays from both)."""
+def test_a_lone_half_lookup_is_taken_alone(ids, dtype):
+    """A lone bf16 or fp16 lookup too (a language model's table in a half type): the native
+    backward sums each row in fp32 and rounds once, torch.compile's gradient bit for bit
+    (eager rounds at every add, and its sum of the repeated row strays from both)."""
     kw = {"padding_idx": 3} if ids == "padding" else {}
     x = {"uniform": torch.randint(0, 40, (6, 5)), "same": torch.full((6, 5), 7),
          "padding": torch.randint(0, 6, (6, 5))}[ids]
-    model = Lone("returned", torch.bfloat16, **kw)
+    model = Lone("returned", dtype, **kw)
     report = inductor_embed.explain(model, x)
     assert [(r.pattern, len(r.tables)) for r in report.rewrites] == [(NAME, 1)]
     assert torch.equal(torch.compile(copy.deepcopy(model), backend="inductor_embed")(x), model(x))
     torch._dynamo.reset()
-    g = torch.randn(6, 5, 8).bfloat16()
+    g = torch.randn(6, 5, 8).to(dtype)
     grads = []
     for backend in ("inductor", "inductor_embed"):
         compiled = torch.compile(copy.deepcopy(model), backend=backend)
@@ -246,8 +248,6 @@ def test_a_lone_bf16_lookup_is_taken_alone(ids):
 
 
 @pytest.mark.parametrize("kw,reason", [
-    ({"dtype": torch.float16}, "a lone torch.float16 lookup (no other of its dtype and index shape to fuse with) "
-                               "is left to Inductor"),
     ({"scale_grad_by_freq": True}, "a lone lookup with scale_grad_by_freq=True is left to Inductor"),
 ])
 def test_a_lone_lookup_left_says_why(kw, reason):

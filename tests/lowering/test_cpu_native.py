@@ -239,8 +239,9 @@ def test_a_build_without_openmp_threads_its_own_and_gives_the_same_results(fresh
 def test_builds_for_older_instruction_sets_give_the_same_bits(isa, fresh_build, monkeypatch):
     """The kernels built for a CPU without AVX-512 (AVX2 + FMA: fma16's two-register path,
     as on AMD Zen 2 / 3) or without FMA at all (the baseline build: its scalar fmaf): a
-    weighted and a mean bag's forward and backward, and a bf16 lookup's backward, bit for
-    bit as on this machine's own build."""
+    weighted and a mean bag's forward and backward, and a bf16 and an fp16 lookup's backward
+    (the baseline build converts fp16 without F16C), bit for bit as on this machine's own
+    build."""
     monkeypatch.setattr(_cpu_native, "_FLAGS", [isa if f == "-march=native" else f for f in _cpu_native._FLAGS])
     monkeypatch.setattr(_cpu_native, "_fma", {})  # this build's own probe
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)
@@ -261,9 +262,39 @@ def test_builds_for_older_instruction_sets_give_the_same_bits(isa, fresh_build, 
                 got = bag_weight_grad_cpu(grad, torch.empty(0), indices, offsets, psw, mode, padding_idx, ilo, 300)
                 assert torch.equal(got, eager_bag_backward(grad, indices, offsets, psw, mode, padding_idx, ilo, 300))
         ids = torch.randint(0, 50, (3000,), generator=torch.Generator().manual_seed(1))
-        g = torch.randn(3000, 40).bfloat16()
-        (got,) = embedding_grads_cpu(g, [ids], [50], [40], [-1], [False])
-    assert torch.equal(got, torch.ops.aten.embedding_dense_backward(g.float(), ids, 50, -1, False).bfloat16())
+        for dtype in (torch.bfloat16, torch.float16):
+            g = torch.randn(3000, 40).to(dtype)
+            (got,) = embedding_grads_cpu(g, [ids], [50], [40], [-1], [False])
+            assert torch.equal(got, torch.ops.aten.embedding_dense_backward(g.float(), ids, 50, -1, False).to(dtype))
+    _fp16_bits_are_torchs()
+
+
+def _fp16_bits_are_torchs() -> None:
+    """The loaded build's fp16 conversions, both ways, against torch's casts, through the
+    lookups' backward (one column, rows summed in fp32 and rounded once): every float16 bit
+    pattern alone in its row (fp16 -> fp32 -> fp16), and rows of three terms whose fp32 sum is
+    exact and lies on, just above or just below the point halfway between two float16s
+    (round to nearest even, from the subnormals to the overflow to infinity). NaNs compare as
+    NaNs (their payloads follow the cast's code path in torch itself)."""
+    from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
+
+    def check(terms: torch.Tensor) -> None:  # [rows, k] fp16: row r sums its k terms
+        rows, k = terms.shape
+        ids = torch.arange(rows).repeat_interleave(k)
+        g = terms.reshape(-1, 1)
+        (got,) = embedding_grads_cpu(g, [ids], [rows], [1], [-1], [False])
+        want = torch.ops.aten.embedding_dense_backward(g.float(), ids, rows, -1, False).to(torch.float16)
+        nan = want.isnan()
+        assert torch.equal(got.isnan(), nan) and torch.equal(got[~nan], want[~nan])
+
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    check(every.view(-1, 1))
+    a = every[every.isfinite() & (every.abs() >= 2.0 ** -13)]  # its half-ulp is a float16 too
+    e = torch.frexp(a.float())[1] - 1  # |a| in [2^e, 2^(e+1))
+    half_ulp = torch.ldexp(torch.ones_like(a, dtype=torch.float32), e - 11)
+    nudge = torch.ldexp(torch.ones_like(half_ulp), (e - 23).clamp(min=-24))
+    rows = [torch.stack([a.float(), s * half_ulp, t * nudge], 1) for s in (1, -1) for t in (0, 1, -1)]
+    check(torch.cat(rows).to(torch.float16))
 
 
 def test_a_failing_compiler_is_reported(fresh_build, monkeypatch, caplog):
@@ -322,15 +353,15 @@ def test_embedding_backward_is_eagers_bit_for_bit(n, form, padding_idx, itype, m
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 def test_narrow_lookups_of_many_tables_are_eagers_bit_for_bit(threads, itype, dtype, monkeypatch, rows_path):
     """Lookups of many narrow tables (multi_embedding's CPU backward at every width):
     widths the kernel unrolls (1-8, 16, 32, 64) and others (3, 5, 33), strided indices and a
     padding row, one table big enough to be written by non-temporal stores among them, the
     tables spread whole over the threads (10 tables) or cut into row slices (a call of two
-    tables on 3 threads), each scattered or counting-sorted (rows_path; bf16 always
-    scattered). fp32: eager's gradient bit for bit; bf16: torch.compile's (summed in fp32,
-    rounded once), bit for bit."""
+    tables on 3 threads), each scattered or counting-sorted (rows_path; half types always
+    scattered). fp32: eager's gradient bit for bit; bf16 and fp16: torch.compile's (summed in
+    fp32, rounded once), bit for bit."""
     from inductor_embed.lowering.embedding_backward_cpu import embedding_grads_cpu
 
     monkeypatch.setattr(_cpu_native, "THREADED_BYTES", 0)

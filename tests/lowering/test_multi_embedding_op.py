@@ -130,8 +130,8 @@ def test_cpu_per_table_backward_matches_the_twin(case):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cpu_backward_splits_tables_by_width(dtype):
-    """fp32 and bf16 tables without scale_grad_by_freq go to one eager op (the native kernel)
-    at any width. Other narrow tables' gradients (fp16, scale_grad_by_freq) are left to
+    """Tables of every float dtype without scale_grad_by_freq go to one eager op (the native
+    kernel) at any width. Other narrow tables' gradients (scale_grad_by_freq) are left to
     Inductor (aten.embedding_dense_backward in the backward graph); wide ones, and every
     table in deterministic mode, go to the op."""
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -150,8 +150,8 @@ def test_cpu_backward_splits_tables_by_width(dtype):
         return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
     ops = targets()
-    # the op: the wide tables, and the narrow fp32 / bf16 table without scale_grad_by_freq
-    native = dtype in (torch.float32, torch.bfloat16) and _cpu_native.lib() is not None
+    # the op: the wide tables, and the narrow table without scale_grad_by_freq
+    native = _cpu_native.lib() is not None
     assert ops.count("aten.embedding_dense_backward.default") == (1 if native else 2)
     assert ops.count("inductor_embed.multi_embedding_backward_cpu.default") == 1
     with deterministic():

@@ -109,8 +109,8 @@ def test_bad_inputs_raise():
 @pytest.mark.parametrize("case", ["wide", "narrow", "narrow_bf16", "narrow_fp16"])
 def test_cpu_backward_takes_multi_embeddings_rule_per_index_shape(case):
     """Tables whose indices share a shape share one gradient and take multi_embedding's CPU
-    rule together: fp32 and bf16 tables (any width) and wide ones one native call, other narrow
-    ones (fp16) aten.embedding_dense_backward each in the backward graph (Inductor's scatter); a
+    rule together: tables of any float dtype (any width) one native call (other narrow ones,
+    with scale_grad_by_freq: test_cpu_backward_splits_tables_by_width); a
     lone table (here the broadcast [S] one, summed over the batch first, as eager does) the
     native call at any width. Deterministic mode: the native call, one per index shape."""
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -129,7 +129,7 @@ def test_cpu_backward_takes_multi_embeddings_rule_per_index_shape(case):
         gm = make_fx(lambda g, i: _cpu_backward_sum(g, i, *args))(grad, indices)
         return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
 
-    op_for_all = case == "wide" or (dtype != torch.float16 and _cpu_native.lib() is not None)
+    op_for_all = case == "wide" or _cpu_native.lib() is not None
     ops = targets()
     assert ops.count("aten.embedding_dense_backward.default") == (0 if op_for_all else 2)
     assert ops.count("aten.sum.dim_IntList") == 1  # the [S] table's reduction over the batch
