@@ -59,7 +59,9 @@ def _calls(t: int) -> dict[str, Callable[[], object]]:
     no_max = torch.empty(0, 0, dtype=torch.int64)  # arg_max of bags in no max mode
     onehot_grad = torch.randn(1, DIM, generator=g)
     return {
-        "multi_embedding_backward_cpu (cat / lookups backward)": lambda: OPS.multi_embedding_backward_cpu(
+        "multi_embedding_backward_cpu_fast (cat / lookups backward, C++ host)": lambda: (
+            OPS.multi_embedding_backward_cpu_fast(grad, idx, rows, dims, pads, no, cols, [], checked=True)),
+        "multi_embedding_backward_cpu (the same, Python op)": lambda: OPS.multi_embedding_backward_cpu(
             grad, idx, rows, dims, pads, no, cols, [], checked=True),
         "multi_embedding_bag_cpu (bags forward)": lambda: OPS.multi_embedding_bag_cpu(
             weights, bags, [None] * t, [], [0] * t, pads, no, checked=True),
@@ -73,6 +75,10 @@ def _calls(t: int) -> dict[str, Callable[[], object]]:
 
 def measure() -> list[tuple[str, float, float]]:
     """``(op, us at 1 table, us at 26 tables)`` per op, then ATen's embedding (one table)."""
+    from inductor_embed.lowering import _cpu_host
+
+    if not _cpu_host.load():  # (built on first use: before the timing)
+        raise SystemExit("op_host_cost: the C++ host kernel could not be built (see the log)")
     one, many = _calls(1), _calls(26)
     out = [(name, _per_call_us(one[name]), _per_call_us(many[name])) for name in one]
     w, i = torch.randn(ROWS, DIM), torch.randint(0, ROWS, (1,))

@@ -420,7 +420,8 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     if wide:
         pick = lambda xs: [xs[k] for k in wide]  # noqa: E731
         triples = [x for j, k in enumerate(wide) for lo, hi in zeroed[k] for x in (j, lo, hi)]
-        eager = torch.ops.inductor_embed.multi_embedding_backward_cpu(
+        op = _cpu_host.backward_op() if native else torch.ops.inductor_embed.multi_embedding_backward_cpu
+        eager = op(
             grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(scale_grad_by_freq),
             pick(columns), triples, checked=True)
         for k, g in zip(wide, eager):
@@ -556,3 +557,7 @@ def _gpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
 
 multi_embedding.register_autograd(first_order(_backward), setup_context=_setup_context)
 multi_embedding_columns.register_autograd(first_order(_backward), setup_context=_setup_context)
+
+
+# (defines multi_embedding_backward_cpu_fast, whose schema is multi_embedding_backward_cpu's)
+from inductor_embed.lowering import _cpu_host  # noqa: E402

@@ -1,0 +1,150 @@
+"""The lookups' CPU backward with its host side in C++ (``cpu_host.cpp``): the op
+``multi_embedding_backward_cpu_fast``, which the autograd formula calls where the native
+kernels are built (``backward_op``).
+
+Why: a small batch's backward is host work, not data (bench/results/cpu/op_host_cost.md):
+the Python op spent ~86 us a call at 26 tables between the dispatcher's trip into Python
+and a tensor call per table field. The C++ kernel reads its arguments as the dispatcher
+holds them, allocates the gradients and fills the native kernel's structs itself, then calls
+``cpu_kernels.c``'s ``ie_bag_grad`` (its address bound at load).
+
+The op is defined here, in Python, with the Python op's body as its kernel: a graph or an FX
+cache entry that names it always runs, built or not. Its first call builds ``cpu_host.cpp``
+(the running torch's headers and libraries, the system's C++ compiler; cached per user
+beside the C kernels, keyed by the source, the compiler, the flags and the torch build) and
+loads it, which registers the op's CPU kernel over the Python one. Without a C++ compiler,
+or where the build fails (logged once), the Python kernel stays: the same results through
+``multi_embedding_backward_cpu``. The C++ kernel takes the common case and hands every other
+call to that op unchanged (see the source's head), so both give the same results and errors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import torch
+
+from inductor_embed import _internal
+from inductor_embed.lowering import _cpu_native, _grad_cache
+from inductor_embed.lowering._common import twin_op
+
+log = logging.getLogger("inductor_embed")
+
+SOURCE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_host.cpp")
+_FLAGS = ["-O2", "-std=c++17", "-fPIC", "-shared", "-w"]
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "loaded": whether the C++ kernel is registered (set once tried)
+
+
+def _compilers() -> list[str]:
+    names = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    return [p for p in dict.fromkeys(shutil.which(n) for n in names if n) if p]
+
+
+def _command(cxx: str, out: str) -> list[str]:
+    from torch.utils import cpp_extension
+
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    return [cxx, *_FLAGS, abi, *includes, SOURCE_PATH, "-o", out, f"-L{lib_dir}", "-lc10", "-ltorch_cpu"]
+
+
+def _build() -> str | None:
+    """The built library's path (cached, or compiled now), or None, logged, where it cannot
+    be built."""
+    if sys.platform == "win32":
+        return None
+    try:
+        with open(SOURCE_PATH) as f:
+            source = f.read()
+    except OSError as e:  # an install without its package data
+        log.warning("inductor_embed: the C++ host kernel's source is missing (%s); using the Python op", e)
+        return None
+    errors: list[str] = []
+    directory = _cpu_native._private_dir()
+    build = f"{torch.__version__} {torch.__file__} {torch._C._GLIBCXX_USE_CXX11_ABI}"
+    for cxx in _compilers():
+        key = hashlib.sha256("\0".join([source, cxx, *_FLAGS, build]).encode()).hexdigest()[:20]
+        path = os.path.join(directory, f"cpu_host_{key}.so")
+        if os.path.exists(path):
+            return path
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+        os.close(fd)
+        try:
+            subprocess.run(_command(cxx, tmp), check=True, capture_output=True, text=True, timeout=300)
+            os.replace(tmp, path)  # atomic: another process may be building it too
+            return path
+        except (OSError, subprocess.SubprocessError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            errors.append(f"{cxx}: {detail.strip()[:300]}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    log.warning("inductor_embed: could not build the C++ host of the CPU lookups' backward (%s); its Python "
+                "op runs instead (~70 us more a call at 26 tables). Set CXX to a C++ compiler.",
+                "; ".join(errors) if errors else "no C++ compiler found: $CXX, c++, g++, clang++")
+    return None
+
+
+def load() -> bool:
+    """Build (once a process) and load the C++ kernel, binding it to the native library;
+    whether it is registered. Requires ``_cpu_native.lib()``."""
+    if "loaded" not in _state:
+        with _lock:
+            if "loaded" not in _state:
+                _state["loaded"] = _load()
+    return bool(_state["loaded"])
+
+
+def _load() -> bool:
+    library = _cpu_native.lib()
+    path = _build() if library is not None else None
+    if path is None:
+        return False
+    try:
+        host = ctypes.CDLL(path)  # (dlopen: the handle load_library gets below)
+        bind = host.ie_host_bind
+        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 5
+        if bind(ctypes.cast(library.ie_bag_grad, ctypes.c_void_p).value, ctypes.sizeof(_cpu_native._Table),
+                _cpu_native.STREAMING_BYTES, _cpu_native.THREADED_BYTES, _grad_cache.MIN_BYTES) != 0:
+            raise OSError("its ie_table is not the native kernels'")
+        torch.ops.load_library(path)  # registers the op's CPU kernel
+    except (OSError, AttributeError, RuntimeError) as e:  # a stale or foreign file under the cache's name
+        log.warning("inductor_embed: could not load the C++ host kernel %s (%s); its Python op runs instead",
+                    path, str(e).splitlines()[0] if str(e) else e)
+        return False
+    return True
+
+
+def backward_op() -> object:
+    """The op the lookups' autograd formula calls for its native tables: this module's,
+    unless ``_internal.cpp_host_on_cpu`` is off (tests of the Python op)."""
+    if _internal.cpp_host_on_cpu:
+        return torch.ops.inductor_embed.multi_embedding_backward_cpu_fast
+    return torch.ops.inductor_embed.multi_embedding_backward_cpu
+
+
+@twin_op("inductor_embed::multi_embedding_backward_cpu_fast", like="inductor_embed::multi_embedding_backward_cpu",
+         returns="Tensor[]")
+def multi_embedding_backward_cpu_fast(*args) -> list[torch.Tensor]:
+    """``multi_embedding_backward_cpu``, the same arguments and results; its CPU kernel is
+    ``cpu_host.cpp``'s once built (this Python body: the first call, which builds it, and
+    every call where it cannot be built)."""
+    if not _state.get("loaded") and _cpu_native.lib() is not None:
+        load()
+    return torch.ops.inductor_embed.multi_embedding_backward_cpu.default(*args)
+
+
+@multi_embedding_backward_cpu_fast.register_fake
+def _fake(*args, **kwargs):
+    return torch.ops.inductor_embed.multi_embedding_backward_cpu.default(*args, **kwargs)
