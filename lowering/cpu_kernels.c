@@ -45,8 +45,9 @@ typedef struct {
 typedef struct { int32_t* start; int32_t* pos; int32_t* bag; float* bag_scale; float* acc; float* grad;
                  uint64_t* keys; } ie_scratch;
 
-/* bfloat16 <-> fp32: the upper half of the float's bits; c10::BFloat16's rounding to nearest
-   even (a NaN: 0x7fc0). */
+/* bfloat16 <-> fp32: the upper half of the float's bits; rounding to nearest even, as
+   c10::BFloat16's (a NaN: 0x7fc0; torch's vectorised casts may give a NaN other bits, so a
+   NaN is kept as a NaN, not bit for bit). */
 static inline float bf16_float(uint16_t h) {
   const uint32_t u = (uint32_t)h << 16;
   float f;

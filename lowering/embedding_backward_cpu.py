@@ -7,6 +7,7 @@ twin, the oracle of the tests, is ``multi_embedding_ref.multi_embedding_backward
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -59,7 +60,7 @@ def embedding_grads_cpu(
     """
     if columns is None:
         columns = [sum(dims[:k]) for k in range(len(dims))]
-    n = grad.numel() // grad.shape[-1] if grad.shape[-1] else 0
+    n = math.prod(grad.shape[:-1])  # (not numel / C: every table may be 0 columns wide)
     native = grad.device.type == "cpu" and grad.dtype in NATIVE_DTYPES and 0 < n < 1 << 31 and (
         _cpu_native.lib() is not None)
     if native and not any(scale_grad_by_freq):  # every table in one native call

@@ -747,3 +747,23 @@ def test_column_writes_the_op_cannot_take_left_on_the_cpu_by_default(caplog):
     assert [(r.pattern, r.replaced) for r in report.rewrites[1:]] == [("independent_lookups", ("o",))]
     assert "written in place (setitem) with a Python number or a non-tensor (setitem): on the CPU that write " \
            "on the fused output copies the whole output" in caplog.text, caplog.text
+
+
+class _ZeroColumns(nn.Module):
+    """A cat of lookups some (or all) of whose tables are 0 columns wide."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(5 + k, d) for k, d in enumerate(dims))
+
+    def forward(self, x):
+        return torch.cat([t(x[:, k]) for k, t in enumerate(self.tables)], -1) * 2 + 1
+
+
+@pytest.mark.parametrize("dims", [(0, 0), (0, 3, 0)], ids=["all", "some"])
+def test_zero_column_tables_in_a_cat(dims):
+    """Review finding: with every table 0 columns wide the CPU backward counted 0 positions
+    and its ATen fallback raised on the 7 indices; eager's gradients are [V, 0] (and the
+    others' where a table has columns)."""
+    x = torch.stack([torch.randint(0, 5 + k, (7,)) for k in range(len(dims))], 1)
+    compare_with_eager(_ZeroColumns(dims), [x])
