@@ -1,21 +1,22 @@
-"""The lookups' CPU backward with its host side in C++ (``cpu_host.cpp``): the op
-``multi_embedding_backward_cpu_fast``, which the autograd formula calls where the native
-kernels are built (``backward_op``).
+"""Two CPU ops with their host side in C++ (``cpu_host.cpp``): the lookups' backward
+(``multi_embedding_backward_cpu_fast``) and the bags' forward (``multi_embedding_bag_cpu_fast``),
+which autograd and the bag op's body call where the native kernels are built (``op``).
 
-Why: a small batch's backward is host work, not data (bench/results/cpu/op_host_cost.md):
-the Python op spent ~86 us a call at 26 tables between the dispatcher's trip into Python
-and a tensor call per table field. The C++ kernel reads its arguments as the dispatcher
-holds them, allocates the gradients and fills the native kernel's structs itself, then calls
-``cpu_kernels.c``'s ``ie_bag_grad`` (its address bound at load).
+Why: a small batch's step is host work, not data (bench/results/cpu/op_host_cost.md): the
+Python ops spent ~83 / ~114 us a call at 26 tables between the dispatcher's trip into Python
+and a tensor call per table field. The C++ kernels read their arguments as the dispatcher
+holds them, allocate the outputs and fill the native kernels' structs themselves, then call
+``cpu_kernels.c``'s ``ie_bag_grad`` / ``ie_bag_forward`` (their addresses bound at load):
+~28 / ~16 us.
 
-The op is defined here, in Python, with the Python op's body as its kernel: a graph or an FX
-cache entry that names it always runs, built or not. Its first call builds ``cpu_host.cpp``
-(the running torch's headers and libraries, the system's C++ compiler; cached per user
-beside the C kernels, keyed by the source, the compiler, the flags and the torch build) and
-loads it, which registers the op's CPU kernel over the Python one. Without a C++ compiler,
-or where the build fails (logged once), the Python kernel stays: the same results through
-``multi_embedding_backward_cpu``. The C++ kernel takes the common case and hands every other
-call to that op unchanged (see the source's head), so both give the same results and errors.
+Each ``_fast`` op is defined here, in Python (``define_fast``), its Python kernel the Python
+op's work: a graph or an FX cache entry that names it always runs, built or not. The first
+call builds ``cpu_host.cpp`` (the running torch's headers and libraries, the system's C++
+compiler, ~6 s once; cached per user beside the C kernels, keyed by the source, the
+compiler, the flags and the torch build) and loads it, which registers the ops' CPU kernels
+over the Python ones. Without a C++ compiler, or where the build fails (logged once), the
+Python kernels stay. A C++ kernel takes the common case and hands every other call to the
+Python op unchanged (see the source), so both give the same results and errors.
 """
 
 from __future__ import annotations
@@ -114,11 +115,13 @@ def _load() -> bool:
     try:
         host = ctypes.CDLL(path)  # (dlopen: the handle load_library gets below)
         bind = host.ie_host_bind
-        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 5
-        if bind(ctypes.cast(library.ie_bag_grad, ctypes.c_void_p).value, ctypes.sizeof(_cpu_native._Table),
-                _cpu_native.STREAMING_BYTES, _cpu_native.THREADED_BYTES, _grad_cache.MIN_BYTES) != 0:
-            raise OSError("its ie_table is not the native kernels'")
-        torch.ops.load_library(path)  # registers the op's CPU kernel
+        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 7
+        address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        if bind(address(library.ie_bag_grad), ctypes.sizeof(_cpu_native._Table), address(library.ie_bag_forward),
+                ctypes.sizeof(_cpu_native._Pool), _cpu_native.STREAMING_BYTES, _cpu_native.THREADED_BYTES,
+                _grad_cache.MIN_BYTES) != 0:
+            raise OSError("its structs are not the native kernels'")
+        torch.ops.load_library(path)  # registers the ops' CPU kernels
     except (OSError, AttributeError, RuntimeError) as e:  # a stale or foreign file under the cache's name
         log.warning("inductor_embed: could not load the C++ host kernel %s (%s); its Python op runs instead",
                     path, str(e).splitlines()[0] if str(e) else e)
@@ -126,25 +129,24 @@ def _load() -> bool:
     return True
 
 
-def backward_op() -> object:
-    """The op the lookups' autograd formula calls for its native tables: this module's,
-    unless ``_internal.cpp_host_on_cpu`` is off (tests of the Python op)."""
-    if _internal.cpp_host_on_cpu:
-        return torch.ops.inductor_embed.multi_embedding_backward_cpu_fast
-    return torch.ops.inductor_embed.multi_embedding_backward_cpu
+def op(name: str) -> object:
+    """The op to call for the Python op ``name`` (a CPU path with a C++ twin): its ``_fast``
+    twin, unless ``_internal.cpp_host_on_cpu`` is off (tests of the Python op)."""
+    return getattr(torch.ops.inductor_embed, f"{name}_fast" if _internal.cpp_host_on_cpu else name)
 
 
-@twin_op("inductor_embed::multi_embedding_backward_cpu_fast", like="inductor_embed::multi_embedding_backward_cpu",
-         returns="Tensor[]")
-def multi_embedding_backward_cpu_fast(*args) -> list[torch.Tensor]:
-    """``multi_embedding_backward_cpu``, the same arguments and results; its CPU kernel is
-    ``cpu_host.cpp``'s once built (this Python body: the first call, which builds it, and
-    every call where it cannot be built)."""
-    if not _state.get("loaded") and _cpu_native.lib() is not None:
-        load()
-    return torch.ops.inductor_embed.multi_embedding_backward_cpu.default(*args)
+def define_fast(name: str, returns: str) -> None:
+    """Define ``<name>_fast``: the op ``name``'s arguments and results, its Python kernel the
+    builder (the first call) and the fallback (``name`` itself); ``cpu_host.cpp`` registers
+    its CPU kernel. Called where ``name`` has just been defined."""
+    python = getattr(torch.ops.inductor_embed, name).default
 
+    def fast(*args):
+        if not _state.get("loaded") and _cpu_native.lib() is not None:
+            load()
+        return python(*args)
 
-@multi_embedding_backward_cpu_fast.register_fake
-def _fake(*args, **kwargs):
-    return torch.ops.inductor_embed.multi_embedding_backward_cpu.default(*args, **kwargs)
+    fast.__doc__ = (f"``{name}``, the same arguments and results; its CPU kernel is ``cpu_host.cpp``'s once built "
+                    "(this Python body: the first call, which builds it, and every call where it cannot be built).")
+    twin = twin_op(f"inductor_embed::{name}_fast", like=f"inductor_embed::{name}", returns=returns)(fast)
+    twin.register_fake(lambda *args, **kwargs: python(*args, **kwargs))

@@ -1,17 +1,17 @@
-// The host side of the lookups' CPU backward in C++: inductor_embed::multi_embedding_backward_cpu_fast.
+// The host side of two CPU ops in C++: inductor_embed::multi_embedding_backward_cpu_fast (the
+// lookups' backward) and multi_embedding_bag_cpu_fast (the bags' forward).
 //
 // lowering/_cpu_host.py compiles this file on first use (against the running torch's headers)
-// and loads it with torch.ops.load_library; it registers this op's CPU kernel, which overrides
-// the op's Python one (a fallback: the same work through multi_embedding_backward_cpu).
+// and loads it with torch.ops.load_library; it registers each op's CPU kernel, which overrides
+// the op's Python one (the fallback: the same work through the Python op without _fast).
 //
-// Why: at a small batch the lookups' backward is host work. The Python op took ~86 us a call at
-// 26 tables (the dispatcher's trip into Python, a tensor call or two per table to build the
-// native kernel's structs, an allocation per table); this kernel builds the same ie_table structs
-// from the IValues and calls the same native kernel (cpu_kernels.c's ie_bag_grad, whose address
-// ie_host_bind binds). What it does not do itself it hands to the Python op, arguments as they
-// came: unchecked calls, zeroed columns, scale_grad_by_freq, a table of 1 MiB or more (its buffer
-// comes from the reused-gradient cache, lowering/_grad_cache.py), an odd dtype or shape, and any
-// nonzero status of the kernel (an index out of range: nothing was written, and the Python op
+// Why: at a small batch these ops are host work. The Python ops took ~83 / ~121 us a call at 26
+// tables (the dispatcher's trip into Python, a tensor call or two per table field to build the
+// native kernel's structs, an allocation per table); these kernels build the same structs from
+// the IValues and call the same native kernels (cpu_kernels.c's ie_bag_grad and ie_bag_forward,
+// whose addresses ie_host_bind binds). What a kernel does not take itself it hands to the Python
+// op, arguments as they came (each kernel's head lists what), and so does any nonzero status of
+// a native kernel (an index or offset out of range: no result was written, and the Python op
 // raises eager's error).
 
 #include <ATen/Parallel.h>
@@ -45,9 +45,24 @@ struct IeTable {
   int64_t mean, padding_idx, accumulate, streaming, scatter, aten_sort, half;
 };
 
+// cpu_kernels.c's ie_pool (a table's pooled forward), field for field.
+struct IePool {
+  IeTable t;
+  const void* weight;
+  int64_t w_stride;
+  void* out;
+  int64_t out_stride;
+  void* arg;
+  int64_t arg_stride;
+  void* grad_w;
+  int64_t fma, n_offsets, last_is_end;
+};
+
 using BagGrad = int64_t (*)(const IeTable*, int64_t, int64_t);
+using BagForward = int64_t (*)(const IePool*, int64_t, int64_t);
 
 std::atomic<BagGrad> bag_grad{nullptr};
+std::atomic<BagForward> bag_forward{nullptr};
 // _cpu_native's STREAMING_BYTES, THREADED_BYTES and _grad_cache.MIN_BYTES, as bound.
 int64_t streaming_bytes = 0, threaded_bytes = 0, cache_min_bytes = 0;
 std::atomic<bool> forked{false};  // a forked child runs on one thread (see _cpu_native._threads)
@@ -57,15 +72,16 @@ std::atomic<bool> forked{false};  // a forked child runs on one thread (see _cpu
 // Binds the native kernel (ie_bag_grad's address) and _cpu_native's constants; called by
 // _cpu_host._load through ctypes (no op: nothing in the registry depends on the build). 0, or
 // -1 where ie_table's size is not this file's (then nothing is bound).
-extern "C" int64_t ie_host_bind(int64_t address, int64_t table_size, int64_t streaming, int64_t threaded,
-                                int64_t cache_min) {
-  if (table_size != (int64_t)sizeof(IeTable)) return -1;
+extern "C" int64_t ie_host_bind(int64_t address, int64_t table_size, int64_t forward, int64_t pool_size,
+                                int64_t streaming, int64_t threaded, int64_t cache_min) {
+  if (table_size != (int64_t)sizeof(IeTable) || pool_size != (int64_t)sizeof(IePool)) return -1;
   streaming_bytes = streaming;
   threaded_bytes = threaded;
   cache_min_bytes = cache_min;
   static bool once = [] { return pthread_atfork(nullptr, nullptr, [] { forked = true; }) == 0; }();
   (void)once;
   bag_grad = reinterpret_cast<BagGrad>(address);
+  bag_forward = reinterpret_cast<BagForward>(forward);
   return 0;
 }
 
@@ -80,8 +96,11 @@ bool ints(const c10::IValue& v, std::vector<int64_t>& out) {
   return true;
 }
 
-// The fast path; false (the stack untouched) where the Python op must run instead.
-bool fast(torch::jit::Stack* stack) {
+// multi_embedding_backward_cpu's common case; false (the stack untouched) where the Python op
+// must run instead: unchecked calls, zeroed columns, scale_grad_by_freq, a table of 1 MiB or more
+// (its buffer comes from the reused-gradient cache, lowering/_grad_cache.py), an empty batch, an
+// odd dtype or shape.
+bool lookups_backward(torch::jit::Stack* stack) {
   constexpr int kArgs = 9;
   const BagGrad kernel = bag_grad.load();
   if (kernel == nullptr || stack->size() < kArgs) return false;
@@ -146,15 +165,115 @@ bool fast(torch::jit::Stack* stack) {
   return true;
 }
 
+// multi_embedding_bag_cpu's common case (every table fp32 rows of unit column stride, no
+// per-sample weights, contiguous offsets); false (the stack untouched) where the Python op must
+// run instead, which also raises the errors of bad indices or offsets (the kernel writes no
+// result then).
+bool bags_forward(torch::jit::Stack* stack) {
+  constexpr int kArgs = 8;
+  const BagForward kernel = bag_forward.load();
+  if (kernel == nullptr || stack->size() < kArgs) return false;
+  c10::IValue* a = &(*stack)[stack->size() - kArgs];
+  // (weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, checked)
+  if (!a[7].toBool() || !a[3].toListRef().empty()) return false;
+  const c10::List<at::Tensor> weights = a[0].toTensorList(), indices = a[1].toTensorList();
+  const c10::List<std::optional<at::Tensor>> offsets = a[2].toOptionalTensorList();
+  std::vector<int64_t> modes, pads;
+  if (!ints(a[4], modes) || !ints(a[5], pads)) return false;
+  std::vector<bool> last;
+  for (const c10::IValue& x : a[6].toListRef()) last.push_back(x.toBool());
+  const size_t t = weights.size();
+  if (t == 0 || indices.size() != t || offsets.size() != t || modes.size() != t || pads.size() != t ||
+      last.size() != t)
+    return false;
+  std::vector<at::Tensor> w(t), ix(t), off(t);
+  int64_t b = -1, cols = 0, max_cols = 0, work = 0;
+  for (size_t k = 0; k < t; k++) {
+    w[k] = weights.get(k);
+    ix[k] = indices.get(k);
+    const std::optional<at::Tensor> o = offsets.get(k);
+    if (o.has_value()) off[k] = *o;
+    const at::Tensor &wk = w[k], &ik = ix[k];
+    if (wk.scalar_type() != at::kFloat || !wk.device().is_cpu() || wk.dim() != 2 || wk.stride(1) != 1) return false;
+    const c10::ScalarType it = ik.scalar_type();
+    if ((it != at::kLong && it != at::kInt) || !ik.device().is_cpu() || modes[k] < 0 || modes[k] > 2) return false;
+    int64_t bags;
+    if (off[k].defined()) {
+      if (ik.dim() != 1 || off[k].dim() != 1 || !off[k].is_contiguous() || !off[k].device().is_cpu()) return false;
+      const c10::ScalarType ot = off[k].scalar_type();
+      if (ot != at::kLong && ot != at::kInt) return false;
+      bags = off[k].size(0) - (last[k] ? 1 : 0);
+    } else {
+      if (ik.dim() != 2 || ik.size(1) == 0) return false;  // ([B, 0]: ATen raises; the Python op does)
+      bags = ik.size(0);
+    }
+    if (bags < 0 || (b >= 0 && bags != b)) return false;
+    b = bags;
+    cols += wk.size(1);
+    max_cols += modes[k] == 2 ? wk.size(1) : 0;
+    work += ik.numel() * wk.size(1) * 4;
+  }
+  at::Tensor out = at::empty({b, cols}, w[0].options());
+  at::Tensor arg = at::empty({b, max_cols}, w[0].options().dtype(at::kLong));
+  std::vector<IePool> pools(t);
+  char* o0 = static_cast<char*>(out.data_ptr());
+  char* a0 = static_cast<char*>(arg.data_ptr());
+  int64_t col = 0, am = 0;
+  for (size_t k = 0; k < t; k++) {
+    const at::Tensor &wk = w[k], &ik = ix[k];
+    const bool two_d = !off[k].defined();
+    IePool& p = pools[k];
+    p = IePool{};
+    p.t.rows = wk.size(0);
+    p.t.dim = wk.size(1);
+    p.t.num_bags = b;
+    p.t.nnz = ik.numel();
+    p.t.idx = ik.data_ptr();
+    p.t.idx64 = ik.scalar_type() == at::kLong;
+    p.t.idx_stride0 = two_d ? ik.stride(0) : 0;
+    p.t.idx_stride1 = ik.stride(-1);
+    p.t.bag_len = two_d ? ik.size(1) : 0;
+    p.t.offsets = two_d ? nullptr : off[k].data_ptr();
+    p.t.offsets64 = !two_d && off[k].scalar_type() == at::kLong;
+    p.t.mean = modes[k] == 1;
+    p.t.padding_idx = pads[k];
+    p.weight = wk.data_ptr();
+    p.w_stride = wk.stride(0);
+    p.out = o0 + 4 * col;
+    p.out_stride = out.stride(0);
+    if (modes[k] == 2) {
+      p.arg = a0 + 8 * am;
+      p.arg_stride = arg.stride(0);
+      am += wk.size(1);
+    }
+    p.n_offsets = two_d ? 0 : off[k].size(0);
+    p.last_is_end = !two_d && last[k];
+    col += wk.size(1);
+  }
+  const int64_t threads = work >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  if (kernel(pools.data(), (int64_t)t, threads) != 0) return false;  // the Python op raises
+  torch::jit::drop(*stack, kArgs);
+  torch::jit::push(*stack, std::move(out), std::move(arg));
+  return true;
+}
+
+// A boxed CPU kernel: `fast` where it takes the call, else the Python op `python`, which gets
+// the arguments as they came.
+template <bool (*fast)(torch::jit::Stack*), const char* python>
 void kernel(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack* stack) {
   if (fast(stack)) return;
-  static const c10::OperatorHandle python =
-      c10::Dispatcher::singleton().findSchemaOrThrow("inductor_embed::multi_embedding_backward_cpu", "");
-  python.callBoxed(stack);
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow(python, "");
+  op.callBoxed(stack);
 }
+
+constexpr char kLookupsBackward[] = "inductor_embed::multi_embedding_backward_cpu";
+constexpr char kBagsForward[] = "inductor_embed::multi_embedding_bag_cpu";
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(inductor_embed, CPU, m) {
-  m.impl("multi_embedding_backward_cpu_fast", torch::CppFunction::makeFromBoxedFunction<&kernel>());
+  m.impl("multi_embedding_backward_cpu_fast",
+         torch::CppFunction::makeFromBoxedFunction<&kernel<&lookups_backward, kLookupsBackward>>());
+  m.impl("multi_embedding_bag_cpu_fast",
+         torch::CppFunction::makeFromBoxedFunction<&kernel<&bags_forward, kBagsForward>>());
 }

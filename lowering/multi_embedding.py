@@ -23,7 +23,7 @@ import torch
 from torch.library import triton_op
 
 from inductor_embed import _compat
-from inductor_embed.lowering import _checks, _cpu_native, embedding_backward_cpu
+from inductor_embed.lowering import _checks, _cpu_host, _cpu_native, embedding_backward_cpu
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
@@ -420,7 +420,7 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     if wide:
         pick = lambda xs: [xs[k] for k in wide]  # noqa: E731
         triples = [x for j, k in enumerate(wide) for lo, hi in zeroed[k] for x in (j, lo, hi)]
-        op = _cpu_host.backward_op() if native else torch.ops.inductor_embed.multi_embedding_backward_cpu
+        op = _cpu_host.op("multi_embedding_backward_cpu") if native else torch.ops.inductor_embed.multi_embedding_backward_cpu
         eager = op(
             grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(scale_grad_by_freq),
             pick(columns), triples, checked=True)
@@ -559,5 +559,4 @@ multi_embedding.register_autograd(first_order(_backward), setup_context=_setup_c
 multi_embedding_columns.register_autograd(first_order(_backward), setup_context=_setup_context)
 
 
-# (defines multi_embedding_backward_cpu_fast, whose schema is multi_embedding_backward_cpu's)
-from inductor_embed.lowering import _cpu_host  # noqa: E402
+_cpu_host.define_fast("multi_embedding_backward_cpu", "Tensor[]")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from inductor_embed.lowering import _checks, _cpu_native
+from inductor_embed.lowering import _checks, _cpu_host, _cpu_native
 from inductor_embed.lowering._common import (
     coalesce_sparse_grads,
     column_stride_1,
@@ -122,8 +122,11 @@ def multi_embedding_bag(
         # compile: docs/design.md), for the same work ATen's embedding_bag does.
         # checked: the arguments' structure was checked just above (on fake tensors when
         # compiled, where Dynamo's guards then hold it), so the CPU body checks values only.
-        return torch.ops.inductor_embed.multi_embedding_bag_cpu(
-            weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, checked=True)
+        # Where the native kernels are built, the op with its host side in C++ (_cpu_host).
+        cpu = _cpu_host.op("multi_embedding_bag_cpu") if _cpu_native.lib() is not None else (
+            torch.ops.inductor_embed.multi_embedding_bag_cpu)
+        return cpu(weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset,
+                   checked=True)
     out, arg_max, err = torch.ops.inductor_embed.multi_embedding_bag_triton(
         weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset)
     _raise_on_flags(err)
@@ -426,6 +429,9 @@ def _multi_embedding_bag_cpu_fake(weights, indices, offsets, per_sample_weights,
     b = num_bags(indices[0], offsets[0], include_last_offset[0])
     out = weights[0].new_empty((b, sum(w.shape[1] for w in weights)))
     return out, out.new_empty((b, _arg_max_cols(weights, modes)), dtype=torch.int64)
+
+
+_cpu_host.define_fast("multi_embedding_bag_cpu", "(Tensor, Tensor)")
 
 
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------

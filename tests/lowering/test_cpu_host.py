@@ -172,3 +172,123 @@ def test_a_forked_child_runs_it_on_one_thread(spy):
     child.start()
     child.join(120)
     assert child.exitcode == 0 and queue.get(timeout=5)
+
+
+# --- the bags' forward -------------------------------------------------------------------------
+
+BAG_FAST = torch.ops.inductor_embed.multi_embedding_bag_cpu_fast.default
+BAG_PYTHON = torch.ops.inductor_embed.multi_embedding_bag_cpu.default
+
+
+@pytest.fixture
+def bag_spy(monkeypatch):
+    """Counts the Python bag op's runs (its body's ``_native_tables``)."""
+    from inductor_embed.lowering import multi_embedding_bag
+
+    assert _cpu_host.load()
+    calls = []
+    run = multi_embedding_bag._native_tables
+    monkeypatch.setattr(multi_embedding_bag, "_native_tables", lambda *a: (calls.append(1), run(*a))[1])
+    return calls
+
+
+def _bags(b=33, itype=torch.int64, last=False):
+    """Three lookups: [B, 4] bags (a strided slice of one [B, 3, 4] input), 1-D indices with
+    int32 offsets (an empty bag; with include_last_offset, positions past the last offset),
+    and a strided table (a column slice)."""
+    g = torch.Generator().manual_seed(b)
+    weights = [torch.randn(50, 16, generator=g), torch.randn(200, 8, generator=g)[:, :5], torch.randn(30, 7, generator=g)]
+    x = torch.randint(0, 30, (b, 3, 4), generator=g).to(itype)
+    flat = torch.randint(0, 200, (100,), generator=g).to(itype)
+    offsets = torch.sort(torch.randint(0, 90, (b,), generator=g))[0].int()
+    offsets[0], offsets[2] = 0, offsets[3]
+    if last:
+        offsets = torch.cat([offsets, torch.tensor([95], dtype=torch.int32)])
+    return weights, [x[:, 0], flat, x[:, 2]], [None, offsets, None]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_the_cpp_host_gives_the_python_bag_forwards(itype, threads, bag_spy, monkeypatch):
+    """Sum, mean and max tables mixed, padding rows or none, include_last_offset, one and two
+    threads (a batch of 20,000 bags: past THREADED_BYTES): the Python op's outputs and max
+    rows bit for bit, with no call into Python."""
+    for b in (33, 20000):
+        for modes in ([0, 1, 2], [2, 2, 0]):
+            for pads, last in (([-1] * 3, False), ([3, 7, 0], True)):
+                weights, indices, offsets = _bags(b, itype, last)
+                args = (weights, indices, offsets, [], modes, pads, [False, last, False], True)
+                with num_threads(threads):
+                    got = BAG_FAST(*args)
+                assert not bag_spy, "the C++ kernel handed a call it takes to the Python op"
+                want = BAG_PYTHON(*args)
+                bag_spy.clear()
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (b, modes, pads)
+
+
+@pytest.mark.parametrize("form", ["unchecked", "weighted", "strided offsets", "bf16", "no positions a bag"])
+def test_bags_it_does_not_take_go_to_the_python_op(form, bag_spy):
+    weights, indices, offsets = _bags()
+    psw, checked, modes = [], True, [0, 0, 0]
+    if form == "unchecked":
+        checked = False
+    elif form == "weighted":
+        psw = [torch.rand(33, 4), torch.rand(100), torch.rand(33, 4)]
+    elif form == "strided offsets":
+        offsets[1] = torch.stack([offsets[1], offsets[1]], 1)[:, 0]
+    elif form == "bf16":
+        weights = [w.bfloat16() for w in weights]
+    else:
+        indices = [indices[0][:, :0], indices[1], indices[2]]
+    args = (weights, indices, offsets, psw, modes, [-1] * 3, [False] * 3, checked)
+    if form == "no positions a bag":  # ATen raises for [B, 0] bags: so do both
+        with pytest.raises(RuntimeError):
+            BAG_FAST(*args)
+        assert bag_spy == [1]
+        return
+    got = BAG_FAST(*args)
+    assert bag_spy == [1]
+    want = BAG_PYTHON(*args)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("bad", ["index", "negative index", "offsets"])
+def test_bad_bags_raise_the_python_ops_error(bad, bag_spy):
+    weights, indices, offsets = _bags()
+    if bad == "offsets":
+        offsets[1] = offsets[1].clone()
+        offsets[1][5] = 1000
+        match = "malformed offsets"
+    else:
+        indices[0] = indices[0].clone()
+        indices[0][3, 1] = 60 if bad == "index" else -1
+        match = "index out of range"
+    args = (weights, indices, offsets, [], [0, 1, 2], [-1] * 3, [False] * 3, True)
+    with pytest.raises(RuntimeError, match=match) as fast:
+        BAG_FAST(*args)
+    with pytest.raises(RuntimeError, match=match) as python:
+        BAG_PYTHON(*args)
+    assert str(fast.value) == str(python.value) and bag_spy
+
+
+def test_a_compiled_bag_model_calls_it(bag_spy):
+    """A compiled DLRM-style forward (EmbeddingBags, then a cat) runs the C++ kernel: eager's
+    output bit for bit (sum bags of fp32, no weights)."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    bags = torch.nn.ModuleList(torch.nn.EmbeddingBag(v, 8, mode="sum") for v in (100, 30, 7))
+
+    def model(t, x):
+        return torch.cat([e(x[:, k]) for k, e in enumerate(t)], 1)
+
+    x = torch.stack([torch.randint(0, v, (64, 5)) for v in (100, 30, 7)], 1)
+    import inductor_embed
+
+    assert [r.pattern for r in inductor_embed.explain(lambda x: model(bags, x), x).rewrites] == ["multi_embedding_bag"]
+    with torch.no_grad():
+        want = model(bags, x)
+        torch._dynamo.reset()
+        got = torch.compile(model, backend="inductor_embed")(bags, x)
+    assert torch.equal(got, want) and not bag_spy
+    torch._dynamo.reset()
