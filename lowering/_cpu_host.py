@@ -1,13 +1,14 @@
-"""Two CPU ops with their host side in C++ (``cpu_host.cpp``): the lookups' backward
-(``multi_embedding_backward_cpu_fast``) and the bags' forward (``multi_embedding_bag_cpu_fast``),
-which autograd and the bag op's body call where the native kernels are built (``op``).
+"""Three CPU ops with their host side in C++ (``cpu_host.cpp``): the lookups' backward
+(``multi_embedding_backward_cpu_fast``), the bags' forward (``multi_embedding_bag_cpu_fast``)
+and backward (``multi_embedding_bag_backward_cpu_fast``), which autograd and the bag op's body
+call where the native kernels are built (``op``).
 
 Why: a small batch's step is host work, not data (bench/results/cpu/op_host_cost.md): the
-Python ops spent ~83 / ~114 us a call at 26 tables between the dispatcher's trip into Python
-and a tensor call per table field. The C++ kernels read their arguments as the dispatcher
-holds them, allocate the outputs and fill the native kernels' structs themselves, then call
-``cpu_kernels.c``'s ``ie_bag_grad`` / ``ie_bag_forward`` (their addresses bound at load):
-~28 / ~16 us.
+Python ops spent ~80 / ~110 / ~190 us a call at 26 tables between the dispatcher's trip into
+Python and a tensor call per table field. The C++ kernels read their arguments as the
+dispatcher holds them, allocate the outputs and fill the native kernels' structs themselves,
+then call ``cpu_kernels.c``'s ``ie_bag_grad`` / ``ie_bag_forward`` (their addresses, and the
+probes of ATen's sort the bag backward follows, bound at load): ~26 / ~15 / ~29 us.
 
 Each ``_fast`` op is defined here, in Python (``define_fast``), its Python kernel the Python
 op's work: a graph or an FX cache entry that names it always runs, built or not. The first
@@ -115,11 +116,14 @@ def _load() -> bool:
     try:
         host = ctypes.CDLL(path)  # (dlopen: the handle load_library gets below)
         bind = host.ie_host_bind
-        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 7
+        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 11
         address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        # ATen's sort, as the bag backward's Python path asks it per table (once a process)
+        stable = [_cpu_native.stable_sort_from(t) for t in (torch.int32, torch.int64)]
+        replica = [_cpu_native.aten_sort_matches(t) for t in (torch.int32, torch.int64)]
         if bind(address(library.ie_bag_grad), ctypes.sizeof(_cpu_native._Table), address(library.ie_bag_forward),
                 ctypes.sizeof(_cpu_native._Pool), _cpu_native.STREAMING_BYTES, _cpu_native.THREADED_BYTES,
-                _grad_cache.MIN_BYTES) != 0:
+                _grad_cache.MIN_BYTES, *[-1 if f is None else f for f in stable], *replica) != 0:
             raise OSError("its structs are not the native kernels'")
         torch.ops.load_library(path)  # registers the ops' CPU kernels
     except (OSError, AttributeError, RuntimeError) as e:  # a stale or foreign file under the cache's name

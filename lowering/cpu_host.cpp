@@ -1,15 +1,16 @@
-// The host side of two CPU ops in C++: inductor_embed::multi_embedding_backward_cpu_fast (the
-// lookups' backward) and multi_embedding_bag_cpu_fast (the bags' forward).
+// The host side of three CPU ops in C++: inductor_embed::multi_embedding_backward_cpu_fast (the
+// lookups' backward), multi_embedding_bag_cpu_fast and multi_embedding_bag_backward_cpu_fast (the
+// bags' forward and backward).
 //
 // lowering/_cpu_host.py compiles this file on first use (against the running torch's headers)
 // and loads it with torch.ops.load_library; it registers each op's CPU kernel, which overrides
 // the op's Python one (the fallback: the same work through the Python op without _fast).
 //
-// Why: at a small batch these ops are host work. The Python ops took ~83 / ~121 us a call at 26
-// tables (the dispatcher's trip into Python, a tensor call or two per table field to build the
+// Why: at a small batch these ops are host work. The Python ops took ~83 / ~114 / ~197 us a call
+// at 26 tables (the dispatcher's trip into Python, a tensor call or two per table field to build the
 // native kernel's structs, an allocation per table); these kernels build the same structs from
 // the IValues and call the same native kernels (cpu_kernels.c's ie_bag_grad and ie_bag_forward,
-// whose addresses ie_host_bind binds). What a kernel does not take itself it hands to the Python
+// whose addresses ie_host_bind binds, with the Python side's probes of ATen's sort). What a kernel does not take itself it hands to the Python
 // op, arguments as they came (each kernel's head lists what), and so does any nonzero status of
 // a native kernel (an index or offset out of range: no result was written, and the Python op
 // raises eager's error).
@@ -66,6 +67,9 @@ std::atomic<BagForward> bag_forward{nullptr};
 // _cpu_native's STREAMING_BYTES, THREADED_BYTES and _grad_cache.MIN_BYTES, as bound.
 int64_t streaming_bytes = 0, threaded_bytes = 0, cache_min_bytes = 0;
 std::atomic<bool> forked{false};  // a forked child runs on one thread (see _cpu_native._threads)
+// Per index type (int32, int64): _cpu_native.stable_sort_from (-1: None) and aten_sort_matches,
+// probed by the Python side before binding.
+int64_t stable_from[2] = {-1, -1}, replica[2] = {0, 0};
 
 }  // namespace
 
@@ -73,8 +77,13 @@ std::atomic<bool> forked{false};  // a forked child runs on one thread (see _cpu
 // _cpu_host._load through ctypes (no op: nothing in the registry depends on the build). 0, or
 // -1 where ie_table's size is not this file's (then nothing is bound).
 extern "C" int64_t ie_host_bind(int64_t address, int64_t table_size, int64_t forward, int64_t pool_size,
-                                int64_t streaming, int64_t threaded, int64_t cache_min) {
+                                int64_t streaming, int64_t threaded, int64_t cache_min, int64_t stable32,
+                                int64_t stable64, int64_t replica32, int64_t replica64) {
   if (table_size != (int64_t)sizeof(IeTable) || pool_size != (int64_t)sizeof(IePool)) return -1;
+  stable_from[0] = stable32;
+  stable_from[1] = stable64;
+  replica[0] = replica32;
+  replica[1] = replica64;
   streaming_bytes = streaming;
   threaded_bytes = threaded;
   cache_min_bytes = cache_min;
@@ -257,6 +266,102 @@ bool bags_forward(torch::jit::Stack* stack) {
   return true;
 }
 
+// multi_embedding_bag_backward_cpu's common case (bag_backward_cpu.bag_grads_cpu's native
+// path): dense fp32 sum / mean tables of under 1 MiB, no per-sample weights, no
+// include_last_offset, grad of unit column stride, contiguous offsets, a batch and positions;
+// the order of ATen's sort made by the native kernel (a stable sort's from stable_from on, else
+// its std::sort replica where the probe says it is this build's). Everything else, and a
+// nonzero status (an index out of range; the replica turned to a heap sort), goes to the Python
+// op, arguments as they came.
+bool bags_backward(torch::jit::Stack* stack) {
+  constexpr int kArgs = 14;
+  const BagGrad kernel = bag_grad.load();
+  if (kernel == nullptr || stack->size() < kArgs) return false;
+  c10::IValue* a = &(*stack)[stack->size() - kArgs];
+  // (grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
+  //  include_last_offset, sparse, coalesce, as_values, checked)
+  if (!a[0].isTensor() || a[12].toBool() || !a[13].toBool()) return false;
+  const at::Tensor grad = a[0].toTensor();
+  if (grad.scalar_type() != at::kFloat || !grad.device().is_cpu() || grad.dim() != 2 ||
+      (grad.stride(1) != 1 && grad.size(1) > 1))
+    return false;
+  for (const c10::IValue& x : a[4].toListRef())
+    if (!x.isNone()) return false;
+  for (size_t j : {9, 10})
+    for (const c10::IValue& x : a[j].toListRef())
+      if (x.toBool()) return false;
+  std::vector<int64_t> rows, dims, modes, pads;
+  if (!ints(a[5], rows) || !ints(a[6], dims) || !ints(a[7], modes) || !ints(a[8], pads)) return false;
+  const c10::List<at::Tensor> indices = a[2].toTensorList();
+  const c10::List<std::optional<at::Tensor>> offsets = a[3].toOptionalTensorList();
+  const size_t t = indices.size();
+  if (rows.size() != t || dims.size() != t || modes.size() != t || pads.size() != t || offsets.size() != t)
+    return false;
+  const int64_t b = grad.size(0);
+  if (b <= 0 || b >= (int64_t(1) << 31)) return false;
+  std::vector<at::Tensor> keep(2 * t), outs(t);
+  std::vector<IeTable> tables(t);
+  int64_t col = 0, written = 0, work = 0;
+  const char* g0 = static_cast<const char*>(grad.data_ptr());
+  for (size_t k = 0; k < t; k++) {
+    const at::Tensor i = indices.get(k);
+    const std::optional<at::Tensor> o = offsets.get(k);
+    const int64_t nnz = i.numel(), d = dims[k];
+    const c10::ScalarType it = i.scalar_type();
+    const int64_t is64 = it == at::kLong;
+    if ((modes[k] != 0 && modes[k] != 1) || (it != at::kLong && it != at::kInt) || !i.device().is_cpu() ||
+        nnz == 0 || nnz >= (int64_t(1) << 31) || rows[k] * d * 4 >= cache_min_bytes || col + d > grad.size(1))
+      return false;
+    IeTable& e = tables[k];
+    e = IeTable{};
+    if (o.has_value()) {
+      const at::Tensor& off = *o;
+      if (i.dim() != 1 || off.dim() != 1 || !off.is_contiguous() || off.size(0) != b ||
+          (off.scalar_type() != at::kLong && off.scalar_type() != at::kInt))
+        return false;
+      e.offsets = off.data_ptr();
+      e.offsets64 = off.scalar_type() == at::kLong;
+      e.idx_stride1 = i.stride(0);
+      keep[t + k] = off;
+    } else {
+      if (i.dim() != 2 || i.size(0) != b) return false;
+      e.idx_stride0 = i.stride(0);
+      e.idx_stride1 = i.stride(1);
+      e.bag_len = i.size(1);
+    }
+    // ATen's order: a stable sort's from stable_from on (position order: scattered), else
+    // std::sort's (the kernel's replica, where it matches this build's)
+    const bool stable = stable_from[is64] >= 0 && nnz >= stable_from[is64];
+    if (!stable && (!replica[is64] || rows[k] >= (int64_t(1) << 31))) return false;
+    keep[k] = i;
+    outs[k] = at::empty({rows[k], d}, grad.options());
+    e.rows = rows[k];
+    e.dim = d;
+    e.out = outs[k].data_ptr();
+    e.grad = g0 + 4 * col;
+    e.grad_stride = grad.stride(0);
+    e.num_bags = b;
+    e.nnz = nnz;
+    e.idx = i.data_ptr();
+    e.idx64 = is64;
+    e.mean = modes[k] == 1;
+    e.padding_idx = pads[k];
+    e.scatter = stable;
+    e.aten_sort = !stable;
+    col += d;
+    written += rows[k] * d * 4;
+    work += nnz * d * 4;
+  }
+  if (written >= streaming_bytes)
+    for (IeTable& e : tables) e.streaming = 1;
+  work += written;
+  const int64_t threads = work >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  if (kernel(tables.data(), (int64_t)t, threads) != 0) return false;  // the Python op raises / sorts
+  torch::jit::drop(*stack, kArgs);
+  torch::jit::push(*stack, c10::List<at::Tensor>(outs));
+  return true;
+}
+
 // A boxed CPU kernel: `fast` where it takes the call, else the Python op `python`, which gets
 // the arguments as they came.
 template <bool (*fast)(torch::jit::Stack*), const char* python>
@@ -268,6 +373,7 @@ void kernel(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack* 
 
 constexpr char kLookupsBackward[] = "inductor_embed::multi_embedding_backward_cpu";
 constexpr char kBagsForward[] = "inductor_embed::multi_embedding_bag_cpu";
+constexpr char kBagsBackward[] = "inductor_embed::multi_embedding_bag_backward_cpu";
 
 }  // namespace
 
@@ -276,4 +382,6 @@ TORCH_LIBRARY_IMPL(inductor_embed, CPU, m) {
          torch::CppFunction::makeFromBoxedFunction<&kernel<&lookups_backward, kLookupsBackward>>());
   m.impl("multi_embedding_bag_cpu_fast",
          torch::CppFunction::makeFromBoxedFunction<&kernel<&bags_forward, kBagsForward>>());
+  m.impl("multi_embedding_bag_backward_cpu_fast",
+         torch::CppFunction::makeFromBoxedFunction<&kernel<&bags_backward, kBagsBackward>>());
 }

@@ -260,6 +260,9 @@ def _multi_embedding_bag_backward_cpu_fake(grad, arg_max, indices, offsets, per_
             for v, d, s in zip(num_rows, dims, sparse)]
 
 
+_cpu_host.define_fast("multi_embedding_bag_backward_cpu", "Tensor[]")
+
+
 def _setup_context(ctx, inputs, output):
     weights, indices, offsets, psw_arg, modes, padding_idx, ilo, sparse = inputs
     psw = _psw_list(psw_arg, len(weights))
@@ -285,8 +288,10 @@ def _backward(ctx, grad, _grad_arg_max):
     if cpu:
         # The CPU: one tensor per table (a 26 x 100,000 x 64 packed buffer cost fresh pages
         # every step; see embedding_grads_cpu), sparse ones made sparse there.
-        tables = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu(*args, coalesce_sparse_grads(grad),
-                                                                           checked=True)
+        # Where the native kernels are built, the op with its host side in C++ (_cpu_host).
+        op = _cpu_host.op("multi_embedding_bag_backward_cpu") if _cpu_native.lib() is not None else (
+            torch.ops.inductor_embed.multi_embedding_bag_backward_cpu)
+        tables = op(*args, coalesce_sparse_grads(grad), checked=True)
     else:
         dense, values = torch.ops.inductor_embed.multi_embedding_bag_backward(*args)
         tables, dpos, vpos = [], 0, 0

@@ -271,9 +271,9 @@ def test_bad_bags_raise_the_python_ops_error(bad, bag_spy):
     assert str(fast.value) == str(python.value) and bag_spy
 
 
-def test_a_compiled_bag_model_calls_it(bag_spy):
-    """A compiled DLRM-style forward (EmbeddingBags, then a cat) runs the C++ kernel: eager's
-    output bit for bit (sum bags of fp32, no weights)."""
+def test_a_compiled_bag_model_calls_it(bag_spy, bag_bwd_spy):
+    """A compiled DLRM-style step (EmbeddingBags, then a cat) runs the C++ kernels, forward and
+    backward: eager's output and gradients bit for bit (sum bags of fp32, no weights)."""
     import torch._dynamo
 
     torch.manual_seed(0)
@@ -286,9 +286,102 @@ def test_a_compiled_bag_model_calls_it(bag_spy):
     import inductor_embed
 
     assert [r.pattern for r in inductor_embed.explain(lambda x: model(bags, x), x).rewrites] == ["multi_embedding_bag"]
-    with torch.no_grad():
-        want = model(bags, x)
-        torch._dynamo.reset()
-        got = torch.compile(model, backend="inductor_embed")(bags, x)
-    assert torch.equal(got, want) and not bag_spy
+    import copy
+
+    mine = copy.deepcopy(bags)
+    want = model(bags, x)
+    g = torch.randn_like(want)
+    want.backward(g)
     torch._dynamo.reset()
+    got = torch.compile(model, backend="inductor_embed")(mine, x)
+    got.backward(g)
+    assert torch.equal(got, want) and not bag_spy and not bag_bwd_spy
+    assert all(torch.equal(a.weight.grad, b.weight.grad) for a, b in zip(mine, bags))
+    torch._dynamo.reset()
+
+
+# --- the bags' backward ------------------------------------------------------------------------
+
+BAG_BWD_FAST = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu_fast.default
+BAG_BWD_PYTHON = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu.default
+
+
+@pytest.fixture
+def bag_bwd_spy(monkeypatch):
+    """Counts the Python bag backward's runs (its body's ``bag_grads_cpu``)."""
+    from inductor_embed.lowering import multi_embedding_bag
+
+    assert _cpu_host.load()
+    calls = []
+    run = multi_embedding_bag.bag_grads_cpu
+    monkeypatch.setattr(multi_embedding_bag, "bag_grads_cpu", lambda *a, **k: (calls.append(1), run(*a, **k))[1])
+    return calls
+
+
+def _bag_grad_args(b, itype=torch.int64, modes=(0, 1, 0), pads=(-1, 7, 0)):
+    """The backward's arguments for ``_bags``' three lookups (no include_last_offset), grad
+    ``[B, 28]`` with Zipf-heavy repeats in the first table."""
+    weights, indices, offsets = _bags(b, itype)
+    indices[0] = (indices[0].float() ** 2 % 50).to(itype)  # repeats: rows summed in ATen's order
+    g = torch.Generator().manual_seed(b + 1)
+    grad = torch.randn(b, 28, generator=g)
+    rows, dims = [w.shape[0] for w in weights], [w.shape[1] for w in weights]
+    return (grad, grad.new_empty((b, 0), dtype=torch.int64), indices, offsets, [None] * 3, rows, dims,
+            list(modes), list(pads), [False] * 3, [False] * 3, False)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+def test_the_cpp_host_gives_the_python_bag_gradients(itype, threads, bag_bwd_spy):
+    """Sum and mean tables, padding rows, [B, L] and offsets, positions below the stable
+    sort's length (the kernel's std::sort replica) and above it (12,000 bags of 4: 48,000
+    positions in a [B, L] table), on one and two threads: the Python op's gradients bit for bit
+    (eager's: test_cpu_native.py), with no call into Python."""
+    for b in (33, 12000):
+        args = _bag_grad_args(b, itype)
+        with num_threads(threads):
+            got = BAG_BWD_FAST(*args, False, True)
+        assert not bag_bwd_spy, "the C++ kernel handed a call it takes to the Python op"
+        want = BAG_BWD_PYTHON(*args, False, True)
+        bag_bwd_spy.clear()
+        assert all(torch.equal(a, w) for a, w in zip(got, want)), b
+
+
+@pytest.mark.parametrize("form", ["unchecked", "as_values", "max", "weighted", "include_last_offset", "sparse",
+                                  "cached table"])
+def test_bag_gradients_it_does_not_take_go_to_the_python_op(form, bag_bwd_spy):
+    args = list(_bag_grad_args(33))
+    checked, as_values = True, False
+    if form == "unchecked":
+        checked = False
+    elif form == "as_values":
+        as_values, args[10] = True, [False, True, False]
+    elif form == "max":
+        args[7] = [0, 2, 0]
+        args[1] = torch.zeros(33, 5, dtype=torch.int64)
+    elif form == "weighted":
+        args[4] = [torch.rand(33, 4), None, None]
+    elif form == "include_last_offset":
+        args[9] = [False, True, False]
+        args[3] = [None, torch.cat([args[3][1], torch.tensor([95], dtype=torch.int32)]), None]
+    elif form == "sparse":
+        args[10] = [True, False, False]
+    else:  # 5,000 x 64 fp32: from the reused-gradient cache
+        args[5], args[6] = [5000, 200, 30], [64, 5, 7]
+        args[0] = torch.randn(33, 76)
+    got = BAG_BWD_FAST(*args, as_values, checked)
+    assert bag_bwd_spy == [1]
+    want = BAG_BWD_PYTHON(*args, as_values, checked)
+    for a, w in zip(got, want):
+        assert torch.equal(a.to_dense(), w.to_dense())
+
+
+def test_a_bad_bag_index_in_the_backward_raises_the_python_ops_error(bag_bwd_spy):
+    args = list(_bag_grad_args(33))
+    args[2] = [args[2][0], args[2][1].clone(), args[2][2]]
+    args[2][1][40] = 200
+    with pytest.raises(IndexError) as fast:
+        BAG_BWD_FAST(*args, False, True)
+    with pytest.raises(IndexError) as python:
+        BAG_BWD_PYTHON(*args, False, True)
+    assert str(fast.value) == str(python.value) and bag_bwd_spy
