@@ -53,12 +53,14 @@ def _compilers() -> list[str]:
 
 
 def _command(cxx: str, out: str) -> list[str]:
-    from torch.utils import cpp_extension
-
-    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    """The build's command: the running torch's headers and libraries (as
+    ``torch.utils.cpp_extension`` finds them for a CPU build, without importing it: it needs
+    setuptools)."""
+    root = os.path.dirname(torch.__file__)
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
-    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
-    return [cxx, *_FLAGS, abi, *includes, SOURCE_PATH, "-o", out, f"-L{lib_dir}", "-lc10", "-ltorch_cpu"]
+    includes = [f"-I{os.path.join(root, 'include')}", f"-I{os.path.join(root, 'include', 'torch', 'csrc', 'api', 'include')}"]
+    return [cxx, *_FLAGS, abi, *includes, SOURCE_PATH, "-o", out, f"-L{os.path.join(root, 'lib')}", "-lc10",
+            "-ltorch_cpu"]
 
 
 def _build() -> str | None:
