@@ -84,9 +84,10 @@ def _build() -> str | None:
         path = os.path.join(directory, f"cpu_host_{key}.so")
         if os.path.exists(path):
             return path
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
-        os.close(fd)
+        tmp = ""
         try:
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)  # (OSError: the directory is gone)
+            os.close(fd)
             subprocess.run(_command(cxx, std, tmp), check=True, capture_output=True, text=True, timeout=300)
             os.replace(tmp, path)  # atomic: another process may be building it too
             return path
@@ -95,7 +96,7 @@ def _build() -> str | None:
             first = next((ln for ln in detail.splitlines() if "error" in ln), detail)  # (not the include chain)
             errors.append(f"{cxx} {std}: {first[:300]}")
         finally:
-            if os.path.exists(tmp):
+            if tmp and os.path.exists(tmp):
                 os.remove(tmp)
     log.warning("inductor_embed: could not build the C++ host of the CPU lookups' backward and bags' forward and "
                 "backward (%s); their Python ops run instead (3-7x the host time a call). Set CXX to a C++ compiler.",
@@ -104,12 +105,18 @@ def _build() -> str | None:
 
 
 def load() -> bool:
-    """Build (once a process) and load the C++ kernel, binding it to the native library;
-    whether it is registered. Requires ``_cpu_native.lib()``."""
+    """Build (once a process) and load the C++ kernels, binding them to the native library;
+    whether they are bound. Never raises: whatever goes wrong is logged once and the Python ops
+    run. Requires ``_cpu_native.lib()``."""
     if "loaded" not in _state:
         with _lock:
             if "loaded" not in _state:
-                _state["loaded"] = _load()
+                try:
+                    _state["loaded"] = _load()
+                except Exception as e:  # noqa: BLE001  (a cache directory gone, a failed probe, ...)
+                    log.warning("inductor_embed: the C++ host kernels could not be set up (%s: %s); the Python ops "
+                                "run instead", type(e).__name__, e)
+                    _state["loaded"] = False
     return bool(_state["loaded"])
 
 
@@ -118,19 +125,24 @@ def _load() -> bool:
     path = _build() if library is not None else None
     if path is None:
         return False
+    # ATen's sort, as the bag backward's Python path asks it per table: probed once a process,
+    # not in a fork (ATen's parallel sort may hang on the parent's OpenMP pool there; the C++
+    # bag backward then hands every call to the Python op, as unprobed)
+    forked = bool(_cpu_native._state.get("forked"))
+    stable = [None if forked else _cpu_native.stable_sort_from(t) for t in (torch.int32, torch.int64)]
+    replica = [not forked and _cpu_native.aten_sort_matches(t) for t in (torch.int32, torch.int64)]
     try:
-        host = ctypes.CDLL(path)  # (dlopen: the handle load_library gets below)
+        # dlopen registers the ops' CPU kernels (the library's static initialisers); unbound,
+        # they hand every call to the Python ops
+        host = ctypes.CDLL(path)
         bind = host.ie_host_bind
-        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 11
+        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 12
         address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-        # ATen's sort, as the bag backward's Python path asks it per table (once a process)
-        stable = [_cpu_native.stable_sort_from(t) for t in (torch.int32, torch.int64)]
-        replica = [_cpu_native.aten_sort_matches(t) for t in (torch.int32, torch.int64)]
         if bind(address(library.ie_bag_grad), ctypes.sizeof(_cpu_native._Table), address(library.ie_bag_forward),
                 ctypes.sizeof(_cpu_native._Pool), _cpu_native.STREAMING_BYTES, _cpu_native.THREADED_BYTES,
-                _grad_cache.MIN_BYTES, *[-1 if f is None else f for f in stable], *replica) != 0:
+                _grad_cache.MIN_BYTES, *[-1 if f is None else f for f in stable], *replica, forked) != 0:
             raise OSError("its structs are not the native kernels'")
-        torch.ops.load_library(path)  # registers the ops' CPU kernels
+        _state["host"] = host  # (ctypes never unloads a library; kept for clarity)
     except (OSError, AttributeError, RuntimeError) as e:  # a stale or foreign file under the cache's name
         log.warning("inductor_embed: could not load the C++ host kernel %s (%s); its Python op runs instead",
                     path, str(e).splitlines()[0] if str(e) else e)

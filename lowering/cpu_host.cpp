@@ -3,7 +3,7 @@
 // bags' forward and backward).
 //
 // lowering/_cpu_host.py compiles this file on first use (against the running torch's headers)
-// and loads it with torch.ops.load_library; it registers each op's CPU kernel, which overrides
+// and loads it (ctypes' dlopen), which registers each op's CPU kernel, which overrides
 // the op's Python one (the fallback: the same work through the Python op without _fast).
 //
 // Why: at a small batch these ops are host work. The Python ops took ~83 / ~114 / ~197 us a call
@@ -66,19 +66,26 @@ std::atomic<BagGrad> bag_grad{nullptr};
 std::atomic<BagForward> bag_forward{nullptr};
 // _cpu_native's STREAMING_BYTES, THREADED_BYTES and _grad_cache.MIN_BYTES, as bound.
 int64_t streaming_bytes = 0, threaded_bytes = 0, cache_min_bytes = 0;
-std::atomic<bool> forked{false};  // a forked child runs on one thread (see _cpu_native._threads)
+// A forked child runs the kernels on the calling thread (see _cpu_native._threads): set by the
+// fork handler this library installs when it is loaded, or at bind where the process loading it
+// is itself a fork (_cpu_native's own handler saw it).
+std::atomic<bool> forked{false};
+const bool fork_handler = pthread_atfork(nullptr, nullptr, [] { forked = true; }) == 0;
 // Per index type (int32, int64): _cpu_native.stable_sort_from (-1: None) and aten_sort_matches,
 // probed by the Python side before binding.
 int64_t stable_from[2] = {-1, -1}, replica[2] = {0, 0};
 
 }  // namespace
 
-// Binds the native kernel (ie_bag_grad's address) and _cpu_native's constants; called by
-// _cpu_host._load through ctypes (no op: nothing in the registry depends on the build). 0, or
-// -1 where ie_table's size is not this file's (then nothing is bound).
+// Binds the native kernels (ie_bag_grad's and ie_bag_forward's addresses), _cpu_native's
+// constants, the probes of ATen's sort (stable_from, replica: -1 / 0 where not probed) and
+// whether this process is a fork; called by _cpu_host._load through ctypes (no op: nothing in
+// the registry depends on the build). 0, or -1 where a struct's size is not this file's (then
+// nothing is bound: the kernels, registered when the library was loaded, hand every call to
+// the Python ops).
 extern "C" int64_t ie_host_bind(int64_t address, int64_t table_size, int64_t forward, int64_t pool_size,
                                 int64_t streaming, int64_t threaded, int64_t cache_min, int64_t stable32,
-                                int64_t stable64, int64_t replica32, int64_t replica64) {
+                                int64_t stable64, int64_t replica32, int64_t replica64, int64_t is_fork) {
   if (table_size != (int64_t)sizeof(IeTable) || pool_size != (int64_t)sizeof(IePool)) return -1;
   stable_from[0] = stable32;
   stable_from[1] = stable64;
@@ -87,14 +94,21 @@ extern "C" int64_t ie_host_bind(int64_t address, int64_t table_size, int64_t for
   streaming_bytes = streaming;
   threaded_bytes = threaded;
   cache_min_bytes = cache_min;
-  static bool once = [] { return pthread_atfork(nullptr, nullptr, [] { forked = true; }) == 0; }();
-  (void)once;
+  if (is_fork) forked = true;
   bag_grad = reinterpret_cast<BagGrad>(address);
   bag_forward = reinterpret_cast<BagForward>(forward);
   return 0;
 }
 
 namespace {
+
+// Whether a [rows, dim] gradient of elem-byte elements is one this file allocates: sizes in
+// range (no overflow below) and under cache_min_bytes (bigger ones come from the Python side's
+// reused-gradient cache).
+bool small_table(int64_t rows, int64_t dim, int64_t elem) {
+  return rows >= 0 && dim >= 0 && rows < (int64_t(1) << 40) && dim < (int64_t(1) << 20) &&
+         rows * dim * elem < cache_min_bytes;
+}
 
 // The ints of an int[] / SymInt[] argument; false where one is symbolic.
 bool ints(const c10::IValue& v, std::vector<int64_t>& out) {
@@ -131,7 +145,7 @@ bool lookups_backward(torch::jit::Stack* stack) {
   const int64_t n = grad.numel() / c;
   if (n <= 0 || n >= (int64_t(1) << 31)) return false;
   for (size_t k = 0; k < t; k++)
-    if (rows[k] * dims[k] * elem >= cache_min_bytes || cols[k] < 0 || dims[k] < 0 || cols[k] + dims[k] > c)
+    if (!small_table(rows[k], dims[k], elem) || cols[k] < 0 || cols[k] + dims[k] > c)
       return false;
   grad = grad.reshape({n, c});
   if (grad.stride(1) != 1 && c > 1) grad = grad.contiguous();
@@ -310,7 +324,7 @@ bool bags_backward(torch::jit::Stack* stack) {
     const c10::ScalarType it = i.scalar_type();
     const int64_t is64 = it == at::kLong;
     if ((modes[k] != 0 && modes[k] != 1) || (it != at::kLong && it != at::kInt) || !i.device().is_cpu() ||
-        nnz == 0 || nnz >= (int64_t(1) << 31) || rows[k] * d * 4 >= cache_min_bytes || col + d > grad.size(1))
+        nnz == 0 || nnz >= (int64_t(1) << 31) || !small_table(rows[k], d, 4) || col + d > grad.size(1))
       return false;
     IeTable& e = tables[k];
     e = IeTable{};

@@ -337,8 +337,15 @@ def test_the_cpp_host_gives_the_python_bag_gradients(itype, threads, bag_bwd_spy
     sort's length (the kernel's std::sort replica) and above it (12,000 bags of 4: 48,000
     positions in a [B, L] table), on one and two threads: the Python op's gradients bit for bit
     (eager's: test_cpu_native.py), with no call into Python."""
-    for b in (33, 12000):
-        args = _bag_grad_args(b, itype)
+    for b in (33, 12000, "long offsets"):
+        if b == "long offsets":  # an offsets table past the stable length: 40,000 positions in 9 bags
+            args = list(_bag_grad_args(9, itype))
+            args[2] = [args[2][0], torch.randint(0, 200, (40000,)).to(itype), args[2][2]]
+            args[3] = [None, torch.tensor([0, 10, 10, 5000, 9000, 20000, 30000, 39000, 39990], dtype=torch.int32),
+                       None]
+            args = tuple(args)
+        else:
+            args = _bag_grad_args(b, itype)
         with num_threads(threads):
             got = BAG_BWD_FAST(*args, False, True)
         assert not bag_bwd_spy, "the C++ kernel handed a call it takes to the Python op"
@@ -385,3 +392,61 @@ def test_a_bad_bag_index_in_the_backward_raises_the_python_ops_error(bag_bwd_spy
     with pytest.raises(IndexError) as python:
         BAG_BWD_PYTHON(*args, False, True)
     assert str(fast.value) == str(python.value) and bag_bwd_spy
+
+
+_FORK_BEFORE_LOAD = r"""
+import os, sys, torch
+import inductor_embed
+from inductor_embed.lowering import _cpu_host, _cpu_native
+assert _cpu_native.lib() is not None and "loaded" not in _cpu_host._state
+torch.set_num_threads(2)
+torch.randn(2000, 2000).sum(0).add_(1)  # the parent's OpenMP pool started
+pid = os.fork()
+if pid == 0:
+    n = 20000  # past THREADED_BYTES: a parent would use two threads
+    g = torch.randn(n, 64)
+    idx = [torch.randint(0, 500, (n,))]
+    args = (g, idx, [500], [64], [-1], [False], [0], [], True)
+    got = torch.ops.inductor_embed.multi_embedding_backward_cpu_fast(*args)  # loads here, in the child
+    want = torch.ops.inductor_embed.multi_embedding_backward_cpu(*args)
+    os._exit(0 if _cpu_host._state.get("loaded") and torch.equal(got[0], want[0]) else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_child_forked_before_the_load_runs_it_on_one_thread():
+    """Review finding: the C++ kernels' fork flag came from a handler installed at the first
+    load, so a child forked before it asked for torch's threads (the parent's OpenMP pool:
+    a hang), and the load's probes of ATen's parallel sort could hang there too. A fresh
+    interpreter starts its pool, forks, and the child's first call loads, binds as a fork
+    (one thread, no probes) and gives the Python op's gradient."""
+    import subprocess
+    import sys
+
+    assert _cpu_host.load()  # (the library built and cached for the child)
+    proc = subprocess.Popen([sys.executable, "-c", _FORK_BEFORE_LOAD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the parent and its hung child
+        proc.communicate()
+        pytest.fail("the forked child hung")
+    assert proc.returncode == 0, err[-2000:]
+
+
+def test_a_cache_directory_gone_leaves_the_python_ops(tmp_path, monkeypatch, caplog):
+    """Review finding: where the cache directory could not hold a build (removed by a tmp
+    cleaner, read-only) ``load`` raised on every call; it logs once and returns False, and the
+    op still runs (through its Python kernel, or the C++ one loaded earlier in this process)."""
+    gone = tmp_path / "gone"
+    monkeypatch.setattr(_cpu_native, "_private_dir", lambda: str(gone))
+    monkeypatch.setattr(_cpu_host, "_state", {})
+    with caplog.at_level(logging.WARNING, logger="inductor_embed"):
+        assert _cpu_host.load() is False
+        assert _cpu_host.load() is False  # recorded: not tried again
+    assert caplog.text.count("could not build the C++ host") == 1
+    args = _case(torch.float32, torch.int64)
+    assert all(torch.equal(a, b) for a, b in zip(FAST(*args, [], True), PYTHON(*args, [], True)))
