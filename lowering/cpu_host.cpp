@@ -110,6 +110,11 @@ bool small_table(int64_t rows, int64_t dim, int64_t elem) {
          rows * dim * elem < cache_min_bytes;
 }
 
+// The op's n arguments on the stack (the last n), or nullptr where there are fewer.
+c10::IValue* args(torch::jit::Stack* stack, size_t n) {
+  return stack->size() < n ? nullptr : &(*stack)[stack->size() - n];
+}
+
 // The ints of an int[] / SymInt[] argument; false where one is symbolic.
 bool ints(const c10::IValue& v, std::vector<int64_t>& out) {
   for (const c10::IValue& x : v.toListRef()) {
@@ -126,8 +131,8 @@ bool ints(const c10::IValue& v, std::vector<int64_t>& out) {
 bool lookups_backward(torch::jit::Stack* stack) {
   constexpr int kArgs = 9;
   const BagGrad kernel = bag_grad.load();
-  if (kernel == nullptr || stack->size() < kArgs) return false;
-  c10::IValue* a = &(*stack)[stack->size() - kArgs];
+  c10::IValue* a = args(stack, kArgs);
+  if (kernel == nullptr || a == nullptr) return false;
   // (grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq, columns, zeroed, checked)
   if (!a[0].isTensor() || !a[8].toBool() || !a[7].toListRef().empty()) return false;
   at::Tensor grad = a[0].toTensor();
@@ -195,8 +200,8 @@ bool lookups_backward(torch::jit::Stack* stack) {
 bool bags_forward(torch::jit::Stack* stack) {
   constexpr int kArgs = 8;
   const BagForward kernel = bag_forward.load();
-  if (kernel == nullptr || stack->size() < kArgs) return false;
-  c10::IValue* a = &(*stack)[stack->size() - kArgs];
+  c10::IValue* a = args(stack, kArgs);
+  if (kernel == nullptr || a == nullptr) return false;
   // (weights, indices, offsets, per_sample_weights, modes, padding_idx, include_last_offset, checked)
   if (!a[7].toBool() || !a[3].toListRef().empty()) return false;
   const c10::List<at::Tensor> weights = a[0].toTensorList(), indices = a[1].toTensorList();
@@ -290,8 +295,8 @@ bool bags_forward(torch::jit::Stack* stack) {
 bool bags_backward(torch::jit::Stack* stack) {
   constexpr int kArgs = 14;
   const BagGrad kernel = bag_grad.load();
-  if (kernel == nullptr || stack->size() < kArgs) return false;
-  c10::IValue* a = &(*stack)[stack->size() - kArgs];
+  c10::IValue* a = args(stack, kArgs);
+  if (kernel == nullptr || a == nullptr) return false;
   // (grad, arg_max, indices, offsets, per_sample_weights, num_rows, dims, modes, padding_idx,
   //  include_last_offset, sparse, coalesce, as_values, checked)
   if (!a[0].isTensor() || a[12].toBool() || !a[13].toBool()) return false;

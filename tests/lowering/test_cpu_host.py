@@ -23,17 +23,22 @@ FAST = torch.ops.inductor_embed.multi_embedding_backward_cpu_fast.default
 PYTHON = torch.ops.inductor_embed.multi_embedding_backward_cpu.default
 
 
+def _spy_on(monkeypatch, module, name: str) -> list[int]:
+    """Loads the C++ kernels, then counts the calls of ``module.name`` (a function the Python
+    op's body calls): none where the C++ kernel took the call."""
+    assert _cpu_host.load()
+    calls: list[int] = []
+    run = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: (calls.append(1), run(*a, **k))[1])
+    return calls
+
+
 @pytest.fixture
 def spy(monkeypatch):
-    """Counts the Python op's runs (its body's ``embedding_grads_cpu``): none where the C++
-    kernel took the call."""
+    """The Python lookups' backward's runs (its body's ``embedding_grads_cpu``)."""
     from inductor_embed.lowering import multi_embedding
 
-    assert _cpu_host.load()
-    calls = []
-    run = multi_embedding.embedding_grads_cpu
-    monkeypatch.setattr(multi_embedding, "embedding_grads_cpu", lambda *a, **k: (calls.append(1), run(*a, **k))[1])
-    return calls
+    return _spy_on(monkeypatch, multi_embedding, "embedding_grads_cpu")
 
 
 def _case(dtype, itype, n=300, tables=((50, 3), (1000, 16), (7, 64), (2, 1))):
@@ -182,14 +187,10 @@ BAG_PYTHON = torch.ops.inductor_embed.multi_embedding_bag_cpu.default
 
 @pytest.fixture
 def bag_spy(monkeypatch):
-    """Counts the Python bag op's runs (its body's ``_native_tables``)."""
+    """The Python bag forward's runs (its body's ``_native_tables``)."""
     from inductor_embed.lowering import multi_embedding_bag
 
-    assert _cpu_host.load()
-    calls = []
-    run = multi_embedding_bag._native_tables
-    monkeypatch.setattr(multi_embedding_bag, "_native_tables", lambda *a: (calls.append(1), run(*a))[1])
-    return calls
+    return _spy_on(monkeypatch, multi_embedding_bag, "_native_tables")
 
 
 def _bags(b=33, itype=torch.int64, last=False):
@@ -308,14 +309,10 @@ BAG_BWD_PYTHON = torch.ops.inductor_embed.multi_embedding_bag_backward_cpu.defau
 
 @pytest.fixture
 def bag_bwd_spy(monkeypatch):
-    """Counts the Python bag backward's runs (its body's ``bag_grads_cpu``)."""
+    """The Python bag backward's runs (its body's ``bag_grads_cpu``)."""
     from inductor_embed.lowering import multi_embedding_bag
 
-    assert _cpu_host.load()
-    calls = []
-    run = multi_embedding_bag.bag_grads_cpu
-    monkeypatch.setattr(multi_embedding_bag, "bag_grads_cpu", lambda *a, **k: (calls.append(1), run(*a, **k))[1])
-    return calls
+    return _spy_on(monkeypatch, multi_embedding_bag, "bag_grads_cpu")
 
 
 def _bag_grad_args(b, itype=torch.int64, modes=(0, 1, 0), pads=(-1, 7, 0)):
