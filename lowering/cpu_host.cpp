@@ -3,17 +3,17 @@
 // bags' forward and backward).
 //
 // lowering/_cpu_host.py compiles this file on first use (against the running torch's headers)
-// and loads it (ctypes' dlopen), which registers each op's CPU kernel, which overrides
-// the op's Python one (the fallback: the same work through the Python op without _fast).
+// and loads it with ctypes: the dlopen registers each op's CPU kernel, which overrides the op's
+// Python one (the fallback: the same work through the Python op without _fast).
 //
-// Why: at a small batch these ops are host work. The Python ops took ~83 / ~114 / ~197 us a call
-// at 26 tables (the dispatcher's trip into Python, a tensor call or two per table field to build the
-// native kernel's structs, an allocation per table); these kernels build the same structs from
-// the IValues and call the same native kernels (cpu_kernels.c's ie_bag_grad and ie_bag_forward,
-// whose addresses ie_host_bind binds, with the Python side's probes of ATen's sort). What a kernel does not take itself it hands to the Python
-// op, arguments as they came (each kernel's head lists what), and so does any nonzero status of
-// a native kernel (an index or offset out of range: no result was written, and the Python op
-// raises eager's error).
+// Why: at a small batch these ops are host work. The Python ops took ~75 / ~109 / ~190 us a call
+// at 26 tables (the dispatcher's trip into Python, a tensor call or two per struct field of every
+// table, an allocation per table); these kernels build the same structs from the IValues and
+// call the same native kernels (cpu_kernels.c's ie_bag_grad and ie_bag_forward, whose addresses
+// ie_host_bind binds, with the Python side's probes of ATen's sort). What a kernel does not take
+// it hands to the Python op, arguments as they came (each kernel's head lists what), and so does
+// any nonzero status of a native kernel (an index or offset out of range: no result was
+// written, and the Python op raises eager's error).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -30,7 +30,7 @@
 
 namespace {
 
-// cpu_kernels.c's ie_table, field for field (every field 8 bytes; _host_bind checks the size).
+// cpu_kernels.c's ie_table, field for field (every field 8 bytes; ie_host_bind checks the size).
 struct IeTable {
   int64_t rows, dim;
   void* out;
@@ -70,7 +70,7 @@ int64_t streaming_bytes = 0, threaded_bytes = 0, cache_min_bytes = 0;
 // fork handler this library installs when it is loaded, or at bind where the process loading it
 // is itself a fork (_cpu_native's own handler saw it).
 std::atomic<bool> forked{false};
-const bool fork_handler = pthread_atfork(nullptr, nullptr, [] { forked = true; }) == 0;
+[[maybe_unused]] const bool fork_handler = pthread_atfork(nullptr, nullptr, [] { forked = true; }) == 0;
 // Per index type (int32, int64): _cpu_native.stable_sort_from (-1: None) and aten_sort_matches,
 // probed by the Python side before binding.
 int64_t stable_from[2] = {-1, -1}, replica[2] = {0, 0};
