@@ -46,7 +46,8 @@ _FLAGS = ["-O2", "-fPIC", "-shared", "-w"]
 _STANDARDS = ("-std=c++20", "-std=c++17")
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}  # "loaded": whether the C++ kernel is registered (set once tried)
+# "loaded": whether the C++ kernels are bound (set once tried); "host": the loaded library
+_state: dict[str, object] = {}
 
 
 def _compilers() -> list[str]:
@@ -74,7 +75,7 @@ def _build() -> str | None:
         with open(SOURCE_PATH) as f:
             source = f.read()
     except OSError as e:  # an install without its package data
-        log.warning("inductor_embed: the C++ host kernel's source is missing (%s); using the Python op", e)
+        log.warning("inductor_embed: the C++ host kernels' source is missing (%s); using the Python ops", e)
         return None
     errors: list[str] = []
     directory = _cpu_native._private_dir()
@@ -144,7 +145,7 @@ def _load() -> bool:
             raise OSError("its structs are not the native kernels'")
         _state["host"] = host  # (ctypes never unloads a library; kept for clarity)
     except (OSError, AttributeError, RuntimeError) as e:  # a stale or foreign file under the cache's name
-        log.warning("inductor_embed: could not load the C++ host kernel %s (%s); its Python op runs instead",
+        log.warning("inductor_embed: could not load the C++ host kernels %s (%s); the Python ops run instead",
                     path, str(e).splitlines()[0] if str(e) else e)
         return False
     return True
