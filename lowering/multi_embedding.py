@@ -375,7 +375,8 @@ def _coalesce_rows_fake(indices, values, num_rows, padding_idx, coalesce=True):
 # On the CPU each table's gradient is made where it is cheapest, chosen when the backward is
 # traced (paired runs on 2 cores, see bench/results/cpu/README.md):
 # - tables of any float dtype without scale_grad_by_freq, where the native kernels build: one
-#   opaque op (``multi_embedding_backward_cpu``) for all of them, the native kernel's one call
+#   opaque op for all of them (``multi_embedding_backward_cpu_fast``, its host side in C++:
+#   ``_cpu_host``), the native kernel's one call
 #   (each position's row added into its table's zeroed buffer, whole tables to a thread, all
 #   its tables' positions in blocks; bf16 / fp16 rows summed in fp32 and rounded once, as
 #   torch.compile's decomposition). Bit-equal to eager (fp32) and deterministic; from a few thousand
@@ -420,7 +421,8 @@ def _cpu_backward(grad, indices, num_rows, dims, padding_idx, scale_grad_by_freq
     if wide:
         pick = lambda xs: [xs[k] for k in wide]  # noqa: E731
         triples = [x for j, k in enumerate(wide) for lo, hi in zeroed[k] for x in (j, lo, hi)]
-        op = _cpu_host.op("multi_embedding_backward_cpu") if native else torch.ops.inductor_embed.multi_embedding_backward_cpu
+        op = _cpu_host.op("multi_embedding_backward_cpu") if native else (
+            torch.ops.inductor_embed.multi_embedding_backward_cpu)
         eager = op(
             grad, pick(indices), pick(num_rows), pick(dims), pick(padding_idx), pick(scale_grad_by_freq),
             pick(columns), triples, checked=True)
