@@ -6,7 +6,7 @@ outputs. A compiled graph calls these ops once a step (forward or backward), for
 at once, so the cost per call is what a small-batch step (CPU serving) pays on top of the
 work. Goal: under 20 us a call at 26 tables. Each op is called as a compiled graph calls it:
 the bag forward by the public op's body and the backwards by their autograd formulas, with
-``checked=True``; the three with a C++ host (``_fast``) also as their Python ops (their arguments' structure checked by the caller, on fake tensors when
+``checked=True``; the five with a C++ host (``_fast``) also as their Python ops (their arguments' structure checked by the caller, on fake tensors when
 compiled).
 
     python -m bench.op_host_cost [--out bench/results/cpu]
@@ -72,8 +72,12 @@ def _calls(t: int) -> dict[str, Callable[[], object]]:
                                                       [0] * t, pads, no, no, checked=True)),
         "multi_embedding_bag_backward_cpu (the same, Python op)": lambda: OPS.multi_embedding_bag_backward_cpu(
             pooled, no_max, bags, [None] * t, [None] * t, rows, dims, [0] * t, pads, no, no, checked=True),
-        "one_hot_linear_cpu (one-hot forward)": lambda: OPS.one_hot_linear_cpu(fields, rows, offs, onehot_w, None),
-        "one_hot_linear_backward_cpu (one-hot backward)": lambda: OPS.one_hot_linear_backward_cpu(
+        "one_hot_linear_cpu_fast (one-hot forward, C++ host)": lambda: OPS.one_hot_linear_cpu_fast(
+            fields, rows, offs, onehot_w, None),
+        "one_hot_linear_cpu (the same, Python op)": lambda: OPS.one_hot_linear_cpu(fields, rows, offs, onehot_w, None),
+        "one_hot_linear_backward_cpu_fast (one-hot backward, C++ host)": lambda: OPS.one_hot_linear_backward_cpu_fast(
+            onehot_grad, fields, rows, offs, t * ROWS, False, True, torch.float32),
+        "one_hot_linear_backward_cpu (the same, Python op)": lambda: OPS.one_hot_linear_backward_cpu(
             onehot_grad, fields, rows, offs, t * ROWS, False, True, torch.float32),
     }
 

@@ -39,9 +39,9 @@ one_hot_linear_min_classes: int = 1
 # Run the Triton kernels for CPU tensors too (with TRITON_INTERPRET=1 the Triton interpreter
 # runs them): the tests drive the kernel path through the ops this way.
 triton_on_cpu: bool = False
-# The lookups' CPU backward and the bags' CPU forward and backward call their ops with the
-# host side in C++ (lowering/_cpu_host.py: built on first use; at 26 tables ~26 / ~15 / ~29 us
-# a call against the Python ops' ~80 / ~110 / ~190). False: the Python ops (tests of them,
+# The lookups' CPU backward, the bags' and one_hot_linear's CPU forward and backward call
+# their ops with the host side in C++ (lowering/_cpu_host.py: built on first use; at 26 tables
+# 17-32 us a call against the Python ops' 84-214). False: the Python ops (tests of them,
 # timing the branch).
 cpp_host_on_cpu: bool = True
 

@@ -1,14 +1,15 @@
-"""Three CPU ops with their host side in C++ (``cpu_host.cpp``): the lookups' backward
-(``multi_embedding_backward_cpu_fast``), the bags' forward (``multi_embedding_bag_cpu_fast``)
-and backward (``multi_embedding_bag_backward_cpu_fast``), which autograd and the bag op's body
-call where the native kernels are built (``op``).
+"""Five CPU ops with their host side in C++ (``cpu_host.cpp``): the lookups' backward
+(``multi_embedding_backward_cpu_fast``), the bags' forward and backward
+(``multi_embedding_bag_cpu_fast``, ``multi_embedding_bag_backward_cpu_fast``) and
+one_hot_linear's (``one_hot_linear_cpu_fast``, ``one_hot_linear_backward_cpu_fast``), which
+autograd and the ops' CPU bodies call where the native kernels are built (``op``).
 
 Why: a small batch's step is host work, not data (bench/results/cpu/op_host_cost.md): the
-Python ops spent ~80 / ~110 / ~190 us a call at 26 tables between the dispatcher's trip into
-Python and a tensor call per table field. The C++ kernels read their arguments as the
-dispatcher holds them, allocate the outputs and fill the native kernels' structs themselves,
-then call ``cpu_kernels.c``'s ``ie_bag_grad`` / ``ie_bag_forward`` (their addresses, and the
-probes of ATen's sort the bag backward follows, bound at load): ~26 / ~15 / ~29 us.
+Python ops spent 84-214 us a call at 26 tables between the dispatcher's trip into Python and a
+tensor call per table field. The C++ kernels read their arguments as the dispatcher holds
+them, allocate the outputs and fill the native kernels' structs themselves, then call
+``cpu_kernels.c``'s ``ie_bag_grad`` / ``ie_bag_forward`` / ``ie_one_hot_linear`` (their
+addresses, and the probes of ATen's sort the bag backward follows, bound at load): 17-32 us.
 
 Each ``_fast`` op is defined here, in Python (``define_fast``), its Python kernel the Python
 op's work: a graph or an FX cache entry that names it always runs, built or not. The first
@@ -99,8 +100,8 @@ def _build() -> str | None:
         finally:
             if tmp and os.path.exists(tmp):
                 os.remove(tmp)
-    log.warning("inductor_embed: could not build the C++ host of the CPU lookups' backward and bags' forward and "
-                "backward (%s); their Python ops run instead (3-7x the host time a call). Set CXX to a C++ compiler.",
+    log.warning("inductor_embed: could not build the C++ host of the CPU ops (%s); their Python ops run instead "
+                "(3-7x the host time a call). Set CXX to a C++ compiler.",
                 "; ".join(errors) if errors else "no C++ compiler found: $CXX, c++, g++, clang++")
     return None
 
@@ -137,11 +138,13 @@ def _load() -> bool:
         # they hand every call to the Python ops
         host = ctypes.CDLL(path)
         bind = host.ie_host_bind
-        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 12
+        bind.restype, bind.argtypes = ctypes.c_int64, [ctypes.c_int64] * 15
         address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
         if bind(address(library.ie_bag_grad), ctypes.sizeof(_cpu_native._Table), address(library.ie_bag_forward),
                 ctypes.sizeof(_cpu_native._Pool), _cpu_native.STREAMING_BYTES, _cpu_native.THREADED_BYTES,
-                _grad_cache.MIN_BYTES, *[-1 if f is None else f for f in stable], *replica, forked) != 0:
+                _grad_cache.MIN_BYTES, *[-1 if f is None else f for f in stable], *replica, forked,
+                address(library.ie_one_hot_linear), ctypes.sizeof(_cpu_native._Field),
+                ctypes.sizeof(_cpu_native._OneHot)) != 0:
             raise OSError("its structs are not the native kernels'")
         _state["host"] = host  # (ctypes never unloads a library; kept for clarity)
     except (OSError, AttributeError, RuntimeError) as e:  # a stale or foreign file under the cache's name

@@ -1,19 +1,19 @@
-// The host side of three CPU ops in C++: inductor_embed::multi_embedding_backward_cpu_fast (the
+// The host side of five CPU ops in C++: inductor_embed::multi_embedding_backward_cpu_fast (the
 // lookups' backward), multi_embedding_bag_cpu_fast and multi_embedding_bag_backward_cpu_fast (the
-// bags' forward and backward).
+// bags' forward and backward), one_hot_linear_cpu_fast and one_hot_linear_backward_cpu_fast.
 //
 // lowering/_cpu_host.py compiles this file on first use (against the running torch's headers)
 // and loads it with ctypes: the dlopen registers each op's CPU kernel, which overrides the op's
 // Python one (the fallback: the same work through the Python op without _fast).
 //
-// Why: at a small batch these ops are host work. The Python ops took ~75 / ~109 / ~190 us a call
-// at 26 tables (the dispatcher's trip into Python, a tensor call or two per struct field of every
+// Why: at a small batch these ops are host work. The Python ops took 84-214 us a call at 26
+// tables (the dispatcher's trip into Python, a tensor call or two per struct field of every
 // table, an allocation per table); these kernels build the same structs from the IValues and
-// call the same native kernels (cpu_kernels.c's ie_bag_grad and ie_bag_forward, whose addresses
-// ie_host_bind binds, with the Python side's probes of ATen's sort). What a kernel does not take
-// it hands to the Python op, arguments as they came (each kernel's head lists what), and so does
-// any nonzero status of a native kernel (an index or offset out of range: no result was
-// written, and the Python op raises eager's error).
+// call the same native kernels (cpu_kernels.c's ie_bag_grad, ie_bag_forward and
+// ie_one_hot_linear, whose addresses ie_host_bind binds, with the Python side's probes of
+// ATen's sort). What a kernel does not take it hands to the Python op, arguments as they came
+// (each kernel's head lists what), and so does any nonzero status of a native kernel (an index
+// or offset out of range: no result was written, and the Python op raises eager's error).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -59,11 +59,31 @@ struct IePool {
   int64_t fma, n_offsets, last_is_end;
 };
 
+// cpu_kernels.c's ie_field and ie_one_hot (one_hot_linear's fields and call), field for field.
+struct IeField {
+  const void* idx;
+  int64_t idx64, bag, num_classes, offset;
+};
+struct IeOneHot {
+  const IeField* fields;
+  int64_t n_fields, rows, dim;
+  const float* weight;
+  int64_t w_row, w_col;
+  const float* bias;
+  float* out;
+  const float* grad;
+  int64_t grad_stride;
+  float* flat;
+  int64_t num_columns, v_major, has_bias;
+};
+
 using BagGrad = int64_t (*)(const IeTable*, int64_t, int64_t);
 using BagForward = int64_t (*)(const IePool*, int64_t, int64_t);
+using OneHot = int64_t (*)(const IeOneHot*, int64_t, int64_t);
 
 std::atomic<BagGrad> bag_grad{nullptr};
 std::atomic<BagForward> bag_forward{nullptr};
+std::atomic<OneHot> one_hot{nullptr};
 // _cpu_native's STREAMING_BYTES, THREADED_BYTES and _grad_cache.MIN_BYTES, as bound.
 int64_t streaming_bytes = 0, threaded_bytes = 0, cache_min_bytes = 0;
 // A forked child runs the kernels on the calling thread (see _cpu_native._threads): set by the
@@ -77,7 +97,7 @@ int64_t stable_from[2] = {-1, -1}, replica[2] = {0, 0};
 
 }  // namespace
 
-// Binds the native kernels (ie_bag_grad's and ie_bag_forward's addresses), _cpu_native's
+// Binds the native kernels (ie_bag_grad's, ie_bag_forward's, ie_one_hot_linear's addresses), _cpu_native's
 // constants, the probes of ATen's sort (stable_from, replica: -1 / 0 where not probed) and
 // whether this process is a fork; called by _cpu_host._load through ctypes (no op: nothing in
 // the registry depends on the build). 0, or -1 where a struct's size is not this file's (then
@@ -85,8 +105,11 @@ int64_t stable_from[2] = {-1, -1}, replica[2] = {0, 0};
 // the Python ops).
 extern "C" int64_t ie_host_bind(int64_t address, int64_t table_size, int64_t forward, int64_t pool_size,
                                 int64_t streaming, int64_t threaded, int64_t cache_min, int64_t stable32,
-                                int64_t stable64, int64_t replica32, int64_t replica64, int64_t is_fork) {
-  if (table_size != (int64_t)sizeof(IeTable) || pool_size != (int64_t)sizeof(IePool)) return -1;
+                                int64_t stable64, int64_t replica32, int64_t replica64, int64_t is_fork,
+                                int64_t one_hot_address, int64_t field_size, int64_t one_hot_size) {
+  if (table_size != (int64_t)sizeof(IeTable) || pool_size != (int64_t)sizeof(IePool) ||
+      field_size != (int64_t)sizeof(IeField) || one_hot_size != (int64_t)sizeof(IeOneHot))
+    return -1;
   stable_from[0] = stable32;
   stable_from[1] = stable64;
   replica[0] = replica32;
@@ -97,6 +120,7 @@ extern "C" int64_t ie_host_bind(int64_t address, int64_t table_size, int64_t for
   if (is_fork) forked = true;
   bag_grad = reinterpret_cast<BagGrad>(address);
   bag_forward = reinterpret_cast<BagForward>(forward);
+  one_hot = reinterpret_cast<OneHot>(one_hot_address);
   return 0;
 }
 
@@ -381,6 +405,123 @@ bool bags_backward(torch::jit::Stack* stack) {
   return true;
 }
 
+// One-hot fields' structure as _checks._fields checks it (else the Python op raises its error):
+// int32 / int64 CPU indices [*lead, bag_k], the counts equal, each field's columns
+// [offset, offset + n) inside [0, columns) with n >= 1. Their [rows, bag] contiguous forms (kept
+// alive in `keep`) and the kernel's fields, or false.
+bool one_hot_fields(const c10::IValue& iv, const c10::IValue& nv, const c10::IValue& ov, at::IntArrayRef lead,
+                    int64_t columns, std::vector<at::Tensor>& keep, std::vector<IeField>& fields) {
+  std::vector<int64_t> classes, offsets;
+  if (!ints(nv, classes) || !ints(ov, offsets)) return false;
+  const c10::List<at::Tensor> indices = iv.toTensorList();
+  const size_t f = indices.size();
+  if (f == 0 || classes.size() != f || offsets.size() != f) return false;
+  const int64_t rows = c10::multiply_integers(lead);
+  for (size_t k = 0; k < f; k++) {
+    at::Tensor i = indices.get(k);
+    const c10::ScalarType it = i.scalar_type();
+    if ((it != at::kLong && it != at::kInt) || !i.device().is_cpu() || i.dim() != (int64_t)lead.size() + 1 ||
+        i.sizes().slice(0, lead.size()) != lead || classes[k] < 1 || offsets[k] < 0 ||
+        offsets[k] > columns - classes[k])
+      return false;
+    i = i.reshape({rows, i.size(-1)}).contiguous();
+    keep.push_back(i);
+    fields.push_back(IeField{i.data_ptr(), it == at::kLong, i.size(1), classes[k], offsets[k]});
+  }
+  return true;
+}
+
+// one_hot_linear_cpu's common case: an fp32 CPU weight [D, V] (any strides), an fp32 bias [D]
+// or none, the fields' structure sound (one_hot_fields); else, and on a nonzero status (an index
+// outside its field's classes: nothing computed), the Python op, which raises its error.
+bool one_hot_forward(torch::jit::Stack* stack) {
+  constexpr int kArgs = 5;
+  const OneHot kernel = one_hot.load();
+  c10::IValue* a = args(stack, kArgs);
+  if (kernel == nullptr || a == nullptr || !a[3].isTensor()) return false;
+  // (indices, num_classes, offsets, weight, bias)
+  const at::Tensor weight = a[3].toTensor();
+  if (weight.scalar_type() != at::kFloat || !weight.device().is_cpu() || weight.dim() != 2) return false;
+  at::Tensor bias;
+  if (!a[4].isNone()) {
+    bias = a[4].toTensor();
+    if (bias.scalar_type() != at::kFloat || !bias.device().is_cpu() || bias.dim() != 1 ||
+        bias.size(0) != weight.size(0))
+      return false;
+    bias = bias.contiguous();
+  }
+  const c10::List<at::Tensor> indices = a[0].toTensorList();
+  if (indices.size() == 0 || indices.get(0).dim() < 1) return false;
+  const at::Tensor first = indices.get(0);
+  const std::vector<int64_t> lead(first.sizes().begin(), first.sizes().end() - 1);
+  std::vector<at::Tensor> keep;
+  std::vector<IeField> fields;
+  if (!one_hot_fields(a[0], a[1], a[2], lead, weight.size(1), keep, fields)) return false;
+  const int64_t rows = c10::multiply_integers(lead), d = weight.size(0);
+  std::vector<int64_t> shape(lead);
+  shape.push_back(d);
+  at::Tensor out = at::empty(shape, weight.options());
+  IeOneHot call{};
+  call.fields = fields.data();
+  call.n_fields = (int64_t)fields.size();
+  call.rows = rows;
+  call.dim = d;
+  call.weight = weight.data_ptr<float>();
+  call.w_row = weight.stride(0);
+  call.w_col = weight.stride(1);
+  call.bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  call.out = out.data_ptr<float>();
+  int64_t bags = 1;
+  for (const IeField& x : fields) bags += x.bag;
+  const int64_t threads = rows * d * 4 * bags >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  if (kernel(&call, 0, threads) != 0) return false;
+  torch::jit::drop(*stack, kArgs);
+  torch::jit::push(*stack, std::move(out));
+  return true;
+}
+
+// one_hot_linear_backward_cpu's common case: an fp32 CPU grad [*L, D], dtype fp32, the fields'
+// structure sound; else, and on a nonzero status, the Python op.
+bool one_hot_backward(torch::jit::Stack* stack) {
+  constexpr int kArgs = 8;
+  const OneHot kernel = one_hot.load();
+  c10::IValue* a = args(stack, kArgs);
+  if (kernel == nullptr || a == nullptr || !a[0].isTensor() || !a[4].isInt()) return false;
+  // (grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
+  at::Tensor grad = a[0].toTensor();
+  const int64_t columns = a[4].toInt();
+  const bool has_bias = a[5].toBool(), v_major = a[6].toBool();
+  if (grad.scalar_type() != at::kFloat || !grad.device().is_cpu() || grad.dim() < 1 || columns < 0 ||
+      a[7].toScalarType() != at::kFloat)
+    return false;
+  const std::vector<int64_t> lead(grad.sizes().begin(), grad.sizes().end() - 1);
+  std::vector<at::Tensor> keep;
+  std::vector<IeField> fields;
+  if (!one_hot_fields(a[1], a[2], a[3], lead, columns, keep, fields)) return false;
+  const int64_t rows = c10::multiply_integers(lead), d = grad.size(-1);
+  grad = grad.reshape({rows, d});
+  if (grad.stride(1) != 1) grad = grad.contiguous();
+  at::Tensor flat = at::empty({d * columns + (has_bias ? d : 0)}, grad.options());
+  IeOneHot call{};
+  call.fields = fields.data();
+  call.n_fields = (int64_t)fields.size();
+  call.rows = rows;
+  call.dim = d;
+  call.grad = grad.data_ptr<float>();
+  call.grad_stride = grad.stride(0);
+  call.flat = flat.data_ptr<float>();
+  call.num_columns = columns;
+  call.v_major = v_major;
+  call.has_bias = has_bias;
+  int64_t bags = 1;
+  for (const IeField& x : fields) bags += x.bag;
+  const int64_t threads = rows * d * 4 * bags >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  if (kernel(&call, 1, threads) != 0) return false;
+  torch::jit::drop(*stack, kArgs);
+  torch::jit::push(*stack, std::move(flat));
+  return true;
+}
+
 // A boxed CPU kernel: `fast` where it takes the call, else the Python op `python`, which gets
 // the arguments as they came.
 template <bool (*fast)(torch::jit::Stack*), const char* python>
@@ -393,6 +534,8 @@ void kernel(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack* 
 constexpr char kLookupsBackward[] = "inductor_embed::multi_embedding_backward_cpu";
 constexpr char kBagsForward[] = "inductor_embed::multi_embedding_bag_cpu";
 constexpr char kBagsBackward[] = "inductor_embed::multi_embedding_bag_backward_cpu";
+constexpr char kOneHotForward[] = "inductor_embed::one_hot_linear_cpu";
+constexpr char kOneHotBackward[] = "inductor_embed::one_hot_linear_backward_cpu";
 
 }  // namespace
 
@@ -403,4 +546,8 @@ TORCH_LIBRARY_IMPL(inductor_embed, CPU, m) {
          torch::CppFunction::makeFromBoxedFunction<&kernel<&bags_forward, kBagsForward>>());
   m.impl("multi_embedding_bag_backward_cpu_fast",
          torch::CppFunction::makeFromBoxedFunction<&kernel<&bags_backward, kBagsBackward>>());
+  m.impl("one_hot_linear_cpu_fast",
+         torch::CppFunction::makeFromBoxedFunction<&kernel<&one_hot_forward, kOneHotForward>>());
+  m.impl("one_hot_linear_backward_cpu_fast",
+         torch::CppFunction::makeFromBoxedFunction<&kernel<&one_hot_backward, kOneHotBackward>>());
 }

@@ -28,7 +28,7 @@ import math
 import torch
 from torch.library import triton_op
 
-from inductor_embed.lowering import _checks, _cpu_native
+from inductor_embed.lowering import _checks, _cpu_host, _cpu_native
 from inductor_embed.lowering._common import column_stride_1, first_order, twin_op, use_triton
 from inductor_embed.lowering.one_hot_linear_ref import (
     one_hot_linear_backward_ref,
@@ -74,7 +74,7 @@ def one_hot_linear(
     out_dtype = weight.dtype if dtype is None else dtype
     if not use_triton(weight):
         if _native(weight, out_dtype, bias):
-            return torch.ops.inductor_embed.one_hot_linear_cpu(indices, num_classes, offsets, weight, bias)
+            return _cpu_host.op("one_hot_linear_cpu")(indices, num_classes, offsets, weight, bias)
         # Inductor's bounds check of the gather covers [0, V) only: an index of field k
         # past n_k would silently read field k+1's column (and torch < 2.13 wraps
         # negatives). Eager F.one_hot raises on both, so check each field explicitly.
@@ -125,7 +125,7 @@ def one_hot_linear_backward(
     _checks.one_hot_linear_backward(grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype,
                                     values=not use_triton(grad))
     if not use_triton(grad) and _native(grad, dtype):
-        return torch.ops.inductor_embed.one_hot_linear_backward_cpu(
+        return _cpu_host.op("one_hot_linear_backward_cpu")(
             grad, indices, num_classes, offsets, num_columns, has_bias, v_major, dtype)
     if not use_triton(grad) or torch.are_deterministic_algorithms_enabled():
         return one_hot_linear_backward_ref(grad, indices, offsets, num_columns, has_bias, v_major, dtype)
@@ -203,6 +203,8 @@ def one_hot_linear_backward_cpu(grad, indices, num_classes, offsets, num_columns
 
 
 one_hot_linear_backward_cpu.register_fake(_one_hot_linear_backward_fake)
+_cpu_host.define_fast("one_hot_linear_cpu", "Tensor")
+_cpu_host.define_fast("one_hot_linear_backward_cpu", "Tensor")
 
 
 # --- the Triton launches, as opaque ops (see lowering/multi_embedding.py for why) ----------------

@@ -447,3 +447,104 @@ def test_a_cache_directory_gone_leaves_the_python_ops(tmp_path, monkeypatch, cap
     assert caplog.text.count("could not build the C++ host") == 1
     args = _case(torch.float32, torch.int64)
     assert all(torch.equal(a, b) for a, b in zip(FAST(*args, [], True), PYTHON(*args, [], True)))
+
+
+# --- one_hot_linear's forward and backward ------------------------------------------------------
+
+OH_FAST = torch.ops.inductor_embed.one_hot_linear_cpu_fast.default
+OH_PYTHON = torch.ops.inductor_embed.one_hot_linear_cpu.default
+OH_BWD_FAST = torch.ops.inductor_embed.one_hot_linear_backward_cpu_fast.default
+OH_BWD_PYTHON = torch.ops.inductor_embed.one_hot_linear_backward_cpu.default
+
+
+@pytest.fixture
+def one_hot_spy(monkeypatch):
+    """The Python one-hot ops' runs (their bodies' ``_checks`` calls)."""
+    from inductor_embed.lowering import one_hot_linear
+
+    calls = _spy_on(monkeypatch, one_hot_linear._checks, "one_hot_linear")
+    calls_bwd = _spy_on(monkeypatch, one_hot_linear._checks, "one_hot_linear_backward")
+    return calls, calls_bwd
+
+
+def _one_hot_case(lead=(6, 5), itype=torch.int64):
+    """Three fields of a [*lead] batch (one multi-hot: a bag of 3), 4 + 7 + 5 columns of a
+    [D=9, V=20] weight at offsets 0, 4, 13 (columns 11-12 unused), transposed storage."""
+    g = torch.Generator().manual_seed(len(lead))
+    indices = [torch.randint(0, n, (*lead, b), generator=g).to(itype) for n, b in ((4, 1), (7, 3), (5, 1))]
+    weight = torch.randn(20, 9, generator=g).t()  # [9, 20], column stride 9
+    return indices, [4, 7, 5], [0, 4, 13], weight, torch.randn(9, generator=g)
+
+
+@pytest.mark.parametrize("itype", [torch.int64, torch.int32], ids=["i64", "i32"])
+@pytest.mark.parametrize("lead", [(6, 5), (700,), (4096, 3)], ids=["2d", "1d", "big"])
+def test_the_cpp_host_gives_the_python_one_hot_results(lead, itype, one_hot_spy):
+    """Forward with and without a bias, backward in both layouts with and without the bias's
+    gradient, multi-hot fields, strided weight, 1-D and 2-D batches (the big one past
+    THREADED_BYTES): the Python ops' results bit for bit, with no call into Python."""
+    indices, classes, offsets, weight, bias = _one_hot_case(lead, itype)
+    for b in (bias, None):
+        got = OH_FAST(indices, classes, offsets, weight, b)
+        assert not one_hot_spy[0]
+        assert torch.equal(got, OH_PYTHON(indices, classes, offsets, weight, b))
+        one_hot_spy[0].clear()
+    grad = torch.randn(*lead, 9)
+    for has_bias in (True, False):
+        for v_major in (True, False):
+            args = (grad, indices, classes, offsets, 20, has_bias, v_major, torch.float32)
+            got = OH_BWD_FAST(*args)
+            assert not one_hot_spy[1]
+            assert torch.equal(got, OH_BWD_PYTHON(*args))
+            one_hot_spy[1].clear()
+
+
+@pytest.mark.parametrize("form", ["short bias", "field past the weight", "lead mismatch", "bad index"])
+def test_one_hot_calls_it_does_not_take_go_to_the_python_op(form, one_hot_spy):
+    """What the C++ kernels hand over: the Python ops' results, or their errors (the same
+    message)."""
+    indices, classes, offsets, weight, bias = _one_hot_case()
+    if form == "short bias":
+        bias = bias[:8]
+    elif form == "field past the weight":
+        offsets = [0, 4, 16]
+    elif form == "lead mismatch":
+        indices[1] = indices[1][:5]
+    else:
+        indices[2] = indices[2].clone()
+        indices[2][1, 2, 0] = 5
+    def run(op):
+        try:
+            return op(indices, classes, offsets, weight, bias)
+        except RuntimeError as e:
+            return str(e)
+
+    got = run(OH_FAST)
+    assert one_hot_spy[0]  # the Python op ran
+    want = run(OH_PYTHON)
+    assert got == want if isinstance(want, str) else torch.equal(got, want)
+
+
+def test_a_compiled_one_hot_linear_calls_it(monkeypatch):
+    """A compiled Linear on a one-hot encoding, forward and backward, runs the C++ kernels: the
+    same output and gradients as with the Python ops (``_internal.cpp_host_on_cpu`` off)."""
+    import copy
+
+    import torch._dynamo
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(40, 8)
+    x = torch.randint(0, 40, (64,))
+    # (the Python ops' native calls: tracing runs the ops' fakes, so only a Python op at run time)
+    spies = [_spy_on(monkeypatch, _cpu_native, name) for name in ("one_hot_linear", "one_hot_linear_backward")]
+    results = []
+    for cpp in (True, False):
+        mine = copy.deepcopy(lin)
+        torch._dynamo.reset()
+        with _internal.patch(cpp_host_on_cpu=cpp):
+            out = torch.compile(lambda i, m=mine: m(F.one_hot(i, 40).float()), backend="inductor_embed")(x)
+            out.sum().backward()
+        results.append((out, mine.weight.grad, mine.bias.grad))
+        assert bool(spies[0]) != cpp and bool(spies[1]) != cpp
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    torch._dynamo.reset()
