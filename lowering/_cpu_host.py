@@ -72,11 +72,8 @@ def _build() -> str | None:
     be built."""
     if sys.platform == "win32":
         return None
-    try:
-        with open(SOURCE_PATH) as f:
-            source = f.read()
-    except OSError as e:  # an install without its package data
-        log.warning("inductor_embed: the C++ host kernels' source is missing (%s); using the Python ops", e)
+    source = _cpu_native.read_source(SOURCE_PATH, "the C++ host kernels' source is missing (%s); using the Python ops")
+    if source is None:
         return None
     errors: list[str] = []
     directory = _cpu_native._private_dir()

@@ -240,6 +240,17 @@ def _compile(cc: str, flags: list[str], directory: str, errors: list[str]) -> st
         return None
 
 
+def read_source(path: str, missing: str) -> str | None:
+    """The text of a kernel source shipped beside these modules, or None, logged (``missing``,
+    its %s the error), where the install lacks its package data."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        log.warning("inductor_embed: " + missing, e)
+        return None
+
+
 def _build() -> ctypes.CDLL | None:
     """Find in the cache (or compile) and load the kernel; None, logged, where it cannot. A
     cached file that is not this source's build is rebuilt and replaced. A new build is
@@ -249,11 +260,8 @@ def _build() -> ctypes.CDLL | None:
         log.info("inductor_embed: no native CPU backward kernel on Windows; using ATen ops")
         return None
     errors: list[str] = []
-    try:
-        with open(SOURCE_PATH) as f:
-            source = f.read()
-    except OSError as e:  # an install without its package data
-        log.warning("inductor_embed: the native CPU kernels' source is missing (%s); using ATen ops", e)
+    source = read_source(SOURCE_PATH, "the native CPU kernels' source is missing (%s); using ATen ops")
+    if source is None:
         return None
     for cc in _compilers():
         # Without OpenMP (a compiler lacking it) the kernel starts its own threads; without

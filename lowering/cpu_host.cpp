@@ -134,6 +134,12 @@ bool small_table(int64_t rows, int64_t dim, int64_t elem) {
          rows * dim * elem < cache_min_bytes;
 }
 
+// Threads for a call moving about `work` bytes: _cpu_native._threads' rule (torch's count past
+// THREADED_BYTES, else one; one in a forked child).
+int64_t threads_for(int64_t work) {
+  return work >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+}
+
 // The op's n arguments on the stack (the last n), or nullptr where there are fewer.
 c10::IValue* args(torch::jit::Stack* stack, size_t n) {
   return stack->size() < n ? nullptr : &(*stack)[stack->size() - n];
@@ -210,7 +216,7 @@ bool lookups_backward(torch::jit::Stack* stack) {
   if (written >= streaming_bytes)
     for (IeTable& e : tables) e.streaming = 1;
   work += written;
-  const int64_t threads = work >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  const int64_t threads = threads_for(work);
   if (kernel(tables.data(), (int64_t)t, threads) != 0) return false;  // the Python op raises
   torch::jit::drop(*stack, kArgs);
   torch::jit::push(*stack, c10::List<at::Tensor>(outs));
@@ -302,7 +308,7 @@ bool bags_forward(torch::jit::Stack* stack) {
     p.last_is_end = !two_d && last[k];
     col += wk.size(1);
   }
-  const int64_t threads = work >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  const int64_t threads = threads_for(work);
   if (kernel(pools.data(), (int64_t)t, threads) != 0) return false;  // the Python op raises
   torch::jit::drop(*stack, kArgs);
   torch::jit::push(*stack, std::move(out), std::move(arg));
@@ -398,7 +404,7 @@ bool bags_backward(torch::jit::Stack* stack) {
   if (written >= streaming_bytes)
     for (IeTable& e : tables) e.streaming = 1;
   work += written;
-  const int64_t threads = work >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  const int64_t threads = threads_for(work);
   if (kernel(tables.data(), (int64_t)t, threads) != 0) return false;  // the Python op raises / sorts
   torch::jit::drop(*stack, kArgs);
   torch::jit::push(*stack, c10::List<at::Tensor>(outs));
@@ -429,6 +435,14 @@ bool one_hot_fields(const c10::IValue& iv, const c10::IValue& nv, const c10::IVa
     fields.push_back(IeField{i.data_ptr(), it == at::kLong, i.size(1), classes[k], offsets[k]});
   }
   return true;
+}
+
+// A one-hot call's bytes moved (_cpu_native._one_hot_call's measure): rows x D floats, once for
+// the output or grad and once per position of every field's bag.
+int64_t one_hot_work(const std::vector<IeField>& fields, int64_t rows, int64_t d) {
+  int64_t bags = 1;
+  for (const IeField& x : fields) bags += x.bag;
+  return rows * d * 4 * bags;
 }
 
 // one_hot_linear_cpu's common case: an fp32 CPU weight [D, V] (any strides), an fp32 bias [D]
@@ -471,9 +485,7 @@ bool one_hot_forward(torch::jit::Stack* stack) {
   call.w_col = weight.stride(1);
   call.bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
   call.out = out.data_ptr<float>();
-  int64_t bags = 1;
-  for (const IeField& x : fields) bags += x.bag;
-  const int64_t threads = rows * d * 4 * bags >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  const int64_t threads = threads_for(one_hot_work(fields, rows, d));
   if (kernel(&call, 0, threads) != 0) return false;
   torch::jit::drop(*stack, kArgs);
   torch::jit::push(*stack, std::move(out));
@@ -513,9 +525,7 @@ bool one_hot_backward(torch::jit::Stack* stack) {
   call.num_columns = columns;
   call.v_major = v_major;
   call.has_bias = has_bias;
-  int64_t bags = 1;
-  for (const IeField& x : fields) bags += x.bag;
-  const int64_t threads = rows * d * 4 * bags >= threaded_bytes && !forked.load() ? at::get_num_threads() : 1;
+  const int64_t threads = threads_for(one_hot_work(fields, rows, d));
   if (kernel(&call, 1, threads) != 0) return false;
   torch::jit::drop(*stack, kArgs);
   torch::jit::push(*stack, std::move(flat));
