@@ -58,6 +58,11 @@ tied_embedding_bag: bool = True
 # lone fp32 lookup on the CPU (no other of its kind) is taken alone: only its backward
 # changes, to the native row-sum kernel.
 independent_lookups: bool = True
+# On the CPU, rows read by an index tensor (x[idx], x.index_select(0, idx) of a 2-D tensor
+# that needs a gradient: a graph network's messages, a table indexed directly) become
+# lookups for the patterns above, and index_add(0, idx, src) (into a fresh zeros or
+# functional) one ATen call: Inductor's CPU scatter-add is per-element atomics.
+index_rows: bool = True
 
 # Keep the dense CPU gradients of the fused ops' backward (buffers of 1 MiB or more) and
 # reuse them in the next step once nothing references them, up to this many MiB; 0 turns
@@ -90,6 +95,7 @@ _FIELDS: tuple[str, ...] = (
     "multi_embedding_bag",
     "tied_embedding_bag",
     "independent_lookups",
+    "index_rows",
     "cpu_grad_cache_mb",
     "cpu_native_kernels",
     "min_tables",

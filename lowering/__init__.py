@@ -5,6 +5,7 @@ One file per op family. Which pattern, config switch, op, kernel module and refe
 belong together: the table "Which is which" in docs/design.md."""
 
 from inductor_embed.lowering import (  # noqa: F401  (registers the ops)
+    index_add_rows,
     multi_embedding,
     multi_embedding_bag,
     multi_embedding_sum,

@@ -152,7 +152,9 @@ def test_config_table_lists_every_field():
     assert sorted(readme) == sorted(config.snapshot()), (
         f"README's config table lists {readme}, inductor_embed/config.py has {list(config.snapshot())}")
     # The config is what a user sets; internal choices live in inductor_embed/_internal.py.
-    assert len(readme) <= 10, f"{len(readme)} config fields: at most 10 (user-facing ones only)"
+    # 11: the master switch, one per pattern (7), and three for the CPU's buffers, native
+    # kernels and the fewest tables worth fusing.
+    assert len(readme) <= 11, f"{len(readme)} config fields: at most 11 (user-facing ones only)"
     if any(k.startswith("INDUCTOR_EMBED_") for k in os.environ):
         return  # the environment overrides some field: snapshot() holds no defaults then
     defaults = {name: _code_spans(row[1])[0] for name, row in zip(readme, rows)}

@@ -3,6 +3,7 @@ switch and counter key, as named in README.md) and ``run(graph, recorder, apply)
 
 from inductor_embed.patterns import (
     independent_lookups,
+    index_rows,
     multi_embedding_bag,
     multi_embedding_cat,
     multi_embedding_sum,
@@ -10,10 +11,10 @@ from inductor_embed.patterns import (
     tied_embedding_bag,
 )
 
-# Table-batched bags first, then embedding cats, then sums of lookups; the tied pair takes
-# what they leave, and independent_lookups the embedding lookups left after that (none is
-# taken twice).
-PATTERNS = (multi_embedding_bag, multi_embedding_cat, multi_embedding_sum, one_hot_linear, tied_embedding_bag,
+# Row reads become lookups first (index_rows), for the lookup patterns to take; then
+# table-batched bags, embedding cats, sums of lookups; the tied pair takes what they leave,
+# and independent_lookups the embedding lookups left after that (none is taken twice).
+PATTERNS = (index_rows, multi_embedding_bag, multi_embedding_cat, multi_embedding_sum, one_hot_linear, tied_embedding_bag,
             independent_lookups)
 
 __all__ = ["PATTERNS"]

@@ -1,0 +1,197 @@
+"""index_rows: rows read by an index tensor, and rows added to by one, on the CPU.
+
+A graph network's message passing is the other half of embedding code::
+
+    msg = F.relu(h[src] + e)                               # a lookup of h's rows
+    h = mlp(h + torch.zeros_like(h).index_add_(0, dst, msg))   # their transpose
+
+- **Row reads** ``x[idx]``, ``x[idx, :]``, ``x.index_select(0, idx)`` / ``torch.index_select``
+  of a 2-D float tensor that requires grad (an activation, or a table indexed directly) become
+  ``F.embedding(idx, x)`` (with ``idx + x.size(0)`` where ``idx < 0`` for ``x[idx]``, which
+  counts negative indices from the end), so that the lookup patterns after this one take them:
+  the lookups of a sum or a cat, else ``independent_lookups``, which takes a lone one on the
+  CPU. Only the backward changes: Inductor's scatter-add for ``x[idx]``'s gradient (per-element
+  atomics on the CPU) becomes the native row sum, bit-equal to eager's. The pattern records
+  nothing for them itself; the pattern that takes the lookup does, under the row read's name.
+  An index out of range raises IndexError as eager's does, with embedding's message.
+- **Row sums** ``torch.index_add(x, 0, idx, src)``, ``x.index_add(0, idx, src)`` and
+  ``zeros.index_add_(0, idx, src)`` into a fresh ``torch.zeros`` / ``zeros_like`` /
+  ``new_zeros`` become ``inductor_embed::index_add_rows``: ATen's ``index_add_``, opaque to
+  Inductor, whose CPU lowering is the same per-element atomics (~20x slower here).
+
+Left, with the reason logged: anything on CUDA (Inductor's atomic adds are native there and
+fuse; no GPU measurement yet says otherwise), ``alpha != 1``, another dim than 0, an
+``index_add_`` into a tensor that is not a fresh zeros read only by it (the write would have
+to stay visible), row reads of a tensor with symbolic rows or that needs no gradient.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from inductor_embed.patterns import _fx
+from inductor_embed.report import Recorder, Rewrite, Skip, TableInfo
+
+NAME = "index_rows"
+_OP = "inductor_embed.index_add_rows"
+_CUDA = "on CUDA Inductor's atomic adds are native and fuse with their producer; no GPU measurement yet says the op pays"
+_ZEROS = (torch.zeros_like, torch.zeros)
+
+
+def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
+    """Turn row reads into lookups (always: ``explain`` runs on a copy, and the lookup patterns
+    after this one decide and record), and row sums into ``index_add_rows`` when ``apply``."""
+    for node in list(graph.nodes):
+        if _fx.is_erased(node) or node.op not in ("call_function", "call_method"):
+            continue
+        read = _row_read(node)
+        if read is not None and _is_rows(read[0]):
+            x, idx, wraps = read
+            why = _read_problem(x, idx)
+            if why is not None:
+                rec.skip(Skip(NAME, node.name, why))
+            else:
+                _as_lookup(graph, node, x, idx, wraps)
+            continue
+        add = _index_add(node)
+        if add is not None:
+            why = add if isinstance(add, str) else _add_problem(*add)
+            if why is not None:
+                rec.skip(Skip(NAME, node.name, why))
+                continue
+            base, index, source, inplace = add
+            bv, src = _fx.meta_val(base), _fx.meta_val(source)
+            # Into fresh contiguous zeros of a static size the op makes its own output (no
+            # fill and copy), and the zeros go.
+            own = ((inplace or _fresh_zeros(base) is not None) and isinstance(bv.shape[0], int)
+                   and bv.is_contiguous())
+            width = 1
+            for s in src.shape[1:]:
+                width *= s
+            replaced = (node.name, base.name) if own else (node.name,)
+            if apply:
+                _rewrite(graph, node, base, index, source, own)
+            rec.rewrite(Rewrite(NAME, replaced, _OP, (TableInfo(base.name, bv.shape[0], width, src.dtype),),
+                                tuple(_fx.meta_val(index).shape), src.dtype))
+
+
+def _row_read(node: fx.Node) -> tuple[fx.Node, fx.Node, bool] | None:
+    """``(x, idx, wraps)`` if ``node`` reads rows of ``x`` by an index tensor: ``x[idx]`` /
+    ``x[idx, :]`` (negative indices count from the end: ``wraps``) or ``index_select`` on dim 0."""
+    if node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2:
+        x, key = node.args
+        if isinstance(key, tuple) and len(key) == 2 and key[1] == slice(None):
+            key = key[0]
+        if isinstance(x, fx.Node) and isinstance(key, fx.Node) and isinstance(_fx.meta_val(key), torch.Tensor):
+            return x, key, True
+        return None
+    if (node.op == "call_method" and node.target == "index_select") or (
+        node.op == "call_function" and node.target is torch.index_select
+    ):
+        args = _fx.bind(node, ("input", "dim", "index"), {}, {"self": "input"})
+        x, dim, idx = args.get("input"), args.get("dim"), args.get("index")
+        xv, iv = _fx.meta_val(x), _fx.meta_val(idx)
+        if (isinstance(x, fx.Node) and isinstance(idx, fx.Node) and isinstance(xv, torch.Tensor)
+                and isinstance(iv, torch.Tensor) and iv.dim() == 1 and dim in (0, -xv.dim())):
+            return x, idx, False
+    return None
+
+
+def _is_rows(x: fx.Node) -> bool:
+    """Whether ``x`` is a 2-D fp32/fp16/bf16 tensor: a table a lookup can read (anything else
+    indexed is no candidate, and not logged)."""
+    xv = _fx.meta_val(x)
+    return isinstance(xv, torch.Tensor) and xv.dim() == 2 and xv.dtype in _fx.FLOAT_DTYPES
+
+
+def _read_problem(x: fx.Node, idx: fx.Node) -> str | None:
+    """Why a row read of a 2-D float tensor is left as it is, or None to make it a lookup."""
+    xv, iv = _fx.meta_val(x), _fx.meta_val(idx)
+    if iv.dtype not in _fx.INDEX_DTYPES:
+        return f"index dtype {iv.dtype} is not int32/int64 (a mask or a cast): left as indexing"
+    if xv.device.type != "cpu" or iv.device != xv.device:
+        return f"a row read on {xv.device.type}: left to Inductor ({_CUDA})"
+    if not xv.requires_grad:
+        return "the tensor needs no gradient: the lookup would change only the backward, which it has not"
+    if not all(isinstance(s, int) for s in xv.shape):
+        return "the tensor's shape is symbolic: a lookup's table has a static shape"
+    return None
+
+
+def _as_lookup(graph: fx.Graph, node: fx.Node, x: fx.Node, idx: fx.Node, wraps: bool) -> None:
+    """Replace the row read ``node`` by ``F.embedding(idx, x)`` under the same name."""
+    name = node.name
+    with graph.inserting_before(node):
+        if wraps:
+            rows = _fx.meta_val(x).shape[0]
+            negative = _fx.call(graph, operator.lt, (idx, 0), node)
+            idx = _fx.call(graph, torch.where, (negative, _fx.call(graph, operator.add, (idx, rows), node), idx), node)
+        lookup = _fx.call(graph, F.embedding, (idx, x), node)
+    node.replace_all_uses_with(lookup)
+    graph.erase_node(node)
+    lookup._rename(name)  # the records and logs name the user's node
+
+
+def _index_add(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, bool] | str | None:
+    """``(self, index, source, in_place)`` of an ``index_add`` on dim 0, a reason to leave one,
+    or None for any other node."""
+    if node.op == "call_method" and node.target in ("index_add", "index_add_"):
+        inplace = node.target == "index_add_"
+    elif node.op == "call_function" and node.target in (torch.index_add, torch.Tensor.index_add):
+        inplace = False
+    elif node.op == "call_function" and node.target is torch.Tensor.index_add_:
+        inplace = True
+    else:
+        return None
+    args = _fx.bind(node, ("input", "dim", "index", "source"), {"alpha": 1}, {"self": "input"})
+    base, dim, index, source = (args.get(k) for k in ("input", "dim", "index", "source"))
+    if not all(isinstance(v, fx.Node) for v in (base, index, source)) or not isinstance(dim, int):
+        return "the arguments are not graph values and a constant dim"
+    bv = _fx.meta_val(base)
+    if not isinstance(bv, torch.Tensor) or dim not in (0, -max(bv.dim(), 1)):
+        return f"index_add along dim {dim}: only rows (dim 0) are taken"
+    if args["alpha"] != 1 or "out" in node.kwargs:
+        return "alpha != 1 or out=: left to Inductor"
+    if inplace and _fresh_zeros(base) is None:
+        return ("index_add_ into a tensor that is not a fresh torch.zeros / zeros_like / new_zeros read only by "
+                "it: the write must stay visible to its other readers")
+    return base, index, source, inplace
+
+
+def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node, inplace: bool) -> str | None:
+    bv, iv, sv = (_fx.meta_val(v) for v in (base, index, source))
+    if not all(isinstance(v, torch.Tensor) for v in (bv, iv, sv)):
+        return "no fake tensor metadata"
+    if sv.dtype not in _fx.FLOAT_DTYPES or bv.dtype != sv.dtype:
+        return f"dtype {sv.dtype} into {bv.dtype}: only fp32/fp16/bf16 sums are taken"
+    if iv.dtype not in _fx.INDEX_DTYPES or iv.dim() != 1 or bv.dim() == 0 or sv.dim() != bv.dim():
+        return "not a 1-D index adding rows of the same rank"
+    if bv.device.type != "cpu" or sv.device != bv.device or iv.device != bv.device:
+        return f"an index_add on {sv.device.type}: left to Inductor ({_CUDA})"
+    return None
+
+
+def _fresh_zeros(base: fx.Node) -> fx.Node | None:
+    """``base`` if it is a torch.zeros / zeros_like / x.new_zeros read by one node only."""
+    if len(base.users) != 1:
+        return None
+    if (base.op == "call_function" and base.target in _ZEROS) or (base.op == "call_method" and base.target == "new_zeros"):
+        return base
+    return None
+
+
+def _rewrite(graph: fx.Graph, node: fx.Node, base: fx.Node, index: fx.Node, source: fx.Node, own: bool) -> None:
+    """Replace the ``index_add`` ``node`` by ``index_add_rows``: ``self=None`` where it makes
+    its own output (``own``: ``base`` is then erased), else ``base`` itself."""
+    bv = _fx.meta_val(base)
+    with graph.inserting_before(node):
+        op = _fx.call(graph, torch.ops.inductor_embed.index_add_rows.default,
+                      (None if own else base, bv.shape[0] if own else 0, index, source), node)
+    node.replace_all_uses_with(op)
+    graph.erase_node(node)
+    if own:
+        graph.erase_node(base)  # read by the index_add alone (_fresh_zeros)

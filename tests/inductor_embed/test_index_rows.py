@@ -1,0 +1,242 @@
+"""End to end: rows read by an index tensor and rows added to by one (a graph network's
+message passing, a table indexed directly), compiled with inductor_embed vs eager."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import inductor_embed
+from inductor_embed.lowering.index_add_rows import index_add_rows
+from tests.inductor_embed._util import TOL, rewrites, skips
+
+NAME = "index_rows"
+
+
+class MessagePassing(nn.Module):
+    """Atom features summed from two tables, then two GIN-style layers over the edges."""
+
+    def __init__(self, dim: int = 12, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.a, self.b = nn.Embedding(7, dim, dtype=dtype), nn.Embedding(5, dim, dtype=dtype)
+        self.lin = nn.ModuleList(nn.Linear(dim, dim, dtype=dtype) for _ in range(2))
+
+    def forward(self, atoms: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        h = self.a(atoms[:, 0]) + self.b(atoms[:, 1])
+        src, dst = edges[0], edges[1]
+        for lin in self.lin:
+            msg = F.relu(h[src])
+            h = lin(h + torch.zeros_like(h).index_add_(0, dst, msg))
+        return h
+
+
+def _graph(nodes: int = 9, edges: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.stack([torch.randint(0, 7, (nodes,), generator=g), torch.randint(0, 5, (nodes,), generator=g)], 1)
+    return atoms, torch.randint(0, nodes, (2, edges), generator=g)
+
+
+def _run(model: nn.Module, inputs, **compile_kwargs):
+    """Eager and compiled forward + backward: (eager's output, compiled output, the grads of each)."""
+    twin = copy.deepcopy(model)
+    outs = []
+    for m in (model, torch.compile(twin, backend="inductor_embed", **compile_kwargs)):
+        out = m(*inputs)
+        out.backward(torch.ones_like(out))
+        outs.append(out)
+    return outs, [p.grad for p in model.parameters()], [p.grad for p in twin.parameters()]
+
+
+def test_message_passing():
+    torch.manual_seed(0)
+    (want, got), grads_e, grads_c = _run(MessagePassing(), _graph())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for ge, gc in zip(grads_e[:2], grads_c[:2]):
+        torch.testing.assert_close(gc, ge, rtol=1e-5, atol=1e-6)
+    for ge, gc in zip(grads_e[2:], grads_c[2:]):
+        torch.testing.assert_close(gc, ge, **TOL[torch.float32])
+    assert rewrites(NAME) == 2 and rewrites("independent_lookups") == 2 and rewrites("multi_embedding_sum") == 1
+
+
+def test_gather_scatter_bit_equal():
+    # The lookup's native backward and ATen's index_add sum each row in eager's order (many
+    # collisions here): forward and gradient bit-equal to eager's.
+    torch.manual_seed(0)
+    h = torch.randn(7, 33, requires_grad=True)
+    hc = h.detach().clone().requires_grad_()
+    src, dst = torch.randint(0, 7, (500,)), torch.randint(0, 7, (500,))
+
+    def f(h, src, dst):
+        return torch.zeros_like(h).index_add_(0, dst, h[src] * 3)
+
+    want = f(h, src, dst)
+    got = torch.compile(f, backend="inductor_embed")(hc, src, dst)
+    assert torch.equal(got, want)
+    grad = torch.randn_like(want)
+    want.backward(grad)
+    got.backward(grad)
+    assert torch.equal(hc.grad, h.grad)
+    assert rewrites(NAME) == 1 and rewrites("independent_lookups") == 1
+
+
+def test_explain_names_the_row_reads():
+    report = inductor_embed.explain(MessagePassing(), *_graph())
+    taken = {r.pattern: r for r in report.rewrites}
+    assert [r.fused_op for r in report.rewrites if r.pattern == NAME] == ["inductor_embed.index_add_rows"] * 2
+    # The lookups made of h[src] keep the row read's name in the records.
+    lone = [r.replaced for r in report.rewrites if r.pattern == "independent_lookups"]
+    assert all(name.startswith("getitem") for (name,) in lone), lone
+    assert "index_rows" in taken
+
+
+class Reads(nn.Module):
+    """x[idx], x[idx, :], index_select, torch.index_select of an activation and of a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 4))
+
+    def forward(self, x: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(x)
+        return (y[i] * 2 + y[j, :] + y.index_select(0, j) + torch.index_select(self.table, 0, j)
+                + self.table[i].sin())
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_row_reads_negative_indices(index_dtype):
+    torch.manual_seed(0)
+    x = torch.randn(10, 4, requires_grad=True)
+    i = torch.tensor([0, -1, 3, -10, 3, 9], dtype=index_dtype)  # x[i] counts from the end
+    j = torch.tensor([2, 2, 5, 0, 9, 1], dtype=index_dtype)
+    model = Reads()
+    twin = copy.deepcopy(model)
+    xc = x.detach().clone().requires_grad_()
+    want = model(x, i, j)
+    got = torch.compile(twin, backend="inductor_embed")(xc, i, j)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # Inductor's own tanh and sin
+    want.sum().backward()
+    got.sum().backward()
+    torch.testing.assert_close(xc.grad, x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(twin.table.grad, model.table.grad, rtol=1e-5, atol=1e-6)
+    # 2 lookups of the table, 3 of y: taken by the lookup patterns, none left.
+    assert rewrites("independent_lookups") + rewrites("multi_embedding_sum") >= 2 and skips(NAME) == 0
+
+
+def test_row_read_out_of_range_raises():
+    # Eager: IndexError; compiled, with the plugin or without: Inductor's own bounds check in
+    # the forward's gather (RuntimeError "index out of bounds"), and no gradient written.
+    x = torch.randn(5, 3, requires_grad=True)
+
+    def f(x, i):
+        return torch.tanh(x)[i]
+
+    bad = torch.tensor([0, 5])
+    with pytest.raises(IndexError, match="out of bounds"):
+        f(x, bad)
+    for backend in ("inductor", "inductor_embed"):
+        torch._dynamo.reset()
+        with pytest.raises(RuntimeError, match="out of bounds"):
+            torch.compile(f, backend=backend)(x, bad).sum().backward()
+        assert x.grad is None
+    assert rewrites("independent_lookups") == 1
+
+
+def test_index_add_out_of_range_raises_eagers_error():
+    def f(s, i):
+        return torch.zeros(4, 3).index_add_(0, i, s)
+
+    s = torch.randn(2, 3, requires_grad=True)
+    bad = torch.tensor([0, 4])
+    with pytest.raises(RuntimeError) as eager:
+        f(s, bad)
+    with pytest.raises(RuntimeError) as ours:
+        torch.compile(f, backend="inductor_embed")(s, bad)
+    assert str(ours.value) == str(eager.value)  # ATen's own index_add_ raised both
+    assert rewrites(NAME) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_functional_index_add_grads(dtype):
+    # torch.index_add(x, ...) and x.index_add(...): self's gradient is grad, source's grad[idx].
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, dtype=dtype, requires_grad=True)
+    s = torch.randn(8, 5, dtype=dtype, requires_grad=True)
+    i = torch.tensor([0, 5, 5, 1, 0, 0, 2, 5])
+
+    def f(x, s, i):
+        return torch.index_add(x * 2, 0, i, s).sin() + x.index_add(0, i, s * 3)
+
+    want = f(x, s, i)
+    want.sum().backward()
+    gx, gs = x.grad, s.grad
+    x.grad = s.grad = None
+    got = torch.compile(f, backend="inductor_embed")(x, s, i)
+    torch.testing.assert_close(got, want, **TOL[dtype])
+    got.sum().backward()
+    torch.testing.assert_close(x.grad, gx, **TOL[dtype])
+    torch.testing.assert_close(s.grad, gs, **TOL[dtype])
+    assert rewrites(NAME) == 2
+
+
+def test_op_matches_aten_bit_for_bit():
+    torch.manual_seed(0)
+    s = torch.randn(1000, 7)
+    i = torch.randint(0, 13, (1000,))
+    x = torch.randn(13, 7)
+    assert torch.equal(index_add_rows(None, 13, i, s), torch.zeros(13, 7).index_add_(0, i, s))
+    assert torch.equal(index_add_rows(x, 0, i, s), torch.index_add(x, 0, i, s))
+    torch.library.opcheck(torch.ops.inductor_embed.index_add_rows.default, (None, 13, i, s.requires_grad_()))
+    torch.library.opcheck(torch.ops.inductor_embed.index_add_rows.default, (x.requires_grad_(), 0, i, s))
+
+
+def _left(f, *args) -> list[str]:
+    report = inductor_embed.explain(f, *args)
+    return [s.reason for s in report.skipped if s.pattern == NAME]
+
+
+def test_left_with_reasons():
+    s = torch.randn(4, 3, requires_grad=True)
+    i = torch.tensor([0, 2, 2, 1])
+
+    def dim1(s, i):
+        return torch.zeros(3, 3).index_add(1, i[:3], s[:3])
+
+    def alpha(s, i):
+        return torch.zeros(3, 3).index_add(0, i, s, alpha=2.0)
+
+    def not_fresh(s, i):
+        buf = s[:3].detach().clone()
+        buf.index_add_(0, i, s)
+        return buf * 2
+
+    def no_grad_rows(s, i):
+        return torch.randn(5, 3)[i] + s
+
+    assert "dim 1" in " ".join(_left(dim1, s, i))
+    assert "alpha" in " ".join(_left(alpha, s, i))
+    assert "fresh" in " ".join(_left(not_fresh, s, i))
+    assert "needs no gradient" in " ".join(_left(no_grad_rows, s, i))
+    for f in (dim1, alpha, not_fresh):
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(f, backend="inductor_embed")(s, i), f(s, i))
+
+
+def test_symbolic_rows_left():
+    torch.manual_seed(0)
+    (want, got), grads_e, grads_c = _run(MessagePassing(), _graph(), dynamic=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for ge, gc in zip(grads_e, grads_c):
+        torch.testing.assert_close(gc, ge, **TOL[torch.float32])
+    assert skips(NAME) >= 2  # the row reads of h: its rows are symbolic (index_add is taken)
+
+
+def test_switch_off():
+    with inductor_embed.config.patch(index_rows=False):
+        torch.manual_seed(0)
+        (want, got), _, _ = _run(MessagePassing(), _graph())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert rewrites(NAME) == 0 and rewrites("independent_lookups") == 0
