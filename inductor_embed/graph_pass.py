@@ -20,7 +20,7 @@ import torch.fx as fx
 from inductor_embed import _compat, _internal, config
 from inductor_embed.lowering._common import coalesce_sparse_grads
 from inductor_embed.patterns import PATTERNS
-from inductor_embed.patterns._fx import table_batched_reason, written_args
+from inductor_embed.patterns._fx import mark_regions, table_batched_reason, written_args
 from inductor_embed.report import Recorder, Report, Skip
 from inductor_embed.sparse_grads import keep_coalesced, sparse_weights
 
@@ -46,6 +46,7 @@ def _run_patterns(graph: fx.Graph, apply: bool) -> Report:
             why = table_batched_reason(node)
             if why is not None:
                 rec.skip(Skip("multi_embedding_bag", node.name, why))
+    mark_regions(graph)  # torch.func transforms and no_grad blocks: _fx.region_problem
     debug_dir = _compat.compile_debug_dir() if apply else None
     for pattern in PATTERNS:
         if not config.pattern_enabled(pattern.NAME):

@@ -80,6 +80,54 @@ def bind(node: fx.Node, names: Sequence[str], defaults: dict[str, Any], aliases:
     return out
 
 
+# Node meta key: where a node sits among the graph's regions (``mark_regions``).
+_REGION = "inductor_embed_region"
+
+
+def mark_regions(graph: fx.Graph) -> None:
+    """Record in each node's meta whether it runs inside a torch.func transform (Dynamo's graph
+    holds ``_grad_increment_nesting`` ... ``_grad_decrement_nesting``, and vmap's and jvp's alike)
+    and whether the graph turns gradients on or off inside (``torch._C._set_grad_enabled``):
+    ``region_problem`` reads it."""
+    depth = 0
+    varies = bool(graph.find_nodes(op="call_function", target=torch._C._set_grad_enabled))
+    for n in graph.nodes:
+        name = getattr(n.target, "__name__", "") if n.op == "call_function" else ""
+        if name.endswith("_increment_nesting"):
+            depth += 1
+        elif name.endswith("_decrement_nesting"):
+            depth = max(depth - 1, 0)
+        n.meta[_REGION] = (depth > 0, varies)
+
+
+def copy_region(src: fx.Node, dst: fx.Node) -> None:
+    """``dst`` takes ``src``'s place: the same region."""
+    if _REGION in src.meta:
+        dst.meta[_REGION] = src.meta[_REGION]
+
+
+def region_problem(node: fx.Node, table: Any) -> str | None:
+    """Why a lookup ``node`` of ``table`` cannot become a fused op because of where it runs, or None.
+
+    Inside a torch.func transform the fused ops, which have no functorch rules, would fail AOT's
+    trace. Where the graph turns gradients off for a block, a lookup read there of a table that
+    needs gradients would get them through a fused op placed outside the block."""
+    in_transform, grad_mode_varies = node.meta.get(_REGION, (False, False))
+    if in_transform:
+        return "inside a torch.func transform (grad, vmap, jvp): the fused ops have no functorch rules"
+    if grad_mode_varies:
+        out, w = meta_val(node), meta_val(table)
+        if isinstance(out, torch.Tensor) and isinstance(w, torch.Tensor) and out.requires_grad != w.requires_grad:
+            return ("read where the graph turns gradients off (a torch.no_grad() block) from a table that needs "
+                    "them: a fused op outside the block would give the table a gradient")
+    return None
+
+
+def grad_mode_varies(node: fx.Node) -> bool:
+    """Whether ``node``'s graph turns gradients on or off inside (``mark_regions``)."""
+    return node.meta.get(_REGION, (False, False))[1]
+
+
 def embedding_args(node: fx.Node) -> dict[str, Any] | None:
     """F.embedding / torch.embedding / aten.embedding arguments by name, or None if the node is not one."""
     if node.op != "call_function":

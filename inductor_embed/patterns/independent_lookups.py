@@ -103,8 +103,11 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             found.setdefault((lk.dtype, lk.device, _shape_key(lk.index_shape)), []).append(lk)
     fewest = max(config.min_tables, 2)
     for (dtype, _device, _), candidates in found.items():
-        if len(candidates) < 2:
-            _lone(graph, candidates[0], rec, apply, told)
+        if len(candidates) < 2 or _fx.grad_mode_varies(candidates[0].node):
+            # Where the graph turns gradients on or off inside, a group's op placed after its
+            # last input might run in another grad mode than a lookup: each is taken in place.
+            for lk in candidates:
+                _lone(graph, lk, rec, apply, told)
             continue
         lookups = []
         for lk in candidates:

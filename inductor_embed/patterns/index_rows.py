@@ -11,18 +11,22 @@ A graph network's message passing is the other half of embedding code::
   counts negative indices from the end), so that the lookup patterns after this one take them:
   the lookups of a sum or a cat, else ``independent_lookups``, which takes a lone one on the
   CPU. Only the backward changes: Inductor's scatter-add for ``x[idx]``'s gradient (per-element
-  atomics on the CPU) becomes the native row sum, bit-equal to eager's. The pattern records
-  nothing for them itself; the pattern that takes the lookup does, under the row read's name.
-  An index out of range raises IndexError as eager's does, with embedding's message.
+  atomics on the CPU) becomes the native row sum, each row summed in position order (eager's
+  ``index_select`` gradient bit for bit; ``x[idx]``'s eager gradient sums in another order, so
+  within fp32's rounding of it). The pattern records nothing for them itself; the pattern that
+  takes the lookup does, under the row read's name. An index out of range raises what plain
+  torch.compile raises: Inductor's bounds check in the forward's gather (eager: IndexError).
 - **Row sums** ``torch.index_add(x, 0, idx, src)``, ``x.index_add(0, idx, src)`` and
   ``zeros.index_add_(0, idx, src)`` into a fresh ``torch.zeros`` / ``zeros_like`` /
   ``new_zeros`` become ``inductor_embed::index_add_rows``: ATen's ``index_add_``, opaque to
   Inductor, whose CPU lowering is the same per-element atomics (~20x slower here).
 
 Left, with the reason logged: anything on CUDA (Inductor's atomic adds are native there and
-fuse; no GPU measurement yet says otherwise), ``alpha != 1``, another dim than 0, an
-``index_add_`` into a tensor that is not a fresh zeros read only by it (the write would have
-to stay visible), row reads of a tensor with symbolic rows or that needs no gradient.
+fuse; no GPU measurement yet says otherwise) or inside a torch.func transform, ``alpha != 1``,
+another dim than 0, rows of another shape than the sum's (eager raises), an ``index_add_`` into
+a tensor that is not a fresh zeros read only by it (the write would have to stay visible); row
+reads by a 0-d index (eager's result is a view), of a tensor with symbolic rows, or whose rows
+need no gradient (a table without one, or a ``torch.no_grad()`` block).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
         read = _row_read(node)
         if read is not None and _is_rows(read[0]):
             x, idx, wraps = read
-            why = _read_problem(x, idx)
+            why = _fx.region_problem(node, x) or _read_problem(node, x, idx)
             if why is not None:
                 rec.skip(Skip(NAME, node.name, why))
             else:
@@ -108,15 +112,17 @@ def _is_rows(x: fx.Node) -> bool:
     return isinstance(xv, torch.Tensor) and xv.dim() == 2 and xv.dtype in _fx.FLOAT_DTYPES
 
 
-def _read_problem(x: fx.Node, idx: fx.Node) -> str | None:
-    """Why a row read of a 2-D float tensor is left as it is, or None to make it a lookup."""
-    xv, iv = _fx.meta_val(x), _fx.meta_val(idx)
+def _read_problem(node: fx.Node, x: fx.Node, idx: fx.Node) -> str | None:
+    """Why a row read ``node`` of a 2-D float tensor is left as it is, or None to make it a lookup."""
+    xv, iv, out = _fx.meta_val(x), _fx.meta_val(idx), _fx.meta_val(node)
+    if iv.dim() == 0:
+        return "a 0-d index selects one row: eager's result is a view of the tensor, a lookup's a copy"
     if iv.dtype not in _fx.INDEX_DTYPES:
         return f"index dtype {iv.dtype} is not int32/int64 (a mask or a cast): left as indexing"
     if xv.device.type != "cpu" or iv.device != xv.device:
         return f"a row read on {xv.device.type}: left to Inductor ({_CUDA})"
-    if not xv.requires_grad:
-        return "the tensor needs no gradient: the lookup would change only the backward, which it has not"
+    if not (isinstance(out, torch.Tensor) and out.requires_grad):
+        return "the rows read need no gradient (a table without one, or no_grad): only the backward would change"
     if not all(isinstance(s, int) for s in xv.shape):
         return "the tensor's shape is symbolic: a lookup's table has a static shape"
     return None
@@ -131,6 +137,7 @@ def _as_lookup(graph: fx.Graph, node: fx.Node, x: fx.Node, idx: fx.Node, wraps: 
             negative = _fx.call(graph, operator.lt, (idx, 0), node)
             idx = _fx.call(graph, torch.where, (negative, _fx.call(graph, operator.add, (idx, rows), node), idx), node)
         lookup = _fx.call(graph, F.embedding, (idx, x), node)
+    _fx.copy_region(node, lookup)
     node.replace_all_uses_with(lookup)
     graph.erase_node(node)
     lookup._rename(name)  # the records and logs name the user's node
@@ -156,6 +163,9 @@ def _index_add(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, bool] | str | 
         return f"index_add along dim {dim}: only rows (dim 0) are taken"
     if args["alpha"] != 1 or "out" in node.kwargs:
         return "alpha != 1 or out=: left to Inductor"
+    why = _fx.region_problem(node, None)
+    if why is not None:
+        return why
     if inplace and _fresh_zeros(base) is None:
         return ("index_add_ into a tensor that is not a fresh torch.zeros / zeros_like / new_zeros read only by "
                 "it: the write must stay visible to its other readers")
@@ -170,6 +180,8 @@ def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node, inplace: bool) 
         return f"dtype {sv.dtype} into {bv.dtype}: only fp32/fp16/bf16 sums are taken"
     if iv.dtype not in _fx.INDEX_DTYPES or iv.dim() != 1 or bv.dim() == 0 or sv.dim() != bv.dim():
         return "not a 1-D index adding rows of the same rank"
+    if [str(d) for d in bv.shape[1:]] != [str(d) for d in sv.shape[1:]]:
+        return "the rows' shapes differ (eager raises; left so that it still does)"
     if bv.device.type != "cpu" or sv.device != bv.device or iv.device != bv.device:
         return f"an index_add on {sv.device.type}: left to Inductor ({_CUDA})"
     return None
@@ -177,7 +189,7 @@ def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node, inplace: bool) 
 
 def _fresh_zeros(base: fx.Node) -> fx.Node | None:
     """``base`` if it is a torch.zeros / zeros_like / x.new_zeros read by one node only."""
-    if len(base.users) != 1:
+    if len(base.users) != 1 or base.kwargs.get("out") is not None:
         return None
     if (base.op == "call_function" and base.target in _ZEROS) or (base.op == "call_method" and base.target == "new_zeros"):
         return base

@@ -85,7 +85,7 @@ def analyse_bag(node: fx.Node, between: tuple = (), whole: bool = False) -> Look
     p = _fx.tensor_meta(psw) if psw is not None else None
     if w is None or i is None or (offsets is not None and o is None) or (psw is not None and p is None):
         return "no fake tensor metadata on the weight, indices, offsets or per_sample_weights"
-    why = _cat_site.float_checks(w, i)
+    why = _fx.region_problem(node, weight) or _cat_site.float_checks(w, i)
     if why is not None:
         return why
     if w.device.type == "cpu":

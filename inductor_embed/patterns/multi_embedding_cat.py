@@ -76,7 +76,7 @@ def analyse_lookup(node: fx.Node, between: tuple = (), whole: bool = False) -> L
     if args["sparse"] and not whole and any(len(n.users) > 1 for n in (node, *between)):
         return ("a sparse=True lookup with other users than the cat: its table's gradient would be a sum of "
                 "sparse tensors inside the compiled backward, which Inductor cannot compile (nor without the plugin)")
-    why = _cat_site.float_checks(w, i)
+    why = _fx.region_problem(node, weight) or _cat_site.float_checks(w, i)
     if why is not None:
         return why
     num_rows, dim = w.shape

@@ -63,15 +63,17 @@ def test_message_passing():
 
 
 def test_gather_scatter_bit_equal():
-    # The lookup's native backward and ATen's index_add sum each row in eager's order (many
-    # collisions here): forward and gradient bit-equal to eager's.
+    # The lookup's native backward (each row in position order) and ATen's index_add sum each
+    # row in the order eager's index_select backward and index_add do (many collisions here):
+    # forward and gradient bit-equal to eager's. (x[idx]'s eager gradient, index_put with
+    # accumulation, sums in another order: within rounding, test_row_reads_negative_indices.)
     torch.manual_seed(0)
     h = torch.randn(7, 33, requires_grad=True)
     hc = h.detach().clone().requires_grad_()
-    src, dst = torch.randint(0, 7, (500,)), torch.randint(0, 7, (500,))
+    src, dst = torch.randint(0, 7, (2000,)), torch.randint(0, 7, (2000,))
 
     def f(h, src, dst):
-        return torch.zeros_like(h).index_add_(0, dst, h[src] * 3)
+        return torch.zeros_like(h).index_add_(0, dst, h.index_select(0, src) * 3)
 
     want = f(h, src, dst)
     got = torch.compile(f, backend="inductor_embed")(hc, src, dst)
@@ -219,7 +221,7 @@ def test_left_with_reasons():
     assert "dim 1" in " ".join(_left(dim1, s, i))
     assert "alpha" in " ".join(_left(alpha, s, i))
     assert "fresh" in " ".join(_left(not_fresh, s, i))
-    assert "needs no gradient" in " ".join(_left(no_grad_rows, s, i))
+    assert "need no gradient" in " ".join(_left(no_grad_rows, s, i))
     for f in (dim1, alpha, not_fresh):
         torch._dynamo.reset()
         torch.testing.assert_close(torch.compile(f, backend="inductor_embed")(s, i), f(s, i))
@@ -240,3 +242,103 @@ def test_switch_off():
         (want, got), _, _ = _run(MessagePassing(), _graph())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert rewrites(NAME) == 0 and rewrites("independent_lookups") == 0
+
+
+def _eager_and_compiled(f, *args, **kwargs):
+    """``f``'s result eagerly and compiled with the plugin (after a Dynamo reset)."""
+    want = f(*args, **kwargs)
+    torch._dynamo.reset()
+    return want, torch.compile(f, backend="inductor_embed")(*args, **kwargs)
+
+
+def test_zero_d_index_keeps_eagers_view():
+    # h[i] with a 0-d i is a view of h (h.select): a write through it reaches h.
+    a = torch.randn(4, 3, requires_grad=True)
+    i = torch.tensor(1)
+
+    def f(a, i):
+        h = a * 2
+        h[i].zero_()
+        return h
+
+    want, got = _eager_and_compiled(f, a, i)
+    torch.testing.assert_close(got, want)
+    assert bool((got[1] == 0).all())
+
+
+def test_index_add_rows_of_another_shape_still_raises():
+    # Dynamo's fake index_add_ does not compare the rows' shapes; eager raises, and so does the
+    # compile (as plain torch.compile's does), instead of returning the source's shape.
+    s = torch.randn(10, 1, requires_grad=True)
+    i = torch.randint(0, 6, (10,))
+
+    def f(s, i):
+        return torch.zeros(6, 4).index_add_(0, i, s)
+
+    with pytest.raises(RuntimeError):
+        f(s, i)
+    with pytest.raises(Exception, match="shape|expand"):
+        torch.compile(f, backend="inductor_embed")(s, i)
+    assert rewrites(NAME) == 0
+
+
+def test_zeros_with_out_is_not_fresh():
+    s, i = torch.randn(20, 6), torch.randint(0, 8, (20,))
+
+    def f(s, i, buf):
+        return torch.zeros(8, 6, out=buf).index_add_(0, i, s)
+
+    buf_e, buf_c = torch.full((8, 6), 7.0), torch.full((8, 6), 7.0)
+    want = f(s, i, buf_e)
+    got = torch.compile(f, backend="inductor_embed")(s, i, buf_c)
+    assert torch.equal(got, want) and torch.equal(buf_c, buf_e)
+
+
+class NoGradTarget(nn.Module):
+    """A frozen target read inside torch.no_grad(), next to a trained lookup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user, self.target = nn.Parameter(torch.randn(8, 6)), nn.Parameter(torch.randn(8, 6))
+        self.emb = nn.Embedding(8, 6)
+
+    def forward(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = self.target[j]
+            u = self.emb(j)
+        return (self.user[i] * t * u).sum() + self.emb(i).sum()
+
+
+def test_reads_inside_no_grad_get_no_gradient():
+    torch.manual_seed(0)
+    model = NoGradTarget()
+    twin = copy.deepcopy(model)
+    i, j = torch.randint(0, 8, (20,)), torch.randint(0, 8, (20,))
+    model(i, j).backward()
+    torch.compile(twin, backend="inductor_embed")(i, j).backward()
+    assert twin.target.grad is None
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6)
+    reasons = [s.reason for s in inductor_embed.explain(copy.deepcopy(model), i, j).skipped]
+    assert sum("turns gradients off" in r for r in reasons) == 2  # target[j], emb(j)
+
+
+@pytest.mark.parametrize("which", ["grad_read", "grad_index_add", "vmap_index_add", "grad_embedding"])
+def test_inside_torch_func_transforms(which):
+    # The fused ops have no functorch rules: what runs inside torch.func.grad / vmap is left.
+    x, s = torch.randn(8, 6), torch.randn(20, 6)
+    i = torch.randint(0, 8, (20,))
+    fns = {
+        "grad_read": lambda x: torch.func.grad(lambda x: x[i].pow(2).sum())(x),
+        "grad_index_add": lambda x: torch.func.grad(lambda s: torch.zeros(8, 6).index_add_(0, i, s).pow(2).sum())(s),
+        "vmap_index_add": lambda x: torch.vmap(lambda t: torch.zeros(8, 6).index_add(0, i, t))(s.expand(3, 20, 6)),
+        "grad_embedding": lambda x: torch.func.grad(lambda x: F.embedding(i, x).pow(2).sum())(x),
+    }
+    want, got = _eager_and_compiled(fns[which], x)
+    if which == "vmap_index_add":
+        # Plain torch.compile's own result (torch 2.13's Inductor: not eager's here, upstream's
+        # bug, not a rewrite's: the plugin leaves the op to it).
+        torch._dynamo.reset()
+        want = torch.compile(fns[which])(x)
+    torch.testing.assert_close(got, want)
+    assert rewrites(NAME) == rewrites("independent_lookups") == 0
