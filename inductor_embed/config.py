@@ -60,7 +60,8 @@ tied_embedding_bag: bool = True
 independent_lookups: bool = True
 # On the CPU, rows read by an index tensor (x[idx], x.index_select(0, idx) of a 2-D tensor
 # that needs a gradient: a graph network's messages, a table indexed directly) become
-# lookups for the patterns above, and index_add(0, idx, src) (into a fresh zeros or
+# lookups for the patterns above, and sums of rows (index_add(0, idx, src), index_put with
+# accumulate=True, PyG's scatter_add of an expanded row index; into a fresh zeros or
 # functional) one ATen call: Inductor's CPU scatter-add is per-element atomics.
 index_rows: bool = True
 

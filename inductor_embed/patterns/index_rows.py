@@ -16,10 +16,13 @@ A graph network's message passing is the other half of embedding code::
   within fp32's rounding of it). The pattern records nothing for them itself; the pattern that
   takes the lookup does, under the row read's name. An index out of range raises what plain
   torch.compile raises: Inductor's bounds check in the forward's gather (eager: IndexError).
-- **Row sums** ``torch.index_add(x, 0, idx, src)``, ``x.index_add(0, idx, src)`` and
-  ``zeros.index_add_(0, idx, src)`` into a fresh ``torch.zeros`` / ``zeros_like`` /
-  ``new_zeros`` become ``inductor_embed::index_add_rows``: ATen's ``index_add_``, opaque to
-  Inductor, whose CPU lowering is the same per-element atomics (~20x slower here).
+- **Row sums** ``torch.index_add(x, 0, idx, src)`` / ``x.index_add(0, idx, src)``,
+  ``index_put((idx,), src, accumulate=True)`` (negative indices counted from the end), and
+  PyG's ``scatter_add(0, idx.view(-1, 1).expand_as(src), src)`` (an index that repeats one
+  row index across each row), functional or in place into a fresh ``torch.zeros`` /
+  ``zeros_like`` / ``new_zeros`` read only by them, become ``inductor_embed::index_add_rows``:
+  ATen's ``index_add_``, opaque to Inductor, whose CPU lowering is per-element atomics
+  (~20x slower here; for the scatter it writes the whole expanded index out first).
 
 Left, with the reason logged: anything on CUDA (Inductor's atomic adds are native there and
 fuse; no GPU measurement yet says otherwise) or inside a torch.func transform, ``alpha != 1``,
@@ -32,6 +35,7 @@ need no gradient (a table without one, or a ``torch.no_grad()`` block).
 from __future__ import annotations
 
 import operator
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -63,11 +67,11 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             continue
         add = _index_add(node)
         if add is not None:
-            why = add if isinstance(add, str) else _add_problem(*add)
+            why = add if isinstance(add, str) else _add_problem(*add[:3])
             if why is not None:
                 rec.skip(Skip(NAME, node.name, why))
                 continue
-            base, index, source, inplace = add
+            base, index, source, inplace, wraps = add
             bv, src = _fx.meta_val(base), _fx.meta_val(source)
             # Into fresh contiguous zeros of a static size the op makes its own output (no
             # fill and copy), and the zeros go.
@@ -78,7 +82,7 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
                 width *= s
             replaced = (node.name, base.name) if own else (node.name,)
             if apply:
-                _rewrite(graph, node, base, index, source, own)
+                _rewrite(graph, node, base, index, source, own, wraps)
             rec.rewrite(Rewrite(NAME, replaced, _OP, (TableInfo(base.name, bv.shape[0], width, src.dtype),),
                                 tuple(_fx.meta_val(index).shape), src.dtype))
 
@@ -133,9 +137,7 @@ def _as_lookup(graph: fx.Graph, node: fx.Node, x: fx.Node, idx: fx.Node, wraps: 
     name = node.name
     with graph.inserting_before(node):
         if wraps:
-            rows = _fx.meta_val(x).shape[0]
-            negative = _fx.call(graph, operator.lt, (idx, 0), node)
-            idx = _fx.call(graph, torch.where, (negative, _fx.call(graph, operator.add, (idx, rows), node), idx), node)
+            idx = _wrapped(graph, node, idx, _fx.meta_val(x).shape[0])
         lookup = _fx.call(graph, F.embedding, (idx, x), node)
     _fx.copy_region(node, lookup)
     node.replace_all_uses_with(lookup)
@@ -143,36 +145,107 @@ def _as_lookup(graph: fx.Graph, node: fx.Node, x: fx.Node, idx: fx.Node, wraps: 
     lookup._rename(name)  # the records and logs name the user's node
 
 
-def _index_add(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, bool] | str | None:
-    """``(self, index, source, in_place)`` of an ``index_add`` on dim 0, a reason to leave one,
-    or None for any other node."""
-    if node.op == "call_method" and node.target in ("index_add", "index_add_"):
-        inplace = node.target == "index_add_"
-    elif node.op == "call_function" and node.target in (torch.index_add, torch.Tensor.index_add):
-        inplace = False
-    elif node.op == "call_function" and node.target is torch.Tensor.index_add_:
-        inplace = True
+_SUMS = ("index_add", "index_add_", "index_put", "index_put_", "scatter_add", "scatter_add_")
+_SUM_FUNCTIONS = tuple(f for name in _SUMS for f in (getattr(torch, name, None), getattr(torch.Tensor, name))
+                       if f is not None)
+_VIEWS = ("view", "reshape", "unsqueeze")
+_EXPANDS = ("expand", "expand_as", "broadcast_to")
+
+
+def _broadcast_rows(index: Any, source: Any) -> fx.Node | None:
+    """``idx`` if ``index`` is a 1-D ``idx`` viewed as ``[E, 1, ...]`` and expanded to
+    ``source``'s shape (``idx.view(-1, 1).expand_as(src)``, ``idx.unsqueeze(1).expand(-1, D)``,
+    ``torch.broadcast_to``): each row of ``source`` goes to one row. Else None."""
+    if not (isinstance(index, fx.Node) and isinstance(source, fx.Node)):
+        return None
+    iv, sv = _fx.meta_val(index), _fx.meta_val(source)
+    if not (isinstance(iv, torch.Tensor) and isinstance(sv, torch.Tensor)) or _shape(iv) != _shape(sv):
+        return None
+    inner = _only_input(index, _EXPANDS, torch.broadcast_to)
+    if inner is None:
+        return None
+    ov = _fx.meta_val(inner)
+    if not isinstance(ov, torch.Tensor) or ov.dim() != sv.dim() or any(str(d) != "1" for d in ov.shape[1:]):
+        return None
+    flat = _only_input(inner, _VIEWS, torch.reshape, torch.unsqueeze)
+    fv = _fx.meta_val(flat) if flat is not None else None
+    if not isinstance(fv, torch.Tensor) or fv.dim() != 1 or str(fv.shape[0]) != str(sv.shape[0]):
+        return None
+    return flat
+
+
+def _only_input(node: fx.Node, methods: tuple[str, ...], *functions: Any) -> fx.Node | None:
+    """The tensor a ``x.<method>(...)`` or ``function(x, ...)`` call reads, else None."""
+    if (node.op == "call_method" and node.target in methods) or (node.op == "call_function" and node.target in functions):
+        x = node.args[0] if node.args else None
+        return x if isinstance(x, fx.Node) else None
+    return None
+
+
+def _shape(t: torch.Tensor) -> list[str]:
+    return [str(d) for d in t.shape]
+
+
+def _wrapped(graph: fx.Graph, like: fx.Node, idx: fx.Node, rows: int) -> fx.Node:
+    """``torch.where(idx < 0, idx + rows, idx)`` (at the insert point): indexing's negative
+    indices in range for a lookup or ``index_add``, which reject them."""
+    negative = _fx.call(graph, operator.lt, (idx, 0), like)
+    return _fx.call(graph, torch.where, (negative, _fx.call(graph, operator.add, (idx, rows), like), idx), like)
+
+
+def _index_add(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, bool, bool] | str | None:
+    """``(self, index, source, in_place, wraps)`` of an ``index_add`` on dim 0 or an
+    ``index_put`` with ``accumulate=True`` and one index tensor (whose negative indices count
+    from the end: ``wraps``), a reason to leave one, or None for any other node."""
+    if node.op == "call_method" and node.target in _SUMS:
+        name = str(node.target)
+    elif node.op == "call_function" and node.target in _SUM_FUNCTIONS:
+        name = node.target.__name__
     else:
         return None
-    args = _fx.bind(node, ("input", "dim", "index", "source"), {"alpha": 1}, {"self": "input"})
-    base, dim, index, source = (args.get(k) for k in ("input", "dim", "index", "source"))
+    inplace, put = name.endswith("_"), name.startswith("index_put")
+    if name.startswith("scatter_add"):
+        # PyG's ``scatter(src, index, reduce="sum")``: ``src.new_zeros(size).scatter_add_(0,
+        # index.view(-1, 1).expand_as(src), src)``, an index_add whose index Inductor would
+        # write out in full ([E, *R] int64) for ATen's scatter.
+        args = _fx.bind(node, ("input", "dim", "index", "src"), {}, {"self": "input"})
+        base, dim, source = args.get("input"), args.get("dim"), args.get("src")
+        index = _broadcast_rows(args.get("index"), source)
+        if index is None:
+            return None  # a scatter whose index varies along the rows: no index_add
+        alpha = 1
+    elif put:
+        args = _fx.bind(node, ("input", "indices", "values", "accumulate"), {"accumulate": False}, {"self": "input"})
+        base, index, source = args.get("input"), args.get("indices"), args.get("values")
+        if args["accumulate"] is not True:
+            return None  # an assignment, not a sum
+        if not (isinstance(index, (tuple, list)) and len(index) == 1):
+            return "index_put with other than one index tensor: only rows (dim 0) are taken"
+        index = index[0]
+        dim, alpha = 0, 1
+    else:
+        args = _fx.bind(node, ("input", "dim", "index", "source"), {"alpha": 1}, {"self": "input"})
+        base, dim, index, source, alpha = (args.get(k) for k in ("input", "dim", "index", "source", "alpha"))
     if not all(isinstance(v, fx.Node) for v in (base, index, source)) or not isinstance(dim, int):
         return "the arguments are not graph values and a constant dim"
     bv = _fx.meta_val(base)
     if not isinstance(bv, torch.Tensor) or dim not in (0, -max(bv.dim(), 1)):
-        return f"index_add along dim {dim}: only rows (dim 0) are taken"
-    if args["alpha"] != 1 or "out" in node.kwargs:
+        return f"{name} along dim {dim}: only rows (dim 0) are taken"
+    if alpha != 1 or "out" in node.kwargs:
         return "alpha != 1 or out=: left to Inductor"
     why = _fx.region_problem(node, None)
     if why is not None:
         return why
     if inplace and _fresh_zeros(base) is None:
-        return ("index_add_ into a tensor that is not a fresh torch.zeros / zeros_like / new_zeros read only by "
+        return (f"{name} into a tensor that is not a fresh torch.zeros / zeros_like / new_zeros read only by "
                 "it: the write must stay visible to its other readers")
-    return base, index, source, inplace
+    if put and not isinstance(bv.shape[0], int):
+        return "index_put's negative indices count from the end of a symbolic number of rows"
+    return base, index, source, inplace, put
 
 
-def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node, inplace: bool) -> str | None:
+def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node) -> str | None:
+    """Why a sum of rows is left (metadata: dtypes, shapes, device), or None to take it."""
     bv, iv, sv = (_fx.meta_val(v) for v in (base, index, source))
     if not all(isinstance(v, torch.Tensor) for v in (bv, iv, sv)):
         return "no fake tensor metadata"
@@ -182,6 +255,8 @@ def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node, inplace: bool) 
         return "not a 1-D index adding rows of the same rank"
     if [str(d) for d in bv.shape[1:]] != [str(d) for d in sv.shape[1:]]:
         return "the rows' shapes differ (eager raises; left so that it still does)"
+    if str(sv.shape[0]) != str(iv.shape[0]):
+        return "the index and the rows added differ in length (index_put broadcasts; index_add raises)"
     if bv.device.type != "cpu" or sv.device != bv.device or iv.device != bv.device:
         return f"an index_add on {sv.device.type}: left to Inductor ({_CUDA})"
     return None
@@ -196,11 +271,15 @@ def _fresh_zeros(base: fx.Node) -> fx.Node | None:
     return None
 
 
-def _rewrite(graph: fx.Graph, node: fx.Node, base: fx.Node, index: fx.Node, source: fx.Node, own: bool) -> None:
-    """Replace the ``index_add`` ``node`` by ``index_add_rows``: ``self=None`` where it makes
-    its own output (``own``: ``base`` is then erased), else ``base`` itself."""
+def _rewrite(graph: fx.Graph, node: fx.Node, base: fx.Node, index: fx.Node, source: fx.Node, own: bool,
+             wraps: bool) -> None:
+    """Replace the ``index_add`` / ``index_put`` ``node`` by ``index_add_rows``: ``self=None``
+    where it makes its own output (``own``: ``base`` is then erased), else ``base`` itself;
+    ``wraps``: negative indices moved into range first, as ``index_put`` counts them."""
     bv = _fx.meta_val(base)
     with graph.inserting_before(node):
+        if wraps:
+            index = _wrapped(graph, node, index, bv.shape[0])
         op = _fx.call(graph, torch.ops.inductor_embed.index_add_rows.default,
                       (None if own else base, bv.shape[0] if own else 0, index, source), node)
     node.replace_all_uses_with(op)

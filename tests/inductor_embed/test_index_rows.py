@@ -342,3 +342,87 @@ def test_inside_torch_func_transforms(which):
         want = torch.compile(fns[which])(x)
     torch.testing.assert_close(got, want)
     assert rewrites(NAME) == rewrites("independent_lookups") == 0
+
+
+@pytest.mark.parametrize("form", ["index_put_", "torch.index_put", "index_put"])
+def test_index_put_accumulate(form):
+    # index_put with accumulate=True and one index tensor is a sum of rows (negative indices
+    # counted from the end, as indexing does).
+    torch.manual_seed(0)
+    h = torch.randn(9, 5, requires_grad=True)
+    hc = h.detach().clone().requires_grad_()
+    i = torch.tensor([0, -1, 3, 3, -9, 8, 2])
+    fns = {
+        "index_put_": lambda h, i: torch.zeros_like(h).index_put_((i,), h[:7] * 2, accumulate=True),
+        "torch.index_put": lambda h, i: torch.index_put(h * 1.5, (i,), h[2:9].sin(), accumulate=True),
+        "index_put": lambda h, i: (h * 2).index_put((i,), h[:7], True),
+    }
+    f = fns[form]
+    want = f(h, i)
+    got = torch.compile(f, backend="inductor_embed")(hc, i)
+    torch.testing.assert_close(got, want)
+    want.sum().backward()
+    got.sum().backward()
+    torch.testing.assert_close(hc.grad, h.grad)
+    assert rewrites(NAME) == 1
+
+
+def test_index_put_left():
+    h = torch.randn(9, 5, requires_grad=True)
+    i = torch.tensor([0, -1, 3])
+
+    def broadcast(h, i):
+        return torch.zeros_like(h).index_put_((i,), h[0], accumulate=True)
+
+    def broadcast_rows(h, i):
+        return torch.zeros_like(h).index_put_((i,), h[:1], accumulate=True)
+
+    def assign(h, i):
+        return torch.zeros_like(h).index_put_((i,), h[:3], accumulate=False)
+
+    def two_indices(h, i):
+        return torch.zeros_like(h).index_put_((i, i.abs()), h[:3, 0], accumulate=True)
+
+    assert "same rank" in " ".join(_left(broadcast, h, i))  # values [5] broadcast over the rows
+    assert "differ in length" in " ".join(_left(broadcast_rows, h, i))
+    assert _left(assign, h, i) == []
+    assert "one index tensor" in " ".join(_left(two_indices, h, i))
+    for f in (broadcast, broadcast_rows, assign, two_indices):
+        want, got = _eager_and_compiled(f, h, i)
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("form", ["view_expand_as", "unsqueeze_expand", "broadcast_to"])
+def test_scatter_add_of_broadcast_rows_bit_equal(form):
+    # PyG's scatter(src, index, reduce="sum"): new_zeros(...).scatter_add_(0,
+    # index.view(-1, 1).expand_as(src), src), an index_add whose index Inductor would write out.
+    torch.manual_seed(0)
+    s = torch.randn(300, 5, requires_grad=True)
+    sc = s.detach().clone().requires_grad_()
+    j = torch.randint(0, 9, (300,))
+    fns = {
+        "view_expand_as": lambda s, j: s.new_zeros(9, 5).scatter_add_(0, j.view(-1, 1).expand_as(s), s * 2),
+        "unsqueeze_expand": lambda s, j: torch.scatter_add(torch.ones(9, 5), 0, j.unsqueeze(1).expand(-1, 5), s),
+        "broadcast_to": lambda s, j: torch.zeros(9, 5).scatter_add(0, torch.broadcast_to(j.reshape(-1, 1), (300, 5)), s),
+    }
+    f = fns[form]
+    want = f(s, j)
+    got = torch.compile(f, backend="inductor_embed")(sc, j)
+    assert torch.equal(got, want)
+    want.sum().backward()
+    got.sum().backward()
+    assert torch.equal(sc.grad, s.grad)
+    assert rewrites(NAME) == 1
+
+
+def test_scatter_add_with_a_full_index_is_not_a_row_sum():
+    # An index that varies along the columns scatters each element on its own: not taken.
+    s = torch.randn(30, 5, requires_grad=True)
+    j = torch.randint(0, 9, (30, 5))
+
+    def f(s, j):
+        return torch.zeros(9, 5).scatter_add_(0, j, s)
+
+    want, got = _eager_and_compiled(f, s, j)
+    torch.testing.assert_close(got, want)
+    assert rewrites(NAME) == 0 and skips(NAME) == 0
