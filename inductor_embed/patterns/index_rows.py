@@ -17,7 +17,8 @@ A graph network's message passing is the other half of embedding code::
   takes the lookup does, under the row read's name. An index out of range raises what plain
   torch.compile raises: Inductor's bounds check in the forward's gather (eager: IndexError).
 - **Row sums** ``torch.index_add(x, 0, idx, src)`` / ``x.index_add(0, idx, src)``,
-  ``index_put((idx,), src, accumulate=True)`` (negative indices counted from the end), and
+  ``index_put((idx,), src, accumulate=True)`` in fp32 (negative indices counted from the end;
+  eager's bf16 / fp16 ``index_put`` rounds after each add), and
   PyG's ``scatter_add(0, idx.view(-1, 1).expand_as(src), src)`` (an index that repeats one
   row index across each row), functional or in place into a fresh ``torch.zeros`` /
   ``zeros_like`` / ``new_zeros`` read only by them, become ``inductor_embed::index_add_rows``:
@@ -67,7 +68,7 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             continue
         add = _index_add(node)
         if add is not None:
-            why = add if isinstance(add, str) else _add_problem(*add[:3])
+            why = add if isinstance(add, str) else _add_problem(*add[:3], put=add[4])
             if why is not None:
                 rec.skip(Skip(NAME, node.name, why))
                 continue
@@ -244,13 +245,17 @@ def _index_add(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, bool, bool] | 
     return base, index, source, inplace, put
 
 
-def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node) -> str | None:
-    """Why a sum of rows is left (metadata: dtypes, shapes, device), or None to take it."""
+def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node, put: bool) -> str | None:
+    """Why a sum of rows is left (metadata: dtypes, shapes, device), or None to take it;
+    ``put``: an ``index_put`` with ``accumulate=True``."""
     bv, iv, sv = (_fx.meta_val(v) for v in (base, index, source))
     if not all(isinstance(v, torch.Tensor) for v in (bv, iv, sv)):
         return "no fake tensor metadata"
     if sv.dtype not in _fx.FLOAT_DTYPES or bv.dtype != sv.dtype:
         return f"dtype {sv.dtype} into {bv.dtype}: only fp32/fp16/bf16 sums are taken"
+    if put and sv.dtype != torch.float32:
+        return (f"index_put in {sv.dtype}: eager rounds the sum after each add, index_add sums wider "
+                "(a long sum of one row would differ by more than the dtype's tolerance)")
     if iv.dtype not in _fx.INDEX_DTYPES or iv.dim() != 1 or bv.dim() == 0 or sv.dim() != bv.dim():
         return "not a 1-D index adding rows of the same rank"
     if [str(d) for d in bv.shape[1:]] != [str(d) for d in sv.shape[1:]]:

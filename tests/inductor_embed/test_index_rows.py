@@ -426,3 +426,18 @@ def test_scatter_add_with_a_full_index_is_not_a_row_sum():
     want, got = _eager_and_compiled(f, s, j)
     torch.testing.assert_close(got, want)
     assert rewrites(NAME) == 0 and skips(NAME) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_index_put_left(dtype):
+    # Eager's index_put_ rounds after each add (1000 x 0.01 in bf16 stops at 4.0), ATen's
+    # index_add sums wider (10.0): an fp32-only rewrite.
+    i = torch.zeros(1000, dtype=torch.long)
+    v = torch.full((1000, 1), 0.01, dtype=dtype)
+
+    def f(i, v):
+        return torch.zeros(2, 1, dtype=v.dtype).index_put_((i,), v, accumulate=True)
+
+    want, got = _eager_and_compiled(f, i, v)
+    assert torch.equal(got, want)
+    assert rewrites(NAME) == 0 and "rounds the sum" in " ".join(_left(f, i, v))
