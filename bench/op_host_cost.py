@@ -12,7 +12,8 @@ compiled).
     python -m bench.op_host_cost [--out bench/results/cpu]
 
 writes ``op_host_cost.md``: per op, the median of 9 rounds of 400 calls, at 1 and 26 tables,
-next to ATen's ``embedding`` on one table (the floor: a dispatcher call into a C++ kernel).
+next to ATen's ``embedding`` on one table (the floor: a dispatcher call into a C++ kernel) and
+ATen's ``_foreach_neg`` over the tables (the floor of one op returning a tensor per table).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def _calls(t: int) -> dict[str, Callable[[], object]]:
 
 
 def measure() -> list[tuple[str, float, float]]:
-    """``(op, us at 1 table, us at 26 tables)`` per op, then ATen's embedding (one table)."""
+    """``(op, us at 1 table, us at 26 tables)`` per op, then ATen's embedding (one table) and
+    ATen's ``_foreach_neg`` (a tensor in and out per table)."""
     from inductor_embed.lowering import _cpu_host
 
     if not _cpu_host.load():  # (built on first use: before the timing)
@@ -93,6 +95,12 @@ def measure() -> list[tuple[str, float, float]]:
     w, i = torch.randn(ROWS, DIM), torch.randint(0, ROWS, (1,))
     floor = _per_call_us(lambda: torch.ops.aten.embedding(w, i))
     out.append(("aten.embedding (the floor: one ATen op, one table)", floor, float("nan")))
+    # An op that returns a tensor per table pays each output's allocation and Python wrapper:
+    # ATen's own foreach op over the tables' [100, 16] weights is that floor for a backward.
+    tables = {t: [torch.randn(ROWS, DIM) for _ in range(t)] for t in (1, 26)}
+    out.append(("aten._foreach_neg (the floor of an op returning one tensor per table: ATen, the tables' shapes)",
+                _per_call_us(lambda: torch.ops.aten._foreach_neg(tables[1])),
+                _per_call_us(lambda: torch.ops.aten._foreach_neg(tables[26]))))
     return out
 
 
