@@ -21,14 +21,14 @@ A graph network's message passing is the other half of embedding code::
   eager's bf16 / fp16 ``index_put`` rounds after each add), and
   PyG's ``scatter_add(0, idx.view(-1, 1).expand_as(src), src)`` (an index that repeats one
   row index across each row), functional or in place into a fresh ``torch.zeros`` /
-  ``zeros_like`` / ``new_zeros`` read only by them, become ``inductor_embed::index_add_rows``:
+  ``zeros_like`` / ``new_zeros`` read only after them, become ``inductor_embed::index_add_rows``:
   ATen's ``index_add_``, opaque to Inductor, whose CPU lowering is per-element atomics
   (~20x slower here; for the scatter it writes the whole expanded index out first).
 
 Left, with the reason logged: anything on CUDA (Inductor's atomic adds are native there and
 fuse; no GPU measurement yet says otherwise) or inside a torch.func transform, ``alpha != 1``,
 another dim than 0, rows of another shape than the sum's (eager raises), an ``index_add_`` into
-a tensor that is not a fresh zeros read only by it (the write would have to stay visible); row
+a tensor that is not a fresh zeros read only after it (the write would have to stay visible); row
 reads by a 0-d index (eager's result is a view), of a tensor with symbolic rows, or whose rows
 need no gradient (a table without one, or a ``torch.no_grad()`` block).
 """
@@ -66,7 +66,7 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             else:
                 _as_lookup(graph, node, x, idx, wraps)
             continue
-        add = _index_add(node)
+        add = _row_sum(node)
         if add is not None:
             why = add if isinstance(add, str) else _add_problem(*add[:3], put=add[4])
             if why is not None:
@@ -75,15 +75,15 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             base, index, source, inplace, wraps = add
             bv, src = _fx.meta_val(base), _fx.meta_val(source)
             # Into fresh contiguous zeros of a static size the op makes its own output (no
-            # fill and copy), and the zeros go.
-            own = ((inplace or _fresh_zeros(base) is not None) and isinstance(bv.shape[0], int)
-                   and bv.is_contiguous())
+            # fill and copy), and the zeros go (a functional sum's only where nothing else reads them).
+            fresh = inplace or (_fresh_zeros(base, node) is not None and len(base.users) == 1)
+            own = fresh and isinstance(bv.shape[0], int) and bv.is_contiguous()
             width = 1
             for s in src.shape[1:]:
                 width *= s
             replaced = (node.name, base.name) if own else (node.name,)
             if apply:
-                _rewrite(graph, node, base, index, source, own, wraps)
+                _rewrite(graph, node, base, index, source, own, wraps, inplace)
             rec.rewrite(Rewrite(NAME, replaced, _OP, (TableInfo(base.name, bv.shape[0], width, src.dtype),),
                                 tuple(_fx.meta_val(index).shape), src.dtype))
 
@@ -194,7 +194,7 @@ def _wrapped(graph: fx.Graph, like: fx.Node, idx: fx.Node, rows: int) -> fx.Node
     return _fx.call(graph, torch.where, (negative, _fx.call(graph, operator.add, (idx, rows), like), idx), like)
 
 
-def _index_add(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, bool, bool] | str | None:
+def _row_sum(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, bool, bool] | str | None:
     """``(self, index, source, in_place, wraps)`` of an ``index_add`` on dim 0 or an
     ``index_put`` with ``accumulate=True`` and one index tensor (whose negative indices count
     from the end: ``wraps``), a reason to leave one, or None for any other node."""
@@ -237,8 +237,8 @@ def _index_add(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node, bool, bool] | 
     why = _fx.region_problem(node, None)
     if why is not None:
         return why
-    if inplace and _fresh_zeros(base) is None:
-        return (f"{name} into a tensor that is not a fresh torch.zeros / zeros_like / new_zeros read only by "
+    if inplace and _fresh_zeros(base, node) is None:
+        return (f"{name} into a tensor that is not a fresh torch.zeros / zeros_like / new_zeros read only after "
                 "it: the write must stay visible to its other readers")
     if put and not isinstance(bv.shape[0], int):
         return "index_put's negative indices count from the end of a symbolic number of rows"
@@ -267,20 +267,33 @@ def _add_problem(base: fx.Node, index: fx.Node, source: fx.Node, put: bool) -> s
     return None
 
 
-def _fresh_zeros(base: fx.Node) -> fx.Node | None:
-    """``base`` if it is a torch.zeros / zeros_like / x.new_zeros read by one node only."""
-    if len(base.users) != 1 or base.kwargs.get("out") is not None:
+def _fresh_zeros(base: fx.Node, node: fx.Node) -> fx.Node | None:
+    """``base`` if it is a torch.zeros / zeros_like / x.new_zeros (no ``out=``) that nothing
+    but ``node`` reads before ``node``: ``buf.index_add_(...)`` chained, or
+    ``buf = torch.zeros(...); buf.index_add_(...); use(buf)``."""
+    if base.kwargs.get("out") is not None:
         return None
-    if (base.op == "call_function" and base.target in _ZEROS) or (base.op == "call_method" and base.target == "new_zeros"):
-        return base
-    return None
+    if not ((base.op == "call_function" and base.target in _ZEROS)
+            or (base.op == "call_method" and base.target == "new_zeros")):
+        return None
+    later = _nodes_after(node)
+    return base if all(u is node or u in later for u in base.users) else None
+
+
+def _nodes_after(node: fx.Node) -> set[fx.Node]:
+    out, n = set(), node.next
+    while n.op != "root":
+        out.add(n)
+        n = n.next
+    return out
 
 
 def _rewrite(graph: fx.Graph, node: fx.Node, base: fx.Node, index: fx.Node, source: fx.Node, own: bool,
-             wraps: bool) -> None:
-    """Replace the ``index_add`` / ``index_put`` ``node`` by ``index_add_rows``: ``self=None``
-    where it makes its own output (``own``: ``base`` is then erased), else ``base`` itself;
-    ``wraps``: negative indices moved into range first, as ``index_put`` counts them."""
+             wraps: bool, inplace: bool) -> None:
+    """Replace the sum of rows ``node`` by ``index_add_rows``: ``self=None`` where it makes
+    its own output (``own``: ``base`` is then erased), else ``base`` itself; ``wraps``:
+    negative indices moved into range first, as ``index_put`` counts them. In place, the
+    fresh zeros' later readers read the op's output instead."""
     bv = _fx.meta_val(base)
     with graph.inserting_before(node):
         if wraps:
@@ -288,6 +301,8 @@ def _rewrite(graph: fx.Graph, node: fx.Node, base: fx.Node, index: fx.Node, sour
         op = _fx.call(graph, torch.ops.inductor_embed.index_add_rows.default,
                       (None if own else base, bv.shape[0] if own else 0, index, source), node)
     node.replace_all_uses_with(op)
+    if inplace:  # the buffer's readers after the write (_fresh_zeros: there are no others)
+        base.replace_all_uses_with(op, delete_user_cb=lambda user: user is not node and user is not op)
     graph.erase_node(node)
     if own:
-        graph.erase_node(base)  # read by the index_add alone (_fresh_zeros)
+        graph.erase_node(base)  # nothing reads it now

@@ -441,3 +441,62 @@ def test_half_index_put_left(dtype):
     want, got = _eager_and_compiled(f, i, v)
     assert torch.equal(got, want)
     assert rewrites(NAME) == 0 and "rounds the sum" in " ".join(_left(f, i, v))
+
+
+def _two_statements(h, s, i):
+    agg = torch.zeros_like(h)
+    agg.index_add_(0, i, s)
+    return h + agg, agg * 2
+
+
+def _two_writes(h, s, i):
+    agg = torch.zeros_like(h)
+    agg.index_add_(0, i, s)
+    agg.index_add_(0, i.flip(0), s * 2)  # into the first sum's output: left, still in place
+    return h + agg
+
+
+def _read_before(h, s, i):
+    agg = torch.zeros_like(h)
+    before = agg.sum()  # a reader of the zeros before the write: left
+    agg.index_add_(0, i, s)
+    return h + agg + before
+
+
+def _zeros_read_again(h, s, i):
+    z = torch.zeros(9, 5)
+    return torch.index_add(z, 0, i, s) + z.sum()  # functional: the zeros stay for their reader
+
+
+def _scatter_two_statements(h, s, i):
+    out = s.new_zeros(9, 5)
+    out.scatter_add_(0, i.view(-1, 1).expand_as(s), s)
+    return out * h
+
+
+def _view_written_later(h, s, i):
+    agg = torch.zeros(9, 5)
+    agg.index_add_(0, i, s)
+    agg.view(45).mul_(2)
+    return agg + h
+
+
+@pytest.mark.parametrize("f, taken, left", [
+    (_two_statements, 1, 0), (_two_writes, 1, 1), (_read_before, 0, 1), (_zeros_read_again, 1, 0),
+    (_scatter_two_statements, 1, 0), (_view_written_later, 1, 0)], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_sum_into_zeros_read_after(f, taken, left):
+    # buf = torch.zeros(...); buf.index_add_(...); use(buf): the readers after the write read
+    # the op's output.
+    torch.manual_seed(0)
+    h, s = torch.randn(9, 5, requires_grad=True), torch.randn(20, 5, requires_grad=True)
+    hc, sc = h.detach().clone().requires_grad_(), s.detach().clone().requires_grad_()
+    i = torch.randint(0, 9, (20,))
+    want, got = f(h, s, i), torch.compile(f, backend="inductor_embed")(hc, sc, i)
+    want, got = (want if isinstance(want, tuple) else (want,)), (got if isinstance(got, tuple) else (got,))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    sum(w.sum() for w in want).backward()
+    sum(g.sum() for g in got).backward()
+    torch.testing.assert_close(hc.grad, h.grad)
+    torch.testing.assert_close(sc.grad, s.grad)
+    assert (rewrites(NAME), skips(NAME)) == (taken, left)
