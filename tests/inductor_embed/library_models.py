@@ -1,5 +1,6 @@
 """Small models written the way popular libraries write their embedding layers (written here
-from scratch, no library imported): tabular, CTR, language, graph and retrieval models.
+from scratch, no library imported): tabular, CTR, language, graph (an OGB encoder, a PyG
+message-passing layer) and retrieval models.
 
 ``tests/inductor_embed/test_library_models.py`` runs ``inductor_embed.explain`` on each with
 the default config and pins what the pass does: the rewrites, and every skip reason.
@@ -242,6 +243,42 @@ def make_one_hot_ensemble():
     return OneHotEnsemble(), (_ids((5, 7)), torch.randn(B, 2))
 
 
+def _scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    """torch_geometric.utils.scatter(src, index, dim=0, reduce="sum"): the index broadcast
+    over the rows (``broadcast``), then ``scatter_add_`` into new zeros."""
+    index = index.view(-1, 1).expand_as(src)
+    return src.new_zeros((dim_size, src.shape[1])).scatter_add_(0, index, src)
+
+
+class GINEConv(nn.Module):
+    """torch_geometric's GINEConv (MessagePassing, aggr="add"): each edge's message
+    ``relu(x_j + edge_attr)`` with ``x_j = x.index_select(0, edge_index[0])`` (PyG's
+    ``_index_select``), summed into its target node by ``scatter``, then ``nn((1 + eps) * x + out)``;
+    bond features from an OGB BondEncoder (a sum of lookups), two layers."""
+
+    def __init__(self, dim: int = 6, bond_vocabs=(5, 6, 2)) -> None:
+        super().__init__()
+        self.bond_embedding_list = nn.ModuleList(nn.Embedding(v, dim) for v in bond_vocabs)
+        self.nns = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim)) for _ in range(2))
+        self.eps = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        e = 0
+        for i, emb in enumerate(self.bond_embedding_list):
+            e = e + emb(edge_attr[:, i])
+        for nn_ in self.nns:
+            x_j = x.index_select(0, edge_index[0])
+            out = _scatter_sum(F.relu(x_j + e), edge_index[1], x.shape[0])
+            x = nn_((1 + self.eps) * x + out)
+        return x
+
+
+def make_gine_conv():
+    nodes, edges = B, 3 * B
+    return GINEConv(), (torch.randn(nodes, 6, requires_grad=True), torch.randint(0, nodes, (2, edges)),
+                        _ids((5, 6, 2), edges))
+
+
 MODELS = {
     "category_embedding": make_category_embedding,
     "shared_embeddings": make_shared_embeddings,
@@ -254,4 +291,5 @@ MODELS = {
     "two_tower": make_two_tower,
     "one_hot_linear": make_one_hot_linear,
     "one_hot_ensemble": make_one_hot_ensemble,
+    "gine_conv": make_gine_conv,
 }
