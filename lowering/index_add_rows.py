@@ -23,36 +23,63 @@ import torch
 
 
 @torch.library.custom_op("inductor_embed::index_add_rows", mutates_args=())
-def index_add_rows(self: torch.Tensor | None, num_rows: int, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """``self.index_add(0, index, source)``; ``self=None`` adds into zeros of ``num_rows`` rows.
+def index_add_rows(self: torch.Tensor | None, num_rows: int, index: torch.Tensor, source: torch.Tensor,
+                   relu: bool = False) -> torch.Tensor:
+    """``self.index_add(0, index, source)``; ``self=None`` adds into zeros of ``num_rows`` rows;
+    ``relu``: adds ``torch.relu(source)`` (a GIN message's activation, see ``_backward``).
 
     self: ``[num_rows, *R]`` or None; index: ``[E]`` int32/int64; source: ``[E, *R]``.
     Returns ``[num_rows, *R]`` of ``source``'s dtype.
     """
+    if relu:
+        source = torch.relu(source)
     if self is None:
         return source.new_zeros((num_rows, *source.shape[1:])).index_add_(0, index, source)
     return torch.index_add(self, 0, index, source)
 
 
 @index_add_rows.register_fake
-def _(self: torch.Tensor | None, num_rows: int, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+def _(self: torch.Tensor | None, num_rows: int, index: torch.Tensor, source: torch.Tensor,
+      relu: bool = False) -> torch.Tensor:
     # ATen's meta functions on fake tensors: eager's output layout and shape checks.
     if self is None:
         return source.new_empty((num_rows, *source.shape[1:])).index_add_(0, index, source)
     return torch.index_add(self, 0, index, source)
 
 
+@torch.library.custom_op("inductor_embed::relu_rows_backward", mutates_args=())
+def relu_rows_backward(grad: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``relu(source)`` summed into rows by ``index``: ``grad [R, *C]``,
+    ``index [E]``, ``source [E, *C]`` (the pre-activation) -> ``[E, *C]``, ReLU's own formula
+    (``threshold_backward``) on ``grad.index_select(0, index)``. Opaque, so that the forward
+    saves ``source`` itself: traced, the partitioner would save ``source <= 0`` instead, a bool
+    tensor, whose stores from Inductor's CPU kernels run ~15x slower than eager's (docs/design.md,
+    "Message passing")."""
+    return torch.ops.aten.threshold_backward(grad.index_select(0, index), source, 0)
+
+
+@relu_rows_backward.register_fake
+def _(grad: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(source)
+
+
 def _setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
-    self, _num_rows, index, _source = inputs
-    ctx.has_self = self is not None
-    ctx.save_for_backward(index)
+    self, _num_rows, index, source, relu = inputs
+    ctx.has_self, ctx.relu = self is not None, relu
+    ctx.save_for_backward(index, source if relu else None)
 
 
 def _backward(ctx, grad: torch.Tensor) -> tuple:
-    (index,) = ctx.saved_tensors
-    grad_source = grad.index_select(0, index) if ctx.needs_input_grad[3] else None
+    """Eager's formulas: ``grad`` for ``self``, ``grad.index_select(0, index)`` for ``source``,
+    and with ``relu`` ReLU's own (``threshold_backward`` on the pre-activation, which is <= 0
+    exactly where ReLU's output is) in ``relu_rows_backward``. The saved pre-activation is a
+    float tensor, as eager's saved ReLU output."""
+    index, source = ctx.saved_tensors
+    grad_source = None
+    if ctx.needs_input_grad[3]:
+        grad_source = relu_rows_backward(grad, index, source) if ctx.relu else grad.index_select(0, index)
     grad_self = grad if ctx.has_self and ctx.needs_input_grad[0] else None
-    return grad_self, None, None, grad_source
+    return grad_self, None, None, grad_source, None
 
 
 index_add_rows.register_autograd(_backward, setup_context=_setup)

@@ -81,9 +81,11 @@ def run(graph: fx.Graph, rec: Recorder, apply: bool) -> None:
             width = 1
             for s in src.shape[1:]:
                 width *= s
+            relu_of = _relu_input(source, node, base if own else None)
             replaced = (node.name, base.name) if own else (node.name,)
+            replaced += (source.name,) if relu_of is not None else ()
             if apply:
-                _rewrite(graph, node, base, index, source, own, wraps, inplace)
+                _rewrite(graph, node, base, index, source, own, wraps, inplace, relu_of)
             rec.rewrite(Rewrite(NAME, replaced, _OP, (TableInfo(base.name, bv.shape[0], width, src.dtype),),
                                 tuple(_fx.meta_val(index).shape), src.dtype))
 
@@ -288,21 +290,51 @@ def _nodes_after(node: fx.Node) -> set[fx.Node]:
     return out
 
 
+def _relu_input(source: fx.Node, node: fx.Node, erased_base: fx.Node | None) -> fx.Node | None:
+    """``x`` if ``source`` is ``F.relu(x)`` / ``torch.relu(x)`` / ``x.relu()`` read by the sum
+    ``node`` alone (a GIN message's activation; also by PyG's broadcast index and
+    ``source.new_zeros(...)``, ``erased_base``, which go with the sum): the op applies it, so
+    that the backward saves ``x`` (a float tensor) where Inductor would store ReLU's mask as
+    bools (docs/design.md, "Message passing"). Else None."""
+    if source.kwargs.get("inplace") or any(u is not node and u is not erased_base and not _shape_only(u, source, node)
+                                           for u in source.users):
+        return None
+    x = _only_input(source, ("relu",), F.relu, torch.relu)
+    xv, sv = _fx.meta_val(x), _fx.meta_val(source)
+    if not (isinstance(xv, torch.Tensor) and isinstance(sv, torch.Tensor)) or (
+            _shape(xv) != _shape(sv) or xv.dtype != sv.dtype or xv.device != sv.device):
+        return None
+    return x
+
+
+def _shape_only(user: fx.Node, source: fx.Node, node: fx.Node) -> bool:
+    """Whether ``user`` is ``idx.expand_as(source)`` read by the sum ``node`` alone (PyG's
+    broadcast index, which reads only ``source``'s shape and goes with the sum)."""
+    return (user.op == "call_method" and user.target == "expand_as" and len(user.args) == 2
+            and user.args[1] is source and set(user.users) == {node})
+
+
 def _rewrite(graph: fx.Graph, node: fx.Node, base: fx.Node, index: fx.Node, source: fx.Node, own: bool,
-             wraps: bool, inplace: bool) -> None:
+             wraps: bool, inplace: bool, relu_of: fx.Node | None) -> None:
     """Replace the sum of rows ``node`` by ``index_add_rows``: ``self=None`` where it makes
     its own output (``own``: ``base`` is then erased), else ``base`` itself; ``wraps``:
-    negative indices moved into range first, as ``index_put`` counts them. In place, the
-    fresh zeros' later readers read the op's output instead."""
+    negative indices moved into range first, as ``index_put`` counts them; ``relu_of``: the
+    source is ``relu(relu_of)``, which the op applies. In place, the fresh zeros' later
+    readers read the op's output instead."""
     bv = _fx.meta_val(base)
     with graph.inserting_before(node):
         if wraps:
             index = _wrapped(graph, node, index, bv.shape[0])
-        op = _fx.call(graph, torch.ops.inductor_embed.index_add_rows.default,
-                      (None if own else base, bv.shape[0] if own else 0, index, source), node)
+        args = (None if own else base, bv.shape[0] if own else 0, index)
+        args += (source,) if relu_of is None else (relu_of, True)
+        op = _fx.call(graph, torch.ops.inductor_embed.index_add_rows.default, args, node)
     node.replace_all_uses_with(op)
     if inplace:  # the buffer's readers after the write (_fresh_zeros: there are no others)
         base.replace_all_uses_with(op, delete_user_cb=lambda user: user is not node and user is not op)
     graph.erase_node(node)
     if own:
         graph.erase_node(base)  # nothing reads it now
+    if relu_of is not None:  # read by the sum and a broadcast of its index alone (_relu_input)
+        for user in list(source.users):
+            graph.erase_node(user)  # the broadcast index, which nothing reads now
+        graph.erase_node(source)

@@ -194,6 +194,11 @@ def test_op_matches_aten_bit_for_bit():
     assert torch.equal(index_add_rows(x, 0, i, s), torch.index_add(x, 0, i, s))
     torch.library.opcheck(torch.ops.inductor_embed.index_add_rows.default, (None, 13, i, s.requires_grad_()))
     torch.library.opcheck(torch.ops.inductor_embed.index_add_rows.default, (x.requires_grad_(), 0, i, s))
+    torch.library.opcheck(torch.ops.inductor_embed.index_add_rows.default, (None, 13, i, s, True))
+    g = torch.randn(13, 7)
+    want = torch.ops.aten.threshold_backward(g.index_select(0, i), s, 0)
+    assert torch.equal(torch.ops.inductor_embed.relu_rows_backward(g, i, s), want)
+    torch.library.opcheck(torch.ops.inductor_embed.relu_rows_backward.default, (g, i, s.detach()))
 
 
 def _left(f, *args) -> list[str]:
@@ -508,3 +513,31 @@ def test_sum_into_zeros_read_after(f, taken, left):
     torch.testing.assert_close(hc.grad, h.grad)
     torch.testing.assert_close(sc.grad, s.grad)
     assert (rewrites(NAME), skips(NAME)) == (taken, left)
+
+
+@pytest.mark.parametrize("form", ["F.relu", "torch.relu", "method", "read_again"])
+def test_relu_messages_bit_equal(form):
+    # A GIN message's ReLU read by the sum alone goes into the op (its backward saves the
+    # pre-activation, not a bool mask): forward and gradients bit-equal to eager's. Read by
+    # anything else too, it stays Inductor's.
+    torch.manual_seed(0)
+    h, e = torch.randn(7, 33, requires_grad=True), torch.randn(500, 33, requires_grad=True)
+    hc, ec = h.detach().clone().requires_grad_(), e.detach().clone().requires_grad_()
+    src, dst = torch.randint(0, 7, (500,)), torch.randint(0, 7, (500,))
+    act = {"F.relu": F.relu, "torch.relu": torch.relu, "method": lambda t: t.relu(), "read_again": F.relu}[form]
+
+    def f(h, e):
+        msg = act(h.index_select(0, src) + e)
+        out = torch.zeros_like(h).index_add_(0, dst, msg)
+        return out + msg.sum() if form == "read_again" else out
+
+    want = f(h, e)
+    got = torch.compile(f, backend="inductor_embed")(hc, ec)
+    assert torch.equal(got, want) if form != "read_again" else torch.allclose(got, want)
+    grad = torch.randn_like(want)
+    want.backward(grad)
+    got.backward(grad)
+    assert torch.equal(ec.grad, e.grad) and torch.equal(hc.grad, h.grad)
+    report = inductor_embed.explain(f, h, e)
+    fused = [r.replaced for r in report.rewrites if r.pattern == NAME][0]
+    assert (len(fused) == 3) == (form != "read_again"), fused  # (the sum, the zeros, the ReLU)

@@ -35,9 +35,10 @@ EXPECTED = {
     "one_hot_linear": ([("one_hot_linear", ("one_hot", "one_hot_1", "cat", "float_1", "linear"), "")], []),
     "one_hot_ensemble": ([("one_hot_linear", ("one_hot", "one_hot_1", "feats", "getitem_2", "expand", "h", "einsum"),
                            "")], []),
-    # PyG's scatter into new zeros -> index_add_rows; x.index_select(0, src) -> a lone lookup;
+    # PyG's scatter of relu messages into new zeros -> index_add_rows (relu applied by the op);
+    # x.index_select(0, src) -> a lone lookup;
     # the bond lookups' sum, taken once (each layer's message adds it as a term, the skips below).
-    "gine_conv": ([("index_rows", ("out", "new_zeros"), ""), ("index_rows", ("out_1", "new_zeros_1"), ""),
+    "gine_conv": ([("index_rows", ("out", "new_zeros", "relu"), ""), ("index_rows", ("out_1", "new_zeros_1", "relu_2"), ""),
                    ("multi_embedding_sum", ("embedding", "embedding_1", "embedding_2", "e", "e_1", "e_2"), ""),
                    ("independent_lookups", ("x_j_2",), ""), ("independent_lookups", ("x_j_3",), "")],
                   [("multi_embedding_sum", "embedding", "embedding reaches the sum ending at add_3 through `add` (e), "
