@@ -304,7 +304,8 @@ def _relu_input(source: fx.Node, node: fx.Node, erased_base: fx.Node | None) -> 
     if not (isinstance(xv, torch.Tensor) and isinstance(sv, torch.Tensor)) or (
             _shape(xv) != _shape(sv) or xv.dtype != sv.dtype or xv.device != sv.device):
         return None
-    return x
+    # Without a gradient there is no mask to save, and Inductor fuses the ReLU into its producer.
+    return x if sv.requires_grad else None
 
 
 def _shape_only(user: fx.Node, source: fx.Node, node: fx.Node) -> bool:

@@ -541,3 +541,18 @@ def test_relu_messages_bit_equal(form):
     report = inductor_embed.explain(f, h, e)
     fused = [r.replaced for r in report.rewrites if r.pattern == NAME][0]
     assert (len(fused) == 3) == (form != "read_again"), fused  # (the sum, the zeros, the ReLU)
+
+
+def test_relu_stays_inductors_without_gradients():
+    # Under no_grad there is no mask to save: Inductor keeps the ReLU fused into its producer.
+    h, e = torch.randn(7, 5), torch.randn(40, 5)
+    src, dst = torch.randint(0, 7, (40,)), torch.randint(0, 7, (40,))
+
+    def f(h, e):
+        return torch.zeros_like(h).index_add_(0, dst, F.relu(h.index_select(0, src) + e))
+
+    with torch.no_grad():
+        report = inductor_embed.explain(f, h, e)
+        want, got = _eager_and_compiled(f, h, e)
+    assert torch.equal(got, want)
+    assert [r.replaced for r in report.rewrites if r.pattern == NAME] == [("index_add_", "zeros_like")]
