@@ -14,7 +14,8 @@ call: the same values as eager, bit for bit, and eager's own errors. The pattern
 the CPU only; on CUDA Inductor's atomic adds are native and fuse with their producer.
 
 Backward (eager's formula): ``grad`` for ``self``, ``grad.index_select(0, index)`` for
-``source`` (a gather, which Inductor compiles well).
+``source`` (a gather, which Inductor compiles well); with ``relu`` (a message's ReLU taken into
+the op), ReLU's own formula after it, in the opaque ``relu_rows_backward``.
 """
 
 from __future__ import annotations
