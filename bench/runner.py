@@ -9,7 +9,8 @@ group, unless ``static`` asks for a compile per case):
    (eager for fp32; eager run in fp32 on the same tables for bf16/fp16, since eager's
    own half-type backward accumulates in the half type). A provider's first call in
    a group compiles it: that wall time is its compile time, reported apart and
-   never part of a timed sample;
+   never part of a timed sample; the huge-page collapses a compile queued in the
+   background (lowering/_hugepages.py) finish before the timing starts;
 3. warm-up, then ``iters`` rounds; each round times every provider's forward,
    backward and forward+backward in turn, the provider order rotating each round,
    so that drift on a shared machine hits all alike;
@@ -43,6 +44,7 @@ import inductor_embed
 from bench.config import Case, CaseResult, ProviderResult, Ratio, Stat
 from bench.providers import Provider, Runner
 from bench.workloads import WORKLOADS, Unsupported, Workload
+from inductor_embed.lowering import _hugepages
 
 log = logging.getLogger("bench")
 
@@ -390,6 +392,9 @@ def _run_case(workload: Workload, case: Case, providers: Sequence[Provider], sta
             torch._dynamo.maybe_mark_dynamic(inputs[pos], dim)
     want, grad = _reference(ref_model, inputs, case, device, inference)
     compile_s, own_inputs = _first_calls(workload, case, states, inputs, grad, want, device, inference)
+    # The plugin's compile may have queued huge-page collapses of its tables (a background
+    # thread, lowering/_hugepages.py): the timing measures the steady state after them.
+    _hugepages.wait(timeout=300)
     phases["first calls (compiles) + checks"] += time.perf_counter() - t_phase
 
     t_phase = time.perf_counter()

@@ -278,6 +278,7 @@ __all__ = [
     "schema_written_args",
     "storage_key",
     "storage_use_count",
+    "watch_compiles",
 ]
 
 
@@ -296,3 +297,23 @@ def op_schema(qualname: str) -> str:
     (``OpOverload._schema``)."""
     ns, name = qualname.split("::")
     return str(getattr(getattr(torch.ops, ns), name).default._schema)
+
+
+def watch_compiles(on_start: Any, on_end: Any) -> bool:
+    """Have Dynamo call ``on_start()`` when a compile begins and ``on_end()`` when the last
+    pending one ends (``torch._dynamo.callback.callback_handler``; ``torch._dynamo.reset()``
+    clears its callbacks, so callers register again after one). Registering the same pair
+    twice is a no-op. False where this torch has no such handler."""
+    try:
+        from torch._dynamo.callback import callback_handler
+    except ImportError:
+        return False
+    starts = getattr(callback_handler, "start_callbacks", None)
+    ends = getattr(callback_handler, "end_callbacks", None)
+    if starts is None or ends is None:
+        return False
+    if on_start not in starts:
+        callback_handler.register_start_callback(on_start)
+    if on_end not in ends:
+        callback_handler.register_end_callback(on_end)
+    return True

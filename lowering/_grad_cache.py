@@ -29,6 +29,7 @@ import threading
 import torch
 
 from inductor_embed import _compat, config
+from inductor_embed.lowering import _hugepages
 
 # Smaller buffers come from torch.zeros: glibc keeps them on its heap (below its mmap
 # threshold), so they are not faulted in again each step.
@@ -89,6 +90,7 @@ def _take(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
             if held + nbytes > limit:
                 return None
             storage = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
+            _hugepages.advise_fresh(storage)  # before its first write: huge pages faulted in
         _storages.append(storage)
         return torch.empty((0,), dtype=dtype).set_(storage, 0, shape)
 

@@ -1,0 +1,155 @@
+"""Huge pages under big CPU tables and gradient buffers (lowering/_hugepages.py): the ranges
+advised are the whole 2 MiB pages inside a storage, values never change (also while the main
+thread writes the table during its collapse), nothing is done below the size rule or where
+THP is off, the worker waits for a compile to end, and a compiled model's big tables end up
+on huge pages with eager's results. The checks that read /proc/self/smaps need Linux with
+THP ``madvise`` or ``always`` and MADV_COLLAPSE (Linux 6.1+), as on the CI machines."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+
+import inductor_embed
+from inductor_embed.lowering import _grad_cache, _hugepages
+
+MiB = 1 << 20
+
+needs_thp = pytest.mark.skipif(_hugepages.thp_mode() not in ("always", "madvise"),
+                               reason="no transparent huge pages here (not Linux, or THP never)")
+
+
+def _huge_kib(lo: int, hi: int) -> int:
+    """AnonHugePages (KiB) of the mappings overlapping [lo, hi), from /proc/self/smaps."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                a, b = (int(x, 16) for x in head.split("-"))
+                inside = a < hi and b > lo
+            elif inside and line.startswith("AnonHugePages:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.fixture
+def small_rule(monkeypatch):
+    """The size rule lowered to 4 MiB, so that the tests' tables stay small; a fresh record
+    of advised ranges."""
+    monkeypatch.setattr(_hugepages, "MIN_TABLES", 4 * MiB)
+    monkeypatch.setattr(_hugepages, "_seen", {})
+    yield
+    assert _hugepages.wait(60)
+
+
+def test_the_range_is_the_whole_huge_pages_inside():
+    t = torch.empty(9 * MiB, dtype=torch.uint8)
+    lo, hi = _hugepages.huge_range(t.untyped_storage())
+    start, end = t.data_ptr(), t.data_ptr() + t.numel()
+    assert lo % _hugepages.HUGE == 0 and hi % _hugepages.HUGE == 0
+    assert start <= lo < start + _hugepages.HUGE and end - _hugepages.HUGE < hi <= end
+    assert _hugepages.huge_range(torch.empty(MiB, dtype=torch.uint8).untyped_storage()) is None
+
+
+def test_nothing_below_the_size_rule(monkeypatch):
+    monkeypatch.setattr(_hugepages, "_seen", {})
+    tables = [torch.randn(4096, 256) for _ in range(4)]  # 16 MiB < MIN_TABLES
+    assert _hugepages.advise_tables(tables, "test") == 0
+    assert not _hugepages._seen
+
+
+def test_nothing_where_thp_is_off(monkeypatch, small_rule):
+    monkeypatch.setattr(_hugepages, "thp_mode", lambda: "never")
+    assert _hugepages.advise_tables([torch.randn(8192, 256)], "test") == 0
+    assert not _hugepages._seen
+    s = torch.empty(8 * MiB, dtype=torch.uint8).untyped_storage()
+    _hugepages.advise_fresh(s)  # no error, nothing asked
+
+
+def test_cuda_and_sparse_tables_are_left(small_rule):
+    sparse = torch.randn(8192, 256).to_sparse()
+    assert _hugepages.advise_tables([sparse, "not a tensor"], "test") == 0
+
+
+@needs_thp
+def test_a_collapse_keeps_every_value_while_the_table_is_written(small_rule, caplog):
+    t = torch.randn(64 * 1024, 256)  # 64 MiB: ~30 collapses
+    want = t.clone()
+    caplog.set_level(logging.INFO, logger="inductor_embed")
+    queued = _hugepages.advise_tables([t], "test")
+    lo, hi = _hugepages.huge_range(t.untyped_storage())
+    assert queued == hi - lo
+    assert "huge pages: test's tables (" in caplog.text
+    rows = torch.randint(0, t.shape[0], (4096,))
+    for _ in range(50):  # the main thread reads and writes rows meanwhile
+        t[rows] += 1.0
+        want[rows] += 1.0
+    assert _hugepages.wait(60)
+    assert torch.equal(t, want)
+    assert _huge_kib(lo, hi) * 1024 >= (hi - lo) // 2  # (a page may find no free huge page)
+    assert _hugepages.advise_tables([t], "test") == 0  # advised once
+
+
+@needs_thp
+def test_a_fresh_gradient_buffer_faults_in_huge_pages():
+    inductor_embed.empty_cache()
+    g = _grad_cache.zeros((16384, 256), torch.float32)  # 16 MiB, from the cache
+    lo, hi = _hugepages.huge_range(g.untyped_storage())
+    assert not g.any()
+    assert _huge_kib(lo, hi) > 0
+    del g
+    inductor_embed.empty_cache()
+
+
+@needs_thp
+def test_the_worker_waits_for_a_compile_to_end(small_rule, monkeypatch):
+    monkeypatch.setattr(_hugepages, "COMPILE_WAIT_S", 30.0)
+    t = torch.randn(16 * 1024, 256)  # 16 MiB
+    assert _hugepages.advise_tables([t], "test", in_compile=True) > 0
+    time.sleep(0.3)
+    assert not _hugepages.wait(0.01)  # still waiting for the compile
+    _hugepages._compile_ended()
+    assert _hugepages.wait(30)
+
+
+@needs_thp
+def test_a_compiled_model_puts_its_big_tables_on_huge_pages(small_rule, caplog):
+    torch._dynamo.reset()
+    caplog.set_level(logging.INFO, logger="inductor_embed")
+    torch.manual_seed(0)
+    # 3 x 5 MiB tables: at least one whole huge page each (>= the test's 4 MiB rule together)
+    model = nn.ModuleList(nn.EmbeddingBag(4096, 320, mode="sum") for _ in range(3))
+
+    def f(x):
+        return torch.cat([bag(x[:, k]) for k, bag in enumerate(model)], dim=1)
+
+    x = torch.randint(0, 4096, (16, 3, 4))
+    want = f(x)
+    got = torch.compile(f, backend="inductor_embed")(x)
+    assert _hugepages.wait(60)
+    assert torch.equal(got, want)
+    assert "huge pages: multi_embedding_bag's tables (" in caplog.text
+    for bag in model:
+        assert _huge_kib(*_hugepages.huge_range(bag.weight.untyped_storage())) > 0
+    torch._dynamo.reset()
+
+
+def test_a_forked_child_starts_clean():
+    held = threading.Lock()
+    old = _hugepages._lock
+    try:
+        _hugepages._lock = held
+        held.acquire()  # as if the worker held it at the fork
+        _hugepages._after_fork_in_child()
+        assert _hugepages._lock is not held and _hugepages._lock.acquire(timeout=1)
+        _hugepages._lock.release()
+        assert _hugepages.wait(1)
+    finally:
+        held.release()
+        _hugepages._lock, _hugepages._busy = old, threading.Condition(old)
