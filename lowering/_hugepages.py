@@ -41,7 +41,28 @@ from inductor_embed import _compat
 
 log = logging.getLogger("inductor_embed")
 
-HUGE = 2 << 20  # x86-64's and arm64's (4 KiB granule) transparent huge page
+
+
+def _pmd_size() -> int:
+    """The system's transparent huge page size (``hpage_pmd_size``: 2 MiB on x86-64 and on
+    arm64 with 4 KiB pages, 512 MiB with 64 KiB pages)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 2 << 20
+
+
+def _kernel_collapses() -> bool:
+    """Whether this kernel has ``MADV_COLLAPSE`` (Linux 6.1+)."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except (AttributeError, ValueError):
+        return False
+    return (major, minor) >= (6, 1)
+
+
+HUGE = _pmd_size()
 # A fused op's tables get huge pages from this many bytes together (the measured gains above:
 # a collapse costs more than it saves below it).
 MIN_TABLES = 64 << 20
@@ -61,7 +82,8 @@ _pending = 0  # queued or in-flight spans
 # (start, end) of the ranges advised already -> a weak reference to their storage (a range
 # whose storage was freed may come back under a new table)
 _seen: dict[tuple[int, int], object] = {}
-_collapse_ok = True  # False once the kernel refused MADV_COLLAPSE (older than 6.1)
+# Without MADV_COLLAPSE (Linux < 6.1) the marked tables are left to khugepaged.
+_collapse_ok = sys.platform.startswith("linux") and _kernel_collapses()
 _compiling = False  # a torch.compile is running: the worker waits (it would slow the compile)
 # How long the worker waits for a compile to end before it goes on anyway (a compile that
 # Dynamo did not start, e.g. compile_fx called by hand, never reports its end).
@@ -126,7 +148,7 @@ def _madvise(lo: int, hi: int, advice: int) -> int:
 def advise_tables(tables: Iterable[torch.Tensor], op: str, in_compile: bool = False) -> int:
     """Ask for huge pages under ``tables`` (a fused op's CPU tables, read at random) when they
     total at least ``MIN_TABLES`` bytes: marked now, collapsed in the background (after the
-    compile that calls this ends, when ``in_compile``). Returns the bytes newly queued (0
+    compile that calls this ends, when ``in_compile``). Returns the bytes newly marked (0
     where nothing was done)."""
     if not _enabled():
         return 0
@@ -138,7 +160,7 @@ def advise_tables(tables: Iterable[torch.Tensor], op: str, in_compile: bool = Fa
                 ranges[r] = t
     if sum(hi - lo for lo, hi in ranges) < MIN_TABLES:
         return 0
-    queued = 0
+    marked = 0
     with _lock:
         for (lo, hi), t in ranges.items():
             ref = _seen.get((lo, hi))
@@ -149,19 +171,19 @@ def advise_tables(tables: Iterable[torch.Tensor], op: str, in_compile: bool = Fa
             if err:
                 log.debug("huge pages: madvise(MADV_HUGEPAGE) of a %s table failed: %s", op, os.strerror(err))
                 continue
+            marked += hi - lo
             if _collapse_ok:
                 for a in range(lo, hi, SPAN):
                     _queue.append((ref, a, min(a + SPAN, hi)))
                     _pending_add(1)
-                queued += hi - lo
-        if queued:
+        if marked and _collapse_ok:
             if in_compile:
                 _watch_compiles()
             _start_worker()
-    if queued:
-        log.info("huge pages: %s's tables (%d MiB) marked and queued for collapse (THP %s)",
-                 op, queued >> 20, thp_mode())
-    return queued
+    if marked:
+        log.info("huge pages: %s's tables (%d MiB) marked, %s (THP %s)", op, marked >> 20,
+                 "queued for collapse" if _collapse_ok else "left to khugepaged (no MADV_COLLAPSE)", thp_mode())
+    return marked
 
 
 def _pending_add(k: int) -> None:
@@ -219,7 +241,7 @@ def _start_worker() -> None:
 
 def _work() -> None:
     """Collapse the queued spans, one ``madvise`` call each, at the lowest CPU priority."""
-    global _collapse_ok, _compiling
+    global _compiling
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
     except OSError:
@@ -234,14 +256,11 @@ def _work() -> None:
         # the storage still alive (a freed table's range may hold other memory now; a collapse
         # would keep its values too, but it is not ours to spend time on)
         alive = ref is None or not ref.expired()
-        err = _madvise(lo, hi, _MADV_COLLAPSE) if alive and _collapse_ok else 0
+        err = _madvise(lo, hi, _MADV_COLLAPSE) if alive else 0
         with _lock:
-            if err in (22, 38):  # EINVAL / ENOSYS: no MADV_COLLAPSE (Linux < 6.1); khugepaged will
-                if _collapse_ok:
-                    log.debug("huge pages: MADV_COLLAPSE unavailable (%s); khugepaged collapses the "
-                              "marked tables over time", os.strerror(err))
-                _collapse_ok = False
-            elif err:  # EAGAIN / ENOMEM: no huge page free now; the marked range stays eligible
+            # EAGAIN / ENOMEM: no huge page free now; EINVAL: memory that cannot be collapsed
+            # (a file mapping): the marked range stays eligible for khugepaged
+            if err:
                 log.debug("huge pages: a collapse failed: %s", os.strerror(err))
             _pending_add(-1)
 

@@ -82,9 +82,9 @@ def test_a_collapse_keeps_every_value_while_the_table_is_written(small_rule, cap
     t = torch.randn(64 * 1024, 256)  # 64 MiB: ~30 collapses
     want = t.clone()
     caplog.set_level(logging.INFO, logger="inductor_embed")
-    queued = _hugepages.advise_tables([t], "test")
+    marked = _hugepages.advise_tables([t], "test")
     lo, hi = _hugepages.huge_range(t.untyped_storage())
-    assert queued == hi - lo
+    assert marked == hi - lo
     assert "huge pages: test's tables (" in caplog.text
     rows = torch.randint(0, t.shape[0], (4096,))
     for _ in range(50):  # the main thread reads and writes rows meanwhile
@@ -153,3 +153,27 @@ def test_a_forked_child_starts_clean():
     finally:
         held.release()
         _hugepages._lock, _hugepages._busy = old, threading.Condition(old)
+
+
+@needs_thp
+def test_without_madv_collapse_the_tables_are_only_marked(small_rule, monkeypatch, caplog):
+    monkeypatch.setattr(_hugepages, "_collapse_ok", False)
+    caplog.set_level(logging.INFO, logger="inductor_embed")
+    t = torch.randn(16 * 1024, 256)
+    want = t.clone()
+    lo, hi = _hugepages.huge_range(t.untyped_storage())
+    assert _hugepages.advise_tables([t], "test", in_compile=True) == hi - lo
+    assert "left to khugepaged (no MADV_COLLAPSE)" in caplog.text
+    assert not _hugepages._queue and _hugepages.wait(0.01)
+    assert torch.equal(t, want)
+
+
+def test_kernel_version_rule(monkeypatch):
+    class U:
+        def __init__(self, release):
+            self.release = release
+
+    for release, want in (("6.18.44-fc-v1300", True), ("6.1.0", True), ("5.15.0-91-generic", False),
+                          ("weird", False)):
+        monkeypatch.setattr(_hugepages.os, "uname", lambda r=release: U(r))
+        assert _hugepages._kernel_collapses() is want
