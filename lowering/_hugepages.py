@@ -17,7 +17,8 @@ slowly (khugepaged scans a few MB every 10 s). So:
   copies the pages and keeps every value (the kernel does it under its own locks, as
   khugepaged does on any running process), so the tables may be read and written meanwhile.
 - ``advise_fresh``: a new gradient buffer (``_grad_cache``) is marked before its first
-  write, so that its zero fill faults in huge pages directly.
+  write, so that its zero fill faults in huge pages directly (and queued for the collapse
+  too, for memory that malloc recycled).
 
 Nothing is done where the system or the process says no: THP ``never``, a process with
 ``prctl(PR_SET_THP_DISABLE)`` (the switch any user has), or no Linux. Only the range of
@@ -36,6 +37,7 @@ import threading
 from collections.abc import Iterable
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from inductor_embed import _compat
 
@@ -166,16 +168,14 @@ def advise_tables(tables: Iterable[torch.Tensor], op: str, in_compile: bool = Fa
             ref = _seen.get((lo, hi))
             if ref is not None and not ref.expired():
                 continue
-            ref = _seen[(lo, hi)] = _compat.storage_key(t)
+            ref = _seen[(lo, hi)] = StorageWeakRef(t.untyped_storage())
             err = _madvise(lo, hi, _MADV_HUGEPAGE)
             if err:
                 log.debug("huge pages: madvise(MADV_HUGEPAGE) of a %s table failed: %s", op, os.strerror(err))
                 continue
             marked += hi - lo
             if _collapse_ok:
-                for a in range(lo, hi, SPAN):
-                    _queue.append((ref, a, min(a + SPAN, hi)))
-                    _pending_add(1)
+                _queue_spans(ref, lo, hi)
         if marked and _collapse_ok:
             if in_compile:
                 _watch_compiles()
@@ -194,15 +194,31 @@ def _pending_add(k: int) -> None:
 
 
 def advise_fresh(storage: torch.UntypedStorage) -> None:
-    """Mark a new buffer's whole huge pages before anything writes it (its first write then
-    faults in huge pages; no collapse is needed)."""
+    """Mark a new buffer's whole huge pages before anything writes it: where its memory is
+    fresh from the kernel, its first write faults in huge pages. Memory that malloc recycled
+    (pages mapped already) keeps its small pages, so its range is also queued for the
+    background collapse (a no-op on pages that are huge already)."""
     if not _enabled():
         return
     r = huge_range(storage)
-    if r is not None:
-        err = _madvise(r[0], r[1], _MADV_HUGEPAGE)
-        if err:
-            log.debug("huge pages: madvise(MADV_HUGEPAGE) of a gradient buffer failed: %s", os.strerror(err))
+    if r is None:
+        return
+    lo, hi = r
+    err = _madvise(lo, hi, _MADV_HUGEPAGE)
+    if err:
+        log.debug("huge pages: madvise(MADV_HUGEPAGE) of a gradient buffer failed: %s", os.strerror(err))
+        return
+    if _collapse_ok:
+        with _lock:
+            _queue_spans(StorageWeakRef(storage), lo, hi)
+            _start_worker()
+
+
+def _queue_spans(ref: object, lo: int, hi: int) -> None:
+    """Queue [lo, hi) for the worker, ``SPAN`` bytes a call (``_lock`` held)."""
+    for a in range(lo, hi, SPAN):
+        _queue.append((ref, a, min(a + SPAN, hi)))
+        _pending_add(1)
 
 
 def _compile_started(*_: object) -> None:
