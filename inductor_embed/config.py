@@ -65,7 +65,7 @@ independent_lookups: bool = True
 # functional) one ATen call: Inductor's CPU scatter-add is per-element atomics.
 index_rows: bool = True
 
-# Keep the dense CPU gradients of the fused ops' backward (buffers of 1 MiB or more) and
+# Keep the dense CPU gradients of the fused ops' backward (buffers of 2 MiB or more) and
 # reuse them in the next step once nothing references them, up to this many MiB; 0 turns
 # it off. Freed gradients of tens of MB go back to the kernel (glibc's malloc), so each
 # step would fault them in again, which costs several times zeroing them in place

@@ -155,7 +155,7 @@ bool ints(const c10::IValue& v, std::vector<int64_t>& out) {
 }
 
 // multi_embedding_backward_cpu's common case; false (the stack untouched) where the Python op
-// must run instead: unchecked calls, zeroed columns, scale_grad_by_freq, a table of 1 MiB or more
+// must run instead: unchecked calls, zeroed columns, scale_grad_by_freq, a table of 2 MiB or more
 // (its buffer comes from the reused-gradient cache, lowering/_grad_cache.py), an empty batch, an
 // odd dtype or shape.
 bool lookups_backward(torch::jit::Stack* stack) {
@@ -316,7 +316,7 @@ bool bags_forward(torch::jit::Stack* stack) {
 }
 
 // multi_embedding_bag_backward_cpu's common case (bag_backward_cpu.bag_grads_cpu's native
-// path): dense fp32 sum / mean tables of under 1 MiB, no per-sample weights, no
+// path): dense fp32 sum / mean tables of under 2 MiB, no per-sample weights, no
 // include_last_offset, grad of unit column stride, contiguous offsets, a batch and positions;
 // the order of ATen's sort made by the native kernel (a stable sort's from stable_from on, else
 // its std::sort replica where the probe says it is this build's). Everything else, and a

@@ -16,7 +16,7 @@ from inductor_embed.lowering import _grad_cache
 from inductor_embed.lowering.bag_backward_cpu import bag_weight_grad_cpu
 from tests._util import eager_bag_backward
 
-BIG = (4096, 64)  # 1 MiB of fp32: the smallest size the cache takes
+BIG = (8192, 64)  # 2 MiB of fp32: the smallest size the cache takes
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def test_a_dropped_buffer_is_reused_zeroed():
     b = _grad_cache.zeros(BIG, torch.float32)
     assert b.data_ptr() == ptr and b.shape == BIG and b.is_contiguous()
     assert not b.any()
-    assert inductor_embed.cached_bytes() == (4096 * 64 * 4, 0)
+    assert inductor_embed.cached_bytes() == (8192 * 64 * 4, 0)
 
 
 @pytest.mark.parametrize("hold", ["tensor", "view", "storage", "numpy"])
@@ -49,9 +49,9 @@ def test_a_referenced_buffer_is_never_handed_out(hold):
     assert b.data_ptr() != ptr
     held = torch.empty(0).set_(keep) if hold == "storage" else torch.as_tensor(keep)
     assert (held == 5.0).all()
-    assert inductor_embed.cached_bytes() == (2 * 4096 * 64 * 4, 0)
+    assert inductor_embed.cached_bytes() == (2 * 8192 * 64 * 4, 0)
     del b
-    assert inductor_embed.cached_bytes()[1] == 4096 * 64 * 4
+    assert inductor_embed.cached_bytes()[1] == 8192 * 64 * 4
 
 
 def test_small_buffers_and_the_switch_bypass_the_cache():
@@ -63,16 +63,16 @@ def test_small_buffers_and_the_switch_bypass_the_cache():
 
 
 def test_the_limit_evicts_idle_buffers_then_bypasses():
-    with config.patch(cpu_grad_cache_mb=2):
+    with config.patch(cpu_grad_cache_mb=4):
         a = _grad_cache.zeros(BIG, torch.float32)
-        b = _grad_cache.zeros(BIG, torch.bfloat16)  # 0.5 MiB: not cached
-        c = _grad_cache.zeros((4096, 64 * 2), torch.bfloat16)  # 1 MiB more: 2 MiB held
-        assert inductor_embed.cached_bytes() == (2 << 20, 0)
+        b = _grad_cache.zeros(BIG, torch.bfloat16)  # 1 MiB: not cached
+        c = _grad_cache.zeros((8192, 64 * 2), torch.bfloat16)  # 2 MiB more: 4 MiB held
+        assert inductor_embed.cached_bytes() == (4 << 20, 0)
         d = _grad_cache.zeros(BIG, torch.float32)  # full, nothing idle: plain torch.zeros
-        assert inductor_embed.cached_bytes() == (2 << 20, 0)
+        assert inductor_embed.cached_bytes() == (4 << 20, 0)
         del a, d
-        e = _grad_cache.zeros((2048, 64), torch.float64)  # 1 MiB, other shape: evicts the idle one
-        assert inductor_embed.cached_bytes() == (2 << 20, 0)
+        e = _grad_cache.zeros((4096, 64), torch.float64)  # 2 MiB, other shape: evicts the idle one
+        assert inductor_embed.cached_bytes() == (4 << 20, 0)
         assert e.dtype == torch.float64 and not e.any() and not b.any() and not c.any()
         del c, e
         inductor_embed.empty_cache()
@@ -80,12 +80,12 @@ def test_the_limit_evicts_idle_buffers_then_bypasses():
 
 
 class Tables(nn.Module):
-    """Two 4096 x 64 fp32 tables (1 MiB gradients: cached), one with a padding row, cat."""
+    """Two 8192 x 64 fp32 tables (2 MiB gradients: cached), one with a padding row, cat."""
 
     def __init__(self, bags: bool) -> None:
         super().__init__()
-        make = (lambda **kw: nn.EmbeddingBag(4096, 64, mode="sum", **kw)) if bags else (
-            lambda **kw: nn.Embedding(4096, 64, **kw))
+        make = (lambda **kw: nn.EmbeddingBag(8192, 64, mode="sum", **kw)) if bags else (
+            lambda **kw: nn.Embedding(8192, 64, **kw))
         self.tables = nn.ModuleList([make(), make(padding_idx=3)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ def test_training_steps_reuse_buffers_and_match_eager(bags):
     # cache holds the two kept gradients plus the two of the last step.
     storages = {s.data_ptr() for s in _grad_cache._storages}
     assert all(p.grad.untyped_storage().data_ptr() in storages for p in model.parameters())
-    assert inductor_embed.cached_bytes()[0] == 4 * 4096 * 64 * 4
+    assert inductor_embed.cached_bytes()[0] == 4 * 8192 * 64 * 4
 
 
 def test_accumulated_gradients_match_eager():
@@ -125,7 +125,7 @@ def test_accumulated_gradients_match_eager():
     eager, model = Tables(False), Tables(False)
     model.load_state_dict(eager.state_dict())
     compiled = torch.compile(model, backend="inductor_embed")
-    for x in [torch.randint(0, 4096, (64, 2)) for _ in range(3)]:  # no zero_grad between
+    for x in [torch.randint(0, 8192, (64, 2)) for _ in range(3)]:  # no zero_grad between
         eager(x).sum().backward()
         compiled(x).sum().backward()
     for pe, pm in zip(eager.parameters(), model.parameters()):
