@@ -271,6 +271,7 @@ __all__ = [
     "graph_transform_observer",
     "inductor_config",
     "mode_options",
+    "op_argument_names",
     "op_name",
     "op_schema",
     "register_torch_log",
@@ -297,6 +298,11 @@ def op_schema(qualname: str) -> str:
     (``OpOverload._schema``)."""
     ns, name = qualname.split("::")
     return str(getattr(getattr(torch.ops, ns), name).default._schema)
+
+
+def op_argument_names(target: Any) -> list[str]:
+    """The argument names of an ``OpOverload``'s schema (``OpOverload._schema``), in order."""
+    return [a.name for a in target._schema.arguments]
 
 
 def watch_compiles(on_start: Any, on_end: Any) -> bool:

@@ -102,12 +102,11 @@ def _huge_pages(graph: fx.Graph) -> None:
         name = _compat.op_name(node.target) if node.op == "call_function" else None
         if name is None or name[0] != "inductor_embed":
             continue
-        schema = node.target._schema
         tables = []
-        for k, arg in enumerate(schema.arguments):
-            if arg.name not in _TABLE_ARGS:
+        for k, arg in enumerate(_compat.op_argument_names(node.target)):
+            if arg not in _TABLE_ARGS:
                 continue
-            value = node.args[k] if k < len(node.args) else node.kwargs.get(arg.name)
+            value = node.args[k] if k < len(node.args) else node.kwargs.get(arg)
             for n in value if isinstance(value, (list, tuple)) else [value]:
                 t = _real_tensor(graph, n) if isinstance(n, fx.Node) else None
                 if t is not None and t.grad_fn is None:  # a table, not a value computed in the graph's caller

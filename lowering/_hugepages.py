@@ -44,7 +44,6 @@ from inductor_embed import _compat
 log = logging.getLogger("inductor_embed")
 
 
-
 def _pmd_size() -> int:
     """The system's transparent huge page size (``hpage_pmd_size``: 2 MiB on x86-64 and on
     arm64 with 4 KiB pages, 512 MiB with 64 KiB pages)."""
@@ -77,9 +76,10 @@ _MADV_COLLAPSE = 25
 _PR_GET_THP_DISABLE = 42
 
 _lock = threading.Lock()
-_queue: collections.deque = collections.deque()  # (storage weak ref, start, end) still to collapse
+_queue: collections.deque = collections.deque()  # (StorageWeakRef, start, end) still to collapse
 _busy = threading.Condition(_lock)
-_worker: threading.Thread | None = None
+_worker_running = False  # set and cleared under _lock (a thread that has left its loop but
+# not yet ended still reads as alive: is_alive() would leave a new queue to no one)
 _pending = 0  # queued or in-flight spans
 # (start, end) of the ranges advised already -> a weak reference to their storage (a range
 # whose storage was freed may come back under a new table)
@@ -214,7 +214,7 @@ def advise_fresh(storage: torch.UntypedStorage) -> None:
             _start_worker()
 
 
-def _queue_spans(ref: object, lo: int, hi: int) -> None:
+def _queue_spans(ref: StorageWeakRef, lo: int, hi: int) -> None:
     """Queue [lo, hi) for the worker, ``SPAN`` bytes a call (``_lock`` held)."""
     for a in range(lo, hi, SPAN):
         _queue.append((ref, a, min(a + SPAN, hi)))
@@ -249,15 +249,15 @@ def _watch_compiles() -> None:
 
 def _start_worker() -> None:
     """Start the collapsing thread if none runs (``_lock`` held)."""
-    global _worker
-    if _worker is None or not _worker.is_alive():
-        _worker = threading.Thread(target=_work, name="inductor_embed-hugepages", daemon=True)
-        _worker.start()
+    global _worker_running
+    if not _worker_running:
+        _worker_running = True
+        threading.Thread(target=_work, name="inductor_embed-hugepages", daemon=True).start()
 
 
 def _work() -> None:
     """Collapse the queued spans, one ``madvise`` call each, at the lowest CPU priority."""
-    global _compiling
+    global _compiling, _worker_running
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
     except OSError:
@@ -267,11 +267,12 @@ def _work() -> None:
             if _compiling and not _busy.wait_for(_idle, COMPILE_WAIT_S):
                 _compiling = False  # an end that will not come: go on
             if not _queue:
+                _worker_running = False
                 return
             ref, lo, hi = _queue.popleft()
         # the storage still alive (a freed table's range may hold other memory now; a collapse
         # would keep its values too, but it is not ours to spend time on)
-        alive = ref is None or not ref.expired()
+        alive = not ref.expired()
         err = _madvise(lo, hi, _MADV_COLLAPSE) if alive else 0
         with _lock:
             # EAGAIN / ENOMEM: no huge page free now; EINVAL: memory that cannot be collapsed
@@ -290,10 +291,10 @@ def wait(timeout: float | None = None) -> bool:
 
 def _after_fork_in_child() -> None:
     """A forked child has no worker thread, and the lock may have been held at the fork."""
-    global _lock, _busy, _worker, _pending, _compiling
+    global _lock, _busy, _worker_running, _pending, _compiling
     _lock = threading.Lock()
     _busy = threading.Condition(_lock)
-    _worker = None
+    _worker_running = False
     _compiling = False
     _queue.clear()
     _pending = 0
