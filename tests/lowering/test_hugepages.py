@@ -72,7 +72,7 @@ def test_nothing_where_thp_is_off(monkeypatch, small_rule):
     _hugepages.advise_fresh(s)  # no error, nothing asked
 
 
-def test_cuda_and_sparse_tables_are_left(small_rule):
+def test_sparse_tables_and_other_values_are_left(small_rule):
     sparse = torch.randn(8192, 256).to_sparse()
     assert _hugepages.advise_tables([sparse, "not a tensor"], "test") == 0
 
