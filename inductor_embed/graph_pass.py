@@ -15,14 +15,19 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-import torch
 import torch.fx as fx
 
 from inductor_embed import _compat, _internal, config
 from inductor_embed.lowering._common import coalesce_sparse_grads
 from inductor_embed.lowering._hugepages import advise_tables
 from inductor_embed.patterns import PATTERNS
-from inductor_embed.patterns._fx import mark_regions, table_batched_reason, written_args
+from inductor_embed.patterns._fx import (
+    mark_regions,
+    plugin_op_calls,
+    table_batched_reason,
+    table_tensors,
+    written_args,
+)
 from inductor_embed.report import Recorder, Report, Skip
 from inductor_embed.sparse_grads import keep_coalesced, sparse_weights
 
@@ -91,38 +96,12 @@ def _write_debug_graphs(debug_dir: str, pattern: str, before: str, after: str) -
     (out / f"{n:03d}_{pattern}_after.py").write_text(after)
 
 
-# The arguments of the fused ops that are tables (read at random): their schemas' names.
-_TABLE_ARGS = ("weights", "weight", "bag_weight")
-
-
 def _huge_pages(graph: fx.Graph) -> None:
-    """Ask for huge pages under each fused op's big CPU tables (``_hugepages.advise_tables``):
-    the real tensors behind the graph's inputs (Dynamo's examples) or its attributes."""
-    for node in graph.nodes:
-        name = _compat.op_name(node.target) if node.op == "call_function" else None
-        if name is None or name[0] != "inductor_embed":
-            continue
-        tables = []
-        for k, arg in enumerate(_compat.op_argument_names(node.target)):
-            if arg not in _TABLE_ARGS:
-                continue
-            value = node.args[k] if k < len(node.args) else node.kwargs.get(arg)
-            for n in value if isinstance(value, (list, tuple)) else [value]:
-                t = _real_tensor(graph, n) if isinstance(n, fx.Node) else None
-                if t is not None and t.grad_fn is None:  # a table, not a value computed in the graph's caller
-                    tables.append(t)
-        advise_tables(tables, name[1].removesuffix(".default"), in_compile=True)
-
-
-def _real_tensor(graph: fx.Graph, node: fx.Node) -> Any:
-    if node.op == "placeholder":
-        return _compat.graph_input_tensor(node)
-    if node.op == "get_attr" and graph.owning_module is not None:
-        value = graph.owning_module
-        for part in str(node.target).split("."):
-            value = getattr(value, part, None)
-        return value if isinstance(value, torch.Tensor) else None
-    return None
+    """Ask for huge pages under each fused op's big CPU tables (``_hugepages.advise_tables``)."""
+    for node, bound in plugin_op_calls(graph):
+        # a table, not a value the graph's caller computed (it has a grad_fn)
+        tables = [t for t in table_tensors(bound) if t.grad_fn is None]
+        advise_tables(tables, _compat.op_name(node.target)[1].removesuffix(".default"), in_compile=True)
 
 
 def _is_impure(node: fx.Node) -> bool:

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 
 from inductor_embed import _compat
+from inductor_embed.patterns._fx import plugin_op_calls, table_tensors
 
 _HOOKED = _compat.weak_id_key_dict()
 
@@ -49,37 +50,11 @@ def keep_coalesced(param: torch.Tensor) -> bool:
     return True
 
 
-def _weight_tensor(node: object) -> torch.Tensor | None:
-    """The real tensor behind a weight argument: a placeholder Dynamo kept an example of, or
-    a ``get_attr`` of the graph's module."""
-    if not isinstance(node, fx.Node):
-        return None
-    if node.op == "placeholder":
-        return _compat.graph_input_tensor(node)
-    if node.op == "get_attr" and node.graph.owning_module is not None:
-        obj = node.graph.owning_module
-        for part in str(node.target).split("."):
-            obj = getattr(obj, part, None)
-        return obj if isinstance(obj, torch.Tensor) else None
-    return None
-
-
 def sparse_weights(graph: fx.Graph) -> list[torch.Tensor]:
     """The real weights of every plugin op call in ``graph`` that has a sparse lookup: every
     weight argument of a call whose ``sparse`` list has a True."""
     out = []
-    for node in graph.nodes:
-        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
-        if schema is None or not schema.name.startswith("inductor_embed::"):
-            continue
-        bound = {a.name: v for a, v in zip(schema.arguments, node.args)}
-        bound.update(node.kwargs)
-        if not any(bound.get("sparse") or ()):
-            continue
-        for name in ("weights", "weight", "bag_weight"):
-            ws = bound.get(name)
-            for w in ws if isinstance(ws, (list, tuple)) else [ws]:
-                t = _weight_tensor(w)
-                if t is not None:
-                    out.append(t)
+    for _, bound in plugin_op_calls(graph):
+        if any(bound.get("sparse") or ()):
+            out.extend(table_tensors(bound))
     return out

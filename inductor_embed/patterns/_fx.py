@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -476,3 +476,45 @@ def _recompute_meta(node: fx.Node) -> None:
             val = node.target(*args, **kwargs)
     node.meta["val"] = val
     node.meta["example_value"] = val
+
+
+# The arguments of the plugin's fused ops that are tables: their schemas' names.
+TABLE_ARGS = ("weights", "weight", "bag_weight")
+
+
+def plugin_op_calls(graph: fx.Graph) -> Iterator[tuple[fx.Node, dict[str, Any]]]:
+    """Each call of a ``torch.ops.inductor_embed`` op in ``graph``, with its arguments by their
+    schema names."""
+    for node in graph.nodes:
+        name = _compat.op_name(node.target) if node.op == "call_function" else None
+        if name is None or name[0] != "inductor_embed":
+            continue
+        bound = dict(zip(_compat.op_argument_names(node.target), node.args))
+        bound.update(node.kwargs)
+        yield node, bound
+
+
+def table_tensors(bound: dict[str, Any]) -> list[torch.Tensor]:
+    """The real tensors behind a plugin op call's table arguments (``plugin_op_calls``): a
+    placeholder Dynamo kept an example of, or a ``get_attr`` of the graph's module."""
+    out = []
+    for name in TABLE_ARGS:
+        value = bound.get(name)
+        for n in value if isinstance(value, (list, tuple)) else [value]:
+            t = _real_tensor(n)
+            if t is not None:
+                out.append(t)
+    return out
+
+
+def _real_tensor(node: object) -> torch.Tensor | None:
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "placeholder":
+        return _compat.graph_input_tensor(node)
+    if node.op == "get_attr" and node.graph.owning_module is not None:
+        obj = node.graph.owning_module
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part, None)
+        return obj if isinstance(obj, torch.Tensor) else None
+    return None
