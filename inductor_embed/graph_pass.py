@@ -11,6 +11,7 @@ import functools
 import hashlib
 import itertools
 import json
+import logging
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,8 @@ from inductor_embed.patterns._fx import (
 )
 from inductor_embed.report import Recorder, Report, Skip
 from inductor_embed.sparse_grads import keep_coalesced, sparse_weights
+
+log = logging.getLogger("inductor_embed")
 
 
 def run_patterns(graph: fx.Graph, apply: bool = True) -> Report:
@@ -97,11 +100,15 @@ def _write_debug_graphs(debug_dir: str, pattern: str, before: str, after: str) -
 
 
 def _huge_pages(graph: fx.Graph) -> None:
-    """Ask for huge pages under each fused op's big CPU tables (``_hugepages.advise_tables``)."""
+    """Ask for huge pages under each fused op's big CPU tables (``_hugepages.advise_tables``).
+    A speed-up only: whatever goes wrong here is logged and never fails the compile."""
     for node, bound in plugin_op_calls(graph):
         # a table, not a value the graph's caller computed (it has a grad_fn)
         tables = [t for t in table_tensors(bound) if t.grad_fn is None]
-        advise_tables(tables, _compat.op_name(node.target)[1].removesuffix(".default"), in_compile=True)
+        try:
+            advise_tables(tables, _compat.op_name(node.target)[1].removesuffix(".default"), in_compile=True)
+        except Exception as e:  # noqa: BLE001 (an optional speed-up must not break torch.compile)
+            log.debug("huge pages: skipped for %s: %s", node.target, e)
 
 
 def _is_impure(node: fx.Node) -> bool:

@@ -14,8 +14,10 @@ How: ``zeros`` hands out a zeroed tensor on a storage this module keeps. A stora
 reused only when nothing else references it: its C++ use count is 1 (only our handle) and
 no Python code holds our handle. So a gradient the user keeps (in ``param.grad``, a list, a
 view, its storage object) is never written; it becomes reusable once it is dropped, as
-``param.grad = None`` does. The cache holds at most ``config.cpu_grad_cache_mb`` MiB;
-``empty_cache()`` frees every idle buffer (like ``torch.cuda.empty_cache``).
+``param.grad = None`` does; one moved into shared memory (sent to another process through a
+``torch.multiprocessing`` queue) is dropped, never reused. The cache holds at most
+``config.cpu_grad_cache_mb`` MiB; ``empty_cache()`` frees every idle buffer (like
+``torch.cuda.empty_cache``).
 
 Only CPU buffers of at least ``MIN_BYTES`` (2 MiB): below that glibc reuses its heap anyway.
 """
@@ -23,6 +25,7 @@ Only CPU buffers of at least ``MIN_BYTES`` (2 MiB): below that glibc reuses its 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 
@@ -47,6 +50,23 @@ def _idle(k: int) -> bool:
     """Whether ``_storages[k]`` is referenced by nothing but the list: one C++ owner (the
     Python object) and, on that object, only the list's and getrefcount's references."""
     return sys.getrefcount(_storages[k]) == 2 and _compat.storage_use_count(_storages[k]) == 1
+
+
+def _drop_shared() -> None:
+    """Forget the storages moved into shared memory (``_lock`` held): a gradient sent through
+    a ``torch.multiprocessing`` queue is moved in place, and the receiving process may still
+    read it when nothing here references it any more."""
+    _storages[:] = [s for s in _storages if not s.is_shared()]
+
+
+def _after_fork_in_child() -> None:
+    """A forked child gets a new lock: another thread may have held this one at the fork."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _cacheable(nbytes: int) -> bool:
@@ -77,6 +97,7 @@ def _take(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         return None
     limit = config.cpu_grad_cache_mb << 20
     with _lock:
+        _drop_shared()
         storage = None
         for k in range(len(_storages)):
             if _storages[k].nbytes() == nbytes and _idle(k):
@@ -102,6 +123,7 @@ def empty_cache() -> None:
     """Free every cached gradient buffer that nothing references (those still in use stay
     until they are dropped and the next backward frees or reuses them)."""
     with _lock:
+        _drop_shared()
         k = 0
         while k < len(_storages):
             if _idle(k):

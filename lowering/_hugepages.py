@@ -21,8 +21,13 @@ slowly (khugepaged scans a few MB every 10 s). So:
   too, for memory that malloc recycled).
 
 Nothing is done where the system or the process says no: THP ``never``, a process with
-``prctl(PR_SET_THP_DISABLE)`` (the switch any user has), or no Linux. Only the range of
-whole 2 MiB pages inside a tensor's storage is advised.
+``prctl(PR_SET_THP_DISABLE)`` (the switch any user has), a range the program marked
+``MADV_NOHUGEPAGE``, or no Linux. Only the whole 2 MiB pages inside a table's own bytes are
+advised (not the rest of a view's storage), only plain tensors' (a wrapper subclass has no
+memory of its own), and a span is collapsed only where its pages are this process's alone: a
+page still shared copy-on-write with a forked process is left to khugepaged, which would not
+copy it either. Anything failing here is logged at DEBUG and never fails a compile or a
+backward (no thread to start: the ranges stay marked, for khugepaged).
 """
 
 from __future__ import annotations
@@ -129,14 +134,71 @@ def _enabled() -> bool:
     return thp_mode() in ("always", "madvise")
 
 
+def _whole_pages(start: int, nbytes: int) -> tuple[int, int] | None:
+    """``(lo, hi)``: the whole huge pages inside ``[start, start + nbytes)``, or None."""
+    lo, hi = -(-start // HUGE) * HUGE, (start + nbytes) // HUGE * HUGE
+    return (lo, hi) if start and hi > lo else None
+
+
 def huge_range(storage: torch.UntypedStorage) -> tuple[int, int] | None:
     """``(start, end)``: the addresses of the whole huge pages inside ``storage``, or None when it
     holds none (or is not plain CPU memory)."""
     if storage.device.type != "cpu" or storage.nbytes() < HUGE:
         return None
-    start = storage.data_ptr()
-    lo, hi = -(-start // HUGE) * HUGE, (start + storage.nbytes()) // HUGE * HUGE
-    return (lo, hi) if hi > lo else None
+    return _whole_pages(storage.data_ptr(), storage.nbytes())
+
+
+def table_range(t: torch.Tensor) -> tuple[int, int] | None:
+    """The whole huge pages inside the bytes ``t`` itself spans (a view's elements, not the rest
+    of its storage: a collapse fills every 4 KiB page of a huge page, so advising a small view's
+    whole storage could map hundreds of MB the program never touched). None for anything but a
+    plain strided CPU tensor or parameter (a wrapper subclass has no memory of its own)."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type != "cpu" or t.layout != torch.strided:
+        return None
+    if t.numel() * t.element_size() < HUGE:
+        return None
+    try:
+        start = t.data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage behind it
+        return None
+    extent = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return _whole_pages(start, extent * t.element_size())
+
+
+def _merged(ranges: dict[tuple[int, int], torch.Tensor]) -> dict[tuple[int, int], torch.Tensor]:
+    """Overlapping ranges (views of one storage) as one, keyed by the merged range."""
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    cur: list = []
+    for (lo, hi), t in sorted(ranges.items()):
+        if cur and lo <= cur[1]:
+            cur[1] = max(cur[1], hi)
+        else:
+            if cur:
+                out[(cur[0], cur[1])] = cur[2]
+            cur = [lo, hi, t]
+    if cur:
+        out[(cur[0], cur[1])] = cur[2]
+    return out
+
+
+def _opted_out(ranges: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The ranges that overlap a mapping the program marked ``MADV_NOHUGEPAGE`` (``nh`` in
+    ``/proc/self/smaps``' VmFlags): its own say about its memory, which this module keeps."""
+    ranges = list(ranges)
+    out: set[tuple[int, int]] = set()
+    try:
+        with open("/proc/self/smaps") as f:
+            span = None
+            for line in f:
+                if line.startswith("VmFlags:"):
+                    if span is not None and " nh" in line:
+                        out.update(r for r in ranges if r[0] < span[1] and span[0] < r[1])
+                elif "-" in line and not line[0].isupper():  # a mapping's header: start-end perms ...
+                    a, b = line.split(" ", 1)[0].split("-")
+                    span = (int(a, 16), int(b, 16))
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def _madvise(lo: int, hi: int, advice: int) -> int:
@@ -154,28 +216,32 @@ def advise_tables(tables: Iterable[torch.Tensor], op: str, in_compile: bool = Fa
     where nothing was done)."""
     if not _enabled():
         return 0
-    ranges = {}  # one entry a storage (tables may share one)
+    ranges = {}
     for t in tables:
-        if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.layout == torch.strided:
-            r = huge_range(t.untyped_storage())
-            if r is not None:
-                ranges[r] = t
+        r = table_range(t) if isinstance(t, torch.Tensor) else None
+        if r is not None:
+            ranges[r] = t
+    ranges = _merged(ranges)  # (tables may share a storage)
     if sum(hi - lo for lo, hi in ranges) < MIN_TABLES:
         return 0
+    skip = _opted_out(ranges)
     marked = 0
     with _lock:
+        for key in [k for k, ref in _seen.items() if ref.expired()]:  # freed: forget them
+            del _seen[key]
         for (lo, hi), t in ranges.items():
             ref = _seen.get((lo, hi))
-            if ref is not None and not ref.expired():
+            if (ref is not None and not ref.expired()) or (lo, hi) in skip:
                 continue
-            ref = _seen[(lo, hi)] = StorageWeakRef(t.untyped_storage())
+            storage = t.untyped_storage()
+            ref = _seen[(lo, hi)] = StorageWeakRef(storage)
             err = _madvise(lo, hi, _MADV_HUGEPAGE)
             if err:
                 log.debug("huge pages: madvise(MADV_HUGEPAGE) of a %s table failed: %s", op, os.strerror(err))
                 continue
             marked += hi - lo
             if _collapse_ok:
-                _queue_spans(ref, lo, hi)
+                _queue_spans(ref, storage.data_ptr(), lo, hi)
         if marked and _collapse_ok:
             if in_compile:
                 _watch_compiles()
@@ -210,14 +276,15 @@ def advise_fresh(storage: torch.UntypedStorage) -> None:
         return
     if _collapse_ok:
         with _lock:
-            _queue_spans(StorageWeakRef(storage), lo, hi)
+            _queue_spans(StorageWeakRef(storage), storage.data_ptr(), lo, hi)
             _start_worker()
 
 
-def _queue_spans(ref: StorageWeakRef, lo: int, hi: int) -> None:
-    """Queue [lo, hi) for the worker, ``SPAN`` bytes a call (``_lock`` held)."""
+def _queue_spans(ref: StorageWeakRef, base: int, lo: int, hi: int) -> None:
+    """Queue [lo, hi) of the storage ``ref`` whose memory starts at ``base`` for the worker,
+    ``SPAN`` bytes a call (``_lock`` held)."""
     for a in range(lo, hi, SPAN):
-        _queue.append((ref, a, min(a + SPAN, hi)))
+        _queue.append((ref, base, a, min(a + SPAN, hi)))
         _pending_add(1)
 
 
@@ -250,9 +317,16 @@ def _watch_compiles() -> None:
 def _start_worker() -> None:
     """Start the collapsing thread if none runs (``_lock`` held)."""
     global _worker_running
-    if not _worker_running:
-        _worker_running = True
+    if _worker_running:
+        return
+    try:
         threading.Thread(target=_work, name="inductor_embed-hugepages", daemon=True).start()
+    except RuntimeError as e:  # a thread limit, an interpreter shutting down: khugepaged's job then
+        log.debug("huge pages: no collapse thread (%s); the marked ranges are left to khugepaged", e)
+        _pending_add(-len(_queue))
+        _queue.clear()
+        return
+    _worker_running = True  # (the thread waits for _lock, which the caller holds)
 
 
 def _work() -> None:
@@ -269,17 +343,57 @@ def _work() -> None:
             if not _queue:
                 _worker_running = False
                 return
-            ref, lo, hi = _queue.popleft()
-        # the storage still alive (a freed table's range may hold other memory now; a collapse
-        # would keep its values too, but it is not ours to spend time on)
-        alive = not ref.expired()
-        err = _madvise(lo, hi, _MADV_COLLAPSE) if alive else 0
+            ref, base, lo, hi = _queue.popleft()
+        # Held for the call: the storage alive, at the memory it was queued with (a freed
+        # table's range may hold other memory now; a resized storage has moved). A collapse
+        # would keep other memory's values too, but it is not ours to spend time on.
+        storage = _compat.storage_from_weak_ref(ref)
+        err = 0
+        if storage is not None and storage.data_ptr() == base:
+            for a, b in _exclusive_runs(lo, hi):
+                err = _madvise(a, b, _MADV_COLLAPSE) or err
+        del storage
         with _lock:
             # EAGAIN / ENOMEM: no huge page free now; EINVAL: memory that cannot be collapsed
             # (a file mapping): the marked range stays eligible for khugepaged
             if err:
                 log.debug("huge pages: a collapse failed: %s", os.strerror(err))
             _pending_add(-1)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _exclusive_runs(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The runs of whole huge pages in [lo, hi) whose every present page is this process's
+    alone (``/proc/self/pagemap``: bit 63 present, bit 56 exclusively mapped). A page still
+    shared copy-on-write with a forked process (a server's workers, a DataLoader's) is left
+    alone: ``MADV_COLLAPSE`` would copy it, one private copy of the table per process, where
+    khugepaged would not (its ``max_ptes_shared``). Nothing where pagemap cannot be read."""
+    per = HUGE // _PAGE
+    try:
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        try:
+            raw = os.pread(fd, (hi - lo) // _PAGE * 8, lo // _PAGE * 8)
+        finally:
+            os.close(fd)
+    except OSError:
+        return []
+    entries = torch.frombuffer(bytearray(raw), dtype=torch.int64)
+    if entries.numel() != (hi - lo) // _PAGE:
+        return []
+    shared = (entries < 0) & ((entries >> 56) & 1 == 0)  # present (the sign bit) and not exclusive
+    ok = ~shared.view(-1, per).any(dim=1)
+    runs: list[tuple[int, int]] = []
+    for k, good in enumerate(ok.tolist()):
+        a = lo + k * HUGE
+        if not good:
+            continue
+        if runs and runs[-1][1] == a:
+            runs[-1] = (runs[-1][0], a + HUGE)
+        else:
+            runs.append((a, a + HUGE))
+    return runs
 
 
 def wait(timeout: float | None = None) -> bool:

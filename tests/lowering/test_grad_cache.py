@@ -54,6 +54,39 @@ def test_a_referenced_buffer_is_never_handed_out(hold):
     assert inductor_embed.cached_bytes()[1] == 8192 * 64 * 4
 
 
+def test_a_buffer_moved_into_shared_memory_is_never_reused():
+    # as a torch.multiprocessing queue does to a gradient it sends: the receiving process may
+    # still read it after the sender has dropped it
+    a = _grad_cache.zeros(BIG, torch.float32)
+    a.fill_(7.0)
+    a.share_memory_()
+    received = torch.empty(0).set_(a.untyped_storage().share_memory_(), 0, BIG)  # (the other side's view)
+    ptr = a.data_ptr()
+    del a
+    b = _grad_cache.zeros(BIG, torch.float32)
+    assert b.data_ptr() != ptr and (received == 7.0).all()
+    del received
+    assert inductor_embed.cached_bytes() == (8192 * 64 * 4, 0)  # b's only: the shared one was dropped
+
+
+def test_a_forked_child_does_not_wait_for_a_lock_held_at_the_fork():
+    import os
+    import signal
+
+    assert _grad_cache._lock.acquire(timeout=10)  # as if another thread was in _take at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a fresh lock, so a buffer comes at once
+            signal.alarm(20)
+            torch.set_num_threads(1)  # (GNU OpenMP's pool does not survive a fork: no parallel zero fill)
+            ok = _grad_cache.zeros(BIG, torch.float32).shape == BIG
+            os._exit(0 if ok else 1)
+    finally:
+        _grad_cache._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (os.WIFSIGNALED(status) and os.WTERMSIG(status), status)
+
+
 def test_small_buffers_and_the_switch_bypass_the_cache():
     small = _grad_cache.zeros((16, 8), torch.float32)
     assert not small.any() and inductor_embed.cached_bytes() == (0, 0)

@@ -146,6 +146,7 @@ def test_a_compiled_model_puts_its_big_tables_on_huge_pages(small_rule, caplog):
 
 
 def test_a_forked_child_starts_clean():
+    assert _hugepages.wait(60)  # no worker of an earlier test left to miscount below
     held = threading.Lock()
     old = _hugepages._lock
     try:
@@ -158,6 +159,116 @@ def test_a_forked_child_starts_clean():
     finally:
         held.release()
         _hugepages._lock, _hugepages._busy = old, threading.Condition(old)
+        _hugepages._queue.clear()
+        _hugepages._pending, _hugepages._worker_running, _hugepages._compiling = 0, False, False
+
+
+def test_a_view_is_advised_for_its_own_bytes_not_its_storages(small_rule):
+    big = torch.empty(64 * MiB, dtype=torch.uint8)  # (never touched: no memory behind most of it)
+    view = big[8 * MiB:16 * MiB].view(torch.float32)
+    lo, hi = _hugepages.table_range(view)
+    assert view.data_ptr() <= lo < hi <= view.data_ptr() + 8 * MiB
+    assert _hugepages.advise_tables([view], "test") <= 8 * MiB
+
+
+def test_a_tensor_subclass_table_is_left_and_compiles(small_rule):
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    torch.manual_seed(0)
+    bags = nn.ModuleList(nn.EmbeddingBag(4096, 256, mode="sum") for _ in range(3))  # 4 MiB each
+    for b in bags:
+        w = b.weight.detach()
+        b.weight = nn.Parameter(TwoTensor(w, w.clone()), requires_grad=False)
+    assert _hugepages.table_range(bags[0].weight) is None
+
+    def f(x):
+        return torch.cat([bag(x[:, k]) for k, bag in enumerate(bags)], dim=1)
+
+    x = torch.randint(0, 4096, (16, 3, 4))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        want, got = f(x), torch.compile(f, backend="inductor_embed")(x)
+    torch.testing.assert_close(got.a, want.a, rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+def test_no_collapse_thread_is_no_error(small_rule, monkeypatch):
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    assert _hugepages.wait(60)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    monkeypatch.setattr(_hugepages, "_collapse_ok", True)
+    s = torch.empty(8 * MiB, dtype=torch.uint8).untyped_storage()
+    _hugepages.advise_fresh(s)  # a backward's buffer: no error
+    assert _hugepages.advise_tables([torch.randn(8192, 256)], "test") > 0  # a compile's tables: none
+    assert not _hugepages._worker_running and not _hugepages._queue and _hugepages.wait(1)
+    monkeypatch.undo()
+    monkeypatch.setattr(_hugepages, "MIN_TABLES", 4 * MiB)
+    monkeypatch.setattr(_hugepages, "_seen", {})
+    assert _hugepages.advise_tables([torch.randn(8192, 256)], "test") > 0  # a thread again
+    assert _hugepages.wait(60)
+
+
+def test_the_worker_leaves_a_freed_or_moved_storage(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_hugepages, "_madvise", lambda lo, hi, advice: calls.append((lo, hi)) or 0)
+    assert _hugepages.wait(60)
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    freed = torch.empty(8 * MiB, dtype=torch.uint8).untyped_storage()
+    moved = torch.empty(8 * MiB, dtype=torch.uint8).untyped_storage()
+    lo, hi = _hugepages.huge_range(moved)
+    with _hugepages._lock:
+        _hugepages._queue_spans(StorageWeakRef(freed), freed.data_ptr(), *_hugepages.huge_range(freed))
+        _hugepages._queue_spans(StorageWeakRef(moved), moved.data_ptr() + 64, lo, hi)  # resized since
+    del freed
+    worker = threading.Thread(target=_hugepages._work)  # (it lowers its own thread's priority)
+    worker.start()
+    worker.join(60)
+    assert calls == [] and _hugepages.wait(1)
+
+
+@needs_thp
+def test_pages_shared_with_a_forked_process_are_not_collapsed():
+    import os
+
+    t = torch.ones(8 * MiB // 4)
+    lo, hi = _hugepages.huge_range(t.untyped_storage())
+    if not _hugepages._exclusive_runs(lo, hi):
+        pytest.skip("/proc/self/pagemap's flags cannot be read here")
+    assert _hugepages._exclusive_runs(lo, hi) == [(lo, hi)]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child keeps the pages shared copy-on-write until the parent writes
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        assert _hugepages._exclusive_runs(lo, hi) == []  # a collapse would copy them
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+        os.close(r)
+    assert _hugepages._exclusive_runs(lo, hi) == [(lo, hi)]
+
+
+@needs_thp
+def test_a_range_the_program_opted_out_is_left(small_rule):
+    t = torch.randn(8192, 256)
+    lo, hi = _hugepages.huge_range(t.untyped_storage())
+    assert _hugepages._madvise(lo, hi, 15) == 0  # MADV_NOHUGEPAGE
+    assert _hugepages.advise_tables([t], "test") == 0
+    assert (lo, hi) not in _hugepages._seen
+
+
+def test_freed_tables_are_forgotten(small_rule):
+    t = torch.randn(8192, 256)
+    assert _hugepages.advise_tables([t], "test") > 0
+    assert _hugepages.wait(60)
+    del t
+    assert _hugepages.advise_tables([torch.randn(8192, 256)], "test") > 0
+    assert len(_hugepages._seen) == 1
 
 
 @needs_thp
