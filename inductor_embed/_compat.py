@@ -283,8 +283,8 @@ __all__ = [
     "register_torch_log",
     "saved_tensors_hooks_off",
     "schema_written_args",
-    "storage_key",
     "storage_from_weak_ref",
+    "storage_key",
     "storage_use_count",
     "watch_compiles",
 ]

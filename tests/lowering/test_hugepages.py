@@ -240,7 +240,7 @@ def test_pages_shared_with_a_forked_process_are_not_collapsed():
     assert _hugepages._exclusive_runs(lo, hi) == [(lo, hi)]
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child keeps the pages shared copy-on-write until the parent writes
+    if pid == 0:  # the child holds the pages shared copy-on-write until it exits
         os.close(w)
         os.read(r, 1)
         os._exit(0)
