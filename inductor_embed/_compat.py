@@ -237,12 +237,6 @@ def storage_use_count(storage: torch.UntypedStorage) -> int:
     return torch._C._storage_Use_Count(storage._cdata)
 
 
-def storage_from_weak_ref(ref: Any) -> torch.UntypedStorage | None:
-    """A strong reference to the storage that ``ref`` (a ``StorageWeakRef``) points at, or
-    None once it was freed: ``UntypedStorage._new_with_weak_ptr``."""
-    return torch.UntypedStorage._new_with_weak_ptr(ref.cdata)
-
-
 def graph_transform_observer(graph: torch.fx.Graph, passname: str) -> contextlib.AbstractContextManager[Any]:
     """Inductor's ``GraphTransformObserver`` over ``graph``'s module, as a context manager:
     with ``torch._inductor.config.trace.log_url_for_graph_xform`` set (env
@@ -283,7 +277,6 @@ __all__ = [
     "register_torch_log",
     "saved_tensors_hooks_off",
     "schema_written_args",
-    "storage_from_weak_ref",
     "storage_key",
     "storage_use_count",
     "watch_compiles",

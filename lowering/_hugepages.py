@@ -241,7 +241,7 @@ def advise_tables(tables: Iterable[torch.Tensor], op: str, in_compile: bool = Fa
                 continue
             marked += hi - lo
             if _collapse_ok:
-                _queue_spans(ref, storage.data_ptr(), lo, hi)
+                _queue_spans(ref, lo, hi)
         if marked and _collapse_ok:
             if in_compile:
                 _watch_compiles()
@@ -276,15 +276,15 @@ def advise_fresh(storage: torch.UntypedStorage) -> None:
         return
     if _collapse_ok:
         with _lock:
-            _queue_spans(StorageWeakRef(storage), storage.data_ptr(), lo, hi)
+            _queue_spans(StorageWeakRef(storage), lo, hi)
             _start_worker()
 
 
-def _queue_spans(ref: StorageWeakRef, base: int, lo: int, hi: int) -> None:
-    """Queue [lo, hi) of the storage ``ref`` whose memory starts at ``base`` for the worker,
-    ``SPAN`` bytes a call (``_lock`` held)."""
+def _queue_spans(ref: StorageWeakRef, lo: int, hi: int) -> None:
+    """Queue [lo, hi) of the storage ``ref`` for the worker, ``SPAN`` bytes a call (``_lock``
+    held)."""
     for a in range(lo, hi, SPAN):
-        _queue.append((ref, base, a, min(a + SPAN, hi)))
+        _queue.append((ref, a, min(a + SPAN, hi)))
         _pending_add(1)
 
 
@@ -343,16 +343,15 @@ def _work() -> None:
             if not _queue:
                 _worker_running = False
                 return
-            ref, base, lo, hi = _queue.popleft()
-        # Held for the call: the storage alive, at the memory it was queued with (a freed
-        # table's range may hold other memory now; a resized storage has moved). A collapse
-        # would keep other memory's values too, but it is not ours to spend time on.
-        storage = _compat.storage_from_weak_ref(ref)
+            ref, lo, hi = _queue.popleft()
+        # The storage still alive (a freed table's range may hold other memory now; a collapse
+        # would keep its values too, but it is not ours to spend time on). Not held for the
+        # call: a reference here would make a gradient buffer look busy to _grad_cache, which
+        # would then allocate another; a table freed during the call costs a wasted collapse.
         err = 0
-        if storage is not None and storage.data_ptr() == base:
+        if not ref.expired():
             for a, b in _exclusive_runs(lo, hi):
                 err = _madvise(a, b, _MADV_COLLAPSE) or err
-        del storage
         with _lock:
             # EAGAIN / ENOMEM: no huge page free now; EINVAL: memory that cannot be collapsed
             # (a file mapping): the marked range stays eligible for khugepaged
